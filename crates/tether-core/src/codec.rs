@@ -1,0 +1,231 @@
+//! Text frames in, commands out; server messages in, text frames out. Pure functions: the
+//! connection task calls them and turns every error into an error reply.
+
+use crate::protocol::{ClientCommand, CommandId, ErrorBody, ErrorCode, ServerMessage};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A command that could not be decoded, with the id to answer to when one could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub id: Option<CommandId>,
+    pub error: ErrorBody,
+}
+
+impl DecodeError {
+    fn new(id: Option<CommandId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        DecodeError { id, error: ErrorBody::new(code, message) }
+    }
+
+    /// The server message that answers this error.
+    pub fn into_reply(self) -> ServerMessage {
+        ServerMessage::err(self.id, self.error)
+    }
+}
+
+/// The loose shape of any command; validated into [`ClientCommand`] by [`decode_command`].
+/// (Not a tagged serde enum: that would lose the `id` of a command with a bad `cmd`, and serde
+/// cannot flatten a `RawValue`.)
+#[derive(Deserialize)]
+struct WireCommand<'a> {
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(default, borrow)]
+    cmd: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+/// Decode one text frame of the `tether.v1.json` protocol.
+pub fn decode_command(text: &str) -> Result<ClientCommand, DecodeError> {
+    let wire: WireCommand = serde_json::from_str(text).map_err(|e| {
+        DecodeError::new(None, ErrorCode::MalformedJson, format!("not a JSON command object: {e}"))
+    })?;
+    let id = match wire.id {
+        Some(serde_json::Value::Number(n)) => n.as_u64().ok_or_else(|| {
+            DecodeError::new(None, ErrorCode::InvalidCommand, "`id` must be a non-negative integer")
+        })?,
+        Some(_) => {
+            return Err(DecodeError::new(
+                None,
+                ErrorCode::InvalidCommand,
+                "`id` must be a non-negative integer",
+            ))
+        }
+        None => {
+            return Err(DecodeError::new(None, ErrorCode::InvalidCommand, "missing `id`"));
+        }
+    };
+    let cmd = wire
+        .cmd
+        .ok_or_else(|| DecodeError::new(Some(id), ErrorCode::InvalidCommand, "missing `cmd`"))?;
+    let channel = |wire_channel: Option<String>| {
+        wire_channel.ok_or_else(|| {
+            DecodeError::new(Some(id), ErrorCode::InvalidCommand, format!("`{cmd}` needs a `channel`"))
+        })
+    };
+    match cmd.as_ref() {
+        "subscribe" => Ok(ClientCommand::Subscribe { id, channel: channel(wire.channel)? }),
+        "unsubscribe" => Ok(ClientCommand::Unsubscribe { id, channel: channel(wire.channel)? }),
+        "publish" => {
+            let channel = channel(wire.channel)?;
+            let data = wire.data.ok_or_else(|| {
+                DecodeError::new(Some(id), ErrorCode::InvalidCommand, "`publish` needs `data`")
+            })?;
+            Ok(ClientCommand::Publish { id, channel, data })
+        }
+        "ping" => Ok(ClientCommand::Ping { id }),
+        other => Err(DecodeError::new(
+            Some(id),
+            ErrorCode::UnknownCommand,
+            format!("unknown command `{other}`; known: subscribe, unsubscribe, publish, ping"),
+        )),
+    }
+}
+
+/// Encode a server message as the text of one frame.
+pub fn encode(message: &ServerMessage) -> String {
+    // Serializing these types cannot fail: no maps with non-string keys, no failing Serialize impls.
+    serde_json::to_string(message).expect("server messages always serialize")
+}
+
+/// Encode a command the way the Rust client sends it.
+pub fn encode_command(command: &ClientCommand) -> String {
+    let mut obj = serde_json::Map::new();
+    obj.insert("id".into(), command.id().into());
+    let (cmd, channel, data) = match command {
+        ClientCommand::Subscribe { channel, .. } => ("subscribe", Some(channel), None),
+        ClientCommand::Unsubscribe { channel, .. } => ("unsubscribe", Some(channel), None),
+        ClientCommand::Publish { channel, data, .. } => ("publish", Some(channel), Some(data)),
+        ClientCommand::Ping { .. } => ("ping", None, None),
+    };
+    obj.insert("cmd".into(), cmd.into());
+    if let Some(channel) = channel {
+        obj.insert("channel".into(), channel.clone().into());
+    }
+    if let Some(data) = data {
+        let value: serde_json::Value =
+            serde_json::from_str(data.get()).expect("RawValue holds valid JSON");
+        obj.insert("data".into(), value);
+    }
+    serde_json::Value::Object(obj).to_string()
+}
+
+/// Decode a server message (used by the Rust client).
+pub fn decode_server_message(text: &str) -> Result<ServerMessage, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// The text a raw-mode client receives for a publication: a JSON string as its plain text,
+/// any other JSON value as its JSON text.
+pub fn raw_text(data: &RawValue) -> String {
+    let json = data.get();
+    if json.starts_with('"') {
+        if let Ok(s) = serde_json::from_str::<String>(json) {
+            return s;
+        }
+    }
+    json.to_owned()
+}
+
+/// Parse user-supplied data (a CLI argument, say): JSON if it parses, else a JSON string.
+pub fn data_from_user_text(text: &str) -> Box<RawValue> {
+    match RawValue::from_string(text.to_owned()) {
+        Ok(raw) if serde_json::from_str::<serde_json::Value>(text).is_ok() => raw,
+        _ => RawValue::from_string(serde_json::Value::String(text.to_owned()).to_string())
+            .expect("a serialized JSON string is valid JSON"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ReplyResult;
+
+    #[test]
+    fn decodes_each_command() {
+        assert_eq!(
+            decode_command(r#"{"id":1,"cmd":"subscribe","channel":"news"}"#).unwrap(),
+            ClientCommand::Subscribe { id: 1, channel: "news".into() }
+        );
+        assert_eq!(
+            decode_command(r#"{"id":2,"cmd":"unsubscribe","channel":"news"}"#).unwrap(),
+            ClientCommand::Unsubscribe { id: 2, channel: "news".into() }
+        );
+        assert_eq!(decode_command(r#"{"cmd":"ping","id":3}"#).unwrap(), ClientCommand::Ping { id: 3 });
+        match decode_command(r#"{"id":4,"cmd":"publish","channel":"c","data":{"a":[1,2]}}"#).unwrap() {
+            ClientCommand::Publish { id, channel, data } => {
+                assert_eq!((id, channel.as_str(), data.get()), (4, "c", r#"{"a":[1,2]}"#));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_json_has_no_id() {
+        let e = decode_command("{not json").unwrap_err();
+        assert_eq!((e.id, e.error.code), (None, ErrorCode::MalformedJson));
+        let e = decode_command("[1,2]").unwrap_err();
+        assert_eq!(e.error.code, ErrorCode::MalformedJson);
+    }
+
+    #[test]
+    fn unknown_command_keeps_its_id() {
+        let e = decode_command(r#"{"id":9,"cmd":"dance"}"#).unwrap_err();
+        assert_eq!((e.id, e.error.code), (Some(9), ErrorCode::UnknownCommand));
+        assert!(e.error.message.contains("dance"));
+    }
+
+    #[test]
+    fn missing_fields_are_invalid_commands() {
+        for (text, id) in [
+            (r#"{"cmd":"ping"}"#, None),
+            (r#"{"id":"x","cmd":"ping"}"#, None),
+            (r#"{"id":-1,"cmd":"ping"}"#, None),
+            (r#"{"id":5}"#, Some(5)),
+            (r#"{"id":5,"cmd":"subscribe"}"#, Some(5)),
+            (r#"{"id":6,"cmd":"publish","channel":"c"}"#, Some(6)),
+        ] {
+            let e = decode_command(text).unwrap_err();
+            assert_eq!((e.id, e.error.code), (id, ErrorCode::InvalidCommand), "{text}");
+        }
+    }
+
+    #[test]
+    fn replies_encode_as_documented() {
+        let ok = encode(&ServerMessage::ok(1, ReplyResult::default()));
+        assert_eq!(ok, r#"{"type":"reply","id":1,"result":{}}"#);
+        let err = encode(&ServerMessage::err(None, ErrorBody::new(ErrorCode::MalformedJson, "x")));
+        assert_eq!(err, r#"{"type":"error","error":{"code":"malformed_json","message":"x"}}"#);
+        let publication = ServerMessage::Publication {
+            channel: "c".into(),
+            offset: 7,
+            data: RawValue::from_string(r#"{"k":1}"#.into()).unwrap(),
+        };
+        assert_eq!(
+            encode(&publication),
+            r#"{"type":"publication","channel":"c","offset":7,"data":{"k":1}}"#
+        );
+    }
+
+    #[test]
+    fn command_round_trip() {
+        let cmd = ClientCommand::Publish {
+            id: 3,
+            channel: "c".into(),
+            data: RawValue::from_string("[1,\"é\"]".into()).unwrap(),
+        };
+        let back = decode_command(&encode_command(&cmd)).unwrap();
+        assert_eq!(back.id(), 3);
+    }
+
+    #[test]
+    fn raw_text_unwraps_strings_only() {
+        assert_eq!(raw_text(&data_from_user_text("hello")), "hello");
+        assert_eq!(raw_text(&data_from_user_text(r#""quoted""#)), "quoted");
+        assert_eq!(raw_text(&data_from_user_text(r#"{"a":1}"#)), r#"{"a":1}"#);
+        assert_eq!(raw_text(&data_from_user_text("42")), "42");
+    }
+}

@@ -1,0 +1,174 @@
+//! The `tether.v1.json` wire protocol, as Rust types. `docs/protocol.md` is the prose version.
+//!
+//! Client → server: commands, each with an `id` the reply echoes:
+//! `{"id":1,"cmd":"subscribe","channel":"news"}`, `unsubscribe`, `publish` (with `data`), `ping`.
+//!
+//! Server → client, tagged by `type`: `reply` (to a command), `error` (to input that carried no
+//! usable id), `publication` (a message on a subscribed channel), and `disconnect` (the advice
+//! sent just before the server closes: code, reason, whether to reconnect and when).
+
+use crate::close_code::CloseCode;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// A command id chosen by the client; replies carry it back.
+pub type CommandId = u64;
+
+/// A decoded, validated client command.
+#[derive(Debug, Clone)]
+pub enum ClientCommand {
+    Subscribe { id: CommandId, channel: String },
+    Unsubscribe { id: CommandId, channel: String },
+    Publish { id: CommandId, channel: String, data: Box<RawValue> },
+    Ping { id: CommandId },
+}
+
+impl PartialEq for ClientCommand {
+    fn eq(&self, other: &Self) -> bool {
+        use ClientCommand::*;
+        match (self, other) {
+            (Subscribe { id: a, channel: c }, Subscribe { id: b, channel: d })
+            | (Unsubscribe { id: a, channel: c }, Unsubscribe { id: b, channel: d }) => a == b && c == d,
+            (Publish { id: a, channel: c, data: x }, Publish { id: b, channel: d, data: y }) => {
+                a == b && c == d && x.get() == y.get()
+            }
+            (Ping { id: a }, Ping { id: b }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl ClientCommand {
+    pub fn id(&self) -> CommandId {
+        match self {
+            ClientCommand::Subscribe { id, .. }
+            | ClientCommand::Unsubscribe { id, .. }
+            | ClientCommand::Publish { id, .. }
+            | ClientCommand::Ping { id } => *id,
+        }
+    }
+}
+
+/// Why a command failed. Serialized as a snake_case string in error replies; stable API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The text frame was not JSON, or not a JSON object.
+    MalformedJson,
+    /// `cmd` named a command this server does not know.
+    UnknownCommand,
+    /// The command lacked a field or had one of the wrong type.
+    InvalidCommand,
+    /// Binary frames carry no meaning in `tether.v1.json`.
+    BinaryNotSupported,
+    /// The channel name broke the length or charset rules.
+    BadChannel,
+    /// The connection already holds `max_subscriptions` channels.
+    TooManySubscriptions,
+    /// Subscribe to a channel already subscribed on this connection.
+    AlreadySubscribed,
+    /// Unsubscribe from a channel not subscribed on this connection.
+    NotSubscribed,
+    /// Client publishing is not enabled for this channel.
+    PublishForbidden,
+    /// The broker could not take the publication (e.g. unreachable backplane).
+    Unavailable,
+    /// The server failed unexpectedly; the message says how.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::UnknownCommand => "unknown_command",
+            ErrorCode::InvalidCommand => "invalid_command",
+            ErrorCode::BinaryNotSupported => "binary_not_supported",
+            ErrorCode::BadChannel => "bad_channel",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::AlreadySubscribed => "already_subscribed",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::PublishForbidden => "publish_forbidden",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The body of an error reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody { code, message: message.into() }
+    }
+}
+
+/// What a successful command returns. Empty fields are omitted on the wire.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyResult {
+    /// `publish`: the offset the publication got in its channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// `publish`: subscribers on this node it was handed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<u64>,
+}
+
+/// The advice sent before the server closes a `tether.v1.json` connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnect {
+    pub code: CloseCode,
+    pub reason: String,
+    /// Whether reconnecting can help. `false` means: do not retry.
+    pub reconnect: bool,
+    /// When set, wait between this and twice this before reconnecting (spreads a restart's clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// Every message the server sends on a `tether.v1.json` connection.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Reply {
+        id: CommandId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<ReplyResult>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorBody>,
+    },
+    Error {
+        error: ErrorBody,
+    },
+    Publication {
+        channel: String,
+        offset: u64,
+        data: Box<RawValue>,
+    },
+    Disconnect(Disconnect),
+}
+
+impl ServerMessage {
+    pub fn ok(id: CommandId, result: ReplyResult) -> Self {
+        ServerMessage::Reply { id, result: Some(result), error: None }
+    }
+
+    pub fn err(id: Option<CommandId>, error: ErrorBody) -> Self {
+        match id {
+            Some(id) => ServerMessage::Reply { id, result: None, error: Some(error) },
+            None => ServerMessage::Error { error },
+        }
+    }
+}
