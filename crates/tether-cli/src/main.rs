@@ -1,1 +1,71 @@
-fn main(){}
+//! `tether`: the command-line face of Tether.
+//!
+//! - `tether serve` — run the gateway (config file, `TETHER_*` environment, flags; flags win).
+//! - `tether connect URL` — an interactive client that explains every close and reconnects.
+//! - `tether publish CHANNEL DATA` — publish through the HTTP API.
+//!
+//! Errors reach the user as one `error: …` line that says what to do, and a non-zero exit.
+
+mod connect;
+mod publish;
+mod serve;
+mod units;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "tether", version, about = "WebSocket gateway whose connections never die silently")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (defaults: 127.0.0.1:8080, in-memory broker, 25 s ping).
+    Serve(serve::ServeArgs),
+    /// Connect to a WebSocket URL, print what arrives, send what you type; reconnects by itself.
+    Connect(connect::ConnectArgs),
+    /// Publish DATA to CHANNEL through a gateway's HTTP API.
+    Publish(publish::PublishArgs),
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TETHER_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Connect(args) => connect::run(args).await,
+            Command::Publish(args) => publish::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,35 @@
-//! placeholder
+//! # tether-client: a WebSocket client that explains every close and reconnects by itself
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use tether_client::{connect, ClientConfig, Event};
+//! let (client, mut events) = connect(ClientConfig::new("ws://127.0.0.1:8080/ws"));
+//! client.subscribe("news").await.unwrap();
+//! while let Some(event) = events.next().await {
+//!     match event {
+//!         Event::Publication { channel, data, .. } => println!("{channel}: {}", data.get()),
+//!         Event::Closed(info) => println!("closed: {info}"),
+//!         _ => {}
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! A map of the modules:
+//! - [`config`] — [`ClientConfig`]: URL, mode, heartbeat, reconnect policy, queue sizes.
+//! - [`event`] — [`Event`] and [`CloseInfo`]: everything the application is told.
+//! - [`client`] — [`Client`], the cheap handle the application calls (subscribe, publish, close).
+//! - `supervisor` — the one task that owns the connection: connect, run a session, decide
+//!   (with `tether_core::reconnect`) whether and when to reconnect. One task, so one reconnect
+//!   in flight, however many errors and closes fire together.
+
+pub mod client;
+pub mod config;
+pub mod event;
+mod supervisor;
+
+pub use client::{connect, Client, ClientError, ClientStats, Events};
+pub use config::{ClientConfig, Mode};
+pub use event::{CloseInfo, Event};
+pub use tether_core::close_code::Initiator;
+pub use tether_core::reconnect::{ReconnectPolicy, StopReason};

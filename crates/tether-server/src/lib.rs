@@ -1,1 +1,30 @@
-//! placeholder
+//! # tether-server: the Tether gateway as a library
+//!
+//! Mount it into an existing axum application (`gateway.router()` beside your routes, sharing
+//! your listener) or run it alone (`gateway.serve(listener, signal)`; that is what `tether serve`
+//! does). A map of the modules:
+//!
+//! - [`config`] — [`GatewayConfig`]: every setting with its default and meaning.
+//! - [`gateway`] — [`Gateway`]: owner of everything; routes, publishing, graceful shutdown.
+//! - `upgrade` — the HTTP → WebSocket handshake: subprotocol → mode, limits, refusals as JSON.
+//! - `connection` — one task per connection: heartbeat, commands, outbound queue, close diagnostics.
+//! - [`hub`] — which connection listens to which channel; one-encode fan-out; slow-consumer flags.
+//! - [`broker`] — the [`Broker`] seam (in-memory now; Redis backplane later).
+//! - `api` — `POST /api/publish`, `GET /healthz`, `GET /metrics`.
+//! - [`metrics`] — the Prometheus registry.
+//!
+//! The protocol itself (commands, codec, close codes, heartbeat and reconnect state machines)
+//! lives in `tether-core`, with no I/O.
+
+mod api;
+pub mod broker;
+pub mod config;
+mod connection;
+pub mod gateway;
+pub mod hub;
+pub mod metrics;
+mod upgrade;
+
+pub use broker::{Broker, MemoryBroker};
+pub use config::{GatewayConfig, ShutdownClose};
+pub use gateway::{DrainReport, Gateway, PublishError};

@@ -11,10 +11,16 @@
 //!   client --port P [--conns C] [--secs S] [--size B] [--window W] [--src S]
 //!                                                throughput load against a running server
 //!   run --bench throughput|memory [--libs a,b] [--reps R] [--conns C] [--secs S]
-//!       [--size B] [--window W] [--threads N]    spawns each server in turn (interleaved
-//!                                                per repetition), loads it, reads /proc
+//!       [--size B] [--window W] [--threads N] [--server-cpu K]
+//!                                                spawns each server in turn (order rotated
+//!                                                per repetition), loads it, reads /proc;
+//!                                                run it under `taskset -c 1` together with
+//!                                                `--server-cpu 0` to give each side a core
 //!
-//! LIB: tungstenite | tungstenite-4k | axum | fastwebsockets | tokio-websockets | yawc | yawc-deflate
+//! LIB: tungstenite | tungstenite-4k | axum | fastwebsockets | tokio-websockets | yawc
+//!      tungstenite-r4k (read buffer 4 KiB only) | floor (hyper upgrade + task, no WS codec;
+//!      memory bench only) | yawc-deflate | yawc-deflate-pool   (memory bench only; the client then uses yawc
+//!                                         with permessage-deflate so it is negotiated)
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -32,21 +38,13 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-const LIBS: &[&str] = &[
-    "tungstenite",
-    "tungstenite-4k",
-    "axum",
-    "fastwebsockets",
-    "tokio-websockets",
-    "yawc",
-];
+const LIBS: &[&str] =
+    &["tungstenite", "tungstenite-4k", "axum", "fastwebsockets", "tokio-websockets", "yawc"];
 
 // ---------------------------------------------------------------- argument helpers
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
 fn arg_num<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
@@ -87,10 +85,7 @@ fn main() {
 
 fn runtime(threads: usize) -> tokio::runtime::Runtime {
     if threads == 0 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -105,10 +100,7 @@ fn runtime(threads: usize) -> tokio::runtime::Runtime {
 type Resp = Response<Empty<Bytes>>;
 
 fn bad_request() -> Resp {
-    Response::builder()
-        .status(StatusCode::BAD_REQUEST)
-        .body(Empty::new())
-        .unwrap()
+    Response::builder().status(StatusCode::BAD_REQUEST).body(Empty::new()).unwrap()
 }
 
 /// Handshake response for the crates that do not build one themselves from a hyper request.
@@ -133,7 +125,10 @@ async fn server(lib: String, port: u16) {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await.unwrap();
     let lib: &'static str = Box::leak(lib.into_boxed_str());
     assert!(
-        LIBS.contains(&lib) || lib == "yawc-deflate",
+        LIBS.contains(&lib)
+            || lib.starts_with("yawc-deflate")
+            || lib == "tungstenite-r4k"
+            || lib == "floor",
         "unknown --lib {lib}"
     );
     let router = axum::Router::new().route("/", axum::routing::get(axum_handler));
@@ -171,7 +166,7 @@ async fn server(lib: String, port: u16) {
 
 async fn handle(lib: &'static str, mut req: Request<Incoming>) -> Result<Resp, Infallible> {
     match lib {
-        "tungstenite" | "tungstenite-4k" => {
+        "tungstenite" | "tungstenite-4k" | "tungstenite-r4k" => {
             use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
             let Some(resp) = switching_protocols(&req) else {
                 return Ok(bad_request());
@@ -182,6 +177,9 @@ async fn handle(lib: &'static str, mut req: Request<Incoming>) -> Result<Resp, I
                     .write_buffer_size(0)
                     .max_message_size(Some(1 << 20))
                     .max_frame_size(Some(1 << 20))
+            } else if lib == "tungstenite-r4k" {
+                // Only the read buffer changed: isolates its effect.
+                WebSocketConfig::default().read_buffer_size(4 * 1024)
             } else {
                 WebSocketConfig::default()
             };
@@ -246,11 +244,21 @@ async fn handle(lib: &'static str, mut req: Request<Incoming>) -> Result<Resp, I
             });
             Ok(resp)
         }
-        "yawc" | "yawc-deflate" => {
+        "yawc" | "yawc-deflate" | "yawc-deflate-pool" => {
             use yawc::{OpCode, Options, WebSocket};
+            static POOL: std::sync::OnceLock<yawc::DeflatePool> = std::sync::OnceLock::new();
             let mut opts = Options::default().with_utf8();
             if lib == "yawc-deflate" {
+                // permessage-deflate, context takeover (per-connection zlib state).
                 opts = opts.with_balanced_compression();
+            } else if lib == "yawc-deflate-pool" {
+                // permessage-deflate, no context takeover, deflate state borrowed from a
+                // process-wide pool for one message at a time.
+                opts = opts
+                    .with_balanced_compression()
+                    .server_no_context_takeover()
+                    .client_no_context_takeover()
+                    .with_deflate_pool(POOL.get_or_init(|| yawc::DeflatePool::new(64)).clone());
             }
             let Ok((resp, fut)) = WebSocket::upgrade_with_options(&mut req, opts) else {
                 return Ok(bad_request());
@@ -266,6 +274,33 @@ async fn handle(lib: &'static str, mut req: Request<Incoming>) -> Result<Resp, I
                         }
                         OpCode::Close => break,
                         _ => {}
+                    }
+                }
+            });
+            Ok(resp)
+        }
+        "floor" => {
+            // Not a WebSocket implementation: hyper upgrade + one task per socket that
+            // answers every read with a fixed 64-byte text frame. Measures the cost of the
+            // plumbing shared by all variants (hyper, tokio task, socket), nothing else.
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Some(resp) = switching_protocols(&req) else {
+                return Ok(bad_request());
+            };
+            tokio::spawn(async move {
+                let Ok(up) = hyper::upgrade::on(&mut req).await else { return };
+                let mut io = TokioIo::new(up);
+                let mut reply = vec![0x81u8, 64];
+                reply.extend_from_slice(payload(64).as_bytes());
+                let mut buf = [0u8; 256];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            if io.write_all(&reply).await.is_err() {
+                                break;
+                            }
+                        }
                     }
                 }
             });
@@ -301,6 +336,10 @@ struct LoadParams {
     secs: f64,
     size: usize,
     window: usize,
+    /// After the tokio-tungstenite handshake, drive the socket with pre-encoded masked
+    /// frames and count echoed bytes instead of parsing them: a much cheaper client, so
+    /// the server becomes the bottleneck on a 2-core machine.
+    raw: bool,
 }
 
 impl LoadParams {
@@ -310,6 +349,7 @@ impl LoadParams {
             secs: arg_num(args, "--secs", 5.0),
             size: arg_num(args, "--size", 64),
             window: arg_num(args, "--window", 1),
+            raw: args.iter().any(|a| a == "--raw-client"),
         }
     }
 }
@@ -320,9 +360,7 @@ async fn connect_tcp(port: u16, src: u8, i: usize) -> std::io::Result<TcpStream>
     let sock = TcpSocket::new_v4()?;
     let ip = Ipv4Addr::new(127, 0, src, 1 + (i % 200) as u8);
     sock.bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
-    let s = sock
-        .connect(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
-        .await?;
+    let s = sock.connect(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)).await?;
     s.set_nodelay(true)?;
     Ok(s)
 }
@@ -332,9 +370,7 @@ type ClientWs = tokio_tungstenite::WebSocketStream<TcpStream>;
 async fn connect_ws(port: u16, src: u8, i: usize) -> Result<ClientWs, String> {
     use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
     let tcp = connect_tcp(port, src, i).await.map_err(|e| e.to_string())?;
-    let cfg = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
-        .write_buffer_size(0);
+    let cfg = WebSocketConfig::default().read_buffer_size(16 * 1024).write_buffer_size(0);
     let (ws, _) = tokio_tungstenite::client_async_with_config(
         format!("ws://127.0.0.1:{port}/"),
         tcp,
@@ -346,11 +382,7 @@ async fn connect_ws(port: u16, src: u8, i: usize) -> Result<ClientWs, String> {
 }
 
 fn payload(size: usize) -> String {
-    "abcdefghijklmnopqrstuvwxyz0123456789"
-        .chars()
-        .cycle()
-        .take(size)
-        .collect()
+    "abcdefghijklmnopqrstuvwxyz0123456789".chars().cycle().take(size).collect()
 }
 
 /// Opens `conns` connections, calls `at_start` once all are connected, then each
@@ -378,31 +410,70 @@ async fn throughput_client(
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(p.secs);
     let mut tasks = Vec::new();
-    for mut ws in socks {
-        let count = count.clone();
-        let text = text.clone();
-        let window = p.window;
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                for _ in 0..window {
-                    if ws.feed(Message::Text(text.clone())).await.is_err() {
+    if p.raw {
+        // 64-byte text frame, masked with a fixed key (RFC 6455 5.3 only asks that the
+        // client mask; the server cost is identical for any key).
+        let key = [0x12u8, 0x34, 0x56, 0x78];
+        let body = payload(p.size);
+        assert!(p.size < 126, "--raw-client supports payloads < 126 bytes");
+        let mut frame = vec![0x81u8, 0x80 | p.size as u8];
+        frame.extend_from_slice(&key);
+        frame.extend(body.bytes().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        let burst: Arc<Vec<u8>> = Arc::new(frame.repeat(p.window));
+        let echo_len = 2 + p.size; // unmasked server frame
+        for ws in socks {
+            let count = count.clone();
+            let burst = burst.clone();
+            let window = p.window;
+            tasks.push(tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut tcp = ws.into_inner();
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    if tcp.write_all(&burst).await.is_err() {
                         return;
                     }
+                    let want = window * echo_len;
+                    let mut got = 0;
+                    while got < want {
+                        match tcp.read(&mut buf[..(want - got).min(64 * 1024)]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => got += k,
+                        }
+                    }
+                    n += window as u64;
                 }
-                if ws.flush().await.is_err() {
-                    return;
-                }
-                for _ in 0..window {
-                    match ws.next().await {
-                        Some(Ok(Message::Text(t))) if t.len() == text.len() => n += 1,
-                        _ => return,
+                count.fetch_add(n, Ordering::Relaxed);
+            }));
+        }
+    } else {
+        for mut ws in socks {
+            let count = count.clone();
+            let text = text.clone();
+            let window = p.window;
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    for _ in 0..window {
+                        if ws.feed(Message::Text(text.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    if ws.flush().await.is_err() {
+                        return;
+                    }
+                    for _ in 0..window {
+                        match ws.next().await {
+                            Some(Ok(Message::Text(t))) if t.len() == text.len() => n += 1,
+                            _ => return,
+                        }
                     }
                 }
-            }
-            count.fetch_add(n, Ordering::Relaxed);
-            let _ = ws.close(None).await;
-        }));
+                count.fetch_add(n, Ordering::Relaxed);
+                let _ = ws.close(None).await;
+            }));
+        }
     }
     let bound = Duration::from_secs_f64(p.secs + 15.0);
     for t in tasks {
@@ -438,18 +509,26 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn spawn_server(lib: &str, port: u16, threads: usize) -> Child {
+/// `cpu`: when set, the server is started through `taskset -c CPU` (taskset execs, so the
+/// child PID is the server's PID).
+fn spawn_server(lib: &str, port: u16, threads: usize, cpu: Option<&str>) -> Child {
     let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
+    let mut cmd = match cpu {
+        Some(c) => {
+            let mut c0 = Command::new("taskset");
+            c0.args(["-c", c]).arg(exe);
+            c0
+        }
+        None => Command::new(exe),
+    };
+    let mut child = cmd
         .args(["server", "--lib", lib, "--port", &port.to_string()])
         .args(["--threads", &threads.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn server");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     assert!(line.starts_with("READY"), "server did not start: {line}");
     child
 }
@@ -470,10 +549,18 @@ fn run(args: &[String]) {
     let threads: usize = arg_num(args, "--threads", 0);
     let base_port: u16 = arg_num(args, "--port", 19100);
     let mut src: u8 = arg_num(args, "--src", 1);
+    let server_cpu = arg(args, "--server-cpu");
     let p = LoadParams::from_args(args);
     let idle_conns: usize = arg_num(args, "--conns", 5000);
 
-    println!("# bench={bench} reps={reps} server_threads={threads} (0=current_thread)");
+    println!(
+        "# bench={bench} reps={reps} server_threads={threads} (0=current_thread) server_cpu={} conns={} window={} size={} secs={}",
+        server_cpu.as_deref().unwrap_or("any"),
+        p.conns,
+        p.window,
+        p.size,
+        p.secs
+    );
     let mut port = base_port;
     for rep in 1..=reps {
         // Rotate the order each repetition so no library always runs first/last.
@@ -482,7 +569,7 @@ fn run(args: &[String]) {
             let lib = &libs[(k + rep - 1) % n];
             port += 1;
             src = src.wrapping_add(1).max(1);
-            let child = spawn_server(lib, port, threads);
+            let child = spawn_server(lib, port, threads, server_cpu.as_deref());
             let pid = child.id();
             std::thread::sleep(Duration::from_millis(200));
             match bench.as_str() {
@@ -509,7 +596,11 @@ fn run(args: &[String]) {
                 "memory" => {
                     let before = vm_rss_kib(pid);
                     let rt = runtime(0);
-                    let deflate = lib == "yawc-deflate";
+                    let deflate = match lib.as_str() {
+                        "yawc-deflate" => 1,
+                        "yawc-deflate-pool" => 2,
+                        _ => 0,
+                    };
                     let (ok, after) = rt.block_on(idle_client(port, idle_conns, src, pid, deflate));
                     drop(rt);
                     println!(
@@ -535,7 +626,7 @@ enum IdleWs {
 /// Opens `n` connections (200 handshakes in flight at most), sends one 64-byte text
 /// message on each and waits for its echo, then holds them idle until the server RSS
 /// is stable. Returns (connections held, final server VmRSS in KiB).
-async fn idle_client(port: u16, n: usize, src: u8, server_pid: u32, deflate: bool) -> (usize, u64) {
+async fn idle_client(port: u16, n: usize, src: u8, server_pid: u32, deflate: u8) -> (usize, u64) {
     use futures_util::stream;
     use tokio_tungstenite::tungstenite::Message;
     let text = payload(64);
@@ -548,10 +639,13 @@ async fn idle_client(port: u16, n: usize, src: u8, server_pid: u32, deflate: boo
                     return None;
                 }
                 let r = tokio::time::timeout(Duration::from_secs(20), async {
-                    if deflate {
+                    if deflate > 0 {
                         let tcp = connect_tcp(port, src, i).await.ok()?;
                         let url: url::Url = format!("ws://127.0.0.1:{port}/").parse().ok()?;
-                        let opts = yawc::Options::default().with_balanced_compression();
+                        let mut opts = yawc::Options::default().with_balanced_compression();
+                        if deflate == 2 {
+                            opts = opts.client_no_context_takeover().server_no_context_takeover();
+                        }
                         let mut ws = yawc::WebSocket::handshake(url, tcp, opts).await.ok()?;
                         ws.send(yawc::Frame::text(text.clone())).await.ok()?;
                         let f = ws.next().await?;

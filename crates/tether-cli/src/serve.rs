@@ -1,0 +1,148 @@
+//! `tether serve`: layered configuration (defaults < TOML file < `TETHER_*` env < flags) and the
+//! standalone gateway with signal-driven graceful shutdown.
+
+use crate::units;
+use anyhow::{Context, Result};
+use bytesize::ByteSize;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tether_core::channel::ChannelPattern;
+use tether_server::{Gateway, GatewayConfig, ShutdownClose};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys as printed by --print-config).
+    #[arg(long, env = "TETHER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8080]
+    #[arg(long, env = "TETHER_LISTEN", value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// Server ping cadence, e.g. 25s or 100ms [default: 25s]
+    #[arg(long, env = "TETHER_PING_INTERVAL", value_parser = units::duration)]
+    ping_interval: Option<Duration>,
+    /// Silence tolerated after ping_interval before a peer is dropped [default: 10s]
+    #[arg(long, env = "TETHER_PONG_TIMEOUT", value_parser = units::duration)]
+    pong_timeout: Option<Duration>,
+    /// Largest inbound message; larger ones close with 1009 [default: 64KiB]
+    #[arg(long, env = "TETHER_MAX_MESSAGE_SIZE", value_parser = units::size)]
+    max_message_size: Option<ByteSize>,
+    /// Open WebSocket connections at most; more get HTTP 503 [default: 10000]
+    #[arg(long, env = "TETHER_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Messages queued per connection before it is closed as a slow consumer [default: 1024]
+    #[arg(long, env = "TETHER_OUTBOUND_QUEUE")]
+    outbound_queue: Option<usize>,
+    /// How long one write may block before the peer is a slow consumer [default: 10s]
+    #[arg(long, env = "TETHER_WRITE_TIMEOUT", value_parser = units::duration)]
+    write_timeout: Option<Duration>,
+    /// Channels one connection may subscribe to [default: 128]
+    #[arg(long, env = "TETHER_MAX_SUBSCRIPTIONS")]
+    max_subscriptions: Option<usize>,
+    /// Channel patterns clients may publish to over WebSocket, e.g. 'chat:*' (repeatable) [default: none]
+    #[arg(long, env = "TETHER_CLIENT_PUBLISH", value_delimiter = ',')]
+    client_publish: Option<Vec<String>>,
+    /// Close sent to clients on shutdown: restart (1012 + reconnect hint) or going-away (1001) [default: restart]
+    #[arg(long, env = "TETHER_SHUTDOWN_CLOSE", value_parser = parse_shutdown_close)]
+    shutdown_close: Option<ShutdownClose>,
+    /// How long shutdown waits for clients to close [default: 10s]
+    #[arg(long, env = "TETHER_DRAIN_TIMEOUT", value_parser = units::duration)]
+    drain_timeout: Option<Duration>,
+}
+
+fn parse_shutdown_close(s: &str) -> Result<ShutdownClose, String> {
+    match s {
+        "restart" => Ok(ShutdownClose::Restart),
+        "going-away" => Ok(ShutdownClose::GoingAway),
+        _ => Err(format!("`{s}`: expected `restart` or `going-away`")),
+    }
+}
+
+/// Defaults, then the file, then environment and flags (clap has already merged those two,
+/// flags winning).
+pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read config file {}; check the path given to --config", path.display())
+            })?;
+            toml::from_str::<GatewayConfig>(&text).with_context(|| {
+                format!(
+                    "config file {} is not valid; `tether serve --print-config` shows every key",
+                    path.display()
+                )
+            })?
+        }
+        None => GatewayConfig::default(),
+    };
+    macro_rules! overlay {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { cfg.$field = v; } )* };
+    }
+    overlay!(
+        listen,
+        ping_interval,
+        pong_timeout,
+        max_message_size,
+        max_connections,
+        outbound_queue,
+        write_timeout,
+        max_subscriptions,
+        shutdown_close,
+        drain_timeout
+    );
+    if let Some(patterns) = &args.client_publish {
+        cfg.client_publish = patterns.iter().map(ChannelPattern::new).collect();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutdown requested");
+}
+
+pub async fn run(args: ServeArgs) -> Result<ExitCode> {
+    let cfg = effective_config(&args)?;
+    if args.print_config {
+        print!("{}", toml::to_string_pretty(&cfg).context("cannot render the configuration")?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| {
+        format!("cannot listen on {}; is another server using it? Choose another with --listen", cfg.listen)
+    })?;
+    let addr = listener.local_addr().context("cannot read the bound address")?;
+    let gateway = Gateway::new(cfg.clone())?;
+    // A stable line on stdout that scripts and tests wait for.
+    println!("tether listening on http://{addr} (WebSocket at ws://{addr}/ws)");
+    tracing::info!(
+        %addr,
+        broker = gateway.broker_name(),
+        ping_interval = ?cfg.ping_interval,
+        pong_timeout = ?cfg.pong_timeout,
+        "serving"
+    );
+    let report = gateway.serve(listener, shutdown_signal()).await.context("server failed")?;
+    if report.unfinished > 0 {
+        tracing::warn!(
+            unfinished = report.unfinished,
+            "drain timeout expired; remaining connections dropped"
+        );
+    }
+    tracing::info!(closed = report.connections, "shutdown complete");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,69 @@
+//! Client configuration. Defaults come from `tether_core::defaults`.
+
+use std::time::Duration;
+use tether_core::defaults as d;
+use tether_core::reconnect::ReconnectPolicy;
+
+/// Which protocol the client speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `tether.v1.json`: commands, replies, publications with offsets, disconnect advice.
+    Json,
+    /// Plain WebSocket, no subprotocol: text in, text out (works with any server).
+    Raw,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `ws://` URL of the endpoint.
+    pub url: String,
+    pub mode: Mode,
+    /// The client sends a protocol Ping every interval...
+    pub ping_interval: Duration,
+    /// ...and declares the server dead after `ping_interval + pong_timeout` without any frame.
+    pub pong_timeout: Duration,
+    pub reconnect: ReconnectPolicy,
+    /// Sends buffered while disconnected; one more is [`crate::ClientError::QueueFull`].
+    pub offline_queue: usize,
+    /// Events buffered for the application before the client stops reading the socket.
+    pub event_buffer: usize,
+    /// Limit for TCP connect plus WebSocket handshake.
+    pub connect_timeout: Duration,
+    /// How long our closing handshake may take.
+    pub close_timeout: Duration,
+    /// Largest inbound message accepted.
+    pub max_message_size: usize,
+}
+
+impl ClientConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        ClientConfig {
+            url: url.into(),
+            mode: Mode::Json,
+            ping_interval: d::CLIENT_PING_INTERVAL,
+            pong_timeout: d::CLIENT_PONG_TIMEOUT,
+            reconnect: ReconnectPolicy::default(),
+            offline_queue: d::CLIENT_OFFLINE_QUEUE,
+            event_buffer: 1024,
+            connect_timeout: Duration::from_secs(10),
+            close_timeout: d::CLOSE_TIMEOUT,
+            max_message_size: 16 << 20,
+        }
+    }
+
+    pub fn raw(mut self) -> Self {
+        self.mode = Mode::Raw;
+        self
+    }
+
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.ping_interval = interval;
+        self.pong_timeout = timeout;
+        self
+    }
+
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = policy;
+        self
+    }
+}

@@ -1,0 +1,66 @@
+//! What the client tells the application.
+
+use serde_json::value::RawValue;
+use std::fmt;
+use std::time::Duration;
+use tether_core::close_code::{CloseCode, Initiator};
+use tether_core::protocol::ErrorBody;
+use tether_core::reconnect::StopReason;
+
+/// Why and how a connection (or a connect attempt) ended, and what happens next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloseInfo {
+    /// Close code: from the close frame, or 1006 (no handshake), 4000 (heartbeat timeout).
+    pub code: u16,
+    pub reason: String,
+    /// True when the closing handshake completed.
+    pub was_clean: bool,
+    pub initiator: Initiator,
+    /// Whether the client will reconnect.
+    pub will_reconnect: bool,
+    /// When it will, after how long.
+    pub retry_in: Option<Duration>,
+    /// The number of the reconnect attempt that comes next (1 = first retry after a healthy
+    /// connection); 0 when the client stops.
+    pub attempt: u32,
+}
+
+impl fmt::Display for CloseInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "code={} ({}) reason={:?} was_clean={} initiator={}",
+            self.code,
+            CloseCode(self.code).info().name,
+            self.reason,
+            self.was_clean,
+            self.initiator
+        )?;
+        match self.retry_in {
+            Some(d) if self.will_reconnect => {
+                write!(f, "; reconnecting in {:.3}s (attempt {})", d.as_secs_f64(), self.attempt)
+            }
+            _ => write!(f, "; not reconnecting"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// A connect attempt starts (attempt 0 is the first connect).
+    Connecting { attempt: u32 },
+    /// The WebSocket is open. `reconnected` is false only for the very first connection.
+    Open { reconnected: bool },
+    /// The server confirmed a subscription (`resubscribe` after a reconnect).
+    Subscribed { channel: String, resubscribe: bool },
+    /// A publication on a subscribed channel (JSON mode).
+    Publication { channel: String, offset: u64, data: Box<RawValue> },
+    /// A text message that is not a publication (raw mode: every text message).
+    Message(String),
+    /// The server answered a command with an error, or reported an error.
+    CommandError { id: Option<u64>, error: ErrorBody },
+    /// The connection ended (or a connect attempt failed).
+    Closed(CloseInfo),
+    /// The client stopped for good; no more events follow.
+    Stopped { reason: StopReason },
+}

@@ -1,0 +1,503 @@
+//! The supervisor: the single task that owns the connection. It connects, runs a session until
+//! it ends, asks the reconnect policy what to do, tells the application, waits, and repeats.
+//! While disconnected it keeps serving the application's requests (sends go to the bounded
+//! offline queue, subscriptions are remembered and re-sent after the next open).
+
+use crate::client::{ClientError, ClientStats};
+use crate::config::{ClientConfig, Mode};
+use crate::event::{CloseInfo, Event};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tether_core::close_code::{CloseCode, Initiator};
+use tether_core::codec;
+use tether_core::defaults::SUBPROTOCOL_JSON;
+use tether_core::heartbeat::{Action, Heartbeat};
+use tether_core::protocol::{ClientCommand, ServerMessage};
+use tether_core::reconnect::{Decision, Ended, Reconnector};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WireCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Done<T> = oneshot::Sender<Result<T, ClientError>>;
+
+pub(crate) enum Request {
+    Subscribe { channel: String, done: Done<()> },
+    Unsubscribe { channel: String, done: Done<()> },
+    Publish { channel: String, data: Box<RawValue>, done: Done<()> },
+    SendText { text: String, done: Done<()> },
+    Close { done: Done<()> },
+}
+
+/// How one session (or connect attempt) ended.
+struct SessionEnd {
+    code: CloseCode,
+    reason: String,
+    initiator: Initiator,
+    was_clean: bool,
+    by_user: bool,
+    advice_reconnect: Option<bool>,
+    advice_retry_after: Option<Duration>,
+    /// The application's close request, answered after the Closed event.
+    close_done: Option<Done<()>>,
+}
+
+impl SessionEnd {
+    fn network(reason: impl Into<String>) -> Self {
+        SessionEnd {
+            code: CloseCode::ABNORMAL,
+            reason: reason.into(),
+            initiator: Initiator::Network,
+            was_clean: false,
+            by_user: false,
+            advice_reconnect: None,
+            advice_retry_after: None,
+            close_done: None,
+        }
+    }
+}
+
+pub(crate) struct Supervisor {
+    config: ClientConfig,
+    requests: mpsc::Receiver<Request>,
+    events: mpsc::Sender<Event>,
+    stats: Arc<ClientStats>,
+    /// Channels the application wants; re-subscribed after every open.
+    channels: BTreeSet<String>,
+    /// Messages waiting for a connection, bounded by `config.offline_queue`.
+    offline: VecDeque<Message>,
+    next_id: u64,
+    /// Command ids of subscribes in flight → (channel, is a resubscribe).
+    pending_subscribes: HashMap<u64, (String, bool)>,
+}
+
+impl Supervisor {
+    pub(crate) fn new(
+        config: ClientConfig,
+        requests: mpsc::Receiver<Request>,
+        events: mpsc::Sender<Event>,
+        stats: Arc<ClientStats>,
+    ) -> Self {
+        Supervisor {
+            config,
+            requests,
+            events,
+            stats,
+            channels: BTreeSet::new(),
+            offline: VecDeque::new(),
+            next_id: 1,
+            pending_subscribes: HashMap::new(),
+        }
+    }
+
+    async fn emit(&self, event: Event) {
+        // The application may have dropped its event stream; the client keeps working.
+        let _ = self.events.send(event).await;
+    }
+
+    pub(crate) async fn run(mut self) {
+        self.stats.supervisors.fetch_add(1, Ordering::Relaxed);
+        let mut reconnector = Reconnector::new(self.config.reconnect);
+        let mut attempt = 0u32;
+        let mut opened_before = false;
+        loop {
+            self.emit(Event::Connecting { attempt }).await;
+            self.stats.connect_attempts.fetch_add(1, Ordering::Relaxed);
+            let end = match self.connect().await {
+                Ok(mut ws) => {
+                    reconnector.on_open(Instant::now().into_std());
+                    self.stats.opened.fetch_add(1, Ordering::Relaxed);
+                    self.emit(Event::Open { reconnected: opened_before }).await;
+                    let resubscribe = opened_before;
+                    opened_before = true;
+                    self.session(&mut ws, resubscribe).await
+                }
+                Err(end) => end,
+            };
+            let ended = Ended {
+                code: Some(end.code),
+                initiator: end.initiator,
+                requested_by_user: end.by_user,
+                advice_reconnect: end.advice_reconnect,
+                advice_retry_after: end.advice_retry_after,
+            };
+            let decision =
+                reconnector.on_close(Instant::now().into_std(), &ended, rand::random::<f64>());
+            let (will_reconnect, retry_in, next_attempt) = match &decision {
+                Decision::Retry { attempt, delay } => (true, Some(*delay), *attempt),
+                Decision::Stop(_) => (false, None, 0),
+            };
+            tracing::debug!(code = end.code.0, reason = %end.reason, will_reconnect, "connection ended");
+            self.emit(Event::Closed(CloseInfo {
+                code: end.code.0,
+                reason: end.reason,
+                was_clean: end.was_clean,
+                initiator: end.initiator,
+                will_reconnect,
+                retry_in,
+                attempt: next_attempt,
+            }))
+            .await;
+            if let Some(done) = end.close_done {
+                let _ = done.send(Ok(()));
+            }
+            match decision {
+                Decision::Stop(reason) => {
+                    self.emit(Event::Stopped { reason }).await;
+                    break;
+                }
+                Decision::Retry { delay, attempt: n } => {
+                    attempt = n;
+                    if !self.wait_offline(delay).await {
+                        self.emit(Event::Stopped {
+                            reason: tether_core::reconnect::StopReason::RequestedByUser,
+                        })
+                        .await;
+                        break;
+                    }
+                }
+            }
+        }
+        self.stats.supervisors.fetch_sub(1, Ordering::Relaxed);
+        // Fail whatever is still waiting.
+        self.requests.close();
+        while let Ok(req) = self.requests.try_recv() {
+            reject(req, ClientError::Stopped);
+        }
+    }
+
+    async fn connect(&self) -> Result<Ws, SessionEnd> {
+        let mut request = self
+            .config
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| SessionEnd::network(format!("bad URL {}: {e}", self.config.url)))?;
+        if self.config.mode == Mode::Json {
+            request
+                .headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL_JSON));
+        }
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
+            .max_message_size(Some(self.config.max_message_size))
+            .max_frame_size(Some(self.config.max_message_size));
+        let attempt = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+        let (ws, response) = match tokio::time::timeout(self.config.connect_timeout, attempt).await {
+            Err(_) => return Err(SessionEnd::network(format!("connect timed out after {:?}", self.config.connect_timeout))),
+            Ok(Err(WsError::Http(resp))) => {
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                return Err(SessionEnd::network(format!("handshake refused: HTTP {} {}", resp.status(), body.trim())));
+            }
+            Ok(Err(e)) => return Err(SessionEnd::network(format!("connect failed: {e}"))),
+            Ok(Ok(pair)) => pair,
+        };
+        if self.config.mode == Mode::Json
+            && response.headers().get("sec-websocket-protocol").map(|v| v.as_bytes())
+                != Some(SUBPROTOCOL_JSON.as_bytes())
+        {
+            return Err(SessionEnd::network("the server did not accept subprotocol tether.v1.json; use raw mode for plain WebSocket servers"));
+        }
+        Ok(ws)
+    }
+
+    /// Between connections: serve requests until `delay` passes. False if the app closed.
+    async fn wait_offline(&mut self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                req = self.requests.recv() => match req {
+                    None => return false,
+                    Some(Request::Close { done }) => {
+                        let _ = done.send(Ok(()));
+                        return false;
+                    }
+                    Some(req) => self.handle_offline(req),
+                }
+            }
+        }
+    }
+
+    fn queue(&mut self, msg: Message, done: Done<()>) {
+        if self.offline.len() >= self.config.offline_queue {
+            let _ = done.send(Err(ClientError::QueueFull(self.offline.len())));
+        } else {
+            self.offline.push_back(msg);
+            let _ = done.send(Ok(()));
+        }
+    }
+
+    fn command_text(&mut self, make: impl FnOnce(u64) -> ClientCommand) -> (u64, Message) {
+        let id = self.next_id;
+        self.next_id += 1;
+        (id, Message::Text(codec::encode_command(&make(id)).into()))
+    }
+
+    fn handle_offline(&mut self, req: Request) {
+        match req {
+            Request::Subscribe { channel, done } => {
+                let ok = self.check_json_mode();
+                if ok.is_ok() {
+                    self.channels.insert(channel);
+                }
+                let _ = done.send(ok);
+            }
+            Request::Unsubscribe { channel, done } => {
+                self.channels.remove(&channel);
+                let _ = done.send(Ok(()));
+            }
+            Request::Publish { channel, data, done } => {
+                if let Err(e) = self.check_json_mode() {
+                    let _ = done.send(Err(e));
+                    return;
+                }
+                let (_, msg) = self.command_text(|id| ClientCommand::Publish { id, channel, data });
+                self.queue(msg, done);
+            }
+            Request::SendText { text, done } => self.queue(Message::Text(text.into()), done),
+            Request::Close { done } => {
+                let _ = done.send(Ok(()));
+            }
+        }
+    }
+
+    fn check_json_mode(&self) -> Result<(), ClientError> {
+        match self.config.mode {
+            Mode::Json => Ok(()),
+            Mode::Raw => Err(ClientError::WrongMode(
+                "subscribe/publish need JSON mode; in raw mode use ?channel= in the URL and send_text",
+            )),
+        }
+    }
+
+    /// Run one open connection until it ends.
+    async fn session(&mut self, ws: &mut Ws, resubscribe: bool) -> SessionEnd {
+        // Re-establish what the application asked for, then flush what waited offline.
+        let channels: Vec<String> = self.channels.iter().cloned().collect();
+        for channel in channels {
+            let (id, msg) = self.command_text(|id| ClientCommand::Subscribe { id, channel: channel.clone() });
+            self.pending_subscribes.insert(id, (channel, resubscribe));
+            if let Err(e) = ws.feed(msg).await {
+                return SessionEnd::network(format!("write failed: {e}"));
+            }
+        }
+        while let Some(msg) = self.offline.pop_front() {
+            if let Err(e) = ws.feed(msg).await {
+                return SessionEnd::network(format!("write failed: {e}"));
+            }
+        }
+        if let Err(e) = ws.flush().await {
+            return SessionEnd::network(format!("write failed: {e}"));
+        }
+
+        let mut heartbeat = Heartbeat::new(self.config.ping_interval, self.config.pong_timeout, Instant::now().into_std());
+        let mut advice: (Option<bool>, Option<Duration>) = (None, None);
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        loop {
+            let wake_at = match heartbeat.poll(Instant::now().into_std()) {
+                Action::SendPing => {
+                    if let Err(e) = ws.send(Message::Ping(Default::default())).await {
+                        return SessionEnd::network(format!("write failed: {e}"));
+                    }
+                    continue;
+                }
+                Action::PeerDead => {
+                    self.stats.heartbeat_timeouts.fetch_add(1, Ordering::Relaxed);
+                    // Abort: a frozen or unreachable server will not complete a closing handshake.
+                    return SessionEnd {
+                        code: CloseCode::HEARTBEAT_TIMEOUT,
+                        reason: format!(
+                            "heartbeat timeout: no frame from the server for {:?}",
+                            self.config.ping_interval + self.config.pong_timeout
+                        ),
+                        initiator: Initiator::Client,
+                        ..SessionEnd::network("")
+                    };
+                }
+                Action::Wait(at) => at,
+            };
+            sleep.as_mut().reset(Instant::from_std(wake_at));
+            tokio::select! {
+                _ = &mut sleep => {}
+                req = self.requests.recv() => {
+                    let Some(req) = req else {
+                        // Every handle was dropped: close politely and stop.
+                        return self.close_by_user(ws, None).await;
+                    };
+                    if let Some(end) = self.handle_online(ws, req).await {
+                        return end;
+                    }
+                }
+                inbound = ws.next() => {
+                    heartbeat.on_inbound(Instant::now().into_std());
+                    match inbound {
+                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str(), &mut advice).await,
+                        Some(Ok(Message::Binary(b))) => self.emit(Event::Message(String::from_utf8_lossy(&b).into_owned())).await,
+                        Some(Ok(Message::Pong(_))) => { heartbeat.on_pong(Instant::now().into_std()); }
+                        Some(Ok(Message::Ping(_))) => {
+                            if let Err(e) = ws.flush().await {
+                                return SessionEnd::network(format!("write failed: {e}"));
+                            }
+                        }
+                        Some(Ok(Message::Close(frame))) => {
+                            let (code, reason) = match frame {
+                                Some(f) => (CloseCode(u16::from(f.code)), f.reason.to_string()),
+                                None => (CloseCode::NO_STATUS, String::new()),
+                            };
+                            // Drive the stream to its end so our close reply goes out.
+                            let clean = tokio::time::timeout(self.config.close_timeout, async {
+                                while ws.next().await.is_some() {}
+                            }).await.is_ok();
+                            return SessionEnd {
+                                code,
+                                reason,
+                                initiator: Initiator::Server,
+                                was_clean: clean,
+                                advice_reconnect: advice.0,
+                                advice_retry_after: advice.1,
+                                ..SessionEnd::network("")
+                            };
+                        }
+                        Some(Ok(Message::Frame(_))) => {}
+                        Some(Err(e)) => return SessionEnd::network(describe(&e)),
+                        None => return SessionEnd::network("connection ended without a close frame"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str, advice: &mut (Option<bool>, Option<Duration>)) {
+        if self.config.mode == Mode::Raw {
+            self.emit(Event::Message(text.to_owned())).await;
+            return;
+        }
+        match codec::decode_server_message(text) {
+            Ok(ServerMessage::Publication { channel, offset, data }) => {
+                self.emit(Event::Publication { channel, offset, data }).await
+            }
+            Ok(ServerMessage::Reply { id, error: Some(error), .. }) => {
+                self.pending_subscribes.remove(&id);
+                self.emit(Event::CommandError { id: Some(id), error }).await
+            }
+            Ok(ServerMessage::Reply { id, .. }) => {
+                if let Some((channel, resubscribe)) = self.pending_subscribes.remove(&id) {
+                    self.emit(Event::Subscribed { channel, resubscribe }).await
+                }
+            }
+            Ok(ServerMessage::Error { error }) => self.emit(Event::CommandError { id: None, error }).await,
+            Ok(ServerMessage::Disconnect(d)) => {
+                *advice = (Some(d.reconnect), d.retry_after_ms.map(Duration::from_millis));
+            }
+            Err(_) => self.emit(Event::Message(text.to_owned())).await,
+        }
+    }
+
+    /// A request while connected. Returns an ending when the session must end.
+    async fn handle_online(&mut self, ws: &mut Ws, req: Request) -> Option<SessionEnd> {
+        let (msg, done) = match req {
+            Request::Close { done } => return Some(self.close_by_user(ws, Some(done)).await),
+            Request::Subscribe { channel, done } => {
+                if let Err(e) = self.check_json_mode() {
+                    let _ = done.send(Err(e));
+                    return None;
+                }
+                if !self.channels.insert(channel.clone()) {
+                    let _ = done.send(Ok(()));
+                    return None;
+                }
+                let (id, msg) = self.command_text(|id| ClientCommand::Subscribe { id, channel: channel.clone() });
+                self.pending_subscribes.insert(id, (channel, false));
+                (msg, done)
+            }
+            Request::Unsubscribe { channel, done } => {
+                if !self.channels.remove(&channel) {
+                    let _ = done.send(Ok(()));
+                    return None;
+                }
+                let (_, msg) = self.command_text(|id| ClientCommand::Unsubscribe { id, channel });
+                (msg, done)
+            }
+            Request::Publish { channel, data, done } => {
+                if let Err(e) = self.check_json_mode() {
+                    let _ = done.send(Err(e));
+                    return None;
+                }
+                let (_, msg) = self.command_text(|id| ClientCommand::Publish { id, channel, data });
+                (msg, done)
+            }
+            Request::SendText { text, done } => (Message::Text(text.into()), done),
+        };
+        match ws.send(msg).await {
+            Ok(()) => {
+                let _ = done.send(Ok(()));
+                None
+            }
+            Err(e) => {
+                let _ = done.send(Ok(())); // accepted; lost with the connection like any in-flight frame
+                Some(SessionEnd::network(format!("write failed: {e}")))
+            }
+        }
+    }
+
+    async fn close_by_user(&mut self, ws: &mut Ws, done: Option<Done<()>>) -> SessionEnd {
+        let frame = CloseFrame { code: WireCode::Normal, reason: "client closing".into() };
+        let clean = tokio::time::timeout(self.config.close_timeout, async {
+            ws.send(Message::Close(Some(frame))).await?;
+            while let Some(msg) = ws.next().await {
+                if let Err(e) = msg {
+                    return Err(e);
+                }
+            }
+            Ok::<_, WsError>(())
+        })
+        .await;
+        SessionEnd {
+            code: CloseCode::NORMAL,
+            reason: "client closing".into(),
+            initiator: Initiator::Client,
+            was_clean: matches!(clean, Ok(Ok(()))),
+            by_user: true,
+            close_done: done,
+            ..SessionEnd::network("")
+        }
+    }
+}
+
+fn reject(req: Request, e: ClientError) {
+    let done = match req {
+        Request::Subscribe { done, .. }
+        | Request::Unsubscribe { done, .. }
+        | Request::Publish { done, .. }
+        | Request::SendText { done, .. }
+        | Request::Close { done } => done,
+    };
+    let _ = done.send(Err(e));
+}
+
+fn describe(e: &WsError) -> String {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match e {
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            "connection reset without a closing handshake".into()
+        }
+        WsError::Io(io) => format!("transport error: {io}"),
+        other => format!("{other}"),
+    }
+}

@@ -1,0 +1,96 @@
+//! The HTTP API beside the WebSocket endpoint: publish, health and metrics. Every error is a
+//! JSON body `{"error": "..."}` that names the problem.
+
+use crate::gateway::{Gateway, PublishError};
+use axum::body::{to_bytes, Body};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+pub(crate) fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    channel: String,
+    data: Box<RawValue>,
+}
+
+/// `POST /api/publish` with `{"channel": "...", "data": <any JSON>}`.
+pub(crate) async fn publish(State(gateway): State<Gateway>, req: Request<Body>) -> Response {
+    // The body limit is the largest message a client could receive, plus the envelope.
+    let limit = gateway.config().max_message_size.as_u64() as usize + 1024;
+    let bytes = match to_bytes(req.into_body(), limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than {limit} bytes (max_message_size plus envelope)"),
+            )
+        }
+    };
+    if bytes.is_empty() {
+        return json_error(StatusCode::BAD_REQUEST, r#"empty body; send {"channel": "...", "data": ...}"#);
+    }
+    let body: PublishBody = match serde_json::from_slice(&bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(r#"body must be {{"channel": "...", "data": <any JSON>}}: {e}"#),
+            )
+        }
+    };
+    match gateway.publish(&body.channel, &body.data).await {
+        Ok(receipt) => axum::Json(serde_json::json!({
+            "channel": body.channel,
+            "offset": receipt.offset,
+            "delivered": receipt.delivered,
+        }))
+        .into_response(),
+        Err(PublishError::BadChannel(e)) => json_error(StatusCode::BAD_REQUEST, format!("bad channel: {e}")),
+        Err(PublishError::Broker(e)) => {
+            let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+    }
+}
+
+pub(crate) async fn method_not_allowed() -> Response {
+    json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST with a JSON body")
+}
+
+pub(crate) async fn not_found(req: Request<Body>) -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        format!("no route for {}; try /ws, /api/publish, /healthz or /metrics", req.uri().path()),
+    )
+}
+
+/// `GET /healthz`: 200 while serving, 503 once shutdown has begun.
+pub(crate) async fn healthz(State(gateway): State<Gateway>) -> Response {
+    if gateway.is_shutting_down() {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "shutting_down"})))
+            .into_response();
+    }
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "connections": gateway.open_connections(),
+        "broker": gateway.broker_name(),
+    }))
+    .into_response()
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub(crate) async fn metrics(State(gateway): State<Gateway>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        gateway.metrics().render(),
+    )
+        .into_response()
+}

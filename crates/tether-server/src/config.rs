@@ -1,0 +1,131 @@
+//! Gateway configuration: one struct, every field with its default (from `tether_core::defaults`)
+//! and its meaning. Serialized as TOML by `tether serve --print-config`.
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tether_core::channel::ChannelPattern;
+use tether_core::defaults as d;
+
+/// Which close the server sends every client on graceful shutdown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShutdownClose {
+    /// 1012 "service restart" with a `retry_after_ms` hint: clients come back, spread by jitter.
+    Restart,
+    /// 1001 "going away": clients reconnect with their usual backoff.
+    GoingAway,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address `tether serve` binds (ignored when the gateway is mounted into another app).
+    pub listen: SocketAddr,
+    /// Protocol Ping cadence. Keep it under the smallest idle timeout on the path (nginx 60 s).
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Silence tolerated beyond `ping_interval` before a peer is dropped as dead.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Largest inbound message (and frame); larger closes with 1009.
+    pub max_message_size: ByteSize,
+    /// Initial read buffer per connection; it grows for large messages and is small when idle.
+    pub read_buffer_size: ByteSize,
+    /// Messages queued for one connection before it is closed as a slow consumer (4001).
+    pub outbound_queue: usize,
+    /// How long one write may block before the peer is a slow consumer (4001).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Open WebSocket connections at most; more handshakes get HTTP 503.
+    pub max_connections: usize,
+    /// Channels one connection may subscribe to.
+    pub max_subscriptions: usize,
+    /// Longest channel name, in bytes.
+    pub max_channel_name_len: usize,
+    /// Channels that clients may publish to over the WebSocket (`*` patterns). Empty: none.
+    pub client_publish: Vec<ChannelPattern>,
+    /// Raw mode: the text answered with `raw_pong`.
+    pub raw_ping: String,
+    pub raw_pong: String,
+    /// Close sent to every client on graceful shutdown.
+    pub shutdown_close: ShutdownClose,
+    /// With `restart`: clients wait between 1× and 2× this before reconnecting.
+    #[serde(with = "humantime_serde")]
+    pub restart_retry_hint: Duration,
+    /// How long graceful shutdown waits for clients to finish closing.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// How long a closing handshake may take before the socket is dropped.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: d::LISTEN.parse().expect("default listen address parses"),
+            ping_interval: d::PING_INTERVAL,
+            pong_timeout: d::PONG_TIMEOUT,
+            max_message_size: ByteSize::b(d::MAX_MESSAGE_SIZE as u64),
+            read_buffer_size: ByteSize::b(d::READ_BUFFER_SIZE as u64),
+            outbound_queue: d::OUTBOUND_QUEUE_MESSAGES,
+            write_timeout: d::WRITE_TIMEOUT,
+            max_connections: 10_000,
+            max_subscriptions: d::MAX_SUBSCRIPTIONS_PER_CONNECTION,
+            max_channel_name_len: d::MAX_CHANNEL_NAME_LEN,
+            client_publish: Vec::new(),
+            raw_ping: d::RAW_PING.into(),
+            raw_pong: d::RAW_PONG.into(),
+            shutdown_close: ShutdownClose::Restart,
+            restart_retry_hint: d::RESTART_RETRY_HINT,
+            drain_timeout: d::DRAIN_TIMEOUT,
+            close_timeout: d::CLOSE_TIMEOUT,
+        }
+    }
+}
+
+/// A configuration value outside what the gateway can work with.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: `{field}` {problem}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl GatewayConfig {
+    /// Check ranges; every error names the field and the accepted range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, problem: &str| Err(ConfigError { field, problem: problem.to_owned() });
+        let ms = Duration::from_millis;
+        if self.ping_interval < ms(10) {
+            return err("ping_interval", "must be at least 10ms (100ms is a good test value)");
+        }
+        if self.pong_timeout < ms(10) {
+            return err("pong_timeout", "must be at least 10ms");
+        }
+        if self.max_message_size.as_u64() < 128 || self.max_message_size.as_u64() > 1 << 30 {
+            return err("max_message_size", "must be between 128B and 1GiB");
+        }
+        if self.read_buffer_size.as_u64() < 256 || self.read_buffer_size.as_u64() > 16 << 20 {
+            return err("read_buffer_size", "must be between 256B and 16MiB");
+        }
+        if self.outbound_queue == 0 {
+            return err("outbound_queue", "must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return err("max_connections", "must be at least 1");
+        }
+        if self.max_channel_name_len == 0 || self.max_channel_name_len > 1024 {
+            return err("max_channel_name_len", "must be between 1 and 1024");
+        }
+        if self.raw_ping.is_empty() {
+            return err("raw_ping", "must not be empty");
+        }
+        if self.write_timeout.is_zero() || self.drain_timeout.is_zero() || self.close_timeout.is_zero() {
+            return err("write_timeout/drain_timeout/close_timeout", "must be greater than zero");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,470 @@
+//! One WebSocket connection, from the upgraded socket to its logged end.
+//!
+//! A single task per connection owns the socket and selects over: the shutdown signal, the
+//! slow-consumer signal, the heartbeat timer, inbound frames, and the bounded outbound queue that
+//! the hub fills. Protocol decisions come from `tether-core` (codec, heartbeat, close codes);
+//! this file only moves frames and enforces time limits.
+//!
+//! Every way a connection can end produces one [`Ending`] — code, reason, initiator, wasClean —
+//! which is logged once and counted once.
+
+use crate::gateway::Shared;
+use crate::hub::{ConnId, ConnSignals, Mode, Subscriber};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tether_core::channel;
+use tether_core::close_code::{CloseCode, Initiator, RetryAdvice};
+use tether_core::codec;
+use tether_core::heartbeat::{Action, Heartbeat};
+use tether_core::protocol::{
+    ClientCommand, Disconnect, ErrorBody, ErrorCode, ReplyResult, ServerMessage,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WireCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+pub(crate) type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Largest outbound messages written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// How a connection ended.
+#[derive(Debug)]
+pub(crate) struct Ending {
+    pub code: CloseCode,
+    pub reason: String,
+    pub initiator: Initiator,
+    pub was_clean: bool,
+}
+
+impl Ending {
+    fn network(reason: impl Into<String>) -> Self {
+        Ending {
+            code: CloseCode::ABNORMAL,
+            reason: reason.into(),
+            initiator: Initiator::Network,
+            was_clean: false,
+        }
+    }
+}
+
+/// Why a write did not complete.
+enum WriteFailed {
+    TimedOut,
+    Transport(WsError),
+}
+
+pub(crate) struct Connection {
+    pub id: ConnId,
+    pub mode: Mode,
+    shared: Arc<Shared>,
+    subscriptions: HashSet<String>,
+    signals: Arc<ConnSignals>,
+    tx: mpsc::Sender<Message>,
+}
+
+impl Connection {
+    /// Serve an upgraded socket until it ends, then unsubscribe, log and count the ending.
+    pub(crate) async fn serve(
+        shared: Arc<Shared>,
+        mut ws: Ws,
+        peer: Option<SocketAddr>,
+        mode: Mode,
+        channels: Vec<String>,
+    ) {
+        let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(shared.config.outbound_queue);
+        let mut conn = Connection {
+            id,
+            mode,
+            shared: shared.clone(),
+            subscriptions: HashSet::new(),
+            signals: Arc::default(),
+            tx,
+        };
+        let opened = Instant::now();
+        shared.metrics.connections_open.inc();
+        shared.metrics.connections_accepted.get_or_create(&crate::metrics::ModeLabels { mode: mode.as_str() }).inc();
+        tracing::debug!(conn = id, peer = ?peer, mode = mode.as_str(), "connection open");
+        for channel in channels {
+            // Validated at the handshake; a duplicate `?channel=` is simply ignored here.
+            let _ = conn.subscribe(&channel);
+        }
+
+        let ending = conn.run(&mut ws, &mut rx).await;
+        drop(ws); // aborts the TCP connection now if the ending was not a clean close
+
+        for channel in std::mem::take(&mut conn.subscriptions) {
+            shared.hub.unsubscribe(&channel, id);
+        }
+        let m = &shared.metrics;
+        m.connections_open.dec();
+        m.connections_closed
+            .get_or_create(&crate::metrics::CloseLabels {
+                code: ending.code.0,
+                initiator: ending.initiator.as_str(),
+            })
+            .inc();
+        tracing::info!(
+            target: "tether::close",
+            conn = id,
+            peer = %peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+            mode = mode.as_str(),
+            duration_ms = opened.elapsed().as_millis() as u64,
+            code = ending.code.0,
+            reason = %ending.reason,
+            was_clean = ending.was_clean,
+            initiator = ending.initiator.as_str(),
+            "connection closed"
+        );
+    }
+
+    async fn run(&mut self, ws: &mut Ws, rx: &mut mpsc::Receiver<Message>) -> Ending {
+        let cfg = &self.shared.config;
+        let mut heartbeat =
+            Heartbeat::new(cfg.ping_interval, cfg.pong_timeout, Instant::now().into_std());
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
+        let shutdown = self.shared.shutdown.clone();
+        let signals = self.signals.clone();
+        loop {
+            let wake_at = match heartbeat.poll(Instant::now().into_std()) {
+                Action::SendPing => {
+                    if let Err(e) = self.write(ws, Message::Ping(Bytes::new())).await {
+                        return self.write_failed(e);
+                    }
+                    continue;
+                }
+                Action::PeerDead => {
+                    self.shared.metrics.heartbeat_timeouts.inc();
+                    return Ending {
+                        code: CloseCode::HEARTBEAT_TIMEOUT,
+                        reason: "heartbeat timeout".into(),
+                        initiator: Initiator::Server,
+                        was_clean: false,
+                    };
+                }
+                Action::Wait(at) => at,
+            };
+            sleep.as_mut().reset(Instant::from_std(wake_at));
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    let (code, hint) = match self.shared.config.shutdown_close {
+                        crate::config::ShutdownClose::Restart => {
+                            (CloseCode::SERVICE_RESTART, Some(self.shared.config.restart_retry_hint))
+                        }
+                        crate::config::ShutdownClose::GoingAway => (CloseCode::GOING_AWAY, None),
+                    };
+                    return self.close(ws, code, "server shutting down", hint).await;
+                }
+                _ = signals.wake.notified() => {
+                    if signals.overflowed.load(Ordering::Relaxed) {
+                        self.shared.metrics.slow_consumers.inc();
+                        return self.close(ws, CloseCode::SLOW_CONSUMER, "slow consumer: outbound queue full", None).await;
+                    }
+                }
+                _ = &mut sleep => {}
+                inbound = ws.next() => {
+                    heartbeat.on_inbound(Instant::now().into_std());
+                    match inbound {
+                        Some(Ok(Message::Pong(_))) => {
+                            if let Some(rtt) = heartbeat.on_pong(Instant::now().into_std()) {
+                                self.shared.metrics.heartbeat_rtt.observe(rtt.as_secs_f64());
+                            }
+                        }
+                        Some(Ok(Message::Ping(_))) => {
+                            // tungstenite queued the pong; push it out now, not with the next write.
+                            if let Err(e) = self.flush(ws).await {
+                                return self.write_failed(e);
+                            }
+                        }
+                        Some(Ok(Message::Close(frame))) => return self.peer_closed(ws, frame).await,
+                        Some(Ok(msg)) => {
+                            if let Some(ending) = self.on_message(ws, msg).await {
+                                return ending;
+                            }
+                        }
+                        Some(Err(e)) => return self.read_failed(ws, e).await,
+                        None => return Ending::network("connection ended without a close frame"),
+                    }
+                }
+                Some(out) = rx.recv() => {
+                    if let Err(e) = self.write_batch(ws, out, rx).await {
+                        return self.write_failed(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A text or binary message from the peer. Returns an ending when the connection must close.
+    async fn on_message(&mut self, ws: &mut Ws, msg: Message) -> Option<Ending> {
+        let m = &self.shared.metrics;
+        m.messages_in.inc();
+        m.bytes_in.inc_by(msg.len() as u64);
+        let reply = match (self.mode, msg) {
+            (Mode::Raw, Message::Text(text)) if text.as_str() == self.shared.config.raw_ping => {
+                Message::Text(self.shared.config.raw_pong.as_str().into())
+            }
+            (Mode::Raw, _) => {
+                // Raw mode is receive-only: other inbound messages are counted and dropped.
+                m.raw_messages_ignored.inc();
+                return None;
+            }
+            (Mode::Json, Message::Text(text)) => {
+                let reply = match codec::decode_command(text.as_str()) {
+                    Ok(command) => self.on_command(command).await,
+                    Err(e) => e.into_reply(),
+                };
+                self.count_error(&reply);
+                Message::Text(codec::encode(&reply).into())
+            }
+            (Mode::Json, _) => {
+                let reply = ServerMessage::err(
+                    None,
+                    ErrorBody::new(
+                        ErrorCode::BinaryNotSupported,
+                        "binary frames carry no meaning in tether.v1.json; send JSON text",
+                    ),
+                );
+                self.count_error(&reply);
+                Message::Text(codec::encode(&reply).into())
+            }
+        };
+        match self.write(ws, reply).await {
+            Ok(()) => None,
+            Err(e) => Some(self.write_failed(e)),
+        }
+    }
+
+    fn count_error(&self, reply: &ServerMessage) {
+        let code = match reply {
+            ServerMessage::Reply { error: Some(e), .. } | ServerMessage::Error { error: e } => e.code,
+            _ => return,
+        };
+        self.shared
+            .metrics
+            .command_errors
+            .get_or_create(&crate::metrics::ReasonLabels { reason: code.as_str() })
+            .inc();
+    }
+
+    async fn on_command(&mut self, command: ClientCommand) -> ServerMessage {
+        let id = command.id();
+        let result = match command {
+            ClientCommand::Ping { .. } => Ok(ReplyResult::default()),
+            ClientCommand::Subscribe { channel, .. } => self.subscribe(&channel),
+            ClientCommand::Unsubscribe { channel, .. } => {
+                if self.subscriptions.remove(&channel) {
+                    self.shared.hub.unsubscribe(&channel, self.id);
+                    Ok(ReplyResult::default())
+                } else {
+                    Err(ErrorBody::new(ErrorCode::NotSubscribed, format!("not subscribed to `{channel}`")))
+                }
+            }
+            ClientCommand::Publish { channel, data, .. } => self.publish(&channel, &data).await,
+        };
+        match result {
+            Ok(result) => ServerMessage::ok(id, result),
+            Err(error) => ServerMessage::err(Some(id), error),
+        }
+    }
+
+    fn subscribe(&mut self, channel: &str) -> Result<ReplyResult, ErrorBody> {
+        let cfg = &self.shared.config;
+        channel::validate(channel, cfg.max_channel_name_len)
+            .map_err(|e| ErrorBody::new(ErrorCode::BadChannel, e.to_string()))?;
+        if self.subscriptions.contains(channel) {
+            return Err(ErrorBody::new(ErrorCode::AlreadySubscribed, format!("already subscribed to `{channel}`")));
+        }
+        if self.subscriptions.len() >= cfg.max_subscriptions {
+            return Err(ErrorBody::new(
+                ErrorCode::TooManySubscriptions,
+                format!("this connection already holds {} subscriptions (max_subscriptions)", cfg.max_subscriptions),
+            ));
+        }
+        let sub = Subscriber { tx: self.tx.clone(), signals: self.signals.clone(), mode: self.mode };
+        self.shared.hub.subscribe(channel, self.id, sub);
+        self.subscriptions.insert(channel.to_owned());
+        Ok(ReplyResult::default())
+    }
+
+    async fn publish(&self, channel: &str, data: &serde_json::value::RawValue) -> Result<ReplyResult, ErrorBody> {
+        let cfg = &self.shared.config;
+        channel::validate(channel, cfg.max_channel_name_len)
+            .map_err(|e| ErrorBody::new(ErrorCode::BadChannel, e.to_string()))?;
+        if !channel::any_matches(&cfg.client_publish, channel) {
+            return Err(ErrorBody::new(
+                ErrorCode::PublishForbidden,
+                format!("clients may not publish to `{channel}`; see the `client_publish` setting"),
+            ));
+        }
+        let receipt = self
+            .shared
+            .broker
+            .publish(channel, data)
+            .await
+            .map_err(|e| ErrorBody::new(ErrorCode::Unavailable, e.to_string()))?;
+        self.shared.metrics.publications.inc();
+        Ok(ReplyResult { offset: receipt.offset, delivered: Some(receipt.delivered) })
+    }
+
+    /// The peer sent a close frame; tungstenite queued our reply. Finish the handshake.
+    async fn peer_closed(&mut self, ws: &mut Ws, frame: Option<CloseFrame>) -> Ending {
+        let (code, reason) = match frame {
+            Some(f) => (CloseCode(u16::from(f.code)), f.reason.to_string()),
+            None => (CloseCode::NO_STATUS, String::new()),
+        };
+        // Drive the stream until it ends: this flushes our close reply.
+        let drained = tokio::time::timeout(self.shared.config.close_timeout, async {
+            while ws.next().await.is_some() {}
+        })
+        .await;
+        Ending { code, reason, initiator: Initiator::Client, was_clean: drained.is_ok() }
+    }
+
+    /// Map a read error to the close it calls for.
+    async fn read_failed(&mut self, ws: &mut Ws, error: WsError) -> Ending {
+        match error {
+            WsError::Capacity(e) => {
+                let reason = format!("message too big: {e}");
+                self.close(ws, CloseCode::MESSAGE_TOO_BIG, &reason, None).await
+            }
+            WsError::Utf8(_) => {
+                self.close(ws, CloseCode::INVALID_PAYLOAD, "text message is not valid UTF-8", None).await
+            }
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                Ending::network("connection reset without a closing handshake")
+            }
+            WsError::Protocol(e) => {
+                let reason = format!("protocol error: {e}");
+                self.close(ws, CloseCode::PROTOCOL_ERROR, &reason, None).await
+            }
+            WsError::Io(e) => Ending::network(format!("transport error: {e}")),
+            WsError::ConnectionClosed | WsError::AlreadyClosed => {
+                Ending::network("connection ended without a close frame")
+            }
+            other => {
+                let reason = format!("internal error: {other}");
+                self.close(ws, CloseCode::INTERNAL_ERROR, &reason, None).await
+            }
+        }
+    }
+
+    fn write_failed(&self, e: WriteFailed) -> Ending {
+        match e {
+            WriteFailed::TimedOut => {
+                self.shared.metrics.slow_consumers.inc();
+                Ending {
+                    code: CloseCode::SLOW_CONSUMER,
+                    reason: format!(
+                        "slow consumer: a write blocked for {:?} (write_timeout)",
+                        self.shared.config.write_timeout
+                    ),
+                    initiator: Initiator::Server,
+                    was_clean: false,
+                }
+            }
+            WriteFailed::Transport(e) => Ending::network(format!("write failed: {e}")),
+        }
+    }
+
+    /// Server-initiated close: advice (JSON mode), close frame, then wait for the peer's reply.
+    async fn close(&mut self, ws: &mut Ws, code: CloseCode, reason: &str, retry_after: Option<Duration>) -> Ending {
+        // A close reason is at most 123 bytes on the wire (RFC 6455 §5.5).
+        let mut wire_reason = reason.to_owned();
+        while wire_reason.len() > 123 {
+            wire_reason.pop();
+        }
+        let timeout = self.shared.config.close_timeout;
+        let sent = tokio::time::timeout(timeout, async {
+            if self.mode == Mode::Json {
+                let advice = ServerMessage::Disconnect(Disconnect {
+                    code,
+                    reason: reason.to_owned(),
+                    reconnect: code.advice() != RetryAdvice::Stop,
+                    retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
+                });
+                ws.feed(Message::Text(codec::encode(&advice).into())).await?;
+            }
+            let frame = CloseFrame { code: WireCode::from(code.0), reason: wire_reason.into() };
+            ws.send(Message::Close(Some(frame))).await
+        })
+        .await;
+        let mut was_clean = false;
+        if matches!(sent, Ok(Ok(()))) {
+            // Wait for the peer's close frame; anything else it still sends is discarded.
+            let _ = tokio::time::timeout(timeout, async {
+                while let Some(msg) = ws.next().await {
+                    match msg {
+                        Ok(Message::Close(_)) => was_clean = true,
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            })
+            .await;
+        }
+        Ending { code, reason: reason.to_owned(), initiator: Initiator::Server, was_clean }
+    }
+
+    async fn write(&self, ws: &mut Ws, msg: Message) -> Result<(), WriteFailed> {
+        let len = msg.len() as u64;
+        let is_data = msg.is_text() || msg.is_binary();
+        match tokio::time::timeout(self.shared.config.write_timeout, ws.send(msg)).await {
+            Err(_) => Err(WriteFailed::TimedOut),
+            Ok(Err(e)) => Err(WriteFailed::Transport(e)),
+            Ok(Ok(())) => {
+                if is_data {
+                    self.shared.metrics.messages_out.inc();
+                    self.shared.metrics.bytes_out.inc_by(len);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn flush(&self, ws: &mut Ws) -> Result<(), WriteFailed> {
+        match tokio::time::timeout(self.shared.config.write_timeout, ws.flush()).await {
+            Err(_) => Err(WriteFailed::TimedOut),
+            Ok(r) => r.map_err(WriteFailed::Transport),
+        }
+    }
+
+    /// Write one queued message and whatever else is already queued (up to a batch), then flush once.
+    async fn write_batch(&self, ws: &mut Ws, first: Message, rx: &mut mpsc::Receiver<Message>) -> Result<(), WriteFailed> {
+        let write = async {
+            let (mut n, mut bytes) = (1u64, first.len() as u64);
+            ws.feed(first).await?;
+            while (n as usize) < WRITE_BATCH {
+                let Ok(next) = rx.try_recv() else { break };
+                n += 1;
+                bytes += next.len() as u64;
+                ws.feed(next).await?;
+            }
+            ws.flush().await?;
+            Ok::<_, WsError>((n, bytes))
+        };
+        match tokio::time::timeout(self.shared.config.write_timeout, write).await {
+            Err(_) => Err(WriteFailed::TimedOut),
+            Ok(Err(e)) => Err(WriteFailed::Transport(e)),
+            Ok(Ok((n, bytes))) => {
+                self.shared.metrics.messages_out.inc_by(n);
+                self.shared.metrics.bytes_out.inc_by(bytes);
+                Ok(())
+            }
+        }
+    }
+}

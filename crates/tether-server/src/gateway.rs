@@ -1,0 +1,173 @@
+//! The gateway: owner of the hub, broker, metrics and shutdown signal, and the axum routes that
+//! expose them. Mount [`Gateway::router`] into any axum app, or run it alone with [`Gateway::serve`].
+
+use crate::broker::{Broker, BrokerError, MemoryBroker, PublishReceipt};
+use crate::config::{ConfigError, GatewayConfig};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::value::RawValue;
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tether_core::channel::{self, ChannelError};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// State every route and connection task shares.
+pub(crate) struct Shared {
+    pub config: GatewayConfig,
+    pub ws_config: WebSocketConfig,
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when graceful shutdown begins; every connection task listens.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks so shutdown can wait for them (they outlive the HTTP server).
+    pub tracker: TaskTracker,
+    /// One permit per open WebSocket connection.
+    pub connection_slots: Arc<Semaphore>,
+    pub next_conn_id: AtomicU64,
+}
+
+/// A Tether gateway. Cheap to clone; all clones are the same gateway.
+#[derive(Clone)]
+pub struct Gateway {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Why a publication was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("bad channel: {0}")]
+    BadChannel(#[from] ChannelError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// What graceful shutdown achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections open when shutdown began.
+    pub connections: usize,
+    /// Connections still open when the drain timeout expired (0 when all closed in time).
+    pub unfinished: usize,
+}
+
+impl Gateway {
+    /// A gateway with the in-memory broker.
+    pub fn new(config: GatewayConfig) -> Result<Gateway, ConfigError> {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let broker = Arc::new(MemoryBroker::new(hub.clone()));
+        Self::with_parts(config, metrics, hub, broker)
+    }
+
+    /// A gateway with a broker of your choice (the seam for multi-node backplanes).
+    pub fn with_parts(
+        config: GatewayConfig,
+        metrics: Arc<Metrics>,
+        hub: Arc<Hub>,
+        broker: Arc<dyn Broker>,
+    ) -> Result<Gateway, ConfigError> {
+        config.validate()?;
+        let max = config.max_message_size.as_u64() as usize;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(config.read_buffer_size.as_u64() as usize)
+            // Writes are flushed per batch; keep the write buffer small so idle connections stay small.
+            .write_buffer_size(0)
+            .max_write_buffer_size(max.max(64 * 1024) * 4)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
+        Ok(Gateway {
+            shared: Arc::new(Shared {
+                connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+                config,
+                ws_config,
+                hub,
+                broker,
+                metrics,
+                shutdown: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+                next_conn_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.shared.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    pub fn broker_name(&self) -> &'static str {
+        self.shared.broker.name()
+    }
+
+    /// The gateway's routes: `GET /ws`, `POST /api/publish`, `GET /healthz`, `GET /metrics`.
+    /// Merge or nest them into your own axum `Router`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/ws", get(crate::upgrade::ws_handler))
+            .route("/api/publish", post(crate::api::publish).fallback(crate::api::method_not_allowed))
+            .route("/healthz", get(crate::api::healthz))
+            .route("/metrics", get(crate::api::metrics))
+            .with_state(self.clone())
+    }
+
+    /// Publish from the host application (what `POST /api/publish` calls).
+    pub async fn publish(&self, channel: &str, data: &RawValue) -> Result<PublishReceipt, PublishError> {
+        channel::validate(channel, self.shared.config.max_channel_name_len)?;
+        let receipt = self.shared.broker.publish(channel, data).await?;
+        self.shared.metrics.publications.inc();
+        Ok(receipt)
+    }
+
+    /// Open WebSocket connections right now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.config.max_connections - self.shared.connection_slots.available_permits()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown.is_cancelled()
+    }
+
+    /// Graceful shutdown of the WebSocket side: refuse new handshakes, send every client its
+    /// close (1012 with a reconnect hint, or 1001), and wait up to `drain_timeout` for them.
+    pub async fn shutdown(&self) -> DrainReport {
+        let connections = self.open_connections();
+        self.shared.shutdown.cancel();
+        self.shared.tracker.close();
+        let drained =
+            tokio::time::timeout(self.shared.config.drain_timeout, self.shared.tracker.wait()).await;
+        let unfinished = if drained.is_ok() { 0 } else { self.shared.tracker.len() };
+        DrainReport { connections, unfinished }
+    }
+
+    /// Run standalone on `listener` until `signal` resolves, then shut down gracefully.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<DrainReport> {
+        let app = self.router().fallback(crate::api::not_found);
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
+        let gateway = self.clone();
+        let on_signal = async move {
+            signal.await;
+            tracing::info!(connections = gateway.open_connections(), "shutting down: closing connections");
+            let report = gateway.shutdown().await;
+            let _ = drained_tx.send(report);
+        };
+        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .with_graceful_shutdown(on_signal)
+            .await?;
+        Ok(drained_rx.await.unwrap_or(DrainReport { connections: 0, unfinished: 0 }))
+    }
+}

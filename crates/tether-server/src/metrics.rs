@@ -1,0 +1,127 @@
+//! The metrics registry: every counter the gateway keeps, exposed at `GET /metrics` in the
+//! Prometheus text format (encoding by `prometheus-client`). Later subsystems (broker, auth)
+//! register theirs in the same [`Registry`] through [`Metrics::registry_mut`]-style seams.
+
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    pub code: u16,
+    pub initiator: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub mode: &'static str,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub connections_open: Gauge,
+    pub connections_accepted: Family<ModeLabels, Counter>,
+    pub handshakes_refused: Family<ReasonLabels, Counter>,
+    pub connections_closed: Family<CloseLabels, Counter>,
+    pub heartbeat_timeouts: Counter,
+    pub heartbeat_rtt: Histogram,
+    pub slow_consumers: Counter,
+    pub messages_in: Counter,
+    pub messages_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub raw_messages_ignored: Counter,
+    pub command_errors: Family<ReasonLabels, Counter>,
+    pub publications: Counter,
+    pub deliveries: Counter,
+    pub subscriptions: Gauge,
+    pub resident_memory: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            connections_open: Gauge::default(),
+            connections_accepted: Family::default(),
+            handshakes_refused: Family::default(),
+            connections_closed: Family::default(),
+            heartbeat_timeouts: Counter::default(),
+            // 100 µs .. ~6.5 s
+            heartbeat_rtt: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 17),
+            ),
+            slow_consumers: Counter::default(),
+            messages_in: Counter::default(),
+            messages_out: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            raw_messages_ignored: Counter::default(),
+            command_errors: Family::default(),
+            publications: Counter::default(),
+            deliveries: Counter::default(),
+            subscriptions: Gauge::default(),
+            resident_memory: Gauge::default(),
+        };
+        {
+            let mut r = m.registry.lock().expect("metrics registry lock");
+            let t = &mut *r;
+            t.register("tether_connections_open", "Open WebSocket connections", m.connections_open.clone());
+            t.register("tether_connections_accepted", "WebSocket handshakes accepted, by mode", m.connections_accepted.clone());
+            t.register("tether_handshakes_refused", "WebSocket handshakes refused, by reason", m.handshakes_refused.clone());
+            t.register("tether_connections_closed", "Connections ended, by close code and initiator", m.connections_closed.clone());
+            t.register("tether_heartbeat_timeouts", "Connections dropped because the peer stopped answering", m.heartbeat_timeouts.clone());
+            t.register("tether_heartbeat_rtt_seconds", "Round trip from a server ping to its pong", m.heartbeat_rtt.clone());
+            t.register("tether_slow_consumers", "Connections closed because they did not read fast enough", m.slow_consumers.clone());
+            t.register("tether_messages_in", "Data messages received from clients", m.messages_in.clone());
+            t.register("tether_messages_out", "Data messages sent to clients", m.messages_out.clone());
+            t.register("tether_bytes_in", "Payload bytes received from clients", m.bytes_in.clone());
+            t.register("tether_bytes_out", "Payload bytes sent to clients", m.bytes_out.clone());
+            t.register("tether_raw_messages_ignored", "Raw-mode messages that were not the ping text", m.raw_messages_ignored.clone());
+            t.register("tether_command_errors", "Commands answered with an error, by error code", m.command_errors.clone());
+            t.register("tether_publications", "Publications accepted (HTTP API and clients)", m.publications.clone());
+            t.register("tether_deliveries", "Publication messages queued to subscribers", m.deliveries.clone());
+            t.register("tether_subscriptions", "Channel subscriptions held by open connections", m.subscriptions.clone());
+            t.register("process_resident_memory_bytes", "Resident memory of the gateway process", m.resident_memory.clone());
+        }
+        m
+    }
+
+    /// Render the Prometheus text exposition, refreshing process figures first.
+    pub fn render(&self) -> String {
+        if let Some(rss) = resident_memory_bytes() {
+            self.resident_memory.set(rss as i64);
+        }
+        let mut out = String::new();
+        let registry = self.registry.lock().expect("metrics registry lock");
+        encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Register a metric from another subsystem (broker, auth) in the same registry.
+    pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        self.registry.lock().expect("metrics registry lock").register(name, help, metric);
+    }
+}
+
+/// Resident set size of this process, from `/proc/self/statm` (Linux). `None` elsewhere.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}

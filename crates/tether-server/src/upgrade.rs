@@ -1,0 +1,204 @@
+//! The HTTP → WebSocket upgrade: validate the handshake, pick the protocol mode from the offered
+//! subprotocols, apply the connection limit, answer 101, and hand the upgraded socket to a
+//! tracked connection task. Every refusal is an HTTP error with a JSON body that says what to do.
+//!
+//! We do the upgrade ourselves (hyper's `upgrade::on` plus tungstenite's accept-key function)
+//! rather than through axum's `WebSocketUpgrade`, to set tungstenite's buffer sizes and to map its
+//! typed errors (capacity, UTF-8, protocol) to the right close codes.
+
+use crate::api::json_error;
+use crate::connection::Connection;
+use crate::gateway::Gateway;
+use crate::hub::Mode;
+use crate::metrics::ReasonLabels;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use tether_core::channel;
+use tether_core::defaults::SUBPROTOCOL_JSON;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The protocol mode chosen from `Sec-WebSocket-Protocol`, or the offered list when none fits.
+fn select_mode(headers: &HeaderMap) -> Result<Mode, Vec<String>> {
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if offered.is_empty() {
+        Ok(Mode::Raw)
+    } else if offered.iter().any(|p| p == SUBPROTOCOL_JSON) {
+        Ok(Mode::Json)
+    } else {
+        Err(offered)
+    }
+}
+
+/// `?channel=NAME` (repeatable): channels to subscribe at connect.
+fn channels_from_query(query: Option<&str>, max_len: usize) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if key == "channel" {
+            channel::validate(&value, max_len).map_err(|e| format!("?channel={value}: {e}"))?;
+            if !out.iter().any(|c| *c == value) {
+                out.push(value.into_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request) -> Response {
+    let shared = &gateway.shared;
+    let refuse = |reason: &'static str, status: StatusCode, body: serde_json::Value| {
+        shared.metrics.handshakes_refused.get_or_create(&ReasonLabels { reason }).inc();
+        (status, axum::Json(body)).into_response()
+    };
+    let headers = req.headers();
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        let mut resp = refuse(
+            "not_websocket",
+            StatusCode::UPGRADE_REQUIRED,
+            serde_json::json!({"error": "this endpoint speaks WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`"}),
+        );
+        resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return resp;
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+        let mut resp = refuse(
+            "bad_version",
+            StatusCode::UPGRADE_REQUIRED,
+            serde_json::json!({"error": "unsupported Sec-WebSocket-Version; this server speaks version 13 (RFC 6455)"}),
+        );
+        resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return resp;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return refuse(
+            "bad_request",
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "missing Sec-WebSocket-Key header"}),
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let mode = match select_mode(headers) {
+        Ok(mode) => mode,
+        Err(offered) => {
+            return refuse(
+                "unsupported_subprotocol",
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({
+                    "error": format!("none of the offered subprotocols ({}) is supported", offered.join(", ")),
+                    "supported": [SUBPROTOCOL_JSON],
+                    "hint": "offer `tether.v1.json`, or no subprotocol at all for raw mode",
+                }),
+            )
+        }
+    };
+    let channels = match channels_from_query(req.uri().query(), shared.config.max_channel_name_len) {
+        Ok(c) if c.len() <= shared.config.max_subscriptions => c,
+        Ok(c) => {
+            return refuse(
+                "bad_request",
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": format!("{} channels requested; max_subscriptions is {}", c.len(), shared.config.max_subscriptions)}),
+            )
+        }
+        Err(e) => return refuse("bad_request", StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
+    };
+    if shared.shutdown.is_cancelled() {
+        let mut resp = refuse(
+            "shutting_down",
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "server is shutting down; reconnect shortly"}),
+        );
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    }
+    let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
+        let mut resp = refuse(
+            "max_connections",
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": format!("connection limit reached ({} open); retry later", shared.config.max_connections)}),
+        );
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return resp;
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "this HTTP connection cannot be upgraded (is the app served over HTTP/1.1 by hyper?)",
+        );
+    };
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+
+    let shared_task = gateway.shared.clone();
+    gateway.shared.tracker.spawn(async move {
+        let _slot = slot; // released when the connection ends
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(peer = ?peer, error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(shared_task.ws_config),
+        )
+        .await;
+        Connection::serve(shared_task, ws, peer, mode, channels).await;
+    });
+
+    let mut resp = Response::new(axum::body::Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+    if mode == Mode::Json {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL_JSON));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_selection() {
+        let mut h = HeaderMap::new();
+        assert_eq!(select_mode(&h), Ok(Mode::Raw));
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("mqtt, tether.v1.json"));
+        assert_eq!(select_mode(&h), Ok(Mode::Json));
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("mqtt, wamp"));
+        assert_eq!(select_mode(&h), Err(vec!["mqtt".to_owned(), "wamp".to_owned()]));
+    }
+
+    #[test]
+    fn query_channels() {
+        assert_eq!(channels_from_query(Some("channel=a&x=1&channel=b&channel=a"), 10).unwrap(), ["a", "b"]);
+        assert!(channels_from_query(Some("channel=a%20b"), 10).is_err());
+        assert!(channels_from_query(None, 10).unwrap().is_empty());
+    }
+}
