@@ -1,7 +1,10 @@
 //! Text frames in, commands out; server messages in, text frames out. Pure functions: the
 //! connection task calls them and turns every error into an error reply.
 
-use crate::protocol::{ClientCommand, CommandId, ErrorBody, ErrorCode, ServerMessage};
+use crate::close_code::CloseCode;
+use crate::protocol::{
+    ClientCommand, CommandId, Disconnect, ErrorBody, ErrorCode, ReplyResult, ServerMessage,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -113,9 +116,54 @@ pub fn encode_command(command: &ClientCommand) -> String {
     serde_json::Value::Object(obj).to_string()
 }
 
+/// The loose shape of any server message; see [`decode_server_message`].
+#[derive(Deserialize)]
+struct WireServerMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    id: Option<CommandId>,
+    result: Option<ReplyResult>,
+    error: Option<ErrorBody>,
+    channel: Option<String>,
+    offset: Option<u64>,
+    data: Option<Box<RawValue>>,
+    code: Option<CloseCode>,
+    reason: Option<String>,
+    reconnect: Option<bool>,
+    retry_after_ms: Option<u64>,
+}
+
+/// A server message that does not fit the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerDecodeError {
+    #[error("not a JSON server message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("server message of type `{kind}` lacks `{field}`")]
+    Missing { kind: String, field: &'static str },
+    #[error("unknown server message type `{0}`")]
+    UnknownType(String),
+}
+
 /// Decode a server message (used by the Rust client).
-pub fn decode_server_message(text: &str) -> Result<ServerMessage, serde_json::Error> {
-    serde_json::from_str(text)
+pub fn decode_server_message(text: &str) -> Result<ServerMessage, ServerDecodeError> {
+    let w: WireServerMessage = serde_json::from_str(text)?;
+    let missing = |field| ServerDecodeError::Missing { kind: w.kind.clone(), field };
+    Ok(match w.kind.as_str() {
+        "reply" => ServerMessage::Reply { id: w.id.ok_or_else(|| missing("id"))?, result: w.result, error: w.error },
+        "error" => ServerMessage::Error { error: w.error.ok_or_else(|| missing("error"))? },
+        "publication" => ServerMessage::Publication {
+            channel: w.channel.ok_or_else(|| missing("channel"))?,
+            offset: w.offset.ok_or_else(|| missing("offset"))?,
+            data: w.data.ok_or_else(|| missing("data"))?,
+        },
+        "disconnect" => ServerMessage::Disconnect(Disconnect {
+            code: w.code.ok_or_else(|| missing("code"))?,
+            reason: w.reason.unwrap_or_default(),
+            reconnect: w.reconnect.ok_or_else(|| missing("reconnect"))?,
+            retry_after_ms: w.retry_after_ms,
+        }),
+        other => return Err(ServerDecodeError::UnknownType(other.to_owned())),
+    })
 }
 
 /// The text a raw-mode client receives for a publication: a JSON string as its plain text,
@@ -142,7 +190,6 @@ pub fn data_from_user_text(text: &str) -> Box<RawValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ReplyResult;
 
     #[test]
     fn decodes_each_command() {
@@ -208,6 +255,25 @@ mod tests {
             encode(&publication),
             r#"{"type":"publication","channel":"c","offset":7,"data":{"k":1}}"#
         );
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let texts = [
+            r#"{"type":"publication","channel":"c","offset":7,"data":{"k":[1,"x"]}}"#,
+            r#"{"type":"reply","id":1,"result":{"offset":3,"delivered":2}}"#,
+            r#"{"type":"reply","id":2,"error":{"code":"bad_channel","message":"m"}}"#,
+            r#"{"type":"error","error":{"code":"malformed_json","message":"m"}}"#,
+            r#"{"type":"disconnect","code":1012,"reason":"r","reconnect":true,"retry_after_ms":500}"#,
+        ];
+        for text in texts {
+            assert_eq!(encode(&decode_server_message(text).unwrap()), text);
+        }
+        assert!(matches!(
+            decode_server_message(r#"{"type":"publication","channel":"c"}"#),
+            Err(ServerDecodeError::Missing { field: "offset", .. })
+        ));
+        assert!(matches!(decode_server_message(r#"{"type":"x"}"#), Err(ServerDecodeError::UnknownType(_))));
     }
 
     #[test]

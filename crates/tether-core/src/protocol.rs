@@ -138,8 +138,9 @@ pub struct Disconnect {
     pub retry_after_ms: Option<u64>,
 }
 
-/// Every message the server sends on a `tether.v1.json` connection.
-#[derive(Debug, Serialize, Deserialize)]
+/// Every message the server sends on a `tether.v1.json` connection. (Decoded by
+/// [`crate::codec::decode_server_message`]: serde's tagged enums cannot hold a `RawValue`.)
+#[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     Reply {

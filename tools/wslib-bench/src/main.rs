@@ -15,7 +15,9 @@
 //!                                                spawns each server in turn (order rotated
 //!                                                per repetition), loads it, reads /proc;
 //!                                                run it under `taskset -c 1` together with
-//!                                                `--server-cpu 0` to give each side a core
+//!                                                `--server-cpu 0` to give each side a core;
+//!                                                `--raw-client`: pre-encoded frames, byte
+//!                                                counting (cheap client, server-bound)
 //!
 //! LIB: tungstenite | tungstenite-4k | axum | fastwebsockets | tokio-websockets | yawc
 //!      tungstenite-r4k (read buffer 4 KiB only) | floor (hyper upgrade + task, no WS codec;
@@ -554,12 +556,13 @@ fn run(args: &[String]) {
     let idle_conns: usize = arg_num(args, "--conns", 5000);
 
     println!(
-        "# bench={bench} reps={reps} server_threads={threads} (0=current_thread) server_cpu={} conns={} window={} size={} secs={}",
+        "# bench={bench} reps={reps} server_threads={threads} (0=current_thread) server_cpu={} conns={} window={} size={} secs={} client={}",
         server_cpu.as_deref().unwrap_or("any"),
         p.conns,
         p.window,
         p.size,
-        p.secs
+        p.secs,
+        if p.raw { "raw" } else { "tokio-tungstenite" }
     );
     let mut port = base_port;
     for rep in 1..=reps {

@@ -1,0 +1,287 @@
+//! Shared test harness: start the real `tether` binary on a free port, read its address from
+//! stdout, capture its log, signal it by PID, query its HTTP API. Every wait has a deadline.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tether");
+
+/// Poll `cond` until it holds or `timeout` passes. Returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `tether serve` child process.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+    args: Vec<String>,
+}
+
+impl Server {
+    /// Start on a free port with `args` added (e.g. `--ping-interval 100ms`).
+    pub fn start(args: &[&str]) -> Server {
+        Self::start_on("127.0.0.1:0", args)
+    }
+
+    pub fn start_on(listen: &str, args: &[&str]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").arg("--listen").arg(listen).args(args);
+        cmd.env("TETHER_LOG", "info").env("NO_COLOR", "1");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn tether serve");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("tether listening on http://") {
+                    let addr = rest.split_whitespace().next().unwrap().to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("tether serve did not report its address; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Server { child, addr, log, args: args.iter().map(|s| s.to_string()).collect() }
+    }
+
+    /// Start a new server on the same port with the same arguments (after this one died).
+    pub fn restart(&self) -> Server {
+        let args: Vec<&str> = self.args.iter().map(|s| s.as_str()).collect();
+        Server::start_on(&self.addr.to_string(), &args)
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).expect("signal the server");
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit status (with a deadline).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws{}", self.addr, query)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// POST a raw body to the publish API; returns (status, body).
+    pub fn post_publish(&self, body: &str) -> (u16, serde_json::Value) {
+        http_request("POST", &self.http("/api/publish"), Some(body))
+    }
+
+    /// Publish `data` (JSON text) to `channel`; panics unless 200. Returns the reply.
+    pub fn publish(&self, channel: &str, data: &str) -> serde_json::Value {
+        let (status, body) =
+            self.post_publish(&format!(r#"{{"channel":{},"data":{data}}}"#, serde_json::json!(channel)));
+        assert_eq!(status, 200, "publish failed: {body}");
+        body
+    }
+
+    pub fn metrics(&self) -> String {
+        let agent = agent();
+        let mut resp = agent.get(&self.http("/metrics")).call().expect("GET /metrics");
+        resp.body_mut().read_to_string().unwrap()
+    }
+
+    /// Sum of all samples of a metric whose line starts with `prefix` (name plus optional labels).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        metric_sum(&self.metrics(), prefix)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// A plain HTTP request; returns (status, JSON body or Null).
+pub fn http_request(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let agent = agent();
+    let mut resp = match (method, body) {
+        ("POST", Some(b)) => agent.post(url).header("content-type", "application/json").send(b),
+        ("POST", None) => agent.post(url).send_empty(),
+        ("GET", _) => agent.get(url).call(),
+        ("PUT", b) => agent.put(url).send(b.unwrap_or("")),
+        _ => panic!("unsupported method {method}"),
+    }
+    .expect("HTTP request");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+/// An external program a test needs. Missing under `CI` → the test fails; missing locally →
+/// the test is reported as skipped, loudly, and returns early.
+pub fn require(what: &str, found: Option<PathBuf>) -> Option<PathBuf> {
+    match found {
+        Some(p) => Some(p),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{what} is required (CI is set) but was not found; run scripts/test to install it")
+        }
+        None => {
+            eprintln!("\n!!!!!!!! SKIPPED: {what} not found; run scripts/test to install it !!!!!!!!\n");
+            None
+        }
+    }
+}
+
+/// The Python interpreter with the `websockets` package: $TETHER_PYTHON or ./.venv/bin/python.
+pub fn python() -> Option<PathBuf> {
+    let candidate = std::env::var_os("TETHER_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python")
+    });
+    let ok = Command::new(&candidate)
+        .args(["-c", "import websockets"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    require("Python with the `websockets` package", ok.then_some(candidate))
+}
+
+/// Path of a helper script in tests/python.
+pub fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/python").join(name)
+}
+
+/// Reads a child's stdout lines on a thread; `expect_line` waits for a matching line.
+pub struct LineReader {
+    rx: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl LineReader {
+    pub fn new(out: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LineReader { rx, seen: Vec::new() }
+    }
+
+    /// Wait for a line for which `pred` holds; panics with everything seen on timeout.
+    pub fn expect_line(&mut self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("timed out waiting for {what}; lines so far:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+}
+
+/// Wait for the first client event for which `pred` holds; panics on timeout or stream end.
+pub async fn next_event(
+    events: &mut tether_client::Events,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&tether_client::Event) -> bool,
+) -> tether_client::Event {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(e)) if pred(&e) => return e,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("event stream ended while waiting for {what}"),
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+/// A client config with test-scale heartbeat and backoff.
+pub fn fast_client(url: String) -> tether_client::ClientConfig {
+    tether_client::ClientConfig::new(url)
+        .heartbeat(Duration::from_millis(100), Duration::from_millis(200))
+        .reconnect(tether_client::ReconnectPolicy {
+            backoff: tether_core::backoff::Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_millis(500),
+                factor: 2.0,
+            },
+            ..Default::default()
+        })
+}
