@@ -1,0 +1,139 @@
+//! The command line: help on every command, layered configuration, and errors that say what
+//! is wrong and what to do — never a panic.
+
+mod common;
+use common::*;
+use std::process::{Command, Output, Stdio};
+
+fn tether(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [&["--help"][..], &["serve", "--help"], &["connect", "--help"], &["publish", "--help"]] {
+        let out = tether(args, &[]);
+        let (stdout, _) = text(&out);
+        assert!(out.status.success(), "{args:?}");
+        assert!(stdout.contains("Usage:"), "{args:?}: {stdout}");
+    }
+    let (stdout, _) = text(&tether(&["serve", "--help"], &[]));
+    for flag in ["--listen", "--ping-interval", "--pong-timeout", "--max-message-size", "--config", "--print-config"] {
+        assert!(stdout.contains(flag), "serve --help lists {flag}");
+    }
+}
+
+#[test]
+fn configuration_layers_file_then_env_then_flags() {
+    let dir = std::env::temp_dir().join(format!("tether-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tether.toml");
+    std::fs::write(&file, "ping_interval = \"5s\"\npong_timeout = \"3s\"\nmax_message_size = \"8KiB\"\nclient_publish = [\"chat:*\"]\n").unwrap();
+    let path = file.to_str().unwrap();
+
+    // Defaults with no configuration at all.
+    let (stdout, _) = text(&tether(&["serve", "--print-config"], &[]));
+    let cfg: toml::Value = toml::from_str(&stdout).unwrap();
+    assert_eq!(cfg["listen"].as_str(), Some("127.0.0.1:8080"));
+    assert_eq!(cfg["ping_interval"].as_str(), Some("25s"));
+
+    // File < environment < flags.
+    let out = tether(
+        &["serve", "--config", path, "--print-config", "--pong-timeout", "250ms"],
+        &[("TETHER_PING_INTERVAL", "100ms"), ("TETHER_PONG_TIMEOUT", "9s"), ("TETHER_LISTEN", "127.0.0.1:9999")],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let cfg: toml::Value = toml::from_str(&stdout).unwrap();
+    assert_eq!(cfg["ping_interval"].as_str(), Some("100ms"), "env beats file");
+    assert_eq!(cfg["pong_timeout"].as_str(), Some("250ms"), "flag beats env");
+    assert_eq!(cfg["listen"].as_str(), Some("127.0.0.1:9999"));
+    assert_eq!(cfg["client_publish"][0].as_str(), Some("chat:*"), "file beats default");
+    let size = cfg["max_message_size"].as_str().unwrap();
+    assert!(size.starts_with("8"), "{size}");
+
+    // What --print-config prints is a valid config file.
+    std::fs::write(&file, &stdout).unwrap();
+    let again = tether(&["serve", "--config", path, "--print-config"], &[]);
+    assert_eq!(text(&again).0, stdout);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn errors_say_what_is_wrong_without_a_panic() {
+    let check = |args: &[&str], needle: &str| {
+        let out = tether(args, &[]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr.contains(needle), "{args:?}: expected {needle:?} in:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    };
+    check(&["serve", "--config", "/nonexistent/tether.toml"], "cannot read config file");
+    check(&["serve", "--ping-interval", "soon"], "not a duration");
+    check(&["serve", "--max-message-size", "huge"], "not a size");
+    check(&["serve", "--ping-interval", "1ms"], "ping_interval");
+    check(&["serve", "--listen", "not-an-address"], "invalid");
+    check(&["connect", "http://127.0.0.1:1/ws"], "must start with ws://");
+    check(&["publish", "--server", "http://127.0.0.1:1", "news", "x"], "cannot reach");
+    check(&["publish", "--server", "127.0.0.1:1", "news", "x"], "http://");
+
+    let dir = std::env::temp_dir().join(format!("tether-cli-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "ping_intervl = \"1s\"\n").unwrap();
+    check(&["serve", "--config", file.to_str().unwrap()], "ping_intervl");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Port in use: a running server holds it.
+    let server = Server::start(&[]);
+    check(&["serve", "--listen", &server.addr.to_string()], "cannot listen on");
+}
+
+#[test]
+fn publish_command_reaches_subscribers() {
+    let server = Server::start(&[]);
+    let out = tether(&["publish", "--server", &server.http(""), "news", r#"{"a":1}"#], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let reply: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(reply["delivered"], 0);
+    let out = tether(&["publish", "--server", &server.http(""), "bad name", "x"], &[]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("400") && stderr.contains("bad channel"), "{stderr}");
+}
+
+#[test]
+fn connect_prints_publications_closes_and_the_reconnect_schedule() {
+    let mut server = Server::start(&[]);
+    let mut child = Command::new(BIN)
+        .args(["connect", &server.ws_url(""), "--channel", "news", "--backoff-initial", "100ms"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = LineReader::new(child.stdout.take().unwrap());
+    let t = std::time::Duration::from_secs(10);
+    out.expect_line(t, "subscribed", |l| l == "* subscribed to news");
+    server.publish("news", r#"{"hello":"world"}"#);
+    out.expect_line(t, "publication", |l| l == r#"< [news #1] {"hello":"world"}"#);
+    server.kill9();
+    let closed = out.expect_line(t, "close", |l| l.starts_with("* closed:"));
+    assert!(closed.contains("code=1006") && closed.contains("was_clean=false"), "{closed}");
+    assert!(closed.contains("reconnecting in") && closed.contains("attempt 1"), "{closed}");
+    let _server = server.restart();
+    out.expect_line(t, "reconnected", |l| l == "* reconnected");
+    out.expect_line(t, "resubscribed", |l| l == "* resubscribed to news");
+    let _ = child.kill();
+    let _ = child.wait();
+}
