@@ -42,7 +42,10 @@ pub struct ConnectArgs {
 
 fn build_config(args: &ConnectArgs) -> Result<ClientConfig> {
     if !(args.url.starts_with("ws://") || args.url.starts_with("wss://")) {
-        bail!("URL must start with ws:// or wss:// (got `{}`); e.g. ws://127.0.0.1:8080/ws", args.url);
+        bail!(
+            "URL must start with ws:// or wss:// (got `{}`); e.g. ws://127.0.0.1:8080/ws",
+            args.url
+        );
     }
     let mut url = args.url.clone();
     let mut cfg = ClientConfig::new("");
@@ -114,9 +117,14 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
                 println!("* {}", if reconnected { "reconnected" } else { "open" })
             }
             Event::Subscribed { channel, resubscribe } => {
-                println!("* {} {channel}", if resubscribe { "resubscribed to" } else { "subscribed to" })
+                println!(
+                    "* {} {channel}",
+                    if resubscribe { "resubscribed to" } else { "subscribed to" }
+                )
             }
-            Event::Publication { channel, offset, data } => println!("< [{channel} #{offset}] {}", data.get()),
+            Event::Publication { channel, offset, data } => {
+                println!("< [{channel} #{offset}] {}", data.get())
+            }
             Event::Message(text) => println!("< {text}"),
             Event::CommandError { id, error } => match id {
                 Some(id) => println!("! error (command {id}): {} {}", error.code, error.message),

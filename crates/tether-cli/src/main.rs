@@ -15,7 +15,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "tether", version, about = "WebSocket gateway whose connections never die silently")]
+#[command(
+    name = "tether",
+    version,
+    about = "WebSocket gateway whose connections never die silently"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

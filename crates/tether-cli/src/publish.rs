@@ -16,13 +16,18 @@ pub struct PublishArgs {
 }
 
 pub async fn run(args: PublishArgs) -> Result<ExitCode> {
-    tokio::task::spawn_blocking(move || publish_blocking(&args)).await.context("publish task failed")?
+    tokio::task::spawn_blocking(move || publish_blocking(&args))
+        .await
+        .context("publish task failed")?
 }
 
 fn publish_blocking(args: &PublishArgs) -> Result<ExitCode> {
     let base = args.server.trim_end_matches('/');
     if !(base.starts_with("http://") || base.starts_with("https://")) {
-        bail!("--server must be an http:// URL such as http://127.0.0.1:8080 (got `{}`)", args.server);
+        bail!(
+            "--server must be an http:// URL such as http://127.0.0.1:8080 (got `{}`)",
+            args.server
+        );
     }
     let url = format!("{base}/api/publish");
     let data = tether_core::codec::data_from_user_text(&args.data);

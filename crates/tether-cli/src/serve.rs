@@ -69,7 +69,10 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
     let mut cfg = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| {
-                format!("cannot read config file {}; check the path given to --config", path.display())
+                format!(
+                    "cannot read config file {}; check the path given to --config",
+                    path.display()
+                )
             })?;
             toml::from_str::<GatewayConfig>(&text).with_context(|| {
                 format!(
@@ -104,7 +107,8 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {
         tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
         return std::future::pending().await;
@@ -123,7 +127,10 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| {
-        format!("cannot listen on {}; is another server using it? Choose another with --listen", cfg.listen)
+        format!(
+            "cannot listen on {}; is another server using it? Choose another with --listen",
+            cfg.listen
+        )
     })?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
     let gateway = Gateway::new(cfg.clone())?;

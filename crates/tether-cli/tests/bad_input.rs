@@ -41,7 +41,9 @@ async fn next_json(ws: &mut Ws) -> Value {
 async fn close_code(ws: &mut Ws) -> (u16, String) {
     loop {
         match tokio::time::timeout(T, ws.next()).await.expect("timed out waiting for a close") {
-            Some(Ok(Message::Close(Some(frame)))) => return (frame.code.into(), frame.reason.to_string()),
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (frame.code.into(), frame.reason.to_string())
+            }
             Some(Ok(_)) => continue,
             other => panic!("expected a close frame, got {other:?}"),
         }
@@ -89,7 +91,11 @@ async fn bad_input_is_refused_and_others_keep_being_served() {
     let mut ws = json_client(&server).await;
     ws.send(Message::Text("{nope".into())).await.unwrap();
     let reply = next_json(&mut ws).await;
-    assert_eq!((reply["type"].as_str(), reply["error"]["code"].as_str()), (Some("error"), Some("malformed_json")), "{reply}");
+    assert_eq!(
+        (reply["type"].as_str(), reply["error"]["code"].as_str()),
+        (Some("error"), Some("malformed_json")),
+        "{reply}"
+    );
     let cases = [
         (r#"{"id":1,"cmd":"dance"}"#, "unknown_command"),
         (r#"{"id":2,"cmd":"subscribe"}"#, "invalid_command"),
@@ -108,7 +114,11 @@ async fn bad_input_is_refused_and_others_keep_being_served() {
     assert_eq!(next_json(&mut ws).await["error"]["code"], "binary_not_supported");
     // Subscription limit (2): the third is refused, the first two work.
     for (id, channel) in [(10, "a"), (11, "b"), (12, "c")] {
-        ws.send(Message::Text(format!(r#"{{"id":{id},"cmd":"subscribe","channel":"{channel}"}}"#).into())).await.unwrap();
+        ws.send(Message::Text(
+            format!(r#"{{"id":{id},"cmd":"subscribe","channel":"{channel}"}}"#).into(),
+        ))
+        .await
+        .unwrap();
     }
     assert_eq!(next_json(&mut ws).await["result"], serde_json::json!({}));
     assert_eq!(next_json(&mut ws).await["id"], 11);
@@ -132,7 +142,8 @@ async fn bad_input_is_refused_and_others_keep_being_served() {
         assert_eq!(got, status, "{body:?} → {json}");
         assert!(json["error"].as_str().unwrap().contains(needle), "{body:?} → {json}");
     }
-    let (got, json) = server.post_publish(&format!(r#"{{"channel":"news","data":"{}"}}"#, "x".repeat(4096)));
+    let (got, json) =
+        server.post_publish(&format!(r#"{{"channel":"news","data":"{}"}}"#, "x".repeat(4096)));
     assert_eq!(got, 413, "{json}");
     let (got, json) = http_request("GET", &server.http("/api/publish"), None);
     assert_eq!(got, 405, "{json}");
@@ -163,8 +174,20 @@ async fn bad_input_is_refused_and_others_keep_being_served() {
 
     // All of it is visible in the metrics.
     let m = server.metrics();
-    assert_eq!(metric_sum(&m, "tether_connections_closed_total{code=\"1009\",initiator=\"server\"}"), 1.0, "{m}");
-    assert_eq!(metric_sum(&m, "tether_connections_closed_total{code=\"1007\",initiator=\"server\"}"), 1.0, "{m}");
-    assert_eq!(metric_sum(&m, "tether_handshakes_refused_total{reason=\"unsupported_subprotocol\"}"), 1.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "tether_connections_closed_total{code=\"1009\",initiator=\"server\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "tether_connections_closed_total{code=\"1007\",initiator=\"server\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "tether_handshakes_refused_total{reason=\"unsupported_subprotocol\"}"),
+        1.0,
+        "{m}"
+    );
     assert!(metric_sum(&m, "tether_command_errors_total") >= 9.0, "{m}");
 }

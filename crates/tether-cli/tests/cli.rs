@@ -15,19 +15,31 @@ fn tether(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn every_command_has_help() {
-    for args in [&["--help"][..], &["serve", "--help"], &["connect", "--help"], &["publish", "--help"]] {
+    for args in
+        [&["--help"][..], &["serve", "--help"], &["connect", "--help"], &["publish", "--help"]]
+    {
         let out = tether(args, &[]);
         let (stdout, _) = text(&out);
         assert!(out.status.success(), "{args:?}");
         assert!(stdout.contains("Usage:"), "{args:?}: {stdout}");
     }
     let (stdout, _) = text(&tether(&["serve", "--help"], &[]));
-    for flag in ["--listen", "--ping-interval", "--pong-timeout", "--max-message-size", "--config", "--print-config"] {
+    for flag in [
+        "--listen",
+        "--ping-interval",
+        "--pong-timeout",
+        "--max-message-size",
+        "--config",
+        "--print-config",
+    ] {
         assert!(stdout.contains(flag), "serve --help lists {flag}");
     }
 }
@@ -49,7 +61,11 @@ fn configuration_layers_file_then_env_then_flags() {
     // File < environment < flags.
     let out = tether(
         &["serve", "--config", path, "--print-config", "--pong-timeout", "250ms"],
-        &[("TETHER_PING_INTERVAL", "100ms"), ("TETHER_PONG_TIMEOUT", "9s"), ("TETHER_LISTEN", "127.0.0.1:9999")],
+        &[
+            ("TETHER_PING_INTERVAL", "100ms"),
+            ("TETHER_PONG_TIMEOUT", "9s"),
+            ("TETHER_LISTEN", "127.0.0.1:9999"),
+        ],
     );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");

@@ -46,9 +46,17 @@ fn server_drops_a_silent_peer_within_ping_interval_plus_pong_timeout() {
     };
     assert!(pings >= 2, "the server pinged ({pings} ping frames seen)");
     assert!(ended >= Duration::from_millis(250), "dropped too early: {ended:?}");
-    assert!(ended <= Duration::from_millis(300 + 400), "dropped after {ended:?}, bound is 300 ms + slack");
-    assert!(wait_until(Duration::from_secs(5), || server.metric("tether_heartbeat_timeouts_total") == 1.0));
-    assert_eq!(server.metric("tether_connections_closed_total{code=\"4000\",initiator=\"server\"}"), 1.0);
+    assert!(
+        ended <= Duration::from_millis(300 + 400),
+        "dropped after {ended:?}, bound is 300 ms + slack"
+    );
+    assert!(wait_until(Duration::from_secs(5), || server
+        .metric("tether_heartbeat_timeouts_total")
+        == 1.0));
+    assert_eq!(
+        server.metric("tether_connections_closed_total{code=\"4000\",initiator=\"server\"}"),
+        1.0
+    );
     let log = server.log();
     assert!(log.contains("reason=heartbeat timeout"), "log names the reason:\n{log}");
     assert!(log.contains("was_clean=false"), "{log}");
@@ -94,7 +102,8 @@ async fn client_detects_a_frozen_server_and_reconnects_after_sigcont() {
 
     server.signal(Signal::SIGSTOP);
     let frozen = Instant::now();
-    let closed = next_event(&mut events, t, "heartbeat close", |e| matches!(e, Event::Closed(_))).await;
+    let closed =
+        next_event(&mut events, t, "heartbeat close", |e| matches!(e, Event::Closed(_))).await;
     let detected = frozen.elapsed();
     let Event::Closed(info) = closed else { unreachable!() };
     assert_eq!(info.code, 4000, "{info}");
@@ -106,10 +115,17 @@ async fn client_detects_a_frozen_server_and_reconnects_after_sigcont() {
     assert_eq!(client.stats().heartbeat_timeouts.load(std::sync::atomic::Ordering::Relaxed), 1);
 
     server.signal(Signal::SIGCONT);
-    next_event(&mut events, Duration::from_secs(15), "reopen", |e| matches!(e, Event::Open { reconnected: true })).await;
-    next_event(&mut events, t, "resubscribed", |e| matches!(e, Event::Subscribed { resubscribe: true, .. })).await;
+    next_event(&mut events, Duration::from_secs(15), "reopen", |e| {
+        matches!(e, Event::Open { reconnected: true })
+    })
+    .await;
+    next_event(&mut events, t, "resubscribed", |e| {
+        matches!(e, Event::Subscribed { resubscribe: true, .. })
+    })
+    .await;
     server.publish("news", "42");
-    let got = next_event(&mut events, t, "publication", |e| matches!(e, Event::Publication { .. })).await;
+    let got =
+        next_event(&mut events, t, "publication", |e| matches!(e, Event::Publication { .. })).await;
     let Event::Publication { data, .. } = got else { unreachable!() };
     assert_eq!(data.get(), "42");
 }

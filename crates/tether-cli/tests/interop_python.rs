@@ -30,7 +30,8 @@ fn python_websockets_client_in_raw_mode() {
     let pong = event(&out.expect_line(t, "pong", |l| event(l)["event"] == "pong"));
     assert_eq!(pong["text"], "pong");
     for _ in 0..5 {
-        let p = event(&out.expect_line(t, "protocol pong", |l| event(l)["event"] == "protocol_pong"));
+        let p =
+            event(&out.expect_line(t, "protocol pong", |l| event(l)["event"] == "protocol_pong"));
         assert!(p["latency"].as_f64().unwrap() >= 0.0);
     }
     out.expect_line(t, "ready", |l| event(l)["event"] == "ready");
@@ -43,7 +44,9 @@ fn python_websockets_client_in_raw_mode() {
     assert!(child.wait().unwrap().success());
 
     // The server logged the client's close with its code, and counted it.
-    assert!(wait_until(t, || server.metric("tether_connections_closed_total{code=\"1000\",initiator=\"client\"}") == 1.0));
+    assert!(wait_until(t, || server
+        .metric("tether_connections_closed_total{code=\"1000\",initiator=\"client\"}")
+        == 1.0));
     let log = server.log();
     assert!(log.contains("code=1000") && log.contains("initiator=\"client\""), "{log}");
 }
@@ -58,11 +61,21 @@ fn tether_connect_talks_to_a_python_websockets_server() {
         .spawn()
         .unwrap();
     let mut py_out = LineReader::new(py.stdout.take().unwrap());
-    let port_line = py_out.expect_line(Duration::from_secs(10), "python server port", |l| l.contains("port"));
+    let port_line =
+        py_out.expect_line(Duration::from_secs(10), "python server port", |l| l.contains("port"));
     let port = event(&port_line)["port"].as_u64().unwrap();
 
     let mut connect = Command::new(BIN)
-        .args(["connect", "--raw", "--ping-interval", "100ms", "--pong-timeout", "500ms", "--max-attempts", "1"])
+        .args([
+            "connect",
+            "--raw",
+            "--ping-interval",
+            "100ms",
+            "--pong-timeout",
+            "500ms",
+            "--max-attempts",
+            "1",
+        ])
         .arg(format!("ws://127.0.0.1:{port}/"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -15,9 +15,12 @@ const T: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_stops_reading_is_closed_as_slow_and_others_are_served() {
     let server = Server::start(&[
-        "--outbound-queue", "8",
-        "--write-timeout", "300ms",
-        "--max-message-size", "256KiB",
+        "--outbound-queue",
+        "8",
+        "--write-timeout",
+        "300ms",
+        "--max-message-size",
+        "256KiB",
     ]);
     // The slow peer: handshake by hand, subscribe via the query, then never read again.
     let mut slow = TcpStream::connect(server.addr).unwrap();
@@ -35,7 +38,10 @@ async fn a_consumer_that_stops_reading_is_closed_as_slow_and_others_are_served()
     let payload = format!("\"{}\"", "x".repeat(200 * 1024));
     let mut published = 0;
     while server.metric("tether_slow_consumers_total") < 1.0 {
-        assert!(published < 400, "the slow consumer was never closed after {published} publications");
+        assert!(
+            published < 400,
+            "the slow consumer was never closed after {published} publications"
+        );
         server.publish("feed", &payload);
         published += 1;
         // The fast subscriber reads each one.
@@ -45,8 +51,16 @@ async fn a_consumer_that_stops_reading_is_closed_as_slow_and_others_are_served()
         }
     }
     let m = server.metrics();
-    assert_eq!(metric_sum(&m, "tether_connections_closed_total{code=\"4001\",initiator=\"server\"}"), 1.0, "{m}");
-    assert_eq!(metric_sum(&m, "tether_connections_open"), 1.0, "only the fast subscriber is left: {m}");
+    assert_eq!(
+        metric_sum(&m, "tether_connections_closed_total{code=\"4001\",initiator=\"server\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "tether_connections_open"),
+        1.0,
+        "only the fast subscriber is left: {m}"
+    );
     assert!(server.log().contains("slow consumer"), "{}", server.log());
     // And the fast one still gets the next publication.
     server.publish("feed", "\"after\"");

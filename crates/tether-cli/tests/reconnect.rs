@@ -21,7 +21,10 @@ async fn kill9_and_restart_on_the_same_port_reconnects_once_and_resubscribes() {
     next_event(&mut events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
 
     server.kill9();
-    let Event::Closed(info) = next_event(&mut events, T, "close after kill -9", closed).await else { unreachable!() };
+    let Event::Closed(info) = next_event(&mut events, T, "close after kill -9", closed).await
+    else {
+        unreachable!()
+    };
     assert_eq!(info.code, 1006, "{info}");
     assert!(!info.was_clean, "{info}");
     assert_eq!(info.initiator, Initiator::Network, "{info}");
@@ -29,7 +32,13 @@ async fn kill9_and_restart_on_the_same_port_reconnects_once_and_resubscribes() {
 
     let server = server.restart();
     next_event(&mut events, T, "reopen", |e| matches!(e, Event::Open { reconnected: true })).await;
-    next_event(&mut events, T, "resubscribe", |e| matches!(e, Event::Subscribed { channel, resubscribe: true } if channel == "news")).await;
+    next_event(
+        &mut events,
+        T,
+        "resubscribe",
+        |e| matches!(e, Event::Subscribed { channel, resubscribe: true } if channel == "news"),
+    )
+    .await;
     let reply = server.publish("news", r#"{"n":1}"#);
     assert_eq!(reply["delivered"], 1, "{reply}");
     let Event::Publication { channel, data, offset } =
@@ -44,7 +53,9 @@ async fn kill9_and_restart_on_the_same_port_reconnects_once_and_resubscribes() {
     assert_eq!(server.metric("tether_connections_accepted_total"), 1.0);
     assert_eq!(server.metric("tether_connections_open"), 1.0);
     client.close().await;
-    assert!(wait_until(T, || server.metric("tether_connections_closed_total{code=\"1000\",initiator=\"client\"}") == 1.0));
+    assert!(wait_until(T, || server
+        .metric("tether_connections_closed_total{code=\"1000\",initiator=\"client\"}")
+        == 1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,14 +65,19 @@ async fn graceful_shutdown_is_1012_with_a_hint_and_clean() {
     next_event(&mut events, T, "open", |e| matches!(e, Event::Open { .. })).await;
     let status = server.terminate();
     assert!(status.success(), "SIGTERM exits 0, got {status}");
-    let Event::Closed(info) = next_event(&mut events, T, "close", closed).await else { unreachable!() };
+    let Event::Closed(info) = next_event(&mut events, T, "close", closed).await else {
+        unreachable!()
+    };
     assert_eq!(info.code, 1012, "{info}");
     assert_eq!(info.reason, "server shutting down");
     assert!(info.was_clean, "{info}");
     assert_eq!(info.initiator, Initiator::Server);
     // The server's 500 ms hint: the client waits between 1x and 2x of it.
     let retry = info.retry_in.expect("reconnect scheduled");
-    assert!(retry >= Duration::from_millis(500) && retry <= Duration::from_millis(1000), "{retry:?}");
+    assert!(
+        retry >= Duration::from_millis(500) && retry <= Duration::from_millis(1000),
+        "{retry:?}"
+    );
     let log = server.log();
     assert!(log.contains("code=1012") && log.contains("was_clean=true"), "{log}");
 }
@@ -72,8 +88,14 @@ async fn graceful_shutdown_can_say_going_away() {
     let (_client, mut events) = tether_client::connect(fast_client(server.ws_url("")));
     next_event(&mut events, T, "open", |e| matches!(e, Event::Open { .. })).await;
     assert!(server.terminate().success());
-    let Event::Closed(info) = next_event(&mut events, T, "close", closed).await else { unreachable!() };
-    assert_eq!((info.code, info.was_clean, info.initiator), (1001, true, Initiator::Server), "{info}");
+    let Event::Closed(info) = next_event(&mut events, T, "close", closed).await else {
+        unreachable!()
+    };
+    assert_eq!(
+        (info.code, info.was_clean, info.initiator),
+        (1001, true, Initiator::Server),
+        "{info}"
+    );
     assert!(info.will_reconnect);
 }
 
@@ -94,10 +116,14 @@ async fn policy_violation_stops_the_client() {
     let mut out = LineReader::new(py.stdout.take().unwrap());
     let line = out.expect_line(T, "port", |l| l.contains("port"));
     let port: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let (client, mut events) = tether_client::connect(fast_client(format!("ws://127.0.0.1:{}/", port["port"])).raw());
-    let Event::Closed(info) = next_event(&mut events, T, "close", closed).await else { unreachable!() };
+    let (client, mut events) =
+        tether_client::connect(fast_client(format!("ws://127.0.0.1:{}/", port["port"])).raw());
+    let Event::Closed(info) = next_event(&mut events, T, "close", closed).await else {
+        unreachable!()
+    };
     assert_eq!((info.code, info.will_reconnect), (1008, false), "{info}");
-    let stopped = next_event(&mut events, T, "stopped", |e| matches!(e, Event::Stopped { .. })).await;
+    let stopped =
+        next_event(&mut events, T, "stopped", |e| matches!(e, Event::Stopped { .. })).await;
     assert!(matches!(stopped, Event::Stopped { reason: tether_client::StopReason::CloseCode(_) }));
     assert_eq!(client.stats().connect_attempts.load(Ordering::Relaxed), 1);
     let _ = py.kill();
@@ -116,15 +142,24 @@ async fn offline_queue_is_bounded_and_flushed_on_reconnect() {
     next_event(&mut events, T, "close", closed).await;
     // While down: three fit, the fourth is refused with a clear error.
     for i in 0..3 {
-        client.publish("chat:room", tether_core::codec::data_from_user_text(&i.to_string())).await.unwrap();
+        client
+            .publish("chat:room", tether_core::codec::data_from_user_text(&i.to_string()))
+            .await
+            .unwrap();
     }
-    let err = client.publish("chat:room", tether_core::codec::data_from_user_text("3")).await.unwrap_err();
+    let err = client
+        .publish("chat:room", tether_core::codec::data_from_user_text("3"))
+        .await
+        .unwrap_err();
     assert_eq!(err, tether_client::ClientError::QueueFull(3));
     let _server = server.restart();
     // After the reconnect the queued publications go out, in order, and come back to us.
     for want in ["0", "1", "2"] {
         let Event::Publication { data, .. } =
-            next_event(&mut events, T, "queued publication", |e| matches!(e, Event::Publication { .. })).await
+            next_event(&mut events, T, "queued publication", |e| {
+                matches!(e, Event::Publication { .. })
+            })
+            .await
         else {
             unreachable!()
         };

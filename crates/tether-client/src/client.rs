@@ -72,7 +72,10 @@ pub fn connect(config: ClientConfig) -> (Client, Events) {
 }
 
 impl Client {
-    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Request) -> Result<T, ClientError> {
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Request,
+    ) -> Result<T, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.requests.send(make(tx)).await.map_err(|_| ClientError::Stopped)?;
         rx.await.map_err(|_| ClientError::Stopped)?

@@ -193,15 +193,25 @@ impl Supervisor {
             .max_message_size(Some(self.config.max_message_size))
             .max_frame_size(Some(self.config.max_message_size));
         let attempt = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
-        let (ws, response) = match tokio::time::timeout(self.config.connect_timeout, attempt).await {
-            Err(_) => return Err(SessionEnd::network(format!("connect timed out after {:?}", self.config.connect_timeout))),
+        let (ws, response) = match tokio::time::timeout(self.config.connect_timeout, attempt).await
+        {
+            Err(_) => {
+                return Err(SessionEnd::network(format!(
+                    "connect timed out after {:?}",
+                    self.config.connect_timeout
+                )))
+            }
             Ok(Err(WsError::Http(resp))) => {
                 let body = resp
                     .body()
                     .as_ref()
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
-                return Err(SessionEnd::network(format!("handshake refused: HTTP {} {}", resp.status(), body.trim())));
+                return Err(SessionEnd::network(format!(
+                    "handshake refused: HTTP {} {}",
+                    resp.status(),
+                    body.trim()
+                )));
             }
             Ok(Err(e)) => return Err(SessionEnd::network(format!("connect failed: {e}"))),
             Ok(Ok(pair)) => pair,
@@ -290,7 +300,8 @@ impl Supervisor {
         // Re-establish what the application asked for, then flush what waited offline.
         let channels: Vec<String> = self.channels.iter().cloned().collect();
         for channel in channels {
-            let (id, msg) = self.command_text(|id| ClientCommand::Subscribe { id, channel: channel.clone() });
+            let (id, msg) =
+                self.command_text(|id| ClientCommand::Subscribe { id, channel: channel.clone() });
             self.pending_subscribes.insert(id, (channel, resubscribe));
             if let Err(e) = ws.feed(msg).await {
                 return SessionEnd::network(format!("write failed: {e}"));
@@ -305,7 +316,11 @@ impl Supervisor {
             return SessionEnd::network(format!("write failed: {e}"));
         }
 
-        let mut heartbeat = Heartbeat::new(self.config.ping_interval, self.config.pong_timeout, Instant::now().into_std());
+        let mut heartbeat = Heartbeat::new(
+            self.config.ping_interval,
+            self.config.pong_timeout,
+            Instant::now().into_std(),
+        );
         let mut advice: (Option<bool>, Option<Duration>) = (None, None);
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
@@ -401,7 +416,9 @@ impl Supervisor {
                     self.emit(Event::Subscribed { channel, resubscribe }).await
                 }
             }
-            Ok(ServerMessage::Error { error }) => self.emit(Event::CommandError { id: None, error }).await,
+            Ok(ServerMessage::Error { error }) => {
+                self.emit(Event::CommandError { id: None, error }).await
+            }
             Ok(ServerMessage::Disconnect(d)) => {
                 *advice = (Some(d.reconnect), d.retry_after_ms.map(Duration::from_millis));
             }
@@ -422,7 +439,8 @@ impl Supervisor {
                     let _ = done.send(Ok(()));
                     return None;
                 }
-                let (id, msg) = self.command_text(|id| ClientCommand::Subscribe { id, channel: channel.clone() });
+                let (id, msg) = self
+                    .command_text(|id| ClientCommand::Subscribe { id, channel: channel.clone() });
                 self.pending_subscribes.insert(id, (channel, false));
                 (msg, done)
             }
@@ -461,9 +479,7 @@ impl Supervisor {
         let clean = tokio::time::timeout(self.config.close_timeout, async {
             ws.send(Message::Close(Some(frame))).await?;
             while let Some(msg) = ws.next().await {
-                if let Err(e) = msg {
-                    return Err(e);
-                }
+                msg?;
             }
             Ok::<_, WsError>(())
         })

@@ -66,7 +66,11 @@ pub fn decode_command(text: &str) -> Result<ClientCommand, DecodeError> {
         .ok_or_else(|| DecodeError::new(Some(id), ErrorCode::InvalidCommand, "missing `cmd`"))?;
     let channel = |wire_channel: Option<String>| {
         wire_channel.ok_or_else(|| {
-            DecodeError::new(Some(id), ErrorCode::InvalidCommand, format!("`{cmd}` needs a `channel`"))
+            DecodeError::new(
+                Some(id),
+                ErrorCode::InvalidCommand,
+                format!("`{cmd}` needs a `channel`"),
+            )
         })
     };
     match cmd.as_ref() {
@@ -149,7 +153,11 @@ pub fn decode_server_message(text: &str) -> Result<ServerMessage, ServerDecodeEr
     let w: WireServerMessage = serde_json::from_str(text)?;
     let missing = |field| ServerDecodeError::Missing { kind: w.kind.clone(), field };
     Ok(match w.kind.as_str() {
-        "reply" => ServerMessage::Reply { id: w.id.ok_or_else(|| missing("id"))?, result: w.result, error: w.error },
+        "reply" => ServerMessage::Reply {
+            id: w.id.ok_or_else(|| missing("id"))?,
+            result: w.result,
+            error: w.error,
+        },
         "error" => ServerMessage::Error { error: w.error.ok_or_else(|| missing("error"))? },
         "publication" => ServerMessage::Publication {
             channel: w.channel.ok_or_else(|| missing("channel"))?,
@@ -201,8 +209,13 @@ mod tests {
             decode_command(r#"{"id":2,"cmd":"unsubscribe","channel":"news"}"#).unwrap(),
             ClientCommand::Unsubscribe { id: 2, channel: "news".into() }
         );
-        assert_eq!(decode_command(r#"{"cmd":"ping","id":3}"#).unwrap(), ClientCommand::Ping { id: 3 });
-        match decode_command(r#"{"id":4,"cmd":"publish","channel":"c","data":{"a":[1,2]}}"#).unwrap() {
+        assert_eq!(
+            decode_command(r#"{"cmd":"ping","id":3}"#).unwrap(),
+            ClientCommand::Ping { id: 3 }
+        );
+        match decode_command(r#"{"id":4,"cmd":"publish","channel":"c","data":{"a":[1,2]}}"#)
+            .unwrap()
+        {
             ClientCommand::Publish { id, channel, data } => {
                 assert_eq!((id, channel.as_str(), data.get()), (4, "c", r#"{"a":[1,2]}"#));
             }
@@ -273,7 +286,10 @@ mod tests {
             decode_server_message(r#"{"type":"publication","channel":"c"}"#),
             Err(ServerDecodeError::Missing { field: "offset", .. })
         ));
-        assert!(matches!(decode_server_message(r#"{"type":"x"}"#), Err(ServerDecodeError::UnknownType(_))));
+        assert!(matches!(
+            decode_server_message(r#"{"type":"x"}"#),
+            Err(ServerDecodeError::UnknownType(_))
+        ));
     }
 
     #[test]

@@ -29,7 +29,9 @@ impl PartialEq for ClientCommand {
         use ClientCommand::*;
         match (self, other) {
             (Subscribe { id: a, channel: c }, Subscribe { id: b, channel: d })
-            | (Unsubscribe { id: a, channel: c }, Unsubscribe { id: b, channel: d }) => a == b && c == d,
+            | (Unsubscribe { id: a, channel: c }, Unsubscribe { id: b, channel: d }) => {
+                a == b && c == d
+            }
             (Publish { id: a, channel: c, data: x }, Publish { id: b, channel: d, data: y }) => {
                 a == b && c == d && x.get() == y.get()
             }

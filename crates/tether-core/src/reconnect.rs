@@ -73,7 +73,9 @@ impl std::fmt::Display for StopReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StopReason::RequestedByUser => write!(f, "closed by the application"),
-            StopReason::ServerAdvisedNoReconnect => write!(f, "the server advised not to reconnect"),
+            StopReason::ServerAdvisedNoReconnect => {
+                write!(f, "the server advised not to reconnect")
+            }
             StopReason::CloseCode(c) => write!(f, "close code {c} means retrying cannot help"),
             StopReason::MaxAttempts(n) => write!(f, "gave up after {n} failed attempts"),
         }
@@ -155,25 +157,47 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Reconnector::new(ReconnectPolicy::default());
         let e = Ended::connect_failed();
-        assert_eq!(r.on_close(t0, &e, 0.999_999).clone(), Decision::Retry { attempt: 1, delay: secs(1).mul_f64(0.999_999) });
-        assert!(matches!(r.on_close(t0, &e, 0.5), Decision::Retry { attempt: 2, delay } if delay == secs(1)));
-        assert!(matches!(r.on_close(t0, &e, 0.5), Decision::Retry { attempt: 3, delay } if delay == secs(2)));
+        assert_eq!(
+            r.on_close(t0, &e, 0.999_999).clone(),
+            Decision::Retry { attempt: 1, delay: secs(1).mul_f64(0.999_999) }
+        );
+        assert!(
+            matches!(r.on_close(t0, &e, 0.5), Decision::Retry { attempt: 2, delay } if delay == secs(1))
+        );
+        assert!(
+            matches!(r.on_close(t0, &e, 0.5), Decision::Retry { attempt: 3, delay } if delay == secs(2))
+        );
         // Short-lived connection: still failing.
         r.on_open(t0);
-        assert!(matches!(r.on_close(t0 + secs(1), &closed(1006, Initiator::Network), 0.5), Decision::Retry { attempt: 4, .. }));
+        assert!(matches!(
+            r.on_close(t0 + secs(1), &closed(1006, Initiator::Network), 0.5),
+            Decision::Retry { attempt: 4, .. }
+        ));
         // Healthy connection: start over.
         r.on_open(t0);
-        assert!(matches!(r.on_close(t0 + secs(6), &closed(1006, Initiator::Network), 0.5), Decision::Retry { attempt: 1, .. }));
+        assert!(matches!(
+            r.on_close(t0 + secs(6), &closed(1006, Initiator::Network), 0.5),
+            Decision::Retry { attempt: 1, .. }
+        ));
     }
 
     #[test]
     fn stop_codes_and_advice_stop() {
         let t0 = Instant::now();
         let mut r = Reconnector::new(ReconnectPolicy::default());
-        assert_eq!(r.on_close(t0, &closed(1008, Initiator::Server), 0.5), Decision::Stop(StopReason::CloseCode(CloseCode(1008))));
-        assert_eq!(r.on_close(t0, &closed(4501, Initiator::Server), 0.5), Decision::Stop(StopReason::CloseCode(CloseCode(4501))));
+        assert_eq!(
+            r.on_close(t0, &closed(1008, Initiator::Server), 0.5),
+            Decision::Stop(StopReason::CloseCode(CloseCode(1008)))
+        );
+        assert_eq!(
+            r.on_close(t0, &closed(4501, Initiator::Server), 0.5),
+            Decision::Stop(StopReason::CloseCode(CloseCode(4501)))
+        );
         let advised = Ended { advice_reconnect: Some(false), ..closed(1001, Initiator::Server) };
-        assert_eq!(r.on_close(t0, &advised, 0.5), Decision::Stop(StopReason::ServerAdvisedNoReconnect));
+        assert_eq!(
+            r.on_close(t0, &advised, 0.5),
+            Decision::Stop(StopReason::ServerAdvisedNoReconnect)
+        );
         let user = Ended { requested_by_user: true, ..closed(1000, Initiator::Client) };
         assert_eq!(r.on_close(t0, &user, 0.5), Decision::Stop(StopReason::RequestedByUser));
     }
@@ -182,15 +206,25 @@ mod tests {
     fn server_hint_wins_over_backoff() {
         let t0 = Instant::now();
         let mut r = Reconnector::new(ReconnectPolicy::default());
-        let e = Ended { advice_retry_after: Some(Duration::from_millis(500)), ..closed(1012, Initiator::Server) };
-        assert_eq!(r.on_close(t0, &e, 0.0), Decision::Retry { attempt: 1, delay: Duration::from_millis(500) });
-        assert_eq!(r.on_close(t0, &e, 0.5), Decision::Retry { attempt: 2, delay: Duration::from_millis(750) });
+        let e = Ended {
+            advice_retry_after: Some(Duration::from_millis(500)),
+            ..closed(1012, Initiator::Server)
+        };
+        assert_eq!(
+            r.on_close(t0, &e, 0.0),
+            Decision::Retry { attempt: 1, delay: Duration::from_millis(500) }
+        );
+        assert_eq!(
+            r.on_close(t0, &e, 0.5),
+            Decision::Retry { attempt: 2, delay: Duration::from_millis(750) }
+        );
     }
 
     #[test]
     fn max_attempts_stops() {
         let t0 = Instant::now();
-        let mut r = Reconnector::new(ReconnectPolicy { max_attempts: Some(2), ..Default::default() });
+        let mut r =
+            Reconnector::new(ReconnectPolicy { max_attempts: Some(2), ..Default::default() });
         let e = Ended::connect_failed();
         assert!(matches!(r.on_close(t0, &e, 0.1), Decision::Retry { attempt: 1, .. }));
         assert!(matches!(r.on_close(t0, &e, 0.1), Decision::Retry { attempt: 2, .. }));

@@ -34,7 +34,10 @@ pub(crate) async fn publish(State(gateway): State<Gateway>, req: Request<Body>) 
         }
     };
     if bytes.is_empty() {
-        return json_error(StatusCode::BAD_REQUEST, r#"empty body; send {"channel": "...", "data": ...}"#);
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            r#"empty body; send {"channel": "...", "data": ...}"#,
+        );
     }
     let body: PublishBody = match serde_json::from_slice(&bytes) {
         Ok(b) => b,
@@ -52,7 +55,9 @@ pub(crate) async fn publish(State(gateway): State<Gateway>, req: Request<Body>) 
             "delivered": receipt.delivered,
         }))
         .into_response(),
-        Err(PublishError::BadChannel(e)) => json_error(StatusCode::BAD_REQUEST, format!("bad channel: {e}")),
+        Err(PublishError::BadChannel(e)) => {
+            json_error(StatusCode::BAD_REQUEST, format!("bad channel: {e}"))
+        }
         Err(PublishError::Broker(e)) => {
             let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -75,7 +80,10 @@ pub(crate) async fn not_found(req: Request<Body>) -> Response {
 /// `GET /healthz`: 200 while serving, 503 once shutdown has begun.
 pub(crate) async fn healthz(State(gateway): State<Gateway>) -> Response {
     if gateway.is_shutting_down() {
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "shutting_down"})))
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "shutting_down"})),
+        )
             .into_response();
     }
     axum::Json(serde_json::json!({

@@ -123,7 +123,10 @@ impl GatewayConfig {
         if self.raw_ping.is_empty() {
             return err("raw_ping", "must not be empty");
         }
-        if self.write_timeout.is_zero() || self.drain_timeout.is_zero() || self.close_timeout.is_zero() {
+        if self.write_timeout.is_zero()
+            || self.drain_timeout.is_zero()
+            || self.close_timeout.is_zero()
+        {
             return err("write_timeout/drain_timeout/close_timeout", "must be greater than zero");
         }
         Ok(())

@@ -95,7 +95,11 @@ impl Connection {
         };
         let opened = Instant::now();
         shared.metrics.connections_open.inc();
-        shared.metrics.connections_accepted.get_or_create(&crate::metrics::ModeLabels { mode: mode.as_str() }).inc();
+        shared
+            .metrics
+            .connections_accepted
+            .get_or_create(&crate::metrics::ModeLabels { mode: mode.as_str() })
+            .inc();
         tracing::debug!(conn = id, peer = ?peer, mode = mode.as_str(), "connection open");
         for channel in channels {
             // Validated at the handshake; a duplicate `?channel=` is simply ignored here.
@@ -251,7 +255,9 @@ impl Connection {
 
     fn count_error(&self, reply: &ServerMessage) {
         let code = match reply {
-            ServerMessage::Reply { error: Some(e), .. } | ServerMessage::Error { error: e } => e.code,
+            ServerMessage::Reply { error: Some(e), .. } | ServerMessage::Error { error: e } => {
+                e.code
+            }
             _ => return,
         };
         self.shared
@@ -271,7 +277,10 @@ impl Connection {
                     self.shared.hub.unsubscribe(&channel, self.id);
                     Ok(ReplyResult::default())
                 } else {
-                    Err(ErrorBody::new(ErrorCode::NotSubscribed, format!("not subscribed to `{channel}`")))
+                    Err(ErrorBody::new(
+                        ErrorCode::NotSubscribed,
+                        format!("not subscribed to `{channel}`"),
+                    ))
                 }
             }
             ClientCommand::Publish { channel, data, .. } => self.publish(&channel, &data).await,
@@ -287,21 +296,32 @@ impl Connection {
         channel::validate(channel, cfg.max_channel_name_len)
             .map_err(|e| ErrorBody::new(ErrorCode::BadChannel, e.to_string()))?;
         if self.subscriptions.contains(channel) {
-            return Err(ErrorBody::new(ErrorCode::AlreadySubscribed, format!("already subscribed to `{channel}`")));
+            return Err(ErrorBody::new(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to `{channel}`"),
+            ));
         }
         if self.subscriptions.len() >= cfg.max_subscriptions {
             return Err(ErrorBody::new(
                 ErrorCode::TooManySubscriptions,
-                format!("this connection already holds {} subscriptions (max_subscriptions)", cfg.max_subscriptions),
+                format!(
+                    "this connection already holds {} subscriptions (max_subscriptions)",
+                    cfg.max_subscriptions
+                ),
             ));
         }
-        let sub = Subscriber { tx: self.tx.clone(), signals: self.signals.clone(), mode: self.mode };
+        let sub =
+            Subscriber { tx: self.tx.clone(), signals: self.signals.clone(), mode: self.mode };
         self.shared.hub.subscribe(channel, self.id, sub);
         self.subscriptions.insert(channel.to_owned());
         Ok(ReplyResult::default())
     }
 
-    async fn publish(&self, channel: &str, data: &serde_json::value::RawValue) -> Result<ReplyResult, ErrorBody> {
+    async fn publish(
+        &self,
+        channel: &str,
+        data: &serde_json::value::RawValue,
+    ) -> Result<ReplyResult, ErrorBody> {
         let cfg = &self.shared.config;
         channel::validate(channel, cfg.max_channel_name_len)
             .map_err(|e| ErrorBody::new(ErrorCode::BadChannel, e.to_string()))?;
@@ -343,7 +363,8 @@ impl Connection {
                 self.close(ws, CloseCode::MESSAGE_TOO_BIG, &reason, None).await
             }
             WsError::Utf8(_) => {
-                self.close(ws, CloseCode::INVALID_PAYLOAD, "text message is not valid UTF-8", None).await
+                self.close(ws, CloseCode::INVALID_PAYLOAD, "text message is not valid UTF-8", None)
+                    .await
             }
             WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
                 Ending::network("connection reset without a closing handshake")
@@ -382,7 +403,13 @@ impl Connection {
     }
 
     /// Server-initiated close: advice (JSON mode), close frame, then wait for the peer's reply.
-    async fn close(&mut self, ws: &mut Ws, code: CloseCode, reason: &str, retry_after: Option<Duration>) -> Ending {
+    async fn close(
+        &mut self,
+        ws: &mut Ws,
+        code: CloseCode,
+        reason: &str,
+        retry_after: Option<Duration>,
+    ) -> Ending {
         // A close reason is at most 123 bytes on the wire (RFC 6455 §5.5).
         let mut wire_reason = reason.to_owned();
         while wire_reason.len() > 123 {
@@ -444,7 +471,12 @@ impl Connection {
     }
 
     /// Write one queued message and whatever else is already queued (up to a batch), then flush once.
-    async fn write_batch(&self, ws: &mut Ws, first: Message, rx: &mut mpsc::Receiver<Message>) -> Result<(), WriteFailed> {
+    async fn write_batch(
+        &self,
+        ws: &mut Ws,
+        first: Message,
+        rx: &mut mpsc::Receiver<Message>,
+    ) -> Result<(), WriteFailed> {
         let write = async {
             let (mut n, mut bytes) = (1u64, first.len() as u64);
             ws.feed(first).await?;

@@ -115,14 +115,21 @@ impl Gateway {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/ws", get(crate::upgrade::ws_handler))
-            .route("/api/publish", post(crate::api::publish).fallback(crate::api::method_not_allowed))
+            .route(
+                "/api/publish",
+                post(crate::api::publish).fallback(crate::api::method_not_allowed),
+            )
             .route("/healthz", get(crate::api::healthz))
             .route("/metrics", get(crate::api::metrics))
             .with_state(self.clone())
     }
 
     /// Publish from the host application (what `POST /api/publish` calls).
-    pub async fn publish(&self, channel: &str, data: &RawValue) -> Result<PublishReceipt, PublishError> {
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: &RawValue,
+    ) -> Result<PublishReceipt, PublishError> {
         channel::validate(channel, self.shared.config.max_channel_name_len)?;
         let receipt = self.shared.broker.publish(channel, data).await?;
         self.shared.metrics.publications.inc();
@@ -145,7 +152,8 @@ impl Gateway {
         self.shared.shutdown.cancel();
         self.shared.tracker.close();
         let drained =
-            tokio::time::timeout(self.shared.config.drain_timeout, self.shared.tracker.wait()).await;
+            tokio::time::timeout(self.shared.config.drain_timeout, self.shared.tracker.wait())
+                .await;
         let unfinished = if drained.is_ok() { 0 } else { self.shared.tracker.len() };
         DrainReport { connections, unfinished }
     }
@@ -161,7 +169,10 @@ impl Gateway {
         let gateway = self.clone();
         let on_signal = async move {
             signal.await;
-            tracing::info!(connections = gateway.open_connections(), "shutting down: closing connections");
+            tracing::info!(
+                connections = gateway.open_connections(),
+                "shutting down: closing connections"
+            );
             let report = gateway.shutdown().await;
             let _ = drained_tx.send(report);
         };

@@ -70,8 +70,11 @@ pub struct Delivery {
     pub delivered: u64,
 }
 
+/// One lock's worth of channels.
+type Shard = Mutex<HashMap<Arc<str>, Channel>>;
+
 pub struct Hub {
-    shards: Box<[Mutex<HashMap<Arc<str>, Channel>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
     metrics: Arc<Metrics>,
 }
@@ -87,7 +90,7 @@ impl Hub {
         }
     }
 
-    fn shard(&self, channel: &str) -> &Mutex<HashMap<Arc<str>, Channel>> {
+    fn shard(&self, channel: &str) -> &Shard {
         let i = self.hasher.hash_one(channel) as usize & (self.shards.len() - 1);
         &self.shards[i]
     }

@@ -81,23 +81,87 @@ impl Metrics {
         {
             let mut r = m.registry.lock().expect("metrics registry lock");
             let t = &mut *r;
-            t.register("tether_connections_open", "Open WebSocket connections", m.connections_open.clone());
-            t.register("tether_connections_accepted", "WebSocket handshakes accepted, by mode", m.connections_accepted.clone());
-            t.register("tether_handshakes_refused", "WebSocket handshakes refused, by reason", m.handshakes_refused.clone());
-            t.register("tether_connections_closed", "Connections ended, by close code and initiator", m.connections_closed.clone());
-            t.register("tether_heartbeat_timeouts", "Connections dropped because the peer stopped answering", m.heartbeat_timeouts.clone());
-            t.register("tether_heartbeat_rtt_seconds", "Round trip from a server ping to its pong", m.heartbeat_rtt.clone());
-            t.register("tether_slow_consumers", "Connections closed because they did not read fast enough", m.slow_consumers.clone());
-            t.register("tether_messages_in", "Data messages received from clients", m.messages_in.clone());
-            t.register("tether_messages_out", "Data messages sent to clients", m.messages_out.clone());
-            t.register("tether_bytes_in", "Payload bytes received from clients", m.bytes_in.clone());
+            t.register(
+                "tether_connections_open",
+                "Open WebSocket connections",
+                m.connections_open.clone(),
+            );
+            t.register(
+                "tether_connections_accepted",
+                "WebSocket handshakes accepted, by mode",
+                m.connections_accepted.clone(),
+            );
+            t.register(
+                "tether_handshakes_refused",
+                "WebSocket handshakes refused, by reason",
+                m.handshakes_refused.clone(),
+            );
+            t.register(
+                "tether_connections_closed",
+                "Connections ended, by close code and initiator",
+                m.connections_closed.clone(),
+            );
+            t.register(
+                "tether_heartbeat_timeouts",
+                "Connections dropped because the peer stopped answering",
+                m.heartbeat_timeouts.clone(),
+            );
+            t.register(
+                "tether_heartbeat_rtt_seconds",
+                "Round trip from a server ping to its pong",
+                m.heartbeat_rtt.clone(),
+            );
+            t.register(
+                "tether_slow_consumers",
+                "Connections closed because they did not read fast enough",
+                m.slow_consumers.clone(),
+            );
+            t.register(
+                "tether_messages_in",
+                "Data messages received from clients",
+                m.messages_in.clone(),
+            );
+            t.register(
+                "tether_messages_out",
+                "Data messages sent to clients",
+                m.messages_out.clone(),
+            );
+            t.register(
+                "tether_bytes_in",
+                "Payload bytes received from clients",
+                m.bytes_in.clone(),
+            );
             t.register("tether_bytes_out", "Payload bytes sent to clients", m.bytes_out.clone());
-            t.register("tether_raw_messages_ignored", "Raw-mode messages that were not the ping text", m.raw_messages_ignored.clone());
-            t.register("tether_command_errors", "Commands answered with an error, by error code", m.command_errors.clone());
-            t.register("tether_publications", "Publications accepted (HTTP API and clients)", m.publications.clone());
-            t.register("tether_deliveries", "Publication messages queued to subscribers", m.deliveries.clone());
-            t.register("tether_subscriptions", "Channel subscriptions held by open connections", m.subscriptions.clone());
-            t.register("process_resident_memory_bytes", "Resident memory of the gateway process", m.resident_memory.clone());
+            t.register(
+                "tether_raw_messages_ignored",
+                "Raw-mode messages that were not the ping text",
+                m.raw_messages_ignored.clone(),
+            );
+            t.register(
+                "tether_command_errors",
+                "Commands answered with an error, by error code",
+                m.command_errors.clone(),
+            );
+            t.register(
+                "tether_publications",
+                "Publications accepted (HTTP API and clients)",
+                m.publications.clone(),
+            );
+            t.register(
+                "tether_deliveries",
+                "Publication messages queued to subscribers",
+                m.deliveries.clone(),
+            );
+            t.register(
+                "tether_subscriptions",
+                "Channel subscriptions held by open connections",
+                m.subscriptions.clone(),
+            );
+            t.register(
+                "process_resident_memory_bytes",
+                "Resident memory of the gateway process",
+                m.resident_memory.clone(),
+            );
         }
         m
     }
@@ -114,7 +178,12 @@ impl Metrics {
     }
 
     /// Register a metric from another subsystem (broker, auth) in the same registry.
-    pub fn register(&self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
         self.registry.lock().expect("metrics registry lock").register(name, help, metric);
     }
 }

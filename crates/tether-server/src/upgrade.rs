@@ -113,7 +113,8 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
             )
         }
     };
-    let channels = match channels_from_query(req.uri().query(), shared.config.max_channel_name_len) {
+    let channels = match channels_from_query(req.uri().query(), shared.config.max_channel_name_len)
+    {
         Ok(c) if c.len() <= shared.config.max_subscriptions => c,
         Ok(c) => {
             return refuse(
@@ -122,7 +123,13 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
                 serde_json::json!({"error": format!("{} channels requested; max_subscriptions is {}", c.len(), shared.config.max_subscriptions)}),
             )
         }
-        Err(e) => return refuse("bad_request", StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
+        Err(e) => {
+            return refuse(
+                "bad_request",
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": e }),
+            )
+        }
     };
     if shared.shutdown.is_cancelled() {
         let mut resp = refuse(
@@ -174,7 +181,10 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header"),
+    );
     if mode == Mode::Json {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL_JSON));
     }
@@ -197,7 +207,10 @@ mod tests {
 
     #[test]
     fn query_channels() {
-        assert_eq!(channels_from_query(Some("channel=a&x=1&channel=b&channel=a"), 10).unwrap(), ["a", "b"]);
+        assert_eq!(
+            channels_from_query(Some("channel=a&x=1&channel=b&channel=a"), 10).unwrap(),
+            ["a", "b"]
+        );
         assert!(channels_from_query(Some("channel=a%20b"), 10).is_err());
         assert!(channels_from_query(None, 10).unwrap().is_empty());
     }

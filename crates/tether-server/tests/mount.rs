@@ -55,17 +55,28 @@ async fn gateway_mounted_beside_host_routes_on_one_listener() {
             .unwrap();
     });
 
-    assert_eq!(http("GET", format!("http://{addr}/"), "").await, (200, "the host application".into()));
+    assert_eq!(
+        http("GET", format!("http://{addr}/"), "").await,
+        (200, "the host application".into())
+    );
     let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{addr}/realtime/ws?channel=orders")).await.unwrap();
+        tokio_tungstenite::connect_async(format!("ws://{addr}/realtime/ws?channel=orders"))
+            .await
+            .unwrap();
     // Wait until the subscription is registered (the handshake completes before the task runs).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while gateway.open_connections() == 0 || gateway.metrics().render().contains("tether_subscriptions 0") {
+    while gateway.open_connections() == 0
+        || gateway.metrics().render().contains("tether_subscriptions 0")
+    {
         assert!(tokio::time::Instant::now() < deadline, "subscription never registered");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(http("POST", format!("http://{addr}/orders"), "two coffees").await, (200, "told 1".into()));
-    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        http("POST", format!("http://{addr}/orders"), "two coffees").await,
+        (200, "told 1".into())
+    );
+    let msg =
+        tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(msg, Message::Text(r#"{"order":"two coffees"}"#.into()));
     let (status, body) = http("GET", format!("http://{addr}/realtime/healthz"), "").await;
     assert_eq!(status, 200, "{body}");

@@ -126,8 +126,10 @@ impl Server {
 
     /// Publish `data` (JSON text) to `channel`; panics unless 200. Returns the reply.
     pub fn publish(&self, channel: &str, data: &str) -> serde_json::Value {
-        let (status, body) =
-            self.post_publish(&format!(r#"{{"channel":{},"data":{data}}}"#, serde_json::json!(channel)));
+        let (status, body) = self.post_publish(&format!(
+            r#"{{"channel":{},"data":{data}}}"#,
+            serde_json::json!(channel)
+        ));
         assert_eq!(status, 200, "publish failed: {body}");
         body
     }
@@ -188,10 +190,14 @@ pub fn require(what: &str, found: Option<PathBuf>) -> Option<PathBuf> {
     match found {
         Some(p) => Some(p),
         None if std::env::var_os("CI").is_some() => {
-            panic!("{what} is required (CI is set) but was not found; run scripts/test to install it")
+            panic!(
+                "{what} is required (CI is set) but was not found; run scripts/test to install it"
+            )
         }
         None => {
-            eprintln!("\n!!!!!!!! SKIPPED: {what} not found; run scripts/test to install it !!!!!!!!\n");
+            eprintln!(
+                "\n!!!!!!!! SKIPPED: {what} not found; run scripts/test to install it !!!!!!!!\n"
+            );
             None
         }
     }
@@ -237,7 +243,12 @@ impl LineReader {
     }
 
     /// Wait for a line for which `pred` holds; panics with everything seen on timeout.
-    pub fn expect_line(&mut self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    pub fn expect_line(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -248,7 +259,9 @@ impl LineReader {
                         return line;
                     }
                 }
-                Err(_) => panic!("timed out waiting for {what}; lines so far:\n{}", self.seen.join("\n")),
+                Err(_) => {
+                    panic!("timed out waiting for {what}; lines so far:\n{}", self.seen.join("\n"))
+                }
             }
         }
     }
