@@ -239,9 +239,47 @@ pub const CATALOGUE: &[CodeInfo] = &[
     ),
 ];
 
+/// The catalogue as the Markdown table printed in `docs/protocol.md` (a test keeps them equal).
+pub fn markdown_table() -> String {
+    let mut out = String::from(
+        "| code | name | meaning | sent by | client action |\n|---|---|---|---|---|\n",
+    );
+    for row in CATALOGUE {
+        let sent_by = match row.sent_by {
+            Sender::Server => "server",
+            Sender::Client => "client",
+            Sender::Either => "either",
+            Sender::LocalOnly => "never sent (local report)",
+        };
+        let action = match row.advice {
+            RetryAdvice::Reconnect => "reconnect with backoff",
+            RetryAdvice::ReconnectAfterHint => "reconnect after the server's hint",
+            RetryAdvice::Stop => "stop",
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            row.code.0, row.name, row.meaning, sent_by, action
+        ));
+    }
+    out.push_str("| 4000–4499 | transient | Tether codes not listed above | server | reconnect with backoff |\n");
+    out.push_str("| 4500–4999 | terminal | Tether codes not listed above (auth, …) | server | stop |\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docs_print_the_catalogue() {
+        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol.md"))
+            .expect("docs/protocol.md exists");
+        let table = markdown_table();
+        assert!(
+            docs.contains(&table),
+            "docs/protocol.md must contain the close-code table exactly as generated:\n{table}"
+        );
+    }
 
     #[test]
     fn catalogue_is_sorted_and_unique() {
