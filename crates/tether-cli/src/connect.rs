@@ -101,9 +101,11 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
 
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut closing = false;
     loop {
         let event = tokio::select! {
-            _ = &mut ctrl_c => {
+            _ = &mut ctrl_c, if !closing => {
+                closing = true;
                 client.close().await;
                 continue;
             }
