@@ -54,7 +54,7 @@ fn build_config(args: &ConnectArgs) -> Result<ClientConfig> {
         for channel in &args.channels {
             url.push(if url.contains('?') { '&' } else { '?' });
             url.push_str("channel=");
-            url.push_str(channel);
+            url.extend(form_urlencoded::byte_serialize(channel.as_bytes()));
         }
     }
     cfg.url = url;

@@ -47,7 +47,7 @@ fn server_drops_a_silent_peer_within_ping_interval_plus_pong_timeout() {
     assert!(pings >= 2, "the server pinged ({pings} ping frames seen)");
     assert!(ended >= Duration::from_millis(250), "dropped too early: {ended:?}");
     assert!(
-        ended <= Duration::from_millis(300 + 400),
+        ended <= Duration::from_millis(300 + 600),
         "dropped after {ended:?}, bound is 300 ms + slack"
     );
     assert!(wait_until(Duration::from_secs(5), || server
@@ -88,7 +88,7 @@ fn server_drops_a_sigstopped_python_client() {
     let detected = stopped.elapsed();
     let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
     let _ = child.wait();
-    assert!(detected <= Duration::from_millis(300 + 500), "detected after {detected:?}");
+    assert!(detected <= Duration::from_millis(300 + 600), "detected after {detected:?}");
     assert_eq!(server.metric("tether_heartbeat_timeouts_total"), 1.0);
 }
 
@@ -111,7 +111,7 @@ async fn client_detects_a_frozen_server_and_reconnects_after_sigcont() {
     assert!(!info.was_clean);
     assert!(info.reason.contains("heartbeat timeout"), "{info}");
     assert!(info.will_reconnect);
-    assert!(detected <= Duration::from_millis(300 + 400), "detected after {detected:?}");
+    assert!(detected <= Duration::from_millis(300 + 600), "detected after {detected:?}");
     assert_eq!(client.stats().heartbeat_timeouts.load(std::sync::atomic::Ordering::Relaxed), 1);
 
     server.signal(Signal::SIGCONT);

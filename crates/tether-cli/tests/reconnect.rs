@@ -166,3 +166,22 @@ async fn offline_queue_is_bounded_and_flushed_on_reconnect() {
         assert_eq!(data.get(), want);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_refused_with_4xx_stops_instead_of_retrying_forever() {
+    let server = Server::start(&[]);
+    let url = format!("ws://{}/no-such-endpoint", server.addr);
+    let (client, mut events) = tether_client::connect(fast_client(url));
+    let Event::Closed(info) = next_event(&mut events, T, "close", closed).await else {
+        unreachable!()
+    };
+    assert!(info.reason.contains("HTTP 404"), "{info}");
+    assert!(!info.will_reconnect, "{info}");
+    let Event::Stopped { reason } =
+        next_event(&mut events, T, "stopped", |e| matches!(e, Event::Stopped { .. })).await
+    else {
+        unreachable!()
+    };
+    assert!(matches!(reason, tether_client::StopReason::Refused(_)), "{reason}");
+    assert_eq!(client.stats().connect_attempts.load(Ordering::Relaxed), 1);
+}

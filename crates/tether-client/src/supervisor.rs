@@ -48,7 +48,9 @@ struct SessionEnd {
     by_user: bool,
     advice_reconnect: Option<bool>,
     advice_retry_after: Option<Duration>,
-    /// The application's close request, answered after the Closed event.
+    /// A connect failure that retrying cannot fix.
+    fatal: Option<String>,
+    /// The application's close request, answered once the close is done.
     close_done: Option<Done<()>>,
 }
 
@@ -62,8 +64,13 @@ impl SessionEnd {
             by_user: false,
             advice_reconnect: None,
             advice_retry_after: None,
+            fatal: None,
             close_done: None,
         }
+    }
+
+    fn fatal(reason: String) -> Self {
+        SessionEnd { fatal: Some(reason.clone()), ..SessionEnd::network(reason) }
     }
 }
 
@@ -77,8 +84,10 @@ pub(crate) struct Supervisor {
     /// Messages waiting for a connection, bounded by `config.offline_queue`.
     offline: VecDeque<Message>,
     next_id: u64,
-    /// Command ids of subscribes in flight → (channel, is a resubscribe).
+    /// Command ids of subscribes in flight → (channel, is a resubscribe). Cleared per session.
     pending_subscribes: HashMap<u64, (String, bool)>,
+    /// The server's `disconnect` advice in this session, if any: (reconnect, retry_after).
+    advice: (Option<bool>, Option<Duration>),
 }
 
 impl Supervisor {
@@ -97,6 +106,7 @@ impl Supervisor {
             offline: VecDeque::new(),
             next_id: 1,
             pending_subscribes: HashMap::new(),
+            advice: (None, None),
         }
     }
 
@@ -124,12 +134,15 @@ impl Supervisor {
                 }
                 Err(end) => end,
             };
+            // Advice received before the end counts whatever way the session ended.
+            let advice = std::mem::take(&mut self.advice);
             let ended = Ended {
                 code: Some(end.code),
                 initiator: end.initiator,
                 requested_by_user: end.by_user,
-                advice_reconnect: end.advice_reconnect,
-                advice_retry_after: end.advice_retry_after,
+                advice_reconnect: end.advice_reconnect.or(advice.0),
+                advice_retry_after: end.advice_retry_after.or(advice.1),
+                fatal: end.fatal,
             };
             let decision =
                 reconnector.on_close(Instant::now().into_std(), &ended, rand::random::<f64>());
@@ -138,6 +151,10 @@ impl Supervisor {
                 Decision::Stop(_) => (false, None, 0),
             };
             tracing::debug!(code = end.code.0, reason = %end.reason, will_reconnect, "connection ended");
+            // Answer `close()` first: an application awaiting it may not be reading events.
+            if let Some(done) = end.close_done {
+                let _ = done.send(Ok(()));
+            }
             self.emit(Event::Closed(CloseInfo {
                 code: end.code.0,
                 reason: end.reason,
@@ -148,9 +165,6 @@ impl Supervisor {
                 attempt: next_attempt,
             }))
             .await;
-            if let Some(done) = end.close_done {
-                let _ = done.send(Ok(()));
-            }
             match decision {
                 Decision::Stop(reason) => {
                     self.emit(Event::Stopped { reason }).await;
@@ -182,7 +196,7 @@ impl Supervisor {
             .url
             .as_str()
             .into_client_request()
-            .map_err(|e| SessionEnd::network(format!("bad URL {}: {e}", self.config.url)))?;
+            .map_err(|e| SessionEnd::fatal(format!("bad URL {}: {e}", self.config.url)))?;
         if self.config.mode == Mode::Json {
             request
                 .headers_mut()
@@ -207,11 +221,22 @@ impl Supervisor {
                     .as_ref()
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
-                return Err(SessionEnd::network(format!(
-                    "handshake refused: HTTP {} {}",
-                    resp.status(),
-                    body.trim()
-                )));
+                let status = resp.status();
+                let reason = format!("handshake refused: HTTP {} {}", status, body.trim());
+                // 4xx (but 408 and 429) will be refused again; 5xx and those two are transient.
+                if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+                    return Err(SessionEnd::fatal(reason));
+                }
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                return Err(SessionEnd {
+                    advice_retry_after: retry_after,
+                    ..SessionEnd::network(reason)
+                });
             }
             Ok(Err(e)) => return Err(SessionEnd::network(format!("connect failed: {e}"))),
             Ok(Ok(pair)) => pair,
@@ -220,7 +245,9 @@ impl Supervisor {
             && response.headers().get("sec-websocket-protocol").map(|v| v.as_bytes())
                 != Some(SUBPROTOCOL_JSON.as_bytes())
         {
-            return Err(SessionEnd::network("the server did not accept subprotocol tether.v1.json; use raw mode for plain WebSocket servers"));
+            return Err(SessionEnd::fatal(
+                "the server did not accept subprotocol tether.v1.json; use raw mode for plain WebSocket servers".into(),
+            ));
         }
         Ok(ws)
     }
@@ -295,25 +322,49 @@ impl Supervisor {
         }
     }
 
+    /// How long one write may block: a server that does not read for a whole heartbeat
+    /// period is as good as dead.
+    fn write_timeout(&self) -> Duration {
+        self.config.ping_interval + self.config.pong_timeout
+    }
+
+    /// Write with the liveness deadline; a blocked or failed write ends the session.
+    async fn write(&self, ws: &mut Ws, msg: Message) -> Result<(), SessionEnd> {
+        match tokio::time::timeout(self.write_timeout(), ws.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SessionEnd::network(format!("write failed: {e}"))),
+            Err(_) => Err(SessionEnd::network(format!(
+                "write blocked for {:?}: the server is not reading",
+                self.write_timeout()
+            ))),
+        }
+    }
+
     /// Run one open connection until it ends.
     async fn session(&mut self, ws: &mut Ws, resubscribe: bool) -> SessionEnd {
-        // Re-establish what the application asked for, then flush what waited offline.
+        self.pending_subscribes.clear();
+        // Re-establish what the application asked for, then flush what waited offline. Queued
+        // messages leave the queue only once they are written.
         let channels: Vec<String> = self.channels.iter().cloned().collect();
+        let mut batch = Vec::with_capacity(channels.len() + self.offline.len());
         for channel in channels {
             let (id, msg) =
                 self.command_text(|id| ClientCommand::Subscribe { id, channel: channel.clone() });
             self.pending_subscribes.insert(id, (channel, resubscribe));
-            if let Err(e) = ws.feed(msg).await {
-                return SessionEnd::network(format!("write failed: {e}"));
-            }
+            batch.push(msg);
         }
-        while let Some(msg) = self.offline.pop_front() {
-            if let Err(e) = ws.feed(msg).await {
-                return SessionEnd::network(format!("write failed: {e}"));
+        batch.extend(self.offline.iter().cloned());
+        let flushed = tokio::time::timeout(self.write_timeout(), async {
+            for msg in batch {
+                ws.feed(msg).await?;
             }
-        }
-        if let Err(e) = ws.flush().await {
-            return SessionEnd::network(format!("write failed: {e}"));
+            ws.flush().await
+        })
+        .await;
+        match flushed {
+            Ok(Ok(())) => self.offline.clear(),
+            Ok(Err(e)) => return SessionEnd::network(format!("write failed: {e}")),
+            Err(_) => return SessionEnd::network("write blocked: the server is not reading"),
         }
 
         let mut heartbeat = Heartbeat::new(
@@ -321,14 +372,13 @@ impl Supervisor {
             self.config.pong_timeout,
             Instant::now().into_std(),
         );
-        let mut advice: (Option<bool>, Option<Duration>) = (None, None);
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         loop {
             let wake_at = match heartbeat.poll(Instant::now().into_std()) {
                 Action::SendPing => {
-                    if let Err(e) = ws.send(Message::Ping(Default::default())).await {
-                        return SessionEnd::network(format!("write failed: {e}"));
+                    if let Err(end) = self.write(ws, Message::Ping(Default::default())).await {
+                        return end;
                     }
                     continue;
                 }
@@ -362,7 +412,7 @@ impl Supervisor {
                 inbound = ws.next() => {
                     heartbeat.on_inbound(Instant::now().into_std());
                     match inbound {
-                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str(), &mut advice).await,
+                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
                         Some(Ok(Message::Binary(b))) => self.emit(Event::Message(String::from_utf8_lossy(&b).into_owned())).await,
                         Some(Ok(Message::Pong(_))) => { heartbeat.on_pong(Instant::now().into_std()); }
                         Some(Ok(Message::Ping(_))) => {
@@ -384,8 +434,6 @@ impl Supervisor {
                                 reason,
                                 initiator: Initiator::Server,
                                 was_clean: clean,
-                                advice_reconnect: advice.0,
-                                advice_retry_after: advice.1,
                                 ..SessionEnd::network("")
                             };
                         }
@@ -398,7 +446,7 @@ impl Supervisor {
         }
     }
 
-    async fn on_text(&mut self, text: &str, advice: &mut (Option<bool>, Option<Duration>)) {
+    async fn on_text(&mut self, text: &str) {
         if self.config.mode == Mode::Raw {
             self.emit(Event::Message(text.to_owned())).await;
             return;
@@ -408,7 +456,11 @@ impl Supervisor {
                 self.emit(Event::Publication { channel, offset, data }).await
             }
             Ok(ServerMessage::Reply { id, error: Some(error), .. }) => {
-                self.pending_subscribes.remove(&id);
+                // A refused subscribe is forgotten: re-sending it after every reconnect would
+                // only be refused again.
+                if let Some((channel, _)) = self.pending_subscribes.remove(&id) {
+                    self.channels.remove(&channel);
+                }
                 self.emit(Event::CommandError { id: Some(id), error }).await
             }
             Ok(ServerMessage::Reply { id, .. }) => {
@@ -420,7 +472,7 @@ impl Supervisor {
                 self.emit(Event::CommandError { id: None, error }).await
             }
             Ok(ServerMessage::Disconnect(d)) => {
-                *advice = (Some(d.reconnect), d.retry_after_ms.map(Duration::from_millis));
+                self.advice = (Some(d.reconnect), d.retry_after_ms.map(Duration::from_millis));
             }
             Err(_) => self.emit(Event::Message(text.to_owned())).await,
         }
@@ -462,16 +514,11 @@ impl Supervisor {
             }
             Request::SendText { text, done } => (Message::Text(text.into()), done),
         };
-        match ws.send(msg).await {
-            Ok(()) => {
-                let _ = done.send(Ok(()));
-                None
-            }
-            Err(e) => {
-                let _ = done.send(Ok(())); // accepted; lost with the connection like any in-flight frame
-                Some(SessionEnd::network(format!("write failed: {e}")))
-            }
-        }
+        // Answered Ok either way: a frame handed to a connection that then fails is lost with
+        // it, like any frame in flight (recovery from history covers publications later).
+        let result = self.write(ws, msg).await;
+        let _ = done.send(Ok(()));
+        result.err()
     }
 
     async fn close_by_user(&mut self, ws: &mut Ws, done: Option<Done<()>>) -> SessionEnd {

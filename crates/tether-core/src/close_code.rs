@@ -49,7 +49,9 @@ pub enum RetryAdvice {
     Reconnect,
     /// Reconnect, and prefer the server's `retry_after_ms` hint over the backoff when one came.
     ReconnectAfterHint,
-    /// Do not reconnect: retrying cannot help (policy violation, closed on purpose, auth).
+    /// Do not reconnect: retrying cannot help (policy violation, auth). A server that wants a
+    /// client gone for good says so with one of these codes or with `reconnect: false`; a plain
+    /// 1000 from a server (many close idle or restarting connections so) is not enough.
     Stop,
 }
 
@@ -144,7 +146,13 @@ const fn row(
 
 /// The table printed in `docs/protocol.md`. Order is by code.
 pub const CATALOGUE: &[CodeInfo] = &[
-    row(1000, "normal", "the peer ended the session on purpose", Sender::Either, RetryAdvice::Stop),
+    row(
+        1000,
+        "normal",
+        "the peer ended the session normally",
+        Sender::Either,
+        RetryAdvice::Reconnect,
+    ),
     row(
         1001,
         "going away",
@@ -262,7 +270,9 @@ pub fn markdown_table() -> String {
         ));
     }
     out.push_str("| 4000–4499 | transient | Tether codes not listed above | server | reconnect with backoff |\n");
-    out.push_str("| 4500–4999 | terminal | Tether codes not listed above (auth, …) | server | stop |\n");
+    out.push_str(
+        "| 4500–4999 | terminal | Tether codes not listed above (auth, …) | server | stop |\n",
+    );
     out
 }
 
@@ -272,8 +282,9 @@ mod tests {
 
     #[test]
     fn docs_print_the_catalogue() {
-        let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol.md"))
-            .expect("docs/protocol.md exists");
+        let docs =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol.md"))
+                .expect("docs/protocol.md exists");
         let table = markdown_table();
         assert!(
             docs.contains(&table),

@@ -98,26 +98,30 @@ pub fn encode(message: &ServerMessage) -> String {
     serde_json::to_string(message).expect("server messages always serialize")
 }
 
+/// The wire shape of a command, for encoding. `data` is written verbatim: re-parsing it would
+/// reject JSON that `RawValue` accepts (`1e400`, deep nesting) and round big integers.
+#[derive(serde::Serialize)]
+struct OutCommand<'a> {
+    id: CommandId,
+    cmd: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+}
+
 /// Encode a command the way the Rust client sends it.
 pub fn encode_command(command: &ClientCommand) -> String {
-    let mut obj = serde_json::Map::new();
-    obj.insert("id".into(), command.id().into());
     let (cmd, channel, data) = match command {
-        ClientCommand::Subscribe { channel, .. } => ("subscribe", Some(channel), None),
-        ClientCommand::Unsubscribe { channel, .. } => ("unsubscribe", Some(channel), None),
-        ClientCommand::Publish { channel, data, .. } => ("publish", Some(channel), Some(data)),
+        ClientCommand::Subscribe { channel, .. } => ("subscribe", Some(channel.as_str()), None),
+        ClientCommand::Unsubscribe { channel, .. } => ("unsubscribe", Some(channel.as_str()), None),
+        ClientCommand::Publish { channel, data, .. } => {
+            ("publish", Some(channel.as_str()), Some(&**data))
+        }
         ClientCommand::Ping { .. } => ("ping", None, None),
     };
-    obj.insert("cmd".into(), cmd.into());
-    if let Some(channel) = channel {
-        obj.insert("channel".into(), channel.clone().into());
-    }
-    if let Some(data) = data {
-        let value: serde_json::Value =
-            serde_json::from_str(data.get()).expect("RawValue holds valid JSON");
-        obj.insert("data".into(), value);
-    }
-    serde_json::Value::Object(obj).to_string()
+    let out = OutCommand { id: command.id(), cmd, channel, data };
+    serde_json::to_string(&out).expect("commands always serialize")
 }
 
 /// The loose shape of any server message; see [`decode_server_message`].
@@ -293,14 +297,25 @@ mod tests {
     }
 
     #[test]
-    fn command_round_trip() {
-        let cmd = ClientCommand::Publish {
-            id: 3,
-            channel: "c".into(),
-            data: RawValue::from_string("[1,\"é\"]".into()).unwrap(),
-        };
-        let back = decode_command(&encode_command(&cmd)).unwrap();
-        assert_eq!(back.id(), 3);
+    fn command_round_trip_keeps_data_verbatim() {
+        for data in ["[1,\"é\"]", "1e400", "123456789012345678901234567890", &"[".repeat(200)] {
+            let data = if data.starts_with('[') && data.len() == 200 {
+                format!("{data}{}", "]".repeat(200))
+            } else {
+                data.to_owned()
+            };
+            let cmd = ClientCommand::Publish {
+                id: 3,
+                channel: "c".into(),
+                data: RawValue::from_string(data.clone()).unwrap(),
+            };
+            let text = encode_command(&cmd);
+            assert!(text.contains(&data), "{text}");
+            assert_eq!(text.find("\"id\":3"), Some(1), "{text}");
+        }
+        let ping = encode_command(&ClientCommand::Ping { id: 9 });
+        assert_eq!(ping, r#"{"id":9,"cmd":"ping"}"#);
+        assert_eq!(decode_command(&ping).unwrap(), ClientCommand::Ping { id: 9 });
     }
 
     #[test]

@@ -44,8 +44,15 @@ pub struct Heartbeat {
     last_rtt: Option<Duration>,
 }
 
+/// Bounds applied to the configured durations: a zero interval would never advance, and
+/// absurdly large ones would overflow `Instant` arithmetic.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Heartbeat {
     pub fn new(interval: Duration, timeout: Duration, now: Instant) -> Self {
+        let interval = interval.clamp(MIN_INTERVAL, MAX_DURATION);
+        let timeout = timeout.min(MAX_DURATION);
         Heartbeat {
             interval,
             timeout,
@@ -151,6 +158,16 @@ mod tests {
         assert_eq!(hb.on_pong(t0 + ms(112)), Some(ms(12)));
         assert_eq!(hb.on_pong(t0 + ms(113)), None, "unsolicited pong has no round trip");
         assert_eq!(hb.last_rtt(), Some(ms(12)));
+    }
+
+    #[test]
+    fn degenerate_durations_are_clamped() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(Duration::ZERO, Duration::ZERO, t0);
+        assert_eq!(hb.interval(), ms(1));
+        assert_eq!(hb.poll(t0 + ms(1)), Action::PeerDead, "terminates, no endless loop");
+        let hb = Heartbeat::new(Duration::MAX, Duration::MAX, t0);
+        assert!(hb.deadline() > t0);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Rules, in order:
 //! 1. A close the application asked for never reconnects.
 //! 2. A server `disconnect` advice with `reconnect: false` stops; so does a close code whose
-//!    catalogue advice is "stop" (1000 from the server, 1008, the 4500–4999 band).
+//!    catalogue advice is "stop" (1008, the 4500–4999 band), and a connect attempt that failed in
+//!    a way retrying cannot fix (bad URL, the handshake refused with HTTP 4xx).
 //! 3. A connection that stayed up at least `min_uptime` resets the backoff to its first step.
 //! 4. `max_attempts` consecutive failures stop (none by default: retry forever).
 //! 5. A server hint (`retry_after_ms` in the advice) sets the delay to a uniform pick in
@@ -46,6 +47,9 @@ pub struct Ended {
     /// From a `disconnect` advice, when one arrived before the close.
     pub advice_reconnect: Option<bool>,
     pub advice_retry_after: Option<Duration>,
+    /// Set when the attempt failed permanently (bad URL, HTTP 4xx on the handshake): the text
+    /// says why, and the client stops.
+    pub fatal: Option<String>,
 }
 
 impl Ended {
@@ -57,6 +61,7 @@ impl Ended {
             requested_by_user: false,
             advice_reconnect: None,
             advice_retry_after: None,
+            fatal: None,
         }
     }
 }
@@ -67,6 +72,8 @@ pub enum StopReason {
     ServerAdvisedNoReconnect,
     CloseCode(CloseCode),
     MaxAttempts(u32),
+    /// The connect attempt failed in a way retrying cannot fix.
+    Refused(String),
 }
 
 impl std::fmt::Display for StopReason {
@@ -78,6 +85,7 @@ impl std::fmt::Display for StopReason {
             }
             StopReason::CloseCode(c) => write!(f, "close code {c} means retrying cannot help"),
             StopReason::MaxAttempts(n) => write!(f, "gave up after {n} failed attempts"),
+            StopReason::Refused(why) => write!(f, "retrying cannot help: {why}"),
         }
     }
 }
@@ -110,6 +118,9 @@ impl Reconnector {
         let opened_at = self.opened_at.take();
         if ended.requested_by_user {
             return Decision::Stop(StopReason::RequestedByUser);
+        }
+        if let Some(why) = &ended.fatal {
+            return Decision::Stop(StopReason::Refused(why.clone()));
         }
         if ended.advice_reconnect == Some(false) {
             return Decision::Stop(StopReason::ServerAdvisedNoReconnect);
@@ -200,6 +211,16 @@ mod tests {
         );
         let user = Ended { requested_by_user: true, ..closed(1000, Initiator::Client) };
         assert_eq!(r.on_close(t0, &user, 0.5), Decision::Stop(StopReason::RequestedByUser));
+        let refused = Ended { fatal: Some("HTTP 404".into()), ..Ended::connect_failed() };
+        assert_eq!(
+            r.on_close(t0, &refused, 0.5),
+            Decision::Stop(StopReason::Refused("HTTP 404".into()))
+        );
+        // A plain 1000 from a server is not a "go away forever".
+        assert!(matches!(
+            r.on_close(t0, &closed(1000, Initiator::Server), 0.5),
+            Decision::Retry { .. }
+        ));
     }
 
     #[test]

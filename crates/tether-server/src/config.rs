@@ -129,6 +129,12 @@ impl GatewayConfig {
         {
             return err("write_timeout/drain_timeout/close_timeout", "must be greater than zero");
         }
+        if self.close_timeout > self.drain_timeout {
+            return err(
+                "close_timeout",
+                "must not exceed drain_timeout, or shutdown would cut closing handshakes",
+            );
+        }
         Ok(())
     }
 }

@@ -116,7 +116,7 @@ impl Connection {
         m.connections_open.dec();
         m.connections_closed
             .get_or_create(&crate::metrics::CloseLabels {
-                code: ending.code.0,
+                code: crate::metrics::close_code_label(ending.code),
                 initiator: ending.initiator.as_str(),
             })
             .inc();
@@ -162,8 +162,9 @@ impl Connection {
                 Action::Wait(at) => at,
             };
             sleep.as_mut().reset(Instant::from_std(wake_at));
+            // Not `biased`: a peer that floods us must not starve its own outbound queue, and a
+            // busy queue must not stop us reading (its pongs are its proof of life).
             tokio::select! {
-                biased;
                 _ = shutdown.cancelled() => {
                     let (code, hint) = match self.shared.config.shutdown_close {
                         crate::config::ShutdownClose::Restart => {
@@ -171,12 +172,12 @@ impl Connection {
                         }
                         crate::config::ShutdownClose::GoingAway => (CloseCode::GOING_AWAY, None),
                     };
-                    return self.close(ws, code, "server shutting down", hint).await;
+                    return self.close(ws, code, "server shutting down", hint, false).await;
                 }
                 _ = signals.wake.notified() => {
                     if signals.overflowed.load(Ordering::Relaxed) {
                         self.shared.metrics.slow_consumers.inc();
-                        return self.close(ws, CloseCode::SLOW_CONSUMER, "slow consumer: outbound queue full", None).await;
+                        return self.close(ws, CloseCode::SLOW_CONSUMER, "slow consumer: outbound queue full", None, false).await;
                     }
                 }
                 _ = &mut sleep => {}
@@ -247,9 +248,23 @@ impl Connection {
                 Message::Text(codec::encode(&reply).into())
             }
         };
-        match self.write(ws, reply).await {
+        // Replies share the outbound queue with publications, so the order the peer sees is the
+        // order things happened: nothing published before an `unsubscribe` reply arrives after it.
+        match self.tx.try_send(reply) {
             Ok(()) => None,
-            Err(e) => Some(self.write_failed(e)),
+            Err(_) => {
+                self.shared.metrics.slow_consumers.inc();
+                Some(
+                    self.close(
+                        ws,
+                        CloseCode::SLOW_CONSUMER,
+                        "slow consumer: outbound queue full",
+                        None,
+                        false,
+                    )
+                    .await,
+                )
+            }
         }
     }
 
@@ -360,18 +375,24 @@ impl Connection {
         match error {
             WsError::Capacity(e) => {
                 let reason = format!("message too big: {e}");
-                self.close(ws, CloseCode::MESSAGE_TOO_BIG, &reason, None).await
+                self.close(ws, CloseCode::MESSAGE_TOO_BIG, &reason, None, true).await
             }
             WsError::Utf8(_) => {
-                self.close(ws, CloseCode::INVALID_PAYLOAD, "text message is not valid UTF-8", None)
-                    .await
+                self.close(
+                    ws,
+                    CloseCode::INVALID_PAYLOAD,
+                    "text message is not valid UTF-8",
+                    None,
+                    true,
+                )
+                .await
             }
             WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
                 Ending::network("connection reset without a closing handshake")
             }
             WsError::Protocol(e) => {
                 let reason = format!("protocol error: {e}");
-                self.close(ws, CloseCode::PROTOCOL_ERROR, &reason, None).await
+                self.close(ws, CloseCode::PROTOCOL_ERROR, &reason, None, true).await
             }
             WsError::Io(e) => Ending::network(format!("transport error: {e}")),
             WsError::ConnectionClosed | WsError::AlreadyClosed => {
@@ -379,7 +400,7 @@ impl Connection {
             }
             other => {
                 let reason = format!("internal error: {other}");
-                self.close(ws, CloseCode::INTERNAL_ERROR, &reason, None).await
+                self.close(ws, CloseCode::INTERNAL_ERROR, &reason, None, true).await
             }
         }
     }
@@ -402,21 +423,26 @@ impl Connection {
         }
     }
 
-    /// Server-initiated close: advice (JSON mode), close frame, then wait for the peer's reply.
+    /// Server-initiated close: advice (JSON mode), close frame, then wait for the peer's reply —
+    /// all within one `close_timeout`. After a read error the WebSocket stream is finished, so
+    /// instead of waiting for a close frame we half-close and drain the raw socket until the peer
+    /// closes: dropping it with unread data (say, the rest of an oversized message) would send a
+    /// TCP reset that can overtake our close frame.
     async fn close(
         &mut self,
         ws: &mut Ws,
         code: CloseCode,
         reason: &str,
         retry_after: Option<Duration>,
+        stream_failed: bool,
     ) -> Ending {
         // A close reason is at most 123 bytes on the wire (RFC 6455 §5.5).
         let mut wire_reason = reason.to_owned();
         while wire_reason.len() > 123 {
             wire_reason.pop();
         }
-        let timeout = self.shared.config.close_timeout;
-        let sent = tokio::time::timeout(timeout, async {
+        let deadline = Instant::now() + self.shared.config.close_timeout;
+        let sent = tokio::time::timeout_at(deadline, async {
             if self.mode == Mode::Json {
                 let advice = ServerMessage::Disconnect(Disconnect {
                     code,
@@ -431,9 +457,20 @@ impl Connection {
         })
         .await;
         let mut was_clean = false;
-        if matches!(sent, Ok(Ok(()))) {
+        if matches!(sent, Ok(Ok(()))) && stream_failed {
+            // Lingering close: send FIN after the close frame, then discard input until the
+            // peer closes its side too.
+            let _ = tokio::time::timeout_at(deadline, async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let io = ws.get_mut();
+                let _ = io.shutdown().await;
+                let mut scratch = [0u8; 4096];
+                while matches!(io.read(&mut scratch).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        } else if matches!(sent, Ok(Ok(()))) {
             // Wait for the peer's close frame; anything else it still sends is discarded.
-            let _ = tokio::time::timeout(timeout, async {
+            let _ = tokio::time::timeout_at(deadline, async {
                 while let Some(msg) = ws.next().await {
                     match msg {
                         Ok(Message::Close(_)) => was_clean = true,

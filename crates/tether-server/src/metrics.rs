@@ -12,7 +12,9 @@ use std::sync::Mutex;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabels {
-    pub code: u16,
+    /// The code for catalogue codes; `3xxx`/`4xxx`/`other` for codes a peer chose, so that
+    /// peers cannot create unbounded label values.
+    pub code: std::borrow::Cow<'static, str>,
     pub initiator: &'static str,
 }
 
@@ -186,6 +188,19 @@ impl Metrics {
     ) {
         self.registry.lock().expect("metrics registry lock").register(name, help, metric);
     }
+}
+
+/// The `code` label for a close code (bounded: catalogue codes, then bands).
+pub fn close_code_label(code: tether_core::CloseCode) -> std::borrow::Cow<'static, str> {
+    use std::borrow::Cow;
+    if tether_core::close_code::CATALOGUE.iter().any(|row| row.code == code) {
+        return Cow::Owned(code.0.to_string());
+    }
+    Cow::Borrowed(match code.0 {
+        3000..=3999 => "3xxx",
+        4000..=4999 => "4xxx",
+        _ => "other",
+    })
 }
 
 /// Resident set size of this process, from `/proc/self/statm` (Linux). `None` elsewhere.

@@ -66,6 +66,9 @@ fn channels_from_query(query: Option<&str>, max_len: usize) -> Result<Vec<String
 
 pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request) -> Response {
     let shared = &gateway.shared;
+    // Held from before the shutdown check until the connection task ends, so that shutdown
+    // waits for a handshake racing it instead of missing it.
+    let tracked = shared.tracker.token();
     let refuse = |reason: &'static str, status: StatusCode, body: serde_json::Value| {
         shared.metrics.handshakes_refused.get_or_create(&ReasonLabels { reason }).inc();
         (status, axum::Json(body)).into_response()
@@ -160,6 +163,7 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
     let shared_task = gateway.shared.clone();
     gateway.shared.tracker.spawn(async move {
         let _slot = slot; // released when the connection ends
+        let _tracked = tracked;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
