@@ -64,93 +64,127 @@ fn channels_from_query(query: Option<&str>, max_len: usize) -> Result<Vec<String
     Ok(out)
 }
 
+/// A handshake we refuse: counted by `reason`, answered with `status` and a JSON body.
+struct Refusal {
+    reason: &'static str,
+    status: StatusCode,
+    body: serde_json::Value,
+    header: Option<(header::HeaderName, &'static str)>,
+}
+
+impl Refusal {
+    fn new(reason: &'static str, status: StatusCode, error: impl Into<String>) -> Self {
+        Refusal { reason, status, body: serde_json::json!({ "error": error.into() }), header: None }
+    }
+
+    fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.header = Some((name, value));
+        self
+    }
+}
+
+/// What a valid handshake asks for.
+struct Accepted {
+    accept_key: String,
+    mode: Mode,
+    channels: Vec<String>,
+}
+
+/// Validate an upgrade request: pure, no I/O.
+fn check_handshake(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    config: &crate::config::GatewayConfig,
+) -> Result<Accepted, Refusal> {
+    if !header_has_token(headers, header::UPGRADE, "websocket")
+        || !header_has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return Err(Refusal::new(
+            "not_websocket",
+            StatusCode::UPGRADE_REQUIRED,
+            "this endpoint speaks WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`",
+        )
+        .with_header(header::UPGRADE, "websocket"));
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+        return Err(Refusal::new(
+            "bad_version",
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported Sec-WebSocket-Version; this server speaks version 13 (RFC 6455)",
+        )
+        .with_header(header::SEC_WEBSOCKET_VERSION, "13"));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(Refusal::new(
+            "bad_request",
+            StatusCode::BAD_REQUEST,
+            "missing Sec-WebSocket-Key header",
+        ));
+    };
+    let mode = select_mode(headers).map_err(|offered| Refusal {
+        body: serde_json::json!({
+            "error": format!("none of the offered subprotocols ({}) is supported", offered.join(", ")),
+            "supported": [SUBPROTOCOL_JSON],
+            "hint": "offer `tether.v1.json`, or no subprotocol at all for raw mode",
+        }),
+        ..Refusal::new("unsupported_subprotocol", StatusCode::BAD_REQUEST, "")
+    })?;
+    let channels = channels_from_query(query, config.max_channel_name_len)
+        .map_err(|e| Refusal::new("bad_request", StatusCode::BAD_REQUEST, e))?;
+    if channels.len() > config.max_subscriptions {
+        return Err(Refusal::new(
+            "bad_request",
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} channels requested; max_subscriptions is {}",
+                channels.len(),
+                config.max_subscriptions
+            ),
+        ));
+    }
+    Ok(Accepted { accept_key: derive_accept_key(key.as_bytes()), mode, channels })
+}
+
 pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request) -> Response {
     let shared = &gateway.shared;
     // Held from before the shutdown check until the connection task ends, so that shutdown
     // waits for a handshake racing it instead of missing it.
     let tracked = shared.tracker.token();
-    let refuse = |reason: &'static str, status: StatusCode, body: serde_json::Value| {
-        shared.metrics.handshakes_refused.get_or_create(&ReasonLabels { reason }).inc();
-        (status, axum::Json(body)).into_response()
-    };
-    let headers = req.headers();
-    if !header_has_token(headers, header::UPGRADE, "websocket")
-        || !header_has_token(headers, header::CONNECTION, "upgrade")
-    {
-        let mut resp = refuse(
-            "not_websocket",
-            StatusCode::UPGRADE_REQUIRED,
-            serde_json::json!({"error": "this endpoint speaks WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`"}),
-        );
-        resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        return resp;
-    }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
-        let mut resp = refuse(
-            "bad_version",
-            StatusCode::UPGRADE_REQUIRED,
-            serde_json::json!({"error": "unsupported Sec-WebSocket-Version; this server speaks version 13 (RFC 6455)"}),
-        );
-        resp.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return resp;
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return refuse(
-            "bad_request",
-            StatusCode::BAD_REQUEST,
-            serde_json::json!({"error": "missing Sec-WebSocket-Key header"}),
-        );
-    };
-    let accept = derive_accept_key(key.as_bytes());
-    let mode = match select_mode(headers) {
-        Ok(mode) => mode,
-        Err(offered) => {
-            return refuse(
-                "unsupported_subprotocol",
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({
-                    "error": format!("none of the offered subprotocols ({}) is supported", offered.join(", ")),
-                    "supported": [SUBPROTOCOL_JSON],
-                    "hint": "offer `tether.v1.json`, or no subprotocol at all for raw mode",
-                }),
-            )
+    let refuse = |r: Refusal| {
+        shared.metrics.handshakes_refused.get_or_create(&ReasonLabels { reason: r.reason }).inc();
+        let mut resp = (r.status, axum::Json(r.body)).into_response();
+        if let Some((name, value)) = r.header {
+            resp.headers_mut().insert(name, HeaderValue::from_static(value));
         }
+        resp
     };
-    let channels = match channels_from_query(req.uri().query(), shared.config.max_channel_name_len)
-    {
-        Ok(c) if c.len() <= shared.config.max_subscriptions => c,
-        Ok(c) => {
-            return refuse(
-                "bad_request",
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": format!("{} channels requested; max_subscriptions is {}", c.len(), shared.config.max_subscriptions)}),
-            )
-        }
-        Err(e) => {
-            return refuse(
-                "bad_request",
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({ "error": e }),
-            )
-        }
-    };
+    let Accepted { accept_key: accept, mode, channels } =
+        match check_handshake(req.headers(), req.uri().query(), &shared.config) {
+            Ok(a) => a,
+            Err(r) => return refuse(r),
+        };
     if shared.shutdown.is_cancelled() {
-        let mut resp = refuse(
-            "shutting_down",
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"error": "server is shutting down; reconnect shortly"}),
+        return refuse(
+            Refusal::new(
+                "shutting_down",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server is shutting down; reconnect shortly",
+            )
+            .with_header(header::RETRY_AFTER, "1"),
         );
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return resp;
     }
     let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
-        let mut resp = refuse(
-            "max_connections",
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"error": format!("connection limit reached ({} open); retry later", shared.config.max_connections)}),
+        return refuse(
+            Refusal::new(
+                "max_connections",
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "connection limit reached ({} open); retry later",
+                    shared.config.max_connections
+                ),
+            )
+            .with_header(header::RETRY_AFTER, "5"),
         );
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return resp;
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return json_error(
@@ -207,6 +241,39 @@ mod tests {
         assert_eq!(select_mode(&h), Ok(Mode::Json));
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("mqtt, wamp"));
         assert_eq!(select_mode(&h), Err(vec!["mqtt".to_owned(), "wamp".to_owned()]));
+    }
+
+    fn upgrade_headers(protocols: Option<&'static str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        if let Some(p) = protocols {
+            h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+        }
+        h
+    }
+
+    #[test]
+    fn handshake_checks() {
+        let cfg = crate::config::GatewayConfig::default();
+        let ok = check_handshake(&upgrade_headers(None), Some("channel=a"), &cfg).ok().unwrap();
+        // The RFC 6455 §1.3 example key and answer.
+        assert_eq!(ok.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!((ok.mode, ok.channels), (Mode::Raw, vec!["a".to_owned()]));
+        let refused = |h: &HeaderMap, q| check_handshake(h, q, &cfg).err().unwrap();
+        let r = refused(&upgrade_headers(Some("wamp")), None);
+        assert_eq!((r.reason, r.status), ("unsupported_subprotocol", StatusCode::BAD_REQUEST));
+        let mut h = upgrade_headers(None);
+        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
+        assert_eq!(refused(&h, None).status, StatusCode::UPGRADE_REQUIRED);
+        h.remove(header::UPGRADE);
+        assert_eq!(refused(&h, None).reason, "not_websocket");
+        let mut h = upgrade_headers(None);
+        h.remove(header::SEC_WEBSOCKET_KEY);
+        assert_eq!(refused(&h, None).reason, "bad_request");
+        assert_eq!(refused(&upgrade_headers(None), Some("channel=a b")).reason, "bad_request");
     }
 
     #[test]
