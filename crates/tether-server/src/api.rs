@@ -58,6 +58,7 @@ pub(crate) async fn publish(State(gateway): State<Gateway>, req: Request<Body>) 
         Err(PublishError::BadChannel(e)) => {
             json_error(StatusCode::BAD_REQUEST, format!("bad channel: {e}"))
         }
+        Err(e @ PublishError::Reserved) => json_error(StatusCode::FORBIDDEN, e.to_string()),
         Err(PublishError::Broker(e)) => {
             let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -73,7 +74,7 @@ pub(crate) async fn method_not_allowed() -> Response {
 pub(crate) async fn not_found(req: Request<Body>) -> Response {
     json_error(
         StatusCode::NOT_FOUND,
-        format!("no route for {}; try /ws, /api/publish, /healthz or /metrics", req.uri().path()),
+        format!("no route for {}; try /, /ws, /api/publish, /healthz, /metrics or /tether.js", req.uri().path()),
     )
 }
 

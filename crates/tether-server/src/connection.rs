@@ -114,12 +114,14 @@ impl Connection {
         }
         let m = &shared.metrics;
         m.connections_open.dec();
+        let code_label = crate::metrics::close_code_label(ending.code);
         m.connections_closed
             .get_or_create(&crate::metrics::CloseLabels {
-                code: crate::metrics::close_code_label(ending.code),
+                code: code_label.clone(),
                 initiator: ending.initiator.as_str(),
             })
             .inc();
+        shared.stats.record_close(code_label.into_owned(), ending.initiator.as_str());
         tracing::info!(
             target: "tether::close",
             conn = id,
@@ -187,6 +189,7 @@ impl Connection {
                         Some(Ok(Message::Pong(_))) => {
                             if let Some(rtt) = heartbeat.on_pong(Instant::now().into_std()) {
                                 self.shared.metrics.heartbeat_rtt.observe(rtt.as_secs_f64());
+                                self.shared.stats.record_rtt(rtt);
                             }
                         }
                         Some(Ok(Message::Ping(_))) => {
@@ -340,7 +343,9 @@ impl Connection {
         let cfg = &self.shared.config;
         channel::validate(channel, cfg.max_channel_name_len)
             .map_err(|e| ErrorBody::new(ErrorCode::BadChannel, e.to_string()))?;
-        if !channel::any_matches(&cfg.client_publish, channel) {
+        if channel.starts_with(crate::stats::RESERVED_PREFIX)
+            || !channel::any_matches(&cfg.client_publish, channel)
+        {
             return Err(ErrorBody::new(
                 ErrorCode::PublishForbidden,
                 format!("clients may not publish to `{channel}`; see the `client_publish` setting"),

@@ -32,6 +32,10 @@ pub(crate) struct Shared {
     /// One permit per open WebSocket connection.
     pub connection_slots: Arc<Semaphore>,
     pub next_conn_id: AtomicU64,
+    /// Figures for the dashboard beyond the Prometheus counters.
+    pub stats: Arc<crate::stats::Stats>,
+    /// Set once the dashboard sampler task runs.
+    pub feed_started: std::sync::atomic::AtomicBool,
 }
 
 /// A Tether gateway. Cheap to clone; all clones are the same gateway.
@@ -45,6 +49,8 @@ pub struct Gateway {
 pub enum PublishError {
     #[error("bad channel: {0}")]
     BadChannel(#[from] ChannelError),
+    #[error("channels under `_tether:` are reserved for the server")]
+    Reserved,
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
@@ -94,6 +100,8 @@ impl Gateway {
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 next_conn_id: AtomicU64::new(1),
+                stats: Arc::default(),
+                feed_started: Default::default(),
             }),
         })
     }
@@ -121,7 +129,30 @@ impl Gateway {
             )
             .route("/healthz", get(crate::api::healthz))
             .route("/metrics", get(crate::api::metrics))
+            .route("/tether.js", get(crate::web::tether_js))
             .with_state(self.clone())
+    }
+
+    /// The operator pages: the live dashboard at `/` (with its assets) and the plain-WebSocket
+    /// example at `/examples/plain.html`. Separate from [`Gateway::router`] so that a host app
+    /// keeps its own `/`. Starts the dashboard's sampler (must be called inside a tokio runtime).
+    pub fn dashboard_router(&self) -> Router {
+        self.start_dashboard_feed();
+        crate::web::dashboard_routes()
+    }
+
+    /// Start the once-a-second sampler behind the dashboard (idempotent).
+    pub fn start_dashboard_feed(&self) {
+        use std::sync::atomic::Ordering;
+        if self.shared.feed_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(crate::stats::run_sampler(
+            self.shared.metrics.clone(),
+            self.shared.stats.clone(),
+            self.shared.hub.clone(),
+            self.shared.shutdown.clone(),
+        ));
     }
 
     /// Publish from the host application (what `POST /api/publish` calls).
@@ -131,6 +162,9 @@ impl Gateway {
         data: &RawValue,
     ) -> Result<PublishReceipt, PublishError> {
         channel::validate(channel, self.shared.config.max_channel_name_len)?;
+        if channel.starts_with(crate::stats::RESERVED_PREFIX) {
+            return Err(PublishError::Reserved);
+        }
         let receipt = self.shared.broker.publish(channel, data).await?;
         self.shared.metrics.publications.inc();
         Ok(receipt)
@@ -164,7 +198,7 @@ impl Gateway {
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<DrainReport> {
-        let app = self.router().fallback(crate::api::not_found);
+        let app = self.router().merge(self.dashboard_router()).fallback(crate::api::not_found);
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
         let gateway = self.clone();
         let on_signal = async move {

@@ -162,6 +162,11 @@ impl Hub {
         Delivery { offset: Some(offset), delivered }
     }
 
+    /// Whether `channel` has a subscriber on this node.
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        self.shard(channel).lock().expect("hub shard lock").contains_key(channel)
+    }
+
     /// Channels with at least one local subscriber.
     pub fn channel_count(&self) -> usize {
         self.shards.iter().map(|s| s.lock().expect("hub shard lock").len()).sum()

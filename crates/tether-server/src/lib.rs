@@ -12,6 +12,9 @@
 //! - [`broker`] — the [`Broker`] seam (in-memory now; Redis backplane later).
 //! - `api` — `POST /api/publish`, `GET /healthz`, `GET /metrics`.
 //! - [`metrics`] — the Prometheus registry.
+//! - [`stats`] — the dashboard's once-a-second sampler, published on `_tether:dashboard`.
+//! - [`svg_chart`] — server-rendered SVG line charts for the dashboard.
+//! - `web` — the embedded browser assets: `/tether.js`, the dashboard, the plain example.
 //!
 //! The protocol itself (commands, codec, close codes, heartbeat and reconnect state machines)
 //! lives in `tether-core`, with no I/O.
@@ -23,7 +26,10 @@ mod connection;
 pub mod gateway;
 pub mod hub;
 pub mod metrics;
+pub mod stats;
+pub mod svg_chart;
 mod upgrade;
+mod web;
 
 pub use broker::{Broker, MemoryBroker};
 pub use config::{GatewayConfig, ShutdownClose};

@@ -1,0 +1,690 @@
+// tether.js — the browser client for the Tether WebSocket gateway. No dependencies.
+//
+// What it does for you, so that you do not write it again:
+// - an application-level heartbeat (browsers cannot send protocol pings): the JSON `ping`
+//   command, or the text "ping" in raw mode; ANY inbound message proves the server alive;
+//   silence for pingInterval + pongTimeout closes the socket locally (4000, "heartbeat timeout");
+// - reconnect with exponential backoff and full jitter, one reconnect in flight, never two
+//   (`onerror` is ignored: `onclose` always follows it); at once when the browser goes `online`,
+//   never while `navigator.onLine` is false; the server's `disconnect` advice is honoured;
+// - every close explained: {code, reason, wasClean, initiator, willReconnect, retryIn, attempt};
+// - subscriptions re-established after every reconnect; a bounded offline queue for sends.
+//
+// The pure parts (backoff, heartbeat, reconnect policy, close codes) are exported and mirror
+// tether-core's Rust types, with the same defaults and semantics.
+
+export const SUBPROTOCOL = 'tether.v1.json';
+
+/** Defaults, identical to tether-core's `defaults.rs`. Times in milliseconds. */
+export const DEFAULTS = Object.freeze({
+  protocol: 'json', // or 'raw'
+  pingInterval: 25000,
+  pongTimeout: 10000,
+  backoffInitial: 1000,
+  backoffMax: 30000,
+  backoffFactor: 2,
+  minUptime: 5000,
+  maxAttempts: Infinity,
+  offlineQueue: 1000,
+  rawPing: 'ping',
+  rawPong: 'pong',
+  closeOnPageHide: true,
+  autoConnect: true,
+});
+
+/**
+ * Close codes and the client action for each: 'reconnect', 'hint' (reconnect after the server's
+ * retry_after_ms when given) or 'stop'. Mirrors tether_core::close_code::CATALOGUE; a test checks
+ * it against the table in docs/protocol.md.
+ */
+export const CLOSE_CODES = Object.freeze({
+  1000: ['normal', 'reconnect'],
+  1001: ['going away', 'reconnect'],
+  1002: ['protocol error', 'reconnect'],
+  1003: ['unsupported data', 'reconnect'],
+  1005: ['no status', 'reconnect'],
+  1006: ['abnormal closure', 'reconnect'],
+  1007: ['invalid payload', 'reconnect'],
+  1008: ['policy violation', 'stop'],
+  1009: ['message too big', 'reconnect'],
+  1011: ['internal error', 'reconnect'],
+  1012: ['service restart', 'hint'],
+  1013: ['try again later', 'hint'],
+  1015: ['TLS handshake', 'reconnect'],
+  4000: ['heartbeat timeout', 'reconnect'],
+  4001: ['slow consumer', 'reconnect'],
+});
+
+/** The catalogue row for a code, or its band: 4000–4499 transient, 4500–4999 terminal. */
+export function closeCodeInfo(code) {
+  const row = CLOSE_CODES[code];
+  if (row) return { name: row[0], advice: row[1] };
+  if (code >= 4500 && code <= 4999) return { name: 'terminal', advice: 'stop' };
+  if (code >= 4000 && code <= 4499) return { name: 'transient', advice: 'reconnect' };
+  return { name: 'unknown', advice: 'reconnect' };
+}
+
+/** Upper bound of the jitter window before attempt `attempt` (1-based). */
+export function backoffCeiling(attempt, opts = DEFAULTS) {
+  const exp = Math.min(Math.max(attempt - 1, 0), 64);
+  const ceiling = opts.backoffInitial * Math.pow(Math.max(opts.backoffFactor, 1), exp);
+  return Number.isFinite(ceiling) ? Math.min(ceiling, opts.backoffMax) : opts.backoffMax;
+}
+
+/** Full jitter: uniform in [0, ceiling]; `unit` is a number in [0, 1). */
+export function backoffDelay(attempt, unit, opts = DEFAULTS) {
+  return backoffCeiling(attempt, opts) * Math.min(Math.max(unit, 0), 1);
+}
+
+/**
+ * Liveness, driven by an explicit `now` (ms). Ping every `interval`; any inbound message counts
+ * as life; nothing inbound for interval + timeout → dead.
+ */
+export class Heartbeat {
+  constructor(interval, timeout, now) {
+    this.interval = Math.max(1, interval);
+    this.timeout = Math.max(0, timeout);
+    this.lastSeen = now;
+    this.nextPing = now + this.interval;
+    this.pingSentAt = null;
+    this.lastRtt = null;
+  }
+
+  deadline() {
+    return this.lastSeen + this.interval + this.timeout;
+  }
+
+  onInbound(now) {
+    this.lastSeen = Math.max(this.lastSeen, now);
+  }
+
+  /** A pong (reply to our ping) arrived: returns the round trip in ms, or null. */
+  onPong(now) {
+    this.onInbound(now);
+    if (this.pingSentAt === null) return null;
+    this.lastRtt = Math.max(0, now - this.pingSentAt);
+    this.pingSentAt = null;
+    return this.lastRtt;
+  }
+
+  /** What to do at `now`: {action: 'ping'} (then poll again), {action: 'dead'}, {action: 'wait', at}. */
+  poll(now) {
+    if (now >= this.deadline()) return { action: 'dead' };
+    if (now >= this.nextPing) {
+      // A throttled background tab wakes late: one ping, not a burst.
+      while (this.nextPing <= now) this.nextPing += this.interval;
+      this.pingSentAt = now;
+      return { action: 'ping' };
+    }
+    return { action: 'wait', at: Math.min(this.nextPing, this.deadline()) };
+  }
+}
+
+/** The reconnect policy; same rules as tether_core::reconnect::Reconnector. */
+export class Reconnector {
+  constructor(opts = DEFAULTS) {
+    this.opts = opts;
+    this.failures = 0;
+    this.openedAt = null;
+  }
+
+  onOpen(now) {
+    this.openedAt = now;
+  }
+
+  /**
+   * Decide after a close or failed connect.
+   * ended: {code, byUser, adviceReconnect, adviceRetryAfter, fatal}; unit in [0, 1).
+   * Returns {retry: true, attempt, delay} or {retry: false, reason}.
+   */
+  onClose(now, ended, unit) {
+    const openedAt = this.openedAt;
+    this.openedAt = null;
+    if (ended.byUser) return { retry: false, reason: 'closed by the application' };
+    if (ended.fatal) return { retry: false, reason: `retrying cannot help: ${ended.fatal}` };
+    if (ended.adviceReconnect === false) return { retry: false, reason: 'the server advised not to reconnect' };
+    if (ended.code != null && closeCodeInfo(ended.code).advice === 'stop') {
+      return { retry: false, reason: `close code ${ended.code} means retrying cannot help` };
+    }
+    if (openedAt !== null && now - openedAt >= this.opts.minUptime) this.failures = 0;
+    this.failures += 1;
+    if (this.failures > this.opts.maxAttempts) {
+      return { retry: false, reason: `gave up after ${this.opts.maxAttempts} failed attempts` };
+    }
+    const hint = ended.adviceRetryAfter;
+    const delay = hint != null ? hint + hint * Math.min(Math.max(unit, 0), 1) : backoffDelay(this.failures, unit, this.opts);
+    return { retry: true, attempt: this.failures, delay };
+  }
+}
+
+const hasWindow = typeof globalThis.addEventListener === 'function' && typeof globalThis.removeEventListener === 'function';
+const isOffline = () => typeof navigator !== 'undefined' && navigator.onLine === false;
+
+/**
+ * A connection to a Tether gateway that outlives any one WebSocket.
+ *
+ * Events (use `client.on(type, fn)` or `addEventListener`; the payload is `event.detail`):
+ * state {state}, open {reconnected}, close {code, reason, wasClean, initiator, willReconnect,
+ * retryIn, attempt}, publication {channel, offset, data}, message {data}, subscribed {channel,
+ * resubscribe}, rtt {ms}, error {code, message, id}, stopped {reason}.
+ */
+export class TetherClient extends EventTarget {
+  #opts;
+  #WebSocket;
+  #ws = null;
+  #generation = 0;
+  #state = 'closed';
+  #heartbeat = null;
+  #hbTimer = null;
+  #retryTimer = null;
+  #waitingForOnline = false;
+  #reconnector;
+  #channels = new Map(); // channel → {handlers: Set, waiters: [{resolve, reject}]}
+  #pending = new Map(); // command id → {resolve, reject, kind, channel, sentAt}
+  #queue = []; // offline: [{text, id, resolve, reject}]
+  #nextId = 1;
+  #advice = null;
+  #openedBefore = false;
+  #stopped = false;
+  #byUser = false;
+  #listeners = [];
+
+  /** Round trip of the latest heartbeat, in ms (null before the first). */
+  rtt = null;
+  /** When the next reconnect attempt starts (ms since epoch), for countdowns; null otherwise. */
+  nextRetryAt = null;
+  /** The latest close's details (the `close` event's payload), or null. */
+  lastClose = null;
+  /** Counters that show what the client did. */
+  stats = { connectAttempts: 0, opens: 0, heartbeatTimeouts: 0 };
+
+  constructor(url, options = {}) {
+    super();
+    this.url = String(url);
+    this.#opts = { ...DEFAULTS, ...options };
+    this.#WebSocket = options.WebSocket || globalThis.WebSocket;
+    if (typeof this.#WebSocket !== 'function') {
+      throw new TypeError('no WebSocket implementation: pass options.WebSocket (e.g. the `ws` package)');
+    }
+    if (this.#opts.protocol !== 'json' && this.#opts.protocol !== 'raw') {
+      throw new TypeError(`protocol must be 'json' or 'raw', not ${this.#opts.protocol}`);
+    }
+    this.#reconnector = new Reconnector(this.#opts);
+    if (hasWindow) {
+      this.#listen('online', () => this.#onOnline());
+      if (this.#opts.closeOnPageHide) this.#listen('pagehide', () => this.#onPageHide());
+    }
+    if (this.#opts.autoConnect) this.connect();
+  }
+
+  /** True while a reconnect waits for the browser's `online` event. */
+  get waitingForOnline() {
+    return this.#waitingForOnline;
+  }
+
+  /** 'connecting' | 'open' | 'reconnecting' | 'closed'. */
+  get state() {
+    return this.#state;
+  }
+
+  /** Subscribe `fn` to events of `type`; returns a function that unsubscribes it. */
+  on(type, fn) {
+    const listener = (e) => fn(e.detail);
+    this.addEventListener(type, listener);
+    return () => this.removeEventListener(type, listener);
+  }
+
+  /** Start (or restart after `close()`) connecting. */
+  connect() {
+    if (this.#ws || this.#retryTimer || this.#waitingForOnline) return;
+    this.#stopped = false;
+    this.#byUser = false;
+    this.#open();
+  }
+
+  /** Close with `code` (1000 or 3000–4999) and stop reconnecting. */
+  close(code = 1000, reason = 'client closing') {
+    this.#stopped = true;
+    this.#byUser = true;
+    this.#clearRetry();
+    if (this.#ws) {
+      const ws = this.#ws;
+      try {
+        ws.close(code, reason);
+      } catch {
+        ws.close();
+      }
+      // onclose reports the close and settles everything.
+    } else if (this.#state !== 'closed') {
+      this.#setState('closed');
+      this.#emit('stopped', { reason: 'closed by the application' });
+    }
+  }
+
+  /** Remove every listener the client put on the window, and close. */
+  dispose() {
+    this.close();
+    for (const [type, fn] of this.#listeners) globalThis.removeEventListener(type, fn);
+    this.#listeners = [];
+  }
+
+  /**
+   * Subscribe to a channel (JSON mode); kept across reconnects. `handler(data, publication)` is
+   * called for each publication. Resolves when the server confirms; rejects on refusal.
+   */
+  subscribe(channel, handler) {
+    this.#requireJson('subscribe');
+    let entry = this.#channels.get(channel);
+    const fresh = !entry;
+    if (!entry) {
+      entry = { handlers: new Set(), waiters: [] };
+      this.#channels.set(channel, entry);
+    }
+    if (handler) entry.handlers.add(handler);
+    return new Promise((resolve, reject) => {
+      if (!fresh && entry.confirmed) return resolve();
+      entry.waiters.push({ resolve, reject });
+      if (fresh && this.#isOpen()) this.#sendSubscribe(channel, false);
+    });
+  }
+
+  /** Remove `handler` (or every handler) from `channel`; the last one unsubscribes. */
+  unsubscribe(channel, handler) {
+    const entry = this.#channels.get(channel);
+    if (!entry) return;
+    if (handler) entry.handlers.delete(handler);
+    else entry.handlers.clear();
+    if (entry.handlers.size > 0) return;
+    this.#channels.delete(channel);
+    for (const w of entry.waiters) w.reject(new Error(`unsubscribed from ${channel}`));
+    if (this.#isOpen()) this.#command({ cmd: 'unsubscribe', channel }).catch(() => {});
+  }
+
+  /** Publish (JSON mode; the server must allow client publishing). Queued while disconnected. */
+  publish(channel, data) {
+    this.#requireJson('publish');
+    return this.#command({ cmd: 'publish', channel, data });
+  }
+
+  /** Send a text message as is. Queued while disconnected; resolves once handed to the socket. */
+  send(text) {
+    return this.#enqueue(String(text), null);
+  }
+
+  // --- connection lifecycle -----------------------------------------------------------------
+
+  #open() {
+    this.#clearRetry();
+    this.nextRetryAt = null;
+    this.#advice = null;
+    this.stats.connectAttempts += 1;
+    this.#setState(this.#openedBefore ? 'reconnecting' : 'connecting');
+    const generation = ++this.#generation;
+    let ws;
+    try {
+      ws = this.#opts.protocol === 'json' ? new this.#WebSocket(this.url, [SUBPROTOCOL]) : new this.#WebSocket(this.url);
+    } catch (e) {
+      // A malformed URL throws synchronously; retrying cannot fix it.
+      this.#ended({ code: 1006, reason: String(e && e.message ? e.message : e), wasClean: false, initiator: 'client', fatal: 'bad URL' });
+      return;
+    }
+    this.#ws = ws;
+    const current = () => generation === this.#generation && this.#ws === ws;
+    ws.onopen = () => current() && this.#onOpen(ws);
+    ws.onmessage = (e) => current() && this.#onMessage(e.data);
+    // `error` always precedes `close`; reacting to both is how two reconnect loops are born.
+    ws.onerror = () => {};
+    ws.onclose = (e) => {
+      if (!current()) return;
+      const initiator = this.#byUser ? 'client' : e.code === 1006 ? 'network' : 'server';
+      this.#ended({ code: e.code, reason: e.reason, wasClean: e.wasClean, initiator });
+    };
+  }
+
+  #onOpen(ws) {
+    if (this.#opts.protocol === 'json' && ws.protocol !== SUBPROTOCOL) {
+      this.#detach(ws);
+      this.#ended({
+        code: 1006,
+        reason: `the server did not accept subprotocol ${SUBPROTOCOL}; use protocol: 'raw' for plain WebSocket servers`,
+        wasClean: false,
+        initiator: 'client',
+        fatal: 'subprotocol refused',
+      });
+      return;
+    }
+    const now = Date.now();
+    this.#reconnector.onOpen(now);
+    this.stats.opens += 1;
+    const reconnected = this.#openedBefore;
+    this.#openedBefore = true;
+    this.#setState('open');
+    this.#emit('open', { reconnected });
+    this.#heartbeat = new Heartbeat(this.#opts.pingInterval, this.#opts.pongTimeout, now);
+    this.#armHeartbeat();
+    for (const [channel, entry] of this.#channels) {
+      entry.confirmed = false;
+      this.#sendSubscribe(channel, reconnected);
+    }
+    const queued = this.#queue;
+    this.#queue = [];
+    for (const item of queued) this.#transmit(item);
+  }
+
+  #onMessage(data) {
+    const now = Date.now();
+    if (this.#heartbeat) this.#heartbeat.onInbound(now);
+    if (typeof data !== 'string') {
+      this.#emit('message', { data });
+      return;
+    }
+    if (this.#opts.protocol === 'raw') {
+      if (data === this.#opts.rawPong && this.#heartbeat && this.#heartbeat.pingSentAt !== null) {
+        this.#reportRtt(this.#heartbeat.onPong(now));
+        return;
+      }
+      this.#emit('message', { data });
+      return;
+    }
+    let msg;
+    try {
+      msg = JSON.parse(data);
+    } catch {
+      this.#emit('message', { data });
+      return;
+    }
+    switch (msg.type) {
+      case 'publication': {
+        const entry = this.#channels.get(msg.channel);
+        const publication = { channel: msg.channel, offset: msg.offset, data: msg.data };
+        if (entry) for (const h of entry.handlers) this.#safely(() => h(msg.data, publication));
+        this.#emit('publication', publication);
+        break;
+      }
+      case 'reply':
+        this.#onReply(msg, now);
+        break;
+      case 'error':
+        this.#emit('error', { id: null, ...msg.error });
+        break;
+      case 'disconnect':
+        this.#advice = msg;
+        break;
+      default:
+        this.#emit('message', { data });
+    }
+  }
+
+  #onReply(msg, now) {
+    const pending = this.#pending.get(msg.id);
+    if (!pending) return;
+    this.#pending.delete(msg.id);
+    if (pending.kind === 'ping') {
+      if (this.#heartbeat) this.#reportRtt(this.#heartbeat.onPong(now));
+      return;
+    }
+    if (msg.error) {
+      const err = Object.assign(new Error(`${msg.error.code}: ${msg.error.message}`), msg.error);
+      if (pending.kind === 'subscribe') {
+        // A refused subscription is forgotten, not re-sent after every reconnect.
+        const entry = this.#channels.get(pending.channel);
+        this.#channels.delete(pending.channel);
+        if (entry) for (const w of entry.waiters) w.reject(err);
+      }
+      this.#emit('error', { id: msg.id, ...msg.error });
+      pending.reject(err);
+      return;
+    }
+    if (pending.kind === 'subscribe') {
+      const entry = this.#channels.get(pending.channel);
+      if (entry) {
+        entry.confirmed = true;
+        for (const w of entry.waiters.splice(0)) w.resolve();
+      }
+      this.#emit('subscribed', { channel: pending.channel, resubscribe: pending.resubscribe });
+    }
+    pending.resolve(msg.result || {});
+  }
+
+  /** The socket ended (or never opened): report once, then stop or schedule one reconnect. */
+  #ended(info) {
+    const ws = this.#ws;
+    if (ws) this.#detach(ws);
+    this.#ws = null;
+    this.#stopHeartbeat();
+    for (const [, p] of this.#pending) p.reject(new Error('connection closed before the reply'));
+    this.#pending.clear();
+    const advice = this.#advice;
+    this.#advice = null;
+    const decision = this.#reconnector.onClose(
+      Date.now(),
+      {
+        code: info.code,
+        byUser: this.#byUser,
+        fatal: info.fatal,
+        adviceReconnect: advice ? advice.reconnect : undefined,
+        adviceRetryAfter: advice && advice.retry_after_ms != null ? advice.retry_after_ms : undefined,
+      },
+      Math.random(),
+    );
+    const offline = decision.retry && isOffline();
+    const detail = {
+      code: info.code,
+      reason: info.reason || '',
+      wasClean: Boolean(info.wasClean),
+      initiator: info.initiator,
+      willReconnect: decision.retry && !this.#stopped,
+      retryIn: decision.retry && !offline ? Math.round(decision.delay) : null,
+      attempt: decision.retry ? decision.attempt : 0,
+    };
+    this.lastClose = detail;
+    if (!detail.willReconnect) {
+      this.#stopped = true;
+      this.#setState('closed');
+      this.#emit('close', detail);
+      this.#emit('stopped', { reason: decision.retry ? 'closed by the application' : decision.reason });
+      this.#rejectQueue(new Error('the client has stopped'));
+      return;
+    }
+    this.#setState('reconnecting');
+    this.#emit('close', detail);
+    if (offline) {
+      // No retries while the browser says it is offline; `online` brings us back at once.
+      this.#waitingForOnline = true;
+      return;
+    }
+    this.nextRetryAt = Date.now() + detail.retryIn;
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = null;
+      if (isOffline()) {
+        this.#waitingForOnline = true;
+        return;
+      }
+      this.#open();
+    }, detail.retryIn);
+  }
+
+  #detach(ws) {
+    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+  }
+
+  #onOnline() {
+    if (this.#stopped || this.#ws) return;
+    if (this.#waitingForOnline || this.#retryTimer) {
+      this.#waitingForOnline = false;
+      this.#open();
+    }
+  }
+
+  #onPageHide() {
+    // The browser closes the socket with 1001 "going away" as the page goes; we only make sure
+    // nothing reconnects from a page that is leaving.
+    this.#stopped = true;
+    this.#byUser = true;
+    this.#clearRetry();
+  }
+
+  #clearRetry() {
+    if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    this.#waitingForOnline = false;
+  }
+
+  // --- heartbeat ----------------------------------------------------------------------------
+
+  #armHeartbeat() {
+    if (this.#hbTimer) clearTimeout(this.#hbTimer);
+    this.#hbTimer = null;
+    const hb = this.#heartbeat;
+    if (!hb || !this.#isOpen()) return;
+    for (;;) {
+      const now = Date.now();
+      const step = hb.poll(now);
+      if (step.action === 'ping') {
+        this.#sendPing();
+        continue;
+      }
+      if (step.action === 'dead') {
+        this.#heartbeatTimeout();
+        return;
+      }
+      this.#hbTimer = setTimeout(() => this.#armHeartbeat(), Math.max(0, step.at - now));
+      return;
+    }
+  }
+
+  #sendPing() {
+    if (this.#opts.protocol === 'raw') {
+      this.#ws.send(this.#opts.rawPing);
+      return;
+    }
+    const id = this.#nextId++;
+    this.#pending.set(id, { kind: 'ping', resolve() {}, reject() {} });
+    this.#ws.send(JSON.stringify({ id, cmd: 'ping' }));
+  }
+
+  #heartbeatTimeout() {
+    this.stats.heartbeatTimeouts += 1;
+    const ws = this.#ws;
+    const silence = this.#opts.pingInterval + this.#opts.pongTimeout;
+    // Do not wait for a closing handshake a dead server will never answer: report now.
+    this.#detach(ws);
+    try {
+      ws.close(4000, 'heartbeat timeout');
+    } catch {
+      /* already closing */
+    }
+    this.#ended({ code: 4000, reason: `heartbeat timeout: no message for ${silence} ms`, wasClean: false, initiator: 'client' });
+  }
+
+  #stopHeartbeat() {
+    if (this.#hbTimer) clearTimeout(this.#hbTimer);
+    this.#hbTimer = null;
+    this.#heartbeat = null;
+  }
+
+  #reportRtt(ms) {
+    if (ms === null) return;
+    this.rtt = ms;
+    this.#emit('rtt', { ms });
+  }
+
+  // --- sending ------------------------------------------------------------------------------
+
+  #isOpen() {
+    return this.#ws !== null && this.#ws.readyState === 1 && this.#state === 'open';
+  }
+
+  #sendSubscribe(channel, resubscribe) {
+    const id = this.#nextId++;
+    this.#pending.set(id, { kind: 'subscribe', channel, resubscribe, resolve() {}, reject() {} });
+    this.#ws.send(JSON.stringify({ id, cmd: 'subscribe', channel }));
+  }
+
+  /** A command whose reply resolves the returned promise. Queued while disconnected. */
+  #command(body) {
+    return new Promise((resolve, reject) => {
+      const id = this.#nextId++;
+      const text = JSON.stringify({ id, ...body });
+      this.#enqueueItem({ text, id, resolve, reject });
+    });
+  }
+
+  #enqueue(text) {
+    return new Promise((resolve, reject) => this.#enqueueItem({ text, id: null, resolve, reject }));
+  }
+
+  #enqueueItem(item) {
+    if (this.#stopped && !this.#ws) {
+      item.reject(new Error('the client has stopped; call connect() first'));
+      return;
+    }
+    if (this.#isOpen()) {
+      this.#transmit(item);
+      return;
+    }
+    if (this.#queue.length >= this.#opts.offlineQueue) {
+      item.reject(new Error(`offline queue full (${this.#queue.length} messages waiting for a connection)`));
+      return;
+    }
+    this.#queue.push(item);
+  }
+
+  #transmit(item) {
+    if (item.id !== null) this.#pending.set(item.id, { kind: 'command', resolve: item.resolve, reject: item.reject });
+    try {
+      this.#ws.send(item.text);
+    } catch (e) {
+      if (item.id !== null) this.#pending.delete(item.id);
+      item.reject(e);
+      return;
+    }
+    if (item.id === null) item.resolve();
+  }
+
+  #rejectQueue(err) {
+    const queued = this.#queue;
+    this.#queue = [];
+    for (const item of queued) item.reject(err);
+    for (const [, entry] of this.#channels) for (const w of entry.waiters.splice(0)) w.reject(err);
+  }
+
+  #requireJson(what) {
+    if (this.#opts.protocol !== 'json') {
+      throw new Error(`${what} needs protocol 'json'; in raw mode use ?channel= in the URL and send()`);
+    }
+  }
+
+  // --- plumbing -----------------------------------------------------------------------------
+
+  #setState(state) {
+    if (this.#state === state) return;
+    this.#state = state;
+    this.#emit('state', { state });
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  #listen(type, fn) {
+    globalThis.addEventListener(type, fn);
+    this.#listeners.push([type, fn]);
+  }
+
+  #safely(fn) {
+    try {
+      fn();
+    } catch (e) {
+      // A throwing handler must not break the connection; surface it asynchronously.
+      setTimeout(() => {
+        throw e;
+      });
+    }
+  }
+}
+
+/** Shorthand: `connect(url, options)` is `new TetherClient(url, options)`. */
+export function connect(url, options) {
+  return new TetherClient(url, options);
+}
