@@ -1,5 +1,5 @@
 // Unit tests for tether.js's pure logic: backoff, heartbeat, reconnect policy, close codes.
-// Run: node --test web/test/
+// Run: cd web && npm test
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';

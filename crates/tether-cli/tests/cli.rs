@@ -153,3 +153,27 @@ fn connect_prints_publications_closes_and_the_reconnect_schedule() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn serves_its_browser_assets_and_reserves_its_channels() {
+    let server = Server::start(&[]);
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    for (path, content_type, needle) in [
+        ("/tether.js", "text/javascript", "export class TetherClient"),
+        ("/", "text/html", "<title>Tether"),
+        ("/dashboard.js", "text/javascript", "_tether:dashboard"),
+        ("/dashboard.css", "text/css", "svg.chart"),
+        ("/examples/plain.html", "text/html", "new WebSocket"),
+    ] {
+        let mut resp = agent.get(&server.http(path)).call().unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with(content_type), "{path}: {ct}");
+        assert!(resp.body_mut().read_to_string().unwrap().contains(needle), "{path}");
+    }
+    // Channels under `_tether:` belong to the server.
+    let (status, body) = server.post_publish(r#"{"channel":"_tether:dashboard","data":1}"#);
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("reserved"));
+}

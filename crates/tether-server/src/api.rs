@@ -74,7 +74,10 @@ pub(crate) async fn method_not_allowed() -> Response {
 pub(crate) async fn not_found(req: Request<Body>) -> Response {
     json_error(
         StatusCode::NOT_FOUND,
-        format!("no route for {}; try /, /ws, /api/publish, /healthz, /metrics or /tether.js", req.uri().path()),
+        format!(
+            "no route for {}; try /, /ws, /api/publish, /healthz, /metrics or /tether.js",
+            req.uri().path()
+        ),
     )
 }
 

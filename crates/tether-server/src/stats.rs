@@ -41,7 +41,11 @@ impl Default for Stats {
         // 1 µs .. 60 s at 2 significant digits: a few KB, fixed.
         let hist = || Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds");
         Stats {
-            rtt: Mutex::new(RttWindow { current: hist(), previous: hist(), rotated_at: Instant::now() }),
+            rtt: Mutex::new(RttWindow {
+                current: hist(),
+                previous: hist(),
+                rotated_at: Instant::now(),
+            }),
             closes: Mutex::new(BTreeMap::new()),
         }
     }
@@ -126,7 +130,12 @@ fn megabytes(v: f64) -> String {
 
 /// Sample once a second until `stop`; publish snapshots while the dashboard channel has
 /// subscribers.
-pub async fn run_sampler(metrics: Arc<Metrics>, stats: Arc<Stats>, hub: Arc<Hub>, stop: CancellationToken) {
+pub async fn run_sampler(
+    metrics: Arc<Metrics>,
+    stats: Arc<Stats>,
+    hub: Arc<Hub>,
+    stop: CancellationToken,
+) {
     let mut ring: VecDeque<Sample> = VecDeque::with_capacity(WINDOW);
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -183,8 +192,16 @@ fn snapshot(
     let p99 = column(|s| s.rtt_p99);
     let memory = column(|s| s.rss_mib);
     let charts = Charts {
-        connections: line_chart(&[Series { name: "open connections", class: "s1", values: &connections }], step, &|v| format!("{v:.0}")),
-        messages: line_chart(&[Series { name: "messages/s (in + out)", class: "s2", values: &rates }], step, &|v| format!("{v:.0}/s")),
+        connections: line_chart(
+            &[Series { name: "open connections", class: "s1", values: &connections }],
+            step,
+            &|v| format!("{v:.0}"),
+        ),
+        messages: line_chart(
+            &[Series { name: "messages/s (in + out)", class: "s2", values: &rates }],
+            step,
+            &|v| format!("{v:.0}/s"),
+        ),
         rtt: line_chart(
             &[
                 Series { name: "p50", class: "s3", values: &p50 },
@@ -193,7 +210,11 @@ fn snapshot(
             step,
             &|v| format!("{v:.1} ms"),
         ),
-        memory: line_chart(&[Series { name: "resident memory", class: "s5", values: &memory }], step, &megabytes),
+        memory: line_chart(
+            &[Series { name: "resident memory", class: "s5", values: &memory }],
+            step,
+            &megabytes,
+        ),
     };
     let closes = stats
         .closes
@@ -201,7 +222,10 @@ fn snapshot(
         .expect("closes lock")
         .iter()
         .map(|((code, initiator), count)| CloseCount {
-            name: code.parse::<u16>().map(|c| tether_core::CloseCode(c).info().name).unwrap_or("peer-chosen"),
+            name: code
+                .parse::<u16>()
+                .map(|c| tether_core::CloseCode(c).info().name)
+                .unwrap_or("peer-chosen"),
             code: code.clone(),
             initiator,
             count: *count,
@@ -228,8 +252,14 @@ fn snapshot(
 /// Handshakes accepted in both modes. One statement per label: a `Family` guard held across a
 /// second `get_or_create` (which may need the write lock) would deadlock.
 fn accepted(metrics: &Metrics) -> u64 {
-    let json = metrics.connections_accepted.get_or_create(&crate::metrics::ModeLabels { mode: "json" }).get();
-    let raw = metrics.connections_accepted.get_or_create(&crate::metrics::ModeLabels { mode: "raw" }).get();
+    let json = metrics
+        .connections_accepted
+        .get_or_create(&crate::metrics::ModeLabels { mode: "json" })
+        .get();
+    let raw = metrics
+        .connections_accepted
+        .get_or_create(&crate::metrics::ModeLabels { mode: "raw" })
+        .get();
     json + raw
 }
 

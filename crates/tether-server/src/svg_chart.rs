@@ -42,14 +42,13 @@ fn escape(text: &str) -> String {
 /// `format` turns a y value into an axis label.
 pub fn line_chart(series: &[Series], step_secs: f64, format: &dyn Fn(f64) -> String) -> String {
     let samples = series.iter().map(|s| s.values.len()).max().unwrap_or(0);
-    let max = series
-        .iter()
-        .flat_map(|s| s.values.iter().flatten())
-        .fold(0.0f64, |m, v| m.max(*v));
+    let max = series.iter().flat_map(|s| s.values.iter().flatten()).fold(0.0f64, |m, v| m.max(*v));
     let top = nice_ceiling(max);
     let plot_w = W - LEFT - RIGHT;
     let plot_h = H - TOP - BOTTOM;
-    let x = |i: usize| LEFT + if samples > 1 { plot_w * i as f64 / (samples - 1) as f64 } else { plot_w };
+    let x = |i: usize| {
+        LEFT + if samples > 1 { plot_w * i as f64 / (samples - 1) as f64 } else { plot_w }
+    };
     let y = |v: f64| TOP + plot_h * (1.0 - (v / top).clamp(0.0, 1.0));
 
     let mut svg = String::with_capacity(4096);
@@ -71,7 +70,11 @@ pub fn line_chart(series: &[Series], step_secs: f64, format: &dyn Fn(f64) -> Str
     }
     // X labels: the window's start and "now".
     let span = step_secs * samples.saturating_sub(1) as f64;
-    let start_label = if span >= 120.0 { format!("−{:.0} min", span / 60.0) } else { format!("−{span:.0} s") };
+    let start_label = if span >= 120.0 {
+        format!("−{:.0} min", span / 60.0)
+    } else {
+        format!("−{span:.0} s")
+    };
     let _ = write!(
         svg,
         r#"<text class="axis" x="{LEFT}" y="{}">{start_label}</text><text class="axis" x="{}" y="{}" text-anchor="end">now</text>"#,
@@ -85,9 +88,11 @@ pub fn line_chart(series: &[Series], step_secs: f64, format: &dyn Fn(f64) -> Str
         let flush = |run: &mut Vec<(f64, f64)>, svg: &mut String| {
             if run.len() == 1 {
                 let (px, py) = run[0];
-                let _ = write!(svg, r#"<circle class="{}" cx="{px:.1}" cy="{py:.1}" r="2"/>"#, s.class);
+                let _ =
+                    write!(svg, r#"<circle class="{}" cx="{px:.1}" cy="{py:.1}" r="2"/>"#, s.class);
             } else if run.len() > 1 {
-                let points: Vec<String> = run.iter().map(|(px, py)| format!("{px:.1},{py:.1}")).collect();
+                let points: Vec<String> =
+                    run.iter().map(|(px, py)| format!("{px:.1},{py:.1}")).collect();
                 let base = y(0.0);
                 let _ = write!(
                     svg,
@@ -132,7 +137,9 @@ mod tests {
     #[test]
     fn renders_lines_gaps_and_labels() {
         let a = [Some(1.0), Some(2.0), None, Some(4.0)];
-        let svg = line_chart(&[Series { name: "conns", class: "s1", values: &a }], 1.0, &|v| format!("{v:.0}"));
+        let svg = line_chart(&[Series { name: "conns", class: "s1", values: &a }], 1.0, &|v| {
+            format!("{v:.0}")
+        });
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 1, "the run before the gap");
         assert_eq!(svg.matches("<circle").count(), 1, "the lone point after it");
@@ -142,7 +149,9 @@ mod tests {
 
     #[test]
     fn escapes_text() {
-        let svg = line_chart(&[Series { name: "<b>", class: "s1", values: &[] }], 1.0, &|v| format!("{v}"));
+        let svg = line_chart(&[Series { name: "<b>", class: "s1", values: &[] }], 1.0, &|v| {
+            format!("{v}")
+        });
         assert!(svg.contains("&lt;b&gt;"));
     }
 }

@@ -24,7 +24,13 @@ pub(crate) async fn tether_js() -> impl IntoResponse {
 pub(crate) fn dashboard_routes() -> Router {
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", DASHBOARD_HTML) }))
-        .route("/dashboard.js", get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }))
+        .route(
+            "/dashboard.js",
+            get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }),
+        )
         .route("/dashboard.css", get(|| async { asset("text/css; charset=utf-8", DASHBOARD_CSS) }))
-        .route("/examples/plain.html", get(|| async { asset("text/html; charset=utf-8", PLAIN_HTML) }))
+        .route(
+            "/examples/plain.html",
+            get(|| async { asset("text/html; charset=utf-8", PLAIN_HTML) }),
+        )
 }

@@ -1,0 +1,209 @@
+// tether.js, the dashboard and the plain-WebSocket example in real headless Chromium, against
+// the real `tether` binary. Run by scripts/test (which installs Chromium and playwright-core).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { Server, browser, ensureOutputDir, events, pageWithClient, requirements, waitEvents, waitFor } from './harness.mjs';
+
+const req = await requirements();
+let ctx = null;
+const servers = [];
+
+async function start(args) {
+  const s = await Server.start(args);
+  servers.push(s);
+  return s;
+}
+
+async function restart(server) {
+  const s = await server.restart();
+  servers.push(s);
+  return s;
+}
+
+before(async () => {
+  if (!req.skip) ctx = await browser(req.chromium);
+});
+
+after(async () => {
+  for (const s of servers) await s.stop();
+  if (ctx) await ctx.close();
+});
+
+const FAST = { pingInterval: 100, pongTimeout: 200, backoffInitial: 100, backoffMax: 400 };
+
+test('heartbeat keeps an idle connection open for many intervals; the page shows RTT', { skip: req.skip }, async () => {
+  const server = await start(['--ping-interval', '100ms', '--pong-timeout', '300ms']);
+  const page = await pageWithClient(ctx, server, FAST);
+  // Twenty heartbeat round trips (≈ 2 s of application silence) without a single close.
+  const rtts = await waitEvents(page, 'rtt', 20);
+  assert.ok(rtts.every((e) => e.detail.ms >= 0 && e.detail.ms < 1000), JSON.stringify(rtts.slice(0, 3)));
+  assert.deepEqual(await events(page, 'close'), []);
+  assert.equal(await page.evaluate(() => window.client.state), 'open');
+  assert.equal(await server.metric('tether_connections_accepted_total'), 1);
+  assert.equal(await server.metric('tether_connections_closed_total'), 0);
+  // The dashboard shows its own link's round trip.
+  const dash = await ctx.newPage();
+  await dash.goto(`${server.http}/?ping=100&timeout=300`);
+  await dash.waitForFunction(() => /\d+(\.\d+)? ms/.test(document.getElementById('feed-rtt').textContent), null, { timeout: 10000 });
+  await page.close();
+  await dash.close();
+});
+
+test('server killed and restarted: the page reconnects by itself, resubscribes and receives', { skip: req.skip }, async () => {
+  let server = await start([]);
+  const page = await pageWithClient(ctx, server, FAST, ['news']);
+  await server.kill9();
+  const [close] = await waitEvents(page, 'close');
+  assert.equal(close.detail.code, 1006, JSON.stringify(close.detail));
+  assert.equal(close.detail.wasClean, false);
+  assert.equal(close.detail.initiator, 'network');
+  assert.equal(close.detail.willReconnect, true);
+  server = await restart(server);
+  await waitFor('resubscribed', async () => (await events(page, 'subscribed')).some((e) => e.detail.resubscribe));
+  const receipt = await server.publish('news', { n: 1 });
+  assert.equal(receipt.delivered, 1);
+  const [publication] = await waitEvents(page, 'publication');
+  assert.deepEqual(publication.detail, { channel: 'news', offset: 1, data: { n: 1 } });
+  // One attempt at a time: the new server saw exactly one handshake, and every attempt but the
+  // last ended in exactly one close event.
+  assert.equal(await server.metric('tether_connections_accepted_total'), 1);
+  const stats = await page.evaluate(() => window.client.stats);
+  const closes = await events(page, 'close');
+  assert.equal(closes.length, stats.connectAttempts - 1, JSON.stringify({ stats, closes: closes.length }));
+  assert.equal(stats.opens, 2);
+  await page.close();
+});
+
+test('graceful shutdown is reported as 1012 with wasClean=true', { skip: req.skip }, async () => {
+  const server = await start([]);
+  const page = await pageWithClient(ctx, server, FAST);
+  await waitEvents(page, 'open');
+  const exit = await server.terminate();
+  assert.equal(exit.code, 0);
+  const [close] = await waitEvents(page, 'close');
+  assert.equal(close.detail.code, 1012, JSON.stringify(close.detail));
+  assert.equal(close.detail.wasClean, true);
+  assert.equal(close.detail.initiator, 'server');
+  assert.equal(close.detail.reason, 'server shutting down');
+  assert.ok(close.detail.retryIn >= 500 && close.detail.retryIn <= 1000, `the server's hint: ${close.detail.retryIn}`);
+  await page.close();
+});
+
+test('a frozen server (SIGSTOP) is detected within the heartbeat timeout', { skip: req.skip }, async () => {
+  const server = await start([]);
+  const page = await pageWithClient(ctx, server, FAST);
+  await waitEvents(page, 'rtt');
+  const frozenAt = Date.now();
+  server.signal('SIGSTOP');
+  try {
+    const [close] = await waitEvents(page, 'close');
+    const detectedAfter = close.at - frozenAt;
+    assert.equal(close.detail.code, 4000, JSON.stringify(close.detail));
+    assert.equal(close.detail.initiator, 'client');
+    assert.equal(close.detail.wasClean, false);
+    assert.match(close.detail.reason, /heartbeat timeout/);
+    assert.ok(detectedAfter <= 300 + 600, `detected after ${detectedAfter} ms (bound 300 ms + slack)`);
+    assert.equal(await page.evaluate(() => window.client.stats.heartbeatTimeouts), 1);
+  } finally {
+    server.signal('SIGCONT');
+  }
+  // Once resumed, the client is back.
+  await waitFor('reopen', async () => (await events(page, 'open')).length >= 2, 15000);
+  await page.close();
+});
+
+test('offline: no retries while offline, a prompt reconnect when back online', { skip: req.skip }, async () => {
+  // going-away (no retry hint) and a long backoff: only the `online` event can explain a fast return.
+  let server = await start(['--shutdown-close', 'going-away']);
+  const page = await pageWithClient(ctx, server, { ...FAST, backoffInitial: 5000, backoffMax: 5000 });
+  await waitEvents(page, 'open');
+  await ctx.setOffline(true);
+  try {
+    await server.terminate();
+    const [close] = await waitEvents(page, 'close');
+    assert.equal(close.detail.willReconnect, true);
+    assert.equal(close.detail.retryIn, null, 'no retry is scheduled while offline');
+    assert.equal(await page.evaluate(() => window.client.waitingForOnline), true);
+    server = await restart(server);
+    const attemptsBefore = await page.evaluate(() => window.client.stats.connectAttempts);
+    // A deliberate observation window: nothing may happen in it.
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(await page.evaluate(() => window.client.stats.connectAttempts), attemptsBefore);
+    assert.equal(await server.metric('tether_connections_accepted_total'), 0);
+  } finally {
+    await ctx.setOffline(false);
+  }
+  const onlineAt = Date.now();
+  const opens = await waitEvents(page, 'open', 2);
+  const after = opens[1].at - onlineAt;
+  assert.ok(after < 1000, `reconnected ${after} ms after going online (the backoff alone would wait up to 5 s)`);
+  assert.equal(await server.metric('tether_connections_accepted_total'), 1);
+  await page.close();
+});
+
+test('navigating away closes with 1001, seen by the server', { skip: req.skip }, async () => {
+  const server = await start([]);
+  const page = await pageWithClient(ctx, server, FAST);
+  await waitEvents(page, 'open');
+  await page.goto('about:blank');
+  await waitFor('the server to record 1001 from the client', async () =>
+    (await server.metric('tether_connections_closed_total{code="1001",initiator="client"}')) === 1,
+  );
+  assert.equal(await server.metric('tether_connections_closed_total{code="1006"'), 0, 'not a dropped TCP connection');
+  assert.equal(await server.metric('tether_connections_accepted_total'), 1, 'and no reconnect from a leaving page');
+  await page.close();
+});
+
+test('the dashboard loads and shows live values; screenshot', { skip: req.skip }, async () => {
+  const server = await start(['--ping-interval', '100ms']);
+  const page = await ctx.newPage();
+  await page.goto(`${server.http}/?ping=200&timeout=400`);
+  // Traffic: the playground connects, subscribes, publishes, and we close one connection.
+  await page.click('#play-connect');
+  await page.waitForFunction(() => window.tetherDashboard.play && window.tetherDashboard.play.state === 'open');
+  await page.click('#play-subscribe');
+  for (let i = 0; i < 5; i++) await server.publish('demo', { i });
+  await page.click('#play-publish');
+  await page.waitForFunction(() => document.getElementById('play-log').textContent.includes('published to demo'));
+  const other = await pageWithClient(ctx, server, FAST);
+  await other.close({ runBeforeUnload: false });
+  await page.waitForFunction(
+    () => {
+      const s = window.tetherDashboard.snapshot;
+      const lines = ['connections', 'messages', 'rtt', 'memory'].every((c) => document.querySelector(`#chart-${c} svg polyline`));
+      return lines && s && s.connections >= 2 && s.messages_per_sec > 0 && s.rtt_p50_ms > 0 && s.rss_bytes > 0 && s.closes.length > 0;
+    },
+    null,
+    { timeout: 15000 },
+  );
+  const shown = await page.evaluate(() => ({
+    connections: Number(document.getElementById('kpi-connections').textContent),
+    rate: Number(document.getElementById('kpi-rate').textContent),
+    rtt: document.getElementById('kpi-rtt').textContent,
+    rss: document.getElementById('kpi-rss').textContent,
+    lines: ['connections', 'messages', 'rtt', 'memory'].map((c) => document.querySelectorAll(`#chart-${c} svg polyline`).length),
+    closes: document.querySelectorAll('#closes tr').length,
+  }));
+  assert.ok(shown.connections >= 2, JSON.stringify(shown));
+  assert.ok(shown.rate > 0, JSON.stringify(shown));
+  assert.match(shown.rtt, /ms$/);
+  assert.match(shown.rss, /MiB|GiB/);
+  assert.ok(shown.lines.every((n) => n >= 1), `every chart draws a line: ${JSON.stringify(shown)}`);
+  assert.ok(shown.closes >= 1);
+  const file = join(ensureOutputDir(), 'dashboard.png');
+  await page.screenshot({ path: file, fullPage: true });
+  console.log(`dashboard screenshot: ${file}`);
+  await page.close();
+});
+
+test('the plain-WebSocket example page gets "pong" for "ping" and receives a publication', { skip: req.skip }, async () => {
+  const server = await start([]);
+  const page = await ctx.newPage();
+  await page.goto(`${server.http}/examples/plain.html?channel=news`);
+  await page.waitForFunction(() => document.getElementById('log').textContent.includes('message: pong'));
+  await server.publish('news', 'hello, plain page');
+  await page.waitForFunction(() => document.getElementById('log').textContent.includes('message: hello, plain page'));
+  assert.equal(await server.metric('tether_connections_accepted_total{mode="raw"}'), 1);
+  await page.close();
+});

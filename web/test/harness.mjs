@@ -1,0 +1,191 @@
+// Test harness for the browser tests: the real `tether` binary on a free port (started, signalled
+// and stopped by PID), headless Chromium from Debian's package driven by playwright-core, and
+// waits with deadlines (never fixed sleeps as synchronisation).
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const repo = join(here, '..', '..');
+export const outputDir = join(repo, 'target', 'test-output');
+
+export const TETHER_BIN = process.env.TETHER_BIN || join(repo, 'target', 'debug', 'tether');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+/**
+ * What the browser tests need, or why they cannot run. Under CI a missing piece fails the
+ * tests; locally they are skipped, loudly.
+ */
+export async function requirements() {
+  const missing = [];
+  if (!existsSync(TETHER_BIN)) missing.push(`the tether binary (${TETHER_BIN}; run cargo build)`);
+  if (!existsSync(CHROMIUM)) missing.push(`Chromium (${CHROMIUM}; apt-get install chromium)`);
+  let chromium = null;
+  try {
+    ({ chromium } = await import('playwright-core'));
+  } catch {
+    missing.push('playwright-core (npm ci in web/)');
+  }
+  if (missing.length === 0) return { chromium, skip: false };
+  const why = `missing: ${missing.join(', ')}; run scripts/test`;
+  if (process.env.CI) throw new Error(`browser tests cannot run under CI: ${why}`);
+  console.error(`\n!!!!!!!! SKIPPED browser tests: ${why} !!!!!!!!\n`);
+  return { chromium: null, skip: why };
+}
+
+/** Poll `cond` (sync or async) until true or `ms` passes. */
+export async function waitFor(what, cond, ms = 10000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    if (await cond()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** A `tether serve` child process. */
+export class Server {
+  static async start(args = [], listen = '127.0.0.1:0') {
+    const s = new Server();
+    s.args = args;
+    s.log = '';
+    s.child = spawn(TETHER_BIN, ['serve', '--listen', listen, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, TETHER_LOG: 'info', NO_COLOR: '1' },
+    });
+    s.child.stderr.on('data', (d) => (s.log += d));
+    s.exited = new Promise((resolve) => s.child.on('exit', (code, signal) => resolve({ code, signal })));
+    const lines = createInterface({ input: s.child.stdout });
+    s.addr = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`tether serve did not start:\n${s.log}`)), 20000);
+      lines.on('line', (line) => {
+        const m = line.match(/^tether listening on http:\/\/(\S+)/);
+        if (m) {
+          clearTimeout(timer);
+          resolve(m[1]);
+        }
+      });
+      s.child.on('exit', () => reject(new Error(`tether serve exited:\n${s.log}`)));
+    });
+    return s;
+  }
+
+  get http() {
+    return `http://${this.addr}`;
+  }
+
+  get ws() {
+    return `ws://${this.addr}/ws`;
+  }
+
+  restart() {
+    return Server.start(this.args, this.addr);
+  }
+
+  signal(sig) {
+    process.kill(this.child.pid, sig);
+  }
+
+  async kill9() {
+    this.signal('SIGKILL');
+    await this.exited;
+  }
+
+  async terminate() {
+    this.signal('SIGTERM');
+    return this.exited;
+  }
+
+  async stop() {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      try {
+        this.signal('SIGCONT');
+      } catch {
+        /* gone */
+      }
+      this.signal('SIGKILL');
+      await this.exited;
+    }
+  }
+
+  async publish(channel, data) {
+    const res = await fetch(`${this.http}/api/publish`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ channel, data }),
+    });
+    const body = await res.json();
+    if (!res.ok) throw new Error(`publish failed: ${res.status} ${JSON.stringify(body)}`);
+    return body;
+  }
+
+  /** Sum of the samples of a metric whose line starts with `prefix`. */
+  async metric(prefix) {
+    const text = await (await fetch(`${this.http}/metrics`)).text();
+    return text
+      .split('\n')
+      .filter((l) => !l.startsWith('#') && l.startsWith(prefix))
+      .reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+  }
+}
+
+/** A fresh headless Chromium profile (persistent context: a new, empty user-data-dir). */
+export async function browser(chromium) {
+  return chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'tether-chr-')), {
+    executablePath: CHROMIUM,
+    headless: true,
+    viewport: { width: 1360, height: 1000 },
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+}
+
+/**
+ * Open a same-origin page and start a tether.js client in it that records every event into
+ * `window.events`. Returns the page.
+ */
+export async function pageWithClient(ctx, server, options, channels = []) {
+  const page = await ctx.newPage();
+  await page.goto(`${server.http}/healthz`);
+  await page.evaluate(
+    async ({ url, options, channels }) => {
+      const { TetherClient } = await import('/tether.js');
+      window.events = [];
+      const client = new TetherClient(url, options);
+      for (const type of ['state', 'open', 'close', 'subscribed', 'publication', 'rtt', 'stopped', 'error']) {
+        client.on(type, (detail) => window.events.push({ type, detail, at: Date.now() }));
+      }
+      window.client = client;
+      await Promise.all(channels.map((c) => client.subscribe(c)));
+    },
+    { url: server.ws, options, channels },
+  );
+  return page;
+}
+
+/** Events of `type` recorded so far in the page. */
+export function events(page, type) {
+  return page.evaluate((type) => window.events.filter((e) => e.type === type), type);
+}
+
+/** Wait until the page has recorded at least `count` events of `type`; returns them. */
+export async function waitEvents(page, type, count = 1, ms = 10000) {
+  let got = [];
+  await waitFor(`${count} '${type}' event(s)`, async () => (got = await events(page, type)).length >= count, ms);
+  return got;
+}
+
+export function ensureOutputDir() {
+  mkdirSync(outputDir, { recursive: true });
+  return outputDir;
+}
