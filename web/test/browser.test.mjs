@@ -207,3 +207,38 @@ test('the plain-WebSocket example page gets "pong" for "ping" and receives a pub
   assert.equal(await server.metric('tether_connections_accepted_total{mode="raw"}'), 1);
   await page.close();
 });
+
+test('raw mode: tether.js pings with the text "ping" and receives ?channel= publications', { skip: req.skip }, async () => {
+  const server = await start([]);
+  const page = await pageWithClient(ctx, server, { ...FAST, protocol: 'raw' }, [], `${server.ws}?channel=news`);
+  await waitEvents(page, 'rtt', 3);
+  await server.publish('news', { raw: true });
+  const [message] = await waitEvents(page, 'message');
+  assert.equal(message.detail.data, '{"raw":true}');
+  assert.equal(await server.metric('tether_connections_accepted_total{mode="raw"}'), 1);
+  assert.equal(await server.metric('tether_raw_messages_ignored_total'), 0, 'its pings are all answered, none ignored');
+  await page.close();
+});
+
+test('the offline queue is bounded: overflow rejects, queued sends go out after the reconnect', { skip: req.skip }, async () => {
+  let server = await start(['--client-publish', 'chat:*']);
+  const page = await pageWithClient(ctx, server, { ...FAST, offlineQueue: 2 }, ['chat:room']);
+  await server.kill9();
+  await waitEvents(page, 'close');
+  const refusal = await page.evaluate(async () => {
+    window.queued = Promise.all([1, 2].map((n) => window.client.publish('chat:room', { n })));
+    try {
+      await window.client.publish('chat:room', { n: 3 });
+      return 'accepted';
+    } catch (e) {
+      return e.message;
+    }
+  });
+  assert.match(refusal, /offline queue full/);
+  server = await restart(server);
+  const receipts = await page.evaluate(() => window.queued);
+  assert.equal(receipts.length, 2);
+  const publications = await waitEvents(page, 'publication', 2);
+  assert.deepEqual(publications.map((p) => p.detail.data), [{ n: 1 }, { n: 2 }]);
+  await page.close();
+});

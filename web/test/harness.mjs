@@ -154,7 +154,7 @@ export async function browser(chromium) {
  * Open a same-origin page and start a tether.js client in it that records every event into
  * `window.events`. Returns the page.
  */
-export async function pageWithClient(ctx, server, options, channels = []) {
+export async function pageWithClient(ctx, server, options, channels = [], url = server.ws) {
   const page = await ctx.newPage();
   await page.goto(`${server.http}/healthz`);
   await page.evaluate(
@@ -162,13 +162,13 @@ export async function pageWithClient(ctx, server, options, channels = []) {
       const { TetherClient } = await import('/tether.js');
       window.events = [];
       const client = new TetherClient(url, options);
-      for (const type of ['state', 'open', 'close', 'subscribed', 'publication', 'rtt', 'stopped', 'error']) {
+      for (const type of ['state', 'open', 'close', 'subscribed', 'publication', 'message', 'rtt', 'stopped', 'error']) {
         client.on(type, (detail) => window.events.push({ type, detail, at: Date.now() }));
       }
       window.client = client;
       await Promise.all(channels.map((c) => client.subscribe(c)));
     },
-    { url: server.ws, options, channels },
+    { url, options, channels },
   );
   return page;
 }
