@@ -105,19 +105,20 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
     Ok(cfg)
 }
 
-async fn shutdown_signal() {
+/// Install the SIGTERM/SIGINT handlers now (before the address is announced, so that a signal
+/// sent right after start-up is never lost to the default action) and return the future that
+/// resolves on the first of them.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutdown requested");
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutdown requested");
+    })
 }
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -134,6 +135,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     })?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
     let gateway = Gateway::new(cfg.clone())?;
+    let signal = shutdown_signal()?;
     // A stable line on stdout that scripts and tests wait for.
     println!("tether listening on http://{addr} (WebSocket at ws://{addr}/ws)");
     tracing::info!(
@@ -143,7 +145,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         pong_timeout = ?cfg.pong_timeout,
         "serving"
     );
-    let report = gateway.serve(listener, shutdown_signal()).await.context("server failed")?;
+    let report = gateway.serve(listener, signal).await.context("server failed")?;
     if report.unfinished > 0 {
         tracing::warn!(
             unfinished = report.unfinished,
