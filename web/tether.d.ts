@@ -44,9 +44,10 @@ export declare class Heartbeat {
   readonly interval: number;
   readonly timeout: number;
   lastRtt: number | null;
-  deadline(): number;
+  /** When the outstanding ping counts as unanswered; null when none is outstanding. */
+  deadline(): number | null;
   onInbound(now: number): void;
-  onPong(now: number): number | null;
+  onPong(now: number, sentAt?: number | null): number | null;
   poll(now: number): HeartbeatStep;
 }
 
@@ -84,6 +85,8 @@ export interface CloseDetail {
 export interface Publication<T = unknown> {
   channel: string;
   offset: number;
+  /** Offsets are meaningful within an epoch; a new epoch means history was lost upstream. */
+  epoch: string;
   data: T;
 }
 
@@ -93,7 +96,8 @@ export interface TetherEvents {
   close: CloseDetail;
   publication: Publication;
   message: { data: unknown };
-  subscribed: { channel: string; resubscribe: boolean };
+  /** `recovered`: after a resubscribe, whether every missed publication was replayed (null: no recovery asked). */
+  subscribed: { channel: string; resubscribe: boolean; recovered: boolean | null };
   rtt: { ms: number };
   error: { id: number | null; code: string; message: string };
   stopped: { reason: string };

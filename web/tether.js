@@ -65,65 +65,78 @@ export function closeCodeInfo(code) {
 }
 
 /** Upper bound of the jitter window before attempt `attempt` (1-based). */
-export function backoffCeiling(attempt, opts = DEFAULTS) {
+export function backoffCeiling(attempt, options = {}) {
+  const opts = { ...DEFAULTS, ...options };
   const exp = Math.min(Math.max(attempt - 1, 0), 64);
   const ceiling = opts.backoffInitial * Math.pow(Math.max(opts.backoffFactor, 1), exp);
   return Number.isFinite(ceiling) ? Math.min(ceiling, opts.backoffMax) : opts.backoffMax;
 }
 
 /** Full jitter: uniform in [0, ceiling]; `unit` is a number in [0, 1). */
-export function backoffDelay(attempt, unit, opts = DEFAULTS) {
-  return backoffCeiling(attempt, opts) * Math.min(Math.max(unit, 0), 1);
+export function backoffDelay(attempt, unit, options = {}) {
+  return backoffCeiling(attempt, options) * Math.min(Math.max(unit, 0), 1);
 }
 
 /**
- * Liveness, driven by an explicit `now` (ms). Ping every `interval`; any inbound message counts
- * as life; nothing inbound for interval + timeout → dead.
+ * Liveness, driven by an explicit `now` (ms). A ping goes out when nothing arrived for `interval`
+ * (any inbound message resets that timer); the server is dead when a ping stayed unanswered — no
+ * message at all since it was sent — for `timeout`.
+ *
+ * The deadline counts from the ping, not from the last message: browsers run timers in hidden
+ * tabs about once a minute, and a timer that wakes late must first ask, not conclude that a
+ * healthy but quiet connection died. With punctual timers this is the Rust heartbeat's rule
+ * (dead after interval + timeout of silence).
  */
 export class Heartbeat {
   constructor(interval, timeout, now) {
     this.interval = Math.max(1, interval);
     this.timeout = Math.max(0, timeout);
     this.lastSeen = now;
-    this.nextPing = now + this.interval;
+    this.lastPing = now;
     this.pingSentAt = null;
     this.lastRtt = null;
   }
 
+  /** When the outstanding ping counts as unanswered, or null when none is outstanding. */
   deadline() {
-    return this.lastSeen + this.interval + this.timeout;
+    return this.#waiting() ? this.pingSentAt + this.timeout : null;
+  }
+
+  #waiting() {
+    return this.pingSentAt !== null && this.lastSeen < this.pingSentAt;
   }
 
   onInbound(now) {
     this.lastSeen = Math.max(this.lastSeen, now);
   }
 
-  /** A pong (reply to our ping) arrived: returns the round trip in ms, or null. */
-  onPong(now) {
+  /** The answer to a ping sent at `sentAt` arrived: returns the round trip in ms. */
+  onPong(now, sentAt = this.pingSentAt) {
     this.onInbound(now);
-    if (this.pingSentAt === null) return null;
-    this.lastRtt = Math.max(0, now - this.pingSentAt);
-    this.pingSentAt = null;
+    if (sentAt === null) return null;
+    this.lastRtt = Math.max(0, now - sentAt);
     return this.lastRtt;
   }
 
   /** What to do at `now`: {action: 'ping'} (then poll again), {action: 'dead'}, {action: 'wait', at}. */
   poll(now) {
-    if (now >= this.deadline()) return { action: 'dead' };
-    if (now >= this.nextPing) {
-      // A throttled background tab wakes late: one ping, not a burst.
-      while (this.nextPing <= now) this.nextPing += this.interval;
-      this.pingSentAt = now;
+    if (this.#waiting()) {
+      if (now >= this.pingSentAt + this.timeout) return { action: 'dead' };
+      return { action: 'wait', at: this.pingSentAt + this.timeout };
+    }
+    const due = Math.max(this.lastSeen, this.lastPing) + this.interval;
+    if (now >= due) {
+      this.pingSentAt = this.lastPing = now;
       return { action: 'ping' };
     }
-    return { action: 'wait', at: Math.min(this.nextPing, this.deadline()) };
+    return { action: 'wait', at: due };
   }
 }
 
 /** The reconnect policy; same rules as tether_core::reconnect::Reconnector. */
 export class Reconnector {
-  constructor(opts = DEFAULTS) {
-    this.opts = opts;
+  constructor(options = {}) {
+    this.opts = { ...DEFAULTS, ...options };
     this.failures = 0;
     this.openedAt = null;
   }
@@ -179,8 +192,11 @@ export class TetherClient extends EventTarget {
   #retryTimer = null;
   #waitingForOnline = false;
   #reconnector;
-  #channels = new Map(); // channel → {handlers: Set, waiters: [{resolve, reject}]}
-  #pending = new Map(); // command id → {resolve, reject, kind, channel, sentAt}
+  #channels = new Map(); // channel → {handlers: Set, waiters: [{resolve, reject}], confirmed, position}
+  #pending = new Map(); // command id → {resolve, reject, kind, channel, resubscribe, sentAt}
+  #rawPingAt = null;
+  #attempts = 0; // connect attempts since connect(): the first is 'connecting', later ones 'reconnecting'
+  #pageHidden = false;
   #queue = []; // offline: [{text, id, resolve, reject}]
   #nextId = 1;
   #advice = null;
@@ -212,7 +228,10 @@ export class TetherClient extends EventTarget {
     this.#reconnector = new Reconnector(this.#opts);
     if (hasWindow) {
       this.#listen('online', () => this.#onOnline());
-      if (this.#opts.closeOnPageHide) this.#listen('pagehide', () => this.#onPageHide());
+      if (this.#opts.closeOnPageHide) {
+        this.#listen('pagehide', () => this.#onPageHide());
+        this.#listen('pageshow', (e) => this.#onPageShow(e));
+      }
     }
     if (this.#opts.autoConnect) this.connect();
   }
@@ -236,9 +255,18 @@ export class TetherClient extends EventTarget {
 
   /** Start (or restart after `close()`) connecting. */
   connect() {
-    if (this.#ws || this.#retryTimer || this.#waitingForOnline) return;
+    if (!this.#stopped && (this.#ws || this.#retryTimer || this.#waitingForOnline)) return;
+    if (this.#ws) {
+      // Still finishing a close(): let that socket go quietly and start afresh.
+      this.#detach(this.#ws);
+      this.#ws = null;
+    }
+    this.#clearRetry();
     this.#stopped = false;
     this.#byUser = false;
+    this.#attempts = 0;
+    this.#openedBefore = false;
+    this.#reconnector = new Reconnector(this.#opts);
     this.#open();
   }
 
@@ -257,6 +285,7 @@ export class TetherClient extends EventTarget {
       // onclose reports the close and settles everything.
     } else if (this.#state !== 'closed') {
       this.#setState('closed');
+      this.#rejectQueue(new Error('the client was closed'));
       this.#emit('stopped', { reason: 'closed by the application' });
     }
   }
@@ -274,10 +303,11 @@ export class TetherClient extends EventTarget {
    */
   subscribe(channel, handler) {
     this.#requireJson('subscribe');
+    if (this.#stopped && !this.#ws) return Promise.reject(new Error('the client has stopped; call connect() first'));
     let entry = this.#channels.get(channel);
     const fresh = !entry;
     if (!entry) {
-      entry = { handlers: new Set(), waiters: [] };
+      entry = { handlers: new Set(), waiters: [], confirmed: false, position: null };
       this.#channels.set(channel, entry);
     }
     if (handler) entry.handlers.add(handler);
@@ -318,7 +348,8 @@ export class TetherClient extends EventTarget {
     this.nextRetryAt = null;
     this.#advice = null;
     this.stats.connectAttempts += 1;
-    this.#setState(this.#openedBefore ? 'reconnecting' : 'connecting');
+    this.#attempts += 1;
+    this.#setState(this.#attempts === 1 ? 'connecting' : 'reconnecting');
     const generation = ++this.#generation;
     let ws;
     try {
@@ -344,6 +375,7 @@ export class TetherClient extends EventTarget {
   #onOpen(ws) {
     if (this.#opts.protocol === 'json' && ws.protocol !== SUBPROTOCOL) {
       this.#detach(ws);
+      ws.close(1000, 'subprotocol refused');
       this.#ended({
         code: 1006,
         reason: `the server did not accept subprotocol ${SUBPROTOCOL}; use protocol: 'raw' for plain WebSocket servers`,
@@ -358,10 +390,13 @@ export class TetherClient extends EventTarget {
     this.stats.opens += 1;
     const reconnected = this.#openedBefore;
     this.#openedBefore = true;
-    this.#setState('open');
-    this.#emit('open', { reconnected });
+    this.#attempts = 0;
     this.#heartbeat = new Heartbeat(this.#opts.pingInterval, this.#opts.pongTimeout, now);
-    this.#armHeartbeat();
+    this.#rawPingAt = null;
+    this.#setState('open');
+    // Re-establish subscriptions (asking to recover from the last position seen) and flush the
+    // offline queue before telling listeners, so that a subscribe() in an `open` listener is not
+    // sent twice.
     for (const [channel, entry] of this.#channels) {
       entry.confirmed = false;
       this.#sendSubscribe(channel, reconnected);
@@ -369,6 +404,8 @@ export class TetherClient extends EventTarget {
     const queued = this.#queue;
     this.#queue = [];
     for (const item of queued) this.#transmit(item);
+    this.#armHeartbeat();
+    this.#emit('open', { reconnected });
   }
 
   #onMessage(data) {
@@ -379,8 +416,9 @@ export class TetherClient extends EventTarget {
       return;
     }
     if (this.#opts.protocol === 'raw') {
-      if (data === this.#opts.rawPong && this.#heartbeat && this.#heartbeat.pingSentAt !== null) {
-        this.#reportRtt(this.#heartbeat.onPong(now));
+      if (data === this.#opts.rawPong && this.#heartbeat && this.#rawPingAt !== null) {
+        this.#reportRtt(this.#heartbeat.onPong(now, this.#rawPingAt));
+        this.#rawPingAt = null;
         return;
       }
       this.#emit('message', { data });
@@ -396,7 +434,8 @@ export class TetherClient extends EventTarget {
     switch (msg.type) {
       case 'publication': {
         const entry = this.#channels.get(msg.channel);
-        const publication = { channel: msg.channel, offset: msg.offset, data: msg.data };
+        const publication = { channel: msg.channel, offset: msg.offset, epoch: msg.epoch, data: msg.data };
+        if (entry) entry.position = { epoch: msg.epoch, offset: msg.offset };
         if (entry) for (const h of entry.handlers) this.#safely(() => h(msg.data, publication));
         this.#emit('publication', publication);
         break;
@@ -420,10 +459,11 @@ export class TetherClient extends EventTarget {
     if (!pending) return;
     this.#pending.delete(msg.id);
     if (pending.kind === 'ping') {
-      if (this.#heartbeat) this.#reportRtt(this.#heartbeat.onPong(now));
+      if (this.#heartbeat) this.#reportRtt(this.#heartbeat.onPong(now, pending.sentAt));
       return;
     }
-    if (msg.error) {
+    // A subscribe the server already holds (e.g. sent twice) is as good as a confirmation.
+    if (msg.error && !(pending.kind === 'subscribe' && msg.error.code === 'already_subscribed')) {
       const err = Object.assign(new Error(`${msg.error.code}: ${msg.error.message}`), msg.error);
       if (pending.kind === 'subscribe') {
         // A refused subscription is forgotten, not re-sent after every reconnect.
@@ -437,11 +477,15 @@ export class TetherClient extends EventTarget {
     }
     if (pending.kind === 'subscribe') {
       const entry = this.#channels.get(pending.channel);
+      const result = msg.result || {};
       if (entry) {
         entry.confirmed = true;
+        // Recovered: the replay that follows moves the position along. Otherwise start from
+        // the server's current top (the application refetches its state).
+        if (result.recovered !== true && result.epoch != null) entry.position = { epoch: result.epoch, offset: result.offset };
         for (const w of entry.waiters.splice(0)) w.resolve();
       }
-      this.#emit('subscribed', { channel: pending.channel, resubscribe: pending.resubscribe });
+      this.#emit('subscribed', { channel: pending.channel, resubscribe: pending.resubscribe, recovered: result.recovered ?? null });
     }
     pending.resolve(msg.result || {});
   }
@@ -454,6 +498,7 @@ export class TetherClient extends EventTarget {
     this.#stopHeartbeat();
     for (const [, p] of this.#pending) p.reject(new Error('connection closed before the reply'));
     this.#pending.clear();
+    for (const [, entry] of this.#channels) entry.confirmed = false;
     const advice = this.#advice;
     this.#advice = null;
     const decision = this.#reconnector.onClose(
@@ -491,11 +536,13 @@ export class TetherClient extends EventTarget {
     if (offline) {
       // No retries while the browser says it is offline; `online` brings us back at once.
       this.#waitingForOnline = true;
+      this.nextRetryAt = null;
       return;
     }
     this.nextRetryAt = Date.now() + detail.retryIn;
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = null;
+      this.nextRetryAt = null;
       if (isOffline()) {
         this.#waitingForOnline = true;
         return;
@@ -519,15 +566,29 @@ export class TetherClient extends EventTarget {
   #onPageHide() {
     // The browser closes the socket with 1001 "going away" as the page goes; we only make sure
     // nothing reconnects from a page that is leaving.
+    this.#pageHidden = true;
     this.#stopped = true;
     this.#byUser = true;
-    this.#clearRetry();
+    if (!this.#ws && this.#state !== 'closed') {
+      this.#clearRetry();
+      this.#setState('closed');
+      this.#emit('stopped', { reason: 'the page was hidden' });
+    }
+  }
+
+  #onPageShow(event) {
+    // Back from the back/forward cache: reconnect as if freshly loaded.
+    if (event.persisted && this.#pageHidden) {
+      this.#pageHidden = false;
+      this.connect();
+    }
   }
 
   #clearRetry() {
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
     this.#retryTimer = null;
     this.#waitingForOnline = false;
+    this.nextRetryAt = null;
   }
 
   // --- heartbeat ----------------------------------------------------------------------------
@@ -555,18 +616,19 @@ export class TetherClient extends EventTarget {
 
   #sendPing() {
     if (this.#opts.protocol === 'raw') {
+      this.#rawPingAt = Date.now();
       this.#ws.send(this.#opts.rawPing);
       return;
     }
     const id = this.#nextId++;
-    this.#pending.set(id, { kind: 'ping', resolve() {}, reject() {} });
+    this.#pending.set(id, { kind: 'ping', sentAt: Date.now(), resolve() {}, reject() {} });
     this.#ws.send(JSON.stringify({ id, cmd: 'ping' }));
   }
 
   #heartbeatTimeout() {
     this.stats.heartbeatTimeouts += 1;
     const ws = this.#ws;
-    const silence = this.#opts.pingInterval + this.#opts.pongTimeout;
+    const silence = this.#opts.pongTimeout;
     // Do not wait for a closing handshake a dead server will never answer: report now.
     this.#detach(ws);
     try {
@@ -574,7 +636,7 @@ export class TetherClient extends EventTarget {
     } catch {
       /* already closing */
     }
-    this.#ended({ code: 4000, reason: `heartbeat timeout: no message for ${silence} ms`, wasClean: false, initiator: 'client' });
+    this.#ended({ code: 4000, reason: `heartbeat timeout: no answer to a ping within ${silence} ms`, wasClean: false, initiator: 'client' });
   }
 
   #stopHeartbeat() {
@@ -597,8 +659,11 @@ export class TetherClient extends EventTarget {
 
   #sendSubscribe(channel, resubscribe) {
     const id = this.#nextId++;
+    const entry = this.#channels.get(channel);
     this.#pending.set(id, { kind: 'subscribe', channel, resubscribe, resolve() {}, reject() {} });
-    this.#ws.send(JSON.stringify({ id, cmd: 'subscribe', channel }));
+    const command = { id, cmd: 'subscribe', channel };
+    if (resubscribe && entry && entry.position) command.recover = entry.position;
+    this.#ws.send(JSON.stringify(command));
   }
 
   /** A command whose reply resolves the returned promise. Queued while disconnected. */

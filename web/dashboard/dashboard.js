@@ -90,6 +90,7 @@ function describeClose(c) {
 
 $('play-connect').onclick = () => {
   if (play && play.state !== 'closed') return;
+  if (play) play.dispose(); // its window listeners go with it
   play = new TetherClient(wsUrl, heartbeat);
   play.on('state', ({ state }) => {
     setPill($('play-state'), state);
@@ -97,7 +98,10 @@ $('play-connect').onclick = () => {
     $('play-disconnect').disabled = state === 'closed';
   });
   play.on('open', ({ reconnected }) => log('sys', reconnected ? 'reconnected' : 'open'));
-  play.on('subscribed', ({ channel, resubscribe }) => log('sys', `${resubscribe ? 'resubscribed' : 'subscribed'} to ${channel}`));
+  play.on('subscribed', ({ channel, resubscribe, recovered }) => {
+    const how = recovered === true ? ' (recovered every missed publication)' : recovered === false ? ' (not recovered: refetch)' : '';
+    log('sys', `${resubscribe ? 'resubscribed' : 'subscribed'} to ${channel}${how}`);
+  });
   play.on('close', (c) => {
     $('play-close').textContent = describeClose(c);
     log(c.wasClean ? 'sys' : 'err', `closed ${c.code} ${c.reason}${c.willReconnect ? '' : ' — not reconnecting'}`);
@@ -109,7 +113,7 @@ $('play-connect').onclick = () => {
 $('play-disconnect').onclick = () => play && play.close();
 
 $('play-subscribe').onclick = () => {
-  if (!play) $('play-connect').onclick();
+  if (!play || play.state === 'closed') $('play-connect').onclick();
   const channel = $('play-channel').value.trim();
   play.subscribe(channel, (data, p) => log('in', `[${p.channel} #${p.offset}] ${JSON.stringify(data)}`)).catch((e) => log('err', e.message));
 };

@@ -189,3 +189,51 @@ export function ensureOutputDir() {
   mkdirSync(outputDir, { recursive: true });
   return outputDir;
 }
+
+/**
+ * A TCP relay between a client and the server, to cut the client's connection while the server
+ * (and its history) keeps running — a network drop without a restart. While `blocked`, new
+ * connections are refused (closed at once).
+ */
+export class Relay {
+  static async start(target) {
+    const net = await import('node:net');
+    const [host, port] = target.split(':');
+    const r = new Relay();
+    r.sockets = new Set();
+    r.blocked = false;
+    r.server = net.createServer((client) => {
+      if (r.blocked) {
+        client.destroy();
+        return;
+      }
+      const upstream = net.connect(Number(port), host);
+      for (const s of [client, upstream]) {
+        r.sockets.add(s);
+        s.on('close', () => r.sockets.delete(s));
+        s.on('error', () => {});
+      }
+      client.pipe(upstream).pipe(client);
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    await new Promise((resolve) => r.server.listen(0, '127.0.0.1', resolve));
+    r.addr = `127.0.0.1:${r.server.address().port}`;
+    return r;
+  }
+
+  /** Drop every relayed connection (both legs) and refuse new ones until `unblock()`. */
+  cut() {
+    this.blocked = true;
+    for (const s of this.sockets) s.destroy();
+  }
+
+  unblock() {
+    this.blocked = false;
+  }
+
+  close() {
+    this.cut();
+    return new Promise((resolve) => this.server.close(resolve));
+  }
+}

@@ -118,13 +118,19 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
             Event::Open { reconnected } => {
                 println!("* {}", if reconnected { "reconnected" } else { "open" })
             }
-            Event::Subscribed { channel, resubscribe } => {
-                println!(
-                    "* {} {channel}",
-                    if resubscribe { "resubscribed to" } else { "subscribed to" }
-                )
+            Event::Subscribed { channel, resubscribe, recovered } => {
+                let verb = if resubscribe { "resubscribed to" } else { "subscribed to" };
+                match recovered {
+                    Some(true) => {
+                        println!("* {verb} {channel} (recovered every missed publication)")
+                    }
+                    Some(false) => println!(
+                        "* {verb} {channel} (NOT recovered: history does not cover the gap)"
+                    ),
+                    None => println!("* {verb} {channel}"),
+                }
             }
-            Event::Publication { channel, offset, data } => {
+            Event::Publication { channel, offset, data, .. } => {
                 println!("< [{channel} #{offset}] {}", data.get())
             }
             Event::Message(text) => println!("< {text}"),

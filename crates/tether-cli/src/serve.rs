@@ -47,6 +47,12 @@ pub struct ServeArgs {
     /// Channel patterns clients may publish to over WebSocket, e.g. 'chat:*' (repeatable) [default: none]
     #[arg(long, env = "TETHER_CLIENT_PUBLISH", value_delimiter = ',')]
     client_publish: Option<Vec<String>>,
+    /// History for recovery, as PATTERN=SIZE/TTL, e.g. 'chat:*=1000/10m' (repeatable) [default: none]
+    #[arg(long, env = "TETHER_HISTORY", value_delimiter = ',')]
+    history: Option<Vec<tether_server::config::HistoryRule>>,
+    /// Channel streams held at most (memory broker) [default: 100000]
+    #[arg(long, env = "TETHER_MAX_CHANNELS")]
+    max_channels: Option<usize>,
     /// Close sent to clients on shutdown: restart (1012 + reconnect hint) or going-away (1001) [default: restart]
     #[arg(long, env = "TETHER_SHUTDOWN_CLOSE", value_parser = parse_shutdown_close)]
     shutdown_close: Option<ShutdownClose>,
@@ -96,7 +102,9 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         write_timeout,
         max_subscriptions,
         shutdown_close,
-        drain_timeout
+        drain_timeout,
+        history,
+        max_channels
     );
     if let Some(patterns) = &args.client_publish {
         cfg.client_publish = patterns.iter().map(ChannelPattern::new).collect();

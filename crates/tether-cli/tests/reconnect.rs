@@ -36,12 +36,12 @@ async fn kill9_and_restart_on_the_same_port_reconnects_once_and_resubscribes() {
         &mut events,
         T,
         "resubscribe",
-        |e| matches!(e, Event::Subscribed { channel, resubscribe: true } if channel == "news"),
+        |e| matches!(e, Event::Subscribed { channel, resubscribe: true, .. } if channel == "news"),
     )
     .await;
     let reply = server.publish("news", r#"{"n":1}"#);
     assert_eq!(reply["delivered"], 1, "{reply}");
-    let Event::Publication { channel, data, offset } =
+    let Event::Publication { channel, data, offset, .. } =
         next_event(&mut events, T, "publication", |e| matches!(e, Event::Publication { .. })).await
     else {
         unreachable!()

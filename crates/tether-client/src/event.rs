@@ -52,9 +52,11 @@ pub enum Event {
     /// The WebSocket is open. `reconnected` is false only for the very first connection.
     Open { reconnected: bool },
     /// The server confirmed a subscription (`resubscribe` after a reconnect).
-    Subscribed { channel: String, resubscribe: bool },
+    /// `recovered`: after a resubscribe that asked to recover, whether every missed publication
+    /// was replayed (they arrive as `Publication` events); `Some(false)`: refetch your state.
+    Subscribed { channel: String, resubscribe: bool, recovered: Option<bool> },
     /// A publication on a subscribed channel (JSON mode).
-    Publication { channel: String, offset: u64, data: Box<RawValue> },
+    Publication { channel: String, offset: u64, epoch: String, data: Box<RawValue> },
     /// A text message that is not a publication (raw mode: every text message).
     Message(String),
     /// The server answered a command with an error, or reported an error.

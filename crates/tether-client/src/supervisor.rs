@@ -8,7 +8,7 @@ use crate::config::{ClientConfig, Mode};
 use crate::event::{CloseInfo, Event};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use tether_core::close_code::{CloseCode, Initiator};
 use tether_core::codec;
 use tether_core::defaults::SUBPROTOCOL_JSON;
 use tether_core::heartbeat::{Action, Heartbeat};
-use tether_core::protocol::{ClientCommand, ServerMessage};
+use tether_core::protocol::{ClientCommand, ServerMessage, StreamPosition};
 use tether_core::reconnect::{Decision, Ended, Reconnector};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -79,8 +79,9 @@ pub(crate) struct Supervisor {
     requests: mpsc::Receiver<Request>,
     events: mpsc::Sender<Event>,
     stats: Arc<ClientStats>,
-    /// Channels the application wants; re-subscribed after every open.
-    channels: BTreeSet<String>,
+    /// Channels the application wants, each with the last stream position seen on it;
+    /// re-subscribed after every open, asking the server to replay what came after it.
+    channels: BTreeMap<String, Option<StreamPosition>>,
     /// Messages waiting for a connection, bounded by `config.offline_queue`.
     offline: VecDeque<Message>,
     next_id: u64,
@@ -102,7 +103,7 @@ impl Supervisor {
             requests,
             events,
             stats,
-            channels: BTreeSet::new(),
+            channels: BTreeMap::new(),
             offline: VecDeque::new(),
             next_id: 1,
             pending_subscribes: HashMap::new(),
@@ -290,7 +291,7 @@ impl Supervisor {
             Request::Subscribe { channel, done } => {
                 let ok = self.check_json_mode();
                 if ok.is_ok() {
-                    self.channels.insert(channel);
+                    self.channels.entry(channel).or_insert(None);
                 }
                 let _ = done.send(ok);
             }
@@ -345,11 +346,15 @@ impl Supervisor {
         self.pending_subscribes.clear();
         // Re-establish what the application asked for, then flush what waited offline. Queued
         // messages leave the queue only once they are written.
-        let channels: Vec<String> = self.channels.iter().cloned().collect();
+        let channels: Vec<(String, Option<StreamPosition>)> =
+            self.channels.iter().map(|(c, p)| (c.clone(), p.clone())).collect();
         let mut batch = Vec::with_capacity(channels.len() + self.offline.len());
-        for channel in channels {
-            let (id, msg) =
-                self.command_text(|id| ClientCommand::Subscribe { id, channel: channel.clone() });
+        for (channel, recover) in channels {
+            let (id, msg) = self.command_text(|id| ClientCommand::Subscribe {
+                id,
+                channel: channel.clone(),
+                recover,
+            });
             self.pending_subscribes.insert(id, (channel, resubscribe));
             batch.push(msg);
         }
@@ -452,8 +457,11 @@ impl Supervisor {
             return;
         }
         match codec::decode_server_message(text) {
-            Ok(ServerMessage::Publication { channel, offset, data }) => {
-                self.emit(Event::Publication { channel, offset, data }).await
+            Ok(ServerMessage::Publication { channel, offset, epoch, data }) => {
+                if let Some(position) = self.channels.get_mut(&channel) {
+                    *position = Some(StreamPosition { epoch: epoch.clone(), offset });
+                }
+                self.emit(Event::Publication { channel, offset, epoch, data }).await
             }
             Ok(ServerMessage::Reply { id, error: Some(error), .. }) => {
                 // A refused subscribe is forgotten: re-sending it after every reconnect would
@@ -463,9 +471,20 @@ impl Supervisor {
                 }
                 self.emit(Event::CommandError { id: Some(id), error }).await
             }
-            Ok(ServerMessage::Reply { id, .. }) => {
+            Ok(ServerMessage::Reply { id, result, .. }) => {
                 if let Some((channel, resubscribe)) = self.pending_subscribes.remove(&id) {
-                    self.emit(Event::Subscribed { channel, resubscribe }).await
+                    let result = result.unwrap_or_default();
+                    // Recovered: the replay that follows moves the position along. Otherwise
+                    // start from the server's current top (the application refetches its state).
+                    if result.recovered != Some(true) {
+                        if let (Some(epoch), Some(offset), Some(position)) =
+                            (result.epoch, result.offset, self.channels.get_mut(&channel))
+                        {
+                            *position = Some(StreamPosition { epoch, offset });
+                        }
+                    }
+                    let recovered = result.recovered;
+                    self.emit(Event::Subscribed { channel, resubscribe, recovered }).await
                 }
             }
             Ok(ServerMessage::Error { error }) => {
@@ -487,17 +506,21 @@ impl Supervisor {
                     let _ = done.send(Err(e));
                     return None;
                 }
-                if !self.channels.insert(channel.clone()) {
+                if self.channels.contains_key(&channel) {
                     let _ = done.send(Ok(()));
                     return None;
                 }
-                let (id, msg) = self
-                    .command_text(|id| ClientCommand::Subscribe { id, channel: channel.clone() });
+                self.channels.insert(channel.clone(), None);
+                let (id, msg) = self.command_text(|id| ClientCommand::Subscribe {
+                    id,
+                    channel: channel.clone(),
+                    recover: None,
+                });
                 self.pending_subscribes.insert(id, (channel, false));
                 (msg, done)
             }
             Request::Unsubscribe { channel, done } => {
-                if !self.channels.remove(&channel) {
+                if self.channels.remove(&channel).is_none() {
                     let _ = done.send(Ok(()));
                     return None;
                 }

@@ -4,6 +4,7 @@
 use crate::close_code::CloseCode;
 use crate::protocol::{
     ClientCommand, CommandId, Disconnect, ErrorBody, ErrorCode, ReplyResult, ServerMessage,
+    StreamPosition,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -39,6 +40,8 @@ struct WireCommand<'a> {
     channel: Option<String>,
     #[serde(default)]
     data: Option<Box<RawValue>>,
+    #[serde(default)]
+    recover: Option<StreamPosition>,
 }
 
 /// Decode one text frame of the `tether.v1.json` protocol.
@@ -74,7 +77,11 @@ pub fn decode_command(text: &str) -> Result<ClientCommand, DecodeError> {
         })
     };
     match cmd.as_ref() {
-        "subscribe" => Ok(ClientCommand::Subscribe { id, channel: channel(wire.channel)? }),
+        "subscribe" => Ok(ClientCommand::Subscribe {
+            id,
+            channel: channel(wire.channel)?,
+            recover: wire.recover,
+        }),
         "unsubscribe" => Ok(ClientCommand::Unsubscribe { id, channel: channel(wire.channel)? }),
         "publish" => {
             let channel = channel(wire.channel)?;
@@ -108,10 +115,16 @@ struct OutCommand<'a> {
     channel: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recover: Option<&'a StreamPosition>,
 }
 
 /// Encode a command the way the Rust client sends it.
 pub fn encode_command(command: &ClientCommand) -> String {
+    let recover = match command {
+        ClientCommand::Subscribe { recover, .. } => recover.as_ref(),
+        _ => None,
+    };
     let (cmd, channel, data) = match command {
         ClientCommand::Subscribe { channel, .. } => ("subscribe", Some(channel.as_str()), None),
         ClientCommand::Unsubscribe { channel, .. } => ("unsubscribe", Some(channel.as_str()), None),
@@ -120,7 +133,7 @@ pub fn encode_command(command: &ClientCommand) -> String {
         }
         ClientCommand::Ping { .. } => ("ping", None, None),
     };
-    let out = OutCommand { id: command.id(), cmd, channel, data };
+    let out = OutCommand { id: command.id(), cmd, channel, data, recover };
     serde_json::to_string(&out).expect("commands always serialize")
 }
 
@@ -134,6 +147,7 @@ struct WireServerMessage {
     error: Option<ErrorBody>,
     channel: Option<String>,
     offset: Option<u64>,
+    epoch: Option<String>,
     data: Option<Box<RawValue>>,
     code: Option<CloseCode>,
     reason: Option<String>,
@@ -166,6 +180,7 @@ pub fn decode_server_message(text: &str) -> Result<ServerMessage, ServerDecodeEr
         "publication" => ServerMessage::Publication {
             channel: w.channel.ok_or_else(|| missing("channel"))?,
             offset: w.offset.ok_or_else(|| missing("offset"))?,
+            epoch: w.epoch.ok_or_else(|| missing("epoch"))?,
             data: w.data.ok_or_else(|| missing("data"))?,
         },
         "disconnect" => ServerMessage::Disconnect(Disconnect {
@@ -207,7 +222,7 @@ mod tests {
     fn decodes_each_command() {
         assert_eq!(
             decode_command(r#"{"id":1,"cmd":"subscribe","channel":"news"}"#).unwrap(),
-            ClientCommand::Subscribe { id: 1, channel: "news".into() }
+            ClientCommand::Subscribe { id: 1, channel: "news".into(), recover: None }
         );
         assert_eq!(
             decode_command(r#"{"id":2,"cmd":"unsubscribe","channel":"news"}"#).unwrap(),
@@ -225,6 +240,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn subscribe_with_recovery_round_trips() {
+        let text =
+            r#"{"id":5,"cmd":"subscribe","channel":"c","recover":{"epoch":"e1","offset":41}}"#;
+        let cmd = decode_command(text).unwrap();
+        let want = ClientCommand::Subscribe {
+            id: 5,
+            channel: "c".into(),
+            recover: Some(StreamPosition { epoch: "e1".into(), offset: 41 }),
+        };
+        assert_eq!(cmd, want);
+        assert_eq!(encode_command(&cmd), text);
     }
 
     #[test]
@@ -266,18 +295,20 @@ mod tests {
         let publication = ServerMessage::Publication {
             channel: "c".into(),
             offset: 7,
+            epoch: "e1".into(),
             data: RawValue::from_string(r#"{"k":1}"#.into()).unwrap(),
         };
         assert_eq!(
             encode(&publication),
-            r#"{"type":"publication","channel":"c","offset":7,"data":{"k":1}}"#
+            r#"{"type":"publication","channel":"c","offset":7,"epoch":"e1","data":{"k":1}}"#
         );
     }
 
     #[test]
     fn server_messages_round_trip() {
         let texts = [
-            r#"{"type":"publication","channel":"c","offset":7,"data":{"k":[1,"x"]}}"#,
+            r#"{"type":"publication","channel":"c","offset":7,"epoch":"e1","data":{"k":[1,"x"]}}"#,
+            r#"{"type":"reply","id":3,"result":{"offset":9,"epoch":"e1","recovered":true}}"#,
             r#"{"type":"reply","id":1,"result":{"offset":3,"delivered":2}}"#,
             r#"{"type":"reply","id":2,"error":{"code":"bad_channel","message":"m"}}"#,
             r#"{"type":"error","error":{"code":"malformed_json","message":"m"}}"#,

@@ -16,6 +16,7 @@
 //! - [`heartbeat`] — the liveness state machine: when to ping, when the peer is dead, round-trip time.
 //! - [`backoff`] — exponential backoff with full jitter.
 //! - [`reconnect`] — the reconnect policy: backoff plus "should we retry at all" plus server hints.
+//! - [`stream`] — a channel's offsets, epoch and bounded history, and the recovery rule.
 //! - [`defaults`] — every default value in one place, each with the reason for it.
 
 pub mod backoff;
@@ -26,6 +27,7 @@ pub mod defaults;
 pub mod heartbeat;
 pub mod protocol;
 pub mod reconnect;
+pub mod stream;
 
 pub use close_code::{CloseCode, Initiator, RetryAdvice};
 pub use protocol::{ClientCommand, ErrorCode, ServerMessage};

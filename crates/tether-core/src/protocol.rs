@@ -15,21 +15,47 @@ use std::fmt;
 /// A command id chosen by the client; replies carry it back.
 pub type CommandId = u64;
 
+/// A place in a channel's stream: the `offset` of a publication within an `epoch`. Offsets grow
+/// by one per publication; the epoch changes when the stream's history is lost (a restart
+/// without persistence), so an offset is only meaningful with its epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    pub epoch: String,
+    pub offset: u64,
+}
+
 /// A decoded, validated client command.
 #[derive(Debug, Clone)]
 pub enum ClientCommand {
-    Subscribe { id: CommandId, channel: String },
-    Unsubscribe { id: CommandId, channel: String },
-    Publish { id: CommandId, channel: String, data: Box<RawValue> },
-    Ping { id: CommandId },
+    /// `recover`: the last position the client saw; the server replays what came after it.
+    Subscribe {
+        id: CommandId,
+        channel: String,
+        recover: Option<StreamPosition>,
+    },
+    Unsubscribe {
+        id: CommandId,
+        channel: String,
+    },
+    Publish {
+        id: CommandId,
+        channel: String,
+        data: Box<RawValue>,
+    },
+    Ping {
+        id: CommandId,
+    },
 }
 
 impl PartialEq for ClientCommand {
     fn eq(&self, other: &Self) -> bool {
         use ClientCommand::*;
         match (self, other) {
-            (Subscribe { id: a, channel: c }, Subscribe { id: b, channel: d })
-            | (Unsubscribe { id: a, channel: c }, Unsubscribe { id: b, channel: d }) => {
+            (
+                Subscribe { id: a, channel: c, recover: x },
+                Subscribe { id: b, channel: d, recover: y },
+            ) => a == b && c == d && x == y,
+            (Unsubscribe { id: a, channel: c }, Unsubscribe { id: b, channel: d }) => {
                 a == b && c == d
             }
             (Publish { id: a, channel: c, data: x }, Publish { id: b, channel: d, data: y }) => {
@@ -126,6 +152,14 @@ pub struct ReplyResult {
     /// `publish`: subscribers on this node it was handed to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered: Option<u64>,
+    /// `subscribe` and `publish`: the channel's current epoch (`offset` is then its top).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// `subscribe` with `recover`: whether every publication after the given position was
+    /// replayed (they follow the reply). `false`: history no longer covers the gap or the epoch
+    /// changed — refetch your state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
 }
 
 /// The advice sent before the server closes a `tether.v1.json` connection.
@@ -158,6 +192,7 @@ pub enum ServerMessage {
     Publication {
         channel: String,
         offset: u64,
+        epoch: String,
         data: Box<RawValue>,
     },
     Disconnect(Disconnect),

@@ -51,6 +51,7 @@ pub(crate) async fn publish(State(gateway): State<Gateway>, req: Request<Body>) 
     match gateway.publish(&body.channel, &body.data).await {
         Ok(receipt) => axum::Json(serde_json::json!({
             "channel": body.channel,
+            "epoch": &*receipt.epoch,
             "offset": receipt.offset,
             "delivered": receipt.delivered,
         }))

@@ -8,6 +8,34 @@ use std::time::Duration;
 use tether_core::channel::ChannelPattern;
 use tether_core::defaults as d;
 
+/// History kept for channels matching `pattern` (the first matching rule wins).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    pub pattern: ChannelPattern,
+    /// Publications kept at most per channel.
+    pub size: usize,
+    /// Publications older than this are dropped.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl std::str::FromStr for HistoryRule {
+    type Err = String;
+
+    /// `PATTERN=SIZE/TTL`, e.g. `chat:*=1000/10m`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = || format!("`{s}`: expected PATTERN=SIZE/TTL, e.g. chat:*=1000/10m");
+        let (pattern, rest) = s.rsplit_once('=').ok_or_else(usage)?;
+        let (size, ttl) = rest.split_once('/').ok_or_else(usage)?;
+        Ok(HistoryRule {
+            pattern: ChannelPattern::new(pattern),
+            size: size.trim().parse().map_err(|_| usage())?,
+            ttl: humantime::parse_duration(ttl.trim()).map_err(|_| usage())?,
+        })
+    }
+}
+
 /// Which close the server sends every client on graceful shutdown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -46,6 +74,11 @@ pub struct GatewayConfig {
     pub max_channel_name_len: usize,
     /// Channels that clients may publish to over the WebSocket (`*` patterns). Empty: none.
     pub client_publish: Vec<ChannelPattern>,
+    /// History per channel pattern, for recovery after reconnects. Empty: no history.
+    pub history: Vec<HistoryRule>,
+    /// Channel streams the memory broker holds at most (a stream lives while it has history or
+    /// subscribers); publishing to a new channel beyond it gets 503.
+    pub max_channels: usize,
     /// Raw mode: the text answered with `raw_pong`.
     pub raw_ping: String,
     pub raw_pong: String,
@@ -76,6 +109,8 @@ impl Default for GatewayConfig {
             max_subscriptions: d::MAX_SUBSCRIPTIONS_PER_CONNECTION,
             max_channel_name_len: d::MAX_CHANNEL_NAME_LEN,
             client_publish: Vec::new(),
+            history: Vec::new(),
+            max_channels: 100_000,
             raw_ping: d::RAW_PING.into(),
             raw_pong: d::RAW_PONG.into(),
             shutdown_close: ShutdownClose::Restart,
@@ -128,6 +163,14 @@ impl GatewayConfig {
             || self.close_timeout.is_zero()
         {
             return err("write_timeout/drain_timeout/close_timeout", "must be greater than zero");
+        }
+        if self.max_channels == 0 {
+            return err("max_channels", "must be at least 1");
+        }
+        for rule in &self.history {
+            if rule.size == 0 || rule.size > 1_000_000 || rule.ttl.is_zero() {
+                return err("history", "each rule needs 1 <= size <= 1000000 and a ttl above zero");
+            }
         }
         if self.close_timeout > self.drain_timeout {
             return err(

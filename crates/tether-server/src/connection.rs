@@ -9,12 +9,12 @@
 //! which is logged once and counted once.
 
 use crate::gateway::Shared;
-use crate::hub::{ConnId, ConnSignals, Mode, Subscriber};
+use crate::hub::{ConnId, ConnSignals, Mode, Outbound, Subscriber, Tag};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,6 +35,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 pub(crate) type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// The last publication delivered on a subscribed channel (see `Connection::admit`).
+#[derive(Default)]
+struct Watermark {
+    epoch: Option<Arc<str>>,
+    offset: u64,
+}
 
 /// Largest outbound messages written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -69,9 +76,10 @@ pub(crate) struct Connection {
     pub id: ConnId,
     pub mode: Mode,
     shared: Arc<Shared>,
-    subscriptions: HashSet<String>,
+    /// Subscribed channels, each with the last publication delivered on it.
+    subscriptions: HashMap<String, Watermark>,
     signals: Arc<ConnSignals>,
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Outbound>,
 }
 
 impl Connection {
@@ -89,7 +97,7 @@ impl Connection {
             id,
             mode,
             shared: shared.clone(),
-            subscriptions: HashSet::new(),
+            subscriptions: HashMap::new(),
             signals: Arc::default(),
             tx,
         };
@@ -109,7 +117,7 @@ impl Connection {
         let ending = conn.run(&mut ws, &mut rx).await;
         drop(ws); // aborts the TCP connection now if the ending was not a clean close
 
-        for channel in std::mem::take(&mut conn.subscriptions) {
+        for channel in std::mem::take(&mut conn.subscriptions).into_keys() {
             shared.hub.unsubscribe(&channel, id);
         }
         let m = &shared.metrics;
@@ -136,7 +144,7 @@ impl Connection {
         );
     }
 
-    async fn run(&mut self, ws: &mut Ws, rx: &mut mpsc::Receiver<Message>) -> Ending {
+    async fn run(&mut self, ws: &mut Ws, rx: &mut mpsc::Receiver<Outbound>) -> Ending {
         let cfg = &self.shared.config;
         let mut heartbeat =
             Heartbeat::new(cfg.ping_interval, cfg.pong_timeout, Instant::now().into_std());
@@ -233,6 +241,9 @@ impl Connection {
             }
             (Mode::Json, Message::Text(text)) => {
                 let reply = match codec::decode_command(text.as_str()) {
+                    Ok(ClientCommand::Subscribe { id, channel, recover }) => {
+                        return self.subscribe_command(ws, id, channel, recover).await;
+                    }
                     Ok(command) => self.on_command(command).await,
                     Err(e) => e.into_reply(),
                 };
@@ -251,9 +262,13 @@ impl Connection {
                 Message::Text(codec::encode(&reply).into())
             }
         };
-        // Replies share the outbound queue with publications, so the order the peer sees is the
-        // order things happened: nothing published before an `unsubscribe` reply arrives after it.
-        match self.tx.try_send(reply) {
+        self.enqueue(ws, reply).await
+    }
+
+    /// Queue a reply. Replies share the outbound queue with publications, so the order the peer
+    /// sees is the order things happened.
+    async fn enqueue(&mut self, ws: &mut Ws, reply: Message) -> Option<Ending> {
+        match self.tx.try_send(Outbound::reply(reply)) {
             Ok(()) => None,
             Err(_) => {
                 self.shared.metrics.slow_consumers.inc();
@@ -291,7 +306,7 @@ impl Connection {
             ClientCommand::Ping { .. } => Ok(ReplyResult::default()),
             ClientCommand::Subscribe { channel, .. } => self.subscribe(&channel),
             ClientCommand::Unsubscribe { channel, .. } => {
-                if self.subscriptions.remove(&channel) {
+                if self.subscriptions.remove(&channel).is_some() {
                     self.shared.hub.unsubscribe(&channel, self.id);
                     Ok(ReplyResult::default())
                 } else {
@@ -313,7 +328,7 @@ impl Connection {
         let cfg = &self.shared.config;
         channel::validate(channel, cfg.max_channel_name_len)
             .map_err(|e| ErrorBody::new(ErrorCode::BadChannel, e.to_string()))?;
-        if self.subscriptions.contains(channel) {
+        if self.subscriptions.contains_key(channel) {
             return Err(ErrorBody::new(
                 ErrorCode::AlreadySubscribed,
                 format!("already subscribed to `{channel}`"),
@@ -331,8 +346,98 @@ impl Connection {
         let sub =
             Subscriber { tx: self.tx.clone(), signals: self.signals.clone(), mode: self.mode };
         self.shared.hub.subscribe(channel, self.id, sub);
-        self.subscriptions.insert(channel.to_owned());
+        self.subscriptions.insert(channel.to_owned(), Watermark::default());
         Ok(ReplyResult::default())
+    }
+
+    /// `subscribe`, with recovery: register in the hub first (live publications start queueing),
+    /// then ask the broker for the position and the missed publications, write the reply and the
+    /// replay straight to the socket, and set the watermark at the replay's end — queued live
+    /// publications at or below it are then dropped as duplicates. No gap, no duplicate.
+    async fn subscribe_command(
+        &mut self,
+        ws: &mut Ws,
+        id: u64,
+        channel: String,
+        recover: Option<tether_core::protocol::StreamPosition>,
+    ) -> Option<Ending> {
+        if let Err(error) = self.subscribe(&channel) {
+            let reply = ServerMessage::err(Some(id), error);
+            self.count_error(&reply);
+            return self.enqueue(ws, Message::Text(codec::encode(&reply).into())).await;
+        }
+        let history = match self.shared.broker.history(&channel, recover.as_ref()).await {
+            Ok(h) => h,
+            Err(e) => {
+                self.subscriptions.remove(&channel);
+                self.shared.hub.unsubscribe(&channel, self.id);
+                let reply = ServerMessage::err(
+                    Some(id),
+                    ErrorBody::new(ErrorCode::Unavailable, e.to_string()),
+                );
+                self.count_error(&reply);
+                return self.enqueue(ws, Message::Text(codec::encode(&reply).into())).await;
+            }
+        };
+        if let Some(recovered) = history.recovered {
+            let outcome = if recovered { "recovered" } else { "not_recovered" };
+            self.shared
+                .metrics
+                .recoveries
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+                .inc();
+        }
+        let epoch: Arc<str> = Arc::from(history.position.epoch.as_str());
+        let top = history.position.offset;
+        let reply = ServerMessage::ok(
+            id,
+            ReplyResult {
+                offset: Some(top),
+                epoch: Some(history.position.epoch),
+                recovered: history.recovered,
+                delivered: None,
+            },
+        );
+        let mut frames = vec![Message::Text(codec::encode(&reply).into())];
+        for (offset, data) in &history.publications {
+            frames.push(Message::Text(crate::hub::render(
+                self.mode, &channel, &epoch, *offset, data,
+            )));
+        }
+        if let Some(w) = self.subscriptions.get_mut(&channel) {
+            *w = Watermark { epoch: Some(epoch), offset: top };
+        }
+        let n = frames.len() as u64;
+        let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
+        let write = async {
+            for frame in frames {
+                ws.feed(frame).await?;
+            }
+            ws.flush().await
+        };
+        match tokio::time::timeout(self.shared.config.write_timeout, write).await {
+            Ok(Ok(())) => {
+                self.shared.metrics.messages_out.inc_by(n);
+                self.shared.metrics.bytes_out.inc_by(bytes);
+                None
+            }
+            Ok(Err(e)) => Some(self.write_failed(WriteFailed::Transport(e))),
+            Err(_) => Some(self.write_failed(WriteFailed::TimedOut)),
+        }
+    }
+
+    /// Whether a queued item goes out: publications already delivered (by a recovery replay) or
+    /// for channels unsubscribed since they were queued are dropped.
+    fn admit(&mut self, tag: Option<&Tag>) -> bool {
+        let Some(tag) = tag else { return true };
+        let Some(w) = self.subscriptions.get_mut(&*tag.channel) else { return false };
+        if w.epoch.as_deref() == Some(&*tag.epoch) && tag.offset <= w.offset {
+            return false;
+        }
+        // A new epoch (history lost upstream) restarts offsets: follow it.
+        w.epoch = Some(tag.epoch.clone());
+        w.offset = tag.offset;
+        true
     }
 
     async fn publish(
@@ -358,7 +463,12 @@ impl Connection {
             .await
             .map_err(|e| ErrorBody::new(ErrorCode::Unavailable, e.to_string()))?;
         self.shared.metrics.publications.inc();
-        Ok(ReplyResult { offset: receipt.offset, delivered: Some(receipt.delivered) })
+        Ok(ReplyResult {
+            offset: Some(receipt.offset),
+            delivered: Some(receipt.delivered),
+            epoch: Some(receipt.epoch.to_string()),
+            recovered: None,
+        })
     }
 
     /// The peer sent a close frame; tungstenite queued our reply. Finish the handshake.
@@ -514,27 +624,35 @@ impl Connection {
 
     /// Write one queued message and whatever else is already queued (up to a batch), then flush once.
     async fn write_batch(
-        &self,
+        &mut self,
         ws: &mut Ws,
-        first: Message,
-        rx: &mut mpsc::Receiver<Message>,
+        first: Outbound,
+        rx: &mut mpsc::Receiver<Outbound>,
     ) -> Result<(), WriteFailed> {
-        let write = async {
-            let (mut n, mut bytes) = (1u64, first.len() as u64);
-            ws.feed(first).await?;
-            while (n as usize) < WRITE_BATCH {
-                let Ok(next) = rx.try_recv() else { break };
-                n += 1;
-                bytes += next.len() as u64;
-                ws.feed(next).await?;
+        let mut frames = Vec::with_capacity(8);
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            if self.admit(item.tag.as_ref()) {
+                frames.push(item.frame);
             }
-            ws.flush().await?;
-            Ok::<_, WsError>((n, bytes))
+            if frames.len() < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let (n, bytes) = (frames.len() as u64, frames.iter().map(|f| f.len() as u64).sum::<u64>());
+        let write = async {
+            for frame in frames {
+                ws.feed(frame).await?;
+            }
+            ws.flush().await
         };
         match tokio::time::timeout(self.shared.config.write_timeout, write).await {
             Err(_) => Err(WriteFailed::TimedOut),
             Ok(Err(e)) => Err(WriteFailed::Transport(e)),
-            Ok(Ok((n, bytes))) => {
+            Ok(Ok(())) => {
                 self.shared.metrics.messages_out.inc_by(n);
                 self.shared.metrics.bytes_out.inc_by(bytes);
                 Ok(())

@@ -69,7 +69,8 @@ impl Gateway {
     pub fn new(config: GatewayConfig) -> Result<Gateway, ConfigError> {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
-        let broker = Arc::new(MemoryBroker::new(hub.clone()));
+        let broker =
+            Arc::new(MemoryBroker::new(hub.clone(), config.history.clone(), config.max_channels));
         Self::with_parts(config, metrics, hub, broker)
     }
 
@@ -121,6 +122,7 @@ impl Gateway {
     /// The gateway's routes: `GET /ws`, `POST /api/publish`, `GET /healthz`, `GET /metrics`.
     /// Merge or nest them into your own axum `Router`.
     pub fn router(&self) -> Router {
+        self.start_background();
         Router::new()
             .route("/ws", get(crate::upgrade::ws_handler))
             .route(
@@ -137,20 +139,23 @@ impl Gateway {
     /// example at `/examples/plain.html`. Separate from [`Gateway::router`] so that a host app
     /// keeps its own `/`. Starts the dashboard's sampler (must be called inside a tokio runtime).
     pub fn dashboard_router(&self) -> Router {
-        self.start_dashboard_feed();
+        self.start_background();
         crate::web::dashboard_routes()
     }
 
-    /// Start the once-a-second sampler behind the dashboard (idempotent).
-    pub fn start_dashboard_feed(&self) {
+    /// Start the once-a-second background work: broker housekeeping (history expiry, idle
+    /// streams) and the dashboard's sampler. Idempotent; a no-op outside a tokio runtime.
+    pub fn start_background(&self) {
         use std::sync::atomic::Ordering;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         if self.shared.feed_started.swap(true, Ordering::AcqRel) {
             return;
         }
-        tokio::spawn(crate::stats::run_sampler(
+        runtime.spawn(crate::stats::run_sampler(
             self.shared.metrics.clone(),
             self.shared.stats.clone(),
             self.shared.hub.clone(),
+            self.shared.broker.clone(),
             self.shared.shutdown.clone(),
         ));
     }

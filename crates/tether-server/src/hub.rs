@@ -2,11 +2,13 @@
 //!
 //! Channels are spread over shards, each behind a std `Mutex` (held only for map operations and
 //! non-blocking `try_send`s, never across an `.await`). A publication is encoded **once** per
-//! protocol mode and handed to each subscriber as a cheap clone of the same bytes. Offsets are
-//! assigned under the shard lock, so per-channel order is the order subscribers see.
+//! protocol mode and handed to each subscriber as a cheap clone of the same bytes, tagged with
+//! its stream position so that the connection can drop what it already delivered (the seam
+//! between a recovery replay and live traffic).
 //!
-//! Delivery never blocks the publisher: a subscriber whose bounded queue is full is flagged as a
-//! slow consumer and its connection task closes it (4001).
+//! Offsets are not assigned here: the broker assigns them, and calls [`Hub::publish`] in
+//! offset order per channel. Delivery never blocks the publisher: a subscriber whose bounded
+//! queue is full is flagged as a slow consumer and its connection task closes it (4001).
 
 use crate::metrics::Metrics;
 use serde_json::value::RawValue;
@@ -40,6 +42,26 @@ impl Mode {
     }
 }
 
+/// Where a queued publication sits in its channel's stream.
+#[derive(Clone, Debug)]
+pub struct Tag {
+    pub channel: Arc<str>,
+    pub epoch: Arc<str>,
+    pub offset: u64,
+}
+
+/// One item of a connection's outbound queue: a frame, and for publications their position.
+pub struct Outbound {
+    pub frame: Message,
+    pub tag: Option<Tag>,
+}
+
+impl Outbound {
+    pub fn reply(frame: Message) -> Self {
+        Outbound { frame, tag: None }
+    }
+}
+
 /// State shared between a connection task and the hub.
 #[derive(Default)]
 pub struct ConnSignals {
@@ -51,27 +73,27 @@ pub struct ConnSignals {
 /// The hub's handle on one subscribed connection.
 #[derive(Clone)]
 pub struct Subscriber {
-    pub tx: mpsc::Sender<Message>,
+    pub tx: mpsc::Sender<Outbound>,
     pub signals: Arc<ConnSignals>,
     pub mode: Mode,
 }
 
-struct Channel {
-    next_offset: u64,
-    subscribers: HashMap<ConnId, Subscriber>,
+/// Render a publication for a mode (used for live fan-out and for recovery replays).
+pub fn render(mode: Mode, channel: &str, epoch: &str, offset: u64, data: &RawValue) -> Utf8Bytes {
+    match mode {
+        Mode::Json => codec::encode(&ServerMessage::Publication {
+            channel: channel.to_owned(),
+            offset,
+            epoch: epoch.to_owned(),
+            data: data.to_owned(),
+        })
+        .into(),
+        Mode::Raw => codec::raw_text(data).into(),
+    }
 }
 
-/// Result of a local fan-out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Delivery {
-    /// The publication's offset in its channel, when the channel had subscribers here.
-    pub offset: Option<u64>,
-    /// Subscribers the publication was queued to.
-    pub delivered: u64,
-}
-
-/// One lock's worth of channels.
-type Shard = Mutex<HashMap<Arc<str>, Channel>>;
+/// One lock's worth of channels → subscribers.
+type Shard = Mutex<HashMap<Arc<str>, HashMap<ConnId, Subscriber>>>;
 
 pub struct Hub {
     shards: Box<[Shard]>,
@@ -98,10 +120,7 @@ impl Hub {
     /// Add a subscriber. Returns false when it was already subscribed.
     pub fn subscribe(&self, channel: &str, conn: ConnId, sub: Subscriber) -> bool {
         let mut shard = self.shard(channel).lock().expect("hub shard lock");
-        let entry = shard
-            .entry(Arc::from(channel))
-            .or_insert_with(|| Channel { next_offset: 1, subscribers: HashMap::new() });
-        let added = entry.subscribers.insert(conn, sub).is_none();
+        let added = shard.entry(Arc::from(channel)).or_default().insert(conn, sub).is_none();
         if added {
             self.metrics.subscriptions.inc();
         }
@@ -111,44 +130,35 @@ impl Hub {
     /// Remove a subscriber; drops the channel when it was the last one.
     pub fn unsubscribe(&self, channel: &str, conn: ConnId) -> bool {
         let mut shard = self.shard(channel).lock().expect("hub shard lock");
-        let Some(entry) = shard.get_mut(channel) else { return false };
-        let removed = entry.subscribers.remove(&conn).is_some();
+        let Some(subscribers) = shard.get_mut(channel) else { return false };
+        let removed = subscribers.remove(&conn).is_some();
         if removed {
             self.metrics.subscriptions.dec();
         }
-        if entry.subscribers.is_empty() {
+        if subscribers.is_empty() {
             shard.remove(channel);
         }
         removed
     }
 
-    /// Queue a publication to every local subscriber of `channel`.
-    pub fn publish(&self, channel: &str, data: &RawValue) -> Delivery {
-        let mut shard = self.shard(channel).lock().expect("hub shard lock");
-        let Some(entry) = shard.get_mut(channel) else {
-            return Delivery { offset: None, delivered: 0 };
-        };
-        let offset = entry.next_offset;
-        entry.next_offset += 1;
+    /// Queue a publication to every local subscriber of `channel`; returns how many took it.
+    /// Callers deliver in offset order per channel.
+    pub fn publish(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: &RawValue) -> u64 {
+        let shard = self.shard(channel).lock().expect("hub shard lock");
+        let Some((name, subscribers)) = shard.get_key_value(channel) else { return 0 };
         // Encode once per mode, lazily; every subscriber gets a clone of the same bytes.
         let mut json: Option<Utf8Bytes> = None;
         let mut raw: Option<Utf8Bytes> = None;
         let mut delivered = 0;
-        for sub in entry.subscribers.values() {
-            let frame = match sub.mode {
-                Mode::Json => json
-                    .get_or_insert_with(|| {
-                        codec::encode(&ServerMessage::Publication {
-                            channel: channel.to_owned(),
-                            offset,
-                            data: data.to_owned(),
-                        })
-                        .into()
-                    })
-                    .clone(),
-                Mode::Raw => raw.get_or_insert_with(|| codec::raw_text(data).into()).clone(),
+        for sub in subscribers.values() {
+            let slot = match sub.mode {
+                Mode::Json => &mut json,
+                Mode::Raw => &mut raw,
             };
-            match sub.tx.try_send(Message::Text(frame)) {
+            let frame =
+                slot.get_or_insert_with(|| render(sub.mode, channel, epoch, offset, data)).clone();
+            let tag = Tag { channel: name.clone(), epoch: epoch.clone(), offset };
+            match sub.tx.try_send(Outbound { frame: Message::Text(frame), tag: Some(tag) }) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     sub.signals.overflowed.store(true, Ordering::Relaxed);
@@ -159,7 +169,7 @@ impl Hub {
             }
         }
         self.metrics.deliveries.inc_by(delivered);
-        Delivery { offset: Some(offset), delivered }
+        delivered
     }
 
     /// Whether `channel` has a subscriber on this node.
@@ -177,7 +187,7 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn sub(mode: Mode, cap: usize) -> (Subscriber, mpsc::Receiver<Message>) {
+    fn sub(mode: Mode, cap: usize) -> (Subscriber, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(cap);
         (Subscriber { tx, signals: Arc::default(), mode }, rx)
     }
@@ -186,32 +196,41 @@ mod tests {
         RawValue::from_string(s.to_owned()).unwrap()
     }
 
+    fn text(o: Outbound) -> String {
+        o.frame.into_text().unwrap().to_string()
+    }
+
     #[test]
-    fn fans_out_once_encoded_per_mode_with_increasing_offsets() {
+    fn fans_out_once_encoded_per_mode_with_tags() {
         let hub = Hub::new(Arc::default());
+        let epoch: Arc<str> = Arc::from("e1");
         let (a, mut ra) = sub(Mode::Json, 8);
         let (b, mut rb) = sub(Mode::Raw, 8);
         assert!(hub.subscribe("c", 1, a.clone()));
         assert!(!hub.subscribe("c", 1, a), "second subscribe is refused");
         hub.subscribe("c", 2, b);
-        assert_eq!(hub.publish("c", &data(r#""hi""#)), Delivery { offset: Some(1), delivered: 2 });
-        assert_eq!(hub.publish("c", &data("{}")).offset, Some(2));
+        assert_eq!(hub.publish("c", &epoch, 1, &data(r#""hi""#)), 2);
+        let first = ra.try_recv().unwrap();
         assert_eq!(
-            ra.try_recv().unwrap().to_text().unwrap(),
-            r#"{"type":"publication","channel":"c","offset":1,"data":"hi"}"#
+            first.tag.as_ref().map(|t| (&*t.channel, &*t.epoch, t.offset)),
+            Some(("c", "e1", 1))
         );
-        assert_eq!(rb.try_recv().unwrap().to_text().unwrap(), "hi");
-        assert_eq!(rb.try_recv().unwrap().to_text().unwrap(), "{}");
+        assert_eq!(
+            text(first),
+            r#"{"type":"publication","channel":"c","offset":1,"epoch":"e1","data":"hi"}"#
+        );
+        assert_eq!(text(rb.try_recv().unwrap()), "hi");
     }
 
     #[test]
     fn full_queue_flags_slow_consumer_without_blocking() {
         let hub = Hub::new(Arc::default());
+        let epoch: Arc<str> = Arc::from("e1");
         let (a, _ra) = sub(Mode::Raw, 1);
         let signals = a.signals.clone();
         hub.subscribe("c", 1, a);
-        assert_eq!(hub.publish("c", &data("1")).delivered, 1);
-        assert_eq!(hub.publish("c", &data("2")).delivered, 0);
+        assert_eq!(hub.publish("c", &epoch, 1, &data("1")), 1);
+        assert_eq!(hub.publish("c", &epoch, 2, &data("2")), 0);
         assert!(signals.overflowed.load(Ordering::Relaxed));
     }
 
@@ -224,6 +243,6 @@ mod tests {
         assert!(hub.unsubscribe("c", 1));
         assert!(!hub.unsubscribe("c", 1));
         assert_eq!(hub.channel_count(), 0);
-        assert_eq!(hub.publish("c", &data("1")), Delivery { offset: None, delivered: 0 });
+        assert_eq!(hub.publish("c", &Arc::from("e"), 1, &data("1")), 0);
     }
 }

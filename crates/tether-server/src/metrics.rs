@@ -24,6 +24,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabels {
     pub mode: &'static str,
 }
@@ -46,6 +51,7 @@ pub struct Metrics {
     pub publications: Counter,
     pub deliveries: Counter,
     pub subscriptions: Gauge,
+    pub recoveries: Family<OutcomeLabels, Counter>,
     pub resident_memory: Gauge,
 }
 
@@ -78,6 +84,7 @@ impl Metrics {
             publications: Counter::default(),
             deliveries: Counter::default(),
             subscriptions: Gauge::default(),
+            recoveries: Family::default(),
             resident_memory: Gauge::default(),
         };
         {
@@ -158,6 +165,11 @@ impl Metrics {
                 "tether_subscriptions",
                 "Channel subscriptions held by open connections",
                 m.subscriptions.clone(),
+            );
+            t.register(
+                "tether_recoveries",
+                "Subscribes that asked to recover, by outcome (recovered, not_recovered)",
+                m.recoveries.clone(),
             );
             t.register(
                 "process_resident_memory_bytes",

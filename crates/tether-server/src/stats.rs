@@ -134,8 +134,12 @@ pub async fn run_sampler(
     metrics: Arc<Metrics>,
     stats: Arc<Stats>,
     hub: Arc<Hub>,
+    broker: Arc<dyn crate::broker::Broker>,
     stop: CancellationToken,
 ) {
+    // The dashboard channel is the node's own: its stream lives here, not in the broker.
+    let epoch: Arc<str> = Arc::from(crate::broker::new_epoch().as_str());
+    let mut offset = 0;
     let mut ring: VecDeque<Sample> = VecDeque::with_capacity(WINDOW);
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -146,6 +150,7 @@ pub async fn run_sampler(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        broker.maintain();
         let now = Instant::now();
         let total = messages();
         let elapsed = now.duration_since(last_at).as_secs_f64().max(1e-3);
@@ -169,7 +174,8 @@ pub async fn run_sampler(
         let snapshot = snapshot(&metrics, &stats, &ring, rate, rtt, rss);
         match serde_json::value::to_raw_value(&snapshot) {
             Ok(data) => {
-                hub.publish(DASHBOARD_CHANNEL, &data);
+                offset += 1;
+                hub.publish(DASHBOARD_CHANNEL, &epoch, offset, &data);
             }
             Err(e) => tracing::warn!(error = %e, "cannot encode the dashboard snapshot"),
         }
