@@ -298,3 +298,51 @@ pub fn fast_client(url: String) -> tether_client::ClientConfig {
             ..Default::default()
         })
 }
+
+/// A TCP relay between a client and the server, to cut the client's connection while the server
+/// (and its history) keeps running: a network drop without a restart. While blocked, new
+/// connections are refused (closed at once).
+pub struct Relay {
+    pub addr: SocketAddr,
+    blocked: Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Relay {
+    pub async fn start(target: SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let blocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (b, c) = (blocked.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if b.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let mut cuts = c.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { addr, blocked, cut }
+    }
+
+    /// Drop every relayed connection and refuse new ones until `unblock`.
+    pub fn cut(&self) {
+        self.blocked.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn unblock(&self) {
+        self.blocked.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
