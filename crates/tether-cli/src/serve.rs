@@ -23,6 +23,9 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8080]
     #[arg(long, env = "TETHER_LISTEN", value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
+    /// Broker: `memory` (one node) or a Redis URL shared by several nodes, e.g. redis://127.0.0.1:6379 [default: memory]
+    #[arg(long, env = "TETHER_BROKER", value_name = "memory|redis://HOST:PORT")]
+    broker: Option<String>,
     /// Server ping cadence, e.g. 25s or 100ms [default: 25s]
     #[arg(long, env = "TETHER_PING_INTERVAL", value_parser = units::duration)]
     ping_interval: Option<Duration>,
@@ -94,6 +97,7 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
     }
     overlay!(
         listen,
+        broker,
         ping_interval,
         pong_timeout,
         max_message_size,
@@ -142,7 +146,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         )
     })?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
-    let gateway = Gateway::new(cfg.clone())?;
+    let gateway = Gateway::connect(cfg.clone()).await?;
     let signal = shutdown_signal()?;
     // A stable line on stdout that scripts and tests wait for.
     println!("tether listening on http://{addr} (WebSocket at ws://{addr}/ws)");

@@ -99,6 +99,28 @@ pub(crate) async fn healthz(State(gateway): State<Gateway>) -> Response {
     .into_response()
 }
 
+/// `GET /readyz`: 200 while publications can be accepted (the broker is reachable), else 503
+/// with the reason. Load balancers should route on this, liveness probes on `/healthz`.
+pub(crate) async fn readyz(State(gateway): State<Gateway>) -> Response {
+    let not_ready = |reason: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "not_ready", "reason": reason})),
+        )
+            .into_response()
+    };
+    if gateway.is_shutting_down() {
+        return not_ready("shutting down".into());
+    }
+    match gateway.broker_readiness() {
+        Ok(()) => {
+            axum::Json(serde_json::json!({"status": "ready", "broker": gateway.broker_name()}))
+                .into_response()
+        }
+        Err(reason) => not_ready(reason),
+    }
+}
+
 /// `GET /metrics`: Prometheus text exposition.
 pub(crate) async fn metrics(State(gateway): State<Gateway>) -> Response {
     (

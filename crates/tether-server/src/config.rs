@@ -51,6 +51,8 @@ pub enum ShutdownClose {
 pub struct GatewayConfig {
     /// Address `tether serve` binds (ignored when the gateway is mounted into another app).
     pub listen: SocketAddr,
+    /// `memory` (one node), or a Redis URL (`redis://127.0.0.1:6379`) shared by several nodes.
+    pub broker: String,
     /// Protocol Ping cadence. Keep it under the smallest idle timeout on the path (nginx 60 s).
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
@@ -99,6 +101,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             listen: d::LISTEN.parse().expect("default listen address parses"),
+            broker: "memory".into(),
             ping_interval: d::PING_INTERVAL,
             pong_timeout: d::PONG_TIMEOUT,
             max_message_size: ByteSize::b(d::MAX_MESSAGE_SIZE as u64),
@@ -163,6 +166,12 @@ impl GatewayConfig {
             || self.close_timeout.is_zero()
         {
             return err("write_timeout/drain_timeout/close_timeout", "must be greater than zero");
+        }
+        if self.broker != "memory"
+            && !self.broker.starts_with("redis://")
+            && !self.broker.starts_with("rediss://")
+        {
+            return err("broker", "must be `memory` or a redis:// URL");
         }
         if self.max_channels == 0 {
             return err("max_channels", "must be at least 1");

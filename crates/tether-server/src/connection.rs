@@ -151,6 +151,7 @@ impl Connection {
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         let shutdown = self.shared.shutdown.clone();
+        let mut resync = self.shared.resync.subscribe();
         let signals = self.signals.clone();
         loop {
             let wake_at = match heartbeat.poll(Instant::now().into_std()) {
@@ -183,6 +184,11 @@ impl Connection {
                         crate::config::ShutdownClose::GoingAway => (CloseCode::GOING_AWAY, None),
                     };
                     return self.close(ws, code, "server shutting down", hint, false).await;
+                }
+                Ok(()) = resync.changed() => {
+                    // The broker's live feed had a hole: have the client resubscribe and recover.
+                    let hint = Some(self.shared.config.restart_retry_hint);
+                    return self.close(ws, CloseCode::SERVICE_RESTART, "message backplane reconnected: resubscribe to recover", hint, false).await;
                 }
                 _ = signals.wake.notified() => {
                     if signals.overflowed.load(Ordering::Relaxed) {
@@ -369,14 +375,14 @@ impl Connection {
         let history = match self.shared.broker.history(&channel, recover.as_ref()).await {
             Ok(h) => h,
             Err(e) => {
-                self.subscriptions.remove(&channel);
-                self.shared.hub.unsubscribe(&channel, self.id);
-                let reply = ServerMessage::err(
-                    Some(id),
-                    ErrorBody::new(ErrorCode::Unavailable, e.to_string()),
+                // Without the stream's position the subscription cannot promise anything: ask
+                // the client to come back later, when the broker is reachable again.
+                tracing::warn!(conn = self.id, channel, error = %e, "subscribe failed: broker unavailable");
+                let hint = Some(Duration::from_secs(1));
+                return Some(
+                    self.close(ws, CloseCode::TRY_AGAIN_LATER, "broker unavailable", hint, false)
+                        .await,
                 );
-                self.count_error(&reply);
-                return self.enqueue(ws, Message::Text(codec::encode(&reply).into())).await;
             }
         };
         if let Some(recovered) = history.recovered {

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tether_core::channel::{self, ChannelError};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,6 +27,9 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// Cancelled when graceful shutdown begins; every connection task listens.
     pub shutdown: CancellationToken,
+    /// Bumped when the broker's live feed was interrupted (a Redis pub/sub link restored):
+    /// every connection closes with 1012 so that its client resubscribes and recovers.
+    pub resync: watch::Sender<u64>,
     /// Tracks connection tasks so shutdown can wait for them (they outlive the HTTP server).
     pub tracker: TaskTracker,
     /// One permit per open WebSocket connection.
@@ -42,6 +45,15 @@ pub(crate) struct Shared {
 #[derive(Clone)]
 pub struct Gateway {
     pub(crate) shared: Arc<Shared>,
+}
+
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
 }
 
 /// Why a publication was refused.
@@ -65,23 +77,59 @@ pub struct DrainReport {
 }
 
 impl Gateway {
-    /// A gateway with the in-memory broker.
-    pub fn new(config: GatewayConfig) -> Result<Gateway, ConfigError> {
+    /// A gateway with the in-memory broker (`config.broker` must be `memory`; use
+    /// [`Gateway::connect`] for Redis).
+    pub fn new(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        config.validate()?;
+        if config.broker != "memory" {
+            return Err(GatewayError::Config(ConfigError {
+                field: "broker",
+                problem: "is not `memory`: use Gateway::connect, which can reach Redis".into(),
+            }));
+        }
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
         let broker =
             Arc::new(MemoryBroker::new(hub.clone(), config.history.clone(), config.max_channels));
-        Self::with_parts(config, metrics, hub, broker)
+        let (resync, _) = watch::channel(0);
+        Ok(Self::assemble(config, metrics, hub, broker, CancellationToken::new(), resync))
     }
 
-    /// A gateway with a broker of your choice (the seam for multi-node backplanes).
-    pub fn with_parts(
+    /// A gateway with the broker `config.broker` names: `memory`, or a `redis://` URL (Redis
+    /// must be reachable now; later outages are survived).
+    pub async fn connect(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        config.validate()?;
+        if config.broker == "memory" {
+            return Self::new(config);
+        }
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let shutdown = CancellationToken::new();
+        let (resync, _) = watch::channel(0u64);
+        let resync_hook = {
+            let resync = resync.clone();
+            Arc::new(move || resync.send_modify(|generation| *generation += 1))
+        };
+        let broker = crate::broker::redis::RedisBroker::connect(
+            &config.broker,
+            hub.clone(),
+            config.history.clone(),
+            &metrics,
+            resync_hook,
+            shutdown.clone(),
+        )
+        .await?;
+        Ok(Self::assemble(config, metrics, hub, broker, shutdown, resync))
+    }
+
+    fn assemble(
         config: GatewayConfig,
         metrics: Arc<Metrics>,
         hub: Arc<Hub>,
         broker: Arc<dyn Broker>,
-    ) -> Result<Gateway, ConfigError> {
-        config.validate()?;
+        shutdown: CancellationToken,
+        resync: watch::Sender<u64>,
+    ) -> Gateway {
         let max = config.max_message_size.as_u64() as usize;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer_size.as_u64() as usize)
@@ -90,7 +138,7 @@ impl Gateway {
             .max_write_buffer_size(max.max(64 * 1024) * 4)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
-        Ok(Gateway {
+        Gateway {
             shared: Arc::new(Shared {
                 connection_slots: Arc::new(Semaphore::new(config.max_connections)),
                 config,
@@ -98,13 +146,14 @@ impl Gateway {
                 hub,
                 broker,
                 metrics,
-                shutdown: CancellationToken::new(),
+                shutdown,
+                resync,
                 tracker: TaskTracker::new(),
                 next_conn_id: AtomicU64::new(1),
                 stats: Arc::default(),
                 feed_started: Default::default(),
             }),
-        })
+        }
     }
 
     pub fn config(&self) -> &GatewayConfig {
@@ -119,6 +168,11 @@ impl Gateway {
         self.shared.broker.name()
     }
 
+    /// Whether the broker accepts publications now, or why not.
+    pub fn broker_readiness(&self) -> Result<(), String> {
+        self.shared.broker.readiness()
+    }
+
     /// The gateway's routes: `GET /ws`, `POST /api/publish`, `GET /healthz`, `GET /metrics`.
     /// Merge or nest them into your own axum `Router`.
     pub fn router(&self) -> Router {
@@ -130,6 +184,7 @@ impl Gateway {
                 post(crate::api::publish).fallback(crate::api::method_not_allowed),
             )
             .route("/healthz", get(crate::api::healthz))
+            .route("/readyz", get(crate::api::readyz))
             .route("/metrics", get(crate::api::metrics))
             .route("/tether.js", get(crate::web::tether_js))
             .with_state(self.clone())

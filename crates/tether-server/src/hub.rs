@@ -172,6 +172,11 @@ impl Hub {
         delivered
     }
 
+    /// Local subscribers of `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.shard(channel).lock().expect("hub shard lock").get(channel).map_or(0, |s| s.len())
+    }
+
     /// Whether `channel` has a subscriber on this node.
     pub fn has_subscribers(&self, channel: &str) -> bool {
         self.shard(channel).lock().expect("hub shard lock").contains_key(channel)

@@ -33,4 +33,4 @@ mod web;
 
 pub use broker::{Broker, MemoryBroker};
 pub use config::{GatewayConfig, ShutdownClose};
-pub use gateway::{DrainReport, Gateway, PublishError};
+pub use gateway::{DrainReport, Gateway, GatewayError, PublishError};

@@ -306,6 +306,7 @@ pub struct Relay {
     pub addr: SocketAddr,
     blocked: Arc<std::sync::atomic::AtomicBool>,
     cut: tokio::sync::watch::Sender<u64>,
+    target: Arc<Mutex<SocketAddr>>,
 }
 
 impl Relay {
@@ -315,13 +316,15 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let blocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (cut, _) = tokio::sync::watch::channel(0u64);
-        let (b, c) = (blocked.clone(), cut.clone());
+        let target = Arc::new(Mutex::new(target));
+        let (b, c, t) = (blocked.clone(), cut.clone(), target.clone());
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if b.load(Ordering::SeqCst) {
                     continue; // dropped: refused
                 }
                 let mut cuts = c.subscribe();
+                let target = *t.lock().unwrap();
                 tokio::spawn(async move {
                     let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
                         return;
@@ -333,7 +336,12 @@ impl Relay {
                 });
             }
         });
-        Relay { addr, blocked, cut }
+        Relay { addr, blocked, cut, target }
+    }
+
+    /// Send new connections to another server (a load balancer moving a client to another node).
+    pub fn set_target(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
     }
 
     /// Drop every relayed connection and refuse new ones until `unblock`.
@@ -345,4 +353,94 @@ impl Relay {
     pub fn unblock(&self) {
         self.blocked.store(false, std::sync::atomic::Ordering::SeqCst);
     }
+}
+
+/// A real `redis-server` on a free loopback port, no persistence, in a temp dir; stopped by PID.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    pub fn start() -> Option<Redis> {
+        let bin = which("redis-server");
+        let bin = require("redis-server (apt-get install redis-server)", bin)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("tether-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Some(Self::spawn(&bin, port, dir))
+    }
+
+    fn spawn(bin: &std::path::Path, port: u16, dir: PathBuf) -> Redis {
+        let child = Command::new(bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let r = Redis { child, port, dir };
+        assert!(
+            wait_until(Duration::from_secs(10), || r.ping()),
+            "redis-server did not answer PING"
+        );
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 7];
+        std::io::Write::write_all(&mut s, b"PING\r\n").is_ok()
+            && std::io::Read::read_exact(&mut s, &mut buf).is_ok()
+            && &buf == b"+PONG\r\n"
+    }
+
+    /// kill -9: Redis loses everything (no persistence).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A fresh, empty Redis on the same port.
+    pub fn restart(&mut self) {
+        let bin = which("redis-server").unwrap();
+        let fresh = Self::spawn(&bin, self.port, self.dir.clone());
+        let old = std::mem::replace(self, fresh);
+        std::mem::forget(old); // its process is already gone; keep the dir for the new one
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A program on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| PathBuf::from(d).join(name))
+        .find(|p| p.is_file())
 }

@@ -6,6 +6,9 @@
 //! subscribe. [`MemoryBroker`] is the single-node implementation; a Redis backplane implements
 //! the same trait for several nodes.
 
+pub mod redis;
+mod redis_scripts;
+
 use crate::config::HistoryRule;
 use crate::hub::Hub;
 use futures_util::future::BoxFuture;
@@ -66,9 +69,9 @@ pub trait Broker: Send + Sync + 'static {
     /// Periodic housekeeping (expire history, drop idle streams). Called about once a second.
     fn maintain(&self) {}
 
-    /// Whether publications can be accepted now (`/readyz` reports this).
-    fn is_ready(&self) -> bool {
-        true
+    /// Whether publications can be accepted now, or why not (`/readyz` reports this).
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
     }
 
     /// A short name for logs and `/healthz`.

@@ -1,0 +1,121 @@
+//! Several nodes on one real Redis: fan-out across nodes, recovery on another node than the one
+//! a client left, and a Redis outage survived with honest answers (not-ready, 503, a new epoch).
+
+mod common;
+use common::*;
+use std::time::Duration;
+use tether_client::Event;
+
+const T: Duration = Duration::from_secs(10);
+
+async fn publications(events: &mut tether_client::Events, count: usize) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        if let Event::Publication { offset, data, .. } =
+            next_event(events, T, "publication", |e| matches!(e, Event::Publication { .. })).await
+        {
+            got.push((offset, data.get().to_owned()));
+        }
+    }
+    got
+}
+
+fn node(redis: &Redis) -> Server {
+    Server::start(&["--broker", &redis.url(), "--history", "chat:*=1000/5m"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_fan_out_and_a_client_recovers_on_the_other_node() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    let (status, ready) = http_request("GET", &a.http("/readyz"), None);
+    assert_eq!((status, ready["broker"].as_str()), (200, Some("redis")), "{ready}");
+
+    // A subscriber on node B receives what is published through node A's HTTP API.
+    let (on_b, mut b_events) = tether_client::connect(fast_client(b.ws_url("")));
+    on_b.subscribe("chat:room").await.unwrap();
+    next_event(&mut b_events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
+    let receipt = a.publish("chat:room", r#"{"via":"A"}"#);
+    assert_eq!(receipt["offset"], 1, "{receipt}");
+    assert_eq!(publications(&mut b_events, 1).await, [(1, r#"{"via":"A"}"#.to_owned())]);
+
+    // A client on node A (through a relay standing in for a load balancer) loses its
+    // connection, publications continue, and it comes back on node B: it recovers exactly the
+    // missed ones from Redis, then continues live.
+    let relay = Relay::start(a.addr).await;
+    let (roamer, mut events) =
+        tether_client::connect(fast_client(format!("ws://{}/ws", relay.addr)));
+    roamer.subscribe("chat:room").await.unwrap();
+    next_event(&mut events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
+    a.publish("chat:room", "2");
+    assert_eq!(publications(&mut events, 1).await, [(2, "2".to_owned())]);
+    relay.cut();
+    next_event(&mut events, T, "close", |e| matches!(e, Event::Closed(_))).await;
+    for n in 3..=12 {
+        let via = if n % 2 == 0 { &a } else { &b };
+        via.publish("chat:room", &n.to_string());
+    }
+    relay.set_target(b.addr);
+    relay.unblock();
+    let Event::Subscribed { recovered, .. } = next_event(&mut events, T, "resubscribe", |e| {
+        matches!(e, Event::Subscribed { resubscribe: true, .. })
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(recovered, Some(true));
+    b.publish("chat:room", "13");
+    let got = publications(&mut events, 11).await;
+    let want: Vec<(u64, String)> = (3..=13).map(|n| (n, n.to_string())).collect();
+    assert_eq!(got, want, "exactly the missed ones, in order, then live — on another node");
+    assert_eq!(b.metric("tether_recoveries_total{outcome=\"recovered\"}"), 1.0);
+    // And B's first subscriber saw all of them too, in order.
+    let b_got: Vec<u64> = publications(&mut b_events, 12).await.iter().map(|p| p.0).collect();
+    assert_eq!(b_got, (2..=13).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_reported_survived_and_never_a_silent_gap() {
+    let Some(mut redis) = Redis::start() else { return };
+    let mut a = node(&redis);
+    let (client, mut events) = tether_client::connect(fast_client(a.ws_url("")));
+    client.subscribe("chat:room").await.unwrap();
+    next_event(&mut events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
+    a.publish("chat:room", "1");
+    publications(&mut events, 1).await;
+
+    redis.kill9();
+    // Not ready, and publishes are refused with a clear 503 — not lost silently.
+    assert!(wait_until(T, || http_request("GET", &a.http("/readyz"), None).0 == 503));
+    let (status, ready) = http_request("GET", &a.http("/readyz"), None);
+    assert_eq!(status, 503);
+    assert!(ready["reason"].as_str().unwrap().contains("Redis"), "{ready}");
+    let (status, body) = a.post_publish(r#"{"channel":"chat:room","data":2}"#);
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("unavailable"), "{body}");
+    assert_eq!(http_request("GET", &a.http("/healthz"), None).0, 200, "alive while not ready");
+
+    // Redis comes back empty: the node relinks by itself, and the client — asked to resubscribe —
+    // learns that its history is gone (a new epoch) instead of being handed a silent gap.
+    redis.restart();
+    assert!(wait_until(Duration::from_secs(15), || http_request("GET", &a.http("/readyz"), None)
+        .0
+        == 200));
+    let Event::Subscribed { recovered: resubscribed, .. } =
+        next_event(&mut events, Duration::from_secs(15), "resubscribe", |e| {
+            matches!(e, Event::Subscribed { resubscribe: true, .. })
+        })
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(resubscribed, Some(false), "the epoch changed: recovered must be false");
+    let receipt = a.publish("chat:room", "3");
+    assert_eq!(receipt["offset"], 1, "a new epoch starts at 1: {receipt}");
+    assert_eq!(publications(&mut events, 1).await, [(1, "3".to_owned())]);
+    assert!(a.metric("tether_broker_reconnects_total") >= 1.0);
+    assert!(a.child.try_wait().unwrap().is_none(), "the node is still running");
+    assert!(!a.log().contains("panicked"), "{}", a.log());
+    a.kill9();
+}

@@ -1,0 +1,354 @@
+//! The Redis backplane: several gateway nodes share one Redis for offsets, history and fan-out.
+//!
+//! - **Publish** runs one Lua script: assign the next offset (per-channel hash), append to the
+//!   history (a Redis Stream bounded by size and age) and PUBLISH to the channel's pub/sub
+//!   channel — atomically, so offsets, history and fan-out order always agree.
+//! - **Fan-out**: every node holds one pub/sub connection subscribed to `tether:p:*` and hands
+//!   what arrives to its hub, in the order Redis delivers it (offset order per channel).
+//! - **History** for a recovering subscribe is read by a second script (epoch, top, entries).
+//! - **Failure**: commands go through a `ConnectionManager` that reconnects by itself; while
+//!   Redis is unreachable, publishes fail with `Unavailable` (HTTP 503) and `/readyz` says
+//!   not-ready. Publications sent while this node's pub/sub link was down never reached its
+//!   subscribers, so when the link comes back the node asks its clients to reconnect (1012);
+//!   they resubscribe and recover from history. A Redis that lost its data gives every channel a
+//!   new epoch on first use, and clients are told `recovered: false` — never a silent gap.
+
+use super::{history_policy, new_epoch, Broker, BrokerError, History, PublishReceipt};
+use crate::config::HistoryRule;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use redis::aio::ConnectionManager;
+use serde_json::value::RawValue;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tether_core::protocol::StreamPosition;
+use tokio_util::sync::CancellationToken;
+
+/// How long a channel's offset state outlives its last use when it has no (longer) history.
+const STATE_TTL: Duration = Duration::from_secs(3600);
+/// Redis round trips slower than this fail (and surface as 503), rather than hang a request.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+const PUBSUB_PATTERN: &str = "tether:p:*";
+const PUBSUB_PREFIX: &str = "tether:p:";
+
+fn state_key(channel: &str) -> String {
+    format!("tether:s:{{{channel}}}")
+}
+
+fn history_key(channel: &str) -> String {
+    format!("tether:h:{{{channel}}}")
+}
+
+/// `OFFSET EPOCH DATA` → its parts.
+fn parse_message(payload: &str) -> Option<(u64, &str, &str)> {
+    let (offset, rest) = payload.split_once(' ')?;
+    let (epoch, data) = rest.split_once(' ')?;
+    Some((offset.parse().ok()?, epoch, data))
+}
+
+struct BrokerMetrics {
+    publish_seconds: Histogram,
+    reconnects: Counter,
+    up: Gauge,
+}
+
+pub struct RedisBroker {
+    hub: Arc<Hub>,
+    rules: Vec<HistoryRule>,
+    url: String,
+    commands: ConnectionManager,
+    publish: redis::Script,
+    history: redis::Script,
+    /// True while the pub/sub link is up (commands reconnect on their own).
+    linked: Arc<AtomicBool>,
+    /// Why the broker is not ready, when it is not.
+    last_error: Arc<Mutex<Option<String>>>,
+    metrics: Arc<BrokerMetrics>,
+}
+
+impl RedisBroker {
+    /// Connect to Redis (it must be reachable now), start the pub/sub link, and return the
+    /// broker. `resync` is called when the link comes back after a loss.
+    pub async fn connect(
+        url: &str,
+        hub: Arc<Hub>,
+        rules: Vec<HistoryRule>,
+        metrics: &Metrics,
+        resync: Arc<dyn Fn() + Send + Sync>,
+        stop: CancellationToken,
+    ) -> Result<Arc<RedisBroker>, BrokerError> {
+        let unreachable = |e: redis::RedisError| {
+            BrokerError::Unavailable(format!(
+                "cannot reach Redis at {url}: {e}; start it, or fix --broker"
+            ))
+        };
+        let client = redis::Client::open(url).map_err(|e| {
+            BrokerError::Unavailable(format!(
+                "`{url}` is not a Redis URL ({e}); write redis://HOST:PORT"
+            ))
+        })?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let commands =
+            client.get_connection_manager_with_config(config).await.map_err(unreachable)?;
+        let broker_metrics = Arc::new(BrokerMetrics {
+            publish_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            reconnects: Counter::default(),
+            up: Gauge::default(),
+        });
+        metrics.register(
+            "tether_broker_publish_seconds",
+            "Time for a publish to be accepted by the broker (Redis round trip)",
+            broker_metrics.publish_seconds.clone(),
+        );
+        metrics.register(
+            "tether_broker_reconnects",
+            "Times the broker's pub/sub link to Redis came back after a loss",
+            broker_metrics.reconnects.clone(),
+        );
+        metrics.register(
+            "tether_broker_up",
+            "1 while the broker's pub/sub link is up",
+            broker_metrics.up.clone(),
+        );
+        let broker = Arc::new(RedisBroker {
+            hub,
+            rules,
+            url: url.to_owned(),
+            commands,
+            publish: redis::Script::new(&super::redis_scripts::with_helpers(
+                super::redis_scripts::PUBLISH,
+            )),
+            history: redis::Script::new(&super::redis_scripts::with_helpers(
+                super::redis_scripts::HISTORY,
+            )),
+            linked: Arc::new(AtomicBool::new(false)),
+            last_error: Arc::new(Mutex::new(None)),
+            metrics: broker_metrics,
+        });
+        // Subscribe before returning: a node must not serve a recovering subscribe before its
+        // live feed is in place.
+        let first = Self::open_link(&client).await.map_err(unreachable)?;
+        tokio::spawn(broker.clone().run_link(client, first, resync, stop));
+        Ok(broker)
+    }
+
+    async fn open_link(client: &redis::Client) -> redis::RedisResult<redis::aio::PubSub> {
+        let connect = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.psubscribe(PUBSUB_PATTERN).await?;
+            Ok(pubsub)
+        };
+        tokio::time::timeout(RESPONSE_TIMEOUT, connect).await.unwrap_or_else(|_| {
+            Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out connecting to Redis")))
+        })
+    }
+
+    /// Keep the pub/sub link up: deliver what arrives; on loss, reconnect with backoff.
+    async fn run_link(
+        self: Arc<Self>,
+        client: redis::Client,
+        first: redis::aio::PubSub,
+        resync: Arc<dyn Fn() + Send + Sync>,
+        stop: CancellationToken,
+    ) {
+        let mut next = Some(first);
+        let mut backoff = Duration::from_millis(100);
+        // Set once the link was lost: the next link must resync this node's clients.
+        let mut lost = false;
+        loop {
+            let link = match next.take() {
+                Some(link) => Ok(link),
+                None => Self::open_link(&client).await,
+            };
+            match link {
+                Ok(mut pubsub) => {
+                    self.set_linked(true, None);
+                    backoff = Duration::from_millis(100);
+                    if std::mem::take(&mut lost) {
+                        self.metrics.reconnects.inc();
+                        // The command connection may still hold the dead socket; a PING makes the
+                        // manager notice and reconnect now, not on the next client's request.
+                        for _ in 0..2 {
+                            let ping: redis::RedisResult<String> =
+                                redis::cmd("PING").query_async(&mut self.commands.clone()).await;
+                            if ping.is_ok() {
+                                break;
+                            }
+                        }
+                        tracing::warn!(url = %self.url, "Redis pub/sub link restored; asking clients to resubscribe and recover");
+                        resync();
+                    }
+                    let mut messages = pubsub.on_message();
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            msg = messages.next() => match msg {
+                                Some(msg) => self.deliver(msg),
+                                None => break,
+                            },
+                        }
+                    }
+                    tracing::warn!(url = %self.url, "lost the Redis pub/sub link; reconnecting");
+                    self.set_linked(false, Some("the Redis pub/sub link is down".into()));
+                    lost = true;
+                }
+                Err(e) => {
+                    self.set_linked(
+                        false,
+                        Some(format!("cannot reach Redis at {}: {e}", self.url)),
+                    );
+                    lost = true;
+                    tracing::debug!(error = %e, "Redis pub/sub reconnect failed");
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn set_linked(&self, up: bool, error: Option<String>) {
+        self.linked.store(up, Ordering::Release);
+        self.metrics.up.set(up as i64);
+        *self.last_error.lock().expect("broker error lock") = error;
+    }
+
+    fn deliver(&self, msg: redis::Msg) {
+        let Some(channel) = msg.get_channel_name().strip_prefix(PUBSUB_PREFIX) else { return };
+        let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else { return };
+        let Some((offset, epoch, data)) = parse_message(payload) else {
+            tracing::warn!(channel, "malformed message on the Redis backplane; dropped");
+            return;
+        };
+        let Ok(data) = RawValue::from_string(data.to_owned()) else { return };
+        self.hub.publish(channel, &Arc::from(epoch), offset, &data);
+    }
+
+    fn unavailable(e: redis::RedisError) -> BrokerError {
+        BrokerError::Unavailable(format!("Redis: {e}"))
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        data: &'a RawValue,
+    ) -> BoxFuture<'a, Result<PublishReceipt, BrokerError>> {
+        Box::pin(async move {
+            let policy = history_policy(&self.rules, channel);
+            let (size, ttl) = policy.map(|p| (p.size, p.ttl)).unwrap_or((0, Duration::ZERO));
+            let started = Instant::now();
+            let (epoch, offset): (String, u64) = self
+                .publish
+                .key(state_key(channel))
+                .key(history_key(channel))
+                .arg(data.get())
+                .arg(size)
+                .arg(ttl.as_millis() as u64)
+                .arg(new_epoch())
+                .arg(format!("{PUBSUB_PREFIX}{channel}"))
+                .arg(STATE_TTL.max(ttl).as_millis() as u64)
+                .invoke_async(&mut self.commands.clone())
+                .await
+                .map_err(Self::unavailable)?;
+            self.metrics.publish_seconds.observe(started.elapsed().as_secs_f64());
+            // Local delivery happens when the publication comes back over pub/sub; report the
+            // local subscribers it is headed to.
+            Ok(PublishReceipt {
+                epoch: Arc::from(epoch.as_str()),
+                offset,
+                delivered: self.hub.subscriber_count(channel) as u64,
+            })
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        since: Option<&'a StreamPosition>,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        Box::pin(async move {
+            let ttl = history_policy(&self.rules, channel).map(|p| p.ttl).unwrap_or(Duration::ZERO);
+            let from = since.map(|s| s.offset + 1).unwrap_or(0);
+            type Entry = (String, Vec<(String, String)>);
+            let (epoch, top, entries): (String, u64, Vec<Entry>) = self
+                .history
+                .key(state_key(channel))
+                .key(history_key(channel))
+                .arg(new_epoch())
+                .arg(STATE_TTL.max(ttl).as_millis() as u64)
+                .arg(ttl.as_millis() as u64)
+                .arg(from)
+                .invoke_async(&mut self.commands.clone())
+                .await
+                .map_err(Self::unavailable)?;
+            let mut publications = Vec::with_capacity(entries.len());
+            for (id, fields) in entries {
+                let offset = id.split('-').next().and_then(|o| o.parse::<u64>().ok());
+                let data = fields.into_iter().find(|(k, _)| k == "d").map(|(_, v)| v);
+                if let (Some(offset), Some(data)) = (offset, data) {
+                    if let Ok(raw) = RawValue::from_string(data) {
+                        publications.push((offset, Arc::<RawValue>::from(raw)));
+                    }
+                }
+            }
+            let recovered = since.map(|since| {
+                let contiguous = publications
+                    .iter()
+                    .enumerate()
+                    .all(|(i, (o, _))| *o == since.offset + 1 + i as u64);
+                since.epoch == epoch
+                    && since.offset <= top
+                    && contiguous
+                    && publications.len() as u64 == top - since.offset
+            });
+            if recovered != Some(true) {
+                publications.clear();
+            }
+            Ok(History { position: StreamPosition { epoch, offset: top }, recovered, publications })
+        })
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        if self.linked.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(self
+                .last_error
+                .lock()
+                .expect("broker error lock")
+                .clone()
+                .unwrap_or_else(|| "Redis is unreachable".into()))
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backplane_messages_parse() {
+        assert_eq!(parse_message(r#"12 ab12 {"a": "b c"}"#), Some((12, "ab12", r#"{"a": "b c"}"#)));
+        assert_eq!(parse_message("x ab {}"), None);
+        assert_eq!(parse_message("12"), None);
+        assert_eq!(state_key("chat:a"), "tether:s:{chat:a}");
+    }
+}

@@ -1,0 +1,70 @@
+//! The Lua scripts that make offset assignment, history append and fan-out one atomic step in
+//! Redis. Keys per channel (hash-tagged so a cluster would keep them together):
+//! `tether:s:{CH}` — a hash with the stream's `epoch` and `top` offset;
+//! `tether:h:{CH}` — a Redis Stream of history entries, ID `OFFSET-0`, fields `t` (ms) and `d`.
+//! Publications go out on the pub/sub channel `tether:p:CH` as `OFFSET EPOCH DATA`.
+
+/// Drop history entries older than the ttl (entries are in time order: offsets grow with time).
+const TRIM: &str = r#"
+local function trim(key, ttl, now_ms)
+  while true do
+    local head = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)
+    if #head == 0 then return end
+    if tonumber(head[1][2][2]) >= now_ms - ttl then return end
+    redis.call('XDEL', key, head[1][1])
+  end
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- A stream seen for the first time (or again after its state expired or Redis lost its data)
+-- gets the candidate epoch; any history left from an earlier incarnation is dropped.
+local function epoch_of(meta, hist, candidate, meta_ttl)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = candidate
+    redis.call('DEL', hist)
+    redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
+    redis.call('PEXPIRE', meta, meta_ttl)
+  end
+  return epoch
+end
+"#;
+
+/// KEYS: state, history. ARGV: data, history size (0: none), ttl ms, epoch candidate,
+/// pub/sub channel, state ttl ms. Returns {epoch, offset}.
+pub const PUBLISH: &str = r#"
+local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[4], ARGV[6])
+local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+local size = tonumber(ARGV[2])
+if size > 0 then
+  local now = now_ms()
+  redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 't', now, 'd', ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  trim(KEYS[2], tonumber(ARGV[3]), now)
+end
+redis.call('PUBLISH', ARGV[5], offset .. ' ' .. epoch .. ' ' .. ARGV[1])
+return {epoch, offset}
+"#;
+
+/// KEYS: state, history. ARGV: epoch candidate, state ttl ms, history ttl ms (0: none),
+/// first offset wanted (0: none). Returns {epoch, top, entries}.
+pub const HISTORY: &str = r#"
+local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+local top = tonumber(redis.call('HGET', KEYS[1], 'top') or '0')
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then trim(KEYS[2], ttl, now_ms()) end
+local from = tonumber(ARGV[4])
+local entries = {}
+if from > 0 and from <= top then
+  entries = redis.call('XRANGE', KEYS[2], from .. '-0', '+')
+end
+return {epoch, top, entries}
+"#;
+
+/// A script with the shared helpers in front.
+pub fn with_helpers(body: &str) -> String {
+    format!("{TRIM}\n{body}")
+}
