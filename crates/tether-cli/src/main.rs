@@ -6,6 +6,7 @@
 //!
 //! Errors reach the user as one `error: …` line that says what to do, and a non-zero exit.
 
+mod bench;
 mod connect;
 mod publish;
 mod serve;
@@ -33,6 +34,9 @@ enum Command {
     Connect(connect::ConnectArgs),
     /// Publish DATA to CHANNEL through a gateway's HTTP API.
     Publish(publish::PublishArgs),
+    /// Measure a running gateway from the outside (fan-out throughput, latency, loss).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn init_logging() {
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Connect(args) => connect::run(args).await,
             Command::Publish(args) => publish::run(args).await,
+            Command::Bench(cmd) => bench::run(cmd).await,
         }
     });
     match result {
