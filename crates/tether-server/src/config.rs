@@ -177,8 +177,11 @@ impl GatewayConfig {
             return err("max_channels", "must be at least 1");
         }
         for rule in &self.history {
-            if rule.size == 0 || rule.size > 1_000_000 || rule.ttl.is_zero() {
-                return err("history", "each rule needs 1 <= size <= 1000000 and a ttl above zero");
+            if rule.size == 0 || rule.size > 100_000 || rule.ttl < Duration::from_secs(1) {
+                return err(
+                    "history",
+                    "each rule needs 1 <= size <= 100000 and a ttl of at least 1s",
+                );
             }
         }
         if self.close_timeout > self.drain_timeout {

@@ -43,6 +43,14 @@ struct Watermark {
     offset: u64,
 }
 
+/// What to do with a queued item (see `Connection::admit`).
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    Send,
+    Skip,
+    Gap,
+}
+
 /// Largest outbound messages written before one flush.
 const WRITE_BATCH: usize = 64;
 
@@ -223,8 +231,18 @@ impl Connection {
                     }
                 }
                 Some(out) = rx.recv() => {
-                    if let Err(e) = self.write_batch(ws, out, rx).await {
-                        return self.write_failed(e);
+                    match self.write_batch(ws, out, rx).await {
+                        Err(e) => return self.write_failed(e),
+                        Ok(false) => {}
+                        Ok(true) if signals.overflowed.load(Ordering::Relaxed) => {
+                            self.shared.metrics.slow_consumers.inc();
+                            return self.close(ws, CloseCode::SLOW_CONSUMER, "slow consumer: outbound queue full", None, false).await;
+                        }
+                        Ok(true) => {
+                            tracing::warn!(conn = self.id, "a publication is missing from the live feed; asking the client to recover");
+                            let hint = Some(self.shared.config.restart_retry_hint);
+                            return self.close(ws, CloseCode::SERVICE_RESTART, "gap in the live feed: resubscribe to recover", hint, false).await;
+                        }
                     }
                 }
             }
@@ -374,6 +392,17 @@ impl Connection {
         }
         let history = match self.shared.broker.history(&channel, recover.as_ref()).await {
             Ok(h) => h,
+            Err(e @ crate::broker::BrokerError::Limit(_)) => {
+                // A limit: refuse this subscription, keep the connection.
+                self.subscriptions.remove(&channel);
+                self.shared.hub.unsubscribe(&channel, self.id);
+                let reply = ServerMessage::err(
+                    Some(id),
+                    ErrorBody::new(ErrorCode::Unavailable, e.to_string()),
+                );
+                self.count_error(&reply);
+                return self.enqueue(ws, Message::Text(codec::encode(&reply).into())).await;
+            }
             Err(e) => {
                 // Without the stream's position the subscription cannot promise anything: ask
                 // the client to come back later, when the broker is reachable again.
@@ -432,18 +461,29 @@ impl Connection {
         }
     }
 
-    /// Whether a queued item goes out: publications already delivered (by a recovery replay) or
-    /// for channels unsubscribed since they were queued are dropped.
-    fn admit(&mut self, tag: Option<&Tag>) -> bool {
-        let Some(tag) = tag else { return true };
-        let Some(w) = self.subscriptions.get_mut(&*tag.channel) else { return false };
-        if w.epoch.as_deref() == Some(&*tag.epoch) && tag.offset <= w.offset {
-            return false;
+    /// Whether a queued item goes out. Publications already delivered (by a recovery replay) or
+    /// for channels unsubscribed since they were queued are skipped. A publication that does not
+    /// follow the last one delivered on its channel (an offset was skipped: the queue overflowed,
+    /// or the backplane lost one) is a gap: nothing more may be delivered on this connection, or
+    /// the client's position would jump over the hole and a later recovery would miss it.
+    fn admit(&mut self, tag: Option<&Tag>) -> Admission {
+        let Some(tag) = tag else { return Admission::Send };
+        if self.signals.overflowed.load(Ordering::Relaxed) {
+            return Admission::Gap;
         }
-        // A new epoch (history lost upstream) restarts offsets: follow it.
+        let Some(w) = self.subscriptions.get_mut(&*tag.channel) else { return Admission::Skip };
+        if w.epoch.as_deref() == Some(&*tag.epoch) {
+            if tag.offset <= w.offset {
+                return Admission::Skip;
+            }
+            if tag.offset != w.offset + 1 {
+                return Admission::Gap;
+            }
+        }
+        // Same epoch and next in line, or a first/new epoch (history lost upstream): follow it.
         w.epoch = Some(tag.epoch.clone());
         w.offset = tag.offset;
-        true
+        Admission::Send
     }
 
     async fn publish(
@@ -634,19 +674,25 @@ impl Connection {
         ws: &mut Ws,
         first: Outbound,
         rx: &mut mpsc::Receiver<Outbound>,
-    ) -> Result<(), WriteFailed> {
+    ) -> Result<bool, WriteFailed> {
         let mut frames = Vec::with_capacity(8);
         let mut next = Some(first);
+        let mut gap = false;
         while let Some(item) = next.take() {
-            if self.admit(item.tag.as_ref()) {
-                frames.push(item.frame);
+            match self.admit(item.tag.as_ref()) {
+                Admission::Send => frames.push(item.frame),
+                Admission::Skip => {}
+                Admission::Gap => {
+                    gap = true;
+                    break;
+                }
             }
             if frames.len() < WRITE_BATCH {
                 next = rx.try_recv().ok();
             }
         }
         if frames.is_empty() {
-            return Ok(());
+            return Ok(gap);
         }
         let (n, bytes) = (frames.len() as u64, frames.iter().map(|f| f.len() as u64).sum::<u64>());
         let write = async {
@@ -661,7 +707,7 @@ impl Connection {
             Ok(Ok(())) => {
                 self.shared.metrics.messages_out.inc_by(n);
                 self.shared.metrics.bytes_out.inc_by(bytes);
-                Ok(())
+                Ok(gap)
             }
         }
     }

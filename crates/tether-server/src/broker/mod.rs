@@ -25,9 +25,12 @@ use tether_core::stream::{HistoryPolicy, Recovery, Stream};
 /// The broker could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// The backplane cannot be reached now, or a limit is reached; nothing was accepted. Retry later.
+    /// The backplane cannot be reached now. Retry later.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// A configured limit is reached (e.g. `max_channels`); retrying soon will not help.
+    #[error("broker limit: {0}")]
+    Limit(String),
 }
 
 /// What publishing returns to the caller.
@@ -141,7 +144,7 @@ impl MemoryBroker {
         }
         if self.streams.fetch_add(1, Ordering::Relaxed) >= self.max_streams {
             self.streams.fetch_sub(1, Ordering::Relaxed);
-            return Err(BrokerError::Unavailable(format!(
+            return Err(BrokerError::Limit(format!(
                 "{} channels are active (max_channels); retry when some are idle",
                 self.max_streams
             )));
@@ -275,7 +278,7 @@ mod tests {
         let b = broker(2);
         now(b.publish("chat:a", &raw("1"))).unwrap();
         now(b.publish("chat:b", &raw("1"))).unwrap();
-        assert!(matches!(now(b.publish("chat:c", &raw("1"))), Err(BrokerError::Unavailable(_))));
+        assert!(matches!(now(b.publish("chat:c", &raw("1"))), Err(BrokerError::Limit(_))));
         assert!(now(b.publish("chat:a", &raw("2"))).is_ok(), "existing streams keep working");
     }
 }

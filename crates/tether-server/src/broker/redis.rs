@@ -35,6 +35,8 @@ const STATE_TTL: Duration = Duration::from_secs(3600);
 /// Redis round trips slower than this fail (and surface as 503), rather than hang a request.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const PUBSUB_PATTERN: &str = "tether:p:*";
+/// How often the pub/sub link is pinged to prove it alive.
+const LINK_PING_EVERY: Duration = Duration::from_secs(5);
 const PUBSUB_PREFIX: &str = "tether:p:";
 
 fn state_key(channel: &str) -> String {
@@ -69,6 +71,9 @@ pub struct RedisBroker {
     linked: Arc<AtomicBool>,
     /// Why the broker is not ready, when it is not.
     last_error: Arc<Mutex<Option<String>>>,
+    /// The Redis process's run_id, refreshed on every (re)link; streams written under another
+    /// run_id get a new epoch (see the scripts).
+    run_id: Mutex<String>,
     metrics: Arc<BrokerMetrics>,
 }
 
@@ -133,8 +138,10 @@ impl RedisBroker {
             )),
             linked: Arc::new(AtomicBool::new(false)),
             last_error: Arc::new(Mutex::new(None)),
+            run_id: Mutex::new(String::new()),
             metrics: broker_metrics,
         });
+        broker.refresh_run_id().await.map_err(unreachable)?;
         // Subscribe before returning: a node must not serve a recovering subscribe before its
         // live feed is in place.
         let first = Self::open_link(&client).await.map_err(unreachable)?;
@@ -171,7 +178,7 @@ impl RedisBroker {
                 None => Self::open_link(&client).await,
             };
             match link {
-                Ok(mut pubsub) => {
+                Ok(pubsub) => {
                     self.set_linked(true, None);
                     backoff = Duration::from_millis(100);
                     if std::mem::take(&mut lost) {
@@ -179,16 +186,18 @@ impl RedisBroker {
                         // The command connection may still hold the dead socket; a PING makes the
                         // manager notice and reconnect now, not on the next client's request.
                         for _ in 0..2 {
-                            let ping: redis::RedisResult<String> =
-                                redis::cmd("PING").query_async(&mut self.commands.clone()).await;
-                            if ping.is_ok() {
+                            if self.refresh_run_id().await.is_ok() {
                                 break;
                             }
                         }
                         tracing::warn!(url = %self.url, "Redis pub/sub link restored; asking clients to resubscribe and recover");
                         resync();
                     }
-                    let mut messages = pubsub.on_message();
+                    // A link can die without the socket noticing (a partition, a NAT timeout):
+                    // ping it, and count a ping unanswered within the response timeout as lost.
+                    let (mut sink, mut messages) = pubsub.split();
+                    let mut keepalive = tokio::time::interval(LINK_PING_EVERY);
+                    keepalive.tick().await;
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => return,
@@ -196,6 +205,12 @@ impl RedisBroker {
                                 Some(msg) => self.deliver(msg),
                                 None => break,
                             },
+                            _ = keepalive.tick() => {
+                                let ping = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<String>()).await;
+                                if !matches!(ping, Ok(Ok(_))) {
+                                    break;
+                                }
+                            }
                         }
                     }
                     tracing::warn!(url = %self.url, "lost the Redis pub/sub link; reconnecting");
@@ -217,6 +232,23 @@ impl RedisBroker {
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+
+    /// Read the Redis process's run_id (`INFO server`).
+    async fn refresh_run_id(&self) -> redis::RedisResult<()> {
+        let info: String =
+            redis::cmd("INFO").arg("server").query_async(&mut self.commands.clone()).await?;
+        let run_id = info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default();
+        *self.run_id.lock().expect("run id lock") = run_id;
+        Ok(())
+    }
+
+    fn run_id(&self) -> String {
+        self.run_id.lock().expect("run id lock").clone()
     }
 
     fn set_linked(&self, up: bool, error: Option<String>) {
@@ -261,6 +293,7 @@ impl Broker for RedisBroker {
                 .arg(new_epoch())
                 .arg(format!("{PUBSUB_PREFIX}{channel}"))
                 .arg(STATE_TTL.max(ttl).as_millis() as u64)
+                .arg(self.run_id())
                 .invoke_async(&mut self.commands.clone())
                 .await
                 .map_err(Self::unavailable)?;
@@ -282,7 +315,7 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
         Box::pin(async move {
             let ttl = history_policy(&self.rules, channel).map(|p| p.ttl).unwrap_or(Duration::ZERO);
-            let from = since.map(|s| s.offset + 1).unwrap_or(0);
+            let from = since.map(|s| s.offset.saturating_add(1)).unwrap_or(0);
             type Entry = (String, Vec<(String, String)>);
             let (epoch, top, entries): (String, u64, Vec<Entry>) = self
                 .history
@@ -292,6 +325,7 @@ impl Broker for RedisBroker {
                 .arg(STATE_TTL.max(ttl).as_millis() as u64)
                 .arg(ttl.as_millis() as u64)
                 .arg(from)
+                .arg(self.run_id())
                 .invoke_async(&mut self.commands.clone())
                 .await
                 .map_err(Self::unavailable)?;
@@ -309,7 +343,7 @@ impl Broker for RedisBroker {
                 let contiguous = publications
                     .iter()
                     .enumerate()
-                    .all(|(i, (o, _))| *o == since.offset + 1 + i as u64);
+                    .all(|(i, (o, _))| Some(*o) == since.offset.checked_add(1 + i as u64));
                 since.epoch == epoch
                     && since.offset <= top
                     && contiguous

@@ -7,7 +7,8 @@
 /// Drop history entries older than the ttl (entries are in time order: offsets grow with time).
 const TRIM: &str = r#"
 local function trim(key, ttl, now_ms)
-  while true do
+  -- Bounded per call, so that one script never blocks Redis for long; the next calls finish.
+  for _ = 1, 1000 do
     local head = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)
     if #head == 0 then return end
     if tonumber(head[1][2][2]) >= now_ms - ttl then return end
@@ -18,14 +19,16 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
--- A stream seen for the first time (or again after its state expired or Redis lost its data)
--- gets the candidate epoch; any history left from an earlier incarnation is dropped.
-local function epoch_of(meta, hist, candidate, meta_ttl)
+-- A stream seen for the first time, or again after its state expired, or written by another
+-- Redis process than the one that made it (a restart from a snapshot or a failover may have lost
+-- its latest publications while keeping its epoch), gets the candidate epoch; history left from
+-- an earlier incarnation is dropped. `run` is the Redis run_id the node last saw.
+local function epoch_of(meta, hist, candidate, meta_ttl, run)
   local epoch = redis.call('HGET', meta, 'epoch')
-  if not epoch then
+  if (not epoch) or redis.call('HGET', meta, 'run') ~= run then
     epoch = candidate
     redis.call('DEL', hist)
-    redis.call('HSET', meta, 'epoch', epoch, 'top', 0)
+    redis.call('HSET', meta, 'epoch', epoch, 'top', 0, 'run', run)
     redis.call('PEXPIRE', meta, meta_ttl)
   end
   return epoch
@@ -33,10 +36,10 @@ end
 "#;
 
 /// KEYS: state, history. ARGV: data, history size (0: none), ttl ms, epoch candidate,
-/// pub/sub channel, state ttl ms. Returns {epoch, offset}.
+/// pub/sub channel, state ttl ms, Redis run_id. Returns {epoch, offset}.
 pub const PUBLISH: &str = r#"
-local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[4], ARGV[6])
-local offset = redis.call('HINCRBY', KEYS[1], 'top', 1)
+local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[4], ARGV[6], ARGV[7])
+local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 'top', 1))
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 local size = tonumber(ARGV[2])
 if size > 0 then
@@ -46,20 +49,20 @@ if size > 0 then
   trim(KEYS[2], tonumber(ARGV[3]), now)
 end
 redis.call('PUBLISH', ARGV[5], offset .. ' ' .. epoch .. ' ' .. ARGV[1])
-return {epoch, offset}
+return {epoch, tonumber(offset)}
 "#;
 
 /// KEYS: state, history. ARGV: epoch candidate, state ttl ms, history ttl ms (0: none),
-/// first offset wanted (0: none). Returns {epoch, top, entries}.
+/// first offset wanted (0: none), Redis run_id. Returns {epoch, top, entries}.
 pub const HISTORY: &str = r#"
-local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
+local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[5])
 local top = tonumber(redis.call('HGET', KEYS[1], 'top') or '0')
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then trim(KEYS[2], ttl, now_ms()) end
 local from = tonumber(ARGV[4])
 local entries = {}
 if from > 0 and from <= top then
-  entries = redis.call('XRANGE', KEYS[2], from .. '-0', '+')
+  entries = redis.call('XRANGE', KEYS[2], string.format('%d', from) .. '-0', '+')
 end
 return {epoch, top, entries}
 "#;
