@@ -73,6 +73,10 @@ async fn two_nodes_share_fan_out_and_a_client_recovers_on_the_other_node() {
     // And B's first subscriber saw all of them too, in order.
     let b_got: Vec<u64> = publications(&mut b_events, 12).await.iter().map(|p| p.0).collect();
     assert_eq!(b_got, (2..=13).collect::<Vec<_>>());
+    // The pub/sub link's keepalive pings are answered, and never mistaken for a lost link.
+    assert!(wait_until(T, || b.metric("tether_broker_link_pings_total") >= 2.0));
+    assert_eq!(b.metric("tether_broker_reconnects_total"), 0.0);
+    assert_eq!(b.metric("tether_broker_up"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,7 +36,7 @@ const STATE_TTL: Duration = Duration::from_secs(3600);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const PUBSUB_PATTERN: &str = "tether:p:*";
 /// How often the pub/sub link is pinged to prove it alive.
-const LINK_PING_EVERY: Duration = Duration::from_secs(5);
+const LINK_PING_EVERY: Duration = Duration::from_secs(1);
 const PUBSUB_PREFIX: &str = "tether:p:";
 
 fn state_key(channel: &str) -> String {
@@ -57,6 +57,7 @@ fn parse_message(payload: &str) -> Option<(u64, &str, &str)> {
 struct BrokerMetrics {
     publish_seconds: Histogram,
     reconnects: Counter,
+    link_pings: Counter,
     up: Gauge,
 }
 
@@ -108,6 +109,7 @@ impl RedisBroker {
         let broker_metrics = Arc::new(BrokerMetrics {
             publish_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             reconnects: Counter::default(),
+            link_pings: Counter::default(),
             up: Gauge::default(),
         });
         metrics.register(
@@ -124,6 +126,11 @@ impl RedisBroker {
             "tether_broker_up",
             "1 while the broker's pub/sub link is up",
             broker_metrics.up.clone(),
+        );
+        metrics.register(
+            "tether_broker_link_pings",
+            "Keepalive pings answered on the pub/sub link",
+            broker_metrics.link_pings.clone(),
         );
         let broker = Arc::new(RedisBroker {
             hub,
@@ -206,10 +213,14 @@ impl RedisBroker {
                                 None => break,
                             },
                             _ = keepalive.tick() => {
-                                let ping = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<String>()).await;
+                                // In subscribed mode Redis answers PING with ["pong", ""]: any
+                                // answer will do.
+                                let ping = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await;
                                 if !matches!(ping, Ok(Ok(_))) {
+                                    tracing::warn!(url = %self.url, "the Redis pub/sub link did not answer a ping");
                                     break;
                                 }
+                                self.metrics.link_pings.inc();
                             }
                         }
                     }
