@@ -10,6 +10,7 @@ mod bench;
 mod connect;
 mod publish;
 mod serve;
+mod soak;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Command {
     /// Measure a running gateway from the outside (fan-out throughput, latency, loss).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Churn clients in cycles and check that server memory comes back (leak check).
+    Soak(soak::SoakArgs),
 }
 
 fn init_logging() {
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
             Command::Connect(args) => connect::run(args).await,
             Command::Publish(args) => publish::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Soak(args) => soak::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,272 @@
+//! `tether soak`: does server memory come back after clients come and go?
+//!
+//! Repeated cycles of: connect N raw clients (subscribed to one channel), exchange messages
+//! (each sends "ping" and gets "pong"; one publication reaches all), then disconnect — half with
+//! a clean close, half abruptly (the socket dropped, no close frame) — and wait until the server
+//! reports them gone. The server's resident memory is sampled every second (from `/metrics`, or
+//! `/proc/PID` with `--server-pid`) and after each cycle. The verdict compares the memory after
+//! the last cycle with the memory after the first, and fits a slope across cycles; growth beyond
+//! the threshold exits non-zero. A table goes to stdout, a chart of memory over time to `--chart`.
+
+use crate::units;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Args, Debug)]
+pub struct SoakArgs {
+    /// Server base URL (HTTP API and /metrics)
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Read memory from /proc/PID/status instead of /metrics (for servers without Tether's metrics)
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Connections per cycle
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    /// Cycles
+    #[arg(long, default_value_t = 10)]
+    cycles: usize,
+    /// Allowed growth of memory from the first cycle to the last, in percent
+    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true)]
+    threshold: f64,
+    /// Write an SVG chart of memory over time here
+    #[arg(long)]
+    chart: Option<std::path::PathBuf>,
+    /// Longest wait for the server to see a cycle's connections gone
+    #[arg(long, default_value = "30s", value_parser = units::duration)]
+    settle_timeout: Duration,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+struct Probe {
+    base: String,
+    pid: Option<u32>,
+    agent: ureq::Agent,
+}
+
+impl Probe {
+    fn metrics(&self) -> Result<String> {
+        let url = format!("{}/metrics", self.base);
+        let mut resp = self.agent.get(&url).call().with_context(|| format!("cannot read {url}"))?;
+        Ok(resp.body_mut().read_to_string()?)
+    }
+
+    fn metric(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Resident memory in bytes.
+    fn rss(&self) -> Result<u64> {
+        if let Some(pid) = self.pid {
+            let status =
+                std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| {
+                    format!("cannot read /proc/{pid}/status; is --server-pid right?")
+                })?;
+            let kb: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .context("no VmRSS in /proc status")?;
+            return Ok(kb * 1024);
+        }
+        Self::metric(&self.metrics()?, "process_resident_memory_bytes").map(|v| v as u64).context(
+            "the server's /metrics has no process_resident_memory_bytes; pass --server-pid",
+        )
+    }
+
+    /// Open connections as the server reports them (None for servers without the metric).
+    fn open_connections(&self) -> Option<f64> {
+        Self::metric(&self.metrics().ok()?, "tether_connections_open")
+    }
+}
+
+fn ws_url(base: &str) -> String {
+    let rest = base
+        .strip_prefix("http://")
+        .map(|r| format!("ws://{r}"))
+        .or_else(|| base.strip_prefix("https://").map(|r| format!("wss://{r}")));
+    format!("{}/ws?channel=soak", rest.unwrap_or_else(|| base.to_owned()).trim_end_matches('/'))
+}
+
+/// One cycle: connect, exchange, disconnect (half clean, half abrupt).
+async fn cycle(url: &str, probe: &Probe, conns: usize, publish_url: &str, n: usize) -> Result<()> {
+    let mut sockets = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        sockets.push(ws);
+    }
+    for ws in &mut sockets {
+        ws.send(Message::Text("ping".into())).await?;
+    }
+    let body = format!(r#"{{"channel":"soak","data":"cycle {n}"}}"#);
+    let agent = probe.agent.clone();
+    let publish_url = publish_url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        agent.post(&publish_url).header("content-type", "application/json").send(&body)
+    })
+    .await?
+    .context("publish failed")?;
+    for ws in &mut sockets {
+        let mut got = (false, false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got != (true, true) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "pong" => got.0 = true,
+                Ok(Some(Ok(Message::Text(_)))) => got.1 = true,
+                Ok(Some(Ok(_))) => {}
+                _ => bail!("a soak client did not get its pong and the publication within 10 s"),
+            }
+        }
+    }
+    let half = sockets.len() / 2;
+    for (i, mut ws) in sockets.into_iter().enumerate() {
+        if i < half {
+            let _ = ws.close(None).await;
+        } // else: dropped without a close frame
+    }
+    Ok(())
+}
+
+pub async fn run(args: SoakArgs) -> Result<ExitCode> {
+    if args.conns == 0 || args.cycles < 2 {
+        bail!("--conns must be at least 1 and --cycles at least 2 (the verdict compares first and last)");
+    }
+    let base = args.server.trim_end_matches('/').to_owned();
+    let probe = Probe {
+        base: base.clone(),
+        pid: args.server_pid,
+        agent: ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into(),
+    };
+    let url = ws_url(&base);
+    let publish_url = format!("{base}/api/publish");
+    let baseline_open = probe.open_connections().unwrap_or(0.0);
+    let started = Instant::now();
+    let mut timeline: Vec<(f64, f64)> = vec![(0.0, probe.rss()? as f64)];
+    let mut after_cycle: Vec<u64> = Vec::with_capacity(args.cycles);
+    eprintln!("soak: {} cycles × {} connections against {url}", args.cycles, args.conns);
+    for n in 1..=args.cycles {
+        let work = cycle(&url, &probe, args.conns, &publish_url, n);
+        tokio::pin!(work);
+        // Sample memory every second while the cycle runs.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                r = &mut work => { r?; break; }
+                _ = tick.tick() => timeline.push((started.elapsed().as_secs_f64(), probe.rss()? as f64)),
+            }
+        }
+        // Wait until the server has let every connection of the cycle go.
+        let deadline = Instant::now() + args.settle_timeout;
+        while probe.open_connections().is_some_and(|open| open > baseline_open) {
+            if Instant::now() > deadline {
+                bail!(
+                    "the server still reports open connections {:?} after cycle {n}",
+                    args.settle_timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rss = probe.rss()?;
+        timeline.push((started.elapsed().as_secs_f64(), rss as f64));
+        after_cycle.push(rss);
+        eprintln!("  cycle {n:>3}/{}: server RSS {:.1} MiB", args.cycles, rss as f64 / 1048576.0);
+    }
+    let first = after_cycle[0] as f64;
+    let last = *after_cycle.last().expect("at least two cycles") as f64;
+    let growth = (last - first) / first * 100.0;
+    let slope = slope_per_cycle(&after_cycle);
+    let passed = growth <= args.threshold;
+
+    if let Some(path) = &args.chart {
+        std::fs::write(path, chart(&timeline))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "conns": args.conns, "cycles": args.cycles,
+                "rss_after_cycle": after_cycle, "growth_percent": growth,
+                "slope_bytes_per_cycle": slope, "threshold_percent": args.threshold, "passed": passed,
+            })
+        );
+    } else {
+        println!("cycle  server RSS after cycle");
+        for (i, rss) in after_cycle.iter().enumerate() {
+            println!("{:>5}  {:>10.1} MiB", i + 1, *rss as f64 / 1048576.0);
+        }
+        println!(
+            "verdict: {} — last cycle {:.1} MiB vs first {:.1} MiB ({growth:+.2}%, threshold {}%), slope {:+.0} bytes/cycle",
+            if passed { "no growth" } else { "MEMORY GROWS" },
+            last / 1048576.0,
+            first / 1048576.0,
+            args.threshold,
+            slope
+        );
+    }
+    Ok(if passed { ExitCode::SUCCESS } else { ExitCode::from(4) })
+}
+
+/// Least-squares slope of memory over cycle number.
+fn slope_per_cycle(values: &[u64]) -> f64 {
+    let n = values.len() as f64;
+    let mean_x = (n - 1.0) / 2.0;
+    let mean_y = values.iter().map(|v| *v as f64).sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (i, v) in values.iter().enumerate() {
+        num += (i as f64 - mean_x) * (*v as f64 - mean_y);
+        den += (i as f64 - mean_x).powi(2);
+    }
+    if den == 0.0 {
+        0.0
+    } else {
+        num / den
+    }
+}
+
+/// A standalone SVG (styles inlined) of memory over time, using the dashboard's chart renderer.
+fn chart(timeline: &[(f64, f64)]) -> String {
+    let values: Vec<Option<f64>> = timeline.iter().map(|(_, b)| Some(b / 1048576.0)).collect();
+    let step = timeline.last().map(|(t, _)| t / (timeline.len().max(2) - 1) as f64).unwrap_or(1.0);
+    let svg = tether_server::svg_chart::line_chart(
+        &[tether_server::svg_chart::Series {
+            name: "server RSS (MiB)",
+            class: "s1",
+            values: &values,
+        }],
+        step,
+        &|v| format!("{v:.0} MiB"),
+    );
+    let style = "<style>.grid{stroke:#ddd}.axis{fill:#555;font:10px sans-serif}.line{fill:none;stroke-width:2}.area{opacity:.15}.s1{stroke:#2f6fdd;fill:#2f6fdd}polyline.line{fill:none}</style>";
+    svg.replacen('>', &format!(">{style}"), 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slope_and_urls() {
+        assert_eq!(slope_per_cycle(&[10, 10, 10]), 0.0);
+        assert!((slope_per_cycle(&[10, 20, 30]) - 10.0).abs() < 1e-9);
+        assert_eq!(ws_url("http://127.0.0.1:8080/"), "ws://127.0.0.1:8080/ws?channel=soak");
+        assert_eq!(Probe::metric("a_b 3\na 5\n", "a"), Some(5.0));
+    }
+}
