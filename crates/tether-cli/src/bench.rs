@@ -20,6 +20,97 @@ use tokio_tungstenite::tungstenite::Message;
 pub enum BenchCommand {
     /// Fan-out: N subscribers, one publisher at a fixed rate; deliveries/s, latency, loss.
     Fanout(FanoutArgs),
+    /// Ping-pong: C connections each sending "ping" and awaiting "pong"; round trips/s, latency.
+    Pingpong(PingpongArgs),
+    /// Idle: hold N connections (heartbeats answered); connect rate, drops, server memory per connection.
+    Idle(IdleArgs),
+}
+
+/// Where to read the server's CPU and memory: its pid, or its /metrics.
+#[derive(Args, Debug, Clone)]
+pub struct ServerProbe {
+    /// The server's pid, to read CPU and memory from /proc (works for any server)
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The server's Prometheus endpoint (Tether's process_cpu_seconds / process_resident_memory_bytes)
+    #[arg(long)]
+    metrics_url: Option<String>,
+}
+
+impl ServerProbe {
+    fn metric(&self, name: &str) -> Option<f64> {
+        let url = self.metrics_url.as_ref()?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let text = agent.get(url).call().ok()?.body_mut().read_to_string().ok()?;
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Server CPU seconds so far.
+    fn cpu(&self) -> Option<f64> {
+        match self.server_pid {
+            Some(pid) => tether_server::metrics::cpu_seconds(&pid.to_string()),
+            None => self.metric("process_cpu_seconds"),
+        }
+    }
+
+    /// Server resident memory in bytes.
+    fn rss(&self) -> Option<f64> {
+        match self.server_pid {
+            Some(pid) => {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                let kb: f64 = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()?;
+                Some(kb * 1024.0)
+            }
+            None => self.metric("process_resident_memory_bytes"),
+        }
+    }
+}
+
+/// CPU use of the server and of this load generator over a phase, as % of one core.
+struct CpuMeter {
+    wall: Instant,
+    me: Option<f64>,
+    server: Option<f64>,
+}
+
+impl CpuMeter {
+    fn start(probe: &ServerProbe) -> Self {
+        CpuMeter {
+            wall: Instant::now(),
+            me: tether_server::metrics::cpu_seconds("self"),
+            server: probe.cpu(),
+        }
+    }
+
+    /// (server %, generator %) of one core since `start`.
+    fn finish(&self, probe: &ServerProbe) -> (Option<f64>, Option<f64>) {
+        let wall = self.wall.elapsed().as_secs_f64().max(1e-6);
+        let pct = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / wall * 100.0);
+        (pct(self.server, probe.cpu()), pct(self.me, tether_server::metrics::cpu_seconds("self")))
+    }
+}
+
+fn cpu_line(server: Option<f64>, me: Option<f64>) -> String {
+    let f = |v: Option<f64>| {
+        v.map(|v| format!("{v:.0}%"))
+            .unwrap_or_else(|| "unknown (pass --server-pid or --metrics-url)".into())
+    };
+    format!("CPU of one core: server {}, load generator {}", f(server), f(me))
 }
 
 #[derive(Args, Debug)]
@@ -48,11 +139,15 @@ pub struct FanoutArgs {
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    probe: ServerProbe,
 }
 
 pub async fn run(command: BenchCommand) -> Result<ExitCode> {
     match command {
         BenchCommand::Fanout(args) => fanout(args).await,
+        BenchCommand::Pingpong(args) => pingpong(args).await,
+        BenchCommand::Idle(args) => idle(args).await,
     }
 }
 
@@ -186,6 +281,7 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
         Ok(failures)
     });
     let publish_started = Instant::now();
+    let cpu = CpuMeter::start(&args.probe);
     let publish_failures = publisher.await.context("publisher task failed")??;
     let publish_secs = publish_started.elapsed().as_secs_f64();
     // Give in-flight deliveries a bounded moment to land, then stop.
@@ -194,6 +290,7 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
     while delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let (server_cpu, my_cpu) = cpu.finish(&args.probe);
     let _ = stop_tx.send(true);
     let mut received = 0;
     let mut duplicates = 0;
@@ -217,6 +314,9 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
         "lost": lost,
         "duplicated": duplicates,
         "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": h.max() as f64 / 1000.0},
+        "server_cpu_percent": server_cpu,
+        "generator_cpu_percent": my_cpu,
+        "server_cpu_us_per_delivery": server_cpu.map(|c| c / 100.0 * publish_secs * 1e6 / received.max(1) as f64),
     });
     if args.json {
         println!("{result}");
@@ -226,10 +326,284 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
             args.subs, result["published"], args.rate, received, result["deliveries_per_sec"], lost, duplicates,
             ms(0.5), ms(0.99), ms(0.999), h.max() as f64 / 1000.0
         );
+        println!("{}", cpu_line(server_cpu, my_cpu));
     }
     Ok(if lost == 0 && duplicates == 0 && publish_failures == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
     })
+}
+
+#[derive(Args, Debug)]
+pub struct PingpongArgs {
+    /// WebSocket URL (raw mode: "ping" → "pong")
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// Connections, each with one ping in flight
+    #[arg(long, default_value_t = 50)]
+    conns: usize,
+    /// How long to run
+    #[arg(long, default_value = "10s", value_parser = units::duration)]
+    duration: Duration,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    probe: ServerProbe,
+}
+
+async fn pingpong(args: PingpongArgs) -> Result<ExitCode> {
+    if args.conns == 0 {
+        bail!("--conns must be at least 1");
+    }
+    eprintln!("connecting {} clients to {} …", args.conns, args.url);
+    let mut sockets = Vec::with_capacity(args.conns);
+    for _ in 0..args.conns {
+        let (ws, _) = tokio_tungstenite::connect_async(args.url.as_str())
+            .await
+            .with_context(|| format!("cannot connect to {}", args.url))?;
+        sockets.push(ws);
+    }
+    eprintln!("running for {:?} …", args.duration);
+    let cpu = CpuMeter::start(&args.probe);
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let mut h =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    if futures_util::SinkExt::send(&mut ws, Message::Text("ping".into()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(Message::Text(t))) if t.as_str() == "pong" => break,
+                            Some(Ok(_)) => continue,
+                            _ => return h,
+                        }
+                    }
+                    let _ = h.record((sent.elapsed().as_micros() as u64).max(1));
+                }
+                h
+            })
+        })
+        .collect();
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        all.add(&t.await?).ok();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let (server_cpu, my_cpu) = cpu.finish(&args.probe);
+    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
+    let rate = all.len() as f64 / secs;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "conns": args.conns, "round_trips": all.len(), "round_trips_per_sec": rate.round(),
+                "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": all.max() as f64 / 1000.0},
+                "server_cpu_percent": server_cpu, "generator_cpu_percent": my_cpu,
+            })
+        );
+    } else {
+        println!(
+            "pingpong: {} connections: {:.0} round trips/s; latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
+            args.conns, rate, ms(0.5), ms(0.99), ms(0.999)
+        );
+        println!("{}", cpu_line(server_cpu, my_cpu));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct IdleArgs {
+    /// WebSocket URL (raw mode; add ?channel=… to subscribe every connection)
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws?channel=idle")]
+    url: String,
+    /// Connections to open and hold
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    /// How long to hold them (heartbeats are answered meanwhile)
+    #[arg(long, default_value = "10s", value_parser = units::duration)]
+    hold: Duration,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    probe: ServerProbe,
+    /// Internal: run as one worker process of a larger run
+    #[arg(long, hide = true)]
+    worker_offset: Option<usize>,
+}
+
+/// Connections one process holds at most (the open-files limit here is 20,000).
+const PER_PROCESS: usize = 15_000;
+
+/// Open `n` connections, spreading loopback source addresses over 127.0.0.2–251 so that more
+/// than one address's ~28k ephemeral ports are available.
+async fn open_idle(
+    url: &str,
+    n: usize,
+    offset: usize,
+) -> Result<(Vec<tokio::task::JoinHandle<bool>>, usize)> {
+    let parsed: tokio_tungstenite::tungstenite::http::Uri = url.parse().context("bad --url")?;
+    let host = parsed.host().unwrap_or("127.0.0.1").to_owned();
+    let port = parsed.port_u16().unwrap_or(80);
+    let target: std::net::SocketAddr = tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .next()
+        .context("cannot resolve the --url host")?;
+    let loopback = target.ip().is_loopback() && target.is_ipv4();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut handles = Vec::with_capacity(n);
+    let failed = Arc::new(AtomicU64::new(0));
+    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel::<bool>(n.max(1));
+    for i in 0..n {
+        let (url, semaphore, opened, failed) =
+            (url.to_owned(), semaphore.clone(), opened_tx.clone(), failed.clone());
+        let source =
+            loopback.then(|| std::net::Ipv4Addr::new(127, 0, 0, 2 + ((offset + i) % 250) as u8));
+        handles.push(tokio::spawn(async move {
+            let permit = semaphore.acquire_owned().await;
+            let socket = tokio::net::TcpSocket::new_v4();
+            let connected = async {
+                let socket = socket.ok()?;
+                if let Some(ip) = source {
+                    socket.bind((ip, 0).into()).ok()?;
+                }
+                let stream = socket.connect(target).await.ok()?;
+                tokio_tungstenite::client_async(url.as_str(), stream).await.ok().map(|(ws, _)| ws)
+            }
+            .await;
+            drop(permit);
+            let Some(mut ws) = connected else {
+                failed.fetch_add(1, Ordering::Relaxed);
+                let _ = opened.send(false).await;
+                return false;
+            };
+            let _ = opened.send(true).await;
+            // Hold: read (which answers the server's pings) until the connection ends.
+            while let Some(Ok(_)) = ws.next().await {}
+            true
+        }));
+    }
+    drop(opened_tx);
+    let mut connected = 0;
+    for _ in 0..n {
+        if let Some(true) = opened_rx.recv().await {
+            connected += 1;
+        }
+    }
+    Ok((handles, connected))
+}
+
+async fn idle(args: IdleArgs) -> Result<ExitCode> {
+    if let Some(offset) = args.worker_offset {
+        // A worker: connect, report, hold, report drops.
+        let started = Instant::now();
+        let (handles, connected) = open_idle(&args.url, args.conns, offset).await?;
+        println!("READY {connected} {:.3}", started.elapsed().as_secs_f64());
+        tokio::time::sleep(args.hold).await;
+        let drops = handles.iter().filter(|h| h.is_finished()).count() - (args.conns - connected);
+        println!("DONE {drops}");
+        std::process::exit(0);
+    }
+    let before = args.probe.rss();
+    eprintln!("opening {} connections to {} …", args.conns, args.url);
+    let started = Instant::now();
+    let (connected, connect_secs, held);
+    if args.conns <= PER_PROCESS {
+        let (handles, n) = open_idle(&args.url, args.conns, 0).await?;
+        connect_secs = started.elapsed().as_secs_f64();
+        connected = n;
+        eprintln!("{n} connected in {connect_secs:.2} s; holding for {:?} …", args.hold);
+        let rss = args.probe.rss();
+        tokio::time::sleep(args.hold).await;
+        let drops = handles.iter().filter(|h| h.is_finished()).count() - (args.conns - n);
+        held = (rss, drops);
+    } else {
+        // Several worker processes, each below the open-files limit.
+        let exe =
+            std::env::current_exe().context("cannot find this executable to start workers")?;
+        let mut workers = Vec::new();
+        let mut left = args.conns;
+        let mut offset = 0;
+        while left > 0 {
+            let share = left.min(PER_PROCESS);
+            let child = tokio::process::Command::new(&exe)
+                .args(["bench", "idle", "--url", &args.url, "--conns", &share.to_string()])
+                .args([
+                    "--hold",
+                    &format!("{}ms", args.hold.as_millis()),
+                    "--worker-offset",
+                    &offset.to_string(),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start a worker process")?;
+            workers.push(child);
+            left -= share;
+            offset += share;
+        }
+        let mut lines = Vec::new();
+        let mut n = 0;
+        for w in &mut workers {
+            let out = w.stdout.take().context("worker stdout")?;
+            let mut reader = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out));
+            let line = reader.next_line().await?.context("a worker exited before connecting")?;
+            n += line.split_whitespace().nth(1).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+            lines.push(reader);
+        }
+        connect_secs = started.elapsed().as_secs_f64();
+        connected = n;
+        eprintln!(
+            "{n} connected by {} workers in {connect_secs:.2} s; holding for {:?} …",
+            workers.len(),
+            args.hold
+        );
+        let rss = args.probe.rss();
+        let mut drops = 0;
+        for reader in &mut lines {
+            if let Some(line) = reader.next_line().await? {
+                drops += line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        held = (rss, drops);
+    }
+    let (rss, drops) = held;
+    let per_conn = match (before, rss) {
+        (Some(b), Some(a)) if connected > 0 => Some((a - b) / connected as f64),
+        _ => None,
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "conns": args.conns, "connected": connected, "connect_secs": connect_secs,
+                "connects_per_sec": (connected as f64 / connect_secs).round(), "drops": drops,
+                "server_rss_bytes_per_conn": per_conn,
+            })
+        );
+    } else {
+        println!(
+            "idle: {connected}/{} connected in {connect_secs:.2} s ({:.0}/s); {drops} dropped while held; server memory per connection: {}",
+            args.conns,
+            connected as f64 / connect_secs,
+            per_conn.map(|b| format!("{b:.0} bytes")).unwrap_or_else(|| "unknown (pass --server-pid or --metrics-url)".into())
+        );
+    }
+    Ok(if connected == args.conns && drops == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }

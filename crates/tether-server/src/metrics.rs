@@ -53,6 +53,7 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     pub recoveries: Family<OutcomeLabels, Counter>,
     pub resident_memory: Gauge,
+    pub cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -86,6 +87,7 @@ impl Metrics {
             subscriptions: Gauge::default(),
             recoveries: Family::default(),
             resident_memory: Gauge::default(),
+            cpu_seconds: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().expect("metrics registry lock");
@@ -172,6 +174,11 @@ impl Metrics {
                 m.recoveries.clone(),
             );
             t.register(
+                "process_cpu_seconds",
+                "CPU time (user + system) used by the gateway process",
+                m.cpu_seconds.clone(),
+            );
+            t.register(
                 "process_resident_memory_bytes",
                 "Resident memory of the gateway process",
                 m.resident_memory.clone(),
@@ -184,6 +191,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         if let Some(rss) = resident_memory_bytes() {
             self.resident_memory.set(rss as i64);
+        }
+        if let Some(cpu) = cpu_seconds("self") {
+            self.cpu_seconds.set(cpu);
         }
         let mut out = String::new();
         let registry = self.registry.lock().expect("metrics registry lock");
@@ -213,6 +223,15 @@ pub fn close_code_label(code: tether_core::CloseCode) -> std::borrow::Cow<'stati
         4000..=4999 => "4xxx",
         _ => "other",
     })
+}
+
+/// CPU time (user + system) of a process (`self` or a pid), from `/proc/PID/stat` (Linux).
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0) // USER_HZ is 100 on Linux
 }
 
 /// Resident set size of this process, from `/proc/self/statm` (Linux). `None` elsewhere.
