@@ -81,6 +81,10 @@ pub trait Broker: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
+/// Most publications one recovery replays; a client further behind is told `recovered: false`
+/// (and refetches its state) rather than being sent an unbounded replay.
+pub const MAX_REPLAY: u64 = 10_000;
+
 /// The history policy for a channel: the first matching rule.
 pub fn history_policy(rules: &[HistoryRule], channel: &str) -> Option<HistoryPolicy> {
     rules
@@ -188,6 +192,9 @@ impl Broker for MemoryBroker {
             let position = entry.stream.position();
             let (recovered, publications) = match since {
                 None => (None, Vec::new()),
+                Some(since) if position.offset.saturating_sub(since.offset) > MAX_REPLAY => {
+                    (Some(false), Vec::new())
+                }
                 Some(since) => match entry.stream.recover(since, Instant::now()) {
                     Recovery::Recovered(publications) => (Some(true), publications),
                     Recovery::NotRecovered => (Some(false), Vec::new()),
@@ -271,6 +278,30 @@ mod tests {
         now(b.publish("chat:x", &raw("1"))).unwrap();
         b.maintain();
         assert_eq!(b.stream_count(), 1, "a stream with history stays");
+    }
+
+    #[test]
+    fn a_replay_longer_than_max_replay_is_not_attempted() {
+        let rules = vec![HistoryRule {
+            pattern: ChannelPattern::new("*"),
+            size: 20_000,
+            ttl: Duration::from_secs(60),
+        }];
+        let b = MemoryBroker::new(Arc::new(Hub::new(Arc::default())), rules, 10);
+        let epoch = now(b.publish("c", &raw("0"))).unwrap().epoch.to_string();
+        for _ in 0..MAX_REPLAY {
+            now(b.publish("c", &raw("1"))).unwrap();
+        }
+        let far = StreamPosition { epoch: epoch.clone(), offset: 0 };
+        let h = now(b.history("c", Some(&far))).unwrap();
+        assert_eq!(
+            (h.recovered, h.publications.len()),
+            (Some(false), 0),
+            "{} behind",
+            MAX_REPLAY + 1
+        );
+        let near = StreamPosition { epoch, offset: 1 };
+        assert_eq!(now(b.history("c", Some(&near))).unwrap().publications.len() as u64, MAX_REPLAY);
     }
 
     #[test]

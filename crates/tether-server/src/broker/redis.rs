@@ -337,6 +337,7 @@ impl Broker for RedisBroker {
                 .arg(ttl.as_millis() as u64)
                 .arg(from)
                 .arg(self.run_id())
+                .arg(super::MAX_REPLAY)
                 .invoke_async(&mut self.commands.clone())
                 .await
                 .map_err(Self::unavailable)?;

@@ -52,17 +52,22 @@ redis.call('PUBLISH', ARGV[5], offset .. ' ' .. epoch .. ' ' .. ARGV[1])
 return {epoch, tonumber(offset)}
 "#;
 
-/// KEYS: state, history. ARGV: epoch candidate, state ttl ms, history ttl ms (0: none),
-/// first offset wanted (0: none), Redis run_id. Returns {epoch, top, entries}.
+/// KEYS: state, history. ARGV: (unused), state ttl ms, history ttl ms (0: none), first offset
+/// wanted (0: none), Redis run_id, most entries to return. Returns {epoch, top, entries}.
+/// Reading never creates state: a subscribe to a channel nobody published to costs Redis nothing
+/// (epoch "" and top 0 until the first publish).
 pub const HISTORY: &str = r#"
-local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[5])
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if (not epoch) or redis.call('HGET', KEYS[1], 'run') ~= ARGV[5] then
+  return {'', 0, {}}
+end
 local top = tonumber(redis.call('HGET', KEYS[1], 'top') or '0')
 local ttl = tonumber(ARGV[3])
 if ttl > 0 then trim(KEYS[2], ttl, now_ms()) end
 local from = tonumber(ARGV[4])
 local entries = {}
 if from > 0 and from <= top then
-  entries = redis.call('XRANGE', KEYS[2], string.format('%d', from) .. '-0', '+')
+  entries = redis.call('XRANGE', KEYS[2], string.format('%d', from) .. '-0', '+', 'COUNT', ARGV[6])
 end
 return {epoch, top, entries}
 "#;
