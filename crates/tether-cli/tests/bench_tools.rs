@@ -71,3 +71,23 @@ fn fanout_pingpong_and_idle_report_sane_figures() {
     assert!(i["server_rss_bytes_per_conn"].as_f64().is_some(), "{i}");
     assert_eq!(server.metric("tether_connections_accepted_total{mode=\"raw\"}"), 5.0 + 2.0 + 200.0);
 }
+
+#[test]
+fn storm_restarts_its_own_server_and_counts_everyone_back() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s = bench(&[
+        "storm",
+        "--conns",
+        "50",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--backoff-initial",
+        "200ms",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(s["back"].as_u64(), Some(50), "{s}");
+    let all = s["seconds_to_100_percent"].as_f64().unwrap();
+    assert!(s["seconds_to_99_percent"].as_f64().unwrap() <= all && all < 20.0, "{s}");
+    assert!(s["peak_reconnects_per_sec"].as_u64().unwrap() > 0, "{s}");
+}
