@@ -5,6 +5,7 @@
 //! timestamp. It reports deliveries per second, delivery latency percentiles, and lost and
 //! duplicated messages per subscriber — so that one run compares two setups as a ratio.
 
+use crate::probe::ServerProbe;
 use crate::units;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -26,61 +27,6 @@ pub enum BenchCommand {
     Idle(IdleArgs),
     /// Reconnect storm: N reconnecting clients, the server killed and restarted; time until 99% / 100% are back.
     Storm(StormArgs),
-}
-
-/// Where to read the server's CPU and memory: its pid, or its /metrics.
-#[derive(Args, Debug, Clone)]
-pub struct ServerProbe {
-    /// The server's pid, to read CPU and memory from /proc (works for any server)
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// The server's Prometheus endpoint (Tether's process_cpu_seconds / process_resident_memory_bytes)
-    #[arg(long)]
-    metrics_url: Option<String>,
-}
-
-impl ServerProbe {
-    fn metric(&self, name: &str) -> Option<f64> {
-        let url = self.metrics_url.as_ref()?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .into();
-        let text = agent.get(url).call().ok()?.body_mut().read_to_string().ok()?;
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
-            .rsplit(' ')
-            .next()?
-            .parse()
-            .ok()
-    }
-
-    /// Server CPU seconds so far.
-    fn cpu(&self) -> Option<f64> {
-        match self.server_pid {
-            Some(pid) => tether_server::metrics::cpu_seconds(&pid.to_string()),
-            None => self.metric("process_cpu_seconds"),
-        }
-    }
-
-    /// Server resident memory in bytes.
-    fn rss(&self) -> Option<f64> {
-        match self.server_pid {
-            Some(pid) => {
-                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-                let kb: f64 = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))?
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .ok()?;
-                Some(kb * 1024.0)
-            }
-            None => self.metric("process_resident_memory_bytes"),
-        }
-    }
 }
 
 /// CPU use of the server and of this load generator over a phase, as % of one core.

@@ -8,6 +8,7 @@
 
 mod bench;
 mod connect;
+mod probe;
 mod publish;
 mod serve;
 mod soak;

@@ -8,6 +8,7 @@
 //! the last cycle with the memory after the first, and fits a slope across cycles; growth beyond
 //! the threshold exits non-zero. A table goes to stdout, a chart of memory over time to `--chart`.
 
+use crate::probe::ServerProbe;
 use crate::units;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -44,53 +45,6 @@ pub struct SoakArgs {
     json: bool,
 }
 
-struct Probe {
-    base: String,
-    pid: Option<u32>,
-    agent: ureq::Agent,
-}
-
-impl Probe {
-    fn metrics(&self) -> Result<String> {
-        let url = format!("{}/metrics", self.base);
-        let mut resp = self.agent.get(&url).call().with_context(|| format!("cannot read {url}"))?;
-        Ok(resp.body_mut().read_to_string()?)
-    }
-
-    fn metric(text: &str, name: &str) -> Option<f64> {
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
-            .rsplit(' ')
-            .next()?
-            .parse()
-            .ok()
-    }
-
-    /// Resident memory in bytes.
-    fn rss(&self) -> Result<u64> {
-        if let Some(pid) = self.pid {
-            let status =
-                std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| {
-                    format!("cannot read /proc/{pid}/status; is --server-pid right?")
-                })?;
-            let kb: u64 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .context("no VmRSS in /proc status")?;
-            return Ok(kb * 1024);
-        }
-        Self::metric(&self.metrics()?, "process_resident_memory_bytes").map(|v| v as u64).context(
-            "the server's /metrics has no process_resident_memory_bytes; pass --server-pid",
-        )
-    }
-
-    /// Open connections as the server reports them (None for servers without the metric).
-    fn open_connections(&self) -> Option<f64> {
-        Self::metric(&self.metrics().ok()?, "tether_connections_open")
-    }
-}
-
 fn ws_url(base: &str) -> String {
     let rest = base
         .strip_prefix("http://")
@@ -100,7 +54,13 @@ fn ws_url(base: &str) -> String {
 }
 
 /// One cycle: connect, exchange, disconnect (half clean, half abrupt).
-async fn cycle(url: &str, probe: &Probe, conns: usize, publish_url: &str, n: usize) -> Result<()> {
+async fn cycle(
+    url: &str,
+    agent: &ureq::Agent,
+    conns: usize,
+    publish_url: &str,
+    n: usize,
+) -> Result<()> {
     let mut sockets = Vec::with_capacity(conns);
     for _ in 0..conns {
         let (ws, _) = tokio_tungstenite::connect_async(url)
@@ -112,7 +72,7 @@ async fn cycle(url: &str, probe: &Probe, conns: usize, publish_url: &str, n: usi
         ws.send(Message::Text("ping".into())).await?;
     }
     let body = format!(r#"{{"channel":"soak","data":"cycle {n}"}}"#);
-    let agent = probe.agent.clone();
+    let agent = agent.clone();
     let publish_url = publish_url.to_owned();
     tokio::task::spawn_blocking(move || {
         agent.post(&publish_url).header("content-type", "application/json").send(&body)
@@ -146,35 +106,35 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
         bail!("--conns must be at least 1 and --cycles at least 2 (the verdict compares first and last)");
     }
     let base = args.server.trim_end_matches('/').to_owned();
-    let probe = Probe {
-        base: base.clone(),
-        pid: args.server_pid,
-        agent: ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into(),
+    let probe =
+        ServerProbe { server_pid: args.server_pid, metrics_url: Some(format!("{base}/metrics")) };
+    let rss = || -> Result<f64> {
+        probe.rss().context("cannot read the server's memory: no process_resident_memory_bytes in its /metrics; pass --server-pid")
     };
+    let open_connections = || probe.metric("tether_connections_open");
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
     let url = ws_url(&base);
     let publish_url = format!("{base}/api/publish");
-    let baseline_open = probe.open_connections().unwrap_or(0.0);
+    let baseline_open = open_connections().unwrap_or(0.0);
     let started = Instant::now();
-    let mut timeline: Vec<(f64, f64)> = vec![(0.0, probe.rss()? as f64)];
+    let mut timeline: Vec<(f64, f64)> = vec![(0.0, rss()?)];
     let mut after_cycle: Vec<u64> = Vec::with_capacity(args.cycles);
     eprintln!("soak: {} cycles × {} connections against {url}", args.cycles, args.conns);
     for n in 1..=args.cycles {
-        let work = cycle(&url, &probe, args.conns, &publish_url, n);
+        let work = cycle(&url, &agent, args.conns, &publish_url, n);
         tokio::pin!(work);
         // Sample memory every second while the cycle runs.
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 r = &mut work => { r?; break; }
-                _ = tick.tick() => timeline.push((started.elapsed().as_secs_f64(), probe.rss()? as f64)),
+                _ = tick.tick() => timeline.push((started.elapsed().as_secs_f64(), rss()?)),
             }
         }
         // Wait until the server has let every connection of the cycle go.
         let deadline = Instant::now() + args.settle_timeout;
-        while probe.open_connections().is_some_and(|open| open > baseline_open) {
+        while open_connections().is_some_and(|open| open > baseline_open) {
             if Instant::now() > deadline {
                 bail!(
                     "the server still reports open connections {:?} after cycle {n}",
@@ -183,7 +143,7 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let rss = probe.rss()?;
+        let rss = rss()? as u64;
         timeline.push((started.elapsed().as_secs_f64(), rss as f64));
         after_cycle.push(rss);
         eprintln!("  cycle {n:>3}/{}: server RSS {:.1} MiB", args.cycles, rss as f64 / 1048576.0);
@@ -267,6 +227,5 @@ mod tests {
         assert_eq!(slope_per_cycle(&[10, 10, 10]), 0.0);
         assert!((slope_per_cycle(&[10, 20, 30]) - 10.0).abs() < 1e-9);
         assert_eq!(ws_url("http://127.0.0.1:8080/"), "ws://127.0.0.1:8080/ws?channel=soak");
-        assert_eq!(Probe::metric("a_b 3\na 5\n", "a"), Some(5.0));
     }
 }

@@ -8,19 +8,6 @@ use tether_client::Event;
 
 const T: Duration = Duration::from_secs(10);
 
-/// Collect publications until `count` have arrived; returns their (offset, data) pairs.
-async fn publications(events: &mut tether_client::Events, count: usize) -> Vec<(u64, String)> {
-    let mut got = Vec::new();
-    while got.len() < count {
-        if let Event::Publication { offset, data, .. } =
-            next_event(events, T, "publication", |e| matches!(e, Event::Publication { .. })).await
-        {
-            got.push((offset, data.get().to_owned()));
-        }
-    }
-    got
-}
-
 async fn resubscribed(events: &mut tether_client::Events) -> Option<bool> {
     match next_event(events, T, "resubscribe", |e| {
         matches!(e, Event::Subscribed { resubscribe: true, .. })

@@ -8,18 +8,6 @@ use tether_client::Event;
 
 const T: Duration = Duration::from_secs(10);
 
-async fn publications(events: &mut tether_client::Events, count: usize) -> Vec<(u64, String)> {
-    let mut got = Vec::new();
-    while got.len() < count {
-        if let Event::Publication { offset, data, .. } =
-            next_event(events, T, "publication", |e| matches!(e, Event::Publication { .. })).await
-        {
-            got.push((offset, data.get().to_owned()));
-        }
-    }
-    got
-}
-
 fn node(redis: &Redis) -> Server {
     Server::start(&["--broker", &redis.url(), "--history", "chat:*=1000/5m"])
 }

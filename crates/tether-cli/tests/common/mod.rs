@@ -444,3 +444,19 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .map(|d| PathBuf::from(d).join(name))
         .find(|p| p.is_file())
 }
+
+/// Collect publications until `count` have arrived; returns their (offset, data) pairs.
+pub async fn publications(events: &mut tether_client::Events, count: usize) -> Vec<(u64, String)> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        if let tether_client::Event::Publication { offset, data, .. } =
+            next_event(events, Duration::from_secs(10), "publication", |e| {
+                matches!(e, tether_client::Event::Publication { .. })
+            })
+            .await
+        {
+            got.push((offset, data.get().to_owned()));
+        }
+    }
+    got
+}
