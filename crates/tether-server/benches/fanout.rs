@@ -4,8 +4,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::value::RawValue;
 use std::sync::Arc;
-use tether_server::hub::{Hub, Mode, Subscriber};
-use tokio::sync::mpsc;
+use tether_server::hub::{Hub, Mode, OutboundQueue, Subscriber};
 
 fn fanout(c: &mut Criterion) {
     let data = RawValue::from_string(format!(r#"{{"text":"{}"}}"#, "x".repeat(1000))).unwrap();
@@ -15,13 +14,13 @@ fn fanout(c: &mut Criterion) {
         let hub = Hub::new(Arc::default());
         let mut receivers = Vec::with_capacity(n);
         for id in 0..n {
-            let (tx, rx) = mpsc::channel(1 << 16);
+            let queue = Arc::new(OutboundQueue::new(1 << 16));
             hub.subscribe(
                 "c",
                 id as u64,
-                Subscriber { tx, signals: Arc::default(), mode: Mode::Json },
+                Subscriber { queue: queue.clone(), signals: Arc::default(), mode: Mode::Json },
             );
-            receivers.push(rx);
+            receivers.push(queue);
         }
         group.throughput(Throughput::Elements(n as u64));
         let mut offset = 0;
@@ -30,8 +29,8 @@ fn fanout(c: &mut Criterion) {
                 offset += 1;
                 let delivered = hub.publish("c", &epoch, offset, &data);
                 // Drain so queues never fill; the drain is part of what a connection does anyway.
-                for rx in &mut receivers {
-                    while rx.try_recv().is_ok() {}
+                for queue in &receivers {
+                    while queue.pop().is_some() {}
                 }
                 delivered
             })

@@ -9,7 +9,7 @@
 //! which is logged once and counted once.
 
 use crate::gateway::Shared;
-use crate::hub::{ConnId, ConnSignals, Mode, Outbound, Subscriber, Tag};
+use crate::hub::{ConnId, ConnSignals, Mode, Outbound, OutboundQueue, Subscriber, Tag};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
@@ -26,7 +26,6 @@ use tether_core::heartbeat::{Action, Heartbeat};
 use tether_core::protocol::{
     ClientCommand, Disconnect, ErrorBody, ErrorCode, ReplyResult, ServerMessage,
 };
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WireCode;
@@ -87,7 +86,7 @@ pub(crate) struct Connection {
     /// Subscribed channels, each with the last publication delivered on it.
     subscriptions: HashMap<String, Watermark>,
     signals: Arc<ConnSignals>,
-    tx: mpsc::Sender<Outbound>,
+    queue: Arc<OutboundQueue>,
 }
 
 impl Connection {
@@ -100,14 +99,14 @@ impl Connection {
         channels: Vec<String>,
     ) {
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel(shared.config.outbound_queue);
+        let queue = Arc::new(OutboundQueue::new(shared.config.outbound_queue));
         let mut conn = Connection {
             id,
             mode,
             shared: shared.clone(),
             subscriptions: HashMap::new(),
             signals: Arc::default(),
-            tx,
+            queue: queue.clone(),
         };
         let opened = Instant::now();
         shared.metrics.connections_open.inc();
@@ -122,7 +121,8 @@ impl Connection {
             let _ = conn.subscribe(&channel);
         }
 
-        let ending = conn.run(&mut ws, &mut rx).await;
+        let ending = conn.run(&mut ws, &queue).await;
+        queue.close();
         drop(ws); // aborts the TCP connection now if the ending was not a clean close
 
         for channel in std::mem::take(&mut conn.subscriptions).into_keys() {
@@ -152,7 +152,7 @@ impl Connection {
         );
     }
 
-    async fn run(&mut self, ws: &mut Ws, rx: &mut mpsc::Receiver<Outbound>) -> Ending {
+    async fn run(&mut self, ws: &mut Ws, queue: &OutboundQueue) -> Ending {
         let cfg = &self.shared.config;
         let mut heartbeat =
             Heartbeat::new(cfg.ping_interval, cfg.pong_timeout, Instant::now().into_std());
@@ -230,8 +230,8 @@ impl Connection {
                         None => return Ending::network("connection ended without a close frame"),
                     }
                 }
-                Some(out) = rx.recv() => {
-                    match self.write_batch(ws, out, rx).await {
+                out = queue.next() => {
+                    match self.write_batch(ws, out, queue).await {
                         Err(e) => return self.write_failed(e),
                         Ok(false) => {}
                         Ok(true) if signals.overflowed.load(Ordering::Relaxed) => {
@@ -292,7 +292,7 @@ impl Connection {
     /// Queue a reply. Replies share the outbound queue with publications, so the order the peer
     /// sees is the order things happened.
     async fn enqueue(&mut self, ws: &mut Ws, reply: Message) -> Option<Ending> {
-        match self.tx.try_send(Outbound::reply(reply)) {
+        match self.queue.push(Outbound::reply(reply)) {
             Ok(()) => None,
             Err(_) => {
                 self.shared.metrics.slow_consumers.inc();
@@ -367,8 +367,11 @@ impl Connection {
                 ),
             ));
         }
-        let sub =
-            Subscriber { tx: self.tx.clone(), signals: self.signals.clone(), mode: self.mode };
+        let sub = Subscriber {
+            queue: self.queue.clone(),
+            signals: self.signals.clone(),
+            mode: self.mode,
+        };
         self.shared.hub.subscribe(channel, self.id, sub);
         self.subscriptions.insert(channel.to_owned(), Watermark::default());
         Ok(ReplyResult::default())
@@ -673,7 +676,7 @@ impl Connection {
         &mut self,
         ws: &mut Ws,
         first: Outbound,
-        rx: &mut mpsc::Receiver<Outbound>,
+        queue: &OutboundQueue,
     ) -> Result<bool, WriteFailed> {
         let mut frames = Vec::with_capacity(8);
         let mut next = Some(first);
@@ -688,7 +691,7 @@ impl Connection {
                 }
             }
             if frames.len() < WRITE_BATCH {
-                next = rx.try_recv().ok();
+                next = queue.pop();
             }
         }
         if frames.is_empty() {

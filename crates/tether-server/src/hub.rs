@@ -13,12 +13,13 @@
 use crate::metrics::Metrics;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tether_core::codec;
 use tether_core::protocol::ServerMessage;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Identifies a connection within this process.
@@ -62,6 +63,74 @@ impl Outbound {
     }
 }
 
+/// A connection's bounded outbound queue. Lighter than a tokio mpsc channel (which allocates a
+/// block of 32 slots per connection up front): an idle queue holds no allocation at all, and the
+/// memory a burst needed is released once the queue drains.
+pub struct OutboundQueue {
+    items: Mutex<VecDeque<Outbound>>,
+    capacity: usize,
+    closed: AtomicBool,
+    ready: Notify,
+}
+
+/// Why a push was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    Full,
+    Closed,
+}
+
+impl OutboundQueue {
+    pub fn new(capacity: usize) -> Self {
+        OutboundQueue {
+            items: Mutex::new(VecDeque::new()),
+            capacity,
+            closed: AtomicBool::new(false),
+            ready: Notify::new(),
+        }
+    }
+
+    pub fn push(&self, item: Outbound) -> Result<(), PushError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PushError::Closed);
+        }
+        {
+            let mut items = self.items.lock().expect("outbound queue lock");
+            if items.len() >= self.capacity {
+                return Err(PushError::Full);
+            }
+            items.push_back(item);
+        }
+        // A permit is stored when nobody waits, so a push never goes unnoticed.
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    pub fn pop(&self) -> Option<Outbound> {
+        let mut items = self.items.lock().expect("outbound queue lock");
+        let item = items.pop_front();
+        if items.is_empty() && items.capacity() > 16 {
+            items.shrink_to_fit();
+        }
+        item
+    }
+
+    /// The next item, waiting for one if the queue is empty.
+    pub async fn next(&self) -> Outbound {
+        loop {
+            if let Some(item) = self.pop() {
+                return item;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Refuse further pushes (the connection is ending).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
 /// State shared between a connection task and the hub.
 #[derive(Default)]
 pub struct ConnSignals {
@@ -73,7 +142,7 @@ pub struct ConnSignals {
 /// The hub's handle on one subscribed connection.
 #[derive(Clone)]
 pub struct Subscriber {
-    pub tx: mpsc::Sender<Outbound>,
+    pub queue: Arc<OutboundQueue>,
     pub signals: Arc<ConnSignals>,
     pub mode: Mode,
 }
@@ -158,14 +227,14 @@ impl Hub {
             let frame =
                 slot.get_or_insert_with(|| render(sub.mode, channel, epoch, offset, data)).clone();
             let tag = Tag { channel: name.clone(), epoch: epoch.clone(), offset };
-            match sub.tx.try_send(Outbound { frame: Message::Text(frame), tag: Some(tag) }) {
+            match sub.queue.push(Outbound { frame: Message::Text(frame), tag: Some(tag) }) {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(PushError::Full) => {
                     sub.signals.overflowed.store(true, Ordering::Relaxed);
                     sub.signals.wake.notify_one();
                 }
                 // The connection is ending; it unsubscribes itself on the way out.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(PushError::Closed) => {}
             }
         }
         self.metrics.deliveries.inc_by(delivered);
@@ -192,9 +261,18 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn sub(mode: Mode, cap: usize) -> (Subscriber, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(cap);
-        (Subscriber { tx, signals: Arc::default(), mode }, rx)
+    /// A subscriber and its queue (the test plays the connection's side).
+    struct Rx(Arc<OutboundQueue>);
+
+    impl Rx {
+        fn try_recv(&mut self) -> Option<Outbound> {
+            self.0.pop()
+        }
+    }
+
+    fn sub(mode: Mode, cap: usize) -> (Subscriber, Rx) {
+        let queue = Arc::new(OutboundQueue::new(cap));
+        (Subscriber { queue: queue.clone(), signals: Arc::default(), mode }, Rx(queue))
     }
 
     fn data(s: &str) -> Box<RawValue> {
