@@ -89,6 +89,18 @@ pub(crate) struct Connection {
     queue: Arc<OutboundQueue>,
 }
 
+impl Drop for Connection {
+    /// Leave the hub whatever way the task ends — normally, by a panic, or cancelled — so that no
+    /// subscriber entry outlives its connection.
+    fn drop(&mut self) {
+        self.queue.close();
+        for channel in std::mem::take(&mut self.subscriptions).into_keys() {
+            self.shared.hub.unsubscribe(&channel, self.id);
+        }
+        self.shared.metrics.connections_open.dec();
+    }
+}
+
 impl Connection {
     /// Serve an upgraded socket until it ends, then unsubscribe, log and count the ending.
     pub(crate) async fn serve(
@@ -100,6 +112,7 @@ impl Connection {
     ) {
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(OutboundQueue::new(shared.config.outbound_queue));
+        shared.metrics.connections_open.inc(); // decremented by `Drop for Connection`
         let mut conn = Connection {
             id,
             mode,
@@ -109,7 +122,6 @@ impl Connection {
             queue: queue.clone(),
         };
         let opened = Instant::now();
-        shared.metrics.connections_open.inc();
         shared
             .metrics
             .connections_accepted
@@ -122,14 +134,9 @@ impl Connection {
         }
 
         let ending = conn.run(&mut ws, &queue).await;
-        queue.close();
         drop(ws); // aborts the TCP connection now if the ending was not a clean close
-
-        for channel in std::mem::take(&mut conn.subscriptions).into_keys() {
-            shared.hub.unsubscribe(&channel, id);
-        }
+        drop(conn); // leaves the hub (see `Drop for Connection`)
         let m = &shared.metrics;
-        m.connections_open.dec();
         let code_label = crate::metrics::close_code_label(ending.code);
         m.connections_closed
             .get_or_create(&crate::metrics::CloseLabels {
