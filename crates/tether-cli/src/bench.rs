@@ -53,6 +53,20 @@ impl CpuMeter {
     }
 }
 
+/// A progress bar on stderr for a long phase (drawn only when stderr is a terminal).
+pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>12} [{bar:40}] {pos}/{len} {elapsed_precise}",
+        )
+        .expect("a valid progress template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
 fn cpu_line(server: Option<f64>, me: Option<f64>) -> String {
     let f = |v: Option<f64>| {
         v.map(|v| format!("{v:.0}%"))
@@ -208,6 +222,7 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
             .into();
         let start = Instant::now();
         let mut failures = 0;
+        let bar = progress(total, "publishing");
         for seq in 1..=total {
             // Fixed schedule: message `seq` is due at start + seq/rate (no drift, no bursts).
             let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
@@ -223,10 +238,9 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
                 Ok(r) if r.status().is_success() => {}
                 _ => failures += 1,
             }
-            if seq % rate as u64 == 0 {
-                eprintln!("  {:>5.1} s: published {seq}/{total}", start.elapsed().as_secs_f64());
-            }
+            bar.inc(1);
         }
+        bar.finish_and_clear();
         Ok(failures)
     });
     let publish_started = Instant::now();
@@ -446,11 +460,14 @@ async fn open_idle(
     }
     drop(opened_tx);
     let mut connected = 0;
+    let bar = progress(n as u64, "connecting");
     for _ in 0..n {
         if let Some(true) = opened_rx.recv().await {
             connected += 1;
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     Ok((handles, connected))
 }
 
@@ -658,6 +675,7 @@ async fn storm(args: StormArgs) -> Result<ExitCode> {
     }
     let mut back = std::collections::HashSet::new();
     let mut times = Vec::with_capacity(args.conns);
+    let bar = progress(args.conns as u64, "back");
     while back.len() < args.conns {
         match tokio::time::timeout_at((restarted_at + args.timeout).into(), opened_rx.recv()).await
         {
@@ -665,18 +683,12 @@ async fn storm(args: StormArgs) -> Result<ExitCode> {
                 if back.insert(i) {
                     times.push(at.duration_since(restarted_at).as_secs_f64());
                 }
-                if back.len() % (args.conns / 10).max(1) == 0 {
-                    eprintln!(
-                        "  {:>6.2} s: {}/{} back",
-                        restarted_at.elapsed().as_secs_f64(),
-                        back.len(),
-                        args.conns
-                    );
-                }
+                bar.set_position(back.len() as u64);
             }
             _ => break,
         }
     }
+    bar.finish_and_clear();
     times.sort_by(|a, b| a.total_cmp(b));
     let at = |fraction: f64| -> Option<f64> {
         let need = ((args.conns as f64) * fraction).ceil() as usize;

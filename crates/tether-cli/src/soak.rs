@@ -121,6 +121,7 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
     let mut timeline: Vec<(f64, f64)> = vec![(0.0, rss()?)];
     let mut after_cycle: Vec<u64> = Vec::with_capacity(args.cycles);
     eprintln!("soak: {} cycles × {} connections against {url}", args.cycles, args.conns);
+    let bar = crate::bench::progress(args.cycles as u64, "cycles");
     for n in 1..=args.cycles {
         let work = cycle(&url, &agent, args.conns, &publish_url, n);
         tokio::pin!(work);
@@ -146,8 +147,10 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
         let rss = rss()? as u64;
         timeline.push((started.elapsed().as_secs_f64(), rss as f64));
         after_cycle.push(rss);
-        eprintln!("  cycle {n:>3}/{}: server RSS {:.1} MiB", args.cycles, rss as f64 / 1048576.0);
+        bar.inc(1);
+        bar.set_message(format!("{:.1} MiB", rss as f64 / 1048576.0));
     }
+    bar.finish_and_clear();
     let first = after_cycle[0] as f64;
     let last = *after_cycle.last().expect("at least two cycles") as f64;
     let growth = (last - first) / first * 100.0;
