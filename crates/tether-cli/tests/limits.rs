@@ -117,3 +117,33 @@ async fn an_idle_connection_costs_little_server_memory() {
     eprintln!("server memory per idle connection: {:.1} KB", per_conn / 1000.0);
     assert!(per_conn < 12_000.0, "{per_conn} bytes per idle connection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_publication_does_not_stay_resident_in_every_connection() {
+    // tungstenite keeps its write buffer's capacity after a flush; unfragmented, one 200 KB
+    // publication to N subscribers leaves N × 200 KB behind for good.
+    const N: usize = 300;
+    let server = Server::start(&["--max-message-size", "256KiB"]);
+    let mut conns = Vec::with_capacity(N);
+    for _ in 0..N {
+        let (ws, _) = connect_async(server.ws_url("?channel=big")).await.unwrap();
+        conns.push(ws);
+    }
+    assert!(wait_until(T, || server.metric("tether_subscriptions") == N as f64));
+    let before = server.metric("process_resident_memory_bytes");
+    let payload = "x".repeat(200 * 1024);
+    server.publish("big", &format!("\"{payload}\""));
+    for ws in &mut conns {
+        match tokio::time::timeout(T, ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => assert_eq!(t.len(), payload.len()),
+            other => panic!("{other:?}"),
+        }
+    }
+    let grown = server.metric("process_resident_memory_bytes") - before;
+    eprintln!("resident after one 200 KB publication to {N}: +{:.1} MB", grown / 1e6);
+    assert!(
+        grown < (N * 60 * 1024) as f64,
+        "{grown} bytes stayed resident (unfragmented: ~{} MB)",
+        N * 200 / 1000
+    );
+}
