@@ -197,7 +197,7 @@ impl Connection {
         loop {
             let wake_at = match heartbeat.poll(Instant::now().into_std()) {
                 Action::SendPing => {
-                    if let Err(e) = self.write(ws, Message::Ping(Bytes::new())).await {
+                    if let Err(e) = self.write_frames(ws, vec![Message::Ping(Bytes::new())]).await {
                         return self.write_failed(e);
                     }
                     continue;
@@ -482,23 +482,7 @@ impl Connection {
         if let Some(w) = self.subscriptions.get_mut(&channel) {
             *w = Watermark { epoch: Some(epoch), offset: top };
         }
-        let n = frames.len() as u64;
-        let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
-        let write = async {
-            for frame in frames.into_iter().flat_map(fragments) {
-                ws.feed(frame).await?;
-            }
-            ws.flush().await
-        };
-        match tokio::time::timeout(self.shared.config.write_timeout, write).await {
-            Ok(Ok(())) => {
-                self.shared.metrics.messages_out.inc_by(n);
-                self.shared.metrics.bytes_out.inc_by(bytes);
-                None
-            }
-            Ok(Err(e)) => Some(self.write_failed(WriteFailed::Transport(e))),
-            Err(_) => Some(self.write_failed(WriteFailed::TimedOut)),
-        }
+        self.write_frames(ws, frames).await.err().map(|e| self.write_failed(e))
     }
 
     /// Whether a queued item goes out. Publications already delivered (by a recovery replay) or
@@ -685,17 +669,23 @@ impl Connection {
         Ending { code, reason: reason.to_owned(), initiator: Initiator::Server, was_clean }
     }
 
-    async fn write(&self, ws: &mut Ws, msg: Message) -> Result<(), WriteFailed> {
-        let len = msg.len() as u64;
-        let is_data = msg.is_text() || msg.is_binary();
-        match tokio::time::timeout(self.shared.config.write_timeout, ws.send(msg)).await {
+    /// Write frames (large ones as fragments) and flush once, within `write_timeout`; counts
+    /// the data messages among them.
+    async fn write_frames(&self, ws: &mut Ws, frames: Vec<Message>) -> Result<(), WriteFailed> {
+        let data = frames.iter().filter(|f| f.is_text() || f.is_binary());
+        let (n, bytes) = data.fold((0u64, 0u64), |(n, b), f| (n + 1, b + f.len() as u64));
+        let write = async {
+            for frame in frames.into_iter().flat_map(fragments) {
+                ws.feed(frame).await?;
+            }
+            ws.flush().await
+        };
+        match tokio::time::timeout(self.shared.config.write_timeout, write).await {
             Err(_) => Err(WriteFailed::TimedOut),
             Ok(Err(e)) => Err(WriteFailed::Transport(e)),
             Ok(Ok(())) => {
-                if is_data {
-                    self.shared.metrics.messages_out.inc();
-                    self.shared.metrics.bytes_out.inc_by(len);
-                }
+                self.shared.metrics.messages_out.inc_by(n);
+                self.shared.metrics.bytes_out.inc_by(bytes);
                 Ok(())
             }
         }
@@ -734,21 +724,7 @@ impl Connection {
         if frames.is_empty() {
             return Ok(gap);
         }
-        let (n, bytes) = (frames.len() as u64, frames.iter().map(|f| f.len() as u64).sum::<u64>());
-        let write = async {
-            for frame in frames.into_iter().flat_map(fragments) {
-                ws.feed(frame).await?;
-            }
-            ws.flush().await
-        };
-        match tokio::time::timeout(self.shared.config.write_timeout, write).await {
-            Err(_) => Err(WriteFailed::TimedOut),
-            Ok(Err(e)) => Err(WriteFailed::Transport(e)),
-            Ok(Ok(())) => {
-                self.shared.metrics.messages_out.inc_by(n);
-                self.shared.metrics.bytes_out.inc_by(bytes);
-                Ok(gap)
-            }
-        }
+        self.write_frames(ws, frames).await?;
+        Ok(gap)
     }
 }

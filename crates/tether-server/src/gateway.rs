@@ -37,8 +37,8 @@ pub(crate) struct Shared {
     pub next_conn_id: AtomicU64,
     /// Figures for the dashboard beyond the Prometheus counters.
     pub stats: Arc<crate::stats::Stats>,
-    /// Set once the dashboard sampler task runs.
-    pub feed_started: std::sync::atomic::AtomicBool,
+    /// Set once the background tasks (broker housekeeping, dashboard sampler) run.
+    pub background_started: std::sync::atomic::AtomicBool,
 }
 
 /// A Tether gateway. Cheap to clone; all clones are the same gateway.
@@ -151,7 +151,7 @@ impl Gateway {
                 tracker: TaskTracker::new(),
                 next_conn_id: AtomicU64::new(1),
                 stats: Arc::default(),
-                feed_started: Default::default(),
+                background_started: Default::default(),
             }),
         }
     }
@@ -203,16 +203,25 @@ impl Gateway {
     pub fn start_background(&self) {
         use std::sync::atomic::Ordering;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        if self.shared.feed_started.swap(true, Ordering::AcqRel) {
+        if self.shared.background_started.swap(true, Ordering::AcqRel) {
             return;
         }
         runtime.spawn(crate::stats::run_sampler(
             self.shared.metrics.clone(),
             self.shared.stats.clone(),
             self.shared.hub.clone(),
-            self.shared.broker.clone(),
             self.shared.shutdown.clone(),
         ));
+        let (broker, stop) = (self.shared.broker.clone(), self.shared.shutdown.clone());
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => broker.maintain(),
+                }
+            }
+        });
     }
 
     /// Publish from the host application (what `POST /api/publish` calls).

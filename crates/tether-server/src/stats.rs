@@ -134,7 +134,6 @@ pub async fn run_sampler(
     metrics: Arc<Metrics>,
     stats: Arc<Stats>,
     hub: Arc<Hub>,
-    broker: Arc<dyn crate::broker::Broker>,
     stop: CancellationToken,
 ) {
     // The dashboard channel is the node's own: its stream lives here, not in the broker.
@@ -150,7 +149,6 @@ pub async fn run_sampler(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        broker.maintain();
         let now = Instant::now();
         let total = messages();
         let elapsed = now.duration_since(last_at).as_secs_f64().max(1e-3);
