@@ -18,11 +18,7 @@ pub struct ServerProbe {
 impl ServerProbe {
     pub fn metric(&self, name: &str) -> Option<f64> {
         let url = self.metrics_url.as_ref()?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(5)))
-            .build()
-            .into();
-        let text = agent.get(url).call().ok()?.body_mut().read_to_string().ok()?;
+        let text = agent().get(url).call().ok()?.body_mut().read_to_string().ok()?;
         text.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
             .rsplit(' ')
@@ -57,4 +53,12 @@ impl ServerProbe {
             None => self.metric("process_resident_memory_bytes"),
         }
     }
+}
+
+/// One HTTP agent for every probe (keep-alive: soak polls /metrics many times a second).
+fn agent() -> &'static ureq::Agent {
+    static AGENT: std::sync::OnceLock<ureq::Agent> = std::sync::OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into()
+    })
 }
