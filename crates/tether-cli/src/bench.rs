@@ -477,13 +477,38 @@ async fn open_idle(
     Ok((handles, connected))
 }
 
+/// Wait `hold`, with a progress bar when it is long enough to wonder.
+async fn hold_with_progress(hold: Duration) {
+    let bar = if hold >= Duration::from_secs(5) {
+        let bar = indicatif::ProgressBar::new(hold.as_secs());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("holding {bar:30} {pos}/{len} s")
+                .expect("valid template"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let end = Instant::now() + hold;
+    while Instant::now() < end {
+        tokio::time::sleep((end - Instant::now()).min(Duration::from_secs(1))).await;
+        bar.set_position(hold.as_secs() - (end - Instant::now()).as_secs());
+    }
+    bar.finish_and_clear();
+}
+
 async fn idle(args: IdleArgs) -> Result<ExitCode> {
     if let Some(offset) = args.worker_offset {
-        // A worker: connect, report, hold, report drops.
+        // A worker: connect, report, hold until told to stop (a line on stdin), report drops.
         let started = Instant::now();
         let (handles, connected) = open_idle(&args.url, args.conns, offset).await?;
         println!("READY {connected} {:.3}", started.elapsed().as_secs_f64());
-        tokio::time::sleep(args.hold).await;
+        let mut stop = String::new();
+        let _ = tokio::io::AsyncBufReadExt::read_line(
+            &mut tokio::io::BufReader::new(tokio::io::stdin()),
+            &mut stop,
+        )
+        .await;
         let drops = handles.iter().filter(|h| h.is_finished()).count() - (args.conns - connected);
         println!("DONE {drops}");
         std::process::exit(0);
@@ -498,9 +523,9 @@ async fn idle(args: IdleArgs) -> Result<ExitCode> {
         connected = n;
         eprintln!("{n} connected in {connect_secs:.2} s; holding for {:?} …", args.hold);
         let rss = args.probe.rss();
-        tokio::time::sleep(args.hold).await;
+        hold_with_progress(args.hold).await;
         let drops = handles.iter().filter(|h| h.is_finished()).count() - (args.conns - n);
-        held = (rss, drops);
+        held = (rss, args.probe.rss(), drops);
     } else {
         // Several worker processes, each below the open-files limit.
         let exe =
@@ -519,6 +544,7 @@ async fn idle(args: IdleArgs) -> Result<ExitCode> {
                     &offset.to_string(),
                 ])
                 .stdout(std::process::Stdio::piped())
+                .stdin(std::process::Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()
                 .context("cannot start a worker process")?;
@@ -543,6 +569,13 @@ async fn idle(args: IdleArgs) -> Result<ExitCode> {
             args.hold
         );
         let rss = args.probe.rss();
+        hold_with_progress(args.hold).await;
+        let rss_held = args.probe.rss();
+        for w in &mut workers {
+            if let Some(mut stdin) = w.stdin.take() {
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stdin, b"stop\n").await;
+            }
+        }
         let mut drops = 0;
         for reader in &mut lines {
             if let Some(line) = reader.next_line().await? {
@@ -553,13 +586,16 @@ async fn idle(args: IdleArgs) -> Result<ExitCode> {
                     .unwrap_or(0);
             }
         }
-        held = (rss, drops);
+        held = (rss, rss_held, drops);
     }
-    let (rss, drops) = held;
-    let per_conn = match (before, rss) {
+    let (rss_connected, rss_held, drops) = held;
+    let per = |rss: Option<f64>| match (before, rss) {
         (Some(b), Some(a)) if connected > 0 => Some((a - b) / connected as f64),
         _ => None,
     };
+    // The figure that matters is the steady state at the end of the hold (idle connections
+    // settled, heartbeats running); right after connecting is reported beside it.
+    let per_conn = per(rss_held);
     if args.json {
         println!(
             "{}",
@@ -567,6 +603,7 @@ async fn idle(args: IdleArgs) -> Result<ExitCode> {
                 "conns": args.conns, "connected": connected, "connect_secs": connect_secs,
                 "connects_per_sec": (connected as f64 / connect_secs).round(), "drops": drops,
                 "server_rss_bytes_per_conn": per_conn,
+                "server_rss_bytes_per_conn_after_connect": per(rss_connected),
             })
         );
     } else {

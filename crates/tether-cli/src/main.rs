@@ -83,3 +83,13 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc settings baked into the binary: a background thread returns freed pages to the OS
+/// after a second, so that resident memory follows what connections actually hold (parked
+/// connections free their WebSocket buffers; see docs/decisions/0007).
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";

@@ -15,11 +15,7 @@ fn fanout(c: &mut Criterion) {
         let mut receivers = Vec::with_capacity(n);
         for id in 0..n {
             let queue = Arc::new(OutboundQueue::new(1 << 16));
-            hub.subscribe(
-                "c",
-                id as u64,
-                Subscriber { queue: queue.clone(), signals: Arc::default(), mode: Mode::Json },
-            );
+            hub.subscribe("c", id as u64, Subscriber { queue: queue.clone(), mode: Mode::Json });
             receivers.push(queue);
         }
         group.throughput(Throughput::Elements(n as u64));

@@ -1,23 +1,32 @@
 //! One WebSocket connection, from the upgraded socket to its logged end.
 //!
-//! A single task per connection owns the socket and selects over: the shutdown signal, the
-//! slow-consumer signal, the heartbeat timer, inbound frames, and the bounded outbound queue that
-//! the hub fills. Protocol decisions come from `tether-core` (codec, heartbeat, close codes);
-//! this file only moves frames and enforces time limits.
+//! A single task per connection owns the socket. While active it selects over: the shutdown
+//! signal, a backplane resync, the heartbeat timer, inbound frames, and its mailbox (the bounded
+//! outbound queue the hub fills, which also carries the slow-consumer flag). Protocol decisions
+//! come from `tether-core` (codec, heartbeat, close codes); this file only moves frames and
+//! enforces time limits.
+//!
+//! A connection with nothing in flight for `park_after` **parks**: the WebSocket state, its
+//! buffers, the timer and the select's futures are dropped (they live in one boxed future that
+//! exists only while active), and the task waits on just the socket's readiness and its mailbox;
+//! its next heartbeat is kept by the shared timer of the parking lot. Anything — a byte from the
+//! peer, a publication, a due heartbeat, shutdown — makes it active again. This is what makes an
+//! idle connection cost well under a kilobyte (see docs/performance.md).
 //!
 //! Every way a connection can end produces one [`Ending`] — code, reason, initiator, wasClean —
 //! which is logged once and counted once.
 
 use crate::gateway::Shared;
-use crate::hub::{ConnId, ConnSignals, Mode, Outbound, OutboundQueue, Subscriber, Tag};
+use crate::hub::{ConnId, Mode, Outbound, OutboundQueue, Subscriber, Tag};
+use crate::transport::Transport;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tether_core::channel;
 use tether_core::close_code::{CloseCode, Initiator, RetryAdvice};
@@ -26,14 +35,25 @@ use tether_core::heartbeat::{Action, Heartbeat};
 use tether_core::protocol::{
     ClientCommand, Disconnect, ErrorBody, ErrorCode, ReplyResult, ServerMessage,
 };
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WireCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-pub(crate) type Ws = WebSocketStream<TokioIo<Upgraded>>;
+pub(crate) type Ws = WebSocketStream<Transport>;
+
+/// How an active phase ended.
+enum Phase {
+    Ended(Ending),
+    /// Nothing in flight for a while: park until `wake_at` (the heartbeat) or anything else.
+    Idle {
+        transport: Transport,
+        wake_at: Instant,
+    },
+}
 
 /// The last publication delivered on a subscribed channel (see `Connection::admit`).
 #[derive(Default)]
@@ -66,6 +86,52 @@ fn fragments(msg: Message) -> Vec<Message> {
             Message::Frame(Frame::message(chunk, code, i + 1 == count))
         })
         .collect()
+}
+
+/// A connection's subscriptions: a sorted vector rather than a hash map, because most
+/// connections hold one or a few (a one-entry `HashMap` allocates ~220 bytes, this 48), and a
+/// binary search stays fast up to `max_subscriptions`.
+#[derive(Default)]
+struct Subscriptions(Vec<(Box<str>, Watermark)>);
+
+impl Subscriptions {
+    fn find(&self, channel: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(c, _)| (**c).cmp(channel))
+    }
+    fn contains(&self, channel: &str) -> bool {
+        self.find(channel).is_ok()
+    }
+    fn get_mut(&mut self, channel: &str) -> Option<&mut Watermark> {
+        self.find(channel).ok().map(|i| &mut self.0[i].1)
+    }
+    /// Returns false when already present.
+    fn insert(&mut self, channel: &str) -> bool {
+        match self.find(channel) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, (channel.into(), Watermark::default()));
+                true
+            }
+        }
+    }
+    fn remove(&mut self, channel: &str) -> bool {
+        match self.find(channel) {
+            Ok(i) => {
+                self.0.remove(i);
+                if self.0.capacity() > 4 * self.0.len().max(1) {
+                    self.0.shrink_to_fit();
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn take_channels(&mut self) -> impl Iterator<Item = Box<str>> {
+        std::mem::take(&mut self.0).into_iter().map(|(c, _)| c)
+    }
 }
 
 /// What to do with a queued item (see `Connection::admit`).
@@ -110,9 +176,14 @@ pub(crate) struct Connection {
     pub mode: Mode,
     shared: Arc<Shared>,
     /// Subscribed channels, each with the last publication delivered on it.
-    subscriptions: HashMap<String, Watermark>,
-    signals: Arc<ConnSignals>,
+    subscriptions: Subscriptions,
+    /// The mailbox: outbound queue, overflow flag, waker, parked deadline.
     queue: Arc<OutboundQueue>,
+    /// This connection's place in the parking lot.
+    lot_key: usize,
+    peer: Option<SocketAddr>,
+    opened: Instant,
+    _held: Held,
 }
 
 impl Drop for Connection {
@@ -120,48 +191,195 @@ impl Drop for Connection {
     /// subscriber entry outlives its connection.
     fn drop(&mut self) {
         self.queue.close();
-        for channel in std::mem::take(&mut self.subscriptions).into_keys() {
+        self.shared.parking.unregister(self.lot_key);
+        for channel in self.subscriptions.take_channels() {
             self.shared.hub.unsubscribe(&channel, self.id);
         }
         self.shared.metrics.connections_open.dec();
     }
 }
 
-impl Connection {
-    /// Serve an upgraded socket until it ends, then unsubscribe, log and count the ending.
-    pub(crate) async fn serve(
+/// The task of one connection. Written by hand rather than as one `async fn` so that what a
+/// parked connection keeps is exactly [`Parked`]: an async fn's state is the union of all its
+/// await points (and keeps moved-from arguments), which measured ~2 KB per connection. Active
+/// phases run as a boxed future that exists only while the connection is active.
+pub(crate) struct ConnectionTask {
+    state: TaskState,
+}
+
+// The large variant is the point: a parked connection is held inline, in the task itself.
+#[allow(clippy::large_enum_variant)]
+enum TaskState {
+    /// Upgrading, or active: returns the parked connection, or `None` once it has ended.
+    Running(Pin<Box<dyn Future<Output = Option<Parked>> + Send>>),
+    Parked(Parked),
+    Done,
+}
+
+/// All a parked connection holds.
+pub(crate) struct Parked {
+    conn: Connection,
+    transport: Transport,
+    heartbeat: Heartbeat,
+    resync: watch::Receiver<u64>,
+    /// When the heartbeat is next due (also written into the mailbox for the shared timer).
+    wake_at: Instant,
+}
+
+impl ConnectionTask {
+    /// The task for a handshake just answered with 101: wait for hyper's upgrade, then serve.
+    pub(crate) fn new(
         shared: Arc<Shared>,
-        mut ws: Ws,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+        held: Held,
         peer: Option<SocketAddr>,
         mode: Mode,
         channels: Vec<String>,
-    ) {
+    ) -> Self {
+        let start = async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(peer = ?peer, error = %e, "upgrade did not complete");
+                    return None;
+                }
+            };
+            Some(Connection::open(shared, Transport::new(upgraded), held, peer, mode, channels))
+        };
+        ConnectionTask { state: TaskState::Running(Box::pin(start)) }
+    }
+}
+
+impl Future for ConnectionTask {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        loop {
+            match &mut self.state {
+                TaskState::Running(phase) => match phase.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => {
+                        self.state = TaskState::Done;
+                        return Poll::Ready(());
+                    }
+                    Poll::Ready(Some(parked)) => {
+                        parked.conn.shared.metrics.connections_parked.inc();
+                        let lot = &parked.conn.shared.parking;
+                        lot.ensure_timer();
+                        parked.conn.queue.set_deadline(lot.ticks(parked.wake_at));
+                        self.state = TaskState::Parked(parked);
+                    }
+                },
+                TaskState::Parked(parked) => {
+                    if parked.poll_wake(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let TaskState::Parked(parked) =
+                        std::mem::replace(&mut self.state, TaskState::Done)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    parked.conn.shared.metrics.connections_parked.dec();
+                    parked.conn.queue.set_deadline(u64::MAX);
+                    self.state = TaskState::Running(Box::pin(parked.resume()));
+                }
+                TaskState::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+impl Parked {
+    /// Ready when the socket is readable (data, end, error), the mailbox has something, the
+    /// heartbeat is due, or shutdown/resync began. Registers the task's waker with the mailbox
+    /// (which the hub, the shared timer and shutdown wake) and with the socket.
+    fn poll_wake(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let shared = &self.conn.shared;
+        if self.conn.queue.poll_ready(cx).is_ready()
+            || Instant::now() >= self.wake_at
+            || shared.shutdown.is_cancelled()
+            || self.resync.has_changed().unwrap_or(false)
+            || self.transport.poll_activity(cx).is_ready()
+        {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Run active again until the connection parks again (`Some`) or ends (`None`, logged).
+    async fn resume(self) -> Option<Parked> {
+        let Parked { mut conn, transport, mut heartbeat, mut resync, .. } = self;
+        match conn.active(transport, &mut heartbeat, &mut resync).await {
+            Phase::Ended(ending) => {
+                conn.finish(ending);
+                None
+            }
+            Phase::Idle { transport, wake_at } => {
+                Some(Parked { conn, transport, heartbeat, resync, wake_at })
+            }
+        }
+    }
+}
+
+/// What a connection holds on to for the gateway until it ends.
+#[allow(dead_code)] // held for their Drop
+pub(crate) struct Held {
+    /// Its connection slot (`max_connections`).
+    pub slot: tokio::sync::OwnedSemaphorePermit,
+    /// Taken before the shutdown check, so that shutdown waits for a handshake racing it.
+    pub tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+impl Connection {
+    /// A connection on an upgraded socket: registered, subscribed to its `?channel=`s, and
+    /// parked with its first heartbeat due now (so the task activates it right away).
+    fn open(
+        shared: Arc<Shared>,
+        transport: Transport,
+        held: Held,
+        peer: Option<SocketAddr>,
+        mode: Mode,
+        channels: Vec<String>,
+    ) -> Parked {
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(OutboundQueue::new(shared.config.outbound_queue));
         shared.metrics.connections_open.inc(); // decremented by `Drop for Connection`
-        let mut conn = Connection {
-            id,
-            mode,
-            shared: shared.clone(),
-            subscriptions: HashMap::new(),
-            signals: Arc::default(),
-            queue: queue.clone(),
-        };
-        let opened = Instant::now();
+        let lot_key = shared.parking.register(queue.clone());
         shared
             .metrics
             .connections_accepted
             .get_or_create(&crate::metrics::ModeLabels { mode: mode.as_str() })
             .inc();
         tracing::debug!(conn = id, peer = ?peer, mode = mode.as_str(), "connection open");
+        let now = Instant::now();
+        let cfg = &shared.config;
+        let heartbeat = Heartbeat::new(cfg.ping_interval, cfg.pong_timeout, now.into_std());
+        let resync = shared.resync.subscribe();
+        let mut conn = Connection {
+            id,
+            mode,
+            shared,
+            subscriptions: Subscriptions::default(),
+            queue,
+            lot_key,
+            peer,
+            opened: now,
+            _held: held,
+        };
         for channel in channels {
             // Validated at the handshake; a duplicate `?channel=` is simply ignored here.
             let _ = conn.subscribe(&channel);
         }
+        Parked { conn, transport, heartbeat, resync, wake_at: now }
+    }
 
-        let ending = conn.run(&mut ws, &queue).await;
-        drop(ws); // aborts the TCP connection now if the ending was not a clean close
-        drop(conn); // leaves the hub (see `Drop for Connection`)
+    /// The connection has ended (its socket is closed or aborted): leave the hub, count and
+    /// log the ending.
+    fn finish(self, ending: Ending) {
+        let (shared, id, peer, mode, opened) =
+            (self.shared.clone(), self.id, self.peer, self.mode, self.opened);
+        drop(self); // leaves the hub (see `Drop for Connection`)
         let m = &shared.metrics;
         let code_label = crate::metrics::close_code_label(ending.code);
         m.connections_closed
@@ -185,39 +403,72 @@ impl Connection {
         );
     }
 
-    async fn run(&mut self, ws: &mut Ws, queue: &OutboundQueue) -> Ending {
-        let cfg = &self.shared.config;
-        let mut heartbeat =
-            Heartbeat::new(cfg.ping_interval, cfg.pong_timeout, Instant::now().into_std());
+    /// One active phase: a WebSocket over `transport` until the connection ends or idles.
+    async fn active(
+        &mut self,
+        transport: Transport,
+        heartbeat: &mut Heartbeat,
+        resync: &mut watch::Receiver<u64>,
+    ) -> Phase {
+        let mut ws =
+            WebSocketStream::from_raw_socket(transport, Role::Server, Some(self.shared.ws_config))
+                .await;
+        // Dropping `ws` on the way out aborts the TCP connection if the ending was not a clean close.
+        match self.active_loop(&mut ws, heartbeat, resync).await {
+            Some(ending) => Phase::Ended(ending),
+            None => {
+                let wake_at = match heartbeat.poll(Instant::now().into_std()) {
+                    Action::Wait(at) => Instant::from_std(at),
+                    _ => Instant::now(),
+                };
+                Phase::Idle { transport: ws.into_inner(), wake_at }
+            }
+        }
+    }
+
+    /// The select loop. `None`: idle with nothing in flight, time to park.
+    async fn active_loop(
+        &mut self,
+        ws: &mut Ws,
+        heartbeat: &mut Heartbeat,
+        resync: &mut watch::Receiver<u64>,
+    ) -> Option<Ending> {
+        let queue = self.queue.clone();
+        let park_after = self.shared.park_after;
+        let mut last_activity = Instant::now();
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         let shutdown = self.shared.shutdown.clone();
-        let mut resync = self.shared.resync.subscribe();
-        let signals = self.signals.clone();
         loop {
             let wake_at = match heartbeat.poll(Instant::now().into_std()) {
                 Action::SendPing => {
                     if let Err(e) = self.write_frames(ws, vec![Message::Ping(Bytes::new())]).await {
-                        return self.write_failed(e);
+                        return Some(self.write_failed(e));
                     }
                     continue;
                 }
                 Action::PeerDead => {
                     self.shared.metrics.heartbeat_timeouts.inc();
-                    return Ending {
+                    return Some(Ending {
                         code: CloseCode::HEARTBEAT_TIMEOUT,
                         reason: "heartbeat timeout".into(),
                         initiator: Initiator::Server,
                         was_clean: false,
-                    };
+                    });
                 }
-                Action::Wait(at) => at,
+                Action::Wait(at) => Instant::from_std(at),
             };
-            sleep.as_mut().reset(Instant::from_std(wake_at));
+            // Park when nothing happened for `park_after` and nothing is half-done: no partial
+            // frame or message read, nothing queued (writes are always flushed by now).
+            let parkable = ws.get_ref().can_park() && queue.is_empty() && !queue.overflowed();
+            let park_at = last_activity + park_after;
+            if parkable && Instant::now() >= park_at {
+                return None;
+            }
+            sleep.as_mut().reset(if parkable { wake_at.min(park_at) } else { wake_at });
             // The rarely taken or heavy branches below are boxed: an async fn's state is as large
-            // as its largest await point, and every idle connection would otherwise carry the
-            // state of a closing handshake or a recovery replay (measured: 9.2 -> 4.3 KB per
-            // idle connection).
+            // as its largest await point, and every active connection would otherwise carry the
+            // state of a closing handshake or a recovery replay.
             // Not `biased`: a peer that floods us must not starve its own outbound queue, and a
             // busy queue must not stop us reading (its pongs are its proof of life).
             tokio::select! {
@@ -228,22 +479,17 @@ impl Connection {
                         }
                         crate::config::ShutdownClose::GoingAway => (CloseCode::GOING_AWAY, None),
                     };
-                    return Box::pin(self.close(ws, code, "server shutting down", hint, false)).await;
+                    return Some(Box::pin(self.close(ws, code, "server shutting down", hint, false)).await);
                 }
                 Ok(()) = resync.changed() => {
                     // The broker's live feed had a hole: have the client resubscribe and recover.
                     let hint = Some(self.shared.config.restart_retry_hint);
-                    return Box::pin(self.close(ws, CloseCode::SERVICE_RESTART, "message backplane reconnected: resubscribe to recover", hint, false)).await;
-                }
-                _ = signals.wake.notified() => {
-                    if signals.overflowed.load(Ordering::Relaxed) {
-                        self.shared.metrics.slow_consumers.inc();
-                        return Box::pin(self.close(ws, CloseCode::SLOW_CONSUMER, "slow consumer: outbound queue full", None, false)).await;
-                    }
+                    return Some(Box::pin(self.close(ws, CloseCode::SERVICE_RESTART, "message backplane reconnected: resubscribe to recover", hint, false)).await);
                 }
                 _ = &mut sleep => {}
                 inbound = ws.next() => {
-                    heartbeat.on_inbound(Instant::now().into_std());
+                    last_activity = Instant::now();
+                    heartbeat.on_inbound(last_activity.into_std());
                     match inbound {
                         Some(Ok(Message::Pong(_))) => {
                             if let Some(rtt) = heartbeat.on_pong(Instant::now().into_std()) {
@@ -254,31 +500,32 @@ impl Connection {
                         Some(Ok(Message::Ping(_))) => {
                             // tungstenite queued the pong; push it out now, not with the next write.
                             if let Err(e) = self.flush(ws).await {
-                                return self.write_failed(e);
+                                return Some(self.write_failed(e));
                             }
                         }
-                        Some(Ok(Message::Close(frame))) => return Box::pin(self.peer_closed(ws, frame)).await,
+                        Some(Ok(Message::Close(frame))) => return Some(Box::pin(self.peer_closed(ws, frame)).await),
                         Some(Ok(msg)) => {
                             if let Some(ending) = Box::pin(self.on_message(ws, msg)).await {
-                                return ending;
+                                return Some(ending);
                             }
                         }
-                        Some(Err(e)) => return Box::pin(self.read_failed(ws, e)).await,
-                        None => return Ending::network("connection ended without a close frame"),
+                        Some(Err(e)) => return Some(Box::pin(self.read_failed(ws, e)).await),
+                        None => return Some(Ending::network("connection ended without a close frame")),
                     }
                 }
                 out = queue.next() => {
-                    match Box::pin(self.write_batch(ws, out, queue)).await {
-                        Err(e) => return self.write_failed(e),
+                    last_activity = Instant::now();
+                    match Box::pin(self.write_batch(ws, out, &queue)).await {
+                        Err(e) => return Some(self.write_failed(e)),
                         Ok(false) => {}
-                        Ok(true) if signals.overflowed.load(Ordering::Relaxed) => {
+                        Ok(true) if queue.overflowed() => {
                             self.shared.metrics.slow_consumers.inc();
-                            return Box::pin(self.close(ws, CloseCode::SLOW_CONSUMER, "slow consumer: outbound queue full", None, false)).await;
+                            return Some(Box::pin(self.close(ws, CloseCode::SLOW_CONSUMER, "slow consumer: outbound queue full", None, false)).await);
                         }
                         Ok(true) => {
                             tracing::warn!(conn = self.id, "a publication is missing from the live feed; asking the client to recover");
                             let hint = Some(self.shared.config.restart_retry_hint);
-                            return Box::pin(self.close(ws, CloseCode::SERVICE_RESTART, "gap in the live feed: resubscribe to recover", hint, false)).await;
+                            return Some(Box::pin(self.close(ws, CloseCode::SERVICE_RESTART, "gap in the live feed: resubscribe to recover", hint, false)).await);
                         }
                     }
                 }
@@ -367,7 +614,7 @@ impl Connection {
             ClientCommand::Ping { .. } => Ok(ReplyResult::default()),
             ClientCommand::Subscribe { channel, .. } => self.subscribe(&channel),
             ClientCommand::Unsubscribe { channel, .. } => {
-                if self.subscriptions.remove(&channel).is_some() {
+                if self.subscriptions.remove(&channel) {
                     self.shared.hub.unsubscribe(&channel, self.id);
                     Ok(ReplyResult::default())
                 } else {
@@ -389,7 +636,7 @@ impl Connection {
         let cfg = &self.shared.config;
         channel::validate(channel, cfg.max_channel_name_len)
             .map_err(|e| ErrorBody::new(ErrorCode::BadChannel, e.to_string()))?;
-        if self.subscriptions.contains_key(channel) {
+        if self.subscriptions.contains(channel) {
             return Err(ErrorBody::new(
                 ErrorCode::AlreadySubscribed,
                 format!("already subscribed to `{channel}`"),
@@ -404,13 +651,9 @@ impl Connection {
                 ),
             ));
         }
-        let sub = Subscriber {
-            queue: self.queue.clone(),
-            signals: self.signals.clone(),
-            mode: self.mode,
-        };
+        let sub = Subscriber { queue: self.queue.clone(), mode: self.mode };
         self.shared.hub.subscribe(channel, self.id, sub);
-        self.subscriptions.insert(channel.to_owned(), Watermark::default());
+        self.subscriptions.insert(channel);
         Ok(ReplyResult::default())
     }
 
@@ -492,10 +735,10 @@ impl Connection {
     /// the client's position would jump over the hole and a later recovery would miss it.
     fn admit(&mut self, tag: Option<&Tag>) -> Admission {
         let Some(tag) = tag else { return Admission::Send };
-        if self.signals.overflowed.load(Ordering::Relaxed) {
+        if self.queue.overflowed() {
             return Admission::Gap;
         }
-        let Some(w) = self.subscriptions.get_mut(&*tag.channel) else { return Admission::Skip };
+        let Some(w) = self.subscriptions.get_mut(&tag.channel) else { return Admission::Skip };
         if w.epoch.as_deref() == Some(&*tag.epoch) {
             if tag.offset <= w.offset {
                 return Admission::Skip;

@@ -30,6 +30,10 @@ pub(crate) struct Shared {
     /// Bumped when the broker's live feed was interrupted (a Redis pub/sub link restored):
     /// every connection closes with 1012 so that its client resubscribes and recovers.
     pub resync: watch::Sender<u64>,
+    /// How long a connection must be idle before it parks (see `connection.rs`).
+    pub park_after: std::time::Duration,
+    /// Where idle connections wait; also how shutdown and resync reach every connection.
+    pub parking: Arc<crate::parking::ParkingLot>,
     /// Tracks connection tasks so shutdown can wait for them (they outlive the HTTP server).
     pub tracker: TaskTracker,
     /// One permit per open WebSocket connection.
@@ -92,7 +96,8 @@ impl Gateway {
         let broker =
             Arc::new(MemoryBroker::new(hub.clone(), config.history.clone(), config.max_channels));
         let (resync, _) = watch::channel(0);
-        Ok(Self::assemble(config, metrics, hub, broker, CancellationToken::new(), resync))
+        let parking = Self::parking_lot(&config);
+        Ok(Self::assemble(config, metrics, hub, broker, CancellationToken::new(), resync, parking))
     }
 
     /// A gateway with the broker `config.broker` names: `memory`, or a `redis://` URL (Redis
@@ -106,9 +111,13 @@ impl Gateway {
         let hub = Arc::new(Hub::new(metrics.clone()));
         let shutdown = CancellationToken::new();
         let (resync, _) = watch::channel(0u64);
+        let parking = Self::parking_lot(&config);
         let resync_hook = {
-            let resync = resync.clone();
-            Arc::new(move || resync.send_modify(|generation| *generation += 1))
+            let (resync, parking) = (resync.clone(), parking.clone());
+            Arc::new(move || {
+                resync.send_modify(|generation| *generation += 1);
+                parking.wake_all(); // parked connections do not watch `resync` themselves
+            })
         };
         let broker = crate::broker::redis::RedisBroker::connect(
             &config.broker,
@@ -119,7 +128,12 @@ impl Gateway {
             shutdown.clone(),
         )
         .await?;
-        Ok(Self::assemble(config, metrics, hub, broker, shutdown, resync))
+        Ok(Self::assemble(config, metrics, hub, broker, shutdown, resync, parking))
+    }
+
+    fn parking_lot(config: &GatewayConfig) -> Arc<crate::parking::ParkingLot> {
+        let tick = crate::parking::ParkingLot::tick_for(config.ping_interval, config.pong_timeout);
+        Arc::new(crate::parking::ParkingLot::new(tick))
     }
 
     fn assemble(
@@ -129,6 +143,7 @@ impl Gateway {
         broker: Arc<dyn Broker>,
         shutdown: CancellationToken,
         resync: watch::Sender<u64>,
+        parking: Arc<crate::parking::ParkingLot>,
     ) -> Gateway {
         let max = config.max_message_size.as_u64() as usize;
         let ws_config = WebSocketConfig::default()
@@ -138,6 +153,7 @@ impl Gateway {
             .max_write_buffer_size(max.max(64 * 1024) * 4)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
+        let park_after = (config.ping_interval / 2).min(std::time::Duration::from_secs(1));
         Gateway {
             shared: Arc::new(Shared {
                 connection_slots: Arc::new(Semaphore::new(config.max_connections)),
@@ -148,6 +164,10 @@ impl Gateway {
                 metrics,
                 shutdown,
                 resync,
+                parking,
+                // Long enough not to park and unpark between the messages of a busy connection,
+                // short enough that an idle one spends almost all its life parked.
+                park_after,
                 tracker: TaskTracker::new(),
                 next_conn_id: AtomicU64::new(1),
                 stats: Arc::default(),
@@ -253,6 +273,7 @@ impl Gateway {
     pub async fn shutdown(&self) -> DrainReport {
         let connections = self.open_connections();
         self.shared.shutdown.cancel();
+        self.shared.parking.wake_all(); // parked connections do not watch `shutdown` themselves
         self.shared.tracker.close();
         let drained =
             tokio::time::timeout(self.shared.config.drain_timeout, self.shared.tracker.wait())

@@ -11,15 +11,16 @@
 //! queue is full is flagged as a slow consumer and its connection task closes it (4001).
 
 use crate::metrics::Metrics;
+use futures_util::task::AtomicWaker;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use tether_core::codec;
 use tether_core::protocol::ServerMessage;
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Identifies a connection within this process.
@@ -63,14 +64,21 @@ impl Outbound {
     }
 }
 
-/// A connection's bounded outbound queue. Lighter than a tokio mpsc channel (which allocates a
-/// block of 32 slots per connection up front): an idle queue holds no allocation at all, and the
-/// memory a burst needed is released once the queue drains.
+/// A connection's mailbox: its bounded outbound queue, plus the signals the connection task
+/// must wake up for (a delivery found the queue full; a parked connection's heartbeat is due).
+/// Lighter than a tokio mpsc channel (which allocates a block of 32 slots per connection up
+/// front): an idle queue holds no allocation at all, the memory a burst needed is released once
+/// the queue drains, and a single waker slot serves both the running and the parked connection.
 pub struct OutboundQueue {
     items: Mutex<VecDeque<Outbound>>,
     capacity: usize,
     closed: AtomicBool,
-    ready: Notify,
+    /// Set when a delivery found the queue full: the connection closes as a slow consumer.
+    overflowed: AtomicBool,
+    /// While the connection is parked: when its heartbeat is next due, in the parking lot's
+    /// ticks (`u64::MAX`: not parked). Read by the lot's shared timer.
+    deadline: AtomicU64,
+    waker: AtomicWaker,
 }
 
 /// Why a push was refused.
@@ -86,7 +94,9 @@ impl OutboundQueue {
             items: Mutex::new(VecDeque::new()),
             capacity,
             closed: AtomicBool::new(false),
-            ready: Notify::new(),
+            overflowed: AtomicBool::new(false),
+            deadline: AtomicU64::new(u64::MAX),
+            waker: AtomicWaker::new(),
         }
     }
 
@@ -97,12 +107,14 @@ impl OutboundQueue {
         {
             let mut items = self.items.lock().expect("outbound queue lock");
             if items.len() >= self.capacity {
+                drop(items);
+                self.overflowed.store(true, Ordering::Release);
+                self.waker.wake();
                 return Err(PushError::Full);
             }
             items.push_back(item);
         }
-        // A permit is stored when nobody waits, so a push never goes unnoticed.
-        self.ready.notify_one();
+        self.waker.wake();
         Ok(())
     }
 
@@ -115,14 +127,52 @@ impl OutboundQueue {
         item
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.items.lock().expect("outbound queue lock").is_empty()
+    }
+
+    /// Whether a delivery was refused because the queue was full.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Ready when there is something to do: an item, or an overflow. Registers the task's waker
+    /// first, so a push racing this check is never missed.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.overflowed() || !self.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// The next item, waiting for one if the queue is empty.
     pub async fn next(&self) -> Outbound {
-        loop {
+        std::future::poll_fn(|cx| {
             if let Some(item) = self.pop() {
-                return item;
+                return Poll::Ready(item);
             }
-            self.ready.notified().await;
-        }
+            self.waker.register(cx.waker());
+            match self.pop() {
+                Some(item) => Poll::Ready(item),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Wake the connection task (shutdown, resync, its heartbeat is due).
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+
+    pub(crate) fn set_deadline(&self, ticks: u64) {
+        self.deadline.store(ticks, Ordering::Relaxed);
+    }
+
+    pub(crate) fn deadline(&self) -> u64 {
+        self.deadline.load(Ordering::Relaxed)
     }
 
     /// Refuse further pushes (the connection is ending).
@@ -131,19 +181,10 @@ impl OutboundQueue {
     }
 }
 
-/// State shared between a connection task and the hub.
-#[derive(Default)]
-pub struct ConnSignals {
-    /// Set when a delivery found the outbound queue full.
-    pub overflowed: AtomicBool,
-    pub wake: Notify,
-}
-
 /// The hub's handle on one subscribed connection.
 #[derive(Clone)]
 pub struct Subscriber {
     pub queue: Arc<OutboundQueue>,
-    pub signals: Arc<ConnSignals>,
     pub mode: Mode,
 }
 
@@ -229,10 +270,8 @@ impl Hub {
             let tag = Tag { channel: name.clone(), epoch: epoch.clone(), offset };
             match sub.queue.push(Outbound { frame: Message::Text(frame), tag: Some(tag) }) {
                 Ok(()) => delivered += 1,
-                Err(PushError::Full) => {
-                    sub.signals.overflowed.store(true, Ordering::Relaxed);
-                    sub.signals.wake.notify_one();
-                }
+                // Flagged and woken by `push`: the connection closes as a slow consumer.
+                Err(PushError::Full) => {}
                 // The connection is ending; it unsubscribes itself on the way out.
                 Err(PushError::Closed) => {}
             }
@@ -272,7 +311,7 @@ mod tests {
 
     fn sub(mode: Mode, cap: usize) -> (Subscriber, Rx) {
         let queue = Arc::new(OutboundQueue::new(cap));
-        (Subscriber { queue: queue.clone(), signals: Arc::default(), mode }, Rx(queue))
+        (Subscriber { queue: queue.clone(), mode }, Rx(queue))
     }
 
     fn data(s: &str) -> Box<RawValue> {
@@ -310,11 +349,11 @@ mod tests {
         let hub = Hub::new(Arc::default());
         let epoch: Arc<str> = Arc::from("e1");
         let (a, _ra) = sub(Mode::Raw, 1);
-        let signals = a.signals.clone();
+        let queue = a.queue.clone();
         hub.subscribe("c", 1, a);
         assert_eq!(hub.publish("c", &epoch, 1, &data("1")), 1);
         assert_eq!(hub.publish("c", &epoch, 2, &data("2")), 0);
-        assert!(signals.overflowed.load(Ordering::Relaxed));
+        assert!(queue.overflowed());
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`gateway`] — [`Gateway`]: owner of everything; routes, publishing, graceful shutdown.
 //! - `upgrade` — the HTTP → WebSocket handshake: subprotocol → mode, limits, refusals as JSON.
 //! - `connection` — one task per connection: heartbeat, commands, outbound queue, close diagnostics.
+//! - `transport` — the socket under a connection, and whether tungstenite holds a partial frame.
+//! - `parking` — where idle connections wait without WebSocket state or timers of their own.
 //! - [`hub`] — which connection listens to which channel; one-encode fan-out; slow-consumer flags.
 //! - [`broker`] — the [`Broker`] seam (in-memory now; Redis backplane later).
 //! - `api` — `POST /api/publish`, `GET /healthz`, `GET /metrics`.
@@ -26,8 +28,10 @@ mod connection;
 pub mod gateway;
 pub mod hub;
 pub mod metrics;
+mod parking;
 pub mod stats;
 pub mod svg_chart;
+mod transport;
 mod upgrade;
 mod web;
 

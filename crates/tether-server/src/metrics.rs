@@ -36,6 +36,7 @@ pub struct ModeLabels {
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub connections_open: Gauge,
+    pub connections_parked: Gauge,
     pub connections_accepted: Family<ModeLabels, Counter>,
     pub handshakes_refused: Family<ReasonLabels, Counter>,
     pub connections_closed: Family<CloseLabels, Counter>,
@@ -67,6 +68,7 @@ impl Metrics {
         let m = Metrics {
             registry: Mutex::new(Registry::default()),
             connections_open: Gauge::default(),
+            connections_parked: Gauge::default(),
             connections_accepted: Family::default(),
             handshakes_refused: Family::default(),
             connections_closed: Family::default(),
@@ -96,6 +98,11 @@ impl Metrics {
                 "tether_connections_open",
                 "Open WebSocket connections",
                 m.connections_open.clone(),
+            );
+            t.register(
+                "tether_connections_parked",
+                "Idle connections parked without WebSocket buffers (a subset of the open ones)",
+                m.connections_parked.clone(),
             );
             t.register(
                 "tether_connections_accepted",

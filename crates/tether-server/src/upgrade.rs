@@ -7,20 +7,17 @@
 //! typed errors (capacity, UTF-8, protocol) to the right close codes.
 
 use crate::api::json_error;
-use crate::connection::Connection;
+use crate::connection::ConnectionTask;
 use crate::gateway::Gateway;
 use crate::hub::Mode;
 use crate::metrics::ReasonLabels;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use tether_core::channel;
 use tether_core::defaults::SUBPROTOCOL_JSON;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
@@ -194,25 +191,9 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
     };
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
 
-    let shared_task = gateway.shared.clone();
-    gateway.shared.tracker.spawn(async move {
-        let _slot = slot; // released when the connection ends
-        let _tracked = tracked;
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(peer = ?peer, error = %e, "upgrade did not complete");
-                return;
-            }
-        };
-        let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(shared_task.ws_config),
-        )
-        .await;
-        Connection::serve(shared_task, ws, peer, mode, channels).await;
-    });
+    let held = crate::connection::Held { slot, tracked };
+    let task = ConnectionTask::new(gateway.shared.clone(), on_upgrade, held, peer, mode, channels);
+    gateway.shared.tracker.spawn(task);
 
     let mut resp = Response::new(axum::body::Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -1,0 +1,293 @@
+//! The byte stream under a connection's WebSocket, and what it knows about frame boundaries.
+//!
+//! An idle connection is *parked*: its WebSocket state (tungstenite's context, its read buffer,
+//! the waker proxies) is dropped, and only this transport is kept, waiting for readability
+//! without any buffer. That is only safe when tungstenite holds nothing half-read: no partial
+//! frame in its buffer and no fragmented message in progress. tungstenite does not expose that,
+//! so the transport follows the frame structure of the bytes it hands over, using tungstenite's
+//! own header parser ([`FrameBoundary`]).
+
+use bytes::{Buf, Bytes};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use std::io;
+use std::io::Cursor;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+/// The longest frame header: 2 bytes, a 64-bit length, a 4-byte mask (RFC 6455 §5.2).
+const MAX_HEADER: usize = 14;
+
+/// Where the inbound byte stream stands relative to WebSocket frames and messages.
+#[derive(Debug, Default)]
+pub(crate) struct FrameBoundary {
+    /// Bytes of a frame header received so far (a header is at most 14 bytes).
+    header: [u8; MAX_HEADER],
+    header_len: u8,
+    /// Payload bytes of the current frame still to come.
+    payload_left: u64,
+    /// A fragmented data message has begun and its final frame has not been seen.
+    in_message: bool,
+    /// The stream could not be followed (a header tungstenite will refuse too): never claim rest.
+    lost: bool,
+}
+
+impl FrameBoundary {
+    /// Account for bytes handed to the WebSocket layer, in order.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.lost {
+            if self.payload_left > 0 {
+                let n = (bytes.len() as u64).min(self.payload_left);
+                self.payload_left -= n;
+                bytes = &bytes[n as usize..];
+                continue;
+            }
+            let had = self.header_len as usize;
+            let take = bytes.len().min(self.header.len() - had);
+            self.header[had..had + take].copy_from_slice(&bytes[..take]);
+            let mut cursor = Cursor::new(&self.header[..had + take]);
+            match FrameHeader::parse(&mut cursor) {
+                Ok(Some((header, len))) => {
+                    let used = cursor.position() as usize - had;
+                    bytes = &bytes[used..];
+                    self.header_len = 0;
+                    self.payload_left = len;
+                    match header.opcode {
+                        OpCode::Data(Data::Continue) => {
+                            if header.is_final {
+                                self.in_message = false;
+                            }
+                        }
+                        OpCode::Data(_) => self.in_message = !header.is_final,
+                        OpCode::Control(_) => {}
+                    }
+                }
+                Ok(None) => {
+                    self.header_len = (had + take) as u8;
+                    bytes = &bytes[take..];
+                }
+                Err(_) => self.lost = true,
+            }
+        }
+    }
+
+    /// True between messages: every byte handed over belongs to a complete frame, and no
+    /// fragmented message is in progress.
+    pub fn at_rest(&self) -> bool {
+        !self.lost && self.header_len == 0 && self.payload_left == 0 && !self.in_message
+    }
+}
+
+enum Io {
+    /// A plain TCP socket (hyper's own HTTP/1 server hands it over as such): parked on its
+    /// readiness, without reading.
+    Tcp(TcpStream),
+    /// Whatever else the HTTP server upgraded (axum::serve's version-sniffing wrapper, TLS):
+    /// parked by a small read whose bytes are kept for the WebSocket layer.
+    Other(TokioIo<Upgraded>),
+}
+
+/// How many bytes a parked connection of the `Other` kind reads at once to notice activity.
+const PARKED_READ: usize = 128;
+
+/// A connection's socket. Reads are tracked by a [`FrameBoundary`].
+pub(crate) struct Transport {
+    io: Io,
+    /// Bytes read but not yet handed to the WebSocket layer: what hyper read past the HTTP
+    /// request, or what a parked read found.
+    prefix: Bytes,
+    /// An error a parked read met, reported to the WebSocket layer on its first read.
+    error: Option<io::Error>,
+    boundary: FrameBoundary,
+}
+
+impl Transport {
+    /// Take the upgraded connection apart when it is a plain TCP socket.
+    pub fn new(upgraded: Upgraded) -> Self {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let mut t = Transport {
+                    io: Io::Tcp(parts.io.into_inner()),
+                    prefix: parts.read_buf,
+                    error: None,
+                    boundary: FrameBoundary::default(),
+                };
+                let prefix = t.prefix.clone();
+                t.boundary.feed(&prefix);
+                t
+            }
+            Err(upgraded) => Transport {
+                io: Io::Other(TokioIo::new(upgraded)),
+                prefix: Bytes::new(),
+                error: None,
+                boundary: FrameBoundary::default(),
+            },
+        }
+    }
+
+    /// Whether this connection may be parked now: nothing half-read by the WebSocket layer.
+    pub fn can_park(&self) -> bool {
+        self.prefix.is_empty() && self.error.is_none() && self.boundary.at_rest()
+    }
+
+    /// Ready when the parked peer did something: sent data, ended the stream, or failed.
+    /// Registers the waker.
+    pub fn poll_activity(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.prefix.is_empty() || self.error.is_some() {
+            return Poll::Ready(());
+        }
+        match &mut self.io {
+            Io::Tcp(tcp) => tcp.poll_read_ready(cx).map(|_| ()),
+            Io::Other(io) => {
+                // No readiness API on an upgraded stream: read a little and keep what came.
+                let mut scratch = [0u8; PARKED_READ];
+                let mut buf = ReadBuf::new(&mut scratch);
+                match Pin::new(io).poll_read(cx, &mut buf) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Ok(())) => {
+                        // Nothing read means the end of the stream, which the next read repeats.
+                        self.boundary.feed(buf.filled());
+                        self.prefix = Bytes::copy_from_slice(buf.filled());
+                        Poll::Ready(())
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.error = Some(e);
+                        Poll::Ready(())
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Err(e));
+        }
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = match &mut this.io {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Other(s) => Pin::new(s).poll_read(cx, buf),
+        };
+        if let Poll::Ready(Ok(())) = polled {
+            this.boundary.feed(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Other(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Other(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Other(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Other(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Tcp(s) => s.is_write_vectored(),
+            Io::Other(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::Control;
+
+    /// A client frame as it appears on the wire (masked; the payload's content does not matter).
+    fn wire(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let header =
+            FrameHeader { is_final: fin, opcode, mask: Some([1, 2, 3, 4]), ..Default::default() };
+        let mut out = Vec::new();
+        header.format(payload.len() as u64, &mut out).unwrap();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn whole_frames_leave_it_at_rest_partial_ones_do_not() {
+        let mut b = FrameBoundary::default();
+        assert!(b.at_rest());
+        let text = wire(OpCode::Data(Data::Text), true, b"hello");
+        b.feed(&text[..3]);
+        assert!(!b.at_rest(), "half a header");
+        b.feed(&text[3..8]);
+        assert!(!b.at_rest(), "header, part of the payload");
+        b.feed(&text[8..]);
+        assert!(b.at_rest());
+    }
+
+    #[test]
+    fn follows_frames_split_anywhere_and_batched_together() {
+        let big = vec![7u8; 70_000]; // 64-bit length header
+        let mut stream = wire(OpCode::Data(Data::Binary), true, &big);
+        stream.extend(wire(OpCode::Control(Control::Ping), true, b""));
+        stream.extend(wire(OpCode::Data(Data::Text), true, &[b'x'; 300])); // 16-bit length
+        for chunk in [1usize, 2, 13, 14, 15, 1000, 100_000] {
+            let mut b = FrameBoundary::default();
+            for piece in stream.chunks(chunk) {
+                b.feed(piece);
+            }
+            assert!(b.at_rest(), "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_fragmented_message_is_not_rest_until_its_final_frame() {
+        let mut b = FrameBoundary::default();
+        b.feed(&wire(OpCode::Data(Data::Text), false, b"hel"));
+        assert!(!b.at_rest());
+        b.feed(&wire(OpCode::Control(Control::Ping), true, b"")); // control frames interleave
+        assert!(!b.at_rest());
+        b.feed(&wire(OpCode::Data(Data::Continue), true, b"lo"));
+        assert!(b.at_rest());
+    }
+}
