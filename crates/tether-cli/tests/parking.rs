@@ -64,7 +64,7 @@ async fn idle_connections_park_keep_their_heartbeat_and_wake_for_publications_an
     assert!(wait_until(Duration::from_secs(10), || parked(&server) == N));
     server.publish("p", r#""hello""#);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut got = vec![false; N];
+    let mut got = [false; N];
     while got.iter().any(|g| !g) {
         let (i, text) = tokio::time::timeout_at(deadline, rx.recv())
             .await
@@ -78,7 +78,7 @@ async fn idle_connections_park_keep_their_heartbeat_and_wake_for_publications_an
     // Shutdown reaches parked connections at once: everyone gets its 1012.
     let started = Instant::now();
     server.signal(nix::sys::signal::Signal::SIGTERM);
-    let mut closed = vec![false; N];
+    let mut closed = [false; N];
     while closed.iter().any(|c| !c) {
         let (i, text) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
