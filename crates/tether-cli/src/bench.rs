@@ -5,6 +5,7 @@
 //! timestamp. It reports deliveries per second, delivery latency percentiles, and lost and
 //! duplicated messages per subscriber — so that one run compares two setups as a ratio.
 
+use crate::lean_ws::{self, LeanWs};
 use crate::probe::ServerProbe;
 use crate::units;
 use anyhow::{bail, Context, Result};
@@ -15,7 +16,6 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -118,13 +118,6 @@ fn unix_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
-/// The sequence number and send time (µs since the epoch) every fan-out message carries.
-#[derive(serde::Deserialize)]
-struct Stamp {
-    seq: u64,
-    t: u64,
-}
-
 /// What one subscriber saw.
 #[derive(Default)]
 struct Seen {
@@ -154,8 +147,8 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
         let (url, latency, delivered, ready, mut stop) =
             (url.clone(), latency.clone(), delivered.clone(), ready_tx.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let mut ws = match tokio_tungstenite::connect_async(url.as_str()).await {
-                Ok((ws, _)) => ws,
+            let mut ws = match LeanWs::connect(url.as_str(), None).await {
+                Ok(ws) => ws,
                 Err(e) => {
                     let _ = ready.send(Err(e.to_string())).await;
                     return Seen::default();
@@ -166,28 +159,28 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
             let mut local =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             loop {
-                let msg = tokio::select! {
+                let mut batch = 0;
+                // One clock reading per read: the messages of one read arrived together.
+                let mut now = None;
+                let read = tokio::select! {
                     _ = stop.changed() => break,
-                    m = ws.next() => m,
+                    r = ws.read_some(|event| {
+                        let lean_ws::Event::Message(m) = event else { return };
+                        let Some((seq, sent)) = lean_ws::stamp(m) else { return };
+                        let now = *now.get_or_insert_with(unix_micros);
+                        let _ = local.record(now.saturating_sub(sent).max(1));
+                        batch += 1;
+                        match seen.seqs.get_mut(seq as usize) {
+                            Some(slot) if *slot => seen.duplicates += 1,
+                            Some(slot) => *slot = true,
+                            None => {}
+                        }
+                    }) => r,
                 };
-                let Some(Ok(Message::Text(text))) = msg else {
-                    if matches!(msg, Some(Ok(_))) {
-                        continue;
-                    }
+                seen.received += batch;
+                delivered.fetch_add(batch, Ordering::Relaxed);
+                if !matches!(read, Ok(true)) {
                     break;
-                };
-                // Only the stamp is read; the padding is skipped without being copied.
-                let Ok(Stamp { seq, t: sent }) = serde_json::from_str::<Stamp>(text.as_str())
-                else {
-                    continue;
-                };
-                let _ = local.record(unix_micros().saturating_sub(sent).max(1));
-                seen.received += 1;
-                delivered.fetch_add(1, Ordering::Relaxed);
-                match seen.seqs.get_mut(seq as usize) {
-                    Some(slot) if *slot => seen.duplicates += 1,
-                    Some(slot) => *slot = true,
-                    None => {}
                 }
             }
             latency.lock().expect("latency lock").add(&local).ok();
@@ -329,7 +322,7 @@ async fn pingpong(args: PingpongArgs) -> Result<ExitCode> {
     eprintln!("connecting {} clients to {} …", args.conns, args.url);
     let mut sockets = Vec::with_capacity(args.conns);
     for _ in 0..args.conns {
-        let (ws, _) = tokio_tungstenite::connect_async(args.url.as_str())
+        let ws = LeanWs::connect(args.url.as_str(), None)
             .await
             .with_context(|| format!("cannot connect to {}", args.url))?;
         sockets.push(ws);
@@ -346,17 +339,18 @@ async fn pingpong(args: PingpongArgs) -> Result<ExitCode> {
                     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
                 while Instant::now() < deadline {
                     let sent = Instant::now();
-                    if futures_util::SinkExt::send(&mut ws, Message::Text("ping".into()))
-                        .await
-                        .is_err()
-                    {
+                    if ws.send_text(b"ping").await.is_err() {
                         break;
                     }
-                    loop {
-                        match ws.next().await {
-                            Some(Ok(Message::Text(t))) if t.as_str() == "pong" => break,
-                            Some(Ok(_)) => continue,
-                            _ => return h,
+                    let mut answered = false;
+                    while !answered {
+                        let read = ws
+                            .read_some(|e| {
+                                answered |= matches!(e, lean_ws::Event::Message(b"pong"));
+                            })
+                            .await;
+                        if !matches!(read, Ok(true)) {
+                            return h;
                         }
                     }
                     let _ = h.record((sent.elapsed().as_micros() as u64).max(1));

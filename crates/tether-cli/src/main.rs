@@ -8,6 +8,7 @@
 
 mod bench;
 mod connect;
+mod lean_ws;
 mod probe;
 mod publish;
 mod serve;

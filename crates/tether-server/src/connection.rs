@@ -438,7 +438,14 @@ impl Connection {
         let mut last_activity = Instant::now();
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
+        let mut sleep_until = None;
+        // Created once, not per iteration: each creation registers and unregisters a waiter
+        // under a lock, which showed in fan-out profiles.
         let shutdown = self.shared.shutdown.clone();
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(shutdown);
+        let resync = resync.changed();
+        tokio::pin!(resync);
         loop {
             let wake_at = match heartbeat.poll(Instant::now().into_std()) {
                 Action::SendPing => {
@@ -465,14 +472,18 @@ impl Connection {
             if parkable && Instant::now() >= park_at {
                 return None;
             }
-            sleep.as_mut().reset(if parkable { wake_at.min(park_at) } else { wake_at });
+            let wake = if parkable { wake_at.min(park_at) } else { wake_at };
+            if sleep_until != Some(wake) {
+                sleep.as_mut().reset(wake);
+                sleep_until = Some(wake);
+            }
             // The rarely taken or heavy branches below are boxed: an async fn's state is as large
             // as its largest await point, and every active connection would otherwise carry the
             // state of a closing handshake or a recovery replay.
             // Not `biased`: a peer that floods us must not starve its own outbound queue, and a
             // busy queue must not stop us reading (its pongs are its proof of life).
             tokio::select! {
-                _ = shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     let (code, hint) = match self.shared.config.shutdown_close {
                         crate::config::ShutdownClose::Restart => {
                             (CloseCode::SERVICE_RESTART, Some(self.shared.config.restart_retry_hint))
@@ -481,12 +492,13 @@ impl Connection {
                     };
                     return Some(Box::pin(self.close(ws, code, "server shutting down", hint, false)).await);
                 }
-                Ok(()) = resync.changed() => {
+                _ = &mut resync => {
                     // The broker's live feed had a hole: have the client resubscribe and recover.
+                    // (An error would mean the gateway is gone: closing is right then too.)
                     let hint = Some(self.shared.config.restart_retry_hint);
                     return Some(Box::pin(self.close(ws, CloseCode::SERVICE_RESTART, "message backplane reconnected: resubscribe to recover", hint, false)).await);
                 }
-                _ = &mut sleep => {}
+                _ = &mut sleep => sleep_until = None,
                 inbound = ws.next() => {
                     last_activity = Instant::now();
                     heartbeat.on_inbound(last_activity.into_std());

@@ -148,8 +148,10 @@ impl Gateway {
         let max = config.max_message_size.as_u64() as usize;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer_size.as_u64() as usize)
-            // Writes are flushed per batch; keep the write buffer small so idle connections stay small.
-            .write_buffer_size(0)
+            // Frames of one batch are gathered and written together (one syscall for many
+            // publications when a subscriber has fallen behind). Idle connections do not keep
+            // the buffer: parking drops it (decision 0007).
+            .write_buffer_size(16 * 1024)
             .max_write_buffer_size(max.max(64 * 1024) * 4)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));

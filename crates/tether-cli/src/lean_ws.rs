@@ -1,0 +1,182 @@
+//! A lean WebSocket client for load generation.
+//!
+//! A load generator must be cheaper per message than the server it measures, or it measures
+//! itself (with one full tungstenite client per connection, `tether bench` saturated its core
+//! at ~100,000 received messages/s). Here tungstenite still performs the opening handshake
+//! (request, key, accept check), and its `FrameHeader` parses and formats frame headers; what
+//! is dropped is the per-message machinery: frames are read straight out of one buffer per
+//! connection, many per `read`, with no allocation per message and no UTF-8 validation (the
+//! bench only looks for its stamp). Pings are answered; fragmented messages are reassembled.
+
+use anyhow::{bail, Context, Result};
+use std::io::Cursor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::MaybeTlsStream;
+
+/// Bytes read per `read` call at most; also the buffer kept per connection.
+const READ_CHUNK: usize = 16 * 1024;
+
+pub struct LeanWs {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+    /// Start of unparsed bytes in `buf`.
+    start: usize,
+    /// A fragmented message being reassembled.
+    partial: Option<Vec<u8>>,
+    mask_seed: u32,
+}
+
+/// What a read delivered.
+pub enum Event<'a> {
+    /// A whole text or binary message.
+    Message(&'a [u8]),
+    /// The server sent a close frame, or the stream ended.
+    Closed,
+}
+
+impl LeanWs {
+    /// Connect to `url` (ws:// only), optionally from a given local address.
+    pub async fn connect(url: &str, local: Option<std::net::IpAddr>) -> Result<LeanWs> {
+        let request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
+        let host = request.uri().host().context("URL without a host")?.to_owned();
+        let port = request.uri().port_u16().unwrap_or(80);
+        if request.uri().scheme_str() != Some("ws") {
+            bail!("the lean bench client speaks ws:// only");
+        }
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await?
+            .next()
+            .with_context(|| format!("cannot resolve {host}"))?;
+        let tcp = match local {
+            Some(ip) => {
+                let socket = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(std::net::SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+            None => TcpStream::connect(addr).await?,
+        };
+        tcp.set_nodelay(true)?;
+        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await?;
+        // The server sends nothing before it is asked to (no publication yet, first ping in
+        // seconds), so tungstenite has buffered nothing past the handshake.
+        let MaybeTlsStream::Plain(tcp) = ws.into_inner() else { bail!("unexpected TLS stream") };
+        Ok(LeanWs {
+            tcp,
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+            partial: None,
+            mask_seed: rand::random(),
+        })
+    }
+
+    /// Read once (waiting for data) and hand every complete message to `on_event`; pings are
+    /// answered. Returns false when the connection ended.
+    pub async fn read_some(&mut self, mut on_event: impl FnMut(Event<'_>)) -> Result<bool> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + READ_CHUNK, 0);
+        let n = self.tcp.read(&mut self.buf[len..]).await;
+        self.buf.truncate(len + *n.as_ref().unwrap_or(&0));
+        if n? == 0 {
+            on_event(Event::Closed);
+            return Ok(false);
+        }
+        let mut pongs: Vec<Vec<u8>> = Vec::new();
+        let mut open = true;
+        loop {
+            let mut cursor = Cursor::new(&self.buf[self.start..]);
+            let Some((header, length)) = FrameHeader::parse(&mut cursor)? else { break };
+            let body = self.start + cursor.position() as usize;
+            let end = body + length as usize;
+            if end > self.buf.len() {
+                break; // the rest of this frame is still on its way
+            }
+            let payload = &self.buf[body..end];
+            match header.opcode {
+                OpCode::Data(Data::Continue) => {
+                    if let Some(p) = self.partial.as_mut() {
+                        p.extend_from_slice(payload);
+                    }
+                    if header.is_final {
+                        if let Some(p) = self.partial.take() {
+                            on_event(Event::Message(&p));
+                        }
+                    }
+                }
+                OpCode::Data(_) if header.is_final => on_event(Event::Message(payload)),
+                OpCode::Data(_) => self.partial = Some(payload.to_vec()),
+                OpCode::Control(Control::Ping) => pongs.push(payload.to_vec()),
+                OpCode::Control(Control::Close) => {
+                    on_event(Event::Closed);
+                    open = false;
+                }
+                OpCode::Control(_) => {}
+            }
+            self.start = end;
+        }
+        for p in pongs {
+            self.send(OpCode::Control(Control::Pong), &p).await?;
+        }
+        Ok(open)
+    }
+
+    /// Send a text message.
+    pub async fn send_text(&mut self, text: &[u8]) -> Result<()> {
+        self.send(OpCode::Data(Data::Text), text).await
+    }
+
+    async fn send(&mut self, opcode: OpCode, payload: &[u8]) -> Result<()> {
+        // Client frames are masked (RFC 6455 §5.3); the key only has to be unpredictable to
+        // intermediaries, so a cheap xorshift is enough for a load generator.
+        self.mask_seed ^= self.mask_seed << 13;
+        self.mask_seed ^= self.mask_seed >> 17;
+        self.mask_seed ^= self.mask_seed << 5;
+        let mask = self.mask_seed.to_ne_bytes();
+        let header = FrameHeader { is_final: true, opcode, mask: Some(mask), ..Default::default() };
+        let mut frame = Vec::with_capacity(14 + payload.len());
+        header.format(payload.len() as u64, &mut frame)?;
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        self.tcp.write_all(&frame).await?;
+        Ok(())
+    }
+}
+
+/// The `seq` and `t` of a fan-out message (`{"seq":N,"t":T,...}`, possibly wrapped in a
+/// tether.v1.json publication), found without parsing the rest of the JSON.
+pub fn stamp(message: &[u8]) -> Option<(u64, u64)> {
+    fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
+        let at = hay.windows(key.len()).position(|w| w == key)? + key.len();
+        let digits = hay[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+        std::str::from_utf8(&hay[at..at + digits]).ok()?.parse().ok()
+    }
+    Some((number_after(message, b"\"seq\":")?, number_after(message, b"\"t\":")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stamp;
+
+    #[test]
+    fn finds_the_stamp_raw_or_wrapped() {
+        assert_eq!(
+            stamp(br#"{"seq":12,"t":1700000000123456,"pad":"xx"}"#),
+            Some((12, 1700000000123456))
+        );
+        assert_eq!(
+            stamp(br#"{"type":"publication","channel":"c","offset":3,"epoch":"e","data":{"seq":7,"t":9}}"#),
+            Some((7, 9))
+        );
+        assert_eq!(stamp(b"pong"), None);
+    }
+}
