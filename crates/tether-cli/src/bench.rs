@@ -158,12 +158,15 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
             let mut seen = Seen { seqs: vec![false; total as usize + 1], ..Default::default() };
             let mut local =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            // Pinned once: a fresh `changed()` per read would register a waiter each time.
+            let stopped = stop.changed();
+            tokio::pin!(stopped);
             loop {
                 let mut batch = 0;
                 // One clock reading per read: the messages of one read arrived together.
                 let mut now = None;
                 let read = tokio::select! {
-                    _ = stop.changed() => break,
+                    _ = &mut stopped => break,
                     r = ws.read_some(|event| {
                         let lean_ws::Event::Message(m) = event else { return };
                         let Some((seq, sent)) = lean_ws::stamp(m) else { return };

@@ -84,11 +84,9 @@ impl LeanWs {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
-        let n = self.tcp.read(&mut self.buf[len..]).await;
-        self.buf.truncate(len + *n.as_ref().unwrap_or(&0));
-        if n? == 0 {
+        // Into spare capacity: no zero-filling of the chunk on every read.
+        self.buf.reserve(READ_CHUNK);
+        if self.tcp.read_buf(&mut self.buf).await? == 0 {
             on_event(Event::Closed);
             return Ok(false);
         }

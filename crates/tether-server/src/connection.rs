@@ -472,8 +472,11 @@ impl Connection {
             if parkable && Instant::now() >= park_at {
                 return None;
             }
+            // Re-armed only when the wake-up moves earlier (or has fired): `park_at` moves with
+            // every message, and re-registering a timer per delivery showed in profiles. A
+            // wake-up that comes too early just recomputes and re-arms.
             let wake = if parkable { wake_at.min(park_at) } else { wake_at };
-            if sleep_until != Some(wake) {
+            if sleep_until.is_none_or(|at| wake < at) {
                 sleep.as_mut().reset(wake);
                 sleep_until = Some(wake);
             }
@@ -930,8 +933,14 @@ impl Connection {
         let data = frames.iter().filter(|f| f.is_text() || f.is_binary());
         let (n, bytes) = data.fold((0u64, 0u64), |(n, b), f| (n + 1, b + f.len() as u64));
         let write = async {
-            for frame in frames.into_iter().flat_map(fragments) {
-                ws.feed(frame).await?;
+            for frame in frames {
+                if frame.len() > FRAGMENT {
+                    for fragment in fragments(frame) {
+                        ws.feed(fragment).await?;
+                    }
+                } else {
+                    ws.feed(frame).await?;
+                }
             }
             ws.flush().await
         };
