@@ -60,6 +60,7 @@ fn init_logging() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    tether_server::metrics::set_allocator_stats(jemalloc_figures);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -87,6 +88,17 @@ fn main() -> ExitCode {
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's own figures for `/metrics` (`tether_allocator_*`). Its statistics are cached;
+/// advancing the epoch refreshes them.
+fn jemalloc_figures() -> Option<tether_server::metrics::AllocatorFigures> {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    epoch::advance().ok()?;
+    Some(tether_server::metrics::AllocatorFigures {
+        allocated: stats::allocated::read().ok()? as u64,
+        resident: stats::resident::read().ok()? as u64,
+    })
+}
 
 /// jemalloc settings baked into the binary: a background thread returns freed pages to the OS
 /// after a second, so that resident memory follows what connections actually hold (parked

@@ -30,85 +30,111 @@ pub enum Action {
     Wait(Instant),
 }
 
+/// The state is compact (56 bytes) because a server keeps one per connection: times are
+/// microseconds since the instant the machine was created, durations whole milliseconds.
 #[derive(Clone, Debug)]
 pub struct Heartbeat {
-    interval: Duration,
-    timeout: Duration,
-    /// Last time any frame arrived (or the connection opened).
-    last_seen: Instant,
-    /// When the next ping is due.
-    next_ping: Instant,
-    /// When the outstanding ping (the latest one without a pong yet) was sent.
-    ping_sent_at: Option<Instant>,
-    /// Round-trip time of the latest answered ping.
-    last_rtt: Option<Duration>,
+    origin: Instant,
+    interval_ms: u32,
+    timeout_ms: u32,
+    /// Last time any frame arrived (or the connection opened), µs since `origin`.
+    last_seen: u64,
+    /// When the next ping is due, µs since `origin`.
+    next_ping: u64,
+    /// When the outstanding ping (the latest one without a pong yet) was sent; `NONE` if none.
+    ping_sent_at: u64,
+    /// Round-trip time of the latest answered ping in µs (saturating); `NO_RTT` if none yet.
+    last_rtt_us: u32,
 }
 
-/// Bounds applied to the configured durations: a zero interval would never advance, and
-/// absurdly large ones would overflow `Instant` arithmetic.
-const MIN_INTERVAL: Duration = Duration::from_millis(1);
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+const NONE: u64 = u64::MAX;
+const NO_RTT: u32 = u32::MAX;
+
+/// Bounds applied to the configured durations: a zero interval would never advance, and the
+/// millisecond fields hold up to ~49 days.
+const MIN_INTERVAL_MS: u32 = 1;
+const MAX_MS: u32 = u32::MAX;
+
+fn clamp_ms(d: Duration, min: u32) -> u32 {
+    (d.as_millis().min(u128::from(MAX_MS)) as u32).max(min)
+}
 
 impl Heartbeat {
     pub fn new(interval: Duration, timeout: Duration, now: Instant) -> Self {
-        let interval = interval.clamp(MIN_INTERVAL, MAX_DURATION);
-        let timeout = timeout.min(MAX_DURATION);
+        let interval_ms = clamp_ms(interval, MIN_INTERVAL_MS);
         Heartbeat {
-            interval,
-            timeout,
-            last_seen: now,
-            next_ping: now + interval,
-            ping_sent_at: None,
-            last_rtt: None,
+            origin: now,
+            interval_ms,
+            timeout_ms: clamp_ms(timeout, 0),
+            last_seen: 0,
+            next_ping: u64::from(interval_ms) * 1000,
+            ping_sent_at: NONE,
+            last_rtt_us: NO_RTT,
         }
+    }
+
+    /// `now` as µs since `origin` (instants before it count as the origin).
+    fn micros(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_micros().min(u128::from(NONE - 1)) as u64
+    }
+
+    fn instant(&self, micros: u64) -> Instant {
+        self.origin + Duration::from_micros(micros)
+    }
+
+    fn deadline_us(&self) -> u64 {
+        self.last_seen + (u64::from(self.interval_ms) + u64::from(self.timeout_ms)) * 1000
     }
 
     /// The instant after which, with nothing inbound, the peer counts as dead.
     pub fn deadline(&self) -> Instant {
-        self.last_seen + self.interval + self.timeout
+        self.instant(self.deadline_us())
     }
 
     /// Any frame arrived: data, ping, pong or close.
     pub fn on_inbound(&mut self, now: Instant) {
-        self.last_seen = self.last_seen.max(now);
+        self.last_seen = self.last_seen.max(self.micros(now));
     }
 
     /// A pong arrived: proof of life, and the round trip of the outstanding ping.
     /// Returns the round-trip time when a ping was outstanding.
     pub fn on_pong(&mut self, now: Instant) -> Option<Duration> {
         self.on_inbound(now);
-        let sent = self.ping_sent_at.take()?;
-        let rtt = now.saturating_duration_since(sent);
-        self.last_rtt = Some(rtt);
-        Some(rtt)
+        if self.ping_sent_at == NONE {
+            return None;
+        }
+        let sent = std::mem::replace(&mut self.ping_sent_at, NONE);
+        let rtt = self.micros(now).saturating_sub(sent);
+        self.last_rtt_us = rtt.min(u64::from(NO_RTT - 1)) as u32;
+        Some(Duration::from_micros(rtt))
     }
 
     /// Decide what to do at `now`. Call on every wake-up; after `SendPing` call again.
     pub fn poll(&mut self, now: Instant) -> Action {
-        if now >= self.deadline() {
+        let now_us = self.micros(now);
+        if now_us >= self.deadline_us() {
             return Action::PeerDead;
         }
-        if now >= self.next_ping {
+        if now_us >= self.next_ping {
             // Catch up without a burst if the owner was late (e.g. a suspended laptop).
-            while self.next_ping <= now {
-                self.next_ping += self.interval;
-            }
-            self.ping_sent_at = Some(now);
+            let step = u64::from(self.interval_ms) * 1000;
+            self.next_ping += (now_us - self.next_ping) / step * step + step;
+            self.ping_sent_at = now_us;
             return Action::SendPing;
         }
-        Action::Wait(self.next_ping.min(self.deadline()))
+        Action::Wait(self.instant(self.next_ping.min(self.deadline_us())))
     }
 
     pub fn last_rtt(&self) -> Option<Duration> {
-        self.last_rtt
+        (self.last_rtt_us != NO_RTT).then(|| Duration::from_micros(u64::from(self.last_rtt_us)))
     }
 
     pub fn interval(&self) -> Duration {
-        self.interval
+        Duration::from_millis(u64::from(self.interval_ms))
     }
 
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        Duration::from_millis(u64::from(self.timeout_ms))
     }
 }
 
@@ -168,6 +194,12 @@ mod tests {
         assert_eq!(hb.poll(t0 + ms(1)), Action::PeerDead, "terminates, no endless loop");
         let hb = Heartbeat::new(Duration::MAX, Duration::MAX, t0);
         assert!(hb.deadline() > t0);
+    }
+
+    #[test]
+    fn state_stays_small() {
+        // One per server connection: see decision 0007.
+        assert!(std::mem::size_of::<Heartbeat>() <= 56);
     }
 
     #[test]

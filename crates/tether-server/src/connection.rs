@@ -182,8 +182,8 @@ pub(crate) struct Connection {
     /// This connection's place in the parking lot.
     lot_key: usize,
     peer: Option<SocketAddr>,
-    opened: Instant,
-    _held: Held,
+    /// When it opened, in the parking lot's ticks (ms).
+    opened: u64,
 }
 
 impl Drop for Connection {
@@ -196,6 +196,8 @@ impl Drop for Connection {
             self.shared.hub.unsubscribe(&channel, self.id);
         }
         self.shared.metrics.connections_open.dec();
+        // The slot taken (and forgotten) at the handshake: cheaper to hold than a permit.
+        self.shared.connection_slots.add_permits(1);
     }
 }
 
@@ -207,23 +209,28 @@ pub(crate) struct ConnectionTask {
     state: TaskState,
 }
 
+/// An active phase: ends with the connection parked (and when its heartbeat is due), or `None`
+/// once the connection has ended.
+type ActivePhase = Pin<Box<dyn Future<Output = Option<(Parked, Instant)>> + Send>>;
+
 // The large variant is the point: a parked connection is held inline, in the task itself.
 #[allow(clippy::large_enum_variant)]
 enum TaskState {
     /// Upgrading, or active: returns the parked connection, or `None` once it has ended.
-    Running(Pin<Box<dyn Future<Output = Option<Parked>> + Send>>),
+    Running(ActivePhase),
     Parked(Parked),
     Done,
 }
 
-/// All a parked connection holds.
+/// All a parked connection holds. Every byte counts: with the task's own bookkeeping this must
+/// stay within tokio's 384-byte task cell (cells are 128-byte aligned; measured in decision 0007).
+/// When its heartbeat is next due is written into its mailbox, for the shared timer.
 pub(crate) struct Parked {
     conn: Connection,
     transport: Transport,
     heartbeat: Heartbeat,
-    resync: watch::Receiver<u64>,
-    /// When the heartbeat is next due (also written into the mailbox for the shared timer).
-    wake_at: Instant,
+    /// The resync generation this connection has seen (see `Shared::resync`).
+    resync_seen: u64,
 }
 
 impl ConnectionTask {
@@ -231,7 +238,6 @@ impl ConnectionTask {
     pub(crate) fn new(
         shared: Arc<Shared>,
         on_upgrade: hyper::upgrade::OnUpgrade,
-        held: Held,
         peer: Option<SocketAddr>,
         mode: Mode,
         channels: Vec<String>,
@@ -241,10 +247,12 @@ impl ConnectionTask {
                 Ok(u) => u,
                 Err(e) => {
                     tracing::debug!(peer = ?peer, error = %e, "upgrade did not complete");
+                    shared.connection_slots.add_permits(1); // no connection will give it back
                     return None;
                 }
             };
-            Some(Connection::open(shared, Transport::new(upgraded), held, peer, mode, channels))
+            let parked = Connection::open(shared, Transport::new(upgraded), peer, mode, channels);
+            Some((parked, Instant::now())) // due at once: the task activates it right away
         };
         ConnectionTask { state: TaskState::Running(Box::pin(start)) }
     }
@@ -262,11 +270,11 @@ impl Future for ConnectionTask {
                         self.state = TaskState::Done;
                         return Poll::Ready(());
                     }
-                    Poll::Ready(Some(parked)) => {
+                    Poll::Ready(Some((parked, wake_at))) => {
                         parked.conn.shared.metrics.connections_parked.inc();
                         let lot = &parked.conn.shared.parking;
                         lot.ensure_timer();
-                        parked.conn.queue.set_deadline(lot.ticks(parked.wake_at));
+                        parked.conn.queue.set_deadline(lot.ticks(wake_at));
                         self.state = TaskState::Parked(parked);
                     }
                 },
@@ -296,9 +304,9 @@ impl Parked {
     fn poll_wake(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let shared = &self.conn.shared;
         if self.conn.queue.poll_ready(cx).is_ready()
-            || Instant::now() >= self.wake_at
+            || shared.parking.ticks(Instant::now()) >= self.conn.queue.deadline()
             || shared.shutdown.is_cancelled()
-            || self.resync.has_changed().unwrap_or(false)
+            || *shared.resync.borrow() != self.resync_seen
             || self.transport.poll_activity(cx).is_ready()
         {
             Poll::Ready(())
@@ -308,27 +316,21 @@ impl Parked {
     }
 
     /// Run active again until the connection parks again (`Some`) or ends (`None`, logged).
-    async fn resume(self) -> Option<Parked> {
-        let Parked { mut conn, transport, mut heartbeat, mut resync, .. } = self;
-        match conn.active(transport, &mut heartbeat, &mut resync).await {
+    async fn resume(self) -> Option<(Parked, Instant)> {
+        let Parked { mut conn, transport, mut heartbeat, resync_seen } = self;
+        let mut resync = conn.shared.resync.subscribe();
+        let missed_resync = *resync.borrow_and_update() != resync_seen;
+        match conn.active(transport, &mut heartbeat, &mut resync, missed_resync).await {
             Phase::Ended(ending) => {
                 conn.finish(ending);
                 None
             }
             Phase::Idle { transport, wake_at } => {
-                Some(Parked { conn, transport, heartbeat, resync, wake_at })
+                let resync_seen = *resync.borrow();
+                Some((Parked { conn, transport, heartbeat, resync_seen }, wake_at))
             }
         }
     }
-}
-
-/// What a connection holds on to for the gateway until it ends.
-#[allow(dead_code)] // held for their Drop
-pub(crate) struct Held {
-    /// Its connection slot (`max_connections`).
-    pub slot: tokio::sync::OwnedSemaphorePermit,
-    /// Taken before the shutdown check, so that shutdown waits for a handshake racing it.
-    pub tracked: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 impl Connection {
@@ -337,7 +339,6 @@ impl Connection {
     fn open(
         shared: Arc<Shared>,
         transport: Transport,
-        held: Held,
         peer: Option<SocketAddr>,
         mode: Mode,
         channels: Vec<String>,
@@ -355,7 +356,8 @@ impl Connection {
         let now = Instant::now();
         let cfg = &shared.config;
         let heartbeat = Heartbeat::new(cfg.ping_interval, cfg.pong_timeout, now.into_std());
-        let resync = shared.resync.subscribe();
+        let resync_seen = *shared.resync.borrow();
+        let opened = shared.parking.ticks(now);
         let mut conn = Connection {
             id,
             mode,
@@ -364,21 +366,20 @@ impl Connection {
             queue,
             lot_key,
             peer,
-            opened: now,
-            _held: held,
+            opened,
         };
         for channel in channels {
             // Validated at the handshake; a duplicate `?channel=` is simply ignored here.
             let _ = conn.subscribe(&channel);
         }
-        Parked { conn, transport, heartbeat, resync, wake_at: now }
+        Parked { conn, transport, heartbeat, resync_seen }
     }
 
     /// The connection has ended (its socket is closed or aborted): leave the hub, count and
     /// log the ending.
     fn finish(self, ending: Ending) {
-        let (shared, id, peer, mode, opened) =
-            (self.shared.clone(), self.id, self.peer, self.mode, self.opened);
+        let (shared, id, peer, mode) = (self.shared.clone(), self.id, self.peer, self.mode);
+        let duration_ms = shared.parking.ticks(Instant::now()).saturating_sub(self.opened);
         drop(self); // leaves the hub (see `Drop for Connection`)
         let m = &shared.metrics;
         let code_label = crate::metrics::close_code_label(ending.code);
@@ -394,7 +395,7 @@ impl Connection {
             conn = id,
             peer = %peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
             mode = mode.as_str(),
-            duration_ms = opened.elapsed().as_millis() as u64,
+            duration_ms,
             code = ending.code.0,
             reason = %ending.reason,
             was_clean = ending.was_clean,
@@ -409,12 +410,18 @@ impl Connection {
         transport: Transport,
         heartbeat: &mut Heartbeat,
         resync: &mut watch::Receiver<u64>,
+        missed_resync: bool,
     ) -> Phase {
         let mut ws =
             WebSocketStream::from_raw_socket(transport, Role::Server, Some(self.shared.ws_config))
                 .await;
         // Dropping `ws` on the way out aborts the TCP connection if the ending was not a clean close.
-        match self.active_loop(&mut ws, heartbeat, resync).await {
+        let ended = if missed_resync {
+            Some(self.resync_close(&mut ws).await)
+        } else {
+            self.active_loop(&mut ws, heartbeat, resync).await
+        };
+        match ended {
             Some(ending) => Phase::Ended(ending),
             None => {
                 let wake_at = match heartbeat.poll(Instant::now().into_std()) {
@@ -424,6 +431,13 @@ impl Connection {
                 Phase::Idle { transport: ws.into_inner(), wake_at }
             }
         }
+    }
+
+    /// The broker's live feed had a hole: have the client resubscribe and recover.
+    async fn resync_close(&mut self, ws: &mut Ws) -> Ending {
+        let hint = Some(self.shared.config.restart_retry_hint);
+        let reason = "message backplane reconnected: resubscribe to recover";
+        self.close(ws, CloseCode::SERVICE_RESTART, reason, hint, false).await
     }
 
     /// The select loop. `None`: idle with nothing in flight, time to park.
@@ -495,12 +509,8 @@ impl Connection {
                     };
                     return Some(Box::pin(self.close(ws, code, "server shutting down", hint, false)).await);
                 }
-                _ = &mut resync => {
-                    // The broker's live feed had a hole: have the client resubscribe and recover.
-                    // (An error would mean the gateway is gone: closing is right then too.)
-                    let hint = Some(self.shared.config.restart_retry_hint);
-                    return Some(Box::pin(self.close(ws, CloseCode::SERVICE_RESTART, "message backplane reconnected: resubscribe to recover", hint, false)).await);
-                }
+                // (An error would mean the gateway is gone: closing is right then too.)
+                _ = &mut resync => return Some(Box::pin(self.resync_close(ws)).await),
                 _ = &mut sleep => sleep_until = None,
                 inbound = ws.next() => {
                     last_activity = Instant::now();
@@ -990,5 +1000,20 @@ impl Connection {
         }
         self.write_frames(ws, frames).await?;
         Ok(gap)
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn a_parked_connection_fits_tokios_384_byte_task_cell() {
+        // tokio's task cell is 128-byte aligned: header 32 + scheduler/id 16 + our future +
+        // the task tracker's token 8 + trailer 48 must stay within 384: measured, a future of
+        // 272 bytes fits, 280 does not (decision 0007).
+        let parked = std::mem::size_of::<Parked>();
+        let task = std::mem::size_of::<ConnectionTask>();
+        assert!(task <= 264, "ConnectionTask is {task} bytes (Parked {parked})");
     }
 }

@@ -284,27 +284,73 @@ impl Gateway {
         DrainReport { connections, unfinished }
     }
 
-    /// Run standalone on `listener` until `signal` resolves, then shut down gracefully.
+    /// Run standalone on `listener` until `signal` resolves, then shut down gracefully: the
+    /// WebSocket side first (see [`Gateway::shutdown`]; `/healthz` answers 503 meanwhile), then
+    /// HTTP requests in flight get up to `drain_timeout` to finish.
+    ///
+    /// HTTP/1 is served by hyper directly rather than through `axum::serve`, so that an
+    /// upgraded connection is handed over as the bare TCP socket it is: axum's version-sniffing
+    /// wrapper would otherwise stay boxed under every WebSocket for its whole life (decision 0007).
     pub async fn serve(
         self,
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<DrainReport> {
+        use axum::extract::ConnectInfo;
+        use tower::ServiceExt;
         let app = self.router().merge(self.dashboard_router()).fallback(crate::api::not_found);
-        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
+        let http = TaskTracker::new();
+        let stop_http = CancellationToken::new();
         let gateway = self.clone();
-        let on_signal = async move {
+        let drained = async move {
             signal.await;
             tracing::info!(
                 connections = gateway.open_connections(),
                 "shutting down: closing connections"
             );
-            let report = gateway.shutdown().await;
-            let _ = drained_tx.send(report);
+            gateway.shutdown().await
         };
-        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(on_signal)
-            .await?;
-        Ok(drained_rx.await.unwrap_or(DrainReport { connections: 0, unfinished: 0 }))
+        tokio::pin!(drained);
+        let report = loop {
+            let (tcp, peer) = tokio::select! {
+                report = &mut drained => break report,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors or similar: say so, back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let service = app.clone().map_request(move |mut req: axum::extract::Request<_>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            });
+            let service = hyper_util::service::TowerToHyperService::new(service);
+            let stop = stop_http.clone();
+            http.spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(30))
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .with_upgrades();
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stop.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        };
+        drop(listener);
+        stop_http.cancel();
+        http.close();
+        let _ = tokio::time::timeout(self.shared.config.drain_timeout, http.wait()).await;
+        Ok(report)
     }
 }

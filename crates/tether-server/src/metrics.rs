@@ -54,6 +54,8 @@ pub struct Metrics {
     pub subscriptions: Gauge,
     pub recoveries: Family<OutcomeLabels, Counter>,
     pub resident_memory: Gauge,
+    /// Allocator gauges, registered on first render when the binary reports them.
+    allocator: std::sync::OnceLock<(Gauge, Gauge)>,
     pub cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -89,6 +91,7 @@ impl Metrics {
             subscriptions: Gauge::default(),
             recoveries: Family::default(),
             resident_memory: Gauge::default(),
+            allocator: std::sync::OnceLock::new(),
             cpu_seconds: Gauge::default(),
         };
         {
@@ -199,6 +202,24 @@ impl Metrics {
         if let Some(rss) = resident_memory_bytes() {
             self.resident_memory.set(rss as i64);
         }
+        if let Some(figures) = ALLOCATOR_STATS.get().and_then(|read| read()) {
+            let gauges = self.allocator.get_or_init(|| {
+                let g = (Gauge::default(), Gauge::default());
+                self.register(
+                    "tether_allocator_allocated_bytes",
+                    "Bytes the memory allocator has handed out and not had back (live heap)",
+                    g.0.clone(),
+                );
+                self.register(
+                    "tether_allocator_resident_bytes",
+                    "Bytes of physical memory the allocator holds (live heap, caches, metadata)",
+                    g.1.clone(),
+                );
+                g
+            });
+            gauges.0.set(figures.allocated as i64);
+            gauges.1.set(figures.resident as i64);
+        }
         if let Some(cpu) = cpu_seconds("self") {
             self.cpu_seconds.set(cpu);
         }
@@ -217,6 +238,25 @@ impl Metrics {
     ) {
         self.registry.lock().expect("metrics registry lock").register(name, help, metric);
     }
+}
+
+/// What an allocator reports about itself.
+#[derive(Clone, Copy, Debug)]
+pub struct AllocatorFigures {
+    /// Bytes handed out to the program and not yet freed.
+    pub allocated: u64,
+    /// Bytes of physical memory the allocator holds.
+    pub resident: u64,
+}
+
+static ALLOCATOR_STATS: std::sync::OnceLock<fn() -> Option<AllocatorFigures>> =
+    std::sync::OnceLock::new();
+
+/// Let `/metrics` report the global allocator's own figures (`tether_allocator_*`). The
+/// allocator is the binary's choice, so the binary supplies the reader (the `tether` binary
+/// reads jemalloc's statistics). Set once; later calls are ignored.
+pub fn set_allocator_stats(read: fn() -> Option<AllocatorFigures>) {
+    let _ = ALLOCATOR_STATS.set(read);
 }
 
 /// The `code` label for a close code (bounded: catalogue codes, then bands).

@@ -28,8 +28,9 @@ pub(crate) struct FrameBoundary {
     /// Bytes of a frame header received so far (a header is at most 14 bytes).
     header: [u8; MAX_HEADER],
     header_len: u8,
-    /// Payload bytes of the current frame still to come.
-    payload_left: u64,
+    /// Payload bytes of the current frame still to come (frames over 4 GiB are refused by
+    /// tungstenite's `max_frame_size` anyway; the tracker gives up on them).
+    payload_left: u32,
     /// A fragmented data message has begun and its final frame has not been seen.
     in_message: bool,
     /// The stream could not be followed (a header tungstenite will refuse too): never claim rest.
@@ -41,9 +42,9 @@ impl FrameBoundary {
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && !self.lost {
             if self.payload_left > 0 {
-                let n = (bytes.len() as u64).min(self.payload_left);
-                self.payload_left -= n;
-                bytes = &bytes[n as usize..];
+                let n = bytes.len().min(self.payload_left as usize);
+                self.payload_left -= n as u32;
+                bytes = &bytes[n..];
                 continue;
             }
             let had = self.header_len as usize;
@@ -55,6 +56,10 @@ impl FrameBoundary {
                     let used = cursor.position() as usize - had;
                     bytes = &bytes[used..];
                     self.header_len = 0;
+                    let Ok(len) = u32::try_from(len) else {
+                        self.lost = true;
+                        return;
+                    };
                     self.payload_left = len;
                     match header.opcode {
                         OpCode::Data(Data::Continue) => {
@@ -99,7 +104,8 @@ pub(crate) struct Transport {
     io: Io,
     /// Bytes read but not yet handed to the WebSocket layer: what hyper read past the HTTP
     /// request, or what a parked read found.
-    prefix: Bytes,
+    /// Boxed: rarely present, and this struct lives in every parked connection.
+    prefix: Option<Box<Bytes>>,
     /// An error a parked read met, reported to the WebSocket layer on its first read.
     error: Option<io::Error>,
     boundary: FrameBoundary,
@@ -110,19 +116,14 @@ impl Transport {
     pub fn new(upgraded: Upgraded) -> Self {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                let mut t = Transport {
-                    io: Io::Tcp(parts.io.into_inner()),
-                    prefix: parts.read_buf,
-                    error: None,
-                    boundary: FrameBoundary::default(),
-                };
-                let prefix = t.prefix.clone();
-                t.boundary.feed(&prefix);
-                t
+                let mut boundary = FrameBoundary::default();
+                boundary.feed(&parts.read_buf);
+                let prefix = (!parts.read_buf.is_empty()).then(|| Box::new(parts.read_buf));
+                Transport { io: Io::Tcp(parts.io.into_inner()), prefix, error: None, boundary }
             }
             Err(upgraded) => Transport {
                 io: Io::Other(TokioIo::new(upgraded)),
-                prefix: Bytes::new(),
+                prefix: None,
                 error: None,
                 boundary: FrameBoundary::default(),
             },
@@ -131,13 +132,13 @@ impl Transport {
 
     /// Whether this connection may be parked now: nothing half-read by the WebSocket layer.
     pub fn can_park(&self) -> bool {
-        self.prefix.is_empty() && self.error.is_none() && self.boundary.at_rest()
+        self.prefix.is_none() && self.error.is_none() && self.boundary.at_rest()
     }
 
     /// Ready when the parked peer did something: sent data, ended the stream, or failed.
     /// Registers the waker.
     pub fn poll_activity(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.prefix.is_empty() || self.error.is_some() {
+        if self.prefix.is_some() || self.error.is_some() {
             return Poll::Ready(());
         }
         match &mut self.io {
@@ -149,9 +150,12 @@ impl Transport {
                 match Pin::new(io).poll_read(cx, &mut buf) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Ok(())) => {
-                        // Nothing read means the end of the stream, which the next read repeats.
                         self.boundary.feed(buf.filled());
-                        self.prefix = Bytes::copy_from_slice(buf.filled());
+                        let read = buf.filled();
+                        // Nothing read (the end of the stream) leaves no prefix: the next read
+                        // reports the end again.
+                        self.prefix =
+                            (!read.is_empty()).then(|| Box::new(Bytes::copy_from_slice(read)));
                         Poll::Ready(())
                     }
                     Poll::Ready(Err(e)) => {
@@ -174,10 +178,13 @@ impl AsyncRead for Transport {
         if let Some(e) = this.error.take() {
             return Poll::Ready(Err(e));
         }
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
+        if let Some(prefix) = this.prefix.as_mut() {
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix[..n]);
+            prefix.advance(n);
+            if prefix.is_empty() {
+                this.prefix = None;
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();

@@ -191,9 +191,11 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
     };
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
 
-    let held = crate::connection::Held { slot, tracked };
-    let task = ConnectionTask::new(gateway.shared.clone(), on_upgrade, held, peer, mode, channels);
+    // The slot is given back by the connection when it ends (see `Drop for Connection`).
+    slot.forget();
+    let task = ConnectionTask::new(gateway.shared.clone(), on_upgrade, peer, mode, channels);
     gateway.shared.tracker.spawn(task);
+    drop(tracked); // the spawned task is tracked from here on
 
     let mut resp = Response::new(axum::body::Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
