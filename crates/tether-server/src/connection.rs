@@ -270,11 +270,13 @@ impl Future for ConnectionTask {
                         self.state = TaskState::Done;
                         return Poll::Ready(());
                     }
-                    Poll::Ready(Some((parked, wake_at))) => {
-                        parked.conn.shared.metrics.connections_parked.inc();
-                        let lot = &parked.conn.shared.parking;
-                        lot.ensure_timer();
-                        parked.conn.queue.set_deadline(lot.ticks(wake_at));
+                    Poll::Ready(Some((mut parked, wake_at))) => {
+                        let shared = parked.conn.shared.clone();
+                        shared.metrics.connections_parked.inc();
+                        shared.parking.ensure_tasks();
+                        parked.conn.queue.set_deadline(shared.parking.ticks(wake_at));
+                        parked.conn.queue.clear_socket_ready();
+                        parked.transport.leave_reactor(&shared.parking, parked.conn.lot_key);
                         self.state = TaskState::Parked(parked);
                     }
                 },
@@ -282,11 +284,12 @@ impl Future for ConnectionTask {
                     if parked.poll_wake(cx).is_pending() {
                         return Poll::Pending;
                     }
-                    let TaskState::Parked(parked) =
+                    let TaskState::Parked(mut parked) =
                         std::mem::replace(&mut self.state, TaskState::Done)
                     else {
                         unreachable!("matched above")
                     };
+                    parked.transport.rejoin_reactor(&parked.conn.shared.parking);
                     parked.conn.shared.metrics.connections_parked.dec();
                     parked.conn.queue.set_deadline(u64::MAX);
                     self.state = TaskState::Running(Box::pin(parked.resume()));
@@ -304,6 +307,7 @@ impl Parked {
     fn poll_wake(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let shared = &self.conn.shared;
         if self.conn.queue.poll_ready(cx).is_ready()
+            || self.conn.queue.socket_ready()
             || shared.parking.ticks(Instant::now()) >= self.conn.queue.deadline()
             || shared.shutdown.is_cancelled()
             || *shared.resync.borrow() != self.resync_seen

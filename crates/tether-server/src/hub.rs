@@ -71,10 +71,12 @@ impl Outbound {
 /// the queue drains, and a single waker slot serves both the running and the parked connection.
 pub struct OutboundQueue {
     items: Mutex<VecDeque<Outbound>>,
-    capacity: usize,
+    capacity: u32,
     closed: AtomicBool,
     /// Set when a delivery found the queue full: the connection closes as a slow consumer.
     overflowed: AtomicBool,
+    /// Set by the parking lot's reactor: the parked connection's socket has something.
+    socket_ready: AtomicBool,
     /// While the connection is parked: when its heartbeat is next due, in the parking lot's
     /// ticks (`u64::MAX`: not parked). Read by the lot's shared timer.
     deadline: AtomicU64,
@@ -92,9 +94,10 @@ impl OutboundQueue {
     pub fn new(capacity: usize) -> Self {
         OutboundQueue {
             items: Mutex::new(VecDeque::new()),
-            capacity,
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
             closed: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
+            socket_ready: AtomicBool::new(false),
             deadline: AtomicU64::new(u64::MAX),
             waker: AtomicWaker::new(),
         }
@@ -106,7 +109,7 @@ impl OutboundQueue {
         }
         {
             let mut items = self.items.lock().expect("outbound queue lock");
-            if items.len() >= self.capacity {
+            if items.len() >= self.capacity as usize {
                 drop(items);
                 self.overflowed.store(true, Ordering::Release);
                 self.waker.wake();
@@ -165,6 +168,20 @@ impl OutboundQueue {
     /// Wake the connection task (shutdown, resync, its heartbeat is due).
     pub fn wake(&self) {
         self.waker.wake();
+    }
+
+    /// The parked socket became readable (or failed): wake the connection.
+    pub(crate) fn set_socket_ready(&self) {
+        self.socket_ready.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub(crate) fn socket_ready(&self) -> bool {
+        self.socket_ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn clear_socket_ready(&self) {
+        self.socket_ready.store(false, Ordering::Release);
     }
 
     pub(crate) fn set_deadline(&self, ticks: u64) {

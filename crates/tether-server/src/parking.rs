@@ -6,6 +6,12 @@
 //! as a deadline, and one shared timer task scans the lot and wakes the connections that are
 //! due. Shutdown and a backplane resync wake everyone through the lot too.
 //!
+//! A parked plain TCP socket also leaves tokio's reactor: tokio keeps a 256-byte, cache-line
+//! aligned record per registered socket, so the lot watches parked sockets in an epoll set of
+//! its own (through mio) and wakes their connection when one becomes readable. epoll's
+//! bookkeeping lives in the kernel, not in the process. Registering a socket that already has
+//! data reports it at once, so nothing that arrives while a socket moves is missed.
+//!
 //! The scan is O(connections) per tick; the tick is a fraction of the heartbeat timings (at the
 //! default 25 s interval: every 500 ms, i.e. tens of microseconds of work per second for 15,000
 //! connections), so deadlines are met within one tick.
@@ -23,16 +29,27 @@ pub(crate) struct ParkingLot {
     origin: Instant,
     tick: Duration,
     timer_started: AtomicBool,
+    /// The epoll set for parked sockets (`None` if it could not be created: sockets then stay
+    /// in tokio's reactor while parked, which works and costs more).
+    registry: Option<mio::Registry>,
+    /// Taken by the reactor task when it starts.
+    poll: Mutex<Option<mio::Poll>>,
 }
 
 impl ParkingLot {
     /// `tick`: how often the shared timer scans for due connections.
     pub fn new(tick: Duration) -> Self {
+        let poll = mio::Poll::new()
+            .inspect_err(|e| tracing::warn!(error = %e, "no epoll set for parked sockets"))
+            .ok();
+        let registry = poll.as_ref().and_then(|p| p.registry().try_clone().ok());
         ParkingLot {
             mailboxes: Mutex::new(Slab::new()),
             origin: Instant::now(),
             tick: tick.max(Duration::from_millis(1)),
             timer_started: AtomicBool::new(false),
+            registry,
+            poll: Mutex::new(poll),
         }
     }
 
@@ -64,14 +81,43 @@ impl ParkingLot {
         d.as_millis() as u64 + u64::from(!d.subsec_nanos().is_multiple_of(1_000_000))
     }
 
-    /// Start the shared timer on first use (inside a tokio runtime). It stops when the lot is gone.
-    pub fn ensure_timer(self: &Arc<Self>) {
+    /// Start the shared timer and the parked-socket reactor on first use (inside a tokio
+    /// runtime). They stop when the lot is gone.
+    pub fn ensure_tasks(self: &Arc<Self>) {
         if self.timer_started.swap(true, Ordering::AcqRel) {
             return;
         }
         let lot = Arc::downgrade(self);
-        let tick = self.tick;
-        tokio::spawn(run_timer(lot, tick));
+        tokio::spawn(run_timer(lot.clone(), self.tick));
+        if let Some(poll) = self.poll.lock().expect("parking lot poll").take() {
+            tokio::spawn(run_reactor(lot, poll));
+        }
+    }
+
+    /// Watch a parked socket; its connection's mailbox (slab `key`) is told when it is readable.
+    /// An error means the socket must stay in tokio's reactor.
+    pub fn watch(&self, key: usize, fd: std::os::fd::RawFd) -> std::io::Result<()> {
+        let registry = self.registry.as_ref().ok_or(std::io::ErrorKind::Unsupported)?;
+        let interest = mio::Interest::READABLE;
+        registry.register(&mut mio::unix::SourceFd(&fd), mio::Token(key), interest)
+    }
+
+    /// Stop watching a socket that is becoming active again.
+    pub fn unwatch(&self, fd: std::os::fd::RawFd) {
+        if let Some(registry) = &self.registry {
+            let _ = registry.deregister(&mut mio::unix::SourceFd(&fd));
+        }
+    }
+
+    /// Whether parked sockets can leave tokio's reactor.
+    pub fn has_reactor(&self) -> bool {
+        self.registry.is_some()
+    }
+
+    fn socket_ready(&self, key: usize) {
+        if let Some(mailbox) = self.mailboxes.lock().expect("parking lot lock").get(key) {
+            mailbox.set_socket_ready();
+        }
     }
 
     /// Wake the connections whose deadline has passed.
@@ -81,6 +127,39 @@ impl ParkingLot {
             if mailbox.deadline() <= now {
                 mailbox.wake();
             }
+        }
+    }
+}
+
+/// Wait on the lot's epoll set (itself registered in tokio's reactor) and pass its events on.
+async fn run_reactor(lot: Weak<ParkingLot>, poll: mio::Poll) {
+    const BATCH: usize = 1024;
+    // SAFETY: `mio::Poll` owns its epoll file descriptor and keeps it open and unchanged for
+    // its whole life, and the `AsyncFd` owns the `Poll`.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            // Parked sockets are then never reported: say so loudly, this should not happen.
+            tracing::error!(error = %e, "cannot watch the parked-socket epoll set");
+            return;
+        }
+    };
+    let mut events = mio::Events::with_capacity(BATCH);
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else { return };
+        if let Err(e) = guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::warn!(error = %e, "polling parked sockets failed");
+            }
+            continue;
+        }
+        let Some(lot) = lot.upgrade() else { return };
+        let n = events.iter().inspect(|e| lot.socket_ready(e.token().0)).count();
+        if n < BATCH {
+            guard.clear_ready(); // drained; a full batch means more may be waiting
         }
     }
 }

@@ -91,6 +91,10 @@ enum Io {
     /// A plain TCP socket (hyper's own HTTP/1 server hands it over as such): parked on its
     /// readiness, without reading.
     Tcp(TcpStream),
+    /// The same socket while parked in the parking lot's epoll set, out of tokio's reactor.
+    Watched(std::net::TcpStream),
+    /// Lost while moving between reactors (an error is then pending).
+    Detached,
     /// Whatever else the HTTP server upgraded (axum::serve's version-sniffing wrapper, TLS):
     /// parked by a small read whose bytes are kept for the WebSocket layer.
     Other(TokioIo<Upgraded>),
@@ -135,6 +139,47 @@ impl Transport {
         self.prefix.is_none() && self.error.is_none() && self.boundary.at_rest()
     }
 
+    /// Move a plain socket out of tokio's reactor into the lot's epoll set (see `parking.rs`).
+    /// Anything else, or a failure, leaves it where it is: parking still works, at tokio's cost.
+    pub fn leave_reactor(&mut self, lot: &crate::parking::ParkingLot, key: usize) {
+        use std::os::fd::AsRawFd;
+        if !matches!(self.io, Io::Tcp(_)) || !lot.has_reactor() {
+            return;
+        }
+        let Io::Tcp(tcp) = std::mem::replace(&mut self.io, Io::Detached) else { return };
+        let std = match tcp.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                self.error = Some(e);
+                return;
+            }
+        };
+        if lot.watch(key, std.as_raw_fd()).is_ok() {
+            self.io = Io::Watched(std);
+        } else {
+            self.io = match TcpStream::from_std(std) {
+                Ok(tcp) => Io::Tcp(tcp),
+                Err(e) => {
+                    self.error = Some(e);
+                    Io::Detached
+                }
+            };
+        }
+    }
+
+    /// Back into tokio's reactor, before the WebSocket layer uses the socket again.
+    pub fn rejoin_reactor(&mut self, lot: &crate::parking::ParkingLot) {
+        use std::os::fd::AsRawFd;
+        if let Io::Watched(std) = &self.io {
+            lot.unwatch(std.as_raw_fd());
+            let Io::Watched(std) = std::mem::replace(&mut self.io, Io::Detached) else { return };
+            match TcpStream::from_std(std) {
+                Ok(tcp) => self.io = Io::Tcp(tcp),
+                Err(e) => self.error = Some(e),
+            }
+        }
+    }
+
     /// Ready when the parked peer did something: sent data, ended the stream, or failed.
     /// Registers the waker.
     pub fn poll_activity(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -143,6 +188,9 @@ impl Transport {
         }
         match &mut self.io {
             Io::Tcp(tcp) => tcp.poll_read_ready(cx).map(|_| ()),
+            // The lot's reactor reports through the mailbox.
+            Io::Watched(_) => Poll::Pending,
+            Io::Detached => Poll::Ready(()),
             Io::Other(io) => {
                 // No readiness API on an upgraded stream: read a little and keep what came.
                 let mut scratch = [0u8; PARKED_READ];
@@ -168,6 +216,11 @@ impl Transport {
     }
 }
 
+/// I/O on a socket that is not in tokio's reactor: a bug, or the socket was lost on the way.
+fn not_in_reactor() -> io::Error {
+    io::Error::other("socket is not registered with the runtime")
+}
+
 impl AsyncRead for Transport {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -191,6 +244,7 @@ impl AsyncRead for Transport {
         let polled = match &mut this.io {
             Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Io::Other(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Watched(_) | Io::Detached => return Poll::Ready(Err(not_in_reactor())),
         };
         if let Poll::Ready(Ok(())) = polled {
             this.boundary.feed(&buf.filled()[before..]);
@@ -208,6 +262,7 @@ impl AsyncWrite for Transport {
         match &mut self.get_mut().io {
             Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Io::Other(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Watched(_) | Io::Detached => Poll::Ready(Err(not_in_reactor())),
         }
     }
 
@@ -215,6 +270,7 @@ impl AsyncWrite for Transport {
         match &mut self.get_mut().io {
             Io::Tcp(s) => Pin::new(s).poll_flush(cx),
             Io::Other(s) => Pin::new(s).poll_flush(cx),
+            Io::Watched(_) | Io::Detached => Poll::Ready(Err(not_in_reactor())),
         }
     }
 
@@ -222,6 +278,7 @@ impl AsyncWrite for Transport {
         match &mut self.get_mut().io {
             Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Io::Other(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Watched(_) | Io::Detached => Poll::Ready(Err(not_in_reactor())),
         }
     }
 
@@ -233,6 +290,7 @@ impl AsyncWrite for Transport {
         match &mut self.get_mut().io {
             Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Other(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Watched(_) | Io::Detached => Poll::Ready(Err(not_in_reactor())),
         }
     }
 
@@ -240,6 +298,7 @@ impl AsyncWrite for Transport {
         match &self.io {
             Io::Tcp(s) => s.is_write_vectored(),
             Io::Other(s) => s.is_write_vectored(),
+            Io::Watched(_) | Io::Detached => false,
         }
     }
 }
