@@ -120,6 +120,8 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let mut timeline: Vec<(f64, f64)> = vec![(0.0, rss()?)];
     let mut after_cycle: Vec<u64> = Vec::with_capacity(args.cycles);
+    // The server's live heap, when it reports its allocator's figures (Tether does).
+    let mut heap_after_cycle: Vec<Option<u64>> = Vec::with_capacity(args.cycles);
     eprintln!("soak: {} cycles × {} connections against {url}", args.cycles, args.conns);
     let bar = crate::bench::progress(args.cycles as u64, "cycles");
     for n in 1..=args.cycles {
@@ -147,6 +149,7 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
         let rss = rss()? as u64;
         timeline.push((started.elapsed().as_secs_f64(), rss as f64));
         after_cycle.push(rss);
+        heap_after_cycle.push(probe.metric("tether_allocator_allocated_bytes").map(|b| b as u64));
         bar.inc(1);
         bar.set_message(format!("{:.1} MiB", rss as f64 / 1048576.0));
     }
@@ -166,14 +169,16 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
             "{}",
             serde_json::json!({
                 "conns": args.conns, "cycles": args.cycles,
-                "rss_after_cycle": after_cycle, "growth_percent": growth,
+                "rss_after_cycle": after_cycle, "heap_after_cycle": heap_after_cycle,
+                "growth_percent": growth,
                 "slope_bytes_per_cycle": slope, "threshold_percent": args.threshold, "passed": passed,
             })
         );
     } else {
-        println!("cycle  server RSS after cycle");
-        for (i, rss) in after_cycle.iter().enumerate() {
-            println!("{:>5}  {:>10.1} MiB", i + 1, *rss as f64 / 1048576.0);
+        println!("cycle  server RSS after cycle  live heap (allocator)");
+        for (i, (rss, heap)) in after_cycle.iter().zip(&heap_after_cycle).enumerate() {
+            let heap = heap.map_or("-".to_owned(), |h| format!("{:.1} MiB", h as f64 / 1048576.0));
+            println!("{:>5}  {:>10.1} MiB  {heap:>20}", i + 1, *rss as f64 / 1048576.0);
         }
         println!(
             "verdict: {} — last cycle {:.1} MiB vs first {:.1} MiB ({growth:+.2}%, threshold {}%), slope {:+.0} bytes/cycle",
