@@ -92,11 +92,19 @@ fn fragments(msg: Message) -> Vec<Message> {
 /// connections hold one or a few (a one-entry `HashMap` allocates ~220 bytes, this 48), and a
 /// binary search stays fast up to `max_subscriptions`.
 #[derive(Default)]
-struct Subscriptions(Vec<(Box<str>, Watermark)>);
+struct Subscriptions(Vec<(Arc<str>, Watermark)>);
 
 impl Subscriptions {
     fn find(&self, channel: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|(c, _)| (**c).cmp(channel))
+    }
+    /// The watermark for a queued publication's channel: found by pointer first (the names
+    /// are the hub's own `Arc`s), which saves a string comparison per delivery.
+    fn for_tag(&mut self, channel: &Arc<str>) -> Option<&mut Watermark> {
+        match self.0.iter().position(|(c, _)| Arc::ptr_eq(c, channel)) {
+            Some(i) => Some(&mut self.0[i].1),
+            None => self.get_mut(channel),
+        }
     }
     fn contains(&self, channel: &str) -> bool {
         self.find(channel).is_ok()
@@ -105,11 +113,11 @@ impl Subscriptions {
         self.find(channel).ok().map(|i| &mut self.0[i].1)
     }
     /// Returns false when already present.
-    fn insert(&mut self, channel: &str) -> bool {
-        match self.find(channel) {
+    fn insert(&mut self, channel: Arc<str>) -> bool {
+        match self.find(&channel) {
             Ok(_) => false,
             Err(i) => {
-                self.0.insert(i, (channel.into(), Watermark::default()));
+                self.0.insert(i, (channel, Watermark::default()));
                 true
             }
         }
@@ -129,7 +137,7 @@ impl Subscriptions {
     fn len(&self) -> usize {
         self.0.len()
     }
-    fn take_channels(&mut self) -> impl Iterator<Item = Box<str>> {
+    fn take_channels(&mut self) -> impl Iterator<Item = Arc<str>> {
         std::mem::take(&mut self.0).into_iter().map(|(c, _)| c)
     }
 }
@@ -484,16 +492,21 @@ impl Connection {
                 Action::Wait(at) => Instant::from_std(at),
             };
             // Park when nothing happened for `park_after` and nothing is half-done: no partial
-            // frame or message read, nothing queued (writes are always flushed by now).
-            let parkable = ws.get_ref().can_park() && queue.is_empty() && !queue.overflowed();
-            let park_at = last_activity + park_after;
-            if parkable && Instant::now() >= park_at {
-                return None;
+            // frame or message read, nothing queued (writes are always flushed by now). Checked
+            // only when the timer fires, not on every message.
+            let mut park_at = last_activity + park_after;
+            if sleep_until.is_none() && Instant::now() >= park_at {
+                if ws.get_ref().can_park() && queue.is_empty() && !queue.overflowed() {
+                    return None;
+                }
+                // Something is half-done: look again after another `park_after`.
+                last_activity = Instant::now();
+                park_at = last_activity + park_after;
             }
             // Re-armed only when the wake-up moves earlier (or has fired): `park_at` moves with
             // every message, and re-registering a timer per delivery showed in profiles. A
             // wake-up that comes too early just recomputes and re-arms.
-            let wake = if parkable { wake_at.min(park_at) } else { wake_at };
+            let wake = wake_at.min(park_at);
             if sleep_until.is_none_or(|at| wake < at) {
                 sleep.as_mut().reset(wake);
                 sleep_until = Some(wake);
@@ -605,6 +618,11 @@ impl Connection {
     /// Queue a reply. Replies share the outbound queue with publications, so the order the peer
     /// sees is the order things happened.
     async fn enqueue(&mut self, ws: &mut Ws, reply: Message) -> Option<Ending> {
+        if self.queue.is_empty() && !self.queue.overflowed() {
+            // Nothing is waiting to go out before it: write it now (a ping-pong round trip
+            // then costs one pass of the loop, not two).
+            return self.write_frames(ws, vec![reply]).await.err().map(|e| self.write_failed(e));
+        }
         match self.queue.push(Outbound::reply(reply)) {
             Ok(()) => None,
             Err(_) => {
@@ -681,8 +699,9 @@ impl Connection {
             ));
         }
         let sub = Subscriber { queue: self.queue.clone(), mode: self.mode };
-        self.shared.hub.subscribe(channel, self.id, sub);
-        self.subscriptions.insert(channel);
+        if let Some(name) = self.shared.hub.subscribe(channel, self.id, sub) {
+            self.subscriptions.insert(name);
+        }
         Ok(ReplyResult::default())
     }
 
@@ -767,8 +786,10 @@ impl Connection {
         if self.queue.overflowed() {
             return Admission::Gap;
         }
-        let Some(w) = self.subscriptions.get_mut(&tag.channel) else { return Admission::Skip };
-        if w.epoch.as_deref() == Some(&*tag.epoch) {
+        let Some(w) = self.subscriptions.for_tag(&tag.channel) else { return Admission::Skip };
+        let same_epoch =
+            w.epoch.as_ref().is_some_and(|e| Arc::ptr_eq(e, &tag.epoch) || *e == tag.epoch);
+        if same_epoch {
             if tag.offset <= w.offset {
                 return Admission::Skip;
             }
@@ -777,7 +798,9 @@ impl Connection {
             }
         }
         // Same epoch and next in line, or a first/new epoch (history lost upstream): follow it.
-        w.epoch = Some(tag.epoch.clone());
+        if !same_epoch {
+            w.epoch = Some(tag.epoch.clone());
+        }
         w.offset = tag.offset;
         Admission::Send
     }
@@ -983,26 +1006,45 @@ impl Connection {
         first: Outbound,
         queue: &OutboundQueue,
     ) -> Result<bool, WriteFailed> {
-        let mut frames = Vec::with_capacity(8);
-        let mut next = Some(first);
-        let mut gap = false;
-        while let Some(item) = next.take() {
-            match self.admit(item.tag.as_ref()) {
-                Admission::Send => frames.push(item.frame),
-                Admission::Skip => {}
-                Admission::Gap => {
-                    gap = true;
-                    break;
+        let (mut n, mut bytes, mut gap) = (0u64, 0u64, false);
+        let write_timeout = self.shared.config.write_timeout;
+        let write = async {
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                match self.admit(item.tag.as_ref()) {
+                    Admission::Send => {
+                        n += 1;
+                        bytes += item.frame.len() as u64;
+                        if item.frame.len() > FRAGMENT {
+                            for fragment in fragments(item.frame) {
+                                ws.feed(fragment).await?;
+                            }
+                        } else {
+                            ws.feed(item.frame).await?;
+                        }
+                    }
+                    Admission::Skip => {}
+                    Admission::Gap => {
+                        gap = true;
+                        break;
+                    }
+                }
+                if n < WRITE_BATCH as u64 {
+                    next = queue.pop();
                 }
             }
-            if frames.len() < WRITE_BATCH {
-                next = queue.pop();
+            if n > 0 {
+                ws.flush().await?;
             }
+            Ok(())
+        };
+        match tokio::time::timeout(write_timeout, write).await {
+            Err(_) => return Err(WriteFailed::TimedOut),
+            Ok(Err(e)) => return Err(WriteFailed::Transport(e)),
+            Ok(Ok(())) => {}
         }
-        if frames.is_empty() {
-            return Ok(gap);
-        }
-        self.write_frames(ws, frames).await?;
+        self.shared.metrics.messages_out.inc_by(n);
+        self.shared.metrics.bytes_out.inc_by(bytes);
         Ok(gap)
     }
 }

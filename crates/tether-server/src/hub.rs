@@ -244,14 +244,21 @@ impl Hub {
         &self.shards[i]
     }
 
-    /// Add a subscriber. Returns false when it was already subscribed.
-    pub fn subscribe(&self, channel: &str, conn: ConnId, sub: Subscriber) -> bool {
+    /// Add a subscriber. Returns the channel's name as the hub holds it (the same `Arc` its
+    /// publications are tagged with, so a connection can recognise them by pointer), or `None`
+    /// when it was already subscribed.
+    pub fn subscribe(&self, channel: &str, conn: ConnId, sub: Subscriber) -> Option<Arc<str>> {
         let mut shard = self.shard(channel).lock().expect("hub shard lock");
-        let added = shard.entry(Arc::from(channel)).or_default().insert(conn, sub).is_none();
-        if added {
-            self.metrics.subscriptions.inc();
+        let key = match shard.get_key_value(channel) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(channel),
+        };
+        let added = shard.entry(key.clone()).or_default().insert(conn, sub).is_none();
+        if !added {
+            return None;
         }
-        added
+        self.metrics.subscriptions.inc();
+        Some(key)
     }
 
     /// Remove a subscriber; drops the channel when it was the last one.
@@ -345,8 +352,8 @@ mod tests {
         let epoch: Arc<str> = Arc::from("e1");
         let (a, mut ra) = sub(Mode::Json, 8);
         let (b, mut rb) = sub(Mode::Raw, 8);
-        assert!(hub.subscribe("c", 1, a.clone()));
-        assert!(!hub.subscribe("c", 1, a), "second subscribe is refused");
+        assert!(hub.subscribe("c", 1, a.clone()).is_some());
+        assert!(hub.subscribe("c", 1, a).is_none(), "second subscribe is refused");
         hub.subscribe("c", 2, b);
         assert_eq!(hub.publish("c", &epoch, 1, &data(r#""hi""#)), 2);
         let first = ra.try_recv().unwrap();
