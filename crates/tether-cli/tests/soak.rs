@@ -1,6 +1,6 @@
 //! A short soak in the test suite: clients come and go (half closing cleanly, half dropping the
-//! socket) and the server's memory must come back. The threshold is loose (glibc's allocator
-//! keeps some memory between cycles); a leak of even 2 KB per connection per cycle exceeds it.
+//! socket) and the server's memory must come back: resident memory (sampled once it holds still)
+//! and the live heap jemalloc reports. A leak of 1 KB per connection per cycle exceeds 10%.
 
 mod common;
 use common::*;
@@ -35,10 +35,12 @@ fn server_memory_comes_back_after_churn() {
     std::fs::create_dir_all(&dir).unwrap();
     let chart = dir.join("soak.svg");
     let (code, verdict) =
-        soak(&server, "5", &["--threshold", "25", "--chart", chart.to_str().unwrap()]);
+        soak(&server, "5", &["--threshold", "10", "--chart", chart.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{verdict}");
     assert_eq!(verdict["passed"], true, "{verdict}");
     assert_eq!(verdict["rss_after_cycle"].as_array().unwrap().len(), 5);
+    assert_eq!(verdict["heap_after_cycle"].as_array().unwrap().len(), 5);
+    assert!(verdict["heap_growth_percent"].as_f64().unwrap() <= 10.0, "{verdict}");
     assert!(std::fs::read_to_string(&chart).unwrap().contains("<polyline"), "a chart was written");
     // Every connection of every cycle was served and let go.
     assert_eq!(server.metric("tether_connections_accepted_total"), 5000.0);
