@@ -477,15 +477,26 @@ impl Connection {
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         let mut sleep_until = None;
-        // Created once, not per iteration: each creation registers and unregisters a waiter
-        // under a lock, which showed in fan-out profiles.
-        let shutdown = self.shared.shutdown.clone();
-        let shutdown = shutdown.cancelled();
-        tokio::pin!(shutdown);
-        let resync = resync.changed();
-        tokio::pin!(resync);
         loop {
-            let wake_at = match heartbeat.poll(Instant::now().into_std()) {
+            // Shutdown and resync are flags, checked here: the gateway raises them and then wakes
+            // every mailbox through the parking lot, which ends the select below. (Two more
+            // futures in the select, polled on every message, showed in profiles.)
+            if self.shared.shutdown.is_cancelled() {
+                let (code, hint) = match self.shared.config.shutdown_close {
+                    crate::config::ShutdownClose::Restart => {
+                        (CloseCode::SERVICE_RESTART, Some(self.shared.config.restart_retry_hint))
+                    }
+                    crate::config::ShutdownClose::GoingAway => (CloseCode::GOING_AWAY, None),
+                };
+                let reason = "server shutting down";
+                return Some(Box::pin(self.close(ws, code, reason, hint, false)).await);
+            }
+            // (An error would mean the gateway is gone: closing is right then too.)
+            if resync.has_changed().unwrap_or(true) {
+                return Some(Box::pin(self.resync_close(ws)).await);
+            }
+            let now = Instant::now();
+            let wake_at = match heartbeat.poll(now.into_std()) {
                 Action::SendPing => {
                     if let Err(e) = self.write_frames(ws, vec![Message::Ping(Bytes::new())]).await {
                         return Some(self.write_failed(e));
@@ -507,12 +518,12 @@ impl Connection {
             // frame or message read, nothing queued (writes are always flushed by now). Checked
             // only when the timer fires, not on every message.
             let mut park_at = last_activity + park_after;
-            if sleep_until.is_none() && Instant::now() >= park_at {
+            if sleep_until.is_none() && now >= park_at {
                 if ws.get_ref().can_park() && queue.is_empty() && !queue.overflowed() {
                     return None;
                 }
                 // Something is half-done: look again after another `park_after`.
-                last_activity = Instant::now();
+                last_activity = now;
                 park_at = last_activity + park_after;
             }
             // Re-armed only when the wake-up moves earlier (or has fired): `park_at` moves with
@@ -529,17 +540,6 @@ impl Connection {
             // Not `biased`: a peer that floods us must not starve its own outbound queue, and a
             // busy queue must not stop us reading (its pongs are its proof of life).
             tokio::select! {
-                _ = &mut shutdown => {
-                    let (code, hint) = match self.shared.config.shutdown_close {
-                        crate::config::ShutdownClose::Restart => {
-                            (CloseCode::SERVICE_RESTART, Some(self.shared.config.restart_retry_hint))
-                        }
-                        crate::config::ShutdownClose::GoingAway => (CloseCode::GOING_AWAY, None),
-                    };
-                    return Some(Box::pin(self.close(ws, code, "server shutting down", hint, false)).await);
-                }
-                // (An error would mean the gateway is gone: closing is right then too.)
-                _ = &mut resync => return Some(Box::pin(self.resync_close(ws)).await),
                 _ = &mut sleep => sleep_until = None,
                 inbound = ws.next() => {
                     last_activity = Instant::now();
@@ -568,6 +568,8 @@ impl Connection {
                     }
                 }
                 out = queue.next() => {
+                    // `None`: woken by the gateway (shutdown, resync); the loop's top checks.
+                    let Some(out) = out else { continue };
                     last_activity = Instant::now();
                     match Box::pin(self.write_batch(ws, out, &queue)).await {
                         Err(e) => return Some(self.write_failed(e)),
@@ -594,7 +596,7 @@ impl Connection {
         m.bytes_in.inc_by(msg.len() as u64);
         let reply = match (self.mode, msg) {
             (Mode::Raw, Message::Text(text)) if text.as_str() == self.shared.config.raw_ping => {
-                Message::Text(self.shared.config.raw_pong.as_str().into())
+                Message::Text(self.shared.raw_pong.clone()) // shared bytes, no copy per reply
             }
             (Mode::Raw, _) => {
                 // Raw mode is receive-only: other inbound messages are counted and dropped.
@@ -633,7 +635,7 @@ impl Connection {
         if self.queue.is_empty() && !self.queue.overflowed() {
             // Nothing is waiting to go out before it: write it now (a ping-pong round trip
             // then costs one pass of the loop, not two).
-            return self.write_frames(ws, vec![reply]).await.err().map(|e| self.write_failed(e));
+            return self.write_one(ws, reply).await.err().map(|e| self.write_failed(e));
         }
         match self.queue.push(Outbound::reply(reply)) {
             Ok(()) => None,
@@ -998,6 +1000,23 @@ impl Connection {
             Ok(Err(e)) => Err(WriteFailed::Transport(e)),
             Ok(Ok(())) => {
                 self.shared.metrics.messages_out.inc_by(n);
+                self.shared.metrics.bytes_out.inc_by(bytes);
+                Ok(())
+            }
+        }
+    }
+
+    /// Write one small message (a reply) and flush, within `write_timeout`.
+    async fn write_one(&self, ws: &mut Ws, msg: Message) -> Result<(), WriteFailed> {
+        if msg.len() > FRAGMENT {
+            return self.write_frames(ws, vec![msg]).await;
+        }
+        let bytes = msg.len() as u64;
+        match within(self.shared.config.write_timeout, ws.send(msg)).await {
+            Err(_) => Err(WriteFailed::TimedOut),
+            Ok(Err(e)) => Err(WriteFailed::Transport(e)),
+            Ok(Ok(())) => {
+                self.shared.metrics.messages_out.inc();
                 self.shared.metrics.bytes_out.inc_by(bytes);
                 Ok(())
             }

@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     /// Bumped when the broker's live feed was interrupted (a Redis pub/sub link restored):
     /// every connection closes with 1012 so that its client resubscribes and recovers.
     pub resync: watch::Sender<u64>,
+    /// The raw-mode answer to a text ping, encoded once.
+    pub raw_pong: tokio_tungstenite::tungstenite::Utf8Bytes,
     /// How long a connection must be idle before it parks (see `connection.rs`).
     pub park_after: std::time::Duration,
     /// Where idle connections wait; also how shutdown and resync reach every connection.
@@ -156,8 +158,10 @@ impl Gateway {
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         let park_after = (config.ping_interval / 2).min(std::time::Duration::from_secs(1));
+        let raw_pong = config.raw_pong.as_str().into();
         Gateway {
             shared: Arc::new(Shared {
+                raw_pong,
                 connection_slots: Arc::new(Semaphore::new(config.max_connections)),
                 config,
                 ws_config,

@@ -77,6 +77,8 @@ pub struct OutboundQueue {
     overflowed: AtomicBool,
     /// Set by the parking lot's reactor: the parked connection's socket has something.
     socket_ready: AtomicBool,
+    /// Set by the gateway (shutdown, resync): the connection must look at the gateway's state.
+    signalled: AtomicBool,
     /// While the connection is parked: when its heartbeat is next due, in the parking lot's
     /// ticks (`u64::MAX`: not parked). Read by the lot's shared timer.
     deadline: AtomicU64,
@@ -98,6 +100,7 @@ impl OutboundQueue {
             closed: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
             socket_ready: AtomicBool::new(false),
+            signalled: AtomicBool::new(false),
             deadline: AtomicU64::new(u64::MAX),
             waker: AtomicWaker::new(),
         }
@@ -150,23 +153,34 @@ impl OutboundQueue {
         }
     }
 
-    /// The next item, waiting for one if the queue is empty.
-    pub async fn next(&self) -> Outbound {
+    /// The next item, waiting for one if the queue is empty; `None` when the connection was
+    /// signalled (see [`OutboundQueue::signal`]) instead.
+    pub async fn next(&self) -> Option<Outbound> {
         std::future::poll_fn(|cx| {
             if let Some(item) = self.pop() {
-                return Poll::Ready(item);
+                return Poll::Ready(Some(item));
             }
             self.waker.register(cx.waker());
-            match self.pop() {
-                Some(item) => Poll::Ready(item),
-                None => Poll::Pending,
+            if let Some(item) = self.pop() {
+                return Poll::Ready(Some(item));
             }
+            if self.signalled.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
         })
         .await
     }
 
-    /// Wake the connection task (shutdown, resync, its heartbeat is due).
+    /// Wake the connection task (its heartbeat is due).
     pub fn wake(&self) {
+        self.waker.wake();
+    }
+
+    /// Wake the connection task and make a pending [`OutboundQueue::next`] return `None`, so
+    /// that it looks at the gateway's state (shutdown, resync).
+    pub fn signal(&self) {
+        self.signalled.store(true, Ordering::Release);
         self.waker.wake();
     }
 

@@ -67,10 +67,10 @@ impl ParkingLot {
         self.mailboxes.lock().expect("parking lot lock").try_remove(key);
     }
 
-    /// Wake every connection (shutdown, resync): each checks what happened.
+    /// Signal every connection (shutdown, resync): each checks what happened.
     pub fn wake_all(&self) {
         for (_, mailbox) in self.mailboxes.lock().expect("parking lot lock").iter() {
-            mailbox.wake();
+            mailbox.signal();
         }
     }
 
