@@ -157,12 +157,17 @@ impl OutboundQueue {
     /// signalled (see [`OutboundQueue::signal`]) instead.
     pub async fn next(&self) -> Option<Outbound> {
         std::future::poll_fn(|cx| {
-            if let Some(item) = self.pop() {
-                return Poll::Ready(Some(item));
-            }
-            self.waker.register(cx.waker());
-            if let Some(item) = self.pop() {
-                return Poll::Ready(Some(item));
+            {
+                let mut items = self.items.lock().expect("outbound queue lock");
+                if let Some(item) = items.pop_front() {
+                    if items.is_empty() && items.capacity() > 16 {
+                        items.shrink_to_fit();
+                    }
+                    return Poll::Ready(Some(item));
+                }
+                // Registered under the lock: a push takes the lock after us, so its wake finds
+                // this waker. One lock per poll instead of pop / register / pop.
+                self.waker.register(cx.waker());
             }
             if self.signalled.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(None);
