@@ -17,7 +17,7 @@
 //! which is logged once and counted once.
 
 use crate::gateway::Shared;
-use crate::hub::{ConnId, Mode, Outbound, OutboundQueue, Subscriber, Tag};
+use crate::hub::{ConnId, Mode, Outbound, OutboundQueue, Published, Subscriber};
 use crate::transport::Transport;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -638,7 +638,7 @@ impl Connection {
             // then costs one pass of the loop, not two).
             return self.write_one(ws, reply).await.err().map(|e| self.write_failed(e));
         }
-        match self.queue.push(Outbound::reply(reply)) {
+        match self.queue.push(Outbound::Reply(reply)) {
             Ok(()) => None,
             Err(_) => {
                 self.shared.metrics.slow_consumers.inc();
@@ -796,8 +796,7 @@ impl Connection {
     /// follow the last one delivered on its channel (an offset was skipped: the queue overflowed,
     /// or the backplane lost one) is a gap: nothing more may be delivered on this connection, or
     /// the client's position would jump over the hole and a later recovery would miss it.
-    fn admit(&mut self, tag: Option<&Tag>) -> Admission {
-        let Some(tag) = tag else { return Admission::Send };
+    fn admit(&mut self, tag: &Published) -> Admission {
         if self.queue.overflowed() {
             return Admission::Gap;
         }
@@ -1043,16 +1042,24 @@ impl Connection {
         let write = async {
             let mut next = Some(first);
             while let Some(item) = next.take() {
-                match self.admit(item.tag.as_ref()) {
+                let admission = match &item {
+                    Outbound::Reply(_) => Admission::Send,
+                    Outbound::Publication(p) => self.admit(p),
+                };
+                match admission {
                     Admission::Send => {
+                        let frame = match item {
+                            Outbound::Reply(m) => m,
+                            Outbound::Publication(p) => Message::Text(p.frame.clone()),
+                        };
                         n += 1;
-                        bytes += item.frame.len() as u64;
-                        if item.frame.len() > FRAGMENT {
-                            for fragment in fragments(item.frame) {
+                        bytes += frame.len() as u64;
+                        if frame.len() > FRAGMENT {
+                            for fragment in fragments(frame) {
                                 ws.feed(fragment).await?;
                             }
                         } else {
-                            ws.feed(item.frame).await?;
+                            ws.feed(frame).await?;
                         }
                     }
                     Admission::Skip => {}

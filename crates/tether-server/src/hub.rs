@@ -44,24 +44,22 @@ impl Mode {
     }
 }
 
-/// Where a queued publication sits in its channel's stream.
-#[derive(Clone, Debug)]
-pub struct Tag {
+/// A publication rendered for one protocol mode, with its place in its channel's stream.
+/// Built once per publication and mode; every subscriber's queue holds an `Arc` of it.
+#[derive(Debug)]
+pub struct Published {
+    pub frame: Utf8Bytes,
     pub channel: Arc<str>,
     pub epoch: Arc<str>,
     pub offset: u64,
 }
 
-/// One item of a connection's outbound queue: a frame, and for publications their position.
-pub struct Outbound {
-    pub frame: Message,
-    pub tag: Option<Tag>,
-}
-
-impl Outbound {
-    pub fn reply(frame: Message) -> Self {
-        Outbound { frame, tag: None }
-    }
+/// One item of a connection's outbound queue.
+pub enum Outbound {
+    /// A reply or error for this connection.
+    Reply(Message),
+    /// A publication, shared with every other subscriber it went to.
+    Publication(Arc<Published>),
 }
 
 /// A connection's mailbox: its bounded outbound queue, plus the signals the connection task
@@ -299,19 +297,26 @@ impl Hub {
     pub fn publish(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: &RawValue) -> u64 {
         let shard = self.shard(channel).lock().expect("hub shard lock");
         let Some((name, subscribers)) = shard.get_key_value(channel) else { return 0 };
-        // Encode once per mode, lazily; every subscriber gets a clone of the same bytes.
-        let mut json: Option<Utf8Bytes> = None;
-        let mut raw: Option<Utf8Bytes> = None;
+        // Encode once per mode, lazily; every subscriber gets a reference to the same one.
+        let mut json: Option<Arc<Published>> = None;
+        let mut raw: Option<Arc<Published>> = None;
         let mut delivered = 0;
         for sub in subscribers.values() {
             let slot = match sub.mode {
                 Mode::Json => &mut json,
                 Mode::Raw => &mut raw,
             };
-            let frame =
-                slot.get_or_insert_with(|| render(sub.mode, channel, epoch, offset, data)).clone();
-            let tag = Tag { channel: name.clone(), epoch: epoch.clone(), offset };
-            match sub.queue.push(Outbound { frame: Message::Text(frame), tag: Some(tag) }) {
+            let publication = slot
+                .get_or_insert_with(|| {
+                    Arc::new(Published {
+                        frame: render(sub.mode, channel, epoch, offset, data),
+                        channel: name.clone(),
+                        epoch: epoch.clone(),
+                        offset,
+                    })
+                })
+                .clone();
+            match sub.queue.push(Outbound::Publication(publication)) {
                 Ok(()) => delivered += 1,
                 // Flagged and woken by `push`: the connection closes as a slow consumer.
                 Err(PushError::Full) => {}
@@ -362,7 +367,17 @@ mod tests {
     }
 
     fn text(o: Outbound) -> String {
-        o.frame.into_text().unwrap().to_string()
+        match o {
+            Outbound::Publication(p) => p.frame.to_string(),
+            Outbound::Reply(m) => m.into_text().unwrap().to_string(),
+        }
+    }
+
+    fn position(o: &Outbound) -> Option<(&str, &str, u64)> {
+        match o {
+            Outbound::Publication(p) => Some((&*p.channel, &*p.epoch, p.offset)),
+            Outbound::Reply(_) => None,
+        }
     }
 
     #[test]
@@ -376,10 +391,7 @@ mod tests {
         hub.subscribe("c", 2, b);
         assert_eq!(hub.publish("c", &epoch, 1, &data(r#""hi""#)), 2);
         let first = ra.try_recv().unwrap();
-        assert_eq!(
-            first.tag.as_ref().map(|t| (&*t.channel, &*t.epoch, t.offset)),
-            Some(("c", "e1", 1))
-        );
+        assert_eq!(position(&first), Some(("c", "e1", 1)));
         assert_eq!(
             text(first),
             r#"{"type":"publication","channel":"c","offset":1,"epoch":"e1","data":"hi"}"#
