@@ -371,6 +371,7 @@ impl Connection {
         let queue = Arc::new(OutboundQueue::new(shared.config.outbound_queue));
         shared.metrics.connections_open.inc(); // decremented by `Drop for Connection`
         let lot_key = shared.parking.register(queue.clone());
+        shared.parking.ensure_tasks(); // its timer also tells active connections when to park
         shared
             .metrics
             .connections_accepted
@@ -472,8 +473,13 @@ impl Connection {
         resync: &mut watch::Receiver<u64>,
     ) -> Option<Ending> {
         let queue = self.queue.clone();
+        let lot = self.shared.parking.clone();
         let park_after = self.shared.park_after;
-        let mut last_activity = Instant::now();
+        // When to consider parking, in the lot's ticks, kept in the mailbox: the lot's shared
+        // timer signals us once it has passed. Moving it on each message is one store, where a
+        // timer of our own would wake every busy connection every `park_after`.
+        let park_check = |now: Instant| queue.set_deadline(lot.ticks(now + park_after));
+        park_check(Instant::now());
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         let mut sleep_until = None;
@@ -515,24 +521,18 @@ impl Connection {
                 Action::Wait(at) => Instant::from_std(at),
             };
             // Park when nothing happened for `park_after` and nothing is half-done: no partial
-            // frame or message read, nothing queued (writes are always flushed by now). Checked
-            // only when the timer fires, not on every message.
-            let mut park_at = last_activity + park_after;
-            if sleep_until.is_none() && now >= park_at {
+            // frame or message read, nothing queued (writes are always flushed by now).
+            if lot.ticks(now) >= queue.deadline() {
                 if ws.get_ref().can_park() && queue.is_empty() && !queue.overflowed() {
                     return None;
                 }
-                // Something is half-done: look again after another `park_after`.
-                last_activity = now;
-                park_at = last_activity + park_after;
+                park_check(now); // something is half-done: look again later
             }
-            // Re-armed only when the wake-up moves earlier (or has fired): `park_at` moves with
-            // every message, and re-registering a timer per delivery showed in profiles. A
-            // wake-up that comes too early just recomputes and re-arms.
-            let wake = wake_at.min(park_at);
-            if sleep_until.is_none_or(|at| wake < at) {
-                sleep.as_mut().reset(wake);
-                sleep_until = Some(wake);
+            // The timer serves the heartbeat only; re-armed only when its deadline moves earlier
+            // (or it has fired): a wake-up that comes too early just recomputes and re-arms.
+            if sleep_until.is_none_or(|at| wake_at < at) {
+                sleep.as_mut().reset(wake_at);
+                sleep_until = Some(wake_at);
             }
             // The rarely taken branches below are boxed: an async fn's state is as large as its
             // largest await point, and every active connection would otherwise carry the state
@@ -543,8 +543,9 @@ impl Connection {
             tokio::select! {
                 _ = &mut sleep => sleep_until = None,
                 inbound = ws.next() => {
-                    last_activity = Instant::now();
-                    heartbeat.on_inbound(last_activity.into_std());
+                    let arrived = Instant::now();
+                    park_check(arrived);
+                    heartbeat.on_inbound(arrived.into_std());
                     match inbound {
                         Some(Ok(Message::Pong(_))) => {
                             if let Some(rtt) = heartbeat.on_pong(Instant::now().into_std()) {
@@ -571,7 +572,7 @@ impl Connection {
                 out = queue.next() => {
                     // `None`: woken by the gateway (shutdown, resync); the loop's top checks.
                     let Some(out) = out else { continue };
-                    last_activity = Instant::now();
+                    park_check(Instant::now());
                     match self.write_batch(ws, out, &queue).await {
                         Err(e) => return Some(self.write_failed(e)),
                         Ok(false) => {}

@@ -2,9 +2,10 @@
 //!
 //! A connection with nothing in flight for a moment parks (see `connection.rs`): it keeps its
 //! socket and its mailbox (the outbound queue) and drops everything else. What it would
-//! otherwise need a per-connection timer for — its next heartbeat — is written into its mailbox
-//! as a deadline, and one shared timer task scans the lot and wakes the connections that are
-//! due. Shutdown and a backplane resync wake everyone through the lot too.
+//! otherwise need a per-connection timer for is written into its mailbox as a deadline — for a
+//! parked connection its next heartbeat, for an active one when to consider parking — and one
+//! shared timer task scans the lot and signals the connections that are due. Shutdown and a
+//! backplane resync signal everyone through the lot too.
 //!
 //! A parked plain TCP socket also leaves tokio's reactor: tokio keeps a 256-byte, cache-line
 //! aligned record per registered socket, so the lot watches parked sockets in an epoll set of
@@ -120,12 +121,13 @@ impl ParkingLot {
         }
     }
 
-    /// Wake the connections whose deadline has passed.
+    /// Signal the connections whose deadline has passed: a parked one's heartbeat is due, an
+    /// active one has been quiet for `park_after` and should consider parking.
     fn wake_due(&self) {
         let now = self.ticks(Instant::now());
         for (_, mailbox) in self.mailboxes.lock().expect("parking lot lock").iter() {
             if mailbox.deadline() <= now {
-                mailbox.wake();
+                mailbox.signal();
             }
         }
     }
