@@ -1,17 +1,18 @@
 //! One WebSocket connection, from the upgraded socket to its logged end.
 //!
-//! A single task per connection owns the socket. While active it selects over: the shutdown
-//! signal, a backplane resync, the heartbeat timer, inbound frames, and its mailbox (the bounded
-//! outbound queue the hub fills, which also carries the slow-consumer flag). Protocol decisions
-//! come from `tether-core` (codec, heartbeat, close codes); this file only moves frames and
-//! enforces time limits.
+//! A single task per connection owns the socket. While active it selects over: the heartbeat
+//! timer, inbound frames, and its mailbox (the bounded outbound queue the hub fills, which also
+//! carries the slow-consumer flag and signals from the gateway: shutdown, resync, "consider
+//! parking"). Protocol decisions come from `tether-core` (codec, heartbeat, close codes); this
+//! file only moves frames and enforces time limits.
 //!
 //! A connection with nothing in flight for `park_after` **parks**: the WebSocket state, its
 //! buffers, the timer and the select's futures are dropped (they live in one boxed future that
-//! exists only while active), and the task waits on just the socket's readiness and its mailbox;
-//! its next heartbeat is kept by the shared timer of the parking lot. Anything — a byte from the
-//! peer, a publication, a due heartbeat, shutdown — makes it active again. This is what makes an
-//! idle connection cost well under a kilobyte (see docs/performance.md).
+//! exists only while active), its socket leaves tokio's reactor for the parking lot's epoll set,
+//! and the task waits on its mailbox alone; its next heartbeat is kept by the lot's shared
+//! timer. Anything — a byte from the peer, a publication, a due heartbeat, shutdown — makes it
+//! active again. This is what makes an idle connection cost well under a kilobyte (decision
+//! 0007, docs/performance.md).
 //!
 //! Every way a connection can end produces one [`Ending`] — code, reason, initiator, wasClean —
 //! which is logged once and counted once.

@@ -6,6 +6,9 @@
 //! frame in its buffer and no fragmented message in progress. tungstenite does not expose that,
 //! so the transport follows the frame structure of the bytes it hands over, using tungstenite's
 //! own header parser ([`FrameBoundary`]).
+//!
+//! While parked, a plain TCP socket also leaves tokio's reactor for the parking lot's epoll set
+//! ([`Transport::leave_reactor`] / [`Transport::rejoin_reactor`]; see `parking.rs`).
 
 use bytes::{Buf, Bytes};
 use hyper::upgrade::Upgraded;
