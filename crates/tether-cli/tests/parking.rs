@@ -182,3 +182,43 @@ fn a_frame_or_message_cut_by_a_pause_is_never_parked_mid_way() {
     assert_eq!(next_text(&mut sock, &mut buf), "pong", "the message completed after the pause");
     assert_eq!(server.metric("tether_connections_open"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_sees_its_peer_leave_at_once() {
+    // Heartbeats are 10 s apart, so only the parked socket's own readiness (reported by the
+    // parking lot's epoll set) can explain an ending noticed within a couple of seconds.
+    let server = Server::start(&["--ping-interval", "10s", "--pong-timeout", "10s"]);
+    let parked = || server.metric("tether_connections_parked");
+    let closed = |code: &str, by: &str| {
+        server.metric(&format!(
+            "tether_connections_closed_total{{code=\"{code}\",initiator=\"{by}\"}}"
+        ))
+    };
+
+    // A clean close while parked: the close frame wakes it, the handshake completes.
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("?channel=p")).await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || parked() == 1.0), "it parks");
+    let started = Instant::now();
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    assert!(
+        wait_until(Duration::from_secs(5), || closed("1005", "client") == 1.0
+            || closed("1000", "client") == 1.0),
+        "clean close counted"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "noticed in {:?}", started.elapsed());
+
+    // The peer's socket simply goes away while parked (no close frame): end of stream.
+    let (ws, _) = tokio_tungstenite::connect_async(server.ws_url("?channel=p")).await.unwrap();
+    assert!(wait_until(Duration::from_secs(5), || parked() == 1.0), "it parks");
+    let started = Instant::now();
+    drop(ws);
+    assert!(
+        wait_until(Duration::from_secs(5), || closed("1006", "network") == 1.0),
+        "abrupt end counted; log:\n{}",
+        server.log()
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "noticed in {:?}", started.elapsed());
+    assert_eq!(server.metric("tether_connections_open"), 0.0);
+    assert_eq!(parked(), 0.0);
+}
