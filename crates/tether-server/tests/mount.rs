@@ -93,3 +93,59 @@ async fn gateway_mounted_beside_host_routes_on_one_listener() {
     while ws.next().await.is_some() {}
     tokio::time::timeout(Duration::from_secs(15), server).await.unwrap().unwrap();
 }
+
+/// Mounted under axum::serve, the upgraded socket is hidden behind axum's own wrapper (it cannot
+/// leave tokio's reactor): parking then waits with a small read whose bytes are kept for the
+/// WebSocket layer. A message sent to a parked connection must arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mounted_gateway_parks_idle_connections_and_wakes_them() {
+    let config = GatewayConfig {
+        ping_interval: Duration::from_millis(400), // park_after = 200 ms
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::new(config).unwrap();
+    let app = Router::new().nest("/realtime", gateway.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+    });
+    let parked = |g: &Gateway| g.metrics().render().contains("\ntether_connections_parked 1\n");
+    let wait_parked = |g: Gateway| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !parked(&g) {
+            assert!(tokio::time::Instant::now() < deadline, "the connection never parked");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/realtime/ws?channel=orders"))
+            .await
+            .unwrap();
+    for round in 0..3 {
+        wait_parked(gateway.clone()).await;
+        futures_util::SinkExt::send(&mut ws, Message::Text("ping".into())).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, "pong", "round {round}");
+        wait_parked(gateway.clone()).await;
+        let data = serde_json::value::to_raw_value(&serde_json::json!({ "round": round })).unwrap();
+        assert_eq!(gateway.publish("orders", &data).await.unwrap().delivered, 1);
+        assert_eq!(next_text(&mut ws).await, format!(r#"{{"round":{round}}}"#));
+    }
+    server.abort();
+}
+
+/// The next text message (pings in between are answered by tungstenite), within 10 s.
+async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let next = async {
+        loop {
+            match ws.next().await.unwrap().unwrap() {
+                Message::Text(t) => return t.to_string(),
+                _ => continue,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), next).await.expect("a text message within 10 s")
+}
