@@ -147,7 +147,7 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
         let (url, latency, delivered, ready, mut stop) =
             (url.clone(), latency.clone(), delivered.clone(), ready_tx.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let mut ws = match LeanWs::connect(url.as_str(), None).await {
+            let mut ws = match LeanWs::connect(url.as_str()).await {
                 Ok(ws) => ws,
                 Err(e) => {
                     let _ = ready.send(Err(e.to_string())).await;
@@ -325,7 +325,7 @@ async fn pingpong(args: PingpongArgs) -> Result<ExitCode> {
     eprintln!("connecting {} clients to {} …", args.conns, args.url);
     let mut sockets = Vec::with_capacity(args.conns);
     for _ in 0..args.conns {
-        let ws = LeanWs::connect(args.url.as_str(), None)
+        let ws = LeanWs::connect(args.url.as_str())
             .await
             .with_context(|| format!("cannot connect to {}", args.url))?;
         sockets.push(ws);

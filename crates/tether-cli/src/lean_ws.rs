@@ -38,8 +38,8 @@ pub enum Event<'a> {
 }
 
 impl LeanWs {
-    /// Connect to `url` (ws:// only), optionally from a given local address.
-    pub async fn connect(url: &str, local: Option<std::net::IpAddr>) -> Result<LeanWs> {
+    /// Connect to `url` (ws:// only).
+    pub async fn connect(url: &str) -> Result<LeanWs> {
         let request =
             tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
         let host = request.uri().host().context("URL without a host")?.to_owned();
@@ -51,18 +51,7 @@ impl LeanWs {
             .await?
             .next()
             .with_context(|| format!("cannot resolve {host}"))?;
-        let tcp = match local {
-            Some(ip) => {
-                let socket = if addr.is_ipv4() {
-                    tokio::net::TcpSocket::new_v4()?
-                } else {
-                    tokio::net::TcpSocket::new_v6()?
-                };
-                socket.bind(std::net::SocketAddr::new(ip, 0))?;
-                socket.connect(addr).await?
-            }
-            None => TcpStream::connect(addr).await?,
-        };
+        let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await?;
         // The server sends nothing before it is asked to (no publication yet, first ping in

@@ -53,10 +53,7 @@ fn server_drops_a_silent_peer_within_ping_interval_plus_pong_timeout() {
     assert!(wait_until(Duration::from_secs(5), || server
         .metric("tether_heartbeat_timeouts_total")
         == 1.0));
-    assert_eq!(
-        server.metric("tether_connections_closed_total{code=\"4000\",initiator=\"server\"}"),
-        1.0
-    );
+    assert_eq!(server.closed("4000", "server"), 1.0);
     let log = server.log();
     assert!(log.contains("reason=heartbeat timeout"), "log names the reason:\n{log}");
     assert!(log.contains("was_clean=false"), "{log}");

@@ -44,9 +44,7 @@ fn python_websockets_client_in_raw_mode() {
     assert!(child.wait().unwrap().success());
 
     // The server logged the client's close with its code, and counted it.
-    assert!(wait_until(t, || server
-        .metric("tether_connections_closed_total{code=\"1000\",initiator=\"client\"}")
-        == 1.0));
+    assert!(wait_until(t, || server.closed("1000", "client") == 1.0));
     let log = server.log();
     assert!(log.contains("code=1000") && log.contains("initiator=\"client\""), "{log}");
 }

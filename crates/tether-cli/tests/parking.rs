@@ -189,11 +189,7 @@ async fn a_parked_connection_sees_its_peer_leave_at_once() {
     // parking lot's epoll set) can explain an ending noticed within a couple of seconds.
     let server = Server::start(&["--ping-interval", "10s", "--pong-timeout", "10s"]);
     let parked = || server.metric("tether_connections_parked");
-    let closed = |code: &str, by: &str| {
-        server.metric(&format!(
-            "tether_connections_closed_total{{code=\"{code}\",initiator=\"{by}\"}}"
-        ))
-    };
+    let closed = |code: &str, by: &str| server.closed(code, by);
 
     // A clean close while parked: the close frame wakes it, the handshake completes.
     let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("?channel=p")).await.unwrap();

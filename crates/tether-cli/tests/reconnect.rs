@@ -53,9 +53,7 @@ async fn kill9_and_restart_on_the_same_port_reconnects_once_and_resubscribes() {
     assert_eq!(server.metric("tether_connections_accepted_total"), 1.0);
     assert_eq!(server.metric("tether_connections_open"), 1.0);
     client.close().await;
-    assert!(wait_until(T, || server
-        .metric("tether_connections_closed_total{code=\"1000\",initiator=\"client\"}")
-        == 1.0));
+    assert!(wait_until(T, || server.closed("1000", "client") == 1.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

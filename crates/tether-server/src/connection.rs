@@ -143,6 +143,17 @@ impl Subscriptions {
     }
 }
 
+/// Feed one message to the socket, as fragments when it is large (see `FRAGMENT`).
+async fn feed(ws: &mut Ws, msg: Message) -> Result<(), WsError> {
+    if msg.len() <= FRAGMENT {
+        return ws.feed(msg).await;
+    }
+    for fragment in fragments(msg) {
+        ws.feed(fragment).await?;
+    }
+    Ok(())
+}
+
 /// `future` limited to `limit`, with the timer created only if the future does not finish on
 /// its first poll: almost every write completes at once, and building a timer per write (a
 /// runtime-handle lookup and a reference count) showed in fan-out profiles.
@@ -987,38 +998,35 @@ impl Connection {
         let (n, bytes) = data.fold((0u64, 0u64), |(n, b), f| (n + 1, b + f.len() as u64));
         let write = async {
             for frame in frames {
-                if frame.len() > FRAGMENT {
-                    for fragment in fragments(frame) {
-                        ws.feed(fragment).await?;
-                    }
-                } else {
-                    ws.feed(frame).await?;
-                }
+                feed(ws, frame).await?;
             }
             ws.flush().await
         };
-        match within(self.shared.config.write_timeout, write).await {
-            Err(_) => Err(WriteFailed::TimedOut),
-            Ok(Err(e)) => Err(WriteFailed::Transport(e)),
-            Ok(Ok(())) => {
-                self.shared.metrics.messages_out.inc_by(n);
-                self.shared.metrics.bytes_out.inc_by(bytes);
-                Ok(())
-            }
-        }
+        self.written(within(self.shared.config.write_timeout, write).await, n, bytes)
     }
 
-    /// Write one small message (a reply) and flush, within `write_timeout`.
+    /// Write one message (a reply) and flush, within `write_timeout`.
     async fn write_one(&self, ws: &mut Ws, msg: Message) -> Result<(), WriteFailed> {
-        if msg.len() > FRAGMENT {
-            return self.write_frames(ws, vec![msg]).await;
-        }
         let bytes = msg.len() as u64;
-        match within(self.shared.config.write_timeout, ws.send(msg)).await {
-            Err(_) => Err(WriteFailed::TimedOut),
+        let write = async {
+            feed(ws, msg).await?;
+            ws.flush().await
+        };
+        self.written(within(self.shared.config.write_timeout, write).await, 1, bytes)
+    }
+
+    /// The outcome of a timed write; counts the data messages that went out.
+    fn written(
+        &self,
+        outcome: Result<Result<(), WsError>, ()>,
+        messages: u64,
+        bytes: u64,
+    ) -> Result<(), WriteFailed> {
+        match outcome {
+            Err(()) => Err(WriteFailed::TimedOut),
             Ok(Err(e)) => Err(WriteFailed::Transport(e)),
             Ok(Ok(())) => {
-                self.shared.metrics.messages_out.inc();
+                self.shared.metrics.messages_out.inc_by(messages);
                 self.shared.metrics.bytes_out.inc_by(bytes);
                 Ok(())
             }
@@ -1056,13 +1064,7 @@ impl Connection {
                         };
                         n += 1;
                         bytes += frame.len() as u64;
-                        if frame.len() > FRAGMENT {
-                            for fragment in fragments(frame) {
-                                ws.feed(fragment).await?;
-                            }
-                        } else {
-                            ws.feed(frame).await?;
-                        }
+                        feed(ws, frame).await?;
                     }
                     Admission::Skip => {}
                     Admission::Gap => {
@@ -1079,13 +1081,8 @@ impl Connection {
             }
             Ok(())
         };
-        match within(write_timeout, write).await {
-            Err(_) => return Err(WriteFailed::TimedOut),
-            Ok(Err(e)) => return Err(WriteFailed::Transport(e)),
-            Ok(Ok(())) => {}
-        }
-        self.shared.metrics.messages_out.inc_by(n);
-        self.shared.metrics.bytes_out.inc_by(bytes);
+        let outcome = within(write_timeout, write).await;
+        self.written(outcome, n, bytes)?;
         Ok(gap)
     }
 }

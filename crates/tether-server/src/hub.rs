@@ -77,8 +77,8 @@ pub struct OutboundQueue {
     socket_ready: AtomicBool,
     /// Set by the gateway (shutdown, resync): the connection must look at the gateway's state.
     signalled: AtomicBool,
-    /// While the connection is parked: when its heartbeat is next due, in the parking lot's
-    /// ticks (`u64::MAX`: not parked). Read by the lot's shared timer.
+    /// When the connection wants the lot's shared timer to signal it, in the lot's ticks:
+    /// while parked, its next heartbeat; while active, when to consider parking.
     deadline: AtomicU64,
     waker: AtomicWaker,
 }
@@ -173,11 +173,6 @@ impl OutboundQueue {
             Poll::Pending
         })
         .await
-    }
-
-    /// Wake the connection task (its heartbeat is due).
-    pub fn wake(&self) {
-        self.waker.wake();
     }
 
     /// Wake the connection task and make a pending [`OutboundQueue::next`] return `None`, so

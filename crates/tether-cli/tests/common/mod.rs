@@ -140,6 +140,11 @@ impl Server {
         resp.body_mut().read_to_string().unwrap()
     }
 
+    /// Connections closed with `code` by `initiator` so far.
+    pub fn closed(&self, code: &str, initiator: &str) -> f64 {
+        closed_total(&self.metrics(), code, initiator)
+    }
+
     /// Sum of all samples of a metric whose line starts with `prefix` (name plus optional labels).
     pub fn metric(&self, prefix: &str) -> f64 {
         metric_sum(&self.metrics(), prefix)
@@ -151,6 +156,14 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Connections closed with `code` by `initiator`, from a /metrics text.
+pub fn closed_total(text: &str, code: &str, initiator: &str) -> f64 {
+    metric_sum(
+        text,
+        &format!("tether_connections_closed_total{{code=\"{code}\",initiator=\"{initiator}\"}}"),
+    )
 }
 
 pub fn metric_sum(text: &str, prefix: &str) -> f64 {
