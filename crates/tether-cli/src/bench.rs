@@ -95,6 +95,10 @@ pub struct FanoutArgs {
     /// Padding bytes per message (the payload is about this plus 60 bytes)
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// HTTP connections publishing concurrently. The schedule does not wait for answers (an
+    /// open loop), so a slow server cannot slow the offered rate down and hide its latency.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
     /// Channel to use
     #[arg(long, default_value = "bench:fanout")]
     channel: String,
@@ -116,6 +120,67 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
 
 fn unix_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// An open-loop publication schedule: message `seq` is due at `start + seq/rate`, whatever the
+/// server's answers to earlier ones. Each message is stamped with its due time, not the moment it
+/// left, so a publisher held up by a busy server shows up as latency instead of vanishing from the
+/// figures ("coordinated omission").
+struct Schedule {
+    total: u64,
+    rate: u32,
+    senders: usize,
+}
+
+impl Schedule {
+    /// Posts every message through `send(agent, seq, due_unix_micros) -> ok` on `senders`
+    /// threads with one keep-alive connection each; returns how many failed.
+    fn run<F>(self, send: F) -> Result<u64>
+    where
+        F: Fn(&ureq::Agent, u64, u64) -> bool + Send + Sync + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, u64)>(self.total as usize + 1);
+        let rx = Arc::new(Mutex::new(rx));
+        let send = Arc::new(send);
+        let failures = Arc::new(AtomicU64::new(0));
+        let bar = progress(self.total, "publishing");
+        let workers: Vec<_> = (0..self.senders)
+            .map(|_| {
+                let (rx, send, failures, bar) =
+                    (rx.clone(), send.clone(), failures.clone(), bar.clone());
+                std::thread::spawn(move || {
+                    let agent: ureq::Agent = ureq::Agent::config_builder()
+                        .http_status_as_error(false)
+                        .timeout_global(Some(Duration::from_secs(10)))
+                        .build()
+                        .into();
+                    loop {
+                        let next = rx.lock().map(|rx| rx.recv());
+                        let Ok(Ok((seq, due))) = next else { break };
+                        if !send(&agent, seq, due) {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        bar.inc(1);
+                    }
+                })
+            })
+            .collect();
+        let (start, start_unix) = (Instant::now(), unix_micros());
+        for seq in 1..=self.total {
+            let offset = Duration::from_secs_f64(seq as f64 / self.rate as f64);
+            if let Some(wait) = (start + offset).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            // Cannot fail: the channel holds every message and the workers outlive the sender.
+            let _ = tx.send((seq, start_unix + offset.as_micros() as u64));
+        }
+        drop(tx);
+        for worker in workers {
+            worker.join().map_err(|_| anyhow::anyhow!("a publisher thread panicked"))?;
+        }
+        bar.finish_and_clear();
+        Ok(failures.load(Ordering::Relaxed))
+    }
 }
 
 /// What one subscriber saw.
@@ -215,35 +280,19 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
     );
 
     let publish_url = format!("{}/api/publish", args.publish_url.trim_end_matches('/'));
-    let (channel, pad, rate) = (args.channel.clone(), "x".repeat(args.payload), args.rate);
-    let publisher = tokio::task::spawn_blocking(move || -> Result<u64> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let start = Instant::now();
-        let mut failures = 0;
-        let bar = progress(total, "publishing");
-        for seq in 1..=total {
-            // Fixed schedule: message `seq` is due at start + seq/rate (no drift, no bursts).
-            let due = start + Duration::from_secs_f64(seq as f64 / rate as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
+    let schedule = Schedule { total, rate: args.rate, senders: args.publishers.max(1) };
+    let (channel, pad) = (args.channel.clone(), "x".repeat(args.payload));
+    let publisher = tokio::task::spawn_blocking(move || {
+        schedule.run(move |agent: &ureq::Agent, seq, due| {
             let body = format!(
-                r#"{{"channel":{},"data":{{"seq":{seq},"t":{},"pad":"{pad}"}}}}"#,
+                r#"{{"channel":{},"data":{{"seq":{seq},"t":{due},"pad":"{pad}"}}}}"#,
                 serde_json::json!(channel),
-                unix_micros()
             );
-            match agent.post(&publish_url).header("content-type", "application/json").send(&body) {
-                Ok(r) if r.status().is_success() => {}
-                _ => failures += 1,
-            }
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        Ok(failures)
+            matches!(
+                agent.post(&publish_url).header("content-type", "application/json").send(&body),
+                Ok(r) if r.status().is_success()
+            )
+        })
     });
     let publish_started = Instant::now();
     let cpu = CpuMeter::start(&args.probe);

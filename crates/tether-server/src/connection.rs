@@ -22,7 +22,9 @@ use crate::hub::{ConnId, Mode, Outbound, OutboundQueue, Published, Subscriber};
 use crate::transport::Transport;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use smallvec::SmallVec;
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -36,6 +38,7 @@ use tether_core::heartbeat::{Action, Heartbeat};
 use tether_core::protocol::{
     ClientCommand, Disconnect, ErrorBody, ErrorCode, ReplyResult, ServerMessage,
 };
+use tokio::io::AsyncWrite;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -67,7 +70,7 @@ struct Watermark {
 /// write buffer's capacity after a flush, so one large publication would otherwise stay resident
 /// in every subscriber's connection for good (measured: a 200 KB publication to 3,000
 /// subscribers left ~590 MB behind, 25 MB with fragments); fragments cap it at one per connection.
-const FRAGMENT: usize = 8 * 1024;
+pub(crate) const FRAGMENT: usize = 8 * 1024;
 
 /// `msg` as one frame, or as fragments of at most `FRAGMENT` bytes (RFC 6455 §5.4; a text
 /// message may be split inside a UTF-8 sequence: validity is checked on the whole message).
@@ -1040,7 +1043,10 @@ impl Connection {
         }
     }
 
-    /// Write one queued message and whatever else is already queued (up to a batch), then flush once.
+    /// Write one queued message and whatever else is already queued (up to a batch), then flush
+    /// once. Publications framed at publish time (`Published::wire`) skip tungstenite: the shared
+    /// bytes are gathered into vectored writes, so a delivery copies nothing and touches no
+    /// per-connection codec. Replies and large publications go through tungstenite, in order.
     async fn write_batch(
         &mut self,
         ws: &mut Ws,
@@ -1050,33 +1056,44 @@ impl Connection {
         let (mut n, mut bytes, mut gap) = (0u64, 0u64, false);
         let write_timeout = self.shared.config.write_timeout;
         let write = async {
+            let mut framed = Framed::new();
+            // Something went to tungstenite's buffer and is not flushed yet.
+            let mut fed = false;
             let mut next = Some(first);
             while let Some(item) = next.take() {
-                let admission = match &item {
-                    Outbound::Reply(_) => Admission::Send,
-                    Outbound::Publication(p) => self.admit(p),
+                let frame = match item {
+                    Outbound::Reply(m) => Some(m),
+                    Outbound::Publication(p) => match self.admit(&p) {
+                        Admission::Send if p.wire.is_some() => {
+                            n += 1;
+                            bytes += p.frame.len() as u64;
+                            if framed.is_full() {
+                                framed.write(ws, &mut fed).await?;
+                            }
+                            framed.push(p);
+                            None
+                        }
+                        Admission::Send => Some(Message::Text(p.frame.clone())),
+                        Admission::Skip => None,
+                        Admission::Gap => {
+                            gap = true;
+                            break;
+                        }
+                    },
                 };
-                match admission {
-                    Admission::Send => {
-                        let frame = match item {
-                            Outbound::Reply(m) => m,
-                            Outbound::Publication(p) => Message::Text(p.frame.clone()),
-                        };
-                        n += 1;
-                        bytes += frame.len() as u64;
-                        feed(ws, frame).await?;
-                    }
-                    Admission::Skip => {}
-                    Admission::Gap => {
-                        gap = true;
-                        break;
-                    }
+                if let Some(frame) = frame {
+                    framed.write(ws, &mut fed).await?; // what was gathered goes first
+                    n += 1;
+                    bytes += frame.len() as u64;
+                    feed(ws, frame).await?;
+                    fed = true;
                 }
                 if n < WRITE_BATCH as u64 {
                     next = queue.pop();
                 }
             }
-            if n > 0 {
+            framed.write(ws, &mut fed).await?;
+            if fed {
                 ws.flush().await?;
             }
             Ok(())
@@ -1084,6 +1101,69 @@ impl Connection {
         let outcome = within(write_timeout, write).await;
         self.written(outcome, n, bytes)?;
         Ok(gap)
+    }
+}
+
+/// Pre-framed publications gathered for one vectored write.
+struct Framed(SmallVec<[Arc<Published>; FRAMED_BATCH]>);
+
+/// Publications per vectored write (`writev` takes up to 1024 slices; a few dozen frames already
+/// fill a socket buffer's worth of small messages).
+const FRAMED_BATCH: usize = 16;
+
+impl Framed {
+    fn new() -> Self {
+        Framed(SmallVec::new())
+    }
+
+    fn is_full(&self) -> bool {
+        self.0.len() == FRAMED_BATCH
+    }
+
+    fn push(&mut self, p: Arc<Published>) {
+        self.0.push(p);
+    }
+
+    /// Write everything gathered, directly to the socket. Frames must never interleave, so
+    /// whatever went to tungstenite's buffer before (`fed`) is flushed first; otherwise that
+    /// buffer is empty here: every write path flushes, and so does reading a ping (the one
+    /// frame tungstenite queues by itself).
+    async fn write(&mut self, ws: &mut Ws, fed: &mut bool) -> Result<(), WsError> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        if std::mem::take(fed) {
+            ws.flush().await?;
+        }
+        let mut transport = Pin::new(ws.get_mut());
+        if let [one] = &self.0[..] {
+            // One frame (the common case at low rates): a plain send, cheaper than a writev.
+            let mut rest = one.wire.as_deref().unwrap_or_default();
+            while !rest.is_empty() {
+                let written =
+                    std::future::poll_fn(|cx| transport.as_mut().poll_write(cx, rest)).await?;
+                if written == 0 {
+                    return Err(WsError::Io(std::io::ErrorKind::WriteZero.into()));
+                }
+                rest = &rest[written..];
+            }
+            self.0.clear();
+            return Ok(());
+        }
+        let mut slices: SmallVec<[IoSlice<'_>; FRAMED_BATCH]> =
+            self.0.iter().filter_map(|p| p.wire.as_deref()).map(IoSlice::new).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            let written =
+                std::future::poll_fn(|cx| transport.as_mut().poll_write_vectored(cx, rest)).await?;
+            if written == 0 {
+                return Err(WsError::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+            IoSlice::advance_slices(&mut rest, written);
+        }
+        drop(slices);
+        self.0.clear();
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@
 //! queue is full is flagged as a slow consumer and its connection task closes it (4001).
 
 use crate::metrics::Metrics;
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -21,6 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tether_core::codec;
 use tether_core::protocol::ServerMessage;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Identifies a connection within this process.
@@ -48,10 +51,39 @@ impl Mode {
 /// Built once per publication and mode; every subscriber's queue holds an `Arc` of it.
 #[derive(Debug)]
 pub struct Published {
+    /// The message's text.
     pub frame: Utf8Bytes,
+    /// The whole WebSocket frame (header and text), when it goes out as one frame: server
+    /// frames are not masked, so every subscriber can be sent the same bytes, gathered into one
+    /// vectored write per batch. `None` for messages sent as fragments (see `connection`).
+    pub wire: Option<Bytes>,
     pub channel: Arc<str>,
     pub epoch: Arc<str>,
     pub offset: u64,
+}
+
+impl Published {
+    /// Frame `text` once for all subscribers (framing by tungstenite's `FrameHeader`).
+    pub fn new(text: Utf8Bytes, channel: Arc<str>, epoch: Arc<str>, offset: u64) -> Self {
+        let (frame, wire) = if text.len() <= crate::connection::FRAGMENT {
+            let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
+            let len = text.len() as u64;
+            let mut wire = Vec::with_capacity(header.len(len) + text.len());
+            // Writing into a Vec cannot fail.
+            let _ = header.format(len, &mut wire);
+            let start = wire.len();
+            wire.extend_from_slice(text.as_bytes());
+            let wire = Bytes::from(wire);
+            // The text shares the frame's allocation; it was UTF-8 before the copy.
+            match Utf8Bytes::try_from(wire.slice(start..)) {
+                Ok(frame) => (frame, Some(wire)),
+                Err(_) => (text, None),
+            }
+        } else {
+            (text, None)
+        };
+        Published { frame, wire, channel, epoch, offset }
+    }
 }
 
 /// One item of a connection's outbound queue.
@@ -303,12 +335,12 @@ impl Hub {
             };
             let publication = slot
                 .get_or_insert_with(|| {
-                    Arc::new(Published {
-                        frame: render(sub.mode, channel, epoch, offset, data),
-                        channel: name.clone(),
-                        epoch: epoch.clone(),
+                    Arc::new(Published::new(
+                        render(sub.mode, channel, epoch, offset, data),
+                        name.clone(),
+                        epoch.clone(),
                         offset,
-                    })
+                    ))
                 })
                 .clone();
             match sub.queue.push(Outbound::Publication(publication)) {
