@@ -97,7 +97,8 @@ pub struct FanoutArgs {
     payload: usize,
     /// HTTP connections publishing concurrently. The schedule does not wait for answers (an
     /// open loop), so a slow server cannot slow the offered rate down and hide its latency.
-    #[arg(long, default_value_t = 4)]
+    /// With too few, a busy server's HTTP answers still hold publications back.
+    #[arg(long, default_value_t = 16)]
     publishers: usize,
     /// Channel to use
     #[arg(long, default_value = "bench:fanout")]

@@ -44,6 +44,9 @@ pub struct ServeArgs {
     /// How long one write may block before the peer is a slow consumer [default: 10s]
     #[arg(long, env = "TETHER_WRITE_TIMEOUT", value_parser = units::duration)]
     write_timeout: Option<Duration>,
+    /// Publishers write publications straight to ready subscriber sockets [default: true]
+    #[arg(long, env = "TETHER_DIRECT_DELIVERY")]
+    direct_delivery: Option<bool>,
     /// Channels one connection may subscribe to [default: 128]
     #[arg(long, env = "TETHER_MAX_SUBSCRIPTIONS")]
     max_subscriptions: Option<usize>,
@@ -104,6 +107,7 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         max_connections,
         outbound_queue,
         write_timeout,
+        direct_delivery,
         max_subscriptions,
         shutdown_close,
         drain_timeout,

@@ -68,6 +68,10 @@ pub struct GatewayConfig {
     /// How long one write may block before the peer is a slow consumer (4001).
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Whether publishers write publications straight to subscribers' sockets when those are
+    /// ready (cheapest per delivery; decision 0008). Off: every delivery goes through the
+    /// connection's task.
+    pub direct_delivery: bool,
     /// Open WebSocket connections at most; more handshakes get HTTP 503.
     pub max_connections: usize,
     /// Channels one connection may subscribe to.
@@ -108,6 +112,7 @@ impl Default for GatewayConfig {
             read_buffer_size: ByteSize::b(d::READ_BUFFER_SIZE as u64),
             outbound_queue: d::OUTBOUND_QUEUE_MESSAGES,
             write_timeout: d::WRITE_TIMEOUT,
+            direct_delivery: true,
             max_connections: 10_000,
             max_subscriptions: d::MAX_SUBSCRIPTIONS_PER_CONNECTION,
             max_channel_name_len: d::MAX_CHANNEL_NAME_LEN,

@@ -19,6 +19,7 @@
 
 use crate::gateway::Shared;
 use crate::hub::{ConnId, Mode, Outbound, OutboundQueue, Published, Subscriber};
+use crate::mailbox::{Admission, Watermark};
 use crate::transport::Transport;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -60,12 +61,6 @@ enum Phase {
 }
 
 /// The last publication delivered on a subscribed channel (see `Connection::admit`).
-#[derive(Default)]
-struct Watermark {
-    epoch: Option<Arc<str>>,
-    offset: u64,
-}
-
 /// Outbound messages larger than this are sent as fragments of this size. tungstenite keeps its
 /// write buffer's capacity after a flush, so one large publication would otherwise stay resident
 /// in every subscriber's connection for good (measured: a 200 KB publication to 3,000
@@ -92,60 +87,6 @@ fn fragments(msg: Message) -> Vec<Message> {
         .collect()
 }
 
-/// A connection's subscriptions: a sorted vector rather than a hash map, because most
-/// connections hold one or a few (a one-entry `HashMap` allocates ~220 bytes, this 48), and a
-/// binary search stays fast up to `max_subscriptions`.
-#[derive(Default)]
-struct Subscriptions(Vec<(Arc<str>, Watermark)>);
-
-impl Subscriptions {
-    fn find(&self, channel: &str) -> Result<usize, usize> {
-        self.0.binary_search_by(|(c, _)| (**c).cmp(channel))
-    }
-    /// The watermark for a queued publication's channel: found by pointer first (the names
-    /// are the hub's own `Arc`s), which saves a string comparison per delivery.
-    fn for_tag(&mut self, channel: &Arc<str>) -> Option<&mut Watermark> {
-        match self.0.iter().position(|(c, _)| Arc::ptr_eq(c, channel)) {
-            Some(i) => Some(&mut self.0[i].1),
-            None => self.get_mut(channel),
-        }
-    }
-    fn contains(&self, channel: &str) -> bool {
-        self.find(channel).is_ok()
-    }
-    fn get_mut(&mut self, channel: &str) -> Option<&mut Watermark> {
-        self.find(channel).ok().map(|i| &mut self.0[i].1)
-    }
-    /// Returns false when already present.
-    fn insert(&mut self, channel: Arc<str>) -> bool {
-        match self.find(&channel) {
-            Ok(_) => false,
-            Err(i) => {
-                self.0.insert(i, (channel, Watermark::default()));
-                true
-            }
-        }
-    }
-    fn remove(&mut self, channel: &str) -> bool {
-        match self.find(channel) {
-            Ok(i) => {
-                self.0.remove(i);
-                if self.0.capacity() > 4 * self.0.len().max(1) {
-                    self.0.shrink_to_fit();
-                }
-                true
-            }
-            Err(_) => false,
-        }
-    }
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn take_channels(&mut self) -> impl Iterator<Item = Arc<str>> {
-        std::mem::take(&mut self.0).into_iter().map(|(c, _)| c)
-    }
-}
-
 /// Feed one message to the socket, as fragments when it is large (see `FRAGMENT`).
 async fn feed(ws: &mut Ws, msg: Message) -> Result<(), WsError> {
     if msg.len() <= FRAGMENT {
@@ -167,14 +108,6 @@ async fn within<F: Future>(limit: Duration, future: F) -> Result<F::Output, ()> 
         Poll::Ready(output) => Ok(output),
         Poll::Pending => tokio::time::timeout(limit, future).await.map_err(|_| ()),
     }
-}
-
-/// What to do with a queued item (see `Connection::admit`).
-#[derive(Debug, PartialEq, Eq)]
-enum Admission {
-    Send,
-    Skip,
-    Gap,
 }
 
 /// Largest outbound messages written before one flush.
@@ -210,9 +143,7 @@ pub(crate) struct Connection {
     pub id: ConnId,
     pub mode: Mode,
     shared: Arc<Shared>,
-    /// Subscribed channels, each with the last publication delivered on it.
-    subscriptions: Subscriptions,
-    /// The mailbox: outbound queue, overflow flag, waker, parked deadline.
+    /// The mailbox: outbound queue, subscriptions, overflow flag, waker, parked deadline.
     queue: Arc<OutboundQueue>,
     /// This connection's place in the parking lot.
     lot_key: usize,
@@ -227,7 +158,9 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.queue.close();
         self.shared.parking.unregister(self.lot_key);
-        for channel in self.subscriptions.take_channels() {
+        // Taken out first: the hub's lock is never taken while holding the mailbox's.
+        let channels: Vec<_> = self.queue.with_subscriptions(|s| s.take_channels().collect());
+        for channel in channels {
             self.shared.hub.unsubscribe(&channel, self.id);
         }
         self.shared.metrics.connections_open.dec();
@@ -398,16 +331,7 @@ impl Connection {
         let heartbeat = Heartbeat::new(cfg.ping_interval, cfg.pong_timeout, now.into_std());
         let resync_seen = *shared.resync.borrow();
         let opened = shared.parking.ticks(now);
-        let mut conn = Connection {
-            id,
-            mode,
-            shared,
-            subscriptions: Subscriptions::default(),
-            queue,
-            lot_key,
-            peer,
-            opened,
-        };
+        let mut conn = Connection { id, mode, shared, queue, lot_key, peer, opened };
         for channel in channels {
             // Validated at the handshake; a duplicate `?channel=` is simply ignored here.
             let _ = conn.subscribe(&channel);
@@ -452,9 +376,13 @@ impl Connection {
         resync: &mut watch::Receiver<u64>,
         missed_resync: bool,
     ) -> Phase {
+        let socket = transport.direct_socket();
         let mut ws =
             WebSocketStream::from_raw_socket(transport, Role::Server, Some(self.shared.ws_config))
                 .await;
+        // Declared after `ws`, so dropped before it on every way out: publishers stop writing
+        // to the socket before it can be closed.
+        let direct = DirectWindow::open(&self.queue, socket);
         // Dropping `ws` on the way out aborts the TCP connection if the ending was not a clean close.
         let ended = if missed_resync {
             Some(self.resync_close(&mut ws).await)
@@ -468,6 +396,7 @@ impl Connection {
                     Action::Wait(at) => Instant::from_std(at),
                     _ => Instant::now(),
                 };
+                drop(direct);
                 Phase::Idle { transport: ws.into_inner(), wake_at }
             }
         }
@@ -692,7 +621,7 @@ impl Connection {
             ClientCommand::Ping { .. } => Ok(ReplyResult::default()),
             ClientCommand::Subscribe { channel, .. } => self.subscribe(&channel),
             ClientCommand::Unsubscribe { channel, .. } => {
-                if self.subscriptions.remove(&channel) {
+                if self.queue.with_subscriptions(|s| s.remove(&channel)) {
                     self.shared.hub.unsubscribe(&channel, self.id);
                     Ok(ReplyResult::default())
                 } else {
@@ -714,13 +643,14 @@ impl Connection {
         let cfg = &self.shared.config;
         channel::validate(channel, cfg.max_channel_name_len)
             .map_err(|e| ErrorBody::new(ErrorCode::BadChannel, e.to_string()))?;
-        if self.subscriptions.contains(channel) {
+        let (subscribed, held) = self.queue.with_subscriptions(|s| (s.contains(channel), s.len()));
+        if subscribed {
             return Err(ErrorBody::new(
                 ErrorCode::AlreadySubscribed,
                 format!("already subscribed to `{channel}`"),
             ));
         }
-        if self.subscriptions.len() >= cfg.max_subscriptions {
+        if held >= cfg.max_subscriptions {
             return Err(ErrorBody::new(
                 ErrorCode::TooManySubscriptions,
                 format!(
@@ -730,8 +660,11 @@ impl Connection {
             ));
         }
         let sub = Subscriber { queue: self.queue.clone(), mode: self.mode };
+        // Publishers queue from here on until the reply that follows is written: they must
+        // not meet the subscription before its watermark exists (a recovery sets it later).
+        self.queue.hold();
         if let Some(name) = self.shared.hub.subscribe(channel, self.id, sub) {
-            self.subscriptions.insert(name);
+            self.queue.with_subscriptions(|s| s.insert(name));
         }
         Ok(ReplyResult::default())
     }
@@ -756,7 +689,7 @@ impl Connection {
             Ok(h) => h,
             Err(e @ crate::broker::BrokerError::Limit(_)) => {
                 // A limit: refuse this subscription, keep the connection.
-                self.subscriptions.remove(&channel);
+                self.queue.with_subscriptions(|s| s.remove(&channel));
                 self.shared.hub.unsubscribe(&channel, self.id);
                 let reply = ServerMessage::err(
                     Some(id),
@@ -801,38 +734,12 @@ impl Connection {
                 self.mode, &channel, &epoch, *offset, data,
             )));
         }
-        if let Some(w) = self.subscriptions.get_mut(&channel) {
-            *w = Watermark { epoch: Some(epoch), offset: top };
-        }
+        self.queue.with_subscriptions(|s| {
+            if let Some(w) = s.get_mut(&channel) {
+                *w = Watermark { epoch: Some(epoch), offset: top };
+            }
+        });
         self.write_frames(ws, frames).await.err().map(|e| self.write_failed(e))
-    }
-
-    /// Whether a queued item goes out. Publications already delivered (by a recovery replay) or
-    /// for channels unsubscribed since they were queued are skipped. A publication that does not
-    /// follow the last one delivered on its channel (an offset was skipped: the queue overflowed,
-    /// or the backplane lost one) is a gap: nothing more may be delivered on this connection, or
-    /// the client's position would jump over the hole and a later recovery would miss it.
-    fn admit(&mut self, tag: &Published) -> Admission {
-        if self.queue.overflowed() {
-            return Admission::Gap;
-        }
-        let Some(w) = self.subscriptions.for_tag(&tag.channel) else { return Admission::Skip };
-        let same_epoch =
-            w.epoch.as_ref().is_some_and(|e| Arc::ptr_eq(e, &tag.epoch) || *e == tag.epoch);
-        if same_epoch {
-            if tag.offset <= w.offset {
-                return Admission::Skip;
-            }
-            if tag.offset != w.offset + 1 {
-                return Admission::Gap;
-            }
-        }
-        // Same epoch and next in line, or a first/new epoch (history lost upstream): follow it.
-        if !same_epoch {
-            w.epoch = Some(tag.epoch.clone());
-        }
-        w.offset = tag.offset;
-        Admission::Send
     }
 
     async fn publish(
@@ -946,7 +853,8 @@ impl Connection {
         retry_after: Option<Duration>,
         stream_failed: bool,
     ) -> Ending {
-        // A close reason is at most 123 bytes on the wire (RFC 6455 §5.5).
+        self.queue.hold(); // for good: nothing may follow the close frame
+                           // A close reason is at most 123 bytes on the wire (RFC 6455 §5.5).
         let mut wire_reason = reason.to_owned();
         while wire_reason.len() > 123 {
             wire_reason.pop();
@@ -999,23 +907,29 @@ impl Connection {
     async fn write_frames(&self, ws: &mut Ws, frames: Vec<Message>) -> Result<(), WriteFailed> {
         let data = frames.iter().filter(|f| f.is_text() || f.is_binary());
         let (n, bytes) = data.fold((0u64, 0u64), |(n, b), f| (n + 1, b + f.len() as u64));
+        self.queue.hold();
         let write = async {
             for frame in frames {
                 feed(ws, frame).await?;
             }
             ws.flush().await
         };
-        self.written(within(self.shared.config.write_timeout, write).await, n, bytes)
+        self.written(within(self.shared.config.write_timeout, write).await, n, bytes)?;
+        self.queue.release();
+        Ok(())
     }
 
     /// Write one message (a reply) and flush, within `write_timeout`.
     async fn write_one(&self, ws: &mut Ws, msg: Message) -> Result<(), WriteFailed> {
         let bytes = msg.len() as u64;
+        self.queue.hold();
         let write = async {
             feed(ws, msg).await?;
             ws.flush().await
         };
-        self.written(within(self.shared.config.write_timeout, write).await, 1, bytes)
+        self.written(within(self.shared.config.write_timeout, write).await, 1, bytes)?;
+        self.queue.release();
+        Ok(())
     }
 
     /// The outcome of a timed write; counts the data messages that went out.
@@ -1037,10 +951,13 @@ impl Connection {
     }
 
     async fn flush(&self, ws: &mut Ws) -> Result<(), WriteFailed> {
+        self.queue.hold();
         match within(self.shared.config.write_timeout, ws.flush()).await {
             Err(_) => Err(WriteFailed::TimedOut),
             Ok(r) => r.map_err(WriteFailed::Transport),
-        }
+        }?;
+        self.queue.release();
+        Ok(())
     }
 
     /// Write one queued message and whatever else is already queued (up to a batch), then flush
@@ -1063,14 +980,23 @@ impl Connection {
             while let Some(item) = next.take() {
                 let frame = match item {
                     Outbound::Reply(m) => Some(m),
-                    Outbound::Publication(p) => match self.admit(&p) {
+                    Outbound::Admitted { publication, written } => {
+                        n += 1;
+                        bytes += publication.frame.len() as u64;
+                        if framed.is_full() {
+                            framed.write(ws, &mut fed).await?;
+                        }
+                        framed.push(publication, written);
+                        None
+                    }
+                    Outbound::Publication(p) => match queue.admit(&p) {
                         Admission::Send if p.wire.is_some() => {
                             n += 1;
                             bytes += p.frame.len() as u64;
                             if framed.is_full() {
                                 framed.write(ws, &mut fed).await?;
                             }
-                            framed.push(p);
+                            framed.push(p, 0);
                             None
                         }
                         Admission::Send => Some(Message::Text(p.frame.clone())),
@@ -1100,12 +1026,36 @@ impl Connection {
         };
         let outcome = within(write_timeout, write).await;
         self.written(outcome, n, bytes)?;
+        if !gap {
+            // Everything popped is out (or skipped): publishers may write directly again.
+            queue.release();
+        }
         Ok(gap)
     }
 }
 
-/// Pre-framed publications gathered for one vectored write.
-struct Framed(SmallVec<[Arc<Published>; FRAMED_BATCH]>);
+/// While it lives, publishers may write to the connection's socket (see `mailbox`).
+struct DirectWindow(Option<Arc<OutboundQueue>>);
+
+impl DirectWindow {
+    fn open(queue: &Arc<OutboundQueue>, socket: Option<std::os::fd::RawFd>) -> Self {
+        let Some(fd) = socket else { return DirectWindow(None) };
+        queue.set_socket(Some(fd));
+        DirectWindow(Some(queue.clone()))
+    }
+}
+
+impl Drop for DirectWindow {
+    fn drop(&mut self) {
+        if let Some(queue) = &self.0 {
+            queue.set_socket(None);
+        }
+    }
+}
+
+/// Pre-framed publications gathered for one vectored write, each with how many bytes of its
+/// frame already went out (a publisher's direct write may have sent a first part).
+struct Framed(SmallVec<[(Arc<Published>, usize); FRAMED_BATCH]>);
 
 /// Publications per vectored write (`writev` takes up to 1024 slices; a few dozen frames already
 /// fill a socket buffer's worth of small messages).
@@ -1120,8 +1070,13 @@ impl Framed {
         self.0.len() == FRAMED_BATCH
     }
 
-    fn push(&mut self, p: Arc<Published>) {
-        self.0.push(p);
+    fn push(&mut self, p: Arc<Published>, written: usize) {
+        self.0.push((p, written));
+    }
+
+    fn rest(item: &(Arc<Published>, usize)) -> &[u8] {
+        let wire = item.0.wire.as_deref().unwrap_or_default();
+        wire.get(item.1..).unwrap_or_default()
     }
 
     /// Write everything gathered, directly to the socket. Frames must never interleave, so
@@ -1138,7 +1093,7 @@ impl Framed {
         let mut transport = Pin::new(ws.get_mut());
         if let [one] = &self.0[..] {
             // One frame (the common case at low rates): a plain send, cheaper than a writev.
-            let mut rest = one.wire.as_deref().unwrap_or_default();
+            let mut rest = Self::rest(one);
             while !rest.is_empty() {
                 let written =
                     std::future::poll_fn(|cx| transport.as_mut().poll_write(cx, rest)).await?;
@@ -1151,7 +1106,7 @@ impl Framed {
             return Ok(());
         }
         let mut slices: SmallVec<[IoSlice<'_>; FRAMED_BATCH]> =
-            self.0.iter().filter_map(|p| p.wire.as_deref()).map(IoSlice::new).collect();
+            self.0.iter().map(|item| IoSlice::new(Self::rest(item))).collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
             let written =

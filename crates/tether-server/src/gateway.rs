@@ -94,7 +94,7 @@ impl Gateway {
             }));
         }
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(metrics.clone()));
+        let hub = Arc::new(Hub::new(metrics.clone()).direct_delivery(config.direct_delivery));
         let broker =
             Arc::new(MemoryBroker::new(hub.clone(), config.history.clone(), config.max_channels));
         let (resync, _) = watch::channel(0);
@@ -110,7 +110,7 @@ impl Gateway {
             return Self::new(config);
         }
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(metrics.clone()));
+        let hub = Arc::new(Hub::new(metrics.clone()).direct_delivery(config.direct_delivery));
         let shutdown = CancellationToken::new();
         let (resync, _) = watch::channel(0u64);
         let parking = Self::parking_lot(&config);

@@ -10,21 +10,19 @@
 //! offset order per channel. Delivery never blocks the publisher: a subscriber whose bounded
 //! queue is full is flagged as a slow consumer and its connection task closes it (4001).
 
+pub use crate::mailbox::{Delivery, Outbound, OutboundQueue, PushError};
 use crate::metrics::Metrics;
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
-use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tether_core::codec;
 use tether_core::protocol::ServerMessage;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Identifies a connection within this process.
 pub type ConnId = u64;
@@ -86,162 +84,6 @@ impl Published {
     }
 }
 
-/// One item of a connection's outbound queue.
-pub enum Outbound {
-    /// A reply or error for this connection.
-    Reply(Message),
-    /// A publication, shared with every other subscriber it went to.
-    Publication(Arc<Published>),
-}
-
-/// A connection's mailbox: its bounded outbound queue, plus the signals the connection task
-/// must wake up for (a delivery found the queue full; a parked connection's heartbeat is due).
-/// Lighter than a tokio mpsc channel (which allocates a block of 32 slots per connection up
-/// front): an idle queue holds no allocation at all, the memory a burst needed is released once
-/// the queue drains, and a single waker slot serves both the running and the parked connection.
-pub struct OutboundQueue {
-    items: Mutex<VecDeque<Outbound>>,
-    capacity: u32,
-    closed: AtomicBool,
-    /// Set when a delivery found the queue full: the connection closes as a slow consumer.
-    overflowed: AtomicBool,
-    /// Set by the parking lot's reactor: the parked connection's socket has something.
-    socket_ready: AtomicBool,
-    /// Set by the gateway (shutdown, resync): the connection must look at the gateway's state.
-    signalled: AtomicBool,
-    /// When the connection wants the lot's shared timer to signal it, in the lot's ticks:
-    /// while parked, its next heartbeat; while active, when to consider parking.
-    deadline: AtomicU64,
-    waker: AtomicWaker,
-}
-
-/// Why a push was refused.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PushError {
-    Full,
-    Closed,
-}
-
-impl OutboundQueue {
-    pub fn new(capacity: usize) -> Self {
-        OutboundQueue {
-            items: Mutex::new(VecDeque::new()),
-            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
-            closed: AtomicBool::new(false),
-            overflowed: AtomicBool::new(false),
-            socket_ready: AtomicBool::new(false),
-            signalled: AtomicBool::new(false),
-            deadline: AtomicU64::new(u64::MAX),
-            waker: AtomicWaker::new(),
-        }
-    }
-
-    pub fn push(&self, item: Outbound) -> Result<(), PushError> {
-        if self.closed.load(Ordering::Relaxed) {
-            return Err(PushError::Closed);
-        }
-        {
-            let mut items = self.items.lock().expect("outbound queue lock");
-            if items.len() >= self.capacity as usize {
-                drop(items);
-                self.overflowed.store(true, Ordering::Release);
-                self.waker.wake();
-                return Err(PushError::Full);
-            }
-            items.push_back(item);
-        }
-        self.waker.wake();
-        Ok(())
-    }
-
-    pub fn pop(&self) -> Option<Outbound> {
-        let mut items = self.items.lock().expect("outbound queue lock");
-        let item = items.pop_front();
-        if items.is_empty() && items.capacity() > 16 {
-            items.shrink_to_fit();
-        }
-        item
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.lock().expect("outbound queue lock").is_empty()
-    }
-
-    /// Whether a delivery was refused because the queue was full.
-    pub fn overflowed(&self) -> bool {
-        self.overflowed.load(Ordering::Acquire)
-    }
-
-    /// Ready when there is something to do: an item, or an overflow. Registers the task's waker
-    /// first, so a push racing this check is never missed.
-    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.waker.register(cx.waker());
-        if self.overflowed() || !self.is_empty() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-
-    /// The next item, waiting for one if the queue is empty; `None` when the connection was
-    /// signalled (see [`OutboundQueue::signal`]) instead.
-    pub async fn next(&self) -> Option<Outbound> {
-        std::future::poll_fn(|cx| {
-            {
-                let mut items = self.items.lock().expect("outbound queue lock");
-                if let Some(item) = items.pop_front() {
-                    if items.is_empty() && items.capacity() > 16 {
-                        items.shrink_to_fit();
-                    }
-                    return Poll::Ready(Some(item));
-                }
-                // Registered under the lock: a push takes the lock after us, so its wake finds
-                // this waker. One lock per poll instead of pop / register / pop.
-                self.waker.register(cx.waker());
-            }
-            if self.signalled.swap(false, Ordering::AcqRel) {
-                return Poll::Ready(None);
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Wake the connection task and make a pending [`OutboundQueue::next`] return `None`, so
-    /// that it looks at the gateway's state (shutdown, resync).
-    pub fn signal(&self) {
-        self.signalled.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// The parked socket became readable (or failed): wake the connection.
-    pub(crate) fn set_socket_ready(&self) {
-        self.socket_ready.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    pub(crate) fn socket_ready(&self) -> bool {
-        self.socket_ready.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn clear_socket_ready(&self) {
-        self.socket_ready.store(false, Ordering::Release);
-    }
-
-    pub(crate) fn set_deadline(&self, ticks: u64) {
-        self.deadline.store(ticks, Ordering::Relaxed);
-    }
-
-    pub(crate) fn deadline(&self) -> u64 {
-        self.deadline.load(Ordering::Relaxed)
-    }
-
-    /// Refuse further pushes (the connection is ending).
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
-    }
-}
-
 /// The hub's handle on one subscribed connection.
 #[derive(Clone)]
 pub struct Subscriber {
@@ -264,12 +106,66 @@ pub fn render(mode: Mode, channel: &str, epoch: &str, offset: u64, data: &RawVal
 }
 
 /// One lock's worth of channels → subscribers.
-type Shard = Mutex<HashMap<Arc<str>, HashMap<ConnId, Subscriber>>>;
+type Shard = Mutex<HashMap<Arc<str>, Channel>>;
+
+/// A channel's local subscribers, and how its publications reach them.
+struct Channel {
+    /// The map's key, for tagging publications (connections match it by pointer).
+    name: Arc<str>,
+    subscribers: HashMap<ConnId, Subscriber>,
+    pace: Pace,
+}
+
+impl std::ops::Deref for Channel {
+    type Target = HashMap<ConnId, Subscriber>;
+    fn deref(&self) -> &Self::Target {
+        &self.subscribers
+    }
+}
+
+impl std::ops::DerefMut for Channel {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.subscribers
+    }
+}
+
+/// Direct delivery (the publisher writes to every ready socket itself) is the cheapest per
+/// delivery, but writes each publication on its own. When publications on a channel come
+/// faster than that, connection tasks gathering several per write keep up where direct writes
+/// cannot (measured: 5,000 subscribers × 100/s needs about four per write on one core). So a
+/// publication goes direct only while the channel's publications come, on average, at least
+/// twice as far apart as its last direct fan-out took: direct fan-out then uses at most half a
+/// core. An average, not the last gap: on a saturated server publications are handled in bursts
+/// with long gaps between them, and one long gap must not switch a busy channel to direct.
+#[derive(Default)]
+struct Pace {
+    last: Option<Instant>,
+    /// Moving average of the time between publications (weight 1/8 for the newest).
+    spacing: Option<Duration>,
+    direct_cost: Duration,
+}
+
+impl Pace {
+    /// Note a publication at `now`; whether it may go direct.
+    fn publication(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let gap = now.saturating_duration_since(last);
+            self.spacing = Some(match self.spacing {
+                None => gap,
+                Some(avg) => (avg * 7 + gap) / 8,
+            });
+        }
+        self.last = Some(now);
+        self.spacing.is_none_or(|avg| avg >= 2 * self.direct_cost)
+    }
+}
 
 pub struct Hub {
     shards: Box<[Shard]>,
     hasher: RandomState,
     metrics: Arc<Metrics>,
+    /// Whether publishers may write to ready sockets themselves (see `mailbox`).
+    direct: bool,
 }
 
 impl Hub {
@@ -280,7 +176,14 @@ impl Hub {
             shards: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             metrics,
+            direct: true,
         }
+    }
+
+    /// Turn direct delivery (publishers writing to ready sockets) on or off; on by default.
+    pub fn direct_delivery(mut self, on: bool) -> Self {
+        self.direct = on;
+        self
     }
 
     fn shard(&self, channel: &str) -> &Shard {
@@ -297,7 +200,15 @@ impl Hub {
             Some((key, _)) => key.clone(),
             None => Arc::from(channel),
         };
-        let added = shard.entry(key.clone()).or_default().insert(conn, sub).is_none();
+        let added = shard
+            .entry(key.clone())
+            .or_insert_with(|| Channel {
+                name: key.clone(),
+                subscribers: HashMap::new(),
+                pace: Pace::default(),
+            })
+            .insert(conn, sub)
+            .is_none();
         if !added {
             return None;
         }
@@ -322,12 +233,14 @@ impl Hub {
     /// Queue a publication to every local subscriber of `channel`; returns how many took it.
     /// Callers deliver in offset order per channel.
     pub fn publish(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: &RawValue) -> u64 {
-        let shard = self.shard(channel).lock().expect("hub shard lock");
-        let Some((name, subscribers)) = shard.get_key_value(channel) else { return 0 };
+        let mut shard = self.shard(channel).lock().expect("hub shard lock");
+        let Some(Channel { name, subscribers, pace }) = shard.get_mut(channel) else { return 0 };
+        let started = Instant::now();
+        let direct = pace.publication(started) && self.direct;
         // Encode once per mode, lazily; every subscriber gets a reference to the same one.
         let mut json: Option<Arc<Published>> = None;
         let mut raw: Option<Arc<Published>> = None;
-        let mut delivered = 0;
+        let (mut delivered, mut written, mut written_bytes) = (0, 0, 0);
         for sub in subscribers.values() {
             let slot = match sub.mode {
                 Mode::Json => &mut json,
@@ -343,15 +256,28 @@ impl Hub {
                     ))
                 })
                 .clone();
-            match sub.queue.push(Outbound::Publication(publication)) {
-                Ok(()) => delivered += 1,
+            match sub.queue.deliver(publication, direct) {
+                Ok(Delivery::Queued) => delivered += 1,
+                Ok(Delivery::Written(bytes)) => {
+                    delivered += 1;
+                    written += 1;
+                    written_bytes += bytes as u64;
+                }
+                Ok(Delivery::Skipped) => {}
                 // Flagged and woken by `push`: the connection closes as a slow consumer.
                 Err(PushError::Full) => {}
                 // The connection is ending; it unsubscribes itself on the way out.
                 Err(PushError::Closed) => {}
             }
         }
-        self.metrics.deliveries.inc_by(delivered);
+        if direct {
+            pace.direct_cost = started.elapsed();
+        }
+        let m = &self.metrics;
+        m.deliveries.inc_by(delivered);
+        m.direct_deliveries.inc_by(written);
+        m.messages_out.inc_by(written);
+        m.bytes_out.inc_by(written_bytes);
         delivered
     }
 
@@ -395,14 +321,18 @@ mod tests {
 
     fn text(o: Outbound) -> String {
         match o {
-            Outbound::Publication(p) => p.frame.to_string(),
+            Outbound::Publication(p) | Outbound::Admitted { publication: p, .. } => {
+                p.frame.to_string()
+            }
             Outbound::Reply(m) => m.into_text().unwrap().to_string(),
         }
     }
 
     fn position(o: &Outbound) -> Option<(&str, &str, u64)> {
         match o {
-            Outbound::Publication(p) => Some((&*p.channel, &*p.epoch, p.offset)),
+            Outbound::Publication(p) | Outbound::Admitted { publication: p, .. } => {
+                Some((&*p.channel, &*p.epoch, p.offset))
+            }
             Outbound::Reply(_) => None,
         }
     }

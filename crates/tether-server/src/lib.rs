@@ -27,6 +27,7 @@ pub mod config;
 mod connection;
 pub mod gateway;
 pub mod hub;
+mod mailbox;
 pub mod metrics;
 mod parking;
 pub mod stats;

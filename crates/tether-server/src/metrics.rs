@@ -51,6 +51,7 @@ pub struct Metrics {
     pub command_errors: Family<ReasonLabels, Counter>,
     pub publications: Counter,
     pub deliveries: Counter,
+    pub direct_deliveries: Counter,
     pub subscriptions: Gauge,
     pub recoveries: Family<OutcomeLabels, Counter>,
     pub resident_memory: Gauge,
@@ -88,6 +89,7 @@ impl Metrics {
             command_errors: Family::default(),
             publications: Counter::default(),
             deliveries: Counter::default(),
+            direct_deliveries: Counter::default(),
             subscriptions: Gauge::default(),
             recoveries: Family::default(),
             resident_memory: Gauge::default(),
@@ -170,8 +172,13 @@ impl Metrics {
             );
             t.register(
                 "tether_deliveries",
-                "Publication messages queued to subscribers",
+                "Publication messages handed to subscribers (queued or written directly)",
                 m.deliveries.clone(),
+            );
+            t.register(
+                "tether_direct_deliveries",
+                "Publication messages the publisher wrote straight to a subscriber's socket",
+                m.direct_deliveries.clone(),
             );
             t.register(
                 "tether_subscriptions",

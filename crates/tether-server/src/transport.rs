@@ -137,6 +137,16 @@ impl Transport {
         }
     }
 
+    /// The socket, when it is a plain TCP socket in tokio's reactor: publishers may then write
+    /// to it directly (see `mailbox`).
+    pub fn direct_socket(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match &self.io {
+            Io::Tcp(s) => Some(s.as_raw_fd()),
+            _ => None,
+        }
+    }
+
     /// Whether this connection may be parked now: nothing half-read by the WebSocket layer.
     pub fn can_park(&self) -> bool {
         self.prefix.is_none() && self.error.is_none() && self.boundary.at_rest()

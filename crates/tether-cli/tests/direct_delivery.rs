@@ -1,0 +1,88 @@
+//! Direct delivery (decision 0008): publishers write publications straight to ready sockets, and
+//! hand whatever a full socket does not take to the connection's task. Whichever way each one
+//! goes, a subscriber gets every publication once, whole, and in order.
+
+mod common;
+use common::*;
+use socket2::{Domain, Socket, Type};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket};
+use tokio_tungstenite::tungstenite::Message;
+
+/// ~6.3 MB in all: more than a socket send buffer holds (tcp_wmem max is 4 MiB by default).
+const MESSAGES: usize = 900;
+
+/// Message `seq`: ~7 KB (one frame, under the 8 KiB fragment size), its text derived from `seq`
+/// so that a frame cut or spliced anywhere shows.
+fn payload(seq: usize) -> String {
+    let fill = (b'a' + (seq % 26) as u8) as char;
+    format!("{seq}:{}", fill.to_string().repeat(7000))
+}
+
+/// A subscriber with a 4 KiB receive buffer that reads nothing until every publication has
+/// been accepted, so the server's socket fills and direct writes are cut short. Returns
+/// (direct deliveries, messages received in order).
+fn paused_subscriber_gets_everything(server: &Server) -> f64 {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    write!(
+        stream,
+        "GET /ws?channel=feed HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    // The response head, byte by byte so that no frame is read past it.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        stream.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        wait_until(Duration::from_secs(5), || server.metric("tether_subscriptions") >= 1.0),
+        "the subscriber never registered"
+    );
+
+    for seq in 0..MESSAGES {
+        server.publish("feed", &serde_json::json!(payload(seq)).to_string());
+    }
+
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut ws = WebSocket::from_raw_socket(stream, Role::Client, None);
+    let mut seq = 0;
+    while seq < MESSAGES {
+        match ws.read().unwrap_or_else(|e| panic!("after {seq} messages: {e}")) {
+            Message::Text(t) => {
+                assert!(
+                    t.as_str() == payload(seq),
+                    "message {seq} arrived damaged or out of order"
+                );
+                seq += 1;
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("after {seq} messages: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(server.metric("tether_deliveries_total"), MESSAGES as f64);
+    server.metric("tether_direct_deliveries_total")
+}
+
+#[test]
+fn a_paused_subscriber_gets_every_publication_whole_and_in_order() {
+    let server = Server::start(&[]);
+    let direct = paused_subscriber_gets_everything(&server);
+    // Both ways were taken: direct while the socket had room, queued once it was full.
+    assert!(direct > 0.0, "no publication was written directly");
+    assert!(direct < MESSAGES as f64, "every publication went direct: the socket never filled");
+}
+
+#[test]
+fn with_direct_delivery_off_every_publication_goes_through_the_queue() {
+    let server = Server::start(&["--direct-delivery", "false"]);
+    assert_eq!(paused_subscriber_gets_everything(&server), 0.0);
+}

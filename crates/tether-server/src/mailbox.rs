@@ -1,0 +1,392 @@
+//! A connection's mailbox: its bounded outbound queue, its subscriptions (each with the last
+//! publication delivered on it), and the signals its task must wake up for.
+//!
+//! A publication reaches a subscriber in one of two ways (decision 0008):
+//! - **direct**: the publisher writes the publication's shared frame straight to the socket, when
+//!   the connection is active on a plain TCP socket, its task is not writing, and nothing is
+//!   queued ahead. No task wake-up, no queue: one non-blocking `send` per subscriber. Whatever
+//!   the socket does not take at once is queued, already admitted, for the task to finish.
+//! - **queued**: for the connection's task, which writes several at a time. The hub chooses this
+//!   when publications on a channel come faster than a direct fan-out takes (see `hub::Pace`):
+//!   then batching, not the cheapest single delivery, is what keeps up.
+//!
+//! Both ways pass the same admission (`Subscriptions::admit`), under the mailbox's lock, so the
+//! seam between a recovery replay and live traffic, and gap detection, hold whichever way a
+//! publication goes.
+
+use crate::hub::Published;
+use futures_util::task::AtomicWaker;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use tokio_tungstenite::tungstenite::Message;
+
+/// One item of a connection's outbound queue.
+pub enum Outbound {
+    /// A reply or error for this connection.
+    Reply(Message),
+    /// A publication, shared with every other subscriber it went to; admitted when popped.
+    Publication(Arc<Published>),
+    /// A publication a publisher admitted and began to write directly: `written` bytes of its
+    /// frame went out (0 when the socket was full). The rest goes before anything else.
+    Admitted { publication: Arc<Published>, written: usize },
+}
+
+/// The last publication delivered on a channel.
+#[derive(Default)]
+pub(crate) struct Watermark {
+    pub epoch: Option<Arc<str>>,
+    pub offset: u64,
+}
+
+/// What to do with a publication (see [`Subscriptions::admit`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Admission {
+    Send,
+    Skip,
+    Gap,
+}
+
+/// A connection's subscriptions: a sorted vector rather than a hash map, because most
+/// connections hold one or a few (a one-entry `HashMap` allocates ~220 bytes, this 48), and a
+/// binary search stays fast up to `max_subscriptions`.
+#[derive(Default)]
+pub(crate) struct Subscriptions(Vec<(Arc<str>, Watermark)>);
+
+impl Subscriptions {
+    fn find(&self, channel: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(c, _)| (**c).cmp(channel))
+    }
+    /// The watermark for a publication's channel: found by pointer first (the names are the
+    /// hub's own `Arc`s), which saves a string comparison per delivery.
+    fn for_tag(&mut self, channel: &Arc<str>) -> Option<&mut Watermark> {
+        match self.0.iter().position(|(c, _)| Arc::ptr_eq(c, channel)) {
+            Some(i) => Some(&mut self.0[i].1),
+            None => self.get_mut(channel),
+        }
+    }
+    pub fn contains(&self, channel: &str) -> bool {
+        self.find(channel).is_ok()
+    }
+    pub fn get_mut(&mut self, channel: &str) -> Option<&mut Watermark> {
+        self.find(channel).ok().map(|i| &mut self.0[i].1)
+    }
+    /// Returns false when already present.
+    pub fn insert(&mut self, channel: Arc<str>) -> bool {
+        match self.find(&channel) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, (channel, Watermark::default()));
+                true
+            }
+        }
+    }
+    pub fn remove(&mut self, channel: &str) -> bool {
+        match self.find(channel) {
+            Ok(i) => {
+                self.0.remove(i);
+                if self.0.capacity() > 4 * self.0.len().max(1) {
+                    self.0.shrink_to_fit();
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn take_channels(&mut self) -> impl Iterator<Item = Arc<str>> {
+        std::mem::take(&mut self.0).into_iter().map(|(c, _)| c)
+    }
+
+    /// Whether a publication goes out, and if so, it becomes the channel's watermark.
+    /// Publications already delivered (by a recovery replay) or for channels unsubscribed since
+    /// they were queued are skipped. A publication that does not follow the last one delivered
+    /// on its channel (an offset was skipped: the queue overflowed, or the backplane lost one)
+    /// is a gap: nothing more may be delivered on this connection, or the client's position
+    /// would jump over the hole and a later recovery would miss it.
+    fn admit(&mut self, tag: &Published, overflowed: bool) -> Admission {
+        if overflowed {
+            return Admission::Gap;
+        }
+        let Some(w) = self.for_tag(&tag.channel) else { return Admission::Skip };
+        let same_epoch =
+            w.epoch.as_ref().is_some_and(|e| Arc::ptr_eq(e, &tag.epoch) || *e == tag.epoch);
+        if same_epoch {
+            if tag.offset <= w.offset {
+                return Admission::Skip;
+            }
+            if tag.offset != w.offset + 1 {
+                return Admission::Gap;
+            }
+        }
+        // Same epoch and next in line, or a first/new epoch (history lost upstream): follow it.
+        if !same_epoch {
+            w.epoch = Some(tag.epoch.clone());
+        }
+        w.offset = tag.offset;
+        Admission::Send
+    }
+}
+
+/// What the lock guards.
+struct Mail {
+    items: VecDeque<Outbound>,
+    subscriptions: Subscriptions,
+    /// The connection's socket, while publishers may write to it (active, plain TCP). Cleared,
+    /// under this lock, before the socket can be closed or leave the connection's hands.
+    socket: Option<RawFd>,
+    /// The connection's task holds the write side: it is writing, or holds items it popped.
+    writing: bool,
+}
+
+/// How a publication was handed over.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued for the connection's task.
+    Queued,
+    /// Written to the socket by the publisher: this many bytes of message text.
+    Written(usize),
+    /// Not for this connection (already delivered by a recovery, or unsubscribed).
+    Skipped,
+}
+
+/// A connection's mailbox. Lighter than a tokio mpsc channel (which allocates a block of 32
+/// slots per connection up front): an idle queue holds no allocation at all, the memory a burst
+/// needed is released once the queue drains, and a single waker slot serves both the running
+/// and the parked connection.
+pub struct OutboundQueue {
+    mail: Mutex<Mail>,
+    capacity: u32,
+    closed: AtomicBool,
+    /// Set when a delivery found the queue full: the connection closes as a slow consumer.
+    overflowed: AtomicBool,
+    /// Set by the parking lot's reactor: the parked connection's socket has something.
+    socket_ready: AtomicBool,
+    /// Set by the gateway (shutdown, resync): the connection must look at the gateway's state.
+    signalled: AtomicBool,
+    /// When the connection wants the lot's shared timer to signal it, in the lot's ticks:
+    /// while parked, its next heartbeat; while active, when to consider parking.
+    deadline: AtomicU64,
+    waker: AtomicWaker,
+}
+
+/// Why a push was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    Full,
+    Closed,
+}
+
+impl OutboundQueue {
+    pub fn new(capacity: usize) -> Self {
+        OutboundQueue {
+            mail: Mutex::new(Mail {
+                items: VecDeque::new(),
+                subscriptions: Subscriptions::default(),
+                socket: None,
+                writing: false,
+            }),
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+            closed: AtomicBool::new(false),
+            overflowed: AtomicBool::new(false),
+            socket_ready: AtomicBool::new(false),
+            signalled: AtomicBool::new(false),
+            deadline: AtomicU64::new(u64::MAX),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Mail> {
+        // A panic while holding it cannot leave `Mail` half-updated in a way that matters more
+        // than losing the connection; keep serving rather than poisoning every later call.
+        self.mail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queue an item for the connection's task.
+    pub fn push(&self, item: Outbound) -> Result<(), PushError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PushError::Closed);
+        }
+        let mut mail = self.lock();
+        self.queue(&mut mail, item)
+    }
+
+    fn queue(&self, mail: &mut MutexGuard<'_, Mail>, item: Outbound) -> Result<(), PushError> {
+        if mail.items.len() >= self.capacity as usize {
+            self.overflowed.store(true, Ordering::Release);
+            self.waker.wake();
+            return Err(PushError::Full);
+        }
+        mail.items.push_back(item);
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Hand a publication over: written directly when `direct` is allowed and the connection
+    /// is ready for it (see the module docs), else queued.
+    pub fn deliver(
+        &self,
+        publication: Arc<Published>,
+        direct: bool,
+    ) -> Result<Delivery, PushError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PushError::Closed);
+        }
+        let mut mail = self.lock();
+        if let (true, Some(fd), Some(wire)) = (direct, mail.socket, publication.wire.as_deref()) {
+            if !mail.writing && mail.items.is_empty() && !self.overflowed() {
+                match mail.subscriptions.admit(&publication, false) {
+                    Admission::Skip => return Ok(Delivery::Skipped),
+                    // Queued as it is: the task meets the gap and closes the connection.
+                    Admission::Gap => {}
+                    Admission::Send => {
+                        let written = send_now(fd, wire);
+                        if written == wire.len() {
+                            return Ok(Delivery::Written(publication.frame.len()));
+                        }
+                        // The rest waits for the task; it also learns of a failed socket by
+                        // writing. Never refused for space: it is already admitted.
+                        mail.items.push_back(Outbound::Admitted { publication, written });
+                        self.waker.wake();
+                        return Ok(Delivery::Queued);
+                    }
+                }
+            }
+        }
+        self.queue(&mut mail, Outbound::Publication(publication)).map(|()| Delivery::Queued)
+    }
+
+    /// Admit a queued publication (see [`Subscriptions::admit`]).
+    pub(crate) fn admit(&self, publication: &Published) -> Admission {
+        let overflowed = self.overflowed();
+        self.lock().subscriptions.admit(publication, overflowed)
+    }
+
+    pub(crate) fn with_subscriptions<R>(&self, f: impl FnOnce(&mut Subscriptions) -> R) -> R {
+        f(&mut self.lock().subscriptions)
+    }
+
+    /// The connection's task is about to write: publishers queue until [`OutboundQueue::release`].
+    pub(crate) fn hold(&self) {
+        self.lock().writing = true;
+    }
+
+    /// The connection's task has written and flushed everything it held.
+    pub(crate) fn release(&self) {
+        self.lock().writing = false;
+    }
+
+    /// Let publishers write to `socket` directly (`Some`), or stop them (`None`). Also ends any
+    /// hold: the task sets this only between writes.
+    pub(crate) fn set_socket(&self, socket: Option<RawFd>) {
+        let mut mail = self.lock();
+        mail.socket = socket;
+        mail.writing = false;
+    }
+
+    /// The next queued item, if any; the task holds the write side until it releases it.
+    pub fn pop(&self) -> Option<Outbound> {
+        let mut mail = self.lock();
+        Self::take(&mut mail)
+    }
+
+    fn take(mail: &mut Mail) -> Option<Outbound> {
+        let item = mail.items.pop_front()?;
+        mail.writing = true;
+        if mail.items.is_empty() && mail.items.capacity() > 16 {
+            mail.items.shrink_to_fit();
+        }
+        Some(item)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().items.is_empty()
+    }
+
+    /// Whether a delivery was refused because the queue was full.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Ready when there is something to do: an item, or an overflow. Registers the task's waker
+    /// first, so a push racing this check is never missed.
+    pub fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.waker.register(cx.waker());
+        if self.overflowed() || !self.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// The next item, waiting for one if the queue is empty; `None` when the connection was
+    /// signalled (see [`OutboundQueue::signal`]) instead.
+    pub async fn next(&self) -> Option<Outbound> {
+        std::future::poll_fn(|cx| {
+            {
+                let mut mail = self.lock();
+                if let Some(item) = Self::take(&mut mail) {
+                    return Poll::Ready(Some(item));
+                }
+                // Registered under the lock: a push takes the lock after us, so its wake finds
+                // this waker. One lock per poll instead of pop / register / pop.
+                self.waker.register(cx.waker());
+            }
+            if self.signalled.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Wake the connection task and make a pending [`OutboundQueue::next`] return `None`, so
+    /// that it looks at the gateway's state (shutdown, resync).
+    pub fn signal(&self) {
+        self.signalled.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// The parked socket became readable (or failed): wake the connection.
+    pub(crate) fn set_socket_ready(&self) {
+        self.socket_ready.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub(crate) fn socket_ready(&self) -> bool {
+        self.socket_ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn clear_socket_ready(&self) {
+        self.socket_ready.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn set_deadline(&self, ticks: u64) {
+        self.deadline.store(ticks, Ordering::Relaxed);
+    }
+
+    pub(crate) fn deadline(&self) -> u64 {
+        self.deadline.load(Ordering::Relaxed)
+    }
+
+    /// Refuse further pushes (the connection is ending).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One non-blocking send of `bytes` to `fd`: how many went out (0 if none could, or on error).
+fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
+    // SAFETY: `fd` is the connection's open socket. The mailbox holds it only between the
+    // connection's `set_socket(Some)` and `set_socket(None)`, both taken under the lock our
+    // caller holds, and the connection clears it before its socket can be closed or change
+    // hands (`connection::DirectWindow`). `ManuallyDrop`: the socket is only borrowed here.
+    let socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    // std's send passes MSG_NOSIGNAL; the socket is non-blocking (tokio set it so).
+    (&*socket).write(bytes).unwrap_or(0)
+}
