@@ -779,6 +779,8 @@ impl Connection {
             Some(f) => (CloseCode(u16::from(f.code)), f.reason.to_string()),
             None => (CloseCode::NO_STATUS, String::new()),
         };
+        // tungstenite writes our close reply itself, from `next()`: no direct write may cut in.
+        self.queue.hold();
         // Drive the stream until it ends: this flushes our close reply.
         let drained = tokio::time::timeout(self.shared.config.close_timeout, async {
             while ws.next().await.is_some() {}
