@@ -137,12 +137,16 @@ impl Subscriptions {
 struct Mail {
     items: VecDeque<Outbound>,
     subscriptions: Subscriptions,
-    /// The connection's socket, while publishers may write to it (active, plain TCP). Cleared,
-    /// under this lock, before the socket can be closed or leave the connection's hands.
-    socket: Option<RawFd>,
+    /// The connection's socket, while publishers may write to it (active, plain TCP); else
+    /// `NO_SOCKET`. Cleared, under this lock, before the socket can be closed or leave the
+    /// connection's hands. (Not an `Option`: 4 bytes fewer keep the whole mailbox within
+    /// jemalloc's 128-byte size class, 32 bytes less per connection than the next one.)
+    socket: RawFd,
     /// The connection's task holds the write side: it is writing, or holds items it popped.
     writing: bool,
 }
+
+const NO_SOCKET: RawFd = -1;
 
 /// How a publication was handed over.
 #[derive(Debug, PartialEq, Eq)]
@@ -188,7 +192,7 @@ impl OutboundQueue {
             mail: Mutex::new(Mail {
                 items: VecDeque::new(),
                 subscriptions: Subscriptions::default(),
-                socket: None,
+                socket: NO_SOCKET,
                 writing: false,
             }),
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
@@ -238,7 +242,8 @@ impl OutboundQueue {
             return Err(PushError::Closed);
         }
         let mut mail = self.lock();
-        if let (true, Some(fd), Some(wire)) = (direct, mail.socket, publication.wire.as_deref()) {
+        let fd = mail.socket;
+        if let (true, Some(wire)) = (direct && fd != NO_SOCKET, publication.wire.as_deref()) {
             if !mail.writing && mail.items.is_empty() && !self.overflowed() {
                 match mail.subscriptions.admit(&publication, false) {
                     Admission::Skip => return Ok(Delivery::Skipped),
@@ -285,7 +290,7 @@ impl OutboundQueue {
     /// hold: the task sets this only between writes.
     pub(crate) fn set_socket(&self, socket: Option<RawFd>) {
         let mut mail = self.lock();
-        mail.socket = socket;
+        mail.socket = socket.unwrap_or(NO_SOCKET);
         mail.writing = false;
     }
 
@@ -377,6 +382,16 @@ impl OutboundQueue {
     /// Refuse further pushes (the connection is ending).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn a_mailbox_fits_jemallocs_128_byte_class() {
+        // One per connection, in an `Arc` (two counters, 16 bytes).
+        let size = 16 + std::mem::size_of::<super::OutboundQueue>();
+        assert!(size <= 128, "Arc<OutboundQueue> is {size} bytes");
     }
 }
 
