@@ -578,7 +578,7 @@ impl Connection {
     /// Queue a reply. Replies share the outbound queue with publications, so the order the peer
     /// sees is the order things happened.
     async fn enqueue(&mut self, ws: &mut Ws, reply: Message) -> Option<Ending> {
-        if self.queue.is_empty() && !self.queue.overflowed() {
+        if self.queue.hold_if_idle() {
             // Nothing is waiting to go out before it: write it now (a ping-pong round trip
             // then costs one pass of the loop, not two).
             return self.write_one(ws, reply).await.err().map(|e| self.write_failed(e));
@@ -921,10 +921,10 @@ impl Connection {
         Ok(())
     }
 
-    /// Write one message (a reply) and flush, within `write_timeout`.
+    /// Write one message (a reply) and flush, within `write_timeout`. The caller holds the
+    /// write side (`hold_if_idle`).
     async fn write_one(&self, ws: &mut Ws, msg: Message) -> Result<(), WriteFailed> {
         let bytes = msg.len() as u64;
-        self.queue.hold();
         let write = async {
             feed(ws, msg).await?;
             ws.flush().await

@@ -281,6 +281,17 @@ impl OutboundQueue {
         self.lock().writing = true;
     }
 
+    /// Hold the write side if nothing is queued ahead (and nothing overflowed): a reply may then
+    /// be written at once. One lock for the check and the hold.
+    pub(crate) fn hold_if_idle(&self) -> bool {
+        let mut mail = self.lock();
+        let idle = mail.items.is_empty() && !self.overflowed();
+        if idle {
+            mail.writing = true;
+        }
+        idle
+    }
+
     /// The connection's task has written and flushed everything it held.
     pub(crate) fn release(&self) {
         self.lock().writing = false;
@@ -385,16 +396,6 @@ impl OutboundQueue {
     }
 }
 
-#[cfg(test)]
-mod size_tests {
-    #[test]
-    fn a_mailbox_fits_jemallocs_128_byte_class() {
-        // One per connection, in an `Arc` (two counters, 16 bytes).
-        let size = 16 + std::mem::size_of::<super::OutboundQueue>();
-        assert!(size <= 128, "Arc<OutboundQueue> is {size} bytes");
-    }
-}
-
 /// One non-blocking send of `bytes` to `fd`: how many went out (0 if none could, or on error).
 fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
     // SAFETY: `fd` is the connection's open socket. The mailbox holds it only between the
@@ -404,4 +405,14 @@ fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
     let socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
     // std's send passes MSG_NOSIGNAL; the socket is non-blocking (tokio set it so).
     (&*socket).write(bytes).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn a_mailbox_fits_jemallocs_128_byte_class() {
+        // One per connection, in an `Arc` (two counters, 16 bytes).
+        let size = 16 + std::mem::size_of::<super::OutboundQueue>();
+        assert!(size <= 128, "Arc<OutboundQueue> is {size} bytes");
+    }
 }
