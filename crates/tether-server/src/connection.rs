@@ -542,6 +542,17 @@ impl Connection {
         m.bytes_in.inc_by(msg.len() as u64);
         let reply = match (self.mode, msg) {
             (Mode::Raw, Message::Text(text)) if text.as_str() == self.shared.config.raw_ping => {
+                if self.queue.hold_if_idle() {
+                    // The pong's frame is built once: straight to the socket, as publications.
+                    let (frame, len) = (&self.shared.raw_pong_frame, self.shared.raw_pong.len());
+                    let timeout = self.shared.config.write_timeout;
+                    let outcome = within(timeout, write_frame(ws, frame)).await;
+                    if let Err(e) = self.written(outcome, 1, len as u64) {
+                        return Some(self.write_failed(e));
+                    }
+                    self.queue.release();
+                    return None;
+                }
                 Message::Text(self.shared.raw_pong.clone()) // shared bytes, no copy per reply
             }
             (Mode::Raw, _) => {
@@ -1036,6 +1047,20 @@ impl Connection {
     }
 }
 
+/// Write complete frame bytes straight to the socket, past tungstenite (whose buffer must be
+/// empty: see `Framed::write`).
+async fn write_frame(ws: &mut Ws, mut rest: &[u8]) -> Result<(), WsError> {
+    let mut transport = Pin::new(ws.get_mut());
+    while !rest.is_empty() {
+        let written = std::future::poll_fn(|cx| transport.as_mut().poll_write(cx, rest)).await?;
+        if written == 0 {
+            return Err(WsError::Io(std::io::ErrorKind::WriteZero.into()));
+        }
+        rest = &rest[written..];
+    }
+    Ok(())
+}
+
 /// While it lives, publishers may write to the connection's socket (see `mailbox`).
 struct DirectWindow(Option<Arc<OutboundQueue>>);
 
@@ -1092,21 +1117,13 @@ impl Framed {
         if std::mem::take(fed) {
             ws.flush().await?;
         }
-        let mut transport = Pin::new(ws.get_mut());
         if let [one] = &self.0[..] {
             // One frame (the common case at low rates): a plain send, cheaper than a writev.
-            let mut rest = Self::rest(one);
-            while !rest.is_empty() {
-                let written =
-                    std::future::poll_fn(|cx| transport.as_mut().poll_write(cx, rest)).await?;
-                if written == 0 {
-                    return Err(WsError::Io(std::io::ErrorKind::WriteZero.into()));
-                }
-                rest = &rest[written..];
-            }
+            write_frame(ws, Self::rest(one)).await?;
             self.0.clear();
             return Ok(());
         }
+        let mut transport = Pin::new(ws.get_mut());
         let mut slices: SmallVec<[IoSlice<'_>; FRAMED_BATCH]> =
             self.0.iter().map(|item| IoSlice::new(Self::rest(item))).collect();
         let mut rest = &mut slices[..];

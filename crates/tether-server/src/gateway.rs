@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub resync: watch::Sender<u64>,
     /// The raw-mode answer to a text ping, encoded once.
     pub raw_pong: tokio_tungstenite::tungstenite::Utf8Bytes,
+    /// `raw_pong` as a complete frame, written straight to the socket.
+    pub raw_pong_frame: bytes::Bytes,
     /// How long a connection must be idle before it parks (see `connection.rs`).
     pub park_after: std::time::Duration,
     /// Where idle connections wait; also how shutdown and resync reach every connection.
@@ -159,9 +161,11 @@ impl Gateway {
             .max_frame_size(Some(max));
         let park_after = (config.ping_interval / 2).min(std::time::Duration::from_secs(1));
         let raw_pong = config.raw_pong.as_str().into();
+        let (raw_pong_frame, _) = crate::hub::text_frame(config.raw_pong.as_bytes());
         Gateway {
             shared: Arc::new(Shared {
                 raw_pong,
+                raw_pong_frame,
                 connection_slots: Arc::new(Semaphore::new(config.max_connections)),
                 config,
                 ws_config,

@@ -61,17 +61,10 @@ pub struct Published {
 }
 
 impl Published {
-    /// Frame `text` once for all subscribers (framing by tungstenite's `FrameHeader`).
+    /// Frame `text` once for all subscribers.
     pub fn new(text: Utf8Bytes, channel: Arc<str>, epoch: Arc<str>, offset: u64) -> Self {
         let (frame, wire) = if text.len() <= crate::connection::FRAGMENT {
-            let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
-            let len = text.len() as u64;
-            let mut wire = Vec::with_capacity(header.len(len) + text.len());
-            // Writing into a Vec cannot fail.
-            let _ = header.format(len, &mut wire);
-            let start = wire.len();
-            wire.extend_from_slice(text.as_bytes());
-            let wire = Bytes::from(wire);
+            let (wire, start) = text_frame(text.as_bytes());
             // The text shares the frame's allocation; it was UTF-8 before the copy.
             match Utf8Bytes::try_from(wire.slice(start..)) {
                 Ok(frame) => (frame, Some(wire)),
@@ -82,6 +75,19 @@ impl Published {
         };
         Published { frame, wire, channel, epoch, offset }
     }
+}
+
+/// `text` as one complete, unmasked WebSocket text frame (framing by tungstenite's
+/// `FrameHeader`), and where the text starts in it.
+pub fn text_frame(text: &[u8]) -> (Bytes, usize) {
+    let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
+    let len = text.len() as u64;
+    let mut wire = Vec::with_capacity(header.len(len) + text.len());
+    // Writing into a Vec cannot fail.
+    let _ = header.format(len, &mut wire);
+    let start = wire.len();
+    wire.extend_from_slice(text);
+    (Bytes::from(wire), start)
 }
 
 /// The hub's handle on one subscribed connection.
