@@ -50,6 +50,20 @@ pub struct ServeArgs {
     /// Channels one connection may subscribe to [default: 128]
     #[arg(long, env = "TETHER_MAX_SUBSCRIPTIONS")]
     max_subscriptions: Option<usize>,
+    /// Key the HTTP API requires (Authorization: Bearer KEY or X-API-Key: KEY), at least 16 characters (repeatable) [default: none]
+    #[arg(
+        long = "api-key",
+        env = "TETHER_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_keys: Option<Vec<String>>,
+    /// Allow listening on a non-loopback address without an API key (anyone may publish)
+    #[arg(long)]
+    insecure: bool,
+    /// Origins allowed to open WebSockets from browsers besides this host and localhost, e.g. 'https://*.example.com' or '*' (repeatable) [default: none]
+    #[arg(long = "allowed-origin", env = "TETHER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Option<Vec<String>>,
     /// Channel patterns clients may publish to over WebSocket, e.g. 'chat:*' (repeatable) [default: none]
     #[arg(long, env = "TETHER_CLIENT_PUBLISH", value_delimiter = ',')]
     client_publish: Option<Vec<String>>,
@@ -112,8 +126,11 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         shutdown_close,
         drain_timeout,
         history,
-        max_channels
+        max_channels,
+        api_keys,
+        allowed_origins
     );
+    cfg.insecure |= args.insecure;
     if let Some(patterns) = &args.client_publish {
         cfg.client_publish = patterns.iter().map(ChannelPattern::new).collect();
     }
@@ -142,6 +159,14 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     if args.print_config {
         print!("{}", toml::to_string_pretty(&cfg).context("cannot render the configuration")?);
         return Ok(ExitCode::SUCCESS);
+    }
+    if !cfg.listen.ip().is_loopback() && cfg.api_keys.is_empty() && !cfg.insecure {
+        anyhow::bail!(
+            "refusing to serve {} without an API key: anyone who can reach it could publish. \
+             Set one with --api-key KEY (or TETHER_API_KEYS), listen on 127.0.0.1, \
+             or pass --insecure to accept an open API",
+            cfg.listen
+        );
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| {
         format!(

@@ -2,9 +2,10 @@
 //! JSON body `{"error": "..."}` that names the problem.
 
 use crate::gateway::{Gateway, PublishError};
+use crate::metrics::ReasonLabels;
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -20,8 +21,54 @@ struct PublishBody {
     data: Box<RawValue>,
 }
 
+/// The API key a request carries: `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(auth) = text(header::AUTHORIZATION.as_str()) {
+        let (scheme, key) = auth.split_once(' ').unwrap_or((auth, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Some(key.trim());
+        }
+    }
+    text("x-api-key")
+}
+
+/// Refuse a request to the HTTP API unless it carries one of the configured keys (when any
+/// is configured): 401 without a key, 403 with a wrong one. Compared in constant time.
+fn authorize(gateway: &Gateway, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let keys = &gateway.config().api_keys;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let refuse = |status, reason: &'static str, message: &str| {
+        gateway.metrics().api_refused.get_or_create(&ReasonLabels { reason }).inc();
+        let mut resp = json_error(status, message);
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        Box::new(resp)
+    };
+    let Some(key) = presented_key(headers).filter(|k| !k.is_empty()) else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "missing_key",
+            "this API needs a key: send `Authorization: Bearer KEY` or `X-API-Key: KEY`",
+        ));
+    };
+    // Every key is compared, whatever matched, so the time taken says nothing about the keys.
+    let matched = keys.iter().fold(subtle::Choice::from(0), |found, k| {
+        found | subtle::ConstantTimeEq::ct_eq(k.as_bytes(), key.as_bytes())
+    });
+    if bool::from(matched) {
+        Ok(())
+    } else {
+        Err(refuse(StatusCode::FORBIDDEN, "wrong_key", "the API key is not accepted"))
+    }
+}
+
 /// `POST /api/publish` with `{"channel": "...", "data": <any JSON>}`.
 pub(crate) async fn publish(State(gateway): State<Gateway>, req: Request<Body>) -> Response {
+    if let Err(refused) = authorize(&gateway, req.headers()) {
+        return *refused;
+    }
     // The body limit is the largest message a client could receive, plus the envelope.
     let limit = gateway.config().max_message_size.as_u64() as usize + 1024;
     let bytes = match to_bytes(req.into_body(), limit).await {

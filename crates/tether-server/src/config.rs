@@ -85,6 +85,18 @@ pub struct GatewayConfig {
     /// Channel streams the memory broker holds at most (a stream lives while it has history or
     /// subscribers); publishing to a new channel beyond it gets 503.
     pub max_channels: usize,
+    /// Keys accepted by the HTTP API (`Authorization: Bearer KEY` or `X-API-Key: KEY`). Empty:
+    /// the API is open, which `tether serve` allows only on a loopback address (or `insecure`).
+    /// Never printed by `--print-config`.
+    #[serde(skip_serializing)]
+    pub api_keys: Vec<String>,
+    /// Serve a non-loopback address without API keys (anyone who reaches it may publish).
+    pub insecure: bool,
+    /// Origins allowed to open WebSockets from a browser: exact (`https://app.example.com`),
+    /// a wildcard subdomain (`https://*.example.com`), or `*` for any. Always allowed: the
+    /// server's own host (the `Host` header) and localhost. Handshakes without an `Origin`
+    /// header (not from a browser) are not affected.
+    pub allowed_origins: Vec<String>,
     /// Raw mode: the text answered with `raw_pong`.
     pub raw_ping: String,
     pub raw_pong: String,
@@ -119,6 +131,9 @@ impl Default for GatewayConfig {
             client_publish: Vec::new(),
             history: Vec::new(),
             max_channels: 100_000,
+            api_keys: Vec::new(),
+            insecure: false,
+            allowed_origins: Vec::new(),
             raw_ping: d::RAW_PING.into(),
             raw_pong: d::RAW_PONG.into(),
             shutdown_close: ShutdownClose::Restart,
@@ -162,6 +177,20 @@ impl GatewayConfig {
         }
         if self.max_channel_name_len == 0 || self.max_channel_name_len > 1024 {
             return err("max_channel_name_len", "must be between 1 and 1024");
+        }
+        if self.api_keys.iter().any(|k| k.len() < 16) {
+            return err(
+                "api_keys",
+                "each key must be at least 16 characters (use a random string)",
+            );
+        }
+        for origin in &self.allowed_origins {
+            if crate::origin::OriginPattern::parse(origin).is_none() {
+                return err(
+                    "allowed_origins",
+                    "each entry must be `*` or scheme://host[:port], host possibly `*.domain`",
+                );
+            }
         }
         if self.raw_ping.is_empty() {
             return err("raw_ping", "must not be empty");

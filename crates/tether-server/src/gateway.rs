@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub raw_pong: tokio_tungstenite::tungstenite::Utf8Bytes,
     /// `raw_pong` as a complete frame, written straight to the socket.
     pub raw_pong_frame: bytes::Bytes,
+    /// `allowed_origins`, parsed (validated with the configuration).
+    pub origins: Vec<crate::origin::OriginPattern>,
     /// How long a connection must be idle before it parks (see `connection.rs`).
     pub park_after: std::time::Duration,
     /// Where idle connections wait; also how shutdown and resync reach every connection.
@@ -162,10 +164,16 @@ impl Gateway {
         let park_after = (config.ping_interval / 2).min(std::time::Duration::from_secs(1));
         let raw_pong = config.raw_pong.as_str().into();
         let (raw_pong_frame, _) = crate::hub::text_frame(config.raw_pong.as_bytes());
+        let origins = config
+            .allowed_origins
+            .iter()
+            .filter_map(|o| crate::origin::OriginPattern::parse(o))
+            .collect();
         Gateway {
             shared: Arc::new(Shared {
                 raw_pong,
                 raw_pong_frame,
+                origins,
                 connection_slots: Arc::new(Semaphore::new(config.max_connections)),
                 config,
                 ws_config,

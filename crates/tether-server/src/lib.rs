@@ -29,6 +29,7 @@ pub mod gateway;
 pub mod hub;
 mod mailbox;
 pub mod metrics;
+pub mod origin;
 mod parking;
 pub mod stats;
 pub mod svg_chart;

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub connections_parked: Gauge,
     pub connections_accepted: Family<ModeLabels, Counter>,
     pub handshakes_refused: Family<ReasonLabels, Counter>,
+    pub api_refused: Family<ReasonLabels, Counter>,
     pub connections_closed: Family<CloseLabels, Counter>,
     pub heartbeat_timeouts: Counter,
     pub heartbeat_rtt: Histogram,
@@ -74,6 +75,7 @@ impl Metrics {
             connections_parked: Gauge::default(),
             connections_accepted: Family::default(),
             handshakes_refused: Family::default(),
+            api_refused: Family::default(),
             connections_closed: Family::default(),
             heartbeat_timeouts: Counter::default(),
             // 100 µs .. ~6.5 s
@@ -118,6 +120,11 @@ impl Metrics {
                 "tether_handshakes_refused",
                 "WebSocket handshakes refused, by reason",
                 m.handshakes_refused.clone(),
+            );
+            t.register(
+                "tether_api_refused",
+                "HTTP API requests refused for a missing or wrong API key, by reason",
+                m.api_refused.clone(),
             );
             t.register(
                 "tether_connections_closed",

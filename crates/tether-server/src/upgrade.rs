@@ -92,6 +92,7 @@ fn check_handshake(
     headers: &HeaderMap,
     query: Option<&str>,
     config: &crate::config::GatewayConfig,
+    origins: &[crate::origin::OriginPattern],
 ) -> Result<Accepted, Refusal> {
     if !header_has_token(headers, header::UPGRADE, "websocket")
         || !header_has_token(headers, header::CONNECTION, "upgrade")
@@ -118,6 +119,9 @@ fn check_handshake(
             "missing Sec-WebSocket-Key header",
         ));
     };
+    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    crate::origin::check(text(header::ORIGIN), text(header::HOST), origins)
+        .map_err(|e| Refusal::new("origin", StatusCode::FORBIDDEN, e))?;
     let mode = select_mode(headers).map_err(|offered| Refusal {
         body: serde_json::json!({
             "error": format!("none of the offered subprotocols ({}) is supported", offered.join(", ")),
@@ -156,7 +160,7 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
         resp
     };
     let Accepted { accept_key: accept, mode, channels } =
-        match check_handshake(req.headers(), req.uri().query(), &shared.config) {
+        match check_handshake(req.headers(), req.uri().query(), &shared.config, &shared.origins) {
             Ok(a) => a,
             Err(r) => return refuse(r),
         };
@@ -241,11 +245,12 @@ mod tests {
     #[test]
     fn handshake_checks() {
         let cfg = crate::config::GatewayConfig::default();
-        let ok = check_handshake(&upgrade_headers(None), Some("channel=a"), &cfg).ok().unwrap();
+        let ok =
+            check_handshake(&upgrade_headers(None), Some("channel=a"), &cfg, &[]).ok().unwrap();
         // The RFC 6455 §1.3 example key and answer.
         assert_eq!(ok.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!((ok.mode, ok.channels), (Mode::Raw, vec!["a".to_owned()]));
-        let refused = |h: &HeaderMap, q| check_handshake(h, q, &cfg).err().unwrap();
+        let refused = |h: &HeaderMap, q| check_handshake(h, q, &cfg, &[]).err().unwrap();
         let r = refused(&upgrade_headers(Some("wamp")), None);
         assert_eq!((r.reason, r.status), ("unsupported_subprotocol", StatusCode::BAD_REQUEST));
         let mut h = upgrade_headers(None);
