@@ -172,3 +172,42 @@ fn browser_handshakes_from_other_origins_get_403() {
         server.metrics()
     );
 }
+
+#[test]
+fn json_nested_deeper_than_the_limit_is_refused_before_parsing() {
+    let server = Server::start(&[]);
+    let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    // HTTP: the body object is level 1, so data may nest 31 deep under the default 32.
+    let (status, body) =
+        server.post_publish(&format!(r#"{{"channel":"news","data":{}}}"#, nested(31)));
+    assert_eq!(status, 200, "{body}");
+    let (status, body) =
+        server.post_publish(&format!(r#"{{"channel":"news","data":{}}}"#, nested(10_000)));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("deeper than 32"), "{body}");
+
+    // WebSocket: an error reply, and the connection keeps working.
+    let mut ws = tungstenite_json(&server);
+    let deep = format!(r#"{{"id":1,"cmd":"ping","x":{}}}"#, nested(10_000));
+    ws.send(tokio_tungstenite::tungstenite::Message::text(deep)).unwrap();
+    let reply: serde_json::Value =
+        serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(reply["error"]["code"], "malformed_json", "{reply}");
+    ws.send(tokio_tungstenite::tungstenite::Message::text(r#"{"id":2,"cmd":"ping"}"#)).unwrap();
+    let reply: serde_json::Value =
+        serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(reply["id"], 2, "{reply}");
+}
+
+/// A blocking `tether.v1.json` client.
+fn tungstenite_json(
+    server: &Server,
+) -> tokio_tungstenite::tungstenite::WebSocket<
+    tokio_tungstenite::tungstenite::stream::MaybeTlsStream<TcpStream>,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = server.ws_url("").into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", "tether.v1.json".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::tungstenite::connect(req).unwrap();
+    ws
+}

@@ -38,14 +38,63 @@ struct WireCommand<'a> {
     cmd: Option<std::borrow::Cow<'a, str>>,
     #[serde(default)]
     channel: Option<String>,
-    #[serde(default)]
+    /// `Some` whenever present, `null` included (a plain `Option` would read `null` as absent).
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     #[serde(default)]
     recover: Option<StreamPosition>,
 }
 
-/// Decode one text frame of the `tether.v1.json` protocol.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+/// How deeply arrays and objects nest in `json`, if not deeper than `max`; `Err` with the
+/// depth reached (`max + 1`) otherwise. A scan of the bytes, no parsing and no recursion, so
+/// it is safe to run on anything before a parser sees it.
+pub fn json_depth(json: &str, max: usize) -> Result<usize, usize> {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Err(depth);
+                }
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(deepest)
+}
+
+/// Decode one text frame of the `tether.v1.json` protocol, refusing nesting deeper than
+/// [`crate::defaults::MAX_JSON_DEPTH`].
 pub fn decode_command(text: &str) -> Result<ClientCommand, DecodeError> {
+    decode_command_limited(text, crate::defaults::MAX_JSON_DEPTH)
+}
+
+/// [`decode_command`] with the nesting limit `max_depth` (the command object itself is depth 1).
+pub fn decode_command_limited(text: &str, max_depth: usize) -> Result<ClientCommand, DecodeError> {
+    if json_depth(text, max_depth).is_err() {
+        return Err(DecodeError::new(
+            None,
+            ErrorCode::MalformedJson,
+            format!("JSON nested deeper than {max_depth} levels (max_json_depth)"),
+        ));
+    }
     let wire: WireCommand = serde_json::from_str(text).map_err(|e| {
         DecodeError::new(None, ErrorCode::MalformedJson, format!("not a JSON command object: {e}"))
     })?;

@@ -30,6 +30,11 @@ pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 128;
 /// Longest channel name, in bytes.
 pub const MAX_CHANNEL_NAME_LEN: usize = 128;
 
+/// Deepest nesting of arrays and objects accepted in a command or a publication's data. Deeper
+/// documents are refused before parsing: parsers elsewhere (browsers, other languages) may
+/// recurse on them.
+pub const MAX_JSON_DEPTH: usize = 32;
+
 /// How long graceful shutdown waits for clients to finish their closing handshake.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -86,6 +86,15 @@ pub(crate) async fn publish(State(gateway): State<Gateway>, req: Request<Body>) 
             r#"empty body; send {"channel": "...", "data": ...}"#,
         );
     }
+    let max_depth = gateway.config().max_json_depth;
+    let too_deep = std::str::from_utf8(&bytes)
+        .is_ok_and(|text| tether_core::codec::json_depth(text, max_depth).is_err());
+    if too_deep {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!("JSON nested deeper than {max_depth} levels (max_json_depth)"),
+        );
+    }
     let body: PublishBody = match serde_json::from_slice(&bytes) {
         Ok(b) => b,
         Err(e) => {

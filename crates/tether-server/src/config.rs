@@ -78,6 +78,9 @@ pub struct GatewayConfig {
     pub max_subscriptions: usize,
     /// Longest channel name, in bytes.
     pub max_channel_name_len: usize,
+    /// Deepest nesting of arrays and objects in a command or a publish body (the envelope
+    /// object counts as 1); deeper → an error reply or HTTP 400.
+    pub max_json_depth: usize,
     /// Channels that clients may publish to over the WebSocket (`*` patterns). Empty: none.
     pub client_publish: Vec<ChannelPattern>,
     /// History per channel pattern, for recovery after reconnects. Empty: no history.
@@ -128,6 +131,7 @@ impl Default for GatewayConfig {
             max_connections: 10_000,
             max_subscriptions: d::MAX_SUBSCRIPTIONS_PER_CONNECTION,
             max_channel_name_len: d::MAX_CHANNEL_NAME_LEN,
+            max_json_depth: d::MAX_JSON_DEPTH,
             client_publish: Vec::new(),
             history: Vec::new(),
             max_channels: 100_000,
@@ -177,6 +181,9 @@ impl GatewayConfig {
         }
         if self.max_channel_name_len == 0 || self.max_channel_name_len > 1024 {
             return err("max_channel_name_len", "must be between 1 and 1024");
+        }
+        if self.max_json_depth < 2 || self.max_json_depth > 512 {
+            return err("max_json_depth", "must be between 2 and 512");
         }
         if self.api_keys.iter().any(|k| k.len() < 16) {
             return err(

@@ -561,7 +561,8 @@ impl Connection {
                 return None;
             }
             (Mode::Json, Message::Text(text)) => {
-                let reply = match codec::decode_command(text.as_str()) {
+                let depth = self.shared.config.max_json_depth;
+                let reply = match codec::decode_command_limited(text.as_str(), depth) {
                     Ok(ClientCommand::Subscribe { id, channel, recover }) => {
                         return self.subscribe_command(ws, id, channel, recover).await;
                     }
