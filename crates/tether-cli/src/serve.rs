@@ -38,6 +38,18 @@ pub struct ServeArgs {
     /// Open WebSocket connections at most; more get HTTP 503 [default: 10000]
     #[arg(long, env = "TETHER_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Open connections per client address; more get HTTP 429; 0: no limit [default: 1000]
+    #[arg(long, env = "TETHER_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+    /// Handshakes per second per client address (bursts of twice that); 0: no limit [default: 50]
+    #[arg(long, env = "TETHER_HANDSHAKE_RATE_PER_IP")]
+    handshake_rate_per_ip: Option<u32>,
+    /// Apply the per-address limits to loopback clients too (off: a local proxy is one address)
+    #[arg(long)]
+    limit_loopback: bool,
+    /// Messages per second one connection may send; more close it with 1008; 0: no limit [default: 1000]
+    #[arg(long, env = "TETHER_MAX_INBOUND_RATE")]
+    max_inbound_rate: Option<u32>,
     /// Messages queued per connection before it is closed as a slow consumer [default: 1024]
     #[arg(long, env = "TETHER_OUTBOUND_QUEUE")]
     outbound_queue: Option<usize>,
@@ -128,9 +140,13 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         history,
         max_channels,
         api_keys,
-        allowed_origins
+        allowed_origins,
+        max_connections_per_ip,
+        handshake_rate_per_ip,
+        max_inbound_rate
     );
     cfg.insecure |= args.insecure;
+    cfg.limit_loopback |= args.limit_loopback;
     if let Some(patterns) = &args.client_publish {
         cfg.client_publish = patterns.iter().map(ChannelPattern::new).collect();
     }

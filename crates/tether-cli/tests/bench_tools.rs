@@ -18,7 +18,8 @@ fn bench(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn fanout_pingpong_and_idle_report_sane_figures() {
-    let server = Server::start(&[]);
+    // Ping-pong sends thousands of messages per second per connection: lift the inbound limit.
+    let server = Server::start(&["--max-inbound-rate", "0"]);
     let metrics = server.http("/metrics");
     let pid = server.child.id().to_string();
 

@@ -26,6 +26,7 @@ pub mod codec;
 pub mod defaults;
 pub mod heartbeat;
 pub mod protocol;
+pub mod rate;
 pub mod reconnect;
 pub mod stream;
 

@@ -74,6 +74,17 @@ pub struct GatewayConfig {
     pub direct_delivery: bool,
     /// Open WebSocket connections at most; more handshakes get HTTP 503.
     pub max_connections: usize,
+    /// Open WebSocket connections per client address; more get HTTP 429. 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// WebSocket handshakes per second per client address (bursts of twice that); more get
+    /// HTTP 429. 0: no limit.
+    pub handshake_rate_per_ip: u32,
+    /// Apply the per-address limits to loopback addresses too. Off by default: behind a proxy
+    /// on the same host every client comes from 127.0.0.1.
+    pub limit_loopback: bool,
+    /// Messages per second one connection may send (bursts of one second's worth); more close
+    /// it with 1008. 0: no limit.
+    pub max_inbound_rate: u32,
     /// Channels one connection may subscribe to.
     pub max_subscriptions: usize,
     /// Longest channel name, in bytes.
@@ -129,6 +140,10 @@ impl Default for GatewayConfig {
             write_timeout: d::WRITE_TIMEOUT,
             direct_delivery: true,
             max_connections: 10_000,
+            max_connections_per_ip: 1000,
+            handshake_rate_per_ip: 50,
+            limit_loopback: false,
+            max_inbound_rate: 1000,
             max_subscriptions: d::MAX_SUBSCRIPTIONS_PER_CONNECTION,
             max_channel_name_len: d::MAX_CHANNEL_NAME_LEN,
             max_json_depth: d::MAX_JSON_DEPTH,

@@ -150,6 +150,8 @@ pub(crate) struct Connection {
     peer: Option<SocketAddr>,
     /// When it opened, in the parking lot's ticks (ms).
     opened: u64,
+    /// Inbound messages allowed (`max_inbound_rate`).
+    inbound: tether_core::rate::TokenBucket,
 }
 
 impl Drop for Connection {
@@ -166,6 +168,9 @@ impl Drop for Connection {
         self.shared.metrics.connections_open.dec();
         // The slot taken (and forgotten) at the handshake: cheaper to hold than a permit.
         self.shared.connection_slots.add_permits(1);
+        if let Some(peer) = self.peer {
+            self.shared.per_ip.release(peer.ip(), self.shared.now_ms());
+        }
     }
 }
 
@@ -216,6 +221,9 @@ impl ConnectionTask {
                 Err(e) => {
                     tracing::debug!(peer = ?peer, error = %e, "upgrade did not complete");
                     shared.connection_slots.add_permits(1); // no connection will give it back
+                    if let Some(peer) = peer {
+                        shared.per_ip.release(peer.ip(), shared.now_ms());
+                    }
                     return None;
                 }
             };
@@ -331,7 +339,8 @@ impl Connection {
         let heartbeat = Heartbeat::new(cfg.ping_interval, cfg.pong_timeout, now.into_std());
         let resync_seen = *shared.resync.borrow();
         let opened = shared.parking.ticks(now);
-        let mut conn = Connection { id, mode, shared, queue, lot_key, peer, opened };
+        let inbound = tether_core::rate::TokenBucket::full(cfg.max_inbound_rate as f32, opened);
+        let mut conn = Connection { id, mode, shared, queue, lot_key, peer, opened, inbound };
         for channel in channels {
             // Validated at the handshake; a duplicate `?channel=` is simply ignored here.
             let _ = conn.subscribe(&channel);
@@ -489,6 +498,11 @@ impl Connection {
                 inbound = ws.next() => {
                     let arrived = Instant::now();
                     park_check(arrived);
+                    if matches!(inbound, Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_))))
+                        && !self.inbound_allowed(lot.ticks(arrived))
+                    {
+                        return Some(Box::pin(self.rate_limited(ws)).await);
+                    }
                     heartbeat.on_inbound(arrived.into_std());
                     match inbound {
                         Some(Ok(Message::Pong(_))) => {
@@ -533,6 +547,21 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// One more inbound message within `max_inbound_rate`?
+    fn inbound_allowed(&mut self, now_ms: u64) -> bool {
+        let rate = self.shared.config.max_inbound_rate as f32;
+        rate == 0.0 || self.inbound.take(now_ms, rate, rate)
+    }
+
+    async fn rate_limited(&mut self, ws: &mut Ws) -> Ending {
+        self.shared.metrics.inbound_rate_limited.inc();
+        let reason = format!(
+            "rate limit: more than {} messages per second",
+            self.shared.config.max_inbound_rate
+        );
+        self.close(ws, CloseCode::POLICY_VIOLATION, &reason, None, true).await
     }
 
     /// A text or binary message from the peer. Returns an ending when the connection must close.

@@ -44,11 +44,20 @@ pub(crate) struct Shared {
     pub tracker: TaskTracker,
     /// One permit per open WebSocket connection.
     pub connection_slots: Arc<Semaphore>,
+    /// Open connections and handshake rates per client address.
+    pub per_ip: crate::per_ip::PerIp,
     pub next_conn_id: AtomicU64,
     /// Figures for the dashboard beyond the Prometheus counters.
     pub stats: Arc<crate::stats::Stats>,
     /// Set once the background tasks (broker housekeeping, dashboard sampler) run.
     pub background_started: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Milliseconds since the gateway started (the parking lot's clock), for rate limits.
+    pub fn now_ms(&self) -> u64 {
+        self.parking.ticks(tokio::time::Instant::now())
+    }
 }
 
 /// A Tether gateway. Cheap to clone; all clones are the same gateway.
@@ -175,6 +184,11 @@ impl Gateway {
                 raw_pong_frame,
                 origins,
                 connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+                per_ip: crate::per_ip::PerIp::new(
+                    config.max_connections_per_ip,
+                    config.handshake_rate_per_ip,
+                    config.limit_loopback,
+                ),
                 config,
                 ws_config,
                 hub,
@@ -250,13 +264,16 @@ impl Gateway {
             self.shared.hub.clone(),
             self.shared.shutdown.clone(),
         ));
-        let (broker, stop) = (self.shared.broker.clone(), self.shared.shutdown.clone());
+        let (shared, stop) = (self.shared.clone(), self.shared.shutdown.clone());
         runtime.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tick.tick() => broker.maintain(),
+                    _ = tick.tick() => {
+                        shared.broker.maintain();
+                        shared.per_ip.sweep_now(shared.now_ms());
+                    }
                 }
             }
         });

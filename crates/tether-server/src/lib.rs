@@ -31,6 +31,7 @@ mod mailbox;
 pub mod metrics;
 pub mod origin;
 mod parking;
+pub mod per_ip;
 pub mod stats;
 pub mod svg_chart;
 mod transport;

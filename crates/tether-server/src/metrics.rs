@@ -44,6 +44,7 @@ pub struct Metrics {
     pub heartbeat_timeouts: Counter,
     pub heartbeat_rtt: Histogram,
     pub slow_consumers: Counter,
+    pub inbound_rate_limited: Counter,
     pub messages_in: Counter,
     pub messages_out: Counter,
     pub bytes_in: Counter,
@@ -83,6 +84,7 @@ impl Metrics {
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 17),
             ),
             slow_consumers: Counter::default(),
+            inbound_rate_limited: Counter::default(),
             messages_in: Counter::default(),
             messages_out: Counter::default(),
             bytes_in: Counter::default(),
@@ -145,6 +147,11 @@ impl Metrics {
                 "tether_slow_consumers",
                 "Connections closed because they did not read fast enough",
                 m.slow_consumers.clone(),
+            );
+            t.register(
+                "tether_inbound_rate_limited",
+                "Connections closed with 1008 for sending more than max_inbound_rate messages/s",
+                m.inbound_rate_limited.clone(),
             );
             t.register(
                 "tether_messages_in",

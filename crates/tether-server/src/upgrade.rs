@@ -174,7 +174,56 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
             .with_header(header::RETRY_AFTER, "1"),
         );
     }
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    if let Some(peer) = peer {
+        use crate::per_ip::Refused;
+        let refusal = match shared.per_ip.admit(peer.ip(), shared.now_ms()) {
+            Ok(()) => None,
+            Err(Refused::Rate) => Some(
+                Refusal::new(
+                    "handshake_rate",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "more than {} handshakes per second from {}; slow down",
+                        shared.config.handshake_rate_per_ip,
+                        peer.ip()
+                    ),
+                )
+                .with_header(header::RETRY_AFTER, "1"),
+            ),
+            Err(Refused::Connections) => Some(
+                Refusal::new(
+                    "per_ip_connections",
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "{} connections already open from {} (max_connections_per_ip)",
+                        shared.config.max_connections_per_ip,
+                        peer.ip()
+                    ),
+                )
+                .with_header(header::RETRY_AFTER, "5"),
+            ),
+            Err(Refused::Addresses) => Some(
+                Refusal::new(
+                    "per_ip_table_full",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many client addresses at once; retry later",
+                )
+                .with_header(header::RETRY_AFTER, "5"),
+            ),
+        };
+        if let Some(r) = refusal {
+            return refuse(r);
+        }
+    }
+    // From here on, every way out gives the address's connection back.
+    let release = || {
+        if let Some(peer) = peer {
+            shared.per_ip.release(peer.ip(), shared.now_ms());
+        }
+    };
     let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
+        release();
         return refuse(
             Refusal::new(
                 "max_connections",
@@ -188,13 +237,12 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
         );
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        release();
         return json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "this HTTP connection cannot be upgraded (is the app served over HTTP/1.1 by hyper?)",
         );
     };
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-
     // The slot is given back by the connection when it ends (see `Drop for Connection`).
     slot.forget();
     let task = ConnectionTask::new(gateway.shared.clone(), on_upgrade, peer, mode, channels);
