@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (defaults: 127.0.0.1:8080, in-memory broker, 25 s ping).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Connect to a WebSocket URL, print what arrives, send what you type; reconnects by itself.
     Connect(connect::ConnectArgs),
     /// Publish DATA to CHANNEL through a gateway's HTTP API.
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Connect(args) => connect::run(args).await,
             Command::Publish(args) => publish::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
