@@ -38,6 +38,9 @@ pub struct ConnectArgs {
     /// Give up after this many consecutive failed attempts [default: never]
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// Also trust the CA certificate(s) in this PEM file for wss:// (private CA, test setups)
+    #[arg(long)]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 fn build_config(args: &ConnectArgs) -> Result<ClientConfig> {
@@ -58,6 +61,9 @@ fn build_config(args: &ConnectArgs) -> Result<ClientConfig> {
         }
     }
     cfg.url = url;
+    if let Some(path) = &args.ca_cert {
+        cfg = cfg.with_ca_file(path).map_err(|e| anyhow::anyhow!("--ca-cert: {e}"))?;
+    }
     if let Some(i) = args.ping_interval {
         cfg.ping_interval = i;
     }

@@ -70,6 +70,12 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     api_keys: Option<Vec<String>>,
+    /// TLS certificate chain (PEM): serve https:// and wss:// (with --tls-key)
+    #[arg(long, env = "TETHER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM) for --tls-cert
+    #[arg(long, env = "TETHER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Allow listening on a non-loopback address without an API key (anyone may publish)
     #[arg(long)]
     insecure: bool,
@@ -145,6 +151,10 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         handshake_rate_per_ip,
         max_inbound_rate
     );
+    if args.tls_cert.is_some() {
+        cfg.tls_cert = args.tls_cert.clone();
+        cfg.tls_key = args.tls_key.clone();
+    }
     cfg.insecure |= args.insecure;
     cfg.limit_loopback |= args.limit_loopback;
     if let Some(patterns) = &args.client_publish {
@@ -184,6 +194,10 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
             cfg.listen
         );
     }
+    if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
+        // Checked before anything listens: a wrong file is a start-up error, not a silent one.
+        tether_server::tls::acceptor(cert, key).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| {
         format!(
             "cannot listen on {}; is another server using it? Choose another with --listen",
@@ -194,7 +208,8 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let gateway = Gateway::connect(cfg.clone()).await?;
     let signal = shutdown_signal()?;
     // A stable line on stdout that scripts and tests wait for.
-    println!("tether listening on http://{addr} (WebSocket at ws://{addr}/ws)");
+    let (http, ws) = if cfg.tls_cert.is_some() { ("https", "wss") } else { ("http", "ws") };
+    println!("tether listening on {http}://{addr} (WebSocket at {ws}://{addr}/ws)");
     tracing::info!(
         %addr,
         broker = gateway.broker_name(),

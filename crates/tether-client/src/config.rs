@@ -33,6 +33,9 @@ pub struct ClientConfig {
     pub close_timeout: Duration,
     /// Largest inbound message accepted.
     pub max_message_size: usize,
+    /// Certificate authorities trusted for `wss://` besides the public ones (webpki roots):
+    /// a private CA, or a self-signed test setup. See [`ClientConfig::with_ca_file`].
+    pub tls_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 impl ClientConfig {
@@ -48,7 +51,22 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             close_timeout: d::CLOSE_TIMEOUT,
             max_message_size: 16 << 20,
+            tls_roots: Vec::new(),
         }
+    }
+
+    /// Also trust the CA certificates in this PEM file for `wss://`.
+    pub fn with_ca_file(mut self, path: impl AsRef<std::path::Path>) -> Result<Self, String> {
+        use rustls_pki_types::pem::PemObject;
+        let path = path.as_ref();
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("cannot read CA certificates from {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{} holds no PEM certificate", path.display()));
+        }
+        self.tls_roots.extend(certs);
+        Ok(self)
     }
 
     pub fn raw(mut self) -> Self {

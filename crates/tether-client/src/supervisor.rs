@@ -207,7 +207,16 @@ impl Supervisor {
             .read_buffer_size(8 * 1024)
             .max_message_size(Some(self.config.max_message_size))
             .max_frame_size(Some(self.config.max_message_size));
-        let attempt = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+        let connector = match self.config.url.starts_with("wss://") {
+            true => Some(tls_connector(&self.config.tls_roots).map_err(SessionEnd::fatal)?),
+            false => None,
+        };
+        let attempt = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(ws_config),
+            true,
+            connector,
+        );
         let (ws, response) = match tokio::time::timeout(self.config.connect_timeout, attempt).await
         {
             Err(_) => {
@@ -238,6 +247,13 @@ impl Supervisor {
                     advice_retry_after: retry_after,
                     ..SessionEnd::network(reason)
                 });
+            }
+            Ok(Err(e)) if untrusted_certificate(&e) => {
+                // Retrying cannot help until the configuration changes.
+                return Err(SessionEnd::fatal(format!(
+                    "TLS: the server's certificate is not trusted ({e}); if it comes from a \
+                     private CA, trust it with ClientConfig::with_ca_file (tether connect --ca-cert)"
+                )));
             }
             Ok(Err(e)) => return Err(SessionEnd::network(format!("connect failed: {e}"))),
             Ok(Ok(pair)) => pair,
@@ -586,4 +602,39 @@ fn describe(e: &WsError) -> String {
         WsError::Io(io) => format!("transport error: {io}"),
         other => format!("{other}"),
     }
+}
+
+/// rustls (ring provider) trusting the public webpki roots plus `extra`.
+fn tls_connector(
+    extra: &[rustls_pki_types::CertificateDer<'static>],
+) -> Result<tokio_tungstenite::Connector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in extra {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("a configured CA certificate is invalid: {e}"))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(config)))
+}
+
+/// Whether a connect error is the server's certificate failing verification.
+fn untrusted_certificate(e: &WsError) -> bool {
+    use tokio_tungstenite::tungstenite::error::TlsError;
+    let io = match e {
+        WsError::Io(io) => io,
+        WsError::Tls(TlsError::Rustls(r)) => {
+            return matches!(**r, rustls::Error::InvalidCertificate(_))
+        }
+        _ => return false,
+    };
+    io.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)))
 }

@@ -106,6 +106,10 @@ pub struct GatewayConfig {
     pub api_keys: Vec<String>,
     /// Serve a non-loopback address without API keys (anyone who reaches it may publish).
     pub insecure: bool,
+    /// TLS certificate chain (PEM) and private key (PEM): with both, `tether serve` speaks
+    /// `https://` and `wss://` only.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
     /// Origins allowed to open WebSockets from a browser: exact (`https://app.example.com`),
     /// a wildcard subdomain (`https://*.example.com`), or `*` for any. Always allowed: the
     /// server's own host (the `Host` header) and localhost. Handshakes without an `Origin`
@@ -152,6 +156,8 @@ impl Default for GatewayConfig {
             max_channels: 100_000,
             api_keys: Vec::new(),
             insecure: false,
+            tls_cert: None,
+            tls_key: None,
             allowed_origins: Vec::new(),
             raw_ping: d::RAW_PING.into(),
             raw_pong: d::RAW_PONG.into(),
@@ -196,6 +202,12 @@ impl GatewayConfig {
         }
         if self.max_channel_name_len == 0 || self.max_channel_name_len > 1024 {
             return err("max_channel_name_len", "must be between 1 and 1024");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return err(
+                "tls_cert/tls_key",
+                "must be given together (a PEM certificate chain and its key)",
+            );
         }
         if self.max_json_depth < 2 || self.max_json_depth > 512 {
             return err("max_json_depth", "must be between 2 and 512");

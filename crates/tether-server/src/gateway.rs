@@ -331,6 +331,13 @@ impl Gateway {
     ) -> std::io::Result<DrainReport> {
         use axum::extract::ConnectInfo;
         use tower::ServiceExt;
+        let tls = match (&self.shared.config.tls_cert, &self.shared.config.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::tls::acceptor(cert, key)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            ),
+            _ => None,
+        };
         let app = self.router().merge(self.dashboard_router()).fallback(crate::api::not_found);
         let http = TaskTracker::new();
         let stop_http = CancellationToken::new();
@@ -364,19 +371,15 @@ impl Gateway {
             });
             let service = hyper_util::service::TowerToHyperService::new(service);
             let stop = stop_http.clone();
+            let tls = tls.clone();
             http.spawn(async move {
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(30))
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .with_upgrades();
-                tokio::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = stop.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
+                let Some(tls) = tls else { return serve_http(tcp, service, stop).await };
+                // The TLS handshake runs here, not in the accept loop, with its own deadline.
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp));
+                match handshake.await {
+                    Ok(Ok(stream)) => serve_http(stream, service, stop).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });
         };
@@ -385,5 +388,35 @@ impl Gateway {
         http.close();
         let _ = tokio::time::timeout(self.shared.config.drain_timeout, http.wait()).await;
         Ok(report)
+    }
+}
+
+/// How long a client may take over its TLS handshake or its request head.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One HTTP/1.1 connection (upgrades allowed) until it ends, or gracefully once `stop` fires.
+async fn serve_http<I, S>(io: I, service: S, stop: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }

@@ -34,6 +34,7 @@ mod parking;
 pub mod per_ip;
 pub mod stats;
 pub mod svg_chart;
+pub mod tls;
 mod transport;
 mod upgrade;
 mod web;

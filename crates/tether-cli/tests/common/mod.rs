@@ -59,7 +59,10 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("tether listening on http://") {
+                let rest = line
+                    .strip_prefix("tether listening on http://")
+                    .or_else(|| line.strip_prefix("tether listening on https://"));
+                if let Some(rest) = rest {
                     let addr = rest.split_whitespace().next().unwrap().to_owned();
                     let _ = tx.send(addr);
                 }
