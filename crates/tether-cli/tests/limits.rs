@@ -159,3 +159,50 @@ async fn a_large_publication_does_not_stay_resident_in_every_connection() {
         N * 200 / 1000
     );
 }
+
+#[test]
+fn thousands_of_publications_to_a_consumer_that_never_reads_stay_bounded() {
+    use socket2::{Domain, Socket, Type};
+    let server = Server::start(&[]); // default limits: 1,024 queued messages, 10 s write timeout
+    let rss_kib = || {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().to_owned();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    // The stuck client: a 4 KiB receive buffer, subscribed by query, never reads.
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let mut stuck: TcpStream = socket.into();
+    write!(
+        stuck,
+        "GET /ws?channel=feed HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    stuck.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    let mut reader =
+        tokio_tungstenite::tungstenite::connect(server.ws_url("?channel=feed")).unwrap().0;
+    assert!(wait_until(T, || server.metric("tether_subscriptions") == 2.0));
+    let before = rss_kib();
+
+    let pad = "x".repeat(1000);
+    let n = 3000; // beyond the 1,024-message queue plus what the small socket buffers hold
+    for seq in 0..n {
+        server.publish("feed", &format!("\"{seq} {pad}\""));
+        // The healthy subscriber reads everything, in order.
+        let msg = reader.read().unwrap();
+        assert!(msg.to_text().unwrap().starts_with(&format!("{seq} ")), "message {seq}: {msg:?}");
+    }
+    assert!(
+        wait_until(T, || server.closed("4001", "server") == 1.0),
+        "the stuck client was not closed as a slow consumer: {}",
+        server.metrics()
+    );
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 40 * 1024, "server RSS grew by {grown} KiB for one stuck client");
+    assert_eq!(server.metric("tether_slow_consumers_total"), 1.0);
+}
