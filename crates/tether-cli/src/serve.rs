@@ -70,6 +70,15 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     api_keys: Option<Vec<String>>,
+    /// JWT secret (HS256): clients authenticate with a token; at least 16 characters [default: none]
+    #[arg(long, env = "TETHER_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// JWT public key (PEM; RSA for RS256, EC P-256 for ES256), instead of --jwt-secret
+    #[arg(long, env = "TETHER_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<std::path::PathBuf>,
+    /// With JWT on: channel pattern anyone may subscribe to without a token, e.g. 'public:*' (repeatable)
+    #[arg(long = "anonymous-channel", env = "TETHER_ANONYMOUS_CHANNELS", value_delimiter = ',')]
+    anonymous_channels: Option<Vec<String>>,
     /// TLS certificate chain (PEM): serve https:// and wss:// (with --tls-key)
     #[arg(long, env = "TETHER_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
@@ -151,6 +160,15 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         handshake_rate_per_ip,
         max_inbound_rate
     );
+    if args.jwt_secret.is_some() {
+        cfg.jwt_secret = args.jwt_secret.clone();
+    }
+    if args.jwt_public_key.is_some() {
+        cfg.jwt_public_key = args.jwt_public_key.clone();
+    }
+    if let Some(patterns) = &args.anonymous_channels {
+        cfg.anonymous_channels = patterns.iter().map(ChannelPattern::new).collect();
+    }
     if args.tls_cert.is_some() {
         cfg.tls_cert = args.tls_cert.clone();
         cfg.tls_key = args.tls_key.clone();

@@ -91,6 +91,9 @@ impl CloseCode {
     pub const TLS_HANDSHAKE: CloseCode = CloseCode(1015);
     pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode(4000);
     pub const SLOW_CONSUMER: CloseCode = CloseCode(4001);
+    pub const TOKEN_EXPIRED: CloseCode = CloseCode(4002);
+    pub const TOKEN_REQUIRED: CloseCode = CloseCode(4501);
+    pub const TOKEN_INVALID: CloseCode = CloseCode(4502);
 
     /// The catalogue row for this code, or a synthesized row for codes outside it (by band).
     pub fn info(self) -> CodeInfo {
@@ -244,6 +247,27 @@ pub const CATALOGUE: &[CodeInfo] = &[
         "the peer did not read fast enough; its outbound queue overflowed",
         Sender::Server,
         RetryAdvice::Reconnect,
+    ),
+    row(
+        4002,
+        "token expired",
+        "the connection's token expired; fetch a fresh one, then reconnect",
+        Sender::Server,
+        RetryAdvice::Reconnect,
+    ),
+    row(
+        4501,
+        "token required",
+        "this server or channel needs a token and none was given",
+        Sender::Server,
+        RetryAdvice::Stop,
+    ),
+    row(
+        4502,
+        "token invalid",
+        "the token's signature, algorithm or claims are not accepted",
+        Sender::Server,
+        RetryAdvice::Stop,
     ),
 ];
 

@@ -43,6 +43,8 @@ struct WireCommand<'a> {
     data: Option<Box<RawValue>>,
     #[serde(default)]
     recover: Option<StreamPosition>,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
@@ -140,10 +142,18 @@ pub fn decode_command_limited(text: &str, max_depth: usize) -> Result<ClientComm
             Ok(ClientCommand::Publish { id, channel, data })
         }
         "ping" => Ok(ClientCommand::Ping { id }),
+        "connect" => {
+            let token = wire.token.ok_or_else(|| {
+                DecodeError::new(Some(id), ErrorCode::InvalidCommand, "`connect` needs a `token`")
+            })?;
+            Ok(ClientCommand::Connect { id, token })
+        }
         other => Err(DecodeError::new(
             Some(id),
             ErrorCode::UnknownCommand,
-            format!("unknown command `{other}`; known: subscribe, unsubscribe, publish, ping"),
+            format!(
+                "unknown command `{other}`; known: connect, subscribe, unsubscribe, publish, ping"
+            ),
         )),
     }
 }
@@ -166,6 +176,8 @@ struct OutCommand<'a> {
     data: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     recover: Option<&'a StreamPosition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
 }
 
 /// Encode a command the way the Rust client sends it.
@@ -181,8 +193,13 @@ pub fn encode_command(command: &ClientCommand) -> String {
             ("publish", Some(channel.as_str()), Some(&**data))
         }
         ClientCommand::Ping { .. } => ("ping", None, None),
+        ClientCommand::Connect { .. } => ("connect", None, None),
     };
-    let out = OutCommand { id: command.id(), cmd, channel, data, recover };
+    let token = match command {
+        ClientCommand::Connect { token, .. } => Some(token.as_str()),
+        _ => None,
+    };
+    let out = OutCommand { id: command.id(), cmd, channel, data, recover, token };
     serde_json::to_string(&out).expect("commands always serialize")
 }
 

@@ -45,6 +45,11 @@ pub enum ClientCommand {
     Ping {
         id: CommandId,
     },
+    /// Authenticate this connection with a JWT (kept out of URLs and their logs).
+    Connect {
+        id: CommandId,
+        token: String,
+    },
 }
 
 impl PartialEq for ClientCommand {
@@ -62,6 +67,7 @@ impl PartialEq for ClientCommand {
                 a == b && c == d && x.get() == y.get()
             }
             (Ping { id: a }, Ping { id: b }) => a == b,
+            (Connect { id: a, token: x }, Connect { id: b, token: y }) => a == b && x == y,
             _ => false,
         }
     }
@@ -73,7 +79,8 @@ impl ClientCommand {
             ClientCommand::Subscribe { id, .. }
             | ClientCommand::Unsubscribe { id, .. }
             | ClientCommand::Publish { id, .. }
-            | ClientCommand::Ping { id } => *id,
+            | ClientCommand::Ping { id }
+            | ClientCommand::Connect { id, .. } => *id,
         }
     }
 }
@@ -104,6 +111,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The server failed unexpectedly; the message says how.
     Internal,
+    /// The connection's token does not allow this channel.
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -120,6 +129,7 @@ impl ErrorCode {
             ErrorCode::PublishForbidden => "publish_forbidden",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }

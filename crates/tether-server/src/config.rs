@@ -104,6 +104,14 @@ pub struct GatewayConfig {
     /// Never printed by `--print-config`.
     #[serde(skip_serializing)]
     pub api_keys: Vec<String>,
+    /// JWT (HS256) secret: connections authenticate with a token (the `connect` command, or
+    /// `?token=`). Never printed by `--print-config`.
+    #[serde(skip_serializing)]
+    pub jwt_secret: Option<String>,
+    /// JWT public key (PEM, RSA for RS256 or EC P-256 for ES256), instead of `jwt_secret`.
+    pub jwt_public_key: Option<std::path::PathBuf>,
+    /// With JWT on: channels anyone may subscribe to without a token (`*` patterns).
+    pub anonymous_channels: Vec<ChannelPattern>,
     /// Serve a non-loopback address without API keys (anyone who reaches it may publish).
     pub insecure: bool,
     /// TLS certificate chain (PEM) and private key (PEM): with both, `tether serve` speaks
@@ -156,6 +164,9 @@ impl Default for GatewayConfig {
             max_channels: 100_000,
             api_keys: Vec::new(),
             insecure: false,
+            jwt_secret: None,
+            jwt_public_key: None,
+            anonymous_channels: Vec::new(),
             tls_cert: None,
             tls_key: None,
             allowed_origins: Vec::new(),
@@ -202,6 +213,12 @@ impl GatewayConfig {
         }
         if self.max_channel_name_len == 0 || self.max_channel_name_len > 1024 {
             return err("max_channel_name_len", "must be between 1 and 1024");
+        }
+        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+            return err("jwt_secret/jwt_public_key", "choose one: a shared secret or a public key");
+        }
+        if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return err("jwt_secret", "must be at least 16 characters");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return err(

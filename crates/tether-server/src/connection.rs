@@ -17,6 +17,7 @@
 //! Every way a connection can end produces one [`Ending`] — code, reason, initiator, wasClean —
 //! which is logged once and counted once.
 
+use crate::auth::{Access, Grant};
 use crate::gateway::Shared;
 use crate::hub::{ConnId, Mode, Outbound, OutboundQueue, Published, Subscriber};
 use crate::mailbox::{Admission, Watermark};
@@ -152,6 +153,8 @@ pub(crate) struct Connection {
     opened: u64,
     /// Inbound messages allowed (`max_inbound_rate`).
     inbound: tether_core::rate::TokenBucket,
+    /// What this connection's token allows (JWT on, and a token given).
+    grant: Option<Arc<Grant>>,
 }
 
 impl Drop for Connection {
@@ -214,6 +217,7 @@ impl ConnectionTask {
         peer: Option<SocketAddr>,
         mode: Mode,
         channels: Vec<String>,
+        grant: Option<Arc<Grant>>,
     ) -> Self {
         let start = async move {
             let upgraded = match on_upgrade.await {
@@ -227,7 +231,8 @@ impl ConnectionTask {
                     return None;
                 }
             };
-            let parked = Connection::open(shared, Transport::new(upgraded), peer, mode, channels);
+            let transport = Transport::new(upgraded);
+            let parked = Connection::open(shared, transport, peer, mode, channels, grant);
             Some((parked, Instant::now())) // due at once: the task activates it right away
         };
         ConnectionTask { state: TaskState::Running(Box::pin(start)) }
@@ -322,6 +327,7 @@ impl Connection {
         peer: Option<SocketAddr>,
         mode: Mode,
         channels: Vec<String>,
+        grant: Option<Arc<Grant>>,
     ) -> Parked {
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::new(OutboundQueue::new(shared.config.outbound_queue));
@@ -340,7 +346,8 @@ impl Connection {
         let resync_seen = *shared.resync.borrow();
         let opened = shared.parking.ticks(now);
         let inbound = tether_core::rate::TokenBucket::full(cfg.max_inbound_rate as f32, opened);
-        let mut conn = Connection { id, mode, shared, queue, lot_key, peer, opened, inbound };
+        let mut conn =
+            Connection { id, mode, shared, queue, lot_key, peer, opened, inbound, grant };
         for channel in channels {
             // Validated at the handshake; a duplicate `?channel=` is simply ignored here.
             let _ = conn.subscribe(&channel);
@@ -450,6 +457,9 @@ impl Connection {
                 let reason = "server shutting down";
                 return Some(Box::pin(self.close(ws, code, reason, hint, false)).await);
             }
+            if self.grant.as_ref().is_some_and(|g| g.expired()) {
+                return Some(Box::pin(self.token_expired(ws)).await);
+            }
             // (An error would mean the gateway is gone: closing is right then too.)
             if resync.has_changed().unwrap_or(true) {
                 return Some(Box::pin(self.resync_close(ws)).await);
@@ -549,6 +559,41 @@ impl Connection {
         }
     }
 
+    fn access(&self, channel: &str, publish: bool) -> Access {
+        let s = &self.shared;
+        let grant = self.grant.as_deref();
+        crate::auth::access(s.auth.as_ref(), &s.config.anonymous_channels, grant, channel, publish)
+    }
+
+    /// The `connect` command: verify the token and keep what it allows. A token that cannot
+    /// work closes the connection with advice not to retry (4502); an expired one with advice
+    /// to fetch a fresh one and reconnect (4002).
+    async fn connect_command(&mut self, ws: &mut Ws, id: u64, token: &str) -> Option<Ending> {
+        let Some(verifier) = self.shared.auth.as_ref() else {
+            // No JWT configured: nothing to check, the connection may do what anyone may.
+            let reply = ServerMessage::ok(id, ReplyResult::default());
+            return self.enqueue(ws, Message::Text(codec::encode(&reply).into())).await;
+        };
+        match verifier.verify(token) {
+            Ok(grant) => {
+                tracing::debug!(conn = self.id, sub = ?grant.sub, "authenticated");
+                self.grant = Some(Arc::new(grant));
+                let reply = ServerMessage::ok(id, ReplyResult::default());
+                self.enqueue(ws, Message::Text(codec::encode(&reply).into())).await
+            }
+            Err(crate::auth::TokenError::Expired) => Some(self.token_expired(ws).await),
+            Err(crate::auth::TokenError::Invalid(why)) => {
+                let reason = format!("token not accepted: {why}");
+                Some(self.close(ws, CloseCode::TOKEN_INVALID, &reason, None, false).await)
+            }
+        }
+    }
+
+    async fn token_expired(&mut self, ws: &mut Ws) -> Ending {
+        let reason = "token expired: fetch a fresh token and reconnect";
+        self.close(ws, CloseCode::TOKEN_EXPIRED, reason, None, false).await
+    }
+
     /// One more inbound message within `max_inbound_rate`?
     fn inbound_allowed(&mut self, now_ms: u64) -> bool {
         let rate = self.shared.config.max_inbound_rate as f32;
@@ -594,6 +639,9 @@ impl Connection {
                 let reply = match codec::decode_command_limited(text.as_str(), depth) {
                     Ok(ClientCommand::Subscribe { id, channel, recover }) => {
                         return self.subscribe_command(ws, id, channel, recover).await;
+                    }
+                    Ok(ClientCommand::Connect { id, token }) => {
+                        return self.connect_command(ws, id, &token).await;
                     }
                     Ok(command) => self.on_command(command).await,
                     Err(e) => e.into_reply(),
@@ -659,7 +707,10 @@ impl Connection {
     async fn on_command(&mut self, command: ClientCommand) -> ServerMessage {
         let id = command.id();
         let result = match command {
-            ClientCommand::Ping { .. } => Ok(ReplyResult::default()),
+            // (`connect` is answered by `connect_command`, which can end the connection.)
+            ClientCommand::Ping { .. } | ClientCommand::Connect { .. } => {
+                Ok(ReplyResult::default())
+            }
             ClientCommand::Subscribe { channel, .. } => self.subscribe(&channel),
             ClientCommand::Unsubscribe { channel, .. } => {
                 if self.queue.with_subscriptions(|s| s.remove(&channel)) {
@@ -721,6 +772,27 @@ impl Connection {
         channel: String,
         recover: Option<tether_core::protocol::StreamPosition>,
     ) -> Option<Ending> {
+        match self.access(&channel, false) {
+            Access::Allowed => {}
+            Access::Forbidden => {
+                let reply = ServerMessage::err(
+                    Some(id),
+                    ErrorBody::new(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "this connection's token does not allow subscribing to `{channel}`"
+                        ),
+                    ),
+                );
+                self.count_error(&reply);
+                return self.enqueue(ws, Message::Text(codec::encode(&reply).into())).await;
+            }
+            Access::TokenRequired => {
+                let reason = format!("a token is required for `{channel}`: send `connect` first");
+                return Some(self.close(ws, CloseCode::TOKEN_REQUIRED, &reason, None, false).await);
+            }
+            Access::TokenExpired => return Some(self.token_expired(ws).await),
+        }
         if let Err(error) = self.subscribe(&channel) {
             let reply = ServerMessage::err(Some(id), error);
             self.count_error(&reply);
@@ -797,6 +869,12 @@ impl Connection {
             return Err(ErrorBody::new(
                 ErrorCode::PublishForbidden,
                 format!("clients may not publish to `{channel}`; see the `client_publish` setting"),
+            ));
+        }
+        if self.access(channel, true) != Access::Allowed {
+            return Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                format!("this connection's token does not allow publishing to `{channel}`"),
             ));
         }
         let receipt = self

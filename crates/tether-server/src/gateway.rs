@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub connection_slots: Arc<Semaphore>,
     /// Open connections and handshake rates per client address.
     pub per_ip: crate::per_ip::PerIp,
+    /// Checks JWTs when `jwt_secret` or `jwt_public_key` is set.
+    pub auth: Option<crate::auth::Verifier>,
     pub next_conn_id: AtomicU64,
     /// Figures for the dashboard beyond the Prometheus counters.
     pub stats: Arc<crate::stats::Stats>,
@@ -112,7 +114,7 @@ impl Gateway {
             Arc::new(MemoryBroker::new(hub.clone(), config.history.clone(), config.max_channels));
         let (resync, _) = watch::channel(0);
         let parking = Self::parking_lot(&config);
-        Ok(Self::assemble(config, metrics, hub, broker, CancellationToken::new(), resync, parking))
+        Self::assemble(config, metrics, hub, broker, CancellationToken::new(), resync, parking)
     }
 
     /// A gateway with the broker `config.broker` names: `memory`, or a `redis://` URL (Redis
@@ -143,7 +145,7 @@ impl Gateway {
             shutdown.clone(),
         )
         .await?;
-        Ok(Self::assemble(config, metrics, hub, broker, shutdown, resync, parking))
+        Self::assemble(config, metrics, hub, broker, shutdown, resync, parking)
     }
 
     fn parking_lot(config: &GatewayConfig) -> Arc<crate::parking::ParkingLot> {
@@ -159,7 +161,7 @@ impl Gateway {
         shutdown: CancellationToken,
         resync: watch::Sender<u64>,
         parking: Arc<crate::parking::ParkingLot>,
-    ) -> Gateway {
+    ) -> Result<Gateway, GatewayError> {
         let max = config.max_message_size.as_u64() as usize;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer_size.as_u64() as usize)
@@ -173,17 +175,27 @@ impl Gateway {
         let park_after = (config.ping_interval / 2).min(std::time::Duration::from_secs(1));
         let raw_pong = config.raw_pong.as_str().into();
         let (raw_pong_frame, _) = crate::hub::text_frame(config.raw_pong.as_bytes());
+        let auth = match (&config.jwt_secret, &config.jwt_public_key) {
+            (Some(secret), _) => Some(crate::auth::Verifier::hs256(secret)),
+            (None, Some(path)) => {
+                Some(crate::auth::Verifier::public_key_file(path).map_err(|e| {
+                    GatewayError::Config(ConfigError { field: "jwt_public_key", problem: e })
+                })?)
+            }
+            (None, None) => None,
+        };
         let origins = config
             .allowed_origins
             .iter()
             .filter_map(|o| crate::origin::OriginPattern::parse(o))
             .collect();
-        Gateway {
+        Ok(Gateway {
             shared: Arc::new(Shared {
                 raw_pong,
                 raw_pong_frame,
                 origins,
                 connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+                auth,
                 per_ip: crate::per_ip::PerIp::new(
                     config.max_connections_per_ip,
                     config.handshake_rate_per_ip,
@@ -205,7 +217,7 @@ impl Gateway {
                 stats: Arc::default(),
                 background_started: Default::default(),
             }),
-        }
+        })
     }
 
     pub fn config(&self) -> &GatewayConfig {

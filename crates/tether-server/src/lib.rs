@@ -22,6 +22,7 @@
 //! lives in `tether-core`, with no I/O.
 
 mod api;
+pub mod auth;
 pub mod broker;
 pub mod config;
 mod connection;

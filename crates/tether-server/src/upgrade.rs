@@ -146,6 +146,60 @@ fn check_handshake(
     Ok(Accepted { accept_key: derive_accept_key(key.as_bytes()), mode, channels })
 }
 
+/// `?token=` (raw mode, or any client that cannot send `connect`), checked before the upgrade,
+/// and the `?channel=`s it must cover. Browsers cannot read an HTTP refusal, so they should
+/// authenticate with the `connect` command instead, which answers with a close code.
+fn check_token(
+    shared: &crate::gateway::Shared,
+    query: Option<&str>,
+    channels: &[String],
+) -> Result<Option<std::sync::Arc<crate::auth::Grant>>, Refusal> {
+    use crate::auth::{Access, TokenError};
+    let Some(verifier) = shared.auth.as_ref() else { return Ok(None) };
+    let token = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned());
+    let grant = match token.map(|t| verifier.verify(&t)) {
+        None => None,
+        Some(Ok(grant)) => Some(std::sync::Arc::new(grant)),
+        Some(Err(TokenError::Expired)) => {
+            return Err(Refusal::new(
+                "token_expired",
+                StatusCode::UNAUTHORIZED,
+                "token expired: fetch a fresh one and reconnect",
+            ))
+        }
+        Some(Err(TokenError::Invalid(why))) => {
+            return Err(Refusal::new(
+                "token_invalid",
+                StatusCode::UNAUTHORIZED,
+                format!("token not accepted: {why}"),
+            ))
+        }
+    };
+    for channel in channels {
+        let anonymous = &shared.config.anonymous_channels;
+        match crate::auth::access(Some(verifier), anonymous, grant.as_deref(), channel, false) {
+            Access::Allowed => {}
+            Access::Forbidden => {
+                return Err(Refusal::new(
+                    "forbidden",
+                    StatusCode::FORBIDDEN,
+                    format!("the token does not allow subscribing to `{channel}`"),
+                ))
+            }
+            Access::TokenRequired | Access::TokenExpired => {
+                return Err(Refusal::new(
+                    "token_required",
+                    StatusCode::UNAUTHORIZED,
+                    format!("`{channel}` needs a token: add ?token=JWT to the URL"),
+                ))
+            }
+        }
+    }
+    Ok(grant)
+}
+
 pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request) -> Response {
     let shared = &gateway.shared;
     // Held from before the shutdown check until the connection task ends, so that shutdown
@@ -164,6 +218,10 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
             Ok(a) => a,
             Err(r) => return refuse(r),
         };
+    let grant = match check_token(shared, req.uri().query(), &channels) {
+        Ok(grant) => grant,
+        Err(r) => return refuse(r),
+    };
     if shared.shutdown.is_cancelled() {
         return refuse(
             Refusal::new(
@@ -245,7 +303,7 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
     };
     // The slot is given back by the connection when it ends (see `Drop for Connection`).
     slot.forget();
-    let task = ConnectionTask::new(gateway.shared.clone(), on_upgrade, peer, mode, channels);
+    let task = ConnectionTask::new(gateway.shared.clone(), on_upgrade, peer, mode, channels, grant);
     gateway.shared.tracker.spawn(task);
     drop(tracked); // the spawned task is tracked from here on
 

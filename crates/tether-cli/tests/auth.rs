@@ -1,0 +1,196 @@
+//! JWT on connect: valid, expired, forged and missing tokens; channel claims; `?token=` for raw
+//! mode; a token that expires during the connection; ES256 with a key made by the test.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::net::TcpStream;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::stream::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
+
+const SECRET: &str = "test-secret-0123456789";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn hs256(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn news_reader(exp: u64) -> String {
+    hs256(json!({"sub": "ada", "exp": exp, "subscribe": ["news:*"]}), SECRET)
+}
+
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn json_client(server: &Server) -> Ws {
+    let mut req = server.ws_url("").into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", "tether.v1.json".parse().unwrap());
+    let (ws, _) = tungstenite::connect(req).unwrap();
+    ws.get_ref_tcp().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    ws
+}
+
+trait TcpOf {
+    fn get_ref_tcp(&self) -> &TcpStream;
+}
+impl TcpOf for Ws {
+    fn get_ref_tcp(&self) -> &TcpStream {
+        match self.get_ref() {
+            MaybeTlsStream::Plain(s) => s,
+            _ => unreachable!("plain TCP in these tests"),
+        }
+    }
+}
+
+fn command(ws: &mut Ws, cmd: Value) {
+    ws.send(Message::text(cmd.to_string())).unwrap();
+}
+
+/// The next JSON message (skipping heartbeats).
+fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().unwrap() {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a JSON message, got {other:?}"),
+        }
+    }
+}
+
+/// The disconnect advice, then the close frame's code.
+fn advice_and_close(ws: &mut Ws) -> (Value, u16) {
+    let advice = next_json(ws);
+    assert_eq!(advice["type"], "disconnect", "{advice}");
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => return (advice, u16::from(frame.code)),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame after {advice}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn tokens_valid_expired_forged_and_missing() {
+    let server = Server::start(&["--jwt-secret", SECRET, "--anonymous-channel", "public:*"]);
+
+    // Valid: news:* is allowed, admin is refused for that channel only.
+    let mut ws = json_client(&server);
+    command(&mut ws, json!({"id": 1, "cmd": "connect", "token": news_reader(now() + 600)}));
+    assert_eq!(next_json(&mut ws)["id"], 1);
+    command(&mut ws, json!({"id": 2, "cmd": "subscribe", "channel": "news:eu"}));
+    let reply = next_json(&mut ws);
+    assert!(reply["error"].is_null(), "{reply}");
+    command(&mut ws, json!({"id": 3, "cmd": "subscribe", "channel": "admin"}));
+    let reply = next_json(&mut ws);
+    assert_eq!(reply["error"]["code"], "forbidden", "{reply}");
+    server.publish("news:eu", "\"hello\"");
+    let publication = next_json(&mut ws);
+    assert_eq!(
+        (publication["channel"].as_str(), publication["data"].as_str()),
+        (Some("news:eu"), Some("hello"))
+    );
+
+    // Expired: 4002, and the advice says to reconnect (with a fresh token).
+    let mut ws = json_client(&server);
+    command(&mut ws, json!({"id": 1, "cmd": "connect", "token": news_reader(now() - 60)}));
+    let (advice, code) = advice_and_close(&mut ws);
+    assert_eq!(code, 4002);
+    assert_eq!(advice["reconnect"], true, "{advice}");
+
+    // Forged (another secret): 4502, do not retry.
+    let mut ws = json_client(&server);
+    let forged = hs256(json!({"exp": now() + 600, "subscribe": ["*"]}), "not-the-server-secret");
+    command(&mut ws, json!({"id": 1, "cmd": "connect", "token": forged}));
+    let (advice, code) = advice_and_close(&mut ws);
+    assert_eq!(code, 4502);
+    assert_eq!(advice["reconnect"], false, "{advice}");
+    assert!(advice["reason"].as_str().unwrap().contains("token not accepted"), "{advice}");
+
+    // Missing: anonymous channels work without a token, others close with 4501.
+    let mut ws = json_client(&server);
+    command(&mut ws, json!({"id": 1, "cmd": "subscribe", "channel": "public:lobby"}));
+    assert!(next_json(&mut ws)["error"].is_null());
+    command(&mut ws, json!({"id": 2, "cmd": "subscribe", "channel": "news:eu"}));
+    let (advice, code) = advice_and_close(&mut ws);
+    assert_eq!(code, 4501);
+    assert_eq!(advice["reconnect"], false, "{advice}");
+
+    let m = server.metrics();
+    for (code, n) in [("4002", 1.0), ("4502", 1.0), ("4501", 1.0)] {
+        assert!(
+            wait_until(Duration::from_secs(5), || server.closed(code, "server") == n),
+            "{code}: {m}"
+        );
+    }
+}
+
+#[test]
+fn raw_mode_takes_the_token_in_the_url() {
+    let server = Server::start(&["--jwt-secret", SECRET]);
+    let status = |query: &str| match tungstenite::connect(server.ws_url(query)) {
+        Ok(_) => 101,
+        Err(tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("{e}"),
+    };
+    let token = news_reader(now() + 600);
+    assert_eq!(status("?channel=news:eu"), 401, "no token");
+    assert_eq!(status(&format!("?channel=admin&token={token}")), 403, "not covered");
+    assert_eq!(
+        status(&format!("?channel=news:eu&token={}", news_reader(now() - 60))),
+        401,
+        "expired"
+    );
+    let (mut ws, _) =
+        tungstenite::connect(server.ws_url(&format!("?channel=news:eu&token={token}"))).unwrap();
+    server.publish("news:eu", "\"raw hello\"");
+    assert_eq!(ws.read().unwrap().to_text().unwrap(), "raw hello");
+}
+
+#[test]
+fn a_token_that_expires_during_the_connection_closes_it_with_4002() {
+    let server = Server::start(&["--jwt-secret", SECRET, "--ping-interval", "100ms"]);
+    let mut ws = json_client(&server);
+    let exp = now() + 2;
+    command(&mut ws, json!({"id": 1, "cmd": "connect", "token": news_reader(exp)}));
+    assert_eq!(next_json(&mut ws)["id"], 1);
+    let (advice, code) = advice_and_close(&mut ws);
+    assert_eq!(code, 4002);
+    assert_eq!(advice["reconnect"], true);
+    assert!(now() >= exp, "closed before the token expired");
+}
+
+#[test]
+fn es256_with_a_public_key_file() {
+    let key = rcgen::KeyPair::generate().unwrap(); // ECDSA P-256
+    let dir = std::env::temp_dir().join(format!("tether-jwt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let public = dir.join("jwt-public.pem");
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    let server = Server::start(&["--jwt-public-key", public.to_str().unwrap()]);
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &json!({"exp": now() + 600, "subscribe": ["news:*"]}),
+        &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let mut ws = json_client(&server);
+    command(&mut ws, json!({"id": 1, "cmd": "connect", "token": token}));
+    assert!(next_json(&mut ws)["error"].is_null());
+    command(&mut ws, json!({"id": 2, "cmd": "subscribe", "channel": "news:eu"}));
+    assert!(next_json(&mut ws)["error"].is_null());
+    // An HS256 token is not accepted by an ES256 server.
+    let mut ws = json_client(&server);
+    command(&mut ws, json!({"id": 1, "cmd": "connect", "token": news_reader(now() + 600)}));
+    assert_eq!(advice_and_close(&mut ws).1, 4502);
+    let _ = std::fs::remove_dir_all(&dir);
+}
