@@ -194,3 +194,73 @@ fn es256_with_a_public_key_file() {
     assert_eq!(advice_and_close(&mut ws).1, 4502);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_refreshes_an_expired_token_and_carries_on() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use tether_client::{Event, StopReason};
+    let t = Duration::from_secs(10);
+    let server = tokio::task::spawn_blocking(|| {
+        Server::start(&["--jwt-secret", SECRET, "--ping-interval", "100ms"])
+    })
+    .await
+    .unwrap();
+    let refreshed = Arc::new(AtomicU32::new(0));
+    let counter = refreshed.clone();
+    let config =
+        fast_client(server.ws_url("")).token(news_reader(now() + 2)).token_refresh(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok(news_reader(now() + 600)) }
+        });
+    let (client, mut events) = tether_client::connect(config);
+    client.subscribe("news:eu").await.unwrap();
+    next_event(&mut events, t, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
+    let closed = next_event(
+        &mut events,
+        t,
+        "the 4002 close",
+        |e| matches!(e, Event::Closed(c) if c.code == 4002),
+    )
+    .await;
+    let Event::Closed(info) = closed else { unreachable!() };
+    assert!(info.will_reconnect, "{info:?}");
+    next_event(&mut events, t, "resubscribed", |e| {
+        matches!(e, Event::Subscribed { resubscribe: true, .. })
+    })
+    .await;
+    assert_eq!(refreshed.load(Ordering::SeqCst), 1);
+    let publisher = server.http("/api/publish");
+    tokio::task::spawn_blocking(move || {
+        http_request("POST", &publisher, Some(r#"{"channel":"news:eu","data":"fresh"}"#))
+    })
+    .await
+    .unwrap();
+    let got =
+        next_event(&mut events, t, "a publication", |e| matches!(e, Event::Publication { .. }))
+            .await;
+    let Event::Publication { data, .. } = got else { unreachable!() };
+    assert_eq!(data.get(), r#""fresh""#);
+
+    // Without a refresh hook, an expired token stops the client and says why.
+    let config = fast_client(server.ws_url("")).token(news_reader(now() - 60));
+    let (client, mut events) = tether_client::connect(config);
+    client.subscribe("news:eu").await.unwrap();
+    let stopped =
+        next_event(&mut events, t, "stopped", |e| matches!(e, Event::Stopped { .. })).await;
+    let Event::Stopped { reason: StopReason::Refused(why) } = stopped else {
+        panic!("expected a refusal, got {stopped:?}")
+    };
+    assert!(why.contains("token_refresh"), "{why}");
+
+    // An invalid token: the server advises not to retry, and the client stops.
+    let config = fast_client(server.ws_url("")).token("not.a.jwt");
+    let (client, mut events) = tether_client::connect(config);
+    client.subscribe("news:eu").await.unwrap();
+    let stopped =
+        next_event(&mut events, t, "stopped", |e| matches!(e, Event::Stopped { .. })).await;
+    assert!(
+        matches!(stopped, Event::Stopped { reason: StopReason::ServerAdvisedNoReconnect }),
+        "{stopped:?}"
+    );
+}

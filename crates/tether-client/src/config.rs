@@ -36,6 +36,25 @@ pub struct ClientConfig {
     /// Certificate authorities trusted for `wss://` besides the public ones (webpki roots):
     /// a private CA, or a self-signed test setup. See [`ClientConfig::with_ca_file`].
     pub tls_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// JWT sent with the `connect` command at the start of every connection (JSON mode).
+    pub token: Option<String>,
+    /// Fetches a fresh token when the server closes with 4002 (token expired); the client then
+    /// reconnects with it. Without one, 4002 stops the client.
+    pub token_refresh: Option<TokenRefresh>,
+}
+
+/// A token being fetched: a fresh token, or why there is none.
+pub type TokenFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>;
+
+/// An async function returning a fresh token (see [`ClientConfig::token_refresh`]).
+#[derive(Clone)]
+pub struct TokenRefresh(pub std::sync::Arc<dyn Fn() -> TokenFuture + Send + Sync>);
+
+impl std::fmt::Debug for TokenRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenRefresh(..)")
+    }
 }
 
 impl ClientConfig {
@@ -52,7 +71,25 @@ impl ClientConfig {
             close_timeout: d::CLOSE_TIMEOUT,
             max_message_size: 16 << 20,
             tls_roots: Vec::new(),
+            token: None,
+            token_refresh: None,
         }
+    }
+
+    /// Authenticate every connection with this JWT (JSON mode).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Call `refresh` for a fresh token when the server says the token expired (4002).
+    pub fn token_refresh<F, Fut>(mut self, refresh: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<String, String>> + Send + 'static,
+    {
+        self.token_refresh = Some(TokenRefresh(std::sync::Arc::new(move || Box::pin(refresh()))));
+        self
     }
 
     /// Also trust the CA certificates in this PEM file for `wss://`.

@@ -145,8 +145,13 @@ impl Supervisor {
                 advice_retry_after: end.advice_retry_after.or(advice.1),
                 fatal: end.fatal,
             };
-            let decision =
+            let mut decision =
                 reconnector.on_close(Instant::now().into_std(), &ended, rand::random::<f64>());
+            if end.code == CloseCode::TOKEN_EXPIRED && matches!(decision, Decision::Retry { .. }) {
+                if let Err(why) = self.refresh_token().await {
+                    decision = Decision::Stop(tether_core::reconnect::StopReason::Refused(why));
+                }
+            }
             let (will_reconnect, retry_in, next_attempt) = match &decision {
                 Decision::Retry { attempt, delay } => (true, Some(*delay), *attempt),
                 Decision::Stop(_) => (false, None, 0),
@@ -269,6 +274,23 @@ impl Supervisor {
         Ok(ws)
     }
 
+    /// The server said the token expired: get a fresh one for the next connection.
+    async fn refresh_token(&mut self) -> Result<(), String> {
+        let Some(refresh) = self.config.token_refresh.clone() else {
+            return Err("the token expired (4002) and no token_refresh is configured".into());
+        };
+        match tokio::time::timeout(self.config.connect_timeout, (refresh.0)()).await {
+            Ok(Ok(token)) => {
+                self.config.token = Some(token);
+                Ok(())
+            }
+            Ok(Err(why)) => Err(format!("token refresh failed: {why}")),
+            Err(_) => {
+                Err(format!("token refresh took longer than {:?}", self.config.connect_timeout))
+            }
+        }
+    }
+
     /// Between connections: serve requests until `delay` passes. False if the app closed.
     async fn wait_offline(&mut self, delay: Duration) -> bool {
         let until = Instant::now() + delay;
@@ -364,7 +386,12 @@ impl Supervisor {
         // messages leave the queue only once they are written.
         let channels: Vec<(String, Option<StreamPosition>)> =
             self.channels.iter().map(|(c, p)| (c.clone(), p.clone())).collect();
-        let mut batch = Vec::with_capacity(channels.len() + self.offline.len());
+        let mut batch = Vec::with_capacity(channels.len() + self.offline.len() + 1);
+        // Authenticate first: the server handles commands in order.
+        if let (Mode::Json, Some(token)) = (self.config.mode, self.config.token.clone()) {
+            let (_, msg) = self.command_text(|id| ClientCommand::Connect { id, token });
+            batch.push(msg);
+        }
         for (channel, recover) in channels {
             let (id, msg) = self.command_text(|id| ClientCommand::Subscribe {
                 id,
