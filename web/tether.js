@@ -8,7 +8,9 @@
 //   (`onerror` is ignored: `onclose` always follows it); at once when the browser goes `online`,
 //   never while `navigator.onLine` is false; the server's `disconnect` advice is honoured;
 // - every close explained: {code, reason, wasClean, initiator, willReconnect, retryIn, attempt};
-// - subscriptions re-established after every reconnect; a bounded offline queue for sends.
+// - subscriptions re-established after every reconnect; a bounded offline queue for sends;
+// - a JWT (`token`) sent with `connect` on every connection, refreshed with `getToken` when the
+//   server says it expired (4002); 4501/4502 (token required/invalid) stop the client.
 //
 // The pure parts (backoff, heartbeat, reconnect policy, close codes) are exported and mirror
 // tether-core's Rust types, with the same defaults and semantics.
@@ -30,6 +32,8 @@ export const DEFAULTS = Object.freeze({
   rawPong: 'pong',
   closeOnPageHide: true,
   autoConnect: true,
+  token: null, // JWT sent with `connect` first on every connection (JSON mode)
+  getToken: null, // async () => fresh JWT, called after a 4002 (token expired) before reconnecting
 });
 
 /**
@@ -53,6 +57,9 @@ export const CLOSE_CODES = Object.freeze({
   1015: ['TLS handshake', 'reconnect'],
   4000: ['heartbeat timeout', 'reconnect'],
   4001: ['slow consumer', 'reconnect'],
+  4002: ['token expired', 'reconnect'],
+  4501: ['token required', 'stop'],
+  4502: ['token invalid', 'stop'],
 });
 
 /** The catalogue row for a code, or its band: 4000–4499 transient, 4500–4999 terminal. */
@@ -199,6 +206,8 @@ export class TetherClient extends EventTarget {
   #pageHidden = false;
   #queue = []; // offline: [{text, id, resolve, reject}]
   #nextId = 1;
+  #token = null;
+  #tokenRefresh = null; // the pending getToken() after a 4002
   #advice = null;
   #openedBefore = false;
   #stopped = false;
@@ -225,6 +234,7 @@ export class TetherClient extends EventTarget {
     if (this.#opts.protocol !== 'json' && this.#opts.protocol !== 'raw') {
       throw new TypeError(`protocol must be 'json' or 'raw', not ${this.#opts.protocol}`);
     }
+    this.#token = this.#opts.token || null;
     this.#reconnector = new Reconnector(this.#opts);
     if (hasWindow) {
       this.#listen('online', () => this.#onOnline());
@@ -397,6 +407,12 @@ export class TetherClient extends EventTarget {
     // Re-establish subscriptions (asking to recover from the last position seen) and flush the
     // offline queue before telling listeners, so that a subscribe() in an `open` listener is not
     // sent twice.
+    if (this.#opts.protocol === 'json' && this.#token) {
+      // Authenticate first: the server handles commands in order.
+      const id = this.#nextId++;
+      this.#pending.set(id, { kind: 'connect', resolve() {}, reject() {} });
+      ws.send(JSON.stringify({ id, cmd: 'connect', token: this.#token }));
+    }
     for (const [channel, entry] of this.#channels) {
       entry.confirmed = false;
       this.#sendSubscribe(channel, reconnected);
@@ -501,7 +517,7 @@ export class TetherClient extends EventTarget {
     for (const [, entry] of this.#channels) entry.confirmed = false;
     const advice = this.#advice;
     this.#advice = null;
-    const decision = this.#reconnector.onClose(
+    let decision = this.#reconnector.onClose(
       Date.now(),
       {
         code: info.code,
@@ -512,6 +528,19 @@ export class TetherClient extends EventTarget {
       },
       Math.random(),
     );
+    if (decision.retry && info.code === 4002) {
+      // The token expired: reconnecting with it cannot work. Fetch a fresh one meanwhile.
+      if (typeof this.#opts.getToken !== 'function') {
+        decision = { retry: false, reason: 'the token expired (4002) and no getToken option is set' };
+      } else {
+        this.#tokenRefresh = Promise.resolve()
+          .then(() => this.#opts.getToken())
+          .then((token) => {
+            if (!token) throw new Error('getToken returned no token');
+            this.#token = String(token);
+          });
+      }
+    }
     const offline = decision.retry && isOffline();
     const detail = {
       code: info.code,
@@ -547,8 +576,25 @@ export class TetherClient extends EventTarget {
         this.#waitingForOnline = true;
         return;
       }
-      this.#open();
+      this.#openWithToken();
     }, detail.retryIn);
+  }
+
+  /** Open, once a token refresh in progress (after a 4002) has finished; stop if it failed. */
+  #openWithToken() {
+    const refresh = this.#tokenRefresh;
+    if (!refresh) return this.#open();
+    this.#tokenRefresh = null;
+    refresh.then(
+      () => !this.#stopped && !this.#ws && this.#open(),
+      (e) => {
+        if (this.#stopped) return;
+        this.#stopped = true;
+        this.#setState('closed');
+        this.#emit('stopped', { reason: `token refresh failed: ${e && e.message ? e.message : e}` });
+        this.#rejectQueue(new Error('the client has stopped'));
+      },
+    );
   }
 
   #detach(ws) {
@@ -559,7 +605,8 @@ export class TetherClient extends EventTarget {
     if (this.#stopped || this.#ws) return;
     if (this.#waitingForOnline || this.#retryTimer) {
       this.#waitingForOnline = false;
-      this.#open();
+      this.#clearRetry();
+      this.#openWithToken();
     }
   }
 

@@ -268,3 +268,73 @@ test('recovery: a page that lost its connection gets exactly the publications it
     await relay.close();
   }
 });
+
+// --- tokens (JWT) ----------------------------------------------------------------------------
+
+const SECRET = 'browser-test-secret-0123456789';
+
+/** A token from `tether token` (the binary signs it; no JWT code in the test). */
+async function token(ttl, subscribe = 'news:*') {
+  const { execFileSync } = await import('node:child_process');
+  const { TETHER_BIN } = await import('./harness.mjs');
+  return execFileSync(TETHER_BIN, ['token', '--secret', SECRET, '--subscribe', subscribe, '--ttl', ttl]).toString().trim();
+}
+
+/** A page whose client authenticates with `first`, and whose getToken returns `window.fresh`. */
+async function pageWithToken(server, first, withRefresh) {
+  const page = await ctx.newPage();
+  await page.goto(`${server.http}/healthz`);
+  await page.evaluate(
+    async ({ url, first, withRefresh, fast }) => {
+      const { TetherClient } = await import('/tether.js');
+      window.events = [];
+      window.refreshes = 0;
+      const options = { ...fast, token: first };
+      if (withRefresh) {
+        options.getToken = async () => {
+          window.refreshes += 1;
+          return window.fresh;
+        };
+      }
+      const client = new TetherClient(url, options);
+      for (const type of ['open', 'close', 'subscribed', 'publication', 'stopped', 'error']) {
+        client.on(type, (detail) => window.events.push({ type, detail, at: Date.now() }));
+      }
+      window.client = client;
+      client.subscribe('news:eu').catch(() => {});
+    },
+    { url: server.ws, first, withRefresh, fast: FAST },
+  );
+  return page;
+}
+
+test('tether.js refreshes an expired token with getToken and carries on', { skip: req.skip }, async () => {
+  const server = await start(['--jwt-secret', SECRET, '--ping-interval', '100ms']);
+  const page = await pageWithToken(server, await token('2s'), true);
+  const fresh = await token('1h');
+  await page.evaluate((t) => (window.fresh = t), fresh);
+  await waitEvents(page, 'subscribed');
+  let expiredClose = null;
+  await waitFor('the 4002 close', async () => (expiredClose = (await events(page, 'close')).find((e) => e.detail.code === 4002)));
+  assert.equal(expiredClose.detail.willReconnect, true);
+  await waitFor('a resubscribe', async () => (await events(page, 'subscribed')).some((e) => e.detail.resubscribe));
+  assert.equal(await page.evaluate(() => window.refreshes), 1);
+  await server.publish('news:eu', 'fresh');
+  const [publication] = await waitEvents(page, 'publication');
+  assert.equal(publication.detail.data, 'fresh');
+  await page.close();
+});
+
+test('tether.js stops on an expired token without getToken, and on an invalid one', { skip: req.skip }, async () => {
+  const server = await start(['--jwt-secret', SECRET]);
+  const expired = await pageWithToken(server, await token('0s'), false);
+  const [stopped] = await waitEvents(expired, 'stopped');
+  assert.match(stopped.detail.reason, /getToken/);
+  const invalid = await pageWithToken(server, 'not.a.jwt', false);
+  const [close] = await waitEvents(invalid, 'close');
+  assert.equal(close.detail.code, 4502);
+  assert.equal(close.detail.willReconnect, false);
+  await waitEvents(invalid, 'stopped');
+  await expired.close();
+  await invalid.close();
+});

@@ -13,6 +13,7 @@ mod probe;
 mod publish;
 mod serve;
 mod soak;
+mod token;
 mod units;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Churn clients in cycles and check that server memory comes back (leak check).
     Soak(soak::SoakArgs),
+    /// Make a JWT for a server with --jwt-secret or --jwt-public-key (development and tests).
+    Token(token::TokenArgs),
 }
 
 fn init_logging() {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             Command::Publish(args) => publish::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Soak(args) => soak::run(args).await,
+            Command::Token(args) => token::run(args),
         }
     });
     match result {
