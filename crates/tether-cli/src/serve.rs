@@ -53,6 +53,9 @@ pub struct ServeArgs {
     /// Messages queued per connection before it is closed as a slow consumer [default: 1024]
     #[arg(long, env = "TETHER_OUTBOUND_QUEUE")]
     outbound_queue: Option<usize>,
+    /// Bytes queued per connection before it is closed as a slow consumer [default: 16MiB]
+    #[arg(long, env = "TETHER_OUTBOUND_QUEUE_BYTES", value_parser = units::size)]
+    outbound_queue_bytes: Option<ByteSize>,
     /// How long one write may block before the peer is a slow consumer [default: 10s]
     #[arg(long, env = "TETHER_WRITE_TIMEOUT", value_parser = units::duration)]
     write_timeout: Option<Duration>,
@@ -147,6 +150,7 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         max_message_size,
         max_connections,
         outbound_queue,
+        outbound_queue_bytes,
         write_timeout,
         direct_delivery,
         max_subscriptions,

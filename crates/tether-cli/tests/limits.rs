@@ -206,3 +206,35 @@ fn thousands_of_publications_to_a_consumer_that_never_reads_stay_bounded() {
     assert!(grown < 40 * 1024, "server RSS grew by {grown} KiB for one stuck client");
     assert_eq!(server.metric("tether_slow_consumers_total"), 1.0);
 }
+
+#[test]
+fn the_outbound_queue_is_bounded_in_bytes_too_and_missed_publications_are_counted() {
+    use socket2::{Domain, Socket, Type};
+    // A large message count, a small byte budget: bytes decide.
+    let server = Server::start(&["--outbound-queue", "10000", "--outbound-queue-bytes", "256KiB"]);
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.addr.into()).unwrap();
+    let mut stuck: TcpStream = socket.into();
+    write!(
+        stuck,
+        "GET /ws?channel=feed HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    stuck.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    assert!(wait_until(T, || server.metric("tether_subscriptions") == 1.0));
+    let payload = format!("\"{}\"", "x".repeat(50 * 1024));
+    let mut published = 0;
+    while server.closed("4001", "server") < 1.0 {
+        assert!(published < 400, "never closed after {published} publications of 50 KB");
+        server.publish("feed", &payload);
+        published += 1;
+    }
+    // 256 KiB is five 50 KB messages queued, plus what the socket buffers took.
+    assert!(published < 200, "{published} publications before the 256 KiB limit closed it");
+    let dropped = server.metric("tether_deliveries_dropped_total");
+    assert!(dropped >= 1.0, "the publications the slow consumer missed are counted: {dropped}");
+}

@@ -14,7 +14,7 @@ fn fanout(c: &mut Criterion) {
         let hub = Hub::new(Arc::default());
         let mut receivers = Vec::with_capacity(n);
         for id in 0..n {
-            let queue = Arc::new(OutboundQueue::new(1 << 16));
+            let queue = Arc::new(OutboundQueue::new(u16::MAX as usize, 64 << 20));
             hub.subscribe("c", id as u64, Subscriber { queue: queue.clone(), mode: Mode::Json });
             receivers.push(queue);
         }

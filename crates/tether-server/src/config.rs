@@ -65,6 +65,9 @@ pub struct GatewayConfig {
     pub read_buffer_size: ByteSize,
     /// Messages queued for one connection before it is closed as a slow consumer (4001).
     pub outbound_queue: usize,
+    /// Bytes queued for one connection (counted per message in KiB, rounded up) before it is
+    /// closed as a slow consumer (4001).
+    pub outbound_queue_bytes: ByteSize,
     /// How long one write may block before the peer is a slow consumer (4001).
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -149,6 +152,7 @@ impl Default for GatewayConfig {
             max_message_size: ByteSize::b(d::MAX_MESSAGE_SIZE as u64),
             read_buffer_size: ByteSize::b(d::READ_BUFFER_SIZE as u64),
             outbound_queue: d::OUTBOUND_QUEUE_MESSAGES,
+            outbound_queue_bytes: ByteSize::mib(16),
             write_timeout: d::WRITE_TIMEOUT,
             direct_delivery: true,
             max_connections: 10_000,
@@ -205,8 +209,12 @@ impl GatewayConfig {
         if self.read_buffer_size.as_u64() < 256 || self.read_buffer_size.as_u64() > 16 << 20 {
             return err("read_buffer_size", "must be between 256B and 16MiB");
         }
-        if self.outbound_queue == 0 {
-            return err("outbound_queue", "must be at least 1");
+        if self.outbound_queue == 0 || self.outbound_queue > 65_535 {
+            return err("outbound_queue", "must be between 1 and 65535 messages");
+        }
+        let bytes = self.outbound_queue_bytes.as_u64();
+        if !(64 << 10..=64 << 20).contains(&bytes) {
+            return err("outbound_queue_bytes", "must be between 64KiB and 64MiB");
         }
         if self.max_connections == 0 {
             return err("max_connections", "must be at least 1");

@@ -137,6 +137,8 @@ impl Ending {
 /// Why a write did not complete.
 enum WriteFailed {
     TimedOut,
+    /// The outbound queue overflowed while a write was blocked.
+    Overflowed,
     Transport(WsError),
 }
 
@@ -161,7 +163,8 @@ impl Drop for Connection {
     /// Leave the hub whatever way the task ends — normally, by a panic, or cancelled — so that no
     /// subscriber entry outlives its connection.
     fn drop(&mut self) {
-        self.queue.close();
+        let missed = self.queue.close();
+        self.shared.metrics.deliveries_dropped.inc_by(missed);
         self.shared.parking.unregister(self.lot_key);
         // Taken out first: the hub's lock is never taken while holding the mailbox's.
         let channels: Vec<_> = self.queue.with_subscriptions(|s| s.take_channels().collect());
@@ -330,7 +333,9 @@ impl Connection {
         grant: Option<Arc<Grant>>,
     ) -> Parked {
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::new(OutboundQueue::new(shared.config.outbound_queue));
+        let cfg = &shared.config;
+        let queue =
+            Arc::new(OutboundQueue::new(cfg.outbound_queue, cfg.outbound_queue_bytes.as_u64()));
         shared.metrics.connections_open.inc(); // decremented by `Drop for Connection`
         let lot_key = shared.parking.register(queue.clone());
         shared.parking.ensure_tasks(); // its timer also tells active connections when to park
@@ -957,6 +962,16 @@ impl Connection {
                     was_clean: false,
                 }
             }
+            WriteFailed::Overflowed => {
+                self.shared.metrics.slow_consumers.inc();
+                // No close frame: the socket is stuck in the middle of a frame.
+                Ending {
+                    code: CloseCode::SLOW_CONSUMER,
+                    reason: "slow consumer: outbound queue full while a write was blocked".into(),
+                    initiator: Initiator::Server,
+                    was_clean: false,
+                }
+            }
             WriteFailed::Transport(e) => Ending::network(format!("write failed: {e}")),
         }
     }
@@ -1145,7 +1160,13 @@ impl Connection {
             }
             Ok(())
         };
-        let outcome = within(write_timeout, write).await;
+        // A consumer that stopped reading blocks this write; what piles up meanwhile must not
+        // wait for `write_timeout` to be noticed.
+        let outcome = tokio::select! {
+            biased;
+            outcome = within(write_timeout, write) => outcome,
+            () = queue.overflow() => return Err(WriteFailed::Overflowed),
+        };
         self.written(outcome, n, bytes)?;
         if !gap {
             // Everything popped is out (or skipped): publishers may write directly again.

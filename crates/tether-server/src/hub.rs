@@ -275,7 +275,7 @@ impl Hub {
         // Encode once per mode, lazily; every subscriber gets a reference to the same one.
         let mut json: Option<Arc<Published>> = None;
         let mut raw: Option<Arc<Published>> = None;
-        let (mut delivered, mut written, mut written_bytes) = (0, 0, 0);
+        let (mut delivered, mut written, mut written_bytes, mut dropped) = (0, 0, 0, 0);
         for (i, sub) in subscribers.values().enumerate() {
             if i == sample && !all_direct {
                 sampled = Some((started.elapsed(), written));
@@ -304,9 +304,8 @@ impl Hub {
                 }
                 Ok(Delivery::Skipped) => {}
                 // Flagged and woken by `push`: the connection closes as a slow consumer.
-                Err(PushError::Full) => {}
-                // The connection is ending; it unsubscribes itself on the way out.
-                Err(PushError::Closed) => {}
+                // Closed: the connection is ending; it unsubscribes itself on the way out.
+                Err(PushError::Full | PushError::Closed) => dropped += 1,
             }
         }
         match sampled {
@@ -316,6 +315,7 @@ impl Hub {
         }
         let m = &self.metrics;
         m.deliveries.inc_by(delivered);
+        m.deliveries_dropped.inc_by(dropped);
         m.direct_deliveries.inc_by(written);
         m.messages_out.inc_by(written);
         m.bytes_out.inc_by(written_bytes);
@@ -391,7 +391,7 @@ mod tests {
     }
 
     fn sub(mode: Mode, cap: usize) -> (Subscriber, Rx) {
-        let queue = Arc::new(OutboundQueue::new(cap));
+        let queue = Arc::new(OutboundQueue::new(cap, 1 << 20));
         (Subscriber { queue: queue.clone(), mode }, Rx(queue))
     }
 

@@ -144,6 +144,20 @@ struct Mail {
     socket: RawFd,
     /// The connection's task holds the write side: it is writing, or holds items it popped.
     writing: bool,
+    /// What the queued items weigh, in KiB rounded up per item (a u16 keeps `Mail` in 64 bytes).
+    queued_kib: u16,
+}
+
+/// An item's weight against `outbound_queue_bytes`: KiB, rounded up, at least 1.
+fn kib(item: &Outbound) -> u16 {
+    let bytes = match item {
+        Outbound::Reply(m) => m.len(),
+        Outbound::Publication(p) => p.frame.len(),
+        Outbound::Admitted { publication, written } => {
+            publication.wire.as_ref().map_or(0, |w| w.len().saturating_sub(*written))
+        }
+    };
+    u16::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u16::MAX)
 }
 
 const NO_SOCKET: RawFd = -1;
@@ -165,7 +179,10 @@ pub enum Delivery {
 /// and the parked connection.
 pub struct OutboundQueue {
     mail: Mutex<Mail>,
-    capacity: u32,
+    /// Items queued at most...
+    capacity: u16,
+    /// ...and KiB queued at most (`outbound_queue_bytes`).
+    max_kib: u16,
     closed: AtomicBool,
     /// Set when a delivery found the queue full: the connection closes as a slow consumer.
     overflowed: AtomicBool,
@@ -187,15 +204,19 @@ pub enum PushError {
 }
 
 impl OutboundQueue {
-    pub fn new(capacity: usize) -> Self {
+    /// A mailbox holding at most `capacity` items and `max_bytes` (counted in KiB, at most
+    /// 64 MiB).
+    pub fn new(capacity: usize, max_bytes: u64) -> Self {
         OutboundQueue {
             mail: Mutex::new(Mail {
                 items: VecDeque::new(),
                 subscriptions: Subscriptions::default(),
                 socket: NO_SOCKET,
                 writing: false,
+                queued_kib: 0,
             }),
-            capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+            capacity: u16::try_from(capacity).unwrap_or(u16::MAX),
+            max_kib: u16::try_from(max_bytes / 1024).unwrap_or(u16::MAX).max(1),
             closed: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
             socket_ready: AtomicBool::new(false),
@@ -221,12 +242,16 @@ impl OutboundQueue {
     }
 
     fn queue(&self, mail: &mut MutexGuard<'_, Mail>, item: Outbound) -> Result<(), PushError> {
-        if mail.items.len() >= self.capacity as usize {
+        let weight = kib(&item);
+        if mail.items.len() >= self.capacity as usize
+            || u32::from(mail.queued_kib) + u32::from(weight) > u32::from(self.max_kib)
+        {
             self.overflowed.store(true, Ordering::Release);
             self.waker.wake();
             return Err(PushError::Full);
         }
         mail.items.push_back(item);
+        mail.queued_kib = mail.queued_kib.saturating_add(weight);
         self.waker.wake();
         Ok(())
     }
@@ -256,7 +281,9 @@ impl OutboundQueue {
                         }
                         // The rest waits for the task; it also learns of a failed socket by
                         // writing. Never refused for space: it is already admitted.
-                        mail.items.push_back(Outbound::Admitted { publication, written });
+                        let item = Outbound::Admitted { publication, written };
+                        mail.queued_kib = mail.queued_kib.saturating_add(kib(&item));
+                        mail.items.push_back(item);
                         self.waker.wake();
                         return Ok(Delivery::Queued);
                     }
@@ -313,6 +340,7 @@ impl OutboundQueue {
 
     fn take(mail: &mut Mail) -> Option<Outbound> {
         let item = mail.items.pop_front()?;
+        mail.queued_kib = mail.queued_kib.saturating_sub(kib(&item));
         mail.writing = true;
         if mail.items.is_empty() && mail.items.capacity() > 16 {
             mail.items.shrink_to_fit();
@@ -327,6 +355,19 @@ impl OutboundQueue {
     /// Whether a delivery was refused because the queue was full.
     pub fn overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Ready once a delivery has found the queue full.
+    pub(crate) async fn overflow(&self) {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.overflowed() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Ready when there is something to do: an item, or an overflow. Registers the task's waker
@@ -390,9 +431,15 @@ impl OutboundQueue {
         self.deadline.load(Ordering::Relaxed)
     }
 
-    /// Refuse further pushes (the connection is ending).
-    pub fn close(&self) {
+    /// Refuse further pushes (the connection is ending). Returns how many publications were
+    /// still queued, never to be delivered.
+    pub fn close(&self) -> u64 {
         self.closed.store(true, Ordering::Relaxed);
+        let mut mail = self.lock();
+        let missed = mail.items.iter().filter(|i| !matches!(i, Outbound::Reply(_))).count();
+        mail.items.clear();
+        mail.queued_kib = 0;
+        missed as u64
     }
 }
 

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub command_errors: Family<ReasonLabels, Counter>,
     pub publications: Counter,
     pub deliveries: Counter,
+    pub deliveries_dropped: Counter,
     pub direct_deliveries: Counter,
     pub subscriptions: Gauge,
     pub recoveries: Family<OutcomeLabels, Counter>,
@@ -93,6 +94,7 @@ impl Metrics {
             command_errors: Family::default(),
             publications: Counter::default(),
             deliveries: Counter::default(),
+            deliveries_dropped: Counter::default(),
             direct_deliveries: Counter::default(),
             subscriptions: Gauge::default(),
             recoveries: Family::default(),
@@ -188,6 +190,11 @@ impl Metrics {
                 "tether_deliveries",
                 "Publication messages handed to subscribers (queued or written directly)",
                 m.deliveries.clone(),
+            );
+            t.register(
+                "tether_deliveries_dropped",
+                "Publications a subscriber never got: its queue was full (slow consumer) or it was closing",
+                m.deliveries_dropped.clone(),
             );
             t.register(
                 "tether_direct_deliveries",
