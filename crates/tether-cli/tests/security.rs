@@ -197,6 +197,11 @@ fn json_nested_deeper_than_the_limit_is_refused_before_parsing() {
     let reply: serde_json::Value =
         serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
     assert_eq!(reply["id"], 2, "{reply}");
+    assert_eq!(
+        server.metric("tether_json_too_deep_total"),
+        2.0,
+        "one over HTTP, one over WebSocket"
+    );
 }
 
 /// A blocking `tether.v1.json` client.

@@ -90,6 +90,7 @@ pub(crate) async fn publish(State(gateway): State<Gateway>, req: Request<Body>) 
     let too_deep = std::str::from_utf8(&bytes)
         .is_ok_and(|text| tether_core::codec::json_depth(text, max_depth).is_err());
     if too_deep {
+        gateway.metrics().json_too_deep.inc();
         return json_error(
             StatusCode::BAD_REQUEST,
             format!("JSON nested deeper than {max_depth} levels (max_json_depth)"),

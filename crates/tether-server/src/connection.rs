@@ -641,6 +641,9 @@ impl Connection {
             }
             (Mode::Json, Message::Text(text)) => {
                 let depth = self.shared.config.max_json_depth;
+                if codec::json_depth(text.as_str(), depth).is_err() {
+                    m.json_too_deep.inc();
+                }
                 let reply = match codec::decode_command_limited(text.as_str(), depth) {
                     Ok(ClientCommand::Subscribe { id, channel, recover }) => {
                         return self.subscribe_command(ws, id, channel, recover).await;

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub heartbeat_rtt: Histogram,
     pub slow_consumers: Counter,
     pub inbound_rate_limited: Counter,
+    pub json_too_deep: Counter,
     pub messages_in: Counter,
     pub messages_out: Counter,
     pub bytes_in: Counter,
@@ -86,6 +87,7 @@ impl Metrics {
             ),
             slow_consumers: Counter::default(),
             inbound_rate_limited: Counter::default(),
+            json_too_deep: Counter::default(),
             messages_in: Counter::default(),
             messages_out: Counter::default(),
             bytes_in: Counter::default(),
@@ -154,6 +156,11 @@ impl Metrics {
                 "tether_inbound_rate_limited",
                 "Connections closed with 1008 for sending more than max_inbound_rate messages/s",
                 m.inbound_rate_limited.clone(),
+            );
+            t.register(
+                "tether_json_too_deep",
+                "Commands and publish bodies refused for nesting deeper than max_json_depth",
+                m.json_too_deep.clone(),
             );
             t.register(
                 "tether_messages_in",
