@@ -56,7 +56,6 @@ export const CLOSE_CODES = Object.freeze({
   1013: ['try again later', 'hint'],
   1015: ['TLS handshake', 'reconnect'],
   4000: ['heartbeat timeout', 'reconnect'],
-  4001: ['slow consumer', 'reconnect'],
   4002: ['token expired', 'reconnect'],
   4501: ['token required', 'stop'],
   4502: ['token invalid', 'stop'],

@@ -51,7 +51,7 @@ async fn a_consumer_that_stops_reading_is_closed_as_slow_and_others_are_served()
         }
     }
     let m = server.metrics();
-    assert_eq!(closed_total(&m, "4001", "server"), 1.0, "{m}");
+    assert_eq!(closed_total(&m, "1013", "server"), 1.0, "{m}");
     assert_eq!(
         metric_sum(&m, "tether_connections_open"),
         1.0,
@@ -198,7 +198,7 @@ fn thousands_of_publications_to_a_consumer_that_never_reads_stay_bounded() {
         assert!(msg.to_text().unwrap().starts_with(&format!("{seq} ")), "message {seq}: {msg:?}");
     }
     assert!(
-        wait_until(T, || server.closed("4001", "server") == 1.0),
+        wait_until(T, || server.closed("1013", "server") == 1.0),
         "the stuck client was not closed as a slow consumer: {}",
         server.metrics()
     );
@@ -228,7 +228,7 @@ fn the_outbound_queue_is_bounded_in_bytes_too_and_missed_publications_are_counte
     assert!(wait_until(T, || server.metric("tether_subscriptions") == 1.0));
     let payload = format!("\"{}\"", "x".repeat(50 * 1024));
     let mut published = 0;
-    while server.closed("4001", "server") < 1.0 {
+    while server.closed("1013", "server") < 1.0 {
         assert!(published < 400, "never closed after {published} publications of 50 KB");
         server.publish("feed", &payload);
         published += 1;

@@ -90,7 +90,9 @@ impl CloseCode {
     pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
     pub const TLS_HANDSHAKE: CloseCode = CloseCode(1015);
     pub const HEARTBEAT_TIMEOUT: CloseCode = CloseCode(4000);
-    pub const SLOW_CONSUMER: CloseCode = CloseCode(4001);
+    /// A slow consumer gets the standard "try again later" (1013), with a reason that says
+    /// "slow consumer": third-party clients know the code, and reconnecting is right.
+    pub const SLOW_CONSUMER: CloseCode = CloseCode(1013);
     pub const TOKEN_EXPIRED: CloseCode = CloseCode(4002);
     pub const TOKEN_REQUIRED: CloseCode = CloseCode(4501);
     pub const TOKEN_INVALID: CloseCode = CloseCode(4502);
@@ -223,7 +225,7 @@ pub const CATALOGUE: &[CodeInfo] = &[
     row(
         1013,
         "try again later",
-        "the server is overloaded; reconnect after the hint",
+        "the server is overloaded, or this client read too slowly (reason: slow consumer); reconnect after the hint",
         Sender::Server,
         RetryAdvice::ReconnectAfterHint,
     ),
@@ -239,13 +241,6 @@ pub const CATALOGUE: &[CodeInfo] = &[
         "heartbeat timeout",
         "no sign of life within ping interval + pong timeout",
         Sender::LocalOnly,
-        RetryAdvice::Reconnect,
-    ),
-    row(
-        4001,
-        "slow consumer",
-        "the peer did not read fast enough; its outbound queue overflowed",
-        Sender::Server,
         RetryAdvice::Reconnect,
     ),
     row(

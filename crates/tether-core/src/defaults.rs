@@ -18,7 +18,7 @@ pub const PONG_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest inbound message. Bigger ones close the connection with 1009.
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
-/// Outbound messages queued for one connection before it is closed as a slow consumer (4001).
+/// Outbound messages queued for one connection before it is closed as a slow consumer (1013).
 pub const OUTBOUND_QUEUE_MESSAGES: usize = 1024;
 
 /// How long one write to a peer may block (its TCP window is full) before it is a slow consumer.

@@ -63,12 +63,12 @@ pub struct GatewayConfig {
     pub max_message_size: ByteSize,
     /// Initial read buffer per connection; it grows for large messages and is small when idle.
     pub read_buffer_size: ByteSize,
-    /// Messages queued for one connection before it is closed as a slow consumer (4001).
+    /// Messages queued for one connection before it is closed as a slow consumer (1013).
     pub outbound_queue: usize,
     /// Bytes queued for one connection (counted per message in KiB, rounded up) before it is
-    /// closed as a slow consumer (4001).
+    /// closed as a slow consumer (1013).
     pub outbound_queue_bytes: ByteSize,
-    /// How long one write may block before the peer is a slow consumer (4001).
+    /// How long one write may block before the peer is a slow consumer (1013).
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
     /// Whether publishers write publications straight to subscribers' sockets when those are

@@ -8,7 +8,7 @@
 //!
 //! Offsets are not assigned here: the broker assigns them, and calls [`Hub::publish`] in
 //! offset order per channel. Delivery never blocks the publisher: a subscriber whose bounded
-//! queue is full is flagged as a slow consumer and its connection task closes it (4001).
+//! queue is full is flagged as a slow consumer and its connection task closes it (1013, "slow consumer").
 
 pub use crate::mailbox::{Delivery, Outbound, OutboundQueue, PushError};
 use crate::metrics::Metrics;
