@@ -476,3 +476,74 @@ pub async fn publications(events: &mut tether_client::Events, count: usize) -> V
     }
     got
 }
+
+/// A real `nginx` in the foreground (`daemon off`), its own config and temp dir, a free port,
+/// proxying `/ws` (and everything else) to `upstream` with `proxy_read_timeout`; stopped by PID.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(upstream: SocketAddr, read_timeout: &str) -> Option<Nginx> {
+        let bin = which("nginx").or_else(|| {
+            let sbin = PathBuf::from("/usr/sbin/nginx");
+            sbin.exists().then_some(sbin)
+        });
+        let bin = require("nginx (apt-get install nginx)", bin)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("tether-nginx-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\nevents {{}}\nhttp {{\n\
+             access_log off;\nclient_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
+             map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+             server {{\nlisten 127.0.0.1:{port};\nlocation / {{\nproxy_pass http://{upstream};\n\
+             proxy_http_version 1.1;\nproxy_set_header Upgrade $http_upgrade;\n\
+             proxy_set_header Connection $connection_upgrade;\nproxy_read_timeout {read_timeout};\n}}\n}}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        let n = Nginx { child, port, dir };
+        assert!(
+            wait_until(Duration::from_secs(10), || std::net::TcpStream::connect((
+                "127.0.0.1",
+                port
+            ))
+            .is_ok()),
+            "nginx did not start listening: {}",
+            std::fs::read_to_string(n.dir.join("error.log")).unwrap_or_default()
+        );
+        Some(n)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGQUIT: nginx's graceful stop; then make sure.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+        if !wait_until(Duration::from_secs(3), || matches!(self.child.try_wait(), Ok(Some(_)))) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
