@@ -5,30 +5,13 @@
 
 mod common;
 use common::*;
-use socket2::{Domain, Socket, Type};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 /// A WebSocket handshake from `source`; the status code and the open socket.
 fn handshake_from(server: SocketAddr, source: &str) -> (u16, TcpStream) {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let source: SocketAddr = format!("{source}:0").parse().unwrap();
-    socket.bind(&source.into()).unwrap();
-    socket.connect(&server.into()).unwrap();
-    let mut s: TcpStream = socket.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).unwrap();
-    let status = std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap();
-    (status, s)
+    raw_ws(server, "", RawWs { source: Some(source), ..RawWs::default() })
 }
 
 fn rss_kib(pid: u32) -> u64 {

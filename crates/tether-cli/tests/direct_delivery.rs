@@ -4,9 +4,6 @@
 
 mod common;
 use common::*;
-use socket2::{Domain, Socket, Type};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket};
 use tokio_tungstenite::tungstenite::Message;
@@ -25,24 +22,9 @@ fn payload(seq: usize) -> String {
 /// been accepted, so the server's socket fills and direct writes are cut short. Returns
 /// (direct deliveries, messages received in order).
 fn paused_subscriber_gets_everything(server: &Server) -> f64 {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&server.addr.into()).unwrap();
-    let mut stream: TcpStream = socket.into();
-    write!(
-        stream,
-        "GET /ws?channel=feed HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    // The response head, byte by byte so that no frame is read past it.
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        stream.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let opts = RawWs { recv_buf: Some(4096), ..RawWs::default() };
+    let (status, stream) = raw_ws(server.addr, "?channel=feed", opts);
+    assert_eq!(status, 101);
     assert!(
         wait_until(Duration::from_secs(5), || server.metric("tether_subscriptions") >= 1.0),
         "the subscriber never registered"

@@ -162,7 +162,6 @@ async fn a_large_publication_does_not_stay_resident_in_every_connection() {
 
 #[test]
 fn thousands_of_publications_to_a_consumer_that_never_reads_stay_bounded() {
-    use socket2::{Domain, Socket, Type};
     let server = Server::start(&[]); // default limits: 1,024 queued messages, 10 s write timeout
     let rss_kib = || {
         let status =
@@ -171,19 +170,9 @@ fn thousands_of_publications_to_a_consumer_that_never_reads_stay_bounded() {
         line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
     };
     // The stuck client: a 4 KiB receive buffer, subscribed by query, never reads.
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&server.addr.into()).unwrap();
-    let mut stuck: TcpStream = socket.into();
-    write!(
-        stuck,
-        "GET /ws?channel=feed HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = [0u8; 12];
-    stuck.read_exact(&mut head).unwrap();
-    assert_eq!(&head, b"HTTP/1.1 101");
+    let opts = RawWs { recv_buf: Some(4096), ..RawWs::default() };
+    let (status, _stuck) = raw_ws(server.addr, "?channel=feed", opts);
+    assert_eq!(status, 101);
     let mut reader =
         tokio_tungstenite::tungstenite::connect(server.ws_url("?channel=feed")).unwrap().0;
     assert!(wait_until(T, || server.metric("tether_subscriptions") == 2.0));
@@ -209,22 +198,11 @@ fn thousands_of_publications_to_a_consumer_that_never_reads_stay_bounded() {
 
 #[test]
 fn the_outbound_queue_is_bounded_in_bytes_too_and_missed_publications_are_counted() {
-    use socket2::{Domain, Socket, Type};
     // A large message count, a small byte budget: bytes decide.
     let server = Server::start(&["--outbound-queue", "10000", "--outbound-queue-bytes", "256KiB"]);
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&server.addr.into()).unwrap();
-    let mut stuck: TcpStream = socket.into();
-    write!(
-        stuck,
-        "GET /ws?channel=feed HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = [0u8; 12];
-    stuck.read_exact(&mut head).unwrap();
-    assert_eq!(&head, b"HTTP/1.1 101");
+    let opts = RawWs { recv_buf: Some(4096), ..RawWs::default() };
+    let (status, _stuck) = raw_ws(server.addr, "?channel=feed", opts);
+    assert_eq!(status, 101);
     assert!(wait_until(T, || server.metric("tether_subscriptions") == 1.0));
     let payload = format!("\"{}\"", "x".repeat(50 * 1024));
     let mut published = 0;

@@ -12,21 +12,8 @@ const MASK: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
 
 /// A raw-mode WebSocket on a plain TCP socket: the handshake by hand, nothing read past it.
 fn raw_socket(server: &Server, query: &str) -> TcpStream {
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /ws{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let (status, s) = raw_ws(server.addr, query, RawWs::default());
+    assert_eq!(status, 101);
     s
 }
 

@@ -9,15 +9,21 @@ use tether_client::Event;
 
 const T: Duration = Duration::from_secs(10);
 
+/// A server with this ping interval behind nginx with `proxy_read_timeout 3s`; `None` when
+/// nginx is missing (skipped loudly, or a failure under CI).
+async fn behind_nginx(ping_interval: &'static str) -> Option<(Server, Nginx)> {
+    tokio::task::spawn_blocking(move || {
+        let server = Server::start(&["--ping-interval", ping_interval]);
+        let nginx = Nginx::start(server.addr, "3s")?;
+        Some((server, nginx))
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_under_the_proxy_timeout_keep_a_silent_connection_open() {
-    let server =
-        tokio::task::spawn_blocking(|| Server::start(&["--ping-interval", "1s"])).await.unwrap();
-    let addr = server.addr;
-    let Some(nginx) = tokio::task::spawn_blocking(move || Nginx::start(addr, "3s")).await.unwrap()
-    else {
-        return; // skipped, loudly (fails under CI)
-    };
+    let Some((server, nginx)) = behind_nginx("1s").await else { return };
     let config = tether_client::ClientConfig::new(nginx.ws_url())
         .heartbeat(Duration::from_secs(1), Duration::from_secs(2));
     let (client, mut events) = tether_client::connect(config);
@@ -49,13 +55,7 @@ async fn heartbeats_under_the_proxy_timeout_keep_a_silent_connection_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_heartbeats_nginx_cuts_the_connection_and_the_client_reconnects() {
     // Heartbeats far beyond the proxy's 3 s on both sides.
-    let server =
-        tokio::task::spawn_blocking(|| Server::start(&["--ping-interval", "1h"])).await.unwrap();
-    let addr = server.addr;
-    let Some(nginx) = tokio::task::spawn_blocking(move || Nginx::start(addr, "3s")).await.unwrap()
-    else {
-        return;
-    };
+    let Some((_server, nginx)) = behind_nginx("1h").await else { return };
     let config =
         fast_client(nginx.ws_url()).heartbeat(Duration::from_secs(3600), Duration::from_secs(10));
     let (_client, mut events) = tether_client::connect(config);

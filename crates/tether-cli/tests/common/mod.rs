@@ -547,3 +547,45 @@ impl Drop for Nginx {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// How to open a hand-made WebSocket (see [`raw_ws`]).
+#[derive(Default, Clone, Copy)]
+pub struct RawWs<'a> {
+    /// A small receive buffer, set before connecting: a client that reads slowly.
+    pub recv_buf: Option<usize>,
+    /// Connect from this local address (127.0.0.x), to test per-address limits.
+    pub source: Option<&'a str>,
+}
+
+/// A WebSocket handshake written by hand on a plain TCP socket (`GET /ws{query}`), reading
+/// the response head byte by byte so that nothing after it is consumed. Returns the status
+/// code and the socket, whatever the status.
+pub fn raw_ws(server: SocketAddr, query: &str, opts: RawWs) -> (u16, std::net::TcpStream) {
+    use socket2::{Domain, Socket, Type};
+    use std::io::{Read, Write};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    if let Some(size) = opts.recv_buf {
+        socket.set_recv_buffer_size(size).unwrap();
+    }
+    if let Some(source) = opts.source {
+        let source: SocketAddr = format!("{source}:0").parse().unwrap();
+        socket.bind(&source.into()).unwrap();
+    }
+    socket.connect(&server.into()).unwrap();
+    let mut s: std::net::TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /ws{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let status = std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap();
+    (status, s)
+}
