@@ -17,6 +17,9 @@
 
 export const SUBPROTOCOL = 'tether.v1.json';
 
+/** How long `getToken` may take before the client gives up (and stops, saying why). */
+const TOKEN_TIMEOUT_MS = 10000;
+
 /** Defaults, identical to tether-core's `defaults.rs`. Times in milliseconds. */
 export const DEFAULTS = Object.freeze({
   protocol: 'json', // or 'raw'
@@ -532,8 +535,13 @@ export class TetherClient extends EventTarget {
       if (typeof this.#opts.getToken !== 'function') {
         decision = { retry: false, reason: 'the token expired (4002) and no getToken option is set' };
       } else {
-        this.#tokenRefresh = Promise.resolve()
-          .then(() => this.#opts.getToken())
+        // Bounded: a getToken that never settles must not leave the client waiting forever.
+        let timer;
+        const deadline = new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`getToken took longer than ${TOKEN_TIMEOUT_MS} ms`)), TOKEN_TIMEOUT_MS);
+        });
+        this.#tokenRefresh = Promise.race([Promise.resolve().then(() => this.#opts.getToken()), deadline])
+          .finally(() => clearTimeout(timer))
           .then((token) => {
             if (!token) throw new Error('getToken returned no token');
             this.#token = String(token);
