@@ -338,3 +338,27 @@ test('tether.js stops on an expired token without getToken, and on an invalid on
   await expired.close();
   await invalid.close();
 });
+
+// --- behind a proxy ----------------------------------------------------------------------------
+
+test('behind nginx (proxy_read_timeout 3s) without heartbeats: tether.js reports the cut and reconnects', { skip: req.skip }, async () => {
+  const { Nginx } = await import('./harness.mjs');
+  const server = await start(['--ping-interval', '1h']);
+  const nginx = await Nginx.start(server.addr, '3s');
+  if (!nginx) return;
+  try {
+    const silent = { ...FAST, pingInterval: 3_600_000, pongTimeout: 10_000 };
+    const page = await pageWithClient(ctx, server, silent, [], nginx.ws);
+    const [opened] = await waitEvents(page, 'open');
+    const [close] = await waitEvents(page, 'close', 1, 10000);
+    const after = close.at - opened.at;
+    assert.equal(close.detail.code, 1006, JSON.stringify(close.detail));
+    assert.equal(close.detail.willReconnect, true);
+    assert.ok(after >= 2500 && after < 6000, `cut after ${after} ms, expected about nginx's 3 s`);
+    const opens = await waitEvents(page, 'open', 2);
+    assert.equal(opens[1].detail.reconnected, true);
+    await page.close();
+  } finally {
+    await nginx.stop();
+  }
+});

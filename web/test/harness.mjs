@@ -237,3 +237,70 @@ export class Relay {
     return new Promise((resolve) => this.server.close(resolve));
   }
 }
+
+/**
+ * A real nginx in the foreground (`daemon off`, its own config and temp dir, a free port)
+ * proxying everything, WebSockets included, to `target` with `proxy_read_timeout`; stopped by
+ * PID. `Nginx.start` returns null when nginx is missing (an error under CI).
+ */
+export class Nginx {
+  static async start(target, readTimeout) {
+    const { existsSync, writeFileSync } = await import('node:fs');
+    const bin = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p));
+    if (!bin) {
+      if (process.env.CI) throw new Error('nginx is missing (apt-get install nginx; scripts/test does)');
+      console.error('\n!!!!!!!! SKIPPED: nginx is missing (apt-get install nginx) !!!!!!!!\n');
+      return null;
+    }
+    const net = await import('node:net');
+    const port = await new Promise((resolve) => {
+      const probe = net.createServer().listen(0, '127.0.0.1', () => {
+        const p = probe.address().port;
+        probe.close(() => resolve(p));
+      });
+    });
+    const dir = mkdtempSync(join(tmpdir(), 'tether-nginx-'));
+    const conf = `daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log info;
+events {}
+http {
+  access_log off;
+  client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fastcgi;
+  uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
+  map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://${target};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout ${readTimeout};
+    }
+  }
+}
+`;
+    writeFileSync(join(dir, 'nginx.conf'), conf);
+    const n = new Nginx();
+    n.addr = `127.0.0.1:${port}`;
+    n.child = spawn(bin, ['-p', dir, '-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], { stdio: 'ignore' });
+    n.exited = new Promise((resolve) => n.child.on('exit', resolve));
+    await waitFor('nginx listening', () => new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); });
+      s.on('error', () => resolve(false));
+    }));
+    return n;
+  }
+
+  get ws() {
+    return `ws://${this.addr}/ws`;
+  }
+
+  async stop() {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      process.kill(this.child.pid, 'SIGQUIT');
+      await this.exited;
+    }
+  }
+}
