@@ -480,7 +480,12 @@ pub async fn publications(events: &mut tether_client::Events, count: usize) -> V
 }
 
 /// A real `nginx` in the foreground (`daemon off`), its own config and temp dir, a free port,
-/// proxying `/ws` (and everything else) to `upstream` with `proxy_read_timeout`; stopped by PID.
+/// proxying `/ws` (and everything else) to an upstream group (round robin) with
+/// `proxy_read_timeout`; stopped by PID.
+///
+/// A node that refuses the connection (stopped) or answers 503 (draining) is skipped for the
+/// next one (`proxy_next_upstream`), and never marked down (`max_fails=0`), so that a node
+/// restarted on the same port is used again at once.
 pub struct Nginx {
     child: Child,
     pub port: u16,
@@ -489,6 +494,10 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start(upstream: SocketAddr, read_timeout: &str) -> Option<Nginx> {
+        Self::start_group(&[upstream], read_timeout)
+    }
+
+    pub fn start_group(upstreams: &[SocketAddr], read_timeout: &str) -> Option<Nginx> {
         let bin = which("nginx").or_else(|| {
             let sbin = PathBuf::from("/usr/sbin/nginx");
             sbin.exists().then_some(sbin)
@@ -498,14 +507,18 @@ impl Nginx {
         let dir = std::env::temp_dir().join(format!("tether-nginx-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.display();
+        let servers: String =
+            upstreams.iter().map(|a| format!("server {a} max_fails=0;\n")).collect();
         let conf = format!(
             "daemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\nevents {{}}\nhttp {{\n\
              access_log off;\nclient_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
              map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
-             server {{\nlisten 127.0.0.1:{port};\nlocation / {{\nproxy_pass http://{upstream};\n\
+             upstream tether {{\n{servers}}}\n\
+             server {{\nlisten 127.0.0.1:{port};\nlocation / {{\nproxy_pass http://tether;\n\
              proxy_http_version 1.1;\nproxy_set_header Upgrade $http_upgrade;\n\
-             proxy_set_header Connection $connection_upgrade;\nproxy_read_timeout {read_timeout};\n}}\n}}\n}}\n"
+             proxy_set_header Connection $connection_upgrade;\nproxy_read_timeout {read_timeout};\n\
+             proxy_next_upstream error timeout http_503;\n}}\n}}\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
         let child = Command::new(bin)
@@ -534,6 +547,10 @@ impl Nginx {
 
     pub fn ws_url(&self) -> String {
         format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
     }
 }
 
