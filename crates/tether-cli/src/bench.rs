@@ -26,7 +26,7 @@ pub enum BenchCommand {
     /// Idle: hold N connections (heartbeats answered); connect rate, drops, server memory per connection.
     Idle(IdleArgs),
     /// Reconnect storm: N reconnecting clients, the server killed and restarted; time until 99% / 100% are back.
-    Storm(StormArgs),
+    Storm(crate::storm::StormArgs),
 }
 
 /// CPU use of the server and of this load generator over a phase, as % of one core.
@@ -115,7 +115,7 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Fanout(args) => fanout(args).await,
         BenchCommand::Pingpong(args) => pingpong(args).await,
         BenchCommand::Idle(args) => idle(args).await,
-        BenchCommand::Storm(args) => storm(args).await,
+        BenchCommand::Storm(args) => crate::storm::storm(args).await,
     }
 }
 
@@ -662,155 +662,4 @@ async fn idle(args: IdleArgs) -> Result<ExitCode> {
         );
     }
     Ok(if connected == args.conns && drops == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
-}
-
-#[derive(Args, Debug)]
-pub struct StormArgs {
-    /// Clients (Tether's Rust client, raw mode, default reconnect policy unless overridden)
-    #[arg(long, default_value_t = 1000)]
-    conns: usize,
-    /// Address for the server this tool starts, kills (SIGKILL) and restarts itself
-    #[arg(long, default_value = "127.0.0.1:18080")]
-    listen: std::net::SocketAddr,
-    /// Instead of starting a server: the WebSocket URL of one you restart with --restart-cmd
-    #[arg(long, requires = "restart_cmd")]
-    url: Option<String>,
-    /// Shell command that restarts the server at --url (run with sh -c)
-    #[arg(long)]
-    restart_cmd: Option<String>,
-    /// First reconnect delay ceiling of the clients (full jitter below it)
-    #[arg(long, default_value = "1s", value_parser = units::duration)]
-    backoff_initial: Duration,
-    /// Give up waiting for the clients after this long
-    #[arg(long, default_value = "60s", value_parser = units::duration)]
-    timeout: Duration,
-    /// Print the result as JSON
-    #[arg(long)]
-    json: bool,
-}
-
-async fn storm(args: StormArgs) -> Result<ExitCode> {
-    use tether_client::{ClientConfig, Event, ReconnectPolicy};
-    let exe = std::env::current_exe().context("cannot find this executable to start the server")?;
-    let spawn_server = || -> Result<tokio::process::Child> {
-        tokio::process::Command::new(&exe)
-            .args(["serve", "--listen", &args.listen.to_string(), "--max-connections", "30000"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start tether serve")
-    };
-    let mut server = None;
-    let url = match &args.url {
-        Some(url) => url.clone(),
-        None => {
-            server = Some(spawn_server()?);
-            format!("ws://{}/ws", args.listen)
-        }
-    };
-    // Every client reports each open on one channel: (client index, when).
-    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
-    eprintln!("starting {} reconnecting clients against {url} …", args.conns);
-    let mut clients = Vec::with_capacity(args.conns);
-    for i in 0..args.conns {
-        let mut config = ClientConfig::new(url.clone()).raw();
-        config.reconnect = ReconnectPolicy {
-            backoff: tether_core::backoff::Backoff {
-                initial: args.backoff_initial,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let (client, mut events) = tether_client::connect(config);
-        let opened = opened_tx.clone();
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                if let Event::Open { .. } = event {
-                    let _ = opened.send((i, Instant::now()));
-                }
-            }
-        });
-        clients.push(client);
-    }
-    let deadline = Instant::now() + args.timeout;
-    let mut up = std::collections::HashSet::new();
-    while up.len() < args.conns {
-        match tokio::time::timeout_at(deadline.into(), opened_rx.recv()).await {
-            Ok(Some((i, _))) => {
-                up.insert(i);
-            }
-            _ => bail!(
-                "only {} of {} clients connected within {:?}",
-                up.len(),
-                args.conns,
-                args.timeout
-            ),
-        }
-    }
-    eprintln!("all {} connected; restarting the server …", args.conns);
-    let restarted_at = Instant::now();
-    match (&args.restart_cmd, server.as_mut()) {
-        (Some(cmd), _) => {
-            let status = tokio::process::Command::new("sh").args(["-c", cmd]).status().await?;
-            if !status.success() {
-                bail!("--restart-cmd failed: {status}");
-            }
-        }
-        (None, Some(child)) => {
-            child.kill().await.context("cannot kill the server")?;
-            server = Some(spawn_server()?);
-        }
-        (None, None) => unreachable!("a server is started when --url is absent"),
-    }
-    let mut back = std::collections::HashSet::new();
-    let mut times = Vec::with_capacity(args.conns);
-    let bar = progress(args.conns as u64, "back");
-    while back.len() < args.conns {
-        match tokio::time::timeout_at((restarted_at + args.timeout).into(), opened_rx.recv()).await
-        {
-            Ok(Some((i, at))) => {
-                if back.insert(i) {
-                    times.push(at.duration_since(restarted_at).as_secs_f64());
-                }
-                bar.set_position(back.len() as u64);
-            }
-            _ => break,
-        }
-    }
-    bar.finish_and_clear();
-    times.sort_by(|a, b| a.total_cmp(b));
-    let at = |fraction: f64| -> Option<f64> {
-        let need = ((args.conns as f64) * fraction).ceil() as usize;
-        (times.len() >= need && need > 0).then(|| times[need - 1])
-    };
-    // Peak accept rate: the most reopens in any 100 ms window.
-    let mut peak = 0usize;
-    for (k, t) in times.iter().enumerate() {
-        let end = times[k..].partition_point(|u| *u < t + 0.1);
-        peak = peak.max(end);
-    }
-    for client in &clients {
-        client.close().await;
-    }
-    drop(server);
-    let result = serde_json::json!({
-        "conns": args.conns, "back": times.len(),
-        "seconds_to_99_percent": at(0.99), "seconds_to_100_percent": at(1.0),
-        "peak_reconnects_per_sec": peak * 10,
-    });
-    if args.json {
-        println!("{result}");
-    } else {
-        let f = |v: Option<f64>| v.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "never".into());
-        println!(
-            "storm: {}/{} clients back; 99% after {}, 100% after {}; peak {} reconnects/s",
-            times.len(),
-            args.conns,
-            f(at(0.99)),
-            f(at(1.0)),
-            peak * 10
-        );
-    }
-    Ok(if times.len() == args.conns { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }

@@ -13,6 +13,7 @@ mod probe;
 mod publish;
 mod serve;
 mod soak;
+mod storm;
 mod token;
 mod units;
 

@@ -23,6 +23,9 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8080]
     #[arg(long, env = "TETHER_LISTEN", value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
+    /// Pending connections queued for accept, for reconnect storms (capped by net.core.somaxconn) [default: 4096]
+    #[arg(long, env = "TETHER_LISTEN_BACKLOG")]
+    listen_backlog: Option<u32>,
     /// Broker: `memory` (one node) or a Redis URL shared by several nodes, e.g. redis://127.0.0.1:6379 [default: memory]
     #[arg(long, env = "TETHER_BROKER", value_name = "memory|redis://HOST:PORT")]
     broker: Option<String>,
@@ -44,6 +47,15 @@ pub struct ServeArgs {
     /// Handshakes per second per client address (bursts of twice that); 0: no limit [default: 50]
     #[arg(long, env = "TETHER_HANDSHAKE_RATE_PER_IP")]
     handshake_rate_per_ip: Option<u32>,
+    /// Handshakes per second for the whole server (bursts of one second's worth); more are closed at once with 1013 and a retry hint; 0: no limit [default: 20000]
+    #[arg(long, env = "TETHER_MAX_HANDSHAKE_RATE")]
+    max_handshake_rate: Option<u32>,
+    /// Retry hint sent with that 1013: clients wait 1-2x this [default: 1s]
+    #[arg(long, env = "TETHER_STORM_RETRY_HINT", value_parser = units::duration)]
+    storm_retry_hint: Option<Duration>,
+    /// How long a publication's idempotency_key is remembered (retries within it publish once) [default: 5m]
+    #[arg(long, env = "TETHER_IDEMPOTENCY_WINDOW", value_parser = units::duration)]
+    idempotency_window: Option<Duration>,
     /// Apply the per-address limits to loopback clients too (off: a local proxy is one address)
     #[arg(long)]
     limit_loopback: bool,
@@ -144,6 +156,7 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
     }
     overlay!(
         listen,
+        listen_backlog,
         broker,
         ping_interval,
         pong_timeout,
@@ -162,6 +175,9 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         allowed_origins,
         max_connections_per_ip,
         handshake_rate_per_ip,
+        max_handshake_rate,
+        storm_retry_hint,
+        idempotency_window,
         max_inbound_rate
     );
     if args.jwt_secret.is_some() {
@@ -184,6 +200,18 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// A listening socket with our backlog (tokio's `bind` fixes it at 1024).
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted server can take its port back at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Install the SIGTERM/SIGINT handlers now (before the address is announced, so that a signal
@@ -220,7 +248,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         // Checked before anything listens: a wrong file is a start-up error, not a silent one.
         tether_server::tls::acceptor(cert, key).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| {
+    let listener = bind(cfg.listen, cfg.listen_backlog).with_context(|| {
         format!(
             "cannot listen on {}; is another server using it? Choose another with --listen",
             cfg.listen

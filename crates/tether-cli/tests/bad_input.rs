@@ -149,6 +149,9 @@ async fn bad_input_is_refused_and_others_keep_being_served() {
         (r#"{"channel":"bad channel","data":1}"#, 400, "bad channel"),
         (r#"{"channel":"news","data":1,"extra":true}"#, 400, "extra"),
         ("", 400, "empty body"),
+        (r#"{"channel":"news","data":1,"idempotency_key":""}"#, 400, "idempotency_key"),
+        (r#"{"channel":"news","data":1,"idempotency_key":"a b"}"#, 400, "idempotency_key"),
+        (r#"{"channel":"news","data":1,"idempotency_key":7}"#, 400, "idempotency_key"),
     ] {
         let (got, json) = server.post_publish(body);
         assert_eq!(got, status, "{body:?} → {json}");

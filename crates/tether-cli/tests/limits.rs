@@ -90,6 +90,52 @@ async fn the_connection_limit_refuses_with_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_handshake_budget_clients_hear_1013_with_a_hint_and_come_back_later() {
+    use tether_client::{Event, Initiator};
+    // One handshake per second for the whole server; the hint is 300 ms (1x to 2x of it).
+    let server = Server::start(&["--max-handshake-rate", "1", "--storm-retry-hint", "300ms"]);
+    let (_first, mut first_events) = tether_client::connect(fast_client(server.ws_url("")));
+    next_event(&mut first_events, T, "first open", |e| matches!(e, Event::Open { .. })).await;
+
+    // A JSON-mode client (the hint arrives in a `disconnect` message) and a raw one (the close
+    // frame alone): both are upgraded, then closed at once with 1013, and told when to retry.
+    for config in [fast_client(server.ws_url("")), fast_client(server.ws_url("")).raw()] {
+        let raw = config.mode == tether_client::Mode::Raw;
+        let (client, mut events) = tether_client::connect(config);
+        let Event::Closed(info) =
+            next_event(&mut events, T, "the 1013", |e| matches!(e, Event::Closed(_))).await
+        else {
+            unreachable!()
+        };
+        assert_eq!(info.code, 1013, "{info:?}");
+        assert!(info.reason.contains("try again later"), "{info:?}");
+        assert_eq!(info.initiator, Initiator::Server, "{info:?}");
+        assert!(info.was_clean && info.will_reconnect, "{info:?}");
+        if !raw {
+            let wait = info.retry_in.unwrap();
+            let hint = Duration::from_millis(300);
+            assert!(wait >= hint && wait < hint * 2, "waits {wait:?}, hint {hint:?}");
+        }
+        // Later, with the budget refilled, it gets in and is served (each open before that is
+        // followed by another 1013).
+        if !raw {
+            client.subscribe("after").await.unwrap();
+        }
+        loop {
+            match next_event(&mut events, T, "open, 1013, or being served", |_| true).await {
+                Event::Open { .. } if raw => client.send_text("ping").await.unwrap(),
+                Event::Message(m) if raw && m == "pong" => break,
+                Event::Subscribed { .. } if !raw => break,
+                Event::Closed(info) => assert_eq!(info.code, 1013, "{info:?}"),
+                _ => {}
+            }
+        }
+    }
+    let refused = server.metric("tether_handshakes_refused_total{reason=\"handshake_rate\"}");
+    assert!(refused >= 2.0, "refusals counted: {refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_costs_little_server_memory() {
     // Pins what makes idle connections cheap: small WebSocket buffers (decision 0001) and
     // parking (decision 0007: an idle connection drops its WebSocket state and its socket leaves

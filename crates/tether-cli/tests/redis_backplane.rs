@@ -68,6 +68,35 @@ async fn two_nodes_share_fan_out_and_a_client_recovers_on_the_other_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_retried_on_another_node_with_its_idempotency_key_goes_out_once() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    let (client, mut events) = tether_client::connect(fast_client(b.ws_url("")));
+    client.subscribe("chat:once").await.unwrap();
+    next_event(&mut events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
+
+    // The publisher did not hear back from node A and retries the same request on node B.
+    let body = r#"{"channel":"chat:once","data":"order 17","idempotency_key":"order-17"}"#;
+    let (status, first) = a.post_publish(body);
+    assert_eq!((status, first["offset"].as_u64(), first.get("duplicate")), (200, Some(1), None));
+    let (status, retry) = b.post_publish(body);
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(retry["duplicate"], true, "{retry}");
+    assert_eq!((&retry["offset"], &retry["epoch"]), (&first["offset"], &first["epoch"]));
+    // Another key publishes; the subscriber sees each publication once.
+    let (_, next) =
+        b.post_publish(r#"{"channel":"chat:once","data":"order 18","idempotency_key":"order-18"}"#);
+    assert_eq!(next["offset"], 2, "{next}");
+    let got = publications(&mut events, 2).await;
+    assert_eq!(got, [(1, r#""order 17""#.to_owned()), (2, r#""order 18""#.to_owned())]);
+    assert_eq!(b.metric("tether_publications_deduplicated_total"), 1.0);
+    // Without a key, the same body is simply published again.
+    let plain = r#"{"channel":"chat:once","data":"order 17"}"#;
+    assert_eq!(a.post_publish(plain).1["offset"], 3);
+    assert_eq!(a.post_publish(plain).1["offset"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_is_reported_survived_and_never_a_silent_gap() {
     let Some(mut redis) = Redis::start() else { return };
     let mut a = node(&redis);

@@ -97,16 +97,33 @@ async fn a_rolling_restart_behind_nginx_loses_and_duplicates_nothing() {
         move || {
             let start = Instant::now();
             let mut n = 0u64;
+            let (mut retries, mut deduplicated) = (0, 0);
             while n < MIN_PUBLICATIONS || !rolled.load(Ordering::SeqCst) {
                 n += 1;
-                let body = format!(r#"{{"channel":"feed","data":{n}}}"#);
-                let (status, reply) = http_request("POST", &url, Some(&body));
-                assert_eq!(status, 200, "publication {n} failed: {reply}");
+                // A request cut by a node going away (nginx answers 502: it cannot know whether
+                // the POST was processed) is retried with the same idempotency key, so that it
+                // is published once either way.
+                let body = format!(r#"{{"channel":"feed","data":{n},"idempotency_key":"p{n}"}}"#);
+                let mut attempt = 0;
+                loop {
+                    let (status, reply) = http_request("POST", &url, Some(&body));
+                    if status == 200 {
+                        deduplicated += reply["duplicate"].as_bool().unwrap_or(false) as u32;
+                        break;
+                    }
+                    attempt += 1;
+                    assert!(
+                        attempt < 20,
+                        "publication {n} failed {attempt} times: {status} {reply}"
+                    );
+                    retries += 1;
+                    std::thread::sleep(Duration::from_millis(20)); // retry pacing
+                }
                 published.store(n, Ordering::SeqCst);
                 let next = start + PUBLISH_EVERY * n as u32;
                 std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
-            n
+            (n, retries, deduplicated)
         }
     });
 
@@ -133,7 +150,9 @@ async fn a_rolling_restart_behind_nginx_loses_and_duplicates_nothing() {
         (steps, a, b)
     });
     let (steps, _a, _b) = roll.await.unwrap();
-    let total = tokio::task::spawn_blocking(move || publisher.join().unwrap()).await.unwrap();
+    let (total, retries, deduplicated) =
+        tokio::task::spawn_blocking(move || publisher.join().unwrap()).await.unwrap();
+    eprintln!("publisher: {retries} retried requests, {deduplicated} answered as duplicates");
     for (at, stopped, back) in &steps {
         eprintln!("node restarted after publication {at}: drained in {stopped:?}, serving again after {back:?}");
     }

@@ -36,6 +36,9 @@ pub struct ClientConfig {
     /// Certificate authorities trusted for `wss://` besides the public ones (webpki roots):
     /// a private CA, or a self-signed test setup. See [`ClientConfig::with_ca_file`].
     pub tls_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Local address to connect from (a multi-homed host, or load tests spreading connections
+    /// over 127.0.0.x to get past one address's ephemeral ports). `None`: the system picks.
+    pub local_address: Option<std::net::IpAddr>,
     /// JWT sent with the `connect` command at the start of every connection (JSON mode).
     pub token: Option<String>,
     /// Fetches a fresh token when the server closes with 4002 (token expired); the client then
@@ -71,6 +74,7 @@ impl ClientConfig {
             close_timeout: d::CLOSE_TIMEOUT,
             max_message_size: 16 << 20,
             tls_roots: Vec::new(),
+            local_address: None,
             token: None,
             token_refresh: None,
         }
@@ -104,6 +108,12 @@ impl ClientConfig {
         }
         self.tls_roots.extend(certs);
         Ok(self)
+    }
+
+    /// Connect from this local address (see [`ClientConfig::local_address`]).
+    pub fn local_address(mut self, ip: std::net::IpAddr) -> Self {
+        self.local_address = Some(ip);
+        self
     }
 
     pub fn raw(mut self) -> Self {

@@ -216,12 +216,29 @@ impl Supervisor {
             true => Some(tls_connector(&self.config.tls_roots).map_err(SessionEnd::fatal)?),
             false => None,
         };
-        let attempt = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(ws_config),
-            true,
-            connector,
-        );
+        let attempt = async {
+            match self.config.local_address {
+                None => {
+                    tokio_tungstenite::connect_async_tls_with_config(
+                        request,
+                        Some(ws_config),
+                        true,
+                        connector,
+                    )
+                    .await
+                }
+                Some(local) => {
+                    let stream = connect_from(local, request.uri()).await.map_err(WsError::Io)?;
+                    tokio_tungstenite::client_async_tls_with_config(
+                        request,
+                        stream,
+                        Some(ws_config),
+                        connector,
+                    )
+                    .await
+                }
+            }
+        };
         let (ws, response) = match tokio::time::timeout(self.config.connect_timeout, attempt).await
         {
             Err(_) => {
@@ -664,4 +681,29 @@ fn untrusted_certificate(e: &WsError) -> bool {
     io.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)))
+}
+
+/// TCP connect to the URI's host from `local` (bound before connecting), with Nagle off as
+/// `connect_async` does.
+async fn connect_from(
+    local: std::net::IpAddr,
+    uri: &tokio_tungstenite::tungstenite::http::Uri,
+) -> std::io::Result<TcpStream> {
+    use std::io::{Error, ErrorKind};
+    let host = uri.host().ok_or_else(|| Error::new(ErrorKind::InvalidInput, "no host"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
+    let target = tokio::net::lookup_host((host, port))
+        .await?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| Error::new(ErrorKind::AddrNotAvailable, "no address of the local family"))?;
+    let socket = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind((local, 0).into())?;
+    let stream = socket.connect(target).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }

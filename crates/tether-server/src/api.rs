@@ -19,7 +19,13 @@ pub(crate) fn json_error(status: StatusCode, message: impl Into<String>) -> Resp
 struct PublishBody {
     channel: String,
     data: Box<RawValue>,
+    /// Makes retries safe: the same key within `idempotency_window` publishes once.
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
+
+/// Longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// The API key a request carries: `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
@@ -101,18 +107,37 @@ pub(crate) async fn publish(State(gateway): State<Gateway>, req: Request<Body>) 
         Err(e) => {
             return json_error(
                 StatusCode::BAD_REQUEST,
-                format!(r#"body must be {{"channel": "...", "data": <any JSON>}}: {e}"#),
+                format!(
+                    r#"body must be {{"channel": "...", "data": <any JSON>, "idempotency_key": "optional"}}: {e}"#
+                ),
             )
         }
     };
-    match gateway.publish(&body.channel, &body.data).await {
-        Ok(receipt) => axum::Json(serde_json::json!({
-            "channel": body.channel,
-            "epoch": &*receipt.epoch,
-            "offset": receipt.offset,
-            "delivered": receipt.delivered,
-        }))
-        .into_response(),
+    if let Some(key) = &body.idempotency_key {
+        let printable = key.bytes().all(|b| b.is_ascii_graphic());
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !printable {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces"
+                ),
+            );
+        }
+    }
+    let key = body.idempotency_key.as_deref();
+    match gateway.publish_once(&body.channel, &body.data, key).await {
+        Ok(receipt) => {
+            let mut reply = serde_json::json!({
+                "channel": body.channel,
+                "epoch": &*receipt.epoch,
+                "offset": receipt.offset,
+                "delivered": receipt.delivered,
+            });
+            if receipt.duplicate {
+                reply["duplicate"] = serde_json::Value::Bool(true);
+            }
+            axum::Json(reply).into_response()
+        }
         Err(PublishError::BadChannel(e)) => {
             json_error(StatusCode::BAD_REQUEST, format!("bad channel: {e}"))
         }

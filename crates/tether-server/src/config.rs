@@ -51,6 +51,11 @@ pub enum ShutdownClose {
 pub struct GatewayConfig {
     /// Address `tether serve` binds (ignored when the gateway is mounted into another app).
     pub listen: SocketAddr,
+    /// Pending connections the kernel queues for accept (capped by net.core.somaxconn). A
+    /// reconnect storm arrives faster than any accept loop; when the queue overflows the kernel
+    /// drops handshakes, and clients (and health checks) wait for a SYN retransmit (1 s, then
+    /// 3 s).
+    pub listen_backlog: u32,
     /// `memory` (one node), or a Redis URL (`redis://127.0.0.1:6379`) shared by several nodes.
     pub broker: String,
     /// Protocol Ping cadence. Keep it under the smallest idle timeout on the path (nginx 60 s).
@@ -82,6 +87,18 @@ pub struct GatewayConfig {
     /// WebSocket handshakes per second per client address (bursts of twice that); more get
     /// HTTP 429. 0: no limit.
     pub handshake_rate_per_ip: u32,
+    /// WebSocket handshakes per second the whole server accepts (bursts of one second's worth),
+    /// so that a reconnect storm cannot starve the connections already open, heartbeats and
+    /// health checks. A handshake over the budget is upgraded and closed at once with 1013 and a
+    /// `retry_after_ms` hint (`storm_retry_hint`), which clients spread by jitter. 0: no limit.
+    pub max_handshake_rate: u32,
+    /// How long a publication's idempotency key is remembered: a retry with the same key within
+    /// this window is answered with the first publication's receipt and not published again.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// The hint sent with a 1013 for `max_handshake_rate`: clients wait between 1× and 2× this.
+    #[serde(with = "humantime_serde")]
+    pub storm_retry_hint: Duration,
     /// Apply the per-address limits to loopback addresses too. Off by default: behind a proxy
     /// on the same host every client comes from 127.0.0.1.
     pub limit_loopback: bool,
@@ -146,6 +163,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             listen: d::LISTEN.parse().expect("default listen address parses"),
+            listen_backlog: 4096,
             broker: "memory".into(),
             ping_interval: d::PING_INTERVAL,
             pong_timeout: d::PONG_TIMEOUT,
@@ -158,6 +176,9 @@ impl Default for GatewayConfig {
             max_connections: 10_000,
             max_connections_per_ip: 1000,
             handshake_rate_per_ip: 50,
+            max_handshake_rate: 20_000,
+            storm_retry_hint: Duration::from_secs(1),
+            idempotency_window: Duration::from_secs(300),
             limit_loopback: false,
             max_inbound_rate: 1000,
             max_subscriptions: d::MAX_SUBSCRIPTIONS_PER_CONNECTION,
@@ -257,8 +278,12 @@ impl GatewayConfig {
         if self.write_timeout.is_zero()
             || self.drain_timeout.is_zero()
             || self.close_timeout.is_zero()
+            || self.storm_retry_hint.is_zero()
         {
-            return err("write_timeout/drain_timeout/close_timeout", "must be greater than zero");
+            return err(
+                "write_timeout/drain_timeout/close_timeout/storm_retry_hint",
+                "must be greater than zero",
+            );
         }
         if self.broker != "memory"
             && !self.broker.starts_with("redis://")

@@ -888,7 +888,7 @@ impl Connection {
         let receipt = self
             .shared
             .broker
-            .publish(channel, data)
+            .publish(channel, data, None)
             .await
             .map_err(|e| ErrorBody::new(ErrorCode::Unavailable, e.to_string()))?;
         self.shared.metrics.publications.inc();

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub connection_slots: Arc<Semaphore>,
     /// Open connections and handshake rates per client address.
     pub per_ip: crate::per_ip::PerIp,
+    /// The whole server's handshake budget (`max_handshake_rate`).
+    pub handshake_budget: std::sync::Mutex<tether_core::rate::TokenBucket>,
     /// Checks JWTs when `jwt_secret` or `jwt_public_key` is set.
     pub auth: Option<crate::auth::Verifier>,
     pub next_conn_id: AtomicU64,
@@ -56,6 +58,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Take one handshake from the server-wide budget; false when the storm is over budget.
+    pub fn admit_handshake(&self) -> bool {
+        let rate = self.config.max_handshake_rate as f32;
+        if rate == 0.0 {
+            return true;
+        }
+        let now = self.now_ms();
+        self.handshake_budget.lock().unwrap_or_else(|p| p.into_inner()).take(now, rate, rate)
+    }
+
     /// Milliseconds since the gateway started (the parking lot's clock), for rate limits.
     pub fn now_ms(&self) -> u64 {
         self.parking.ticks(tokio::time::Instant::now())
@@ -201,6 +213,10 @@ impl Gateway {
                     config.handshake_rate_per_ip,
                     config.limit_loopback,
                 ),
+                handshake_budget: std::sync::Mutex::new(tether_core::rate::TokenBucket::full(
+                    config.max_handshake_rate as f32,
+                    0,
+                )),
                 config,
                 ws_config,
                 hub,
@@ -291,18 +307,36 @@ impl Gateway {
         });
     }
 
-    /// Publish from the host application (what `POST /api/publish` calls).
+    /// Publish from the host application.
     pub async fn publish(
         &self,
         channel: &str,
         data: &RawValue,
     ) -> Result<PublishReceipt, PublishError> {
+        self.publish_once(channel, data, None).await
+    }
+
+    /// Publish with an optional idempotency key (what `POST /api/publish` calls): a retry with
+    /// the same key within `idempotency_window` publishes nothing and returns the first
+    /// publication's receipt, marked `duplicate`, on any node sharing the broker.
+    pub async fn publish_once(
+        &self,
+        channel: &str,
+        data: &RawValue,
+        idempotency_key: Option<&str>,
+    ) -> Result<PublishReceipt, PublishError> {
         channel::validate(channel, self.shared.config.max_channel_name_len)?;
         if channel.starts_with(crate::stats::RESERVED_PREFIX) {
             return Err(PublishError::Reserved);
         }
-        let receipt = self.shared.broker.publish(channel, data).await?;
-        self.shared.metrics.publications.inc();
+        let window = self.shared.config.idempotency_window;
+        let once = idempotency_key.map(|key| crate::broker::Once { key, window });
+        let receipt = self.shared.broker.publish(channel, data, once).await?;
+        if receipt.duplicate {
+            self.shared.metrics.publications_deduplicated.inc();
+        } else {
+            self.shared.metrics.publications.inc();
+        }
         Ok(receipt)
     }
 

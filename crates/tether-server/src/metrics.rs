@@ -53,6 +53,7 @@ pub struct Metrics {
     pub raw_messages_ignored: Counter,
     pub command_errors: Family<ReasonLabels, Counter>,
     pub publications: Counter,
+    pub publications_deduplicated: Counter,
     pub deliveries: Counter,
     pub deliveries_dropped: Counter,
     pub direct_deliveries: Counter,
@@ -95,6 +96,7 @@ impl Metrics {
             raw_messages_ignored: Counter::default(),
             command_errors: Family::default(),
             publications: Counter::default(),
+            publications_deduplicated: Counter::default(),
             deliveries: Counter::default(),
             deliveries_dropped: Counter::default(),
             direct_deliveries: Counter::default(),
@@ -192,6 +194,11 @@ impl Metrics {
                 "tether_publications",
                 "Publications accepted (HTTP API and clients)",
                 m.publications.clone(),
+            );
+            t.register(
+                "tether_publications_deduplicated",
+                "Publish requests answered from an earlier one with the same idempotency key",
+                m.publications_deduplicated.clone(),
             );
             t.register(
                 "tether_deliveries",

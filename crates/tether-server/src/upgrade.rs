@@ -232,6 +232,34 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
             .with_header(header::RETRY_AFTER, "1"),
         );
     }
+    if !shared.admit_handshake() {
+        // A reconnect storm over the server's budget. The upgrade completes so that browsers,
+        // which cannot read an HTTP refusal, see the close code and the hint.
+        shared
+            .metrics
+            .handshakes_refused
+            .get_or_create(&ReasonLabels { reason: "handshake_rate" })
+            .inc();
+        let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+            return refuse(
+                Refusal::new(
+                    "handshake_rate",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server busy (max_handshake_rate); retry later",
+                )
+                .with_header(header::RETRY_AFTER, "1"),
+            );
+        };
+        let cfg = &shared.config;
+        shared.tracker.spawn(try_again_later(
+            on_upgrade,
+            mode,
+            cfg.storm_retry_hint,
+            cfg.close_timeout,
+        ));
+        drop(tracked);
+        return switching_protocols(&accept, mode);
+    }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     if let Some(peer) = peer {
         use crate::per_ip::Refused;
@@ -307,6 +335,10 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
     gateway.shared.tracker.spawn(task);
     drop(tracked); // the spawned task is tracked from here on
 
+    switching_protocols(&accept, mode)
+}
+
+fn switching_protocols(accept: &str, mode: Mode) -> Response {
     let mut resp = Response::new(axum::body::Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -314,12 +346,55 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(
         header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).expect("base64 is a valid header"),
+        HeaderValue::from_str(accept).expect("base64 is a valid header"),
     );
     if mode == Mode::Json {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL_JSON));
     }
     resp
+}
+
+/// Close a just-upgraded socket at once with 1013 and a retry hint (a `disconnect` message
+/// first in JSON mode), without a connection task: the cheapest answer the storm can get. Then
+/// a lingering close: FIN after the close frame, and input discarded until the client closes
+/// too, within `linger`.
+async fn try_again_later(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    mode: Mode,
+    hint: std::time::Duration,
+    linger: std::time::Duration,
+) {
+    use tether_core::close_code::CloseCode;
+    use tether_core::protocol::{Disconnect, ServerMessage};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(upgraded) = on_upgrade.await else { return };
+    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    let code = CloseCode::TRY_AGAIN_LATER;
+    let reason = format!("try again later: server busy, retry after {} ms", hint.as_millis());
+    let mut wire = Vec::with_capacity(256);
+    if mode == Mode::Json {
+        let advice = ServerMessage::Disconnect(Disconnect {
+            code,
+            reason: reason.clone(),
+            reconnect: true,
+            retry_after_ms: Some(hint.as_millis() as u64),
+        });
+        wire.extend_from_slice(
+            &crate::hub::text_frame(tether_core::codec::encode(&advice).as_bytes()).0,
+        );
+    }
+    // A close frame: FIN + opcode 8, unmasked, code and reason (short: under 126 bytes).
+    wire.extend_from_slice(&[0x88, 2 + reason.len() as u8]);
+    wire.extend_from_slice(&code.0.to_be_bytes());
+    wire.extend_from_slice(reason.as_bytes());
+    let _ = tokio::time::timeout(linger, async {
+        io.write_all(&wire).await?;
+        io.shutdown().await?;
+        let mut scratch = [0u8; 256];
+        while io.read(&mut scratch).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 #[cfg(test)]

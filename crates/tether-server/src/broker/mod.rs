@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tether_core::channel::any_matches;
 use tether_core::protocol::StreamPosition;
 use tether_core::stream::{HistoryPolicy, Recovery, Stream};
@@ -40,7 +40,22 @@ pub struct PublishReceipt {
     pub offset: u64,
     /// Subscribers on this node the publication was queued to.
     pub delivered: u64,
+    /// The idempotency key was already used in this channel within the window: nothing was
+    /// published again, and `epoch`/`offset` are those of the first publication.
+    pub duplicate: bool,
 }
+
+/// An idempotency key for a publication and how long it is remembered: a publisher that is not
+/// sure its publication went through (a proxy error, a timeout) retries with the same key, and
+/// the channel gets it once.
+#[derive(Clone, Copy, Debug)]
+pub struct Once<'a> {
+    pub key: &'a str,
+    pub window: Duration,
+}
+
+/// Keys remembered per channel at most (memory broker); the oldest are forgotten first.
+pub const MAX_IDEMPOTENCY_KEYS: usize = 10_000;
 
 /// What a (recovering) subscribe learns from the broker.
 #[derive(Debug)]
@@ -59,6 +74,7 @@ pub trait Broker: Send + Sync + 'static {
         &'a self,
         channel: &'a str,
         data: &'a RawValue,
+        once: Option<Once<'a>>,
     ) -> BoxFuture<'a, Result<PublishReceipt, BrokerError>>;
 
     /// The channel's current position and, with `since`, the publications after it. Called
@@ -101,6 +117,36 @@ pub fn new_epoch() -> String {
 struct Entry {
     epoch: Arc<str>,
     stream: Stream<Arc<RawValue>>,
+    keys: RecentKeys,
+}
+
+/// Idempotency keys used in one channel, with the offset each one published; bounded in count
+/// and forgotten after their window.
+#[derive(Default)]
+struct RecentKeys {
+    /// Key → (offset, remembered until).
+    offsets: HashMap<Box<str>, (u64, Instant)>,
+    /// Keys in the order they were remembered, to forget the oldest first.
+    order: std::collections::VecDeque<(Instant, Box<str>)>,
+}
+
+impl RecentKeys {
+    fn offset_of(&mut self, key: &str, now: Instant) -> Option<u64> {
+        while self.order.front().is_some_and(|(until, _)| *until <= now) {
+            let (_, old) = self.order.pop_front().expect("checked");
+            self.offsets.remove(&old);
+        }
+        self.offsets.get(key).filter(|(_, until)| *until > now).map(|(offset, _)| *offset)
+    }
+
+    fn remember(&mut self, key: &str, offset: u64, until: Instant) {
+        if self.order.len() >= MAX_IDEMPOTENCY_KEYS {
+            let (_, old) = self.order.pop_front().expect("full");
+            self.offsets.remove(&old);
+        }
+        self.offsets.insert(key.into(), (offset, until));
+        self.order.push_back((until, key.into()));
+    }
 }
 
 type Shard = Mutex<HashMap<Arc<str>, Entry>>;
@@ -157,6 +203,7 @@ impl MemoryBroker {
         let entry = Entry {
             epoch: Arc::from(epoch.as_str()),
             stream: Stream::new(epoch, history_policy(&self.rules, channel)),
+            keys: RecentKeys::default(),
         };
         Ok(f(shard.entry(Arc::from(channel)).or_insert(entry)))
     }
@@ -172,13 +219,24 @@ impl Broker for MemoryBroker {
         &'a self,
         channel: &'a str,
         data: &'a RawValue,
+        once: Option<Once<'a>>,
     ) -> BoxFuture<'a, Result<PublishReceipt, BrokerError>> {
         // Offset assignment and delivery happen under the stream's lock: concurrent publishers
-        // cannot deliver out of offset order.
+        // cannot deliver out of offset order, nor publish one key twice.
         let result = self.with_stream(channel, |entry| {
-            let offset = entry.stream.append(Arc::from(data.to_owned()), Instant::now());
+            let now = Instant::now();
+            if let Some(once) = once {
+                if let Some(offset) = entry.keys.offset_of(once.key, now) {
+                    let epoch = entry.epoch.clone();
+                    return PublishReceipt { epoch, offset, delivered: 0, duplicate: true };
+                }
+            }
+            let offset = entry.stream.append(Arc::from(data.to_owned()), now);
             let delivered = self.hub.publish(channel, &entry.epoch, offset, data);
-            PublishReceipt { epoch: entry.epoch.clone(), offset, delivered }
+            if let Some(once) = once {
+                entry.keys.remember(once.key, offset, now + once.window);
+            }
+            PublishReceipt { epoch: entry.epoch.clone(), offset, delivered, duplicate: false }
         });
         Box::pin(std::future::ready(result))
     }
@@ -225,7 +283,6 @@ impl Broker for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use tether_core::channel::ChannelPattern;
 
     fn broker(max: usize) -> MemoryBroker {
@@ -249,8 +306,8 @@ mod tests {
     #[test]
     fn offsets_history_and_recovery() {
         let b = broker(10);
-        let r1 = now(b.publish("chat:a", &raw("1"))).unwrap();
-        let r2 = now(b.publish("chat:a", &raw("2"))).unwrap();
+        let r1 = now(b.publish("chat:a", &raw("1"), None)).unwrap();
+        let r2 = now(b.publish("chat:a", &raw("2"), None)).unwrap();
         assert_eq!((r1.offset, r2.offset, r1.epoch == r2.epoch), (1, 2, true));
         let since = StreamPosition { epoch: r1.epoch.to_string(), offset: 1 };
         let h = now(b.history("chat:a", Some(&since))).unwrap();
@@ -261,21 +318,55 @@ mod tests {
             [(2, "2")]
         );
         // No history policy for `news`: only an up-to-date client recovers.
-        now(b.publish("news", &raw("1"))).unwrap();
+        now(b.publish("news", &raw("1"), None)).unwrap();
         let h = now(b.history("news", None)).unwrap();
         assert_eq!((h.recovered, h.position.offset), (None, 1));
     }
 
     #[test]
+    fn an_idempotency_key_publishes_once_within_its_window() {
+        let b = broker(10);
+        let once = |key| Some(Once { key, window: Duration::from_secs(60) });
+        let first = now(b.publish("chat:a", &raw("1"), once("k1"))).unwrap();
+        let again = now(b.publish("chat:a", &raw("1"), once("k1"))).unwrap();
+        assert_eq!((first.offset, first.duplicate), (1, false));
+        assert_eq!((again.offset, again.duplicate, &again.epoch), (1, true, &first.epoch));
+        // Another key, or the same key in another channel, publishes.
+        assert_eq!(now(b.publish("chat:a", &raw("2"), once("k2"))).unwrap().offset, 2);
+        assert!(!now(b.publish("chat:b", &raw("1"), once("k1"))).unwrap().duplicate);
+        // Only one publication per key reached the history.
+        let since = StreamPosition { epoch: first.epoch.to_string(), offset: 0 };
+        assert_eq!(now(b.history("chat:a", Some(&since))).unwrap().publications.len(), 2);
+        // A zero window remembers nothing.
+        let none = Some(Once { key: "k3", window: Duration::ZERO });
+        now(b.publish("chat:a", &raw("3"), none)).unwrap();
+        assert!(!now(b.publish("chat:a", &raw("3"), none)).unwrap().duplicate);
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded_per_channel() {
+        let mut keys = RecentKeys::default();
+        let (now, later) = (Instant::now(), Instant::now() + Duration::from_secs(60));
+        for n in 0..MAX_IDEMPOTENCY_KEYS as u64 + 5 {
+            keys.remember(&n.to_string(), n, later);
+        }
+        assert_eq!(keys.offsets.len(), MAX_IDEMPOTENCY_KEYS);
+        assert_eq!(keys.offset_of("0", now), None, "the oldest were forgotten first");
+        assert_eq!(keys.offset_of("5", now), Some(5));
+        assert_eq!(keys.offset_of("5", later), None, "and all after their window");
+        assert!(keys.order.is_empty());
+    }
+
+    #[test]
     fn idle_streams_are_dropped_and_come_back_with_a_new_epoch() {
         let b = broker(10);
-        let first = now(b.publish("news", &raw("1"))).unwrap().epoch;
+        let first = now(b.publish("news", &raw("1"), None)).unwrap().epoch;
         assert_eq!(b.stream_count(), 1);
         b.maintain();
         assert_eq!(b.stream_count(), 0, "no history, no subscribers: dropped");
-        let second = now(b.publish("news", &raw("1"))).unwrap().epoch;
+        let second = now(b.publish("news", &raw("1"), None)).unwrap().epoch;
         assert_ne!(first, second);
-        now(b.publish("chat:x", &raw("1"))).unwrap();
+        now(b.publish("chat:x", &raw("1"), None)).unwrap();
         b.maintain();
         assert_eq!(b.stream_count(), 1, "a stream with history stays");
     }
@@ -288,9 +379,9 @@ mod tests {
             ttl: Duration::from_secs(60),
         }];
         let b = MemoryBroker::new(Arc::new(Hub::new(Arc::default())), rules, 10);
-        let epoch = now(b.publish("c", &raw("0"))).unwrap().epoch.to_string();
+        let epoch = now(b.publish("c", &raw("0"), None)).unwrap().epoch.to_string();
         for _ in 0..MAX_REPLAY {
-            now(b.publish("c", &raw("1"))).unwrap();
+            now(b.publish("c", &raw("1"), None)).unwrap();
         }
         let far = StreamPosition { epoch: epoch.clone(), offset: 0 };
         let h = now(b.history("c", Some(&far))).unwrap();
@@ -307,9 +398,9 @@ mod tests {
     #[test]
     fn the_number_of_streams_is_bounded() {
         let b = broker(2);
-        now(b.publish("chat:a", &raw("1"))).unwrap();
-        now(b.publish("chat:b", &raw("1"))).unwrap();
-        assert!(matches!(now(b.publish("chat:c", &raw("1"))), Err(BrokerError::Limit(_))));
-        assert!(now(b.publish("chat:a", &raw("2"))).is_ok(), "existing streams keep working");
+        now(b.publish("chat:a", &raw("1"), None)).unwrap();
+        now(b.publish("chat:b", &raw("1"), None)).unwrap();
+        assert!(matches!(now(b.publish("chat:c", &raw("1"), None)), Err(BrokerError::Limit(_))));
+        assert!(now(b.publish("chat:a", &raw("2"), None)).is_ok(), "existing streams keep working");
     }
 }

@@ -13,7 +13,7 @@
 //!   they resubscribe and recover from history. A Redis that lost its data gives every channel a
 //!   new epoch on first use, and clients are told `recovered: false` — never a silent gap.
 
-use super::{history_policy, new_epoch, Broker, BrokerError, History, PublishReceipt};
+use super::{history_policy, new_epoch, Broker, BrokerError, History, Once, PublishReceipt};
 use crate::config::HistoryRule;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -45,6 +45,11 @@ fn state_key(channel: &str) -> String {
 
 fn history_key(channel: &str) -> String {
     format!("tether:h:{{{channel}}}")
+}
+
+/// Where a publication's idempotency key is remembered (empty key: none given).
+fn idempotency_key(channel: &str, key: &str) -> String {
+    format!("tether:i:{{{channel}}}:{key}")
 }
 
 /// `OFFSET EPOCH DATA` → its parts.
@@ -289,15 +294,18 @@ impl Broker for RedisBroker {
         &'a self,
         channel: &'a str,
         data: &'a RawValue,
+        once: Option<Once<'a>>,
     ) -> BoxFuture<'a, Result<PublishReceipt, BrokerError>> {
         Box::pin(async move {
             let policy = history_policy(&self.rules, channel);
+            let (key, window) = once.map(|o| (o.key, o.window)).unwrap_or(("", Duration::ZERO));
             let (size, ttl) = policy.map(|p| (p.size, p.ttl)).unwrap_or((0, Duration::ZERO));
             let started = Instant::now();
-            let (epoch, offset): (String, u64) = self
+            let (epoch, offset, duplicate): (String, u64, u8) = self
                 .publish
                 .key(state_key(channel))
                 .key(history_key(channel))
+                .key(idempotency_key(channel, key))
                 .arg(data.get())
                 .arg(size)
                 .arg(ttl.as_millis() as u64)
@@ -305,6 +313,7 @@ impl Broker for RedisBroker {
                 .arg(format!("{PUBSUB_PREFIX}{channel}"))
                 .arg(STATE_TTL.max(ttl).as_millis() as u64)
                 .arg(self.run_id())
+                .arg(window.as_millis() as u64)
                 .invoke_async(&mut self.commands.clone())
                 .await
                 .map_err(Self::unavailable)?;
@@ -314,7 +323,12 @@ impl Broker for RedisBroker {
             Ok(PublishReceipt {
                 epoch: Arc::from(epoch.as_str()),
                 offset,
-                delivered: self.hub.subscriber_count(channel) as u64,
+                delivered: if duplicate == 1 {
+                    0
+                } else {
+                    self.hub.subscriber_count(channel) as u64
+                },
+                duplicate: duplicate == 1,
             })
         })
     }

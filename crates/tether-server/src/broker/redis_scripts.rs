@@ -35,9 +35,19 @@ local function epoch_of(meta, hist, candidate, meta_ttl, run)
 end
 "#;
 
-/// KEYS: state, history. ARGV: data, history size (0: none), ttl ms, epoch candidate,
-/// pub/sub channel, state ttl ms, Redis run_id. Returns {epoch, offset}.
+/// KEYS: state, history, idempotency key (`tether:i:{CH}:KEY`, unused when ARGV[8] is 0).
+/// ARGV: data, history size (0: none), ttl ms, epoch candidate, pub/sub channel, state ttl ms,
+/// Redis run_id, idempotency window ms (0: none). Returns {epoch, offset, duplicate (0/1)}: a
+/// key seen within its window publishes nothing and returns the first publication's position.
 pub const PUBLISH: &str = r#"
+local window = tonumber(ARGV[8])
+if window > 0 then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local space = string.find(seen, ' ', 1, true)
+    return {string.sub(seen, 1, space - 1), tonumber(string.sub(seen, space + 1)), 1}
+  end
+end
 local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[4], ARGV[6], ARGV[7])
 local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 'top', 1))
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
@@ -49,7 +59,10 @@ if size > 0 then
   trim(KEYS[2], tonumber(ARGV[3]), now)
 end
 redis.call('PUBLISH', ARGV[5], offset .. ' ' .. epoch .. ' ' .. ARGV[1])
-return {epoch, tonumber(offset)}
+if window > 0 then
+  redis.call('SET', KEYS[3], epoch .. ' ' .. offset, 'PX', window)
+end
+return {epoch, tonumber(offset), 0}
 "#;
 
 /// KEYS: state, history. ARGV: (unused), state ttl ms, history ttl ms (0: none), first offset
