@@ -26,6 +26,9 @@ pub struct ServeArgs {
     /// Pending connections queued for accept, for reconnect storms (capped by net.core.somaxconn) [default: 4096]
     #[arg(long, env = "TETHER_LISTEN_BACKLOG")]
     listen_backlog: Option<u32>,
+    /// Also serve /healthz, /readyz and /metrics on this address, on a thread of their own, so that health checks never queue behind a reconnect storm [default: none]
+    #[arg(long, env = "TETHER_HEALTH_LISTEN", value_name = "ADDR:PORT")]
+    health_listen: Option<SocketAddr>,
     /// Broker: `memory` (one node) or a Redis URL shared by several nodes, e.g. redis://127.0.0.1:6379 [default: memory]
     #[arg(long, env = "TETHER_BROKER", value_name = "memory|redis://HOST:PORT")]
     broker: Option<String>,
@@ -193,6 +196,9 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         cfg.tls_cert = args.tls_cert.clone();
         cfg.tls_key = args.tls_key.clone();
     }
+    if args.health_listen.is_some() {
+        cfg.health_listen = args.health_listen;
+    }
     cfg.insecure |= args.insecure;
     cfg.limit_loopback |= args.limit_loopback;
     if let Some(patterns) = &args.client_publish {
@@ -255,7 +261,18 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         )
     })?;
     let addr = listener.local_addr().context("cannot read the bound address")?;
+    let health = match cfg.health_listen {
+        Some(at) => Some(std::net::TcpListener::bind(at).with_context(|| {
+            format!("cannot listen on {at} for --health-listen; choose another address")
+        })?),
+        None => None,
+    };
     let gateway = Gateway::connect(cfg.clone()).await?;
+    if let Some(health) = health {
+        let at = health.local_addr().context("cannot read the health address")?;
+        gateway.serve_health(health).context("cannot start the health endpoint")?;
+        println!("tether health endpoints on http://{at} (/healthz, /readyz, /metrics)");
+    }
     let signal = shutdown_signal()?;
     // A stable line on stdout that scripts and tests wait for.
     let (http, ws) = if cfg.tls_cert.is_some() { ("https", "wss") } else { ("http", "ws") };

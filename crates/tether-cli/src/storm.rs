@@ -41,6 +41,10 @@ pub struct StormArgs {
     /// First reconnect delay ceiling of the clients (full jitter below it)
     #[arg(long, default_value = "1s", value_parser = units::duration)]
     backoff_initial: Duration,
+    /// Probe this health URL instead of /healthz on the WebSocket port (e.g. the server's
+    /// --health-listen address)
+    #[arg(long)]
+    healthz_url: Option<String>,
     /// Probe the server's /healthz this often during the storm
     #[arg(long, default_value = "20ms", value_parser = units::duration)]
     healthz_every: Duration,
@@ -97,7 +101,10 @@ pub async fn storm(args: StormArgs) -> Result<ExitCode> {
             format!("ws://{}/ws", args.listen)
         }
     };
-    let healthz = healthz_url(&url)?;
+    let healthz = match &args.healthz_url {
+        Some(url) => url.clone(),
+        None => healthz_url(&url)?,
+    };
     if !wait_healthy(&healthz, Duration::from_secs(20)).await {
         let log = std::fs::read_to_string(&server_log).unwrap_or_default();
         bail!("the server at {healthz} did not become healthy within 20 s; its log:\n{log}");

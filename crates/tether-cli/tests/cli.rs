@@ -178,3 +178,26 @@ fn serves_its_browser_assets_and_reserves_its_channels() {
     assert_eq!(status, 403, "{body}");
     assert!(body["error"].as_str().unwrap().contains("reserved"));
 }
+
+#[test]
+fn health_endpoints_can_have_a_listener_of_their_own() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = Server::start(&["--health-listen", &format!("127.0.0.1:{port}")]);
+    let health = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let (status, body) = http_request("GET", &health("/healthz"), None);
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
+    assert_eq!(http_request("GET", &health("/readyz"), None).0, 200);
+    assert_eq!(http_request("GET", &health("/metrics"), None).0, 200);
+    // Only those: no WebSocket, no publishing there.
+    assert_eq!(http_request("GET", &health("/ws"), None).0, 404);
+    assert_eq!(http_request("POST", &health("/api/publish"), Some("{}")).0, 404);
+    // The main port still answers health checks too.
+    assert_eq!(http_request("GET", &server.http("/healthz"), None).0, 200);
+    // A taken address is a clear start-up error.
+    let out = tether(
+        &["serve", "--listen", "127.0.0.1:0", "--health-listen", &format!("127.0.0.1:{port}")],
+        &[],
+    );
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success() && stderr.contains("--health-listen"), "{stderr}");
+}

@@ -65,6 +65,7 @@ async fn without_heartbeats_nginx_cuts_the_connection_and_the_client_reconnects(
     let cut_after = opened.elapsed();
     let Event::Closed(info) = closed else { unreachable!() };
     // nginx closes both legs with a FIN and no close frame: 1006, not clean, from the network.
+    eprintln!("nginx cut the silent connection after {cut_after:?}: {info}");
     assert_eq!(info.code, 1006, "{info:?}");
     assert!(!info.was_clean);
     assert!(info.will_reconnect, "{info:?}");

@@ -3,6 +3,10 @@
 //! server SIGKILLed and restarted under them. Everyone must be back within a bound, the jitter
 //! must visibly spread the comeback, and `/healthz` must keep answering within 100 ms throughout.
 //!
+//! A second, abusive storm (every client back within 50 ms) runs against a guarded node: a
+//! handshake budget that turns the excess away with 1013 and a hint, and health checks on a
+//! listener of their own.
+//!
 //! It drives the optimised binary (`TETHER_RELEASE_BIN`, built by scripts/test): a debug build's
 //! handshakes cost ten times more, and its figures would describe the build, not the product.
 
@@ -13,6 +17,9 @@ use std::process::Command;
 
 const CLIENTS: u64 = 10_000;
 
+/// The storms run one at a time (the test harness would run them in parallel).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn release_bin() -> Option<PathBuf> {
     let found = std::env::var_os("TETHER_RELEASE_BIN").map(PathBuf::from).or_else(|| {
         let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/tether");
@@ -21,14 +28,17 @@ fn release_bin() -> Option<PathBuf> {
     require("the release build of tether (cargo build --release; scripts/test does it)", found)
 }
 
-#[test]
-fn ten_thousand_clients_come_back_spread_out_while_healthz_stays_fast() {
-    let Some(bin) = release_bin() else { return };
-    eprintln!("storm with {}", bin.display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let out = Command::new(&bin)
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Run `tether bench storm` with these extra arguments; its JSON report.
+fn storm(bin: &PathBuf, extra: &[&str]) -> serde_json::Value {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let out = Command::new(bin)
         .args(["bench", "storm", "--conns", &CLIENTS.to_string()])
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--timeout", "60s", "--json"])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port()), "--timeout", "60s", "--json"])
+        .args(extra)
         .output()
         .expect("run tether bench storm");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -38,7 +48,15 @@ fn ten_thousand_clients_come_back_spread_out_while_healthz_stays_fast() {
         String::from_utf8_lossy(&out.stderr)
     );
     let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    eprintln!("{r}");
+    eprintln!("storm {extra:?}: {r}");
+    r
+}
+
+#[test]
+fn ten_thousand_clients_come_back_spread_out_while_healthz_stays_fast() {
+    let Some(bin) = release_bin() else { return };
+    eprintln!("storm with {}", bin.display());
+    let r = storm(&bin, &[]);
     let secs = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {r}"));
 
     assert_eq!(r["back"].as_u64(), Some(CLIENTS), "{r}");
@@ -59,4 +77,31 @@ fn ten_thousand_clients_come_back_spread_out_while_healthz_stays_fast() {
     assert!(health["max_ms"].as_f64().unwrap() < 100.0, "/healthz was slow: {r}");
     // Nobody was turned away: the default handshake budget is above this storm's rate.
     assert_eq!(r["told_to_come_back_later"].as_u64(), Some(0), "{r}");
+}
+
+#[test]
+fn an_abusive_storm_is_turned_away_in_part_and_health_checks_stay_fast_on_their_own_port() {
+    let Some(bin) = release_bin() else { return };
+    let health = free_port();
+    let r = storm(
+        &bin,
+        &[
+            // Every client retries within 50 ms: the whole storm in one burst.
+            "--backoff-initial",
+            "50ms",
+            "--server-arg=--max-handshake-rate=5000",
+            &format!("--server-arg=--health-listen=127.0.0.1:{health}"),
+            "--healthz-url",
+            &format!("http://127.0.0.1:{health}/healthz"),
+        ],
+    );
+    assert_eq!(r["back"].as_u64(), Some(CLIENTS), "{r}");
+    // Over the budget, clients were told to come back later (1013 with a 1 s hint)...
+    assert!(r["told_to_come_back_later"].as_u64().unwrap() > 0, "the guard never acted: {r}");
+    // ...and did, within a few hints.
+    assert!(r["seconds_to_100_percent"].as_f64().unwrap() < 10.0, "{r}");
+    let health = &r["healthz"];
+    assert_eq!(health["failures"].as_u64(), Some(0), "{r}");
+    assert!(health["probes"].as_u64().unwrap() >= 20, "too few probes to judge: {r}");
+    assert!(health["max_ms"].as_f64().unwrap() < 100.0, "/healthz was slow: {r}");
 }

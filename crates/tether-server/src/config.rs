@@ -56,6 +56,9 @@ pub struct GatewayConfig {
     /// drops handshakes, and clients (and health checks) wait for a SYN retransmit (1 s, then
     /// 3 s).
     pub listen_backlog: u32,
+    /// A second address serving only `/healthz`, `/readyz` and `/metrics`, from a thread of its
+    /// own, so that health checks do not queue behind a reconnect storm (`tether serve` only).
+    pub health_listen: Option<SocketAddr>,
     /// `memory` (one node), or a Redis URL (`redis://127.0.0.1:6379`) shared by several nodes.
     pub broker: String,
     /// Protocol Ping cadence. Keep it under the smallest idle timeout on the path (nginx 60 s).
@@ -164,6 +167,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             listen: d::LISTEN.parse().expect("default listen address parses"),
             listen_backlog: 4096,
+            health_listen: None,
             broker: "memory".into(),
             ping_interval: d::PING_INTERVAL,
             pong_timeout: d::PONG_TIMEOUT,

@@ -270,6 +270,43 @@ impl Gateway {
             .with_state(self.clone())
     }
 
+    /// `GET /healthz`, `/readyz` and `/metrics` alone, for a listener of their own (see
+    /// [`Gateway::serve_health`]).
+    pub fn health_router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(crate::api::healthz))
+            .route("/readyz", get(crate::api::readyz))
+            .route("/metrics", get(crate::api::metrics))
+            .with_state(self.clone())
+    }
+
+    /// Serve [`Gateway::health_router`] on `listener` from a thread and runtime of its own.
+    ///
+    /// Health checks on the main port wait in the same accept queue as every client: during a
+    /// reconnect storm, up to `listen_backlog` handshakes (4096 at ~40,000/s here: 100 ms) are
+    /// ahead of each probe. On their own socket and thread, they are answered at once, and a
+    /// load balancer does not mistake a busy node for a dead one.
+    pub fn serve_health(&self, listener: std::net::TcpListener) -> std::io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let router = self.health_router();
+        std::thread::Builder::new().name("tether-health".into()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!(error = %e, "cannot start the health endpoint"),
+            };
+            runtime.block_on(async move {
+                let served = match TcpListener::from_std(listener) {
+                    Ok(listener) => axum::serve(listener, router).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the health endpoint stopped");
+                }
+            });
+        })?;
+        Ok(())
+    }
+
     /// The operator pages: the live dashboard at `/` (with its assets) and the plain-WebSocket
     /// example at `/examples/plain.html`. Separate from [`Gateway::router`] so that a host app
     /// keeps its own `/`. Starts the dashboard's sampler (must be called inside a tokio runtime).
