@@ -367,6 +367,7 @@ async fn try_again_later(
     use tether_core::close_code::CloseCode;
     use tether_core::protocol::{Disconnect, ServerMessage};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
     let Ok(upgraded) = on_upgrade.await else { return };
     let mut io = hyper_util::rt::TokioIo::new(upgraded);
     let code = CloseCode::TRY_AGAIN_LATER;
@@ -383,10 +384,9 @@ async fn try_again_later(
             &crate::hub::text_frame(tether_core::codec::encode(&advice).as_bytes()).0,
         );
     }
-    // A close frame: FIN + opcode 8, unmasked, code and reason (short: under 126 bytes).
-    wire.extend_from_slice(&[0x88, 2 + reason.len() as u8]);
-    wire.extend_from_slice(&code.0.to_be_bytes());
-    wire.extend_from_slice(reason.as_bytes());
+    let close = Frame::close(Some(CloseFrame { code: code.0.into(), reason: reason.into() }));
+    // Writing into a Vec cannot fail.
+    let _ = close.format(&mut wire);
     let _ = tokio::time::timeout(linger, async {
         io.write_all(&wire).await?;
         io.shutdown().await?;
