@@ -2,6 +2,7 @@
 //! stdout, capture its log, signal it by PID, query its HTTP API. Every wait has a deadline.
 #![allow(dead_code)]
 
+pub mod interop;
 pub mod netns;
 
 use std::io::{BufRead, BufReader};

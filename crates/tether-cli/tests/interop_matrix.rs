@@ -1,0 +1,239 @@
+//! The interoperability matrix, third-party side: real peers against the real `tether` binary,
+//! each in every configuration it offers. Every row checks the handshake (with and without the
+//! subprotocol, with and without compression offered), ping/pong at both levels, publications
+//! of 1 byte, 200 KiB and non-ASCII text, and a close in each direction with its code and reason
+//! preserved. Rows are written for `docs/interop.md` (see `common::interop`).
+
+mod common;
+use common::interop::Row;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(15);
+const SMALL: &str = r#""x""#;
+const UTF8: &str = r#""héllo ✓ 日本語 🎉""#;
+
+fn event(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or(serde_json::Value::Null)
+}
+
+fn big() -> String {
+    format!("\"{}\"", "a".repeat(200 * 1024))
+}
+
+fn python_version(python: &std::path::Path) -> String {
+    let out = Command::new(python)
+        .args(["-c", "import websockets; print(websockets.__version__)"])
+        .output()
+        .unwrap();
+    format!("Python websockets {}", String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// One row: the Python client in `mode` (raw or json), offering compression or not.
+fn python_client_row(mode: &str, compression: bool) {
+    let Some(python) = python() else { return };
+    let server = Server::start(&[
+        "--ping-interval",
+        "200ms",
+        "--client-publish",
+        "interop",
+        "--max-inbound-rate",
+        "0",
+        "--max-message-size",
+        "1MiB",
+    ]);
+    let url = if mode == "raw" { server.ws_url("?channel=interop") } else { server.ws_url("") };
+    let mut child = Command::new(&python)
+        .arg(script("interop_client.py"))
+        .args([url.as_str(), mode, if compression { "on" } else { "off" }])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = LineReader::new(child.stdout.take().unwrap());
+    let mut row = Row::new(&python_version(&python), "client of tether serve", mode, compression);
+    let mut next = |name: &str| event(&out.expect_line(T, name, |l| event(l)["event"] == name));
+
+    let open = next("open");
+    let want =
+        if mode == "json" { serde_json::json!("tether.v1.json") } else { serde_json::Value::Null };
+    row.check("handshake", open["subprotocol"] == want);
+    row.negotiated = open["extensions"].as_str().unwrap_or("").to_owned();
+    row.check("text ping → pong", next("ping")["ok"] == true);
+    row.check("protocol ping → pong", next("protocol_ping")["ok"] == true);
+    next("ready");
+    for (kind, data) in
+        [("1 byte", SMALL.to_owned()), ("200 KiB", big()), ("UTF-8", UTF8.to_owned())]
+    {
+        server.publish("interop", &data);
+        row.check(kind, next("received")["ok"] == true);
+    }
+    if mode == "json" {
+        row.check("200 KiB in 4 fragments, inbound", next("fragmented")["ok"] == true);
+    } else {
+        row.not_applicable("200 KiB in 4 fragments, inbound", "raw mode ignores what clients send");
+    }
+    let closed = next("closed");
+    let logged = wait_until(T, || server.log().contains("code=4100 reason=bye from peer ✓"));
+    row.check("close by peer (4100, reason)", closed["code"] == 4100 && logged);
+    next("ready2");
+    let mut server = server;
+    server.terminate();
+    let by_server = next("server_closed");
+    row.check(
+        "close by Tether (1012, reason)",
+        by_server["code"] == 1012 && by_server["reason"] == "server shutting down",
+    );
+    assert!(child.wait().unwrap().success());
+    row.finish();
+}
+
+#[test]
+fn python_websockets_client_raw() {
+    python_client_row("raw", false);
+}
+
+#[test]
+fn python_websockets_client_raw_offering_compression() {
+    python_client_row("raw", true);
+}
+
+#[test]
+fn python_websockets_client_json() {
+    python_client_row("json", false);
+}
+
+#[test]
+fn python_websockets_client_json_offering_compression() {
+    python_client_row("json", true);
+}
+
+/// A third-party server speaking the peer-server contract of `tests/python/interop_server.py`.
+struct PeerServer {
+    child: std::process::Child,
+    out: LineReader,
+    port: u16,
+}
+
+impl PeerServer {
+    fn start(mut cmd: Command) -> PeerServer {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
+        let mut out = LineReader::new(child.stdout.take().unwrap());
+        let line = out.expect_line(T, "the port", |l| event(l)["port"].is_u64());
+        let port = event(&line)["port"].as_u64().unwrap() as u16;
+        PeerServer { child, out, port }
+    }
+
+    fn client_closed(&mut self) -> serde_json::Value {
+        event(&self.out.expect_line(T, "client_closed", |l| event(l)["event"] == "client_closed"))
+    }
+}
+
+impl Drop for PeerServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One row: Tether's Rust client (raw mode: third-party servers do not speak tether.v1.json)
+/// against `peer`.
+async fn rust_client_row(name: String, peer: Command, compression: bool) {
+    use tether_client::{Event, Initiator};
+    let mut peer = tokio::task::spawn_blocking(move || PeerServer::start(peer)).await.unwrap();
+    let mut row = Row::new(&name, "server for the Rust client", "raw", false);
+    if compression {
+        row.role = "server for the Rust client, compression enabled".into();
+    }
+    let url = format!("ws://127.0.0.1:{}/", peer.port);
+    let (client, mut events) = tether_client::connect(fast_client(url).raw());
+    let text = |want: &'static str| move |e: &Event| matches!(e, Event::Message(m) if m == want);
+    next_event(&mut events, T, "open", |e| matches!(e, Event::Open { .. })).await;
+    next_event(&mut events, T, "hello", text("hello")).await;
+    row.check("handshake", true);
+    client.send_text("ping").await.unwrap();
+    next_event(&mut events, T, "pong", text("pong")).await;
+    row.check("text ping → pong", true);
+    client.send_text("server-ping").await.unwrap();
+    next_event(&mut events, T, "the peer's ping answered", text("server-ping ok")).await;
+    row.check(
+        "protocol ping → pong",
+        client.stats().heartbeat_timeouts.load(std::sync::atomic::Ordering::Relaxed) == 0,
+    );
+    let big = "a".repeat(200 * 1024);
+    for (kind, request, want) in [
+        ("1 byte", "send small", "x".to_owned()),
+        ("200 KiB", "send big", big.clone()),
+        ("UTF-8", "send utf8", "héllo ✓ 日本語 🎉".to_owned()),
+        ("200 KiB in 4 fragments, inbound", "send big-fragmented", big.clone()),
+    ] {
+        client.send_text(request).await.unwrap();
+        let got = next_event(&mut events, T, kind, |e| matches!(e, Event::Message(_))).await;
+        row.check(kind, matches!(got, Event::Message(m) if m == want));
+    }
+    client.send_text("close-me").await.unwrap();
+    let Event::Closed(info) =
+        next_event(&mut events, T, "the peer's close", |e| matches!(e, Event::Closed(_))).await
+    else {
+        unreachable!()
+    };
+    let echoed = tokio::task::block_in_place(|| peer.client_closed());
+    row.check(
+        "close by peer (4200, reason)",
+        info.code == 4200
+            && info.reason == "bye from server ✓"
+            && info.initiator == Initiator::Server
+            && info.was_clean
+            && echoed["code"] == 4200,
+    );
+    // The client reconnects by itself; then it closes, and the peer sees its code and reason.
+    next_event(&mut events, T, "the reconnect", |e| matches!(e, Event::Open { reconnected: true }))
+        .await;
+    client.close().await;
+    let seen = tokio::task::block_in_place(|| peer.client_closed());
+    row.check(
+        "close by Tether (1000, reason)",
+        seen["code"] == 1000 && seen["reason"] == "client closing",
+    );
+    row.finish();
+}
+
+fn node() -> Option<std::path::PathBuf> {
+    require("Node.js (apt-get install nodejs)", which("node"))
+}
+
+fn node_ws_version() -> String {
+    let manifest = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../web/node_modules/ws/package.json");
+    let text = std::fs::read_to_string(&manifest).unwrap_or_else(|_| {
+        panic!("{} missing: run npm ci in web/ (scripts/test does)", manifest.display())
+    });
+    let version = serde_json::from_str::<serde_json::Value>(&text).unwrap()["version"].clone();
+    format!("Node ws {}", version.as_str().unwrap_or("?"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_client_against_a_python_websockets_server() {
+    for compression in [false, true] {
+        let Some(python) = python() else { return };
+        let name = python_version(&python);
+        let mut cmd = Command::new(python);
+        cmd.arg(script("interop_server.py")).arg(if compression { "on" } else { "off" });
+        rust_client_row(name, cmd, compression).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_client_against_a_node_ws_server() {
+    for compression in [false, true] {
+        let Some(node) = node() else { return };
+        let mut cmd = Command::new(node);
+        cmd.arg(
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../web/test/peers/interop_server.mjs"),
+        )
+        .arg(if compression { "on" } else { "off" });
+        rust_client_row(node_ws_version(), cmd, compression).await;
+    }
+}
