@@ -237,3 +237,106 @@ async fn rust_client_against_a_node_ws_server() {
         rust_client_row(node_ws_version(), cmd, compression).await;
     }
 }
+
+fn websocat() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("TETHER_WEBSOCAT").map(std::path::PathBuf::from).or_else(|| {
+        let local = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/tools/bin/websocat");
+        local.is_file().then_some(local).or_else(|| which("websocat"))
+    });
+    require("websocat (cargo install websocat; scripts/test does)", found)
+}
+
+/// One row: websocat (a line-oriented command-line client) in `mode`.
+fn websocat_row(mode: &str) {
+    use std::io::Write;
+    let Some(bin) = websocat() else { return };
+    let version = Command::new(&bin).arg("--version").output().unwrap();
+    let peer = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+    let mut server = Server::start(&["--ping-interval", "200ms", "--max-message-size", "1MiB"]);
+    let url = if mode == "raw" { server.ws_url("?channel=interop") } else { server.ws_url("") };
+    let spawn = || {
+        let mut cmd = Command::new(&bin);
+        // Text frames, one per line without its newline; a buffer that holds 200 KiB in one
+        // line; pings every second with their round trips printed; the close data logged.
+        cmd.args(["-t", "--linemode-strip-newlines", "-B", "1048576", "-vv"])
+            .args(["--ping-interval", "1", "--print-ping-rtts"])
+            .args(["--close-status-code", "4100", "--close-reason", "bye from peer ✓"]);
+        if mode == "json" {
+            cmd.args(["--protocol", "tether.v1.json"]);
+        }
+        let mut child = cmd
+            .arg(&url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = LineReader::new(child.stdout.take().unwrap());
+        let err = LineReader::new(child.stderr.take().unwrap());
+        (child, out, err)
+    };
+    let mut row = Row::new(&peer, "client of tether serve", mode, false);
+    let (mut child, mut out, mut err) = spawn();
+    let mut stdin = child.stdin.take().unwrap();
+    let accepted = format!("tether_connections_accepted_total{{mode=\"{mode}\"}}");
+    row.check("handshake", wait_until(T, || server.metric(&accepted) == 1.0));
+    let mut say = |line: &str| writeln!(stdin, "{line}").unwrap();
+    // JSON mode: the data of the next publication; raw mode: the next line.
+    let data_of = |line: &str, mode: &str| -> Option<String> {
+        if mode == "raw" {
+            return Some(line.to_owned());
+        }
+        let v = event(line);
+        (v["type"] == "publication").then(|| v["data"].as_str().unwrap_or_default().to_owned())
+    };
+    if mode == "raw" {
+        say("ping");
+        row.check("text ping → pong", out.expect_line(T, "pong", |l| l == "pong") == "pong");
+    } else {
+        say(r#"{"id":1,"cmd":"ping"}"#);
+        let reply = out.expect_line(T, "ping reply", |l| event(l)["id"] == 1);
+        row.check("text ping → pong", event(&reply)["result"] == serde_json::json!({}));
+        say(r#"{"id":2,"cmd":"subscribe","channel":"interop"}"#);
+        out.expect_line(T, "subscribed", |l| event(l)["id"] == 2);
+    }
+    row.check(
+        "protocol ping → pong",
+        !err.expect_line(T, "an RTT", |l| l.starts_with("RTT ")).is_empty(),
+    );
+    for (kind, data) in
+        [("1 byte", SMALL.to_owned()), ("200 KiB", big()), ("UTF-8", UTF8.to_owned())]
+    {
+        server.publish("interop", &data);
+        let want: String = serde_json::from_str(&data).unwrap();
+        let line = out.expect_line(T, kind, |l| data_of(l, mode).is_some());
+        row.check(kind, data_of(&line, mode).as_deref() == Some(want.as_str()));
+    }
+    row.not_applicable("200 KiB in 4 fragments, inbound", "websocat sends a line as one frame");
+    drop(stdin); // EOF: websocat closes with --close-status-code and --close-reason
+    let logged = wait_until(T, || server.log().contains("code=4100 reason=bye from peer ✓"));
+    row.check("close by peer (4100, reason)", logged);
+    let _ = child.wait();
+
+    let (mut second, _out, mut err) = spawn();
+    assert!(wait_until(T, || server.metric(&accepted) == 2.0));
+    server.terminate();
+    let close = err.expect_line(T, "the close data", |l| l.contains("The close message is"));
+    row.check(
+        "close by Tether (1012, reason)",
+        close.contains("status_code: 1012") && close.contains("reason: \"server shutting down\""),
+    );
+    let _ = second.kill();
+    let _ = second.wait();
+    row.finish();
+}
+
+#[test]
+fn websocat_client_raw() {
+    websocat_row("raw");
+}
+
+#[test]
+fn websocat_client_json() {
+    websocat_row("json");
+}
