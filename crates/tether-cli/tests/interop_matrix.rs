@@ -281,7 +281,9 @@ fn websocat_row(mode: &str) {
     let mut stdin = child.stdin.take().unwrap();
     let accepted = format!("tether_connections_accepted_total{{mode=\"{mode}\"}}");
     row.check("handshake", wait_until(T, || server.metric(&accepted) == 1.0));
-    let mut say = |line: &str| writeln!(stdin, "{line}").unwrap();
+    // One write per line: websocat's line mode sends what one read returns, so a line written
+    // in two pieces ("ping", then "\n") could arrive as a message with its newline.
+    let mut say = |line: &str| stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
     // JSON mode: the data of the next publication; raw mode: the next line.
     let data_of = |line: &str, mode: &str| -> Option<String> {
         if mode == "raw" {
