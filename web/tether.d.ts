@@ -109,6 +109,8 @@ export declare class TetherClient extends EventTarget {
   readonly state: State;
   /** True while a reconnect waits for the browser's `online` event. */
   readonly waitingForOnline: boolean;
+  /** Extensions agreed on the current connection (e.g. permessage-deflate), '' when none. */
+  readonly extensions: string;
   rtt: number | null;
   nextRetryAt: number | null;
   lastClose: CloseDetail | null;

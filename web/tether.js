@@ -253,6 +253,12 @@ export class TetherClient extends EventTarget {
     return this.#waitingForOnline;
   }
 
+  /** The extensions the server agreed to on the current connection ('' when none or closed),
+   * e.g. 'permessage-deflate; server_no_context_takeover; client_no_context_takeover'. */
+  get extensions() {
+    return this.#ws?.extensions ?? '';
+  }
+
   /** 'connecting' | 'open' | 'reconnecting' | 'closed'. */
   get state() {
     return this.#state;

@@ -85,10 +85,12 @@ async function nodeWsRow(mode, compression) {
   const options = { perMessageDeflate: compression, maxPayload: 4 << 20 };
   try {
     const ws = new WebSocket(url, protocols, options);
+    // The server's answer to the handshake, for the extensions it agreed to.
+    const answer = new Promise((resolve) => ws.once('upgrade', (res) => resolve(res.headers)));
     const next = inbox(ws);
     await opened(ws);
     row.check('handshake', ws.protocol === (mode === 'json' ? 'tether.v1.json' : ''));
-    row.negotiated = ws.extensions ? Object.keys(ws.extensions).join(', ') : '';
+    row.negotiated = (await answer)['sec-websocket-extensions'] ?? '';
     // JSON mode: the next publication's data; raw mode: the next text.
     const payload = async () => {
       for (;;) {
@@ -238,6 +240,7 @@ test('interop: headless Chromium, native WebSocket (raw) and tether.js (json)', 
         }, server.ws);
         const eventsOf = (type, which = 'client') => run(([type, which]) => window[which].events.filter((e) => e.type === type).map((e) => e.d), [type, which]);
         row.check('handshake', (await server.metric('tether_connections_accepted_total{mode="json"}')) === 1);
+        row.negotiated = await run(() => window.client.extensions);
         await waitFor('two heartbeat round trips', async () => (await eventsOf('rtt')).length >= 2);
         row.check('text ping → pong', (await eventsOf('rtt')).length >= 2);
         const rtts = () => server.metric('tether_heartbeat_rtt_seconds_count');

@@ -112,6 +112,19 @@ pub struct ServeArgs {
     /// Channel patterns clients may publish to over WebSocket, e.g. 'chat:*' (repeatable) [default: none]
     #[arg(long, env = "TETHER_CLIENT_PUBLISH", value_delimiter = ',')]
     client_publish: Option<Vec<String>>,
+    /// Do not negotiate permessage-deflate (compression is on by default for clients that offer it)
+    #[arg(long)]
+    no_compression: bool,
+    /// Publications shorter than this go out uncompressed [default: 64B]
+    #[arg(long, env = "TETHER_COMPRESSION_MIN_SIZE", value_parser = units::size)]
+    compression_min_size: Option<ByteSize>,
+    /// Channel patterns whose publications are compressed (repeatable) [default: *]
+    #[arg(
+        long = "compression-channel",
+        env = "TETHER_COMPRESSION_CHANNELS",
+        value_delimiter = ','
+    )]
+    compression_channels: Option<Vec<String>>,
     /// History for recovery, as PATTERN=SIZE/TTL, e.g. 'chat:*=1000/10m' (repeatable) [default: none]
     #[arg(long, env = "TETHER_HISTORY", value_delimiter = ',')]
     history: Option<Vec<tether_server::config::HistoryRule>>,
@@ -201,6 +214,13 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
     }
     cfg.insecure |= args.insecure;
     cfg.limit_loopback |= args.limit_loopback;
+    cfg.compression &= !args.no_compression;
+    if let Some(size) = args.compression_min_size {
+        cfg.compression_min_size = size;
+    }
+    if let Some(patterns) = &args.compression_channels {
+        cfg.compression_channels = patterns.iter().map(ChannelPattern::new).collect();
+    }
     if let Some(patterns) = &args.client_publish {
         cfg.client_publish = patterns.iter().map(ChannelPattern::new).collect();
     }

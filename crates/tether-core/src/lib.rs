@@ -25,6 +25,7 @@ pub mod close_code;
 pub mod codec;
 pub mod defaults;
 pub mod heartbeat;
+pub mod permessage_deflate;
 pub mod protocol;
 pub mod rate;
 pub mod reconnect;

@@ -95,6 +95,13 @@ pub struct GatewayConfig {
     /// health checks. A handshake over the budget is upgraded and closed at once with 1013 and a
     /// `retry_after_ms` hint (`storm_retry_hint`), which clients spread by jitter. 0: no limit.
     pub max_handshake_rate: u32,
+    /// Negotiate permessage-deflate (RFC 7692) with clients that offer it: publications are
+    /// compressed once for all of them, and their compressed messages inflated.
+    pub compression: bool,
+    /// Publications shorter than this go out uncompressed (not worth it).
+    pub compression_min_size: ByteSize,
+    /// Channels whose publications are compressed (`*` patterns).
+    pub compression_channels: Vec<ChannelPattern>,
     /// How long a publication's idempotency key is remembered: a retry with the same key within
     /// this window is answered with the first publication's receipt and not published again.
     #[serde(with = "humantime_serde")]
@@ -183,6 +190,9 @@ impl Default for GatewayConfig {
             max_handshake_rate: 20_000,
             storm_retry_hint: Duration::from_secs(1),
             idempotency_window: Duration::from_secs(300),
+            compression: true,
+            compression_min_size: ByteSize::b(64),
+            compression_channels: vec![ChannelPattern::new("*")],
             limit_loopback: false,
             max_inbound_rate: 1000,
             max_subscriptions: d::MAX_SUBSCRIPTIONS_PER_CONNECTION,

@@ -221,6 +221,7 @@ impl ConnectionTask {
         mode: Mode,
         channels: Vec<String>,
         grant: Option<Arc<Grant>>,
+        deflate: bool,
     ) -> Self {
         let start = async move {
             let upgraded = match on_upgrade.await {
@@ -234,7 +235,10 @@ impl ConnectionTask {
                     return None;
                 }
             };
-            let transport = Transport::new(upgraded);
+            let mut transport = Transport::new(upgraded);
+            if deflate {
+                transport.inflate(shared.config.max_message_size.as_u64() as usize);
+            }
             let parked = Connection::open(shared, transport, peer, mode, channels, grant);
             Some((parked, Instant::now())) // due at once: the task activates it right away
         };
@@ -313,7 +317,8 @@ impl Parked {
                 conn.finish(ending);
                 None
             }
-            Phase::Idle { transport, wake_at } => {
+            Phase::Idle { mut transport, wake_at } => {
+                transport.shrink();
                 let resync_seen = *resync.borrow();
                 Some((Parked { conn, transport, heartbeat, resync_seen }, wake_at))
             }
@@ -334,8 +339,10 @@ impl Connection {
     ) -> Parked {
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let cfg = &shared.config;
-        let queue =
-            Arc::new(OutboundQueue::new(cfg.outbound_queue, cfg.outbound_queue_bytes.as_u64()));
+        let queue = Arc::new(
+            OutboundQueue::new(cfg.outbound_queue, cfg.outbound_queue_bytes.as_u64())
+                .deflating(transport.inflates()),
+        );
         shared.metrics.connections_open.inc(); // decremented by `Drop for Connection`
         let lot_key = shared.parking.register(queue.clone());
         shared.parking.ensure_tasks(); // its timer also tells active connections when to park
@@ -1112,7 +1119,7 @@ impl Connection {
         let (mut n, mut bytes, mut gap) = (0u64, 0u64, false);
         let write_timeout = self.shared.config.write_timeout;
         let write = async {
-            let mut framed = Framed::new();
+            let mut framed = Framed::new(queue.deflates());
             // Something went to tungstenite's buffer and is not flushed yet.
             let mut fed = false;
             let mut next = Some(first);
@@ -1129,7 +1136,7 @@ impl Connection {
                         None
                     }
                     Outbound::Publication(p) => match queue.admit(&p) {
-                        Admission::Send if p.wire.is_some() => {
+                        Admission::Send if p.wire_for(queue.deflates()).is_some() => {
                             n += 1;
                             bytes += p.frame.len() as u64;
                             if framed.is_full() {
@@ -1213,16 +1220,17 @@ impl Drop for DirectWindow {
 }
 
 /// Pre-framed publications gathered for one vectored write, each with how many bytes of its
-/// frame already went out (a publisher's direct write may have sent a first part).
-struct Framed(SmallVec<[(Arc<Published>, usize); FRAMED_BATCH]>);
+/// frame already went out (a publisher's direct write may have sent a first part), and whether
+/// the connection takes compressed frames.
+struct Framed(SmallVec<[(Arc<Published>, usize); FRAMED_BATCH]>, bool);
 
 /// Publications per vectored write (`writev` takes up to 1024 slices; a few dozen frames already
 /// fill a socket buffer's worth of small messages).
 const FRAMED_BATCH: usize = 16;
 
 impl Framed {
-    fn new() -> Self {
-        Framed(SmallVec::new())
+    fn new(deflate: bool) -> Self {
+        Framed(SmallVec::new(), deflate)
     }
 
     fn is_full(&self) -> bool {
@@ -1233,8 +1241,10 @@ impl Framed {
         self.0.push((p, written));
     }
 
-    fn rest(item: &(Arc<Published>, usize)) -> &[u8] {
-        let wire = item.0.wire.as_deref().unwrap_or_default();
+    /// What is left to write of a gathered publication (the compressed frame for a connection
+    /// that negotiated permessage-deflate).
+    fn rest(item: &(Arc<Published>, usize), deflate: bool) -> &[u8] {
+        let wire = item.0.wire_for(deflate).unwrap_or_default();
         wire.get(item.1..).unwrap_or_default()
     }
 
@@ -1251,13 +1261,13 @@ impl Framed {
         }
         if let [one] = &self.0[..] {
             // One frame (the common case at low rates): a plain send, cheaper than a writev.
-            write_frame(ws, Self::rest(one)).await?;
+            write_frame(ws, Self::rest(one, self.1)).await?;
             self.0.clear();
             return Ok(());
         }
         let mut transport = Pin::new(ws.get_mut());
         let mut slices: SmallVec<[IoSlice<'_>; FRAMED_BATCH]> =
-            self.0.iter().map(|item| IoSlice::new(Self::rest(item))).collect();
+            self.0.iter().map(|item| IoSlice::new(Self::rest(item, self.1))).collect();
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
             let written =

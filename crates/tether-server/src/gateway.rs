@@ -57,6 +57,18 @@ pub(crate) struct Shared {
     pub background_started: std::sync::atomic::AtomicBool,
 }
 
+/// The hub, with the delivery and compression settings of `config`.
+fn hub_for(config: &GatewayConfig, metrics: &Arc<Metrics>) -> Hub {
+    let hub = Hub::new(metrics.clone()).direct_delivery(config.direct_delivery);
+    match config.compression {
+        true => hub.compression(
+            config.compression_min_size.as_u64() as usize,
+            config.compression_channels.clone(),
+        ),
+        false => hub,
+    }
+}
+
 impl Shared {
     /// Take one handshake from the server-wide budget; false when the storm is over budget.
     pub fn admit_handshake(&self) -> bool {
@@ -121,7 +133,7 @@ impl Gateway {
             }));
         }
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(metrics.clone()).direct_delivery(config.direct_delivery));
+        let hub = Arc::new(hub_for(&config, &metrics));
         let broker =
             Arc::new(MemoryBroker::new(hub.clone(), config.history.clone(), config.max_channels));
         let (resync, _) = watch::channel(0);
@@ -137,7 +149,7 @@ impl Gateway {
             return Self::new(config);
         }
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(metrics.clone()).direct_delivery(config.direct_delivery));
+        let hub = Arc::new(hub_for(&config, &metrics));
         let shutdown = CancellationToken::new();
         let (resync, _) = watch::channel(0u64);
         let parking = Self::parking_lot(&config);

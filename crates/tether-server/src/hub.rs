@@ -58,11 +58,29 @@ pub struct Published {
     pub channel: Arc<str>,
     pub epoch: Arc<str>,
     pub offset: u64,
+    /// Whether subscribers that negotiated permessage-deflate get it compressed (compression
+    /// on, the channel matches, the message is big enough)...
+    compress: bool,
+    /// ...and the compressed frame, built by the first such subscriber's delivery and shared by
+    /// all of them (no context takeover makes it the same bytes for everyone). `None` inside:
+    /// compressing did not make it smaller.
+    deflated: std::sync::OnceLock<Option<Bytes>>,
 }
 
 impl Published {
     /// Frame `text` once for all subscribers.
     pub fn new(text: Utf8Bytes, channel: Arc<str>, epoch: Arc<str>, offset: u64) -> Self {
+        Self::with_compression(text, channel, epoch, offset, false)
+    }
+
+    /// As [`Published::new`], compressed for deflate subscribers when `compress`.
+    pub fn with_compression(
+        text: Utf8Bytes,
+        channel: Arc<str>,
+        epoch: Arc<str>,
+        offset: u64,
+        compress: bool,
+    ) -> Self {
         let (frame, wire) = if text.len() <= crate::connection::FRAGMENT {
             let (wire, start) = text_frame(text.as_bytes());
             // The text shares the frame's allocation; it was UTF-8 before the copy.
@@ -73,7 +91,30 @@ impl Published {
         } else {
             (text, None)
         };
-        Published { frame, wire, channel, epoch, offset }
+        let deflated = std::sync::OnceLock::new();
+        Published { frame, wire, channel, epoch, offset, compress, deflated }
+    }
+
+    /// Whether a compressed frame was built (and was smaller than the plain one).
+    pub fn is_compressed(&self) -> bool {
+        self.deflated.get().is_some_and(|d| d.is_some())
+    }
+
+    /// The bytes to write for a subscriber, as one frame: compressed when it negotiated
+    /// permessage-deflate (`deflate`) and compression applies; `None` when the message goes out
+    /// through the WebSocket layer instead (large and not compressed).
+    pub fn wire_for(&self, deflate: bool) -> Option<&[u8]> {
+        if deflate && self.compress {
+            let compressed = self.deflated.get_or_init(|| {
+                let frame =
+                    tether_core::permessage_deflate::compressed_text_frame(self.frame.as_bytes());
+                (frame.len() < self.frame.len()).then(|| Bytes::from(frame))
+            });
+            if let Some(frame) = compressed {
+                return Some(frame);
+            }
+        }
+        self.wire.as_deref()
     }
 }
 
@@ -198,6 +239,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Whether publishers may write to ready sockets themselves (see `mailbox`).
     direct: bool,
+    /// permessage-deflate for publications: `None` off; else (minimum size, channel patterns).
+    compression: Option<(usize, Vec<tether_core::channel::ChannelPattern>)>,
 }
 
 impl Hub {
@@ -209,7 +252,19 @@ impl Hub {
             hasher: RandomState::new(),
             metrics,
             direct: true,
+            compression: None,
         }
+    }
+
+    /// Compress publications of at least `min_size` bytes on channels matching `patterns` for
+    /// subscribers that negotiated permessage-deflate.
+    pub fn compression(
+        mut self,
+        min_size: usize,
+        patterns: Vec<tether_core::channel::ChannelPattern>,
+    ) -> Self {
+        self.compression = Some((min_size, patterns));
+        self
     }
 
     /// Turn direct delivery (publishers writing to ready sockets) on or off; on by default.
@@ -275,6 +330,11 @@ impl Hub {
         // Encode once per mode, lazily; every subscriber gets a reference to the same one.
         let mut json: Option<Arc<Published>> = None;
         let mut raw: Option<Arc<Published>> = None;
+        let compressible = |text: &Utf8Bytes| {
+            self.compression.as_ref().is_some_and(|(min, patterns)| {
+                text.len() >= *min && tether_core::channel::any_matches(patterns, channel)
+            })
+        };
         let (mut delivered, mut written, mut written_bytes, mut dropped) = (0, 0, 0, 0);
         for (i, sub) in subscribers.values().enumerate() {
             if i == sample && !all_direct {
@@ -287,11 +347,14 @@ impl Hub {
             };
             let publication = slot
                 .get_or_insert_with(|| {
-                    Arc::new(Published::new(
-                        render(sub.mode, channel, epoch, offset, data),
+                    let text = render(sub.mode, channel, epoch, offset, data);
+                    let compress = compressible(&text);
+                    Arc::new(Published::with_compression(
+                        text,
                         name.clone(),
                         epoch.clone(),
                         offset,
+                        compress,
                     ))
                 })
                 .clone();
@@ -314,6 +377,8 @@ impl Hub {
             None => {}
         }
         let m = &self.metrics;
+        let compressed = [&json, &raw].into_iter().flatten().filter(|p| p.is_compressed()).count();
+        m.publications_compressed.inc_by(compressed as u64);
         m.deliveries.inc_by(delivered);
         m.deliveries_dropped.inc_by(dropped);
         m.direct_deliveries.inc_by(written);

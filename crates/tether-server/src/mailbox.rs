@@ -146,6 +146,8 @@ struct Mail {
     writing: bool,
     /// What the queued items weigh, in KiB rounded up per item (a u16 keeps `Mail` in 64 bytes).
     queued_kib: u16,
+    /// The connection negotiated permessage-deflate: its publications go out compressed.
+    deflate: bool,
 }
 
 /// An item's weight against `outbound_queue_bytes`: KiB, rounded up, at least 1.
@@ -214,6 +216,7 @@ impl OutboundQueue {
                 socket: NO_SOCKET,
                 writing: false,
                 queued_kib: 0,
+                deflate: false,
             }),
             capacity: u16::try_from(capacity).unwrap_or(u16::MAX),
             max_kib: u16::try_from(max_bytes / 1024).unwrap_or(u16::MAX).max(1),
@@ -224,6 +227,16 @@ impl OutboundQueue {
             deadline: AtomicU64::new(u64::MAX),
             waker: AtomicWaker::new(),
         }
+    }
+
+    /// For a connection that negotiated permessage-deflate.
+    pub fn deflating(mut self, on: bool) -> Self {
+        self.mail.get_mut().unwrap_or_else(|p| p.into_inner()).deflate = on;
+        self
+    }
+
+    pub fn deflates(&self) -> bool {
+        self.lock().deflate
     }
 
     fn lock(&self) -> MutexGuard<'_, Mail> {
@@ -268,7 +281,10 @@ impl OutboundQueue {
         }
         let mut mail = self.lock();
         let fd = mail.socket;
-        if let (true, Some(wire)) = (direct && fd != NO_SOCKET, publication.wire.as_deref()) {
+        // For a deflate subscriber this compresses the publication, once for all of them, here
+        // in the publisher rather than later in some subscriber's task.
+        let wire = publication.wire_for(mail.deflate);
+        if let (true, Some(wire)) = (direct && fd != NO_SOCKET, wire) {
             if !mail.writing && mail.items.is_empty() && !self.overflowed() {
                 match mail.subscriptions.admit(&publication, false) {
                     Admission::Skip => return Ok(Delivery::Skipped),

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub command_errors: Family<ReasonLabels, Counter>,
     pub publications: Counter,
     pub publications_deduplicated: Counter,
+    pub publications_compressed: Counter,
     pub deliveries: Counter,
     pub deliveries_dropped: Counter,
     pub direct_deliveries: Counter,
@@ -97,6 +98,7 @@ impl Metrics {
             command_errors: Family::default(),
             publications: Counter::default(),
             publications_deduplicated: Counter::default(),
+            publications_compressed: Counter::default(),
             deliveries: Counter::default(),
             deliveries_dropped: Counter::default(),
             direct_deliveries: Counter::default(),
@@ -194,6 +196,11 @@ impl Metrics {
                 "tether_publications",
                 "Publications accepted (HTTP API and clients)",
                 m.publications.clone(),
+            );
+            t.register(
+                "tether_publications_compressed",
+                "Publications compressed for permessage-deflate subscribers (once each, shared by all of them)",
+                m.publications_compressed.clone(),
             );
             t.register(
                 "tether_publications_deduplicated",

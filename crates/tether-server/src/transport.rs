@@ -116,6 +116,17 @@ pub(crate) struct Transport {
     /// An error a parked read met, reported to the WebSocket layer on its first read.
     error: Option<io::Error>,
     boundary: FrameBoundary,
+    /// permessage-deflate negotiated: compressed messages from the peer are inflated into plain
+    /// frames before the WebSocket layer reads them (boxed: most connections have none).
+    inflating: Option<Box<Inflate>>,
+}
+
+/// The inbound permessage-deflate rewriter and what it produced that was not handed over yet.
+struct Inflate {
+    rewriter: tether_core::permessage_deflate::Inflating,
+    ready: Vec<u8>,
+    /// How far into `ready` has been handed over.
+    taken: usize,
 }
 
 impl Transport {
@@ -126,15 +137,39 @@ impl Transport {
                 let mut boundary = FrameBoundary::default();
                 boundary.feed(&parts.read_buf);
                 let prefix = (!parts.read_buf.is_empty()).then(|| Box::new(parts.read_buf));
-                Transport { io: Io::Tcp(parts.io.into_inner()), prefix, error: None, boundary }
+                Transport {
+                    io: Io::Tcp(parts.io.into_inner()),
+                    prefix,
+                    error: None,
+                    boundary,
+                    inflating: None,
+                }
             }
             Err(upgraded) => Transport {
                 io: Io::Other(TokioIo::new(upgraded)),
                 prefix: None,
                 error: None,
                 boundary: FrameBoundary::default(),
+                inflating: None,
             },
         }
+    }
+
+    /// Inflate compressed messages from now on (the connection negotiated permessage-deflate),
+    /// refusing any that inflates beyond `max_message` bytes.
+    pub fn inflate(&mut self, max_message: usize) {
+        // From here on the boundary follows the rewritten stream, which starts with whatever
+        // is already buffered.
+        self.boundary = FrameBoundary::default();
+        self.inflating = Some(Box::new(Inflate {
+            rewriter: tether_core::permessage_deflate::Inflating::new(max_message),
+            ready: Vec::new(),
+            taken: 0,
+        }));
+    }
+
+    pub fn inflates(&self) -> bool {
+        self.inflating.is_some()
     }
 
     /// The socket, when it is a plain TCP socket in tokio's reactor: publishers may then write
@@ -149,7 +184,23 @@ impl Transport {
 
     /// Whether this connection may be parked now: nothing half-read by the WebSocket layer.
     pub fn can_park(&self) -> bool {
-        self.prefix.is_none() && self.error.is_none() && self.boundary.at_rest()
+        self.prefix.is_none()
+            && self.error.is_none()
+            && self.boundary.at_rest()
+            && self
+                .inflating
+                .as_ref()
+                .is_none_or(|i| i.rewriter.at_rest() && i.taken == i.ready.len())
+    }
+
+    /// Release what the inflater holds between messages (a parked connection keeps no buffer).
+    pub fn shrink(&mut self) {
+        if let Some(i) = self.inflating.as_mut() {
+            if i.taken == i.ready.len() {
+                i.ready = Vec::new();
+                i.taken = 0;
+            }
+        }
     }
 
     /// Move a plain socket out of tokio's reactor into the lot's epoll set (see `parking.rs`).
@@ -211,7 +262,9 @@ impl Transport {
                 match Pin::new(io).poll_read(cx, &mut buf) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Ok(())) => {
-                        self.boundary.feed(buf.filled());
+                        if self.inflating.is_none() {
+                            self.boundary.feed(buf.filled());
+                        }
                         let read = buf.filled();
                         // Nothing read (the end of the stream) leaves no prefix: the next read
                         // reports the end again.
@@ -224,6 +277,48 @@ impl Transport {
                         Poll::Ready(())
                     }
                 }
+            }
+        }
+    }
+}
+
+impl Transport {
+    /// `poll_read` with permessage-deflate: raw bytes (what was buffered first, then the
+    /// socket) go through the rewriter, and the WebSocket layer gets its output.
+    fn poll_read_inflating(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let inflate = self.inflating.as_mut().expect("inflating");
+            if inflate.taken < inflate.ready.len() {
+                let n = (inflate.ready.len() - inflate.taken).min(buf.remaining());
+                let out = &inflate.ready[inflate.taken..inflate.taken + n];
+                buf.put_slice(out);
+                self.boundary.feed(out);
+                inflate.taken += n;
+                if inflate.taken == inflate.ready.len() {
+                    inflate.ready.clear();
+                    inflate.taken = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(prefix) = self.prefix.take() {
+                inflate.rewriter.feed(&prefix, &mut inflate.ready);
+                continue;
+            }
+            let mut scratch = [0u8; 8192];
+            let mut raw = ReadBuf::new(&mut scratch);
+            let polled = match &mut self.io {
+                Io::Tcp(s) => Pin::new(s).poll_read(cx, &mut raw),
+                Io::Other(s) => Pin::new(s).poll_read(cx, &mut raw),
+                Io::Watched(_) | Io::Detached => return Poll::Ready(Err(not_in_reactor())),
+            };
+            match polled {
+                Poll::Ready(Ok(())) if raw.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => inflate.rewriter.feed(raw.filled(), &mut inflate.ready),
+                other => return other,
             }
         }
     }
@@ -243,6 +338,9 @@ impl AsyncRead for Transport {
         let this = self.get_mut();
         if let Some(e) = this.error.take() {
             return Poll::Ready(Err(e));
+        }
+        if this.inflating.is_some() {
+            return this.poll_read_inflating(cx, buf);
         }
         if let Some(prefix) = this.prefix.as_mut() {
             let n = prefix.len().min(buf.remaining());

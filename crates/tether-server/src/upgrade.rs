@@ -85,6 +85,24 @@ struct Accepted {
     accept_key: String,
     mode: Mode,
     channels: Vec<String>,
+    /// The `Sec-WebSocket-Extensions` answer when permessage-deflate was agreed.
+    deflate: Option<&'static str>,
+}
+
+/// The permessage-deflate answer to the request's offers, when compression is on.
+fn negotiate_deflate(
+    headers: &HeaderMap,
+    config: &crate::config::GatewayConfig,
+) -> Option<&'static str> {
+    if !config.compression {
+        return None;
+    }
+    let offers: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    tether_core::permessage_deflate::negotiate(&offers.join(","))
 }
 
 /// Validate an upgrade request: pure, no I/O.
@@ -143,7 +161,8 @@ fn check_handshake(
             ),
         ));
     }
-    Ok(Accepted { accept_key: derive_accept_key(key.as_bytes()), mode, channels })
+    let deflate = negotiate_deflate(headers, config);
+    Ok(Accepted { accept_key: derive_accept_key(key.as_bytes()), mode, channels, deflate })
 }
 
 /// `?token=` (raw mode, or any client that cannot send `connect`), checked before the upgrade,
@@ -213,7 +232,7 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
         }
         resp
     };
-    let Accepted { accept_key: accept, mode, channels } =
+    let Accepted { accept_key: accept, mode, channels, deflate } =
         match check_handshake(req.headers(), req.uri().query(), &shared.config, &shared.origins) {
             Ok(a) => a,
             Err(r) => return refuse(r),
@@ -258,7 +277,8 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
             cfg.close_timeout,
         ));
         drop(tracked);
-        return switching_protocols(&accept, mode);
+        // No extension: this answer is only a close frame.
+        return switching_protocols(&accept, mode, None);
     }
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
     if let Some(peer) = peer {
@@ -331,14 +351,22 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
     };
     // The slot is given back by the connection when it ends (see `Drop for Connection`).
     slot.forget();
-    let task = ConnectionTask::new(gateway.shared.clone(), on_upgrade, peer, mode, channels, grant);
+    let task = ConnectionTask::new(
+        gateway.shared.clone(),
+        on_upgrade,
+        peer,
+        mode,
+        channels,
+        grant,
+        deflate.is_some(),
+    );
     gateway.shared.tracker.spawn(task);
     drop(tracked); // the spawned task is tracked from here on
 
-    switching_protocols(&accept, mode)
+    switching_protocols(&accept, mode, deflate)
 }
 
-fn switching_protocols(accept: &str, mode: Mode) -> Response {
+fn switching_protocols(accept: &str, mode: Mode, deflate: Option<&'static str>) -> Response {
     let mut resp = Response::new(axum::body::Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -350,6 +378,9 @@ fn switching_protocols(accept: &str, mode: Mode) -> Response {
     );
     if mode == Mode::Json {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL_JSON));
+    }
+    if let Some(extension) = deflate {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(extension));
     }
     resp
 }

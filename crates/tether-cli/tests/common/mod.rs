@@ -575,12 +575,20 @@ pub struct RawWs<'a> {
     pub recv_buf: Option<usize>,
     /// Connect from this local address (127.0.0.x), to test per-address limits.
     pub source: Option<&'a str>,
+    /// More request header lines, each ending in `\r\n` (e.g. an extension offer).
+    pub headers: &'a str,
 }
 
 /// A WebSocket handshake written by hand on a plain TCP socket (`GET /ws{query}`), reading
 /// the response head byte by byte so that nothing after it is consumed. Returns the status
 /// code and the socket, whatever the status.
 pub fn raw_ws(server: SocketAddr, query: &str, opts: RawWs) -> (u16, std::net::TcpStream) {
+    let (head, s) = raw_ws_head(server, query, opts);
+    (head[9..12].parse().unwrap(), s)
+}
+
+/// [`raw_ws`], returning the whole response head instead of the status alone.
+pub fn raw_ws_head(server: SocketAddr, query: &str, opts: RawWs) -> (String, std::net::TcpStream) {
     use socket2::{Domain, Socket, Type};
     use std::io::{Read, Write};
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
@@ -597,7 +605,8 @@ pub fn raw_ws(server: SocketAddr, query: &str, opts: RawWs) -> (u16, std::net::T
     write!(
         s,
         "GET /ws{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+        opts.headers
     )
     .unwrap();
     let mut head = Vec::new();
@@ -606,6 +615,5 @@ pub fn raw_ws(server: SocketAddr, query: &str, opts: RawWs) -> (u16, std::net::T
         s.read_exact(&mut b).unwrap();
         head.push(b[0]);
     }
-    let status = std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap();
-    (status, s)
+    (String::from_utf8(head).unwrap(), s)
 }

@@ -1,0 +1,567 @@
+//! permessage-deflate (RFC 7692), sans I/O: negotiation, compressing a message once for every
+//! subscriber, and inflating compressed frames into plain ones for a WebSocket layer that knows
+//! no extensions (tungstenite; decision 0011).
+//!
+//! Tether always runs the extension **without context takeover, both ways**: each message is
+//! compressed and inflated on its own. That is what makes one compressed frame shareable by all
+//! subscribers (a context would tie it to one connection), and it means no zlib state outlives a
+//! message: an idle connection holds none. DEFLATE itself is flate2's; frame headers are
+//! tungstenite's; what lives here is the glue RFC 7692 asks for.
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use std::io::Cursor;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// What Tether's server answers to an acceptable offer, whatever the offer asked: no context
+/// takeover either way (RFC 7692 §7.1.1: a server may impose both).
+pub const SERVER_RESPONSE: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// What Tether's client offers: it never compresses, and inflates each message on its own.
+pub const CLIENT_OFFER: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// The tail a sync flush ends with: removed by the sender, put back by the receiver (§7.2.1).
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// The server's answer to a `Sec-WebSocket-Extensions` header (all its values, joined by
+/// commas): [`SERVER_RESPONSE`] when one permessage-deflate offer can be accepted, else `None`
+/// (the connection then runs uncompressed, which every client accepts).
+///
+/// An offer is refused when it has an unknown or repeated parameter, a malformed value, or
+/// limits the server's window below 15 bits (this compressor always uses 15).
+pub fn negotiate(offers: &str) -> Option<&'static str> {
+    offers.split(',').find(|offer| acceptable(offer)).map(|_| SERVER_RESPONSE)
+}
+
+fn acceptable(offer: &str) -> bool {
+    let mut parts = offer.split(';').map(str::trim);
+    if parts.next() != Some("permessage-deflate") {
+        return false;
+    }
+    let mut seen = Vec::new();
+    for param in parts {
+        let (name, value) = match param.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            None => (param, None),
+        };
+        if seen.contains(&name) {
+            return false;
+        }
+        seen.push(name);
+        let bits =
+            |v: Option<&str>| v.and_then(|v| v.parse::<u8>().ok()).filter(|b| (8..=15).contains(b));
+        let ok = match name {
+            "server_no_context_takeover" | "client_no_context_takeover" => value.is_none(),
+            // The client's own window: it may announce support without a value.
+            "client_max_window_bits" => value.is_none() || bits(value).is_some(),
+            // A limit on the server's window: only 15 can be honoured.
+            "server_max_window_bits" => bits(value) == Some(15),
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether a server's `Sec-WebSocket-Extensions` answer to [`CLIENT_OFFER`] is one the client
+/// can live with: `Ok(true)` deflate is on, `Ok(false)` no extension, `Err` anything the client
+/// did not offer (the client must then fail the connection, RFC 7692 §5).
+pub fn client_accepts(response: Option<&str>) -> Result<bool, String> {
+    let Some(response) = response.map(str::trim).filter(|r| !r.is_empty()) else {
+        return Ok(false);
+    };
+    let mut parts = response.split(';').map(str::trim);
+    if parts.next() != Some("permessage-deflate") || response.contains(',') {
+        return Err(format!("the server answered an extension that was not offered: {response}"));
+    }
+    let mut server_no_context = false;
+    for param in parts {
+        match param.split_once('=').map_or((param, None), |(n, v)| (n.trim(), Some(v.trim()))) {
+            ("server_no_context_takeover", None) => server_no_context = true,
+            ("client_no_context_takeover", None) => {}
+            ("server_max_window_bits", Some(_)) | ("client_max_window_bits", Some(_)) => {}
+            _ => return Err(format!("unexpected permessage-deflate parameter `{param}`")),
+        }
+    }
+    // Asked for: without it each message could depend on the ones before.
+    if !server_no_context {
+        return Err("the server did not agree to server_no_context_takeover".into());
+    }
+    Ok(true)
+}
+
+/// `payload` compressed on its own (no context), as one message's payload: deflate with a
+/// sync flush, its 4-byte tail removed.
+pub fn compress(payload: &[u8]) -> Vec<u8> {
+    let mut deflate = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(payload.len() / 2 + 64);
+    loop {
+        let consumed = deflate.total_in() as usize;
+        out.reserve(payload.len().saturating_sub(consumed) / 2 + 64);
+        let status = deflate
+            .compress_vec(&payload[consumed..], &mut out, FlushCompress::Sync)
+            .expect("deflate into a Vec cannot fail");
+        let done = deflate.total_in() as usize == payload.len();
+        // A sync flush is complete when the output buffer was not filled to the brim.
+        if done && out.len() < out.capacity() && status != Status::BufError {
+            break;
+        }
+    }
+    if out.ends_with(&TAIL) {
+        out.truncate(out.len() - TAIL.len());
+    }
+    out
+}
+
+/// A complete, unmasked, compressed text frame (RSV1 set) for `text`: built once per
+/// publication, the same bytes for every subscriber that negotiated the extension.
+pub fn compressed_text_frame(text: &[u8]) -> Vec<u8> {
+    let payload = compress(text);
+    let header = FrameHeader {
+        is_final: true,
+        rsv1: true,
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    let mut frame = Vec::with_capacity(payload.len() + 10);
+    header.format(payload.len() as u64, &mut frame).expect("writing to a Vec cannot fail");
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// The inbound side: a stream rewriter that sits under a WebSocket layer without extension
+/// support. Bytes from the peer go in; what comes out is the same stream with every compressed
+/// message replaced by one plain frame (RSV1 clear, the message inflated, masked again with the
+/// key of its first frame when it was masked). Control frames and uncompressed messages pass
+/// through untouched, also in the middle of a compressed message.
+///
+/// Errors are left for the WebSocket layer to report with the right close code: a message that
+/// inflates beyond `max_message` comes out as a frame header announcing more than that (1009),
+/// and bad compressed data or a misplaced RSV1 come out with RSV1 still set (1002). After an
+/// error everything passes through as it is.
+pub struct Inflating {
+    max_message: usize,
+    header: [u8; 14],
+    header_len: u8,
+    frame: Option<Frame>,
+    message: Option<Box<Message>>,
+    failed: bool,
+}
+
+/// The frame being read.
+struct Frame {
+    /// Payload bytes still to come.
+    left: u64,
+    /// `Some`: a frame of a compressed message, with its own masking key (each frame has one)
+    /// and how far into the payload we are. `None`: passed through.
+    compressed: Option<(Option<[u8; 4]>, usize)>,
+    is_final: bool,
+}
+
+/// A compressed message being inflated: it exists only between its first and last frames.
+struct Message {
+    opcode: OpCode,
+    /// The first frame's key, to mask the plain frame again (a server requires masked frames).
+    mask: Option<[u8; 4]>,
+    inflate: Decompress,
+    plain: Vec<u8>,
+}
+
+impl Inflating {
+    pub fn new(max_message: usize) -> Self {
+        Inflating {
+            max_message,
+            header: [0; 14],
+            header_len: 0,
+            frame: None,
+            message: None,
+            failed: false,
+        }
+    }
+
+    /// Between messages: no partial frame header, no frame or compressed message in progress.
+    pub fn at_rest(&self) -> bool {
+        self.header_len == 0 && self.frame.is_none() && self.message.is_none()
+    }
+
+    /// Rewrite `input` (the next bytes from the peer) into `out`.
+    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        while !input.is_empty() {
+            if self.failed {
+                out.extend_from_slice(input);
+                return;
+            }
+            match &mut self.frame {
+                None => input = self.read_header(input, out),
+                Some(frame) if frame.compressed.is_none() => {
+                    let n = input.len().min(usize::try_from(frame.left).unwrap_or(usize::MAX));
+                    out.extend_from_slice(&input[..n]);
+                    frame.left -= n as u64;
+                    input = &input[n..];
+                    if frame.left == 0 {
+                        self.frame = None;
+                    }
+                }
+                Some(_) => input = self.inflate_payload(input, out),
+            }
+        }
+    }
+
+    fn read_header<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> &'a [u8] {
+        let had = self.header_len as usize;
+        let take = input.len().min(self.header.len() - had);
+        self.header[had..had + take].copy_from_slice(&input[..take]);
+        let mut cursor = Cursor::new(&self.header[..had + take]);
+        let (header, len) = match FrameHeader::parse(&mut cursor) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => {
+                self.header_len = (had + take) as u8;
+                return &input[take..];
+            }
+            Err(_) => {
+                // The WebSocket layer will refuse this header too.
+                self.fail();
+                return input;
+            }
+        };
+        let used = cursor.position() as usize - had;
+        let raw = &self.header[..had + used];
+        self.header_len = 0;
+        let rest = &input[used..];
+        let starts_compressed =
+            header.rsv1 && matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+        let continues =
+            matches!(header.opcode, OpCode::Data(Data::Continue)) && self.message.is_some();
+        if header.rsv2 || header.rsv3 || (header.rsv1 && !starts_compressed) {
+            out.extend_from_slice(raw);
+            self.fail();
+            return rest;
+        }
+        if starts_compressed {
+            if self.message.is_some() {
+                out.extend_from_slice(raw); // a new message inside one: the layer refuses it
+                self.fail();
+                return rest;
+            }
+            self.message = Some(Box::new(Message {
+                opcode: header.opcode,
+                mask: header.mask,
+                inflate: Decompress::new(false),
+                plain: Vec::new(),
+            }));
+        }
+        if starts_compressed || continues {
+            self.frame = Some(Frame {
+                left: len,
+                compressed: Some((header.mask, 0)),
+                is_final: header.is_final,
+            });
+            if len == 0 {
+                self.end_frame(out);
+            }
+        } else {
+            // Control frames and uncompressed data frames go through as they are.
+            out.extend_from_slice(raw);
+            if len > 0 {
+                self.frame = Some(Frame { left: len, compressed: None, is_final: header.is_final });
+            }
+        }
+        rest
+    }
+
+    fn inflate_payload<'a>(&mut self, input: &'a [u8], out: &mut Vec<u8>) -> &'a [u8] {
+        let frame = self.frame.as_mut().expect("a compressed frame");
+        let n = input.len().min(usize::try_from(frame.left).unwrap_or(usize::MAX));
+        let (mask, offset) = frame.compressed.as_mut().expect("compressed");
+        let mut chunk = input[..n].to_vec();
+        if let Some(key) = mask {
+            for (i, b) in chunk.iter_mut().enumerate() {
+                *b ^= key[(*offset + i) % 4];
+            }
+        }
+        *offset += n;
+        frame.left -= n as u64;
+        let frame_done = frame.left == 0;
+        if !self.inflate(&chunk) {
+            self.fail_message(out);
+            return &input[n..];
+        }
+        if frame_done {
+            self.end_frame(out);
+        }
+        &input[n..]
+    }
+
+    /// Inflate `compressed` into the message; false when it is bad data or too big.
+    fn inflate(&mut self, compressed: &[u8]) -> bool {
+        let limit = self.max_message;
+        let message = self.message.as_mut().expect("a compressed message");
+        let start = message.inflate.total_in();
+        loop {
+            let consumed = (message.inflate.total_in() - start) as usize;
+            if consumed == compressed.len() && message.plain.len() < message.plain.capacity() {
+                return true;
+            }
+            // Room for at most one byte past the limit: enough to know it was passed.
+            let room = (limit + 1).saturating_sub(message.plain.len());
+            if room == 0 {
+                return false;
+            }
+            message.plain.reserve(room.min(64 * 1024));
+            let before = (message.inflate.total_in(), message.plain.len());
+            match message.inflate.decompress_vec(
+                &compressed[consumed..],
+                &mut message.plain,
+                FlushDecompress::Sync,
+            ) {
+                Ok(Status::StreamEnd) => return message.plain.len() <= limit,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+            if message.plain.len() > limit {
+                return false;
+            }
+            if (message.inflate.total_in(), message.plain.len()) == before {
+                // No progress: all input taken and nothing more to produce.
+                return (message.inflate.total_in() - start) as usize == compressed.len();
+            }
+        }
+    }
+
+    fn end_frame(&mut self, out: &mut Vec<u8>) {
+        let is_final = self.frame.take().is_some_and(|f| f.is_final);
+        if !is_final {
+            return;
+        }
+        if !self.inflate(&TAIL) {
+            self.fail_message(out);
+            return;
+        }
+        let mut message = self.message.take().expect("a compressed message");
+        let header = FrameHeader {
+            is_final: true,
+            opcode: message.opcode,
+            mask: message.mask,
+            ..FrameHeader::default()
+        };
+        header.format(message.plain.len() as u64, out).expect("writing to a Vec cannot fail");
+        if let Some(key) = message.mask {
+            for (i, b) in message.plain.iter_mut().enumerate() {
+                *b ^= key[i % 4];
+            }
+        }
+        out.extend_from_slice(&message.plain);
+    }
+
+    /// The message cannot be delivered: too big (announce a frame over the limit: 1009) or bad
+    /// data (a header with RSV1 set: 1002).
+    fn fail_message(&mut self, out: &mut Vec<u8>) {
+        let message = self.message.take().expect("a compressed message");
+        let too_big = message.plain.len() > self.max_message;
+        let header = FrameHeader {
+            is_final: true,
+            rsv1: !too_big,
+            opcode: message.opcode,
+            mask: message.mask,
+            ..FrameHeader::default()
+        };
+        let announced = if too_big { self.max_message as u64 + 1 } else { 0 };
+        header.format(announced, out).expect("writing to a Vec cannot fail");
+        self.fail();
+    }
+
+    fn fail(&mut self) {
+        self.failed = true;
+        self.frame = None;
+        self.message = None;
+        self.header_len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_accepts_what_browsers_node_and_python_offer() {
+        for offer in [
+            "permessage-deflate; client_max_window_bits", // Chromium, ws, websockets
+            "permessage-deflate",                         // Firefox
+            "permessage-deflate; client_max_window_bits=12; server_no_context_takeover",
+            "x-webkit-deflate-frame, permessage-deflate", // first one unknown
+            "permessage-deflate; server_max_window_bits=15",
+        ] {
+            assert_eq!(negotiate(offer), Some(SERVER_RESPONSE), "{offer}");
+        }
+        for offer in [
+            "",
+            "x-webkit-deflate-frame",
+            "permessage-deflate; server_max_window_bits=10", // cannot compress with that window
+            "permessage-deflate; server_max_window_bits",    // a value is required
+            "permessage-deflate; client_max_window_bits=7",
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            "permessage-deflate; foo",
+            "permessage-deflate; client_no_context_takeover=1",
+        ] {
+            assert_eq!(negotiate(offer), None, "{offer}");
+        }
+    }
+
+    #[test]
+    fn the_client_checks_the_answer() {
+        assert_eq!(client_accepts(None), Ok(false));
+        assert_eq!(client_accepts(Some(SERVER_RESPONSE)), Ok(true));
+        assert!(client_accepts(Some("permessage-deflate")).is_err(), "context takeover kept");
+        assert!(client_accepts(Some("x-foo")).is_err());
+        assert!(
+            client_accepts(Some("permessage-deflate; server_no_context_takeover; bar")).is_err()
+        );
+    }
+
+    /// A client's frame (masked) of a compressed message split in `pieces` fragments.
+    fn client_frames(text: &[u8], pieces: usize, mask: [u8; 4]) -> Vec<u8> {
+        let payload = compress(text);
+        let size = payload.len().div_ceil(pieces).max(1);
+        let chunks: Vec<&[u8]> =
+            if payload.is_empty() { vec![&[][..]] } else { payload.chunks(size).collect() };
+        let mut wire = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let header = FrameHeader {
+                is_final: i + 1 == chunks.len(),
+                rsv1: i == 0,
+                opcode: if i == 0 {
+                    OpCode::Data(Data::Text)
+                } else {
+                    OpCode::Data(Data::Continue)
+                },
+                mask: Some(mask),
+                ..FrameHeader::default()
+            };
+            header.format(chunk.len() as u64, &mut wire).unwrap();
+            wire.extend(chunk.iter().enumerate().map(|(j, b)| b ^ mask[j % 4]));
+        }
+        wire
+    }
+
+    /// Parse one frame from `wire`: (header, unmasked payload).
+    fn one_frame(wire: &[u8]) -> (FrameHeader, Vec<u8>) {
+        let mut cursor = Cursor::new(wire);
+        let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+        let start = cursor.position() as usize;
+        let mut payload = wire[start..start + len as usize].to_vec();
+        if let Some(key) = header.mask {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= key[i % 4];
+            }
+        }
+        assert_eq!(wire.len(), start + len as usize, "exactly one frame");
+        (header, payload)
+    }
+
+    #[test]
+    fn a_compressed_message_becomes_one_plain_frame_however_it_arrives() {
+        let text = br#"{"id":3,"cmd":"publish","channel":"news","data":"hello hello hello hello"}"#
+            .repeat(40);
+        for pieces in [1, 2, 5] {
+            let wire = client_frames(&text, pieces, [9, 8, 7, 6]);
+            for chunk in [1, 3, 7, 64, 100_000] {
+                let mut inflating = Inflating::new(1 << 20);
+                let mut out = Vec::new();
+                for piece in wire.chunks(chunk) {
+                    inflating.feed(piece, &mut out);
+                }
+                assert!(inflating.at_rest());
+                let (header, payload) = one_frame(&out);
+                assert!(!header.rsv1 && header.is_final && header.mask == Some([9, 8, 7, 6]));
+                assert_eq!(payload, text, "{pieces} pieces, chunks of {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn control_frames_and_plain_messages_pass_through_even_mid_message() {
+        let text = b"compress me, compress me, compress me".repeat(10);
+        let compressed = client_frames(&text, 2, [1, 2, 3, 4]);
+        // Split after the first frame and put a ping between the fragments.
+        let (first, _) = {
+            let mut c = Cursor::new(&compressed[..]);
+            let (_, len) = FrameHeader::parse(&mut c).unwrap().unwrap();
+            (c.position() as usize + len as usize, ())
+        };
+        let mut ping = Vec::new();
+        FrameHeader {
+            opcode: OpCode::Control(tungstenite::protocol::frame::coding::Control::Ping),
+            mask: Some([5; 4]),
+            ..Default::default()
+        }
+        .format(2, &mut ping)
+        .unwrap();
+        ping.extend([b'h' ^ 5, b'i' ^ 5]);
+        let mut plain = Vec::new();
+        FrameHeader { opcode: OpCode::Data(Data::Text), mask: Some([0; 4]), ..Default::default() }
+            .format(4, &mut plain)
+            .unwrap();
+        plain.extend(b"ping");
+        let mut wire = plain.clone();
+        wire.extend(&compressed[..first]);
+        wire.extend(&ping);
+        wire.extend(&compressed[first..]);
+        let mut inflating = Inflating::new(1 << 20);
+        let mut out = Vec::new();
+        inflating.feed(&wire, &mut out);
+        let mut expected = plain;
+        expected.extend(&ping);
+        assert_eq!(&out[..expected.len()], &expected[..], "plain frame then the ping, untouched");
+        assert_eq!(one_frame(&out[expected.len()..]).1, text);
+    }
+
+    #[test]
+    fn a_bomb_is_stopped_at_the_limit_and_bad_data_is_refused() {
+        let bomb = vec![b'a'; 1 << 20];
+        let wire = client_frames(&bomb, 1, [1, 1, 1, 1]);
+        assert!(wire.len() < 2000, "a megabyte of one letter compresses to {} bytes", wire.len());
+        let mut inflating = Inflating::new(64 * 1024);
+        let mut out = Vec::new();
+        inflating.feed(&wire, &mut out);
+        let mut cursor = Cursor::new(&out[..]);
+        let (header, len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+        assert!(len > 64 * 1024 && !header.rsv1, "announced {len}: the layer closes with 1009");
+
+        let mut garbage = Vec::new();
+        FrameHeader {
+            rsv1: true,
+            opcode: OpCode::Data(Data::Text),
+            mask: Some([0; 4]),
+            ..Default::default()
+        }
+        .format(4, &mut garbage)
+        .unwrap();
+        garbage.extend([0xff, 0xff, 0xff, 0xff]);
+        let mut inflating = Inflating::new(1 << 20);
+        let mut out = Vec::new();
+        inflating.feed(&garbage, &mut out);
+        let (header, _) = FrameHeader::parse(&mut Cursor::new(&out[..])).unwrap().unwrap();
+        assert!(header.rsv1, "left with RSV1: the layer closes with 1002");
+    }
+
+    #[test]
+    fn compressed_frames_are_smaller_and_round_trip() {
+        let json = br#"{"type":"publication","channel":"prices","offset":7,"data":{"symbol":"ABC","bid":101.25,"ask":101.5}}"#.repeat(12);
+        let frame = compressed_text_frame(&json);
+        assert!(frame.len() * 3 < json.len(), "{} → {}", json.len(), frame.len());
+        let mut inflating = Inflating::new(1 << 20);
+        let mut out = Vec::new();
+        inflating.feed(&frame, &mut out);
+        let (header, payload) = one_frame(&out);
+        assert!(header.mask.is_none() && !header.rsv1);
+        assert_eq!(payload, json);
+        // The empty message too.
+        let mut out = Vec::new();
+        Inflating::new(10).feed(&compressed_text_frame(b""), &mut out);
+        assert_eq!(one_frame(&out).1, b"");
+    }
+}
