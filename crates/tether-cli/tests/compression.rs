@@ -11,6 +11,8 @@ use tether_core::permessage_deflate::{compress, Inflating};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
+const T: std::time::Duration = std::time::Duration::from_secs(10);
+
 const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
 const JSON_MODE: &str = "Sec-WebSocket-Protocol: tether.v1.json\r\n";
 const AGREED: &str = "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover";
@@ -188,4 +190,35 @@ fn with_compression_off_nothing_is_agreed_and_compressed_frames_are_refused() {
     assert!(!head.to_lowercase().contains("sec-websocket-extensions"), "{head}");
     s.write_all(&client_frame(OpCode::Data(Data::Text), true, true, &compress(b"ping"))).unwrap();
     assert_eq!(close_code(&mut s), 1002, "RSV1 without the extension is a protocol error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_offers_it_and_reads_compressed_publications() {
+    use tether_client::Event;
+    let server = Server::start(&[]);
+    let (client, mut events) = tether_client::connect(fast_client(server.ws_url("")));
+    next_event(&mut events, T, "open", |e| matches!(e, Event::Open { .. })).await;
+    assert_eq!(
+        *client.stats().extensions.lock().unwrap(),
+        tether_core::permessage_deflate::SERVER_RESPONSE
+    );
+    client.subscribe("news").await.unwrap();
+    next_event(&mut events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
+    let text = "every subscriber gets the same compressed bytes; ".repeat(40);
+    let publish = server.http("/api/publish");
+    let body = serde_json::json!({"channel": "news", "data": text}).to_string();
+    tokio::task::spawn_blocking(move || http_request("POST", &publish, Some(&body))).await.unwrap();
+    let got = publications(&mut events, 1).await;
+    assert_eq!(got, [(1, serde_json::json!(text).to_string())]);
+    assert_eq!(
+        server.metric("tether_publications_compressed_total"),
+        1.0,
+        "it went out compressed"
+    );
+
+    // Opting out: nothing offered, nothing compressed.
+    let (plain, mut events) =
+        tether_client::connect(fast_client(server.ws_url("")).compression(false));
+    next_event(&mut events, T, "open", |e| matches!(e, Event::Open { .. })).await;
+    assert_eq!(*plain.stats().extensions.lock().unwrap(), "");
 }

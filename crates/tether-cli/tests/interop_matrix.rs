@@ -142,7 +142,8 @@ impl Drop for PeerServer {
 async fn rust_client_row(name: String, peer: Command, compression: bool) {
     use tether_client::{Event, Initiator};
     let mut peer = tokio::task::spawn_blocking(move || PeerServer::start(peer)).await.unwrap();
-    let mut row = Row::new(&name, "server for the Rust client", "raw", false);
+    // The Rust client offers permessage-deflate; the peer agrees when its compression is on.
+    let mut row = Row::new(&name, "server for the Rust client", "raw", true);
     if compression {
         row.role = "server for the Rust client, compression enabled".into();
     }
@@ -151,7 +152,8 @@ async fn rust_client_row(name: String, peer: Command, compression: bool) {
     let text = |want: &'static str| move |e: &Event| matches!(e, Event::Message(m) if m == want);
     next_event(&mut events, T, "open", |e| matches!(e, Event::Open { .. })).await;
     next_event(&mut events, T, "hello", text("hello")).await;
-    row.check("handshake", true);
+    row.negotiated = client.stats().extensions.lock().unwrap().clone();
+    row.check("handshake", compression != row.negotiated.is_empty());
     client.send_text("ping").await.unwrap();
     next_event(&mut events, T, "pong", text("pong")).await;
     row.check("text ping → pong", true);

@@ -33,6 +33,9 @@ pub struct ClientStats {
     pub heartbeat_timeouts: AtomicU64,
     /// Supervisor tasks running: 1 while the client lives, never 2.
     pub supervisors: AtomicU64,
+    /// The extensions the server agreed to on the latest connection ("" when none), e.g.
+    /// permessage-deflate.
+    pub extensions: std::sync::Mutex<String>,
 }
 
 impl ClientStats {

@@ -36,6 +36,9 @@ pub struct ClientConfig {
     /// Certificate authorities trusted for `wss://` besides the public ones (webpki roots):
     /// a private CA, or a self-signed test setup. See [`ClientConfig::with_ca_file`].
     pub tls_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Offer permessage-deflate (on by default): the server may then send compressed messages,
+    /// which the client inflates (it never compresses what it sends).
+    pub compression: bool,
     /// Local address to connect from (a multi-homed host, or load tests spreading connections
     /// over 127.0.0.x to get past one address's ephemeral ports). `None`: the system picks.
     pub local_address: Option<std::net::IpAddr>,
@@ -75,6 +78,7 @@ impl ClientConfig {
             max_message_size: 16 << 20,
             tls_roots: Vec::new(),
             local_address: None,
+            compression: true,
             token: None,
             token_refresh: None,
         }
@@ -108,6 +112,12 @@ impl ClientConfig {
         }
         self.tls_roots.extend(certs);
         Ok(self)
+    }
+
+    /// Offer permessage-deflate or not (see [`ClientConfig::compression`]).
+    pub fn compression(mut self, on: bool) -> Self {
+        self.compression = on;
+        self
     }
 
     /// Connect from this local address (see [`ClientConfig::local_address`]).

@@ -26,6 +26,7 @@
 pub mod client;
 pub mod config;
 pub mod event;
+mod inflating_stream;
 mod supervisor;
 
 pub use client::{connect, Client, ClientError, ClientStats, Events};

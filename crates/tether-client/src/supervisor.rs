@@ -6,6 +6,7 @@
 use crate::client::{ClientError, ClientStats};
 use crate::config::{ClientConfig, Mode};
 use crate::event::{CloseInfo, Event};
+use crate::inflating_stream::InflatingStream;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -28,7 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<InflatingStream<MaybeTlsStream<TcpStream>>>;
 type Done<T> = oneshot::Sender<Result<T, ClientError>>;
 
 pub(crate) enum Request {
@@ -212,32 +213,37 @@ impl Supervisor {
             .read_buffer_size(8 * 1024)
             .max_message_size(Some(self.config.max_message_size))
             .max_frame_size(Some(self.config.max_message_size));
-        let connector = match self.config.url.starts_with("wss://") {
-            true => Some(tls_connector(&self.config.tls_roots).map_err(SessionEnd::fatal)?),
+        let offered = self.config.compression;
+        if offered {
+            request.headers_mut().insert(
+                "sec-websocket-extensions",
+                HeaderValue::from_static(tether_core::permessage_deflate::CLIENT_OFFER),
+            );
+        }
+        let tls = match self.config.url.starts_with("wss://") {
+            true => Some(tls_config(&self.config.tls_roots).map_err(SessionEnd::fatal)?),
             false => None,
         };
+        let max_message = self.config.max_message_size;
+        let local = self.config.local_address;
+        // TCP and TLS here rather than in tokio-tungstenite, so that the permessage-deflate
+        // stream sits above TLS and below the WebSocket layer (see `inflating_stream`).
         let attempt = async {
-            match self.config.local_address {
-                None => {
-                    tokio_tungstenite::connect_async_tls_with_config(
-                        request,
-                        Some(ws_config),
-                        true,
-                        connector,
-                    )
-                    .await
+            let tcp = connect_tcp(local, request.uri()).await.map_err(WsError::Io)?;
+            let stream = match tls {
+                None => MaybeTlsStream::Plain(tcp),
+                Some(config) => {
+                    let host = request.uri().host().unwrap_or_default();
+                    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+                    let name = rustls_pki_types::ServerName::try_from(host).map_err(|e| {
+                        WsError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                    })?;
+                    let connector = tokio_rustls::TlsConnector::from(config);
+                    MaybeTlsStream::Rustls(connector.connect(name, tcp).await.map_err(WsError::Io)?)
                 }
-                Some(local) => {
-                    let stream = connect_from(local, request.uri()).await.map_err(WsError::Io)?;
-                    tokio_tungstenite::client_async_tls_with_config(
-                        request,
-                        stream,
-                        Some(ws_config),
-                        connector,
-                    )
-                    .await
-                }
-            }
+            };
+            let stream = InflatingStream::new(stream, offered, max_message);
+            tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config)).await
         };
         let (ws, response) = match tokio::time::timeout(self.config.connect_timeout, attempt).await
         {
@@ -288,6 +294,23 @@ impl Supervisor {
                 "the server did not accept subprotocol tether.v1.json; use raw mode for plain WebSocket servers".into(),
             ));
         }
+        // An extension we did not offer, or deflate on terms we did not ask for: RFC 7692 §5
+        // says fail the connection (it would be unreadable).
+        let agreed = response
+            .headers()
+            .get("sec-websocket-extensions")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let accepted = match (offered, agreed.as_deref()) {
+            (false, Some(other)) => {
+                Err(format!("the server answered an extension that was not offered: {other}"))
+            }
+            (_, agreed) => tether_core::permessage_deflate::client_accepts(agreed).map(|_| ()),
+        };
+        if let Err(why) = accepted {
+            return Err(SessionEnd::fatal(why));
+        }
+        *self.stats.extensions.lock().unwrap_or_else(|p| p.into_inner()) =
+            agreed.unwrap_or_default();
         Ok(ws)
     }
 
@@ -649,9 +672,9 @@ fn describe(e: &WsError) -> String {
 }
 
 /// rustls (ring provider) trusting the public webpki roots plus `extra`.
-fn tls_connector(
+fn tls_config(
     extra: &[rustls_pki_types::CertificateDer<'static>],
-) -> Result<tokio_tungstenite::Connector, String> {
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for cert in extra {
@@ -665,7 +688,7 @@ fn tls_connector(
         .map_err(|e| format!("TLS setup failed: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(config)))
+    Ok(std::sync::Arc::new(config))
 }
 
 /// Whether a connect error is the server's certificate failing verification.
@@ -683,27 +706,34 @@ fn untrusted_certificate(e: &WsError) -> bool {
         .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)))
 }
 
-/// TCP connect to the URI's host from `local` (bound before connecting), with Nagle off as
-/// `connect_async` does.
-async fn connect_from(
-    local: std::net::IpAddr,
+/// TCP connect to the URI's host (from `local` when given, bound before connecting), with
+/// Nagle off as `connect_async` does.
+async fn connect_tcp(
+    local: Option<std::net::IpAddr>,
     uri: &tokio_tungstenite::tungstenite::http::Uri,
 ) -> std::io::Result<TcpStream> {
     use std::io::{Error, ErrorKind};
     let host = uri.host().ok_or_else(|| Error::new(ErrorKind::InvalidInput, "no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
-    let target = tokio::net::lookup_host((host, port))
-        .await?
-        .find(|a| a.is_ipv4() == local.is_ipv4())
-        .ok_or_else(|| Error::new(ErrorKind::AddrNotAvailable, "no address of the local family"))?;
-    let socket = if local.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
+    let stream = match local {
+        None => TcpStream::connect((host, port)).await?,
+        Some(local) => {
+            let target = tokio::net::lookup_host((host, port))
+                .await?
+                .find(|a| a.is_ipv4() == local.is_ipv4())
+                .ok_or_else(|| {
+                    Error::new(ErrorKind::AddrNotAvailable, "no address of the local family")
+                })?;
+            let socket = if local.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind((local, 0).into())?;
+            socket.connect(target).await?
+        }
     };
-    socket.bind((local, 0).into())?;
-    let stream = socket.connect(target).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
 }
