@@ -95,6 +95,13 @@ pub struct FanoutArgs {
     /// Padding bytes per message (the payload is about this plus 60 bytes)
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// Make the payload realistic JSON (quotes with varying prices, sizes and times, about
+    /// --payload bytes) instead of one run of padding, which compresses unrealistically well
+    #[arg(long)]
+    json_payload: bool,
+    /// Subscribers offer permessage-deflate (the report then shows the bytes on the wire)
+    #[arg(long)]
+    deflate: bool,
     /// HTTP connections publishing concurrently. The schedule does not wait for answers (an
     /// open loop), so a slow server cannot slow the offered rate down and hide its latency.
     /// With too few, a busy server's HTTP answers still hold publications back.
@@ -117,6 +124,37 @@ pub async fn run(command: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Idle(args) => idle(args).await,
         BenchCommand::Storm(args) => crate::storm::storm(args).await,
     }
+}
+
+/// About `size` bytes of realistic JSON for publication `seq`: quotes whose prices, sizes,
+/// times and ids vary the way a market feed's do (numbers differ, keys repeat), so that
+/// compression ratios mean something.
+fn quotes(seq: u64, size: usize) -> String {
+    const SYMBOLS: [&str; 8] = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "AVGO"];
+    let mut state = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = String::from("[");
+    while out.len() < size {
+        let r = next();
+        let bid = 100.0 + (r % 50_000) as f64 / 100.0;
+        out.push_str(&format!(
+            r#"{{"symbol":"{}","bid":{bid:.2},"ask":{:.2},"bid_size":{},"ask_size":{},"ts":{},"id":"{:016x}"}},"#,
+            SYMBOLS[(r >> 20) as usize % SYMBOLS.len()],
+            bid + (r >> 40) as f64 % 7.0 / 100.0 + 0.01,
+            (r >> 8) % 5000 + 1,
+            (r >> 24) % 5000 + 1,
+            1_764_000_000_000u64 + (r >> 30) % 1_000_000,
+            next(),
+        ));
+    }
+    out.pop();
+    out.push(']');
+    out
 }
 
 fn unix_micros() -> u64 {
@@ -191,6 +229,8 @@ struct Seen {
     duplicates: u64,
     /// Highest sequence number seen, and which were seen (for loss counting).
     seqs: Vec<bool>,
+    /// Bytes the server sent this subscriber, frames and all.
+    wire_bytes: u64,
 }
 
 async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
@@ -209,11 +249,12 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(args.subs);
     // A watch, not a Notify: a subscriber busy with a message when the stop comes must still see it.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let deflate = args.deflate;
     for _ in 0..args.subs {
         let (url, latency, delivered, ready, mut stop) =
             (url.clone(), latency.clone(), delivered.clone(), ready_tx.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let mut ws = match LeanWs::connect(url.as_str()).await {
+            let mut ws = match LeanWs::connect_with(url.as_str(), deflate).await {
                 Ok(ws) => ws,
                 Err(e) => {
                     let _ = ready.send(Err(e.to_string())).await;
@@ -253,6 +294,7 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
                 }
             }
             latency.lock().expect("latency lock").add(&local).ok();
+            seen.wire_bytes = ws.wire_bytes;
             seen
         }));
     }
@@ -283,10 +325,15 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
     let publish_url = format!("{}/api/publish", args.publish_url.trim_end_matches('/'));
     let schedule = Schedule { total, rate: args.rate, senders: args.publishers.max(1) };
     let (channel, pad) = (args.channel.clone(), "x".repeat(args.payload));
+    let (json_payload, payload) = (args.json_payload, args.payload);
     let publisher = tokio::task::spawn_blocking(move || {
         schedule.run(move |agent: &ureq::Agent, seq, due| {
+            let rest = match json_payload {
+                true => format!(r#""quotes":{}"#, quotes(seq, payload)),
+                false => format!(r#""pad":"{pad}""#),
+            };
             let body = format!(
-                r#"{{"channel":{},"data":{{"seq":{seq},"t":{due},"pad":"{pad}"}}}}"#,
+                r#"{{"channel":{},"data":{{"seq":{seq},"t":{due},{rest}}}}}"#,
                 serde_json::json!(channel),
             );
             matches!(
@@ -310,9 +357,11 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
     let mut received = 0;
     let mut duplicates = 0;
     let mut lost = 0;
+    let mut wire_bytes = 0;
     for task in tasks {
         let seen = task.await.context("subscriber task failed")?;
         received += seen.received;
+        wire_bytes += seen.wire_bytes;
         duplicates += seen.duplicates;
         lost += seen.seqs.iter().skip(1).filter(|s| !**s).count() as u64;
     }
@@ -332,6 +381,8 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
         "server_cpu_percent": server_cpu,
         "generator_cpu_percent": my_cpu,
         "server_cpu_us_per_delivery": server_cpu.map(|c| c / 100.0 * publish_secs * 1e6 / received.max(1) as f64),
+        "wire_bytes_per_delivery": (wire_bytes as f64 / received.max(1) as f64).round(),
+        "deflate": args.deflate,
     });
     if args.json {
         println!("{result}");
@@ -342,6 +393,11 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
             ms(0.5), ms(0.99), ms(0.999), h.max() as f64 / 1000.0
         );
         println!("{}", cpu_line(server_cpu, my_cpu));
+        println!(
+            "on the wire: {} bytes per delivery{}",
+            result["wire_bytes_per_delivery"],
+            if args.deflate { " (permessage-deflate offered)" } else { "" }
+        );
     }
     Ok(if lost == 0 && duplicates == 0 && publish_failures == 0 {
         ExitCode::SUCCESS
@@ -450,6 +506,9 @@ pub struct IdleArgs {
     /// How long to hold them (heartbeats are answered meanwhile)
     #[arg(long, default_value = "10s", value_parser = units::duration)]
     hold: Duration,
+    /// Offer permessage-deflate on every connection (to see what it costs an idle one)
+    #[arg(long)]
+    deflate: bool,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -469,6 +528,7 @@ async fn open_idle(
     url: &str,
     n: usize,
     offset: usize,
+    deflate: bool,
 ) -> Result<(Vec<tokio::task::JoinHandle<bool>>, usize)> {
     let parsed: tokio_tungstenite::tungstenite::http::Uri = url.parse().context("bad --url")?;
     let host = parsed.host().unwrap_or("127.0.0.1").to_owned();
@@ -496,7 +556,18 @@ async fn open_idle(
                     socket.bind((ip, 0).into()).ok()?;
                 }
                 let stream = socket.connect(target).await.ok()?;
-                tokio_tungstenite::client_async(url.as_str(), stream).await.ok().map(|(ws, _)| ws)
+                let mut request =
+                    tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                        url.as_str(),
+                    )
+                    .ok()?;
+                if deflate {
+                    request.headers_mut().insert(
+                        "sec-websocket-extensions",
+                        tether_core::permessage_deflate::CLIENT_OFFER.parse().ok()?,
+                    );
+                }
+                tokio_tungstenite::client_async(request, stream).await.ok().map(|(ws, _)| ws)
             }
             .await;
             drop(permit);
@@ -548,7 +619,7 @@ async fn idle(args: IdleArgs) -> Result<ExitCode> {
     if let Some(offset) = args.worker_offset {
         // A worker: connect, report, hold until told to stop (a line on stdin), report drops.
         let started = Instant::now();
-        let (handles, connected) = open_idle(&args.url, args.conns, offset).await?;
+        let (handles, connected) = open_idle(&args.url, args.conns, offset, args.deflate).await?;
         println!("READY {connected} {:.3}", started.elapsed().as_secs_f64());
         let mut stop = String::new();
         let _ = tokio::io::AsyncBufReadExt::read_line(
@@ -565,7 +636,7 @@ async fn idle(args: IdleArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let (connected, connect_secs, held);
     if args.conns <= PER_PROCESS {
-        let (handles, n) = open_idle(&args.url, args.conns, 0).await?;
+        let (handles, n) = open_idle(&args.url, args.conns, 0, args.deflate).await?;
         connect_secs = started.elapsed().as_secs_f64();
         connected = n;
         eprintln!("{n} connected in {connect_secs:.2} s; holding for {:?} …", args.hold);
@@ -590,6 +661,7 @@ async fn idle(args: IdleArgs) -> Result<ExitCode> {
                     "--worker-offset",
                     &offset.to_string(),
                 ])
+                .args(args.deflate.then_some("--deflate"))
                 .stdout(std::process::Stdio::piped())
                 .stdin(std::process::Stdio::piped())
                 .kill_on_drop(true)

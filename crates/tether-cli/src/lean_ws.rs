@@ -19,6 +19,9 @@ use tokio_tungstenite::MaybeTlsStream;
 /// Bytes read per `read` call at most; also the buffer kept per connection.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Largest message a compressed one may inflate to.
+const MAX_MESSAGE: usize = 16 << 20;
+
 pub struct LeanWs {
     tcp: TcpStream,
     buf: Vec<u8>,
@@ -26,7 +29,13 @@ pub struct LeanWs {
     start: usize,
     /// A fragmented message being reassembled.
     partial: Option<Vec<u8>>,
+    /// Whether the first frame of the message being reassembled was compressed.
+    partial_compressed: bool,
     mask_seed: u32,
+    /// permessage-deflate agreed: compressed messages are inflated before they are handed on.
+    inflater: Option<Box<tether_core::permessage_deflate::MessageInflater>>,
+    /// Bytes read from the socket: what the server put on the wire for this connection.
+    pub wire_bytes: u64,
 }
 
 /// What a read delivered.
@@ -40,8 +49,19 @@ pub enum Event<'a> {
 impl LeanWs {
     /// Connect to `url` (ws:// only).
     pub async fn connect(url: &str) -> Result<LeanWs> {
-        let request =
+        Self::connect_with(url, false).await
+    }
+
+    /// Connect to `url` (ws:// only), offering permessage-deflate when `deflate`.
+    pub async fn connect_with(url: &str, deflate: bool) -> Result<LeanWs> {
+        let mut request =
             tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)?;
+        if deflate {
+            request.headers_mut().insert(
+                "sec-websocket-extensions",
+                tether_core::permessage_deflate::CLIENT_OFFER.parse()?,
+            );
+        }
         let host = request.uri().host().context("URL without a host")?.to_owned();
         let port = request.uri().port_u16().unwrap_or(80);
         if request.uri().scheme_str() != Some("ws") {
@@ -53,7 +73,14 @@ impl LeanWs {
             .with_context(|| format!("cannot resolve {host}"))?;
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await?;
+        let (ws, response) =
+            tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp)).await?;
+        let agreed =
+            response.headers().get("sec-websocket-extensions").and_then(|v| v.to_str().ok());
+        let inflate = match tether_core::permessage_deflate::client_accepts(agreed) {
+            Ok(on) => on && deflate,
+            Err(why) => bail!("{why}"),
+        };
         // The server sends nothing before it is asked to (no publication yet, first ping in
         // seconds), so tungstenite has buffered nothing past the handshake.
         let MaybeTlsStream::Plain(tcp) = ws.into_inner() else { bail!("unexpected TLS stream") };
@@ -62,7 +89,10 @@ impl LeanWs {
             buf: Vec::with_capacity(READ_CHUNK),
             start: 0,
             partial: None,
+            partial_compressed: false,
             mask_seed: rand::random(),
+            inflater: inflate.then(Default::default),
+            wire_bytes: 0,
         })
     }
 
@@ -75,10 +105,12 @@ impl LeanWs {
         }
         // Into spare capacity: no zero-filling of the chunk on every read.
         self.buf.reserve(READ_CHUNK);
-        if self.tcp.read_buf(&mut self.buf).await? == 0 {
+        let n = self.tcp.read_buf(&mut self.buf).await?;
+        if n == 0 {
             on_event(Event::Closed);
             return Ok(false);
         }
+        self.wire_bytes += n as u64;
         let mut pongs: Vec<Vec<u8>> = Vec::new();
         let mut open = true;
         loop {
@@ -90,6 +122,16 @@ impl LeanWs {
                 break; // the rest of this frame is still on its way
             }
             let payload = &self.buf[body..end];
+            // A compressed message (RSV1 on its first frame) is inflated whole.
+            let inflater = &mut self.inflater;
+            let mut deliver =
+                |message: &[u8], compressed: bool| match (compressed, inflater.as_mut()) {
+                    (true, Some(inflater)) => match inflater.inflate(message, MAX_MESSAGE) {
+                        Some(plain) => on_event(Event::Message(&plain)),
+                        None => on_event(Event::Closed),
+                    },
+                    _ => on_event(Event::Message(message)),
+                };
             match header.opcode {
                 OpCode::Data(Data::Continue) => {
                     if let Some(p) = self.partial.as_mut() {
@@ -97,12 +139,15 @@ impl LeanWs {
                     }
                     if header.is_final {
                         if let Some(p) = self.partial.take() {
-                            on_event(Event::Message(&p));
+                            deliver(&p, self.partial_compressed);
                         }
                     }
                 }
-                OpCode::Data(_) if header.is_final => on_event(Event::Message(payload)),
-                OpCode::Data(_) => self.partial = Some(payload.to_vec()),
+                OpCode::Data(_) if header.is_final => deliver(payload, header.rsv1),
+                OpCode::Data(_) => {
+                    self.partial = Some(payload.to_vec());
+                    self.partial_compressed = header.rsv1;
+                }
                 OpCode::Control(Control::Ping) => pongs.push(payload.to_vec()),
                 OpCode::Control(Control::Close) => {
                     on_event(Event::Closed);

@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the protocol's hot paths: decoding commands, encoding publications,
-//! and the heartbeat's per-wake-up decision. `cargo bench -p tether-core`.
+//! the heartbeat's per-wake-up decision, and permessage-deflate on a realistic publication.
+//! `cargo bench -p tether-core`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::value::RawValue;
@@ -44,5 +45,45 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(codec_benches, benches);
+/// A market-feed-like JSON publication of about 1.5 KiB: repeated keys, varying numbers.
+fn quotes_json() -> String {
+    let symbols = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "AVGO"];
+    let quotes: Vec<String> = (0..12u64)
+        .map(|i| {
+            let r = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 20;
+            format!(
+                r#"{{"symbol":"{}","bid":{:.2},"ask":{:.2},"bid_size":{},"ask_size":{},"ts":{},"id":"{:016x}"}}"#,
+                symbols[i as usize % 8],
+                100.0 + (r % 50_000) as f64 / 100.0,
+                100.01 + (r % 50_000) as f64 / 100.0,
+                r % 5000 + 1,
+                (r >> 13) % 5000 + 1,
+                1_764_000_000_000u64 + r % 1_000_000,
+                r.wrapping_mul(31),
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"type":"publication","channel":"quotes","offset":7,"data":[{}]}}"#,
+        quotes.join(",")
+    )
+}
+
+fn deflate_benches(c: &mut Criterion) {
+    use tether_core::permessage_deflate::{compress, compressed_text_frame, MessageInflater};
+    let json = quotes_json();
+    let compressed = compress(json.as_bytes());
+    eprintln!("permessage-deflate: {} bytes of JSON → {} compressed", json.len(), compressed.len());
+    // What one publication costs once (Tether), and what a server that compresses per
+    // subscriber pays for each of them.
+    c.bench_function("deflate a 1.5 KiB JSON publication (frame)", |b| {
+        b.iter(|| compressed_text_frame(black_box(json.as_bytes())))
+    });
+    let mut inflater = MessageInflater::default();
+    c.bench_function("inflate it (a client's cost)", |b| {
+        b.iter(|| inflater.inflate(black_box(&compressed), 1 << 20))
+    });
+}
+
+criterion_group!(codec_benches, benches, deflate_benches);
 criterion_main!(codec_benches);

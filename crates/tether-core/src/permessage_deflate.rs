@@ -133,6 +133,50 @@ pub fn compressed_text_frame(text: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// Inflates whole messages one at a time (no context kept between them), reusing its zlib
+/// state: for clients that read frames themselves, like `tether bench`'s.
+pub struct MessageInflater(Decompress);
+
+impl Default for MessageInflater {
+    fn default() -> Self {
+        MessageInflater(Decompress::new(false))
+    }
+}
+
+impl MessageInflater {
+    /// The plain payload of one compressed message, or `None` when it is bad data or inflates
+    /// beyond `max` bytes.
+    pub fn inflate(&mut self, payload: &[u8], max: usize) -> Option<Vec<u8>> {
+        self.0.reset(false);
+        let mut out = Vec::with_capacity(payload.len() * 4);
+        for input in [payload, &TAIL[..]] {
+            let start = self.0.total_in();
+            loop {
+                let consumed = (self.0.total_in() - start) as usize;
+                if consumed == input.len() && out.len() < out.capacity() {
+                    break;
+                }
+                if out.len() > max {
+                    return None;
+                }
+                // Grow geometrically, never past one byte over the limit.
+                let room = max + 1 - out.len();
+                out.reserve(out.len().max(1024).min(room));
+                let before = (self.0.total_in(), out.len());
+                match self.0.decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync) {
+                    Ok(Status::StreamEnd) => break,
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+                if (self.0.total_in(), out.len()) == before {
+                    break;
+                }
+            }
+        }
+        (out.len() <= max).then_some(out)
+    }
+}
+
 /// The inbound side: a stream rewriter that sits under a WebSocket layer without extension
 /// support. Bytes from the peer go in; what comes out is the same stream with every compressed
 /// message replaced by one plain frame (RSV1 clear, the message inflated, masked again with the
@@ -546,6 +590,16 @@ mod tests {
         inflating.feed(&garbage, &mut out);
         let (header, _) = FrameHeader::parse(&mut Cursor::new(&out[..])).unwrap().unwrap();
         assert!(header.rsv1, "left with RSV1: the layer closes with 1002");
+    }
+
+    #[test]
+    fn the_message_inflater_is_reusable_and_bounded() {
+        let mut inflater = MessageInflater::default();
+        for text in [&b"first message, first message"[..], b"", b"second"] {
+            assert_eq!(inflater.inflate(&compress(text), 1 << 20).as_deref(), Some(text));
+        }
+        assert_eq!(inflater.inflate(&compress(&[b'a'; 10_000]), 1000), None);
+        assert_eq!(inflater.inflate(&[0xff; 8], 1000), None);
     }
 
     #[test]

@@ -399,11 +399,15 @@ impl Connection {
     /// One active phase: a WebSocket over `transport` until the connection ends or idles.
     async fn active(
         &mut self,
-        transport: Transport,
+        mut transport: Transport,
         heartbeat: &mut Heartbeat,
         resync: &mut watch::Receiver<u64>,
         missed_resync: bool,
     ) -> Phase {
+        if self.queue.deflates() && !transport.inflates() {
+            // Dropped while parked (see `Transport::shrink`): the mailbox remembers the deal.
+            transport.inflate(self.shared.config.max_message_size.as_u64() as usize);
+        }
         let socket = transport.direct_socket();
         let mut ws =
             WebSocketStream::from_raw_socket(transport, Role::Server, Some(self.shared.ws_config))

@@ -193,13 +193,13 @@ impl Transport {
                 .is_none_or(|i| i.rewriter.at_rest() && i.taken == i.ready.len())
     }
 
-    /// Release what the inflater holds between messages (a parked connection keeps no buffer).
+    /// Drop the inflater between messages: a parked connection keeps no permessage-deflate
+    /// state at all (its mailbox remembers the extension was agreed, and the connection makes a
+    /// new inflater when it wakes).
     pub fn shrink(&mut self) {
-        if let Some(i) = self.inflating.as_mut() {
-            if i.taken == i.ready.len() {
-                i.ready = Vec::new();
-                i.taken = 0;
-            }
+        let idle = |i: &Inflate| i.rewriter.at_rest() && i.taken == i.ready.len();
+        if self.inflating.as_deref().is_some_and(idle) {
+            self.inflating = None;
         }
     }
 
