@@ -36,6 +36,7 @@ function render(s) {
   $('kpi-rtt').textContent = s.rtt_p50_ms == null ? '–' : `${fmtMs(s.rtt_p50_ms)} · ${fmtMs(s.rtt_p99_ms)} ms`;
   $('kpi-timeouts').textContent = `${s.heartbeat_timeouts} heartbeat timeouts`;
   $('kpi-rss').textContent = s.rss_bytes == null ? '–' : fmtBytes(s.rss_bytes);
+  if (s.heap_bytes != null) $('kpi-heap').textContent = `heap ${fmtBytes(s.heap_bytes)} · as in /metrics`;
   $('chart-connections').innerHTML = s.charts.connections;
   $('chart-messages').innerHTML = s.charts.messages;
   $('chart-rtt').innerHTML = s.charts.rtt;

@@ -172,7 +172,7 @@ test('the dashboard loads and shows live values; screenshot', { skip: req.skip }
     () => {
       const s = window.tetherDashboard.snapshot;
       const lines = ['connections', 'messages', 'rtt', 'memory'].every((c) => document.querySelector(`#chart-${c} svg polyline`));
-      return lines && s && s.connections >= 2 && s.messages_per_sec > 0 && s.rtt_p50_ms > 0 && s.rss_bytes > 0 && s.closes.length > 0;
+      return lines && s && s.connections >= 2 && s.messages_per_sec > 0 && s.rtt_p50_ms > 0 && s.rss_bytes > 0 && s.heap_bytes > 0 && s.closes.length > 0;
     },
     null,
     { timeout: 15000 },
@@ -182,6 +182,7 @@ test('the dashboard loads and shows live values; screenshot', { skip: req.skip }
     rate: Number(document.getElementById('kpi-rate').textContent),
     rtt: document.getElementById('kpi-rtt').textContent,
     rss: document.getElementById('kpi-rss').textContent,
+    heap: document.getElementById('kpi-heap').textContent,
     lines: ['connections', 'messages', 'rtt', 'memory'].map((c) => document.querySelectorAll(`#chart-${c} svg polyline`).length),
     closes: [...document.querySelectorAll('#closes tr td:first-child')].filter((td) => /^\d{4}$/.test(td.textContent)).length,
   }));
@@ -190,6 +191,8 @@ test('the dashboard loads and shows live values; screenshot', { skip: req.skip }
   assert.match(shown.rtt, /ms$/);
   assert.match(shown.rss, /MiB|GiB/);
   assert.ok(shown.lines.every((n) => n >= 1), `every chart draws a line: ${JSON.stringify(shown)}`);
+  assert.equal(shown.lines[3], 2, `the memory chart shows heap beside resident: ${JSON.stringify(shown)}`);
+  assert.match(shown.heap, /^heap .*(KiB|MiB)/);
   assert.ok(shown.closes >= 1);
   const file = join(ensureOutputDir(), 'dashboard.png');
   await page.screenshot({ path: file, fullPage: true });

@@ -65,6 +65,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     tether_server::metrics::set_allocator_stats(jemalloc_figures);
+    tether_server::metrics::set_heap_profiler(Box::new(JemallocProfiler));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -102,12 +103,47 @@ fn jemalloc_figures() -> Option<tether_server::metrics::AllocatorFigures> {
     Some(tether_server::metrics::AllocatorFigures {
         allocated: stats::allocated::read().ok()? as u64,
         resident: stats::resident::read().ok()? as u64,
+        active: stats::active::read().ok()? as u64,
     })
+}
+
+/// Heap profiles from jemalloc's own sampling, as pprof (`jemalloc_pprof`). Profiling is
+/// compiled in and enabled (`prof:true` below) but inactive until asked: inactive, it costs a
+/// counter per allocation; active, one stack trace per 512 KiB allocated on average.
+struct JemallocProfiler;
+
+impl JemallocProfiler {
+    fn ctl(
+    ) -> Result<&'static std::sync::Arc<tokio::sync::Mutex<jemalloc_pprof::JemallocProfCtl>>, String>
+    {
+        jemalloc_pprof::PROF_CTL.as_ref().ok_or_else(|| "jemalloc profiling is not enabled".into())
+    }
+}
+
+impl tether_server::metrics::HeapProfiler for JemallocProfiler {
+    fn set_active(&self, on: bool) -> Result<(), String> {
+        let mut ctl = Self::ctl()?.blocking_lock();
+        match on {
+            true if !ctl.activated() => ctl.activate().map_err(|e| e.to_string()),
+            false if ctl.activated() => ctl.deactivate().map_err(|e| e.to_string()),
+            _ => Ok(()),
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        Self::ctl().is_ok_and(|ctl| ctl.blocking_lock().activated())
+    }
+
+    fn dump_pprof(&self) -> Result<Vec<u8>, String> {
+        Self::ctl()?.blocking_lock().dump_pprof().map_err(|e| format!("{e:#}"))
+    }
 }
 
 /// jemalloc settings baked into the binary: a background thread returns freed pages to the OS
 /// after a second, so that resident memory follows what connections actually hold (parked
-/// connections free their WebSocket buffers; see docs/decisions/0007).
+/// connections free their WebSocket buffers; see docs/decisions/0007). Heap profiling is
+/// enabled but inactive (`JemallocProfiler` switches it on when asked).
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static malloc_conf: &[u8] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,prof:true,prof_active:false,lg_prof_sample:19\0";

@@ -112,6 +112,9 @@ pub struct ServeArgs {
     /// Channel patterns clients may publish to over WebSocket, e.g. 'chat:*' (repeatable) [default: none]
     #[arg(long, env = "TETHER_CLIENT_PUBLISH", value_delimiter = ',')]
     client_publish: Option<Vec<String>>,
+    /// Sample allocations from the start, for heap profiles at /debug/pprof/heap (otherwise POST /debug/pprof/heap/activate when needed)
+    #[arg(long)]
+    heap_profiling: bool,
     /// Do not negotiate permessage-deflate (compression is on by default for clients that offer it)
     #[arg(long)]
     no_compression: bool,
@@ -288,6 +291,17 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         None => None,
     };
     let gateway = Gateway::connect(cfg.clone()).await?;
+    if args.heap_profiling {
+        let activated = tokio::task::spawn_blocking(|| {
+            tether_server::metrics::heap_profiler()
+                .ok_or_else(|| "this build has no heap profiler".to_owned())
+                .and_then(|p| p.set_active(true))
+        })
+        .await
+        .context("heap profiling")?;
+        activated.map_err(|e| anyhow::anyhow!("cannot start heap profiling: {e}"))?;
+        tracing::info!("heap profiling active: GET /debug/pprof/heap");
+    }
     if let Some(health) = health {
         let at = health.local_addr().context("cannot read the health address")?;
         gateway.serve_health(health).context("cannot start the health endpoint")?;

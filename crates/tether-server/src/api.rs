@@ -165,6 +165,78 @@ pub(crate) async fn not_found(req: Request<Body>) -> Response {
 }
 
 /// `GET /healthz`: 200 while serving, 503 once shutdown has begun.
+/// `GET /debug/pprof/heap`: the live heap sampled since profiling was activated, as a gzipped
+/// pprof protobuf (read it with `go tool pprof` or `pprof`). `POST .../activate` and
+/// `.../deactivate` start and stop sampling. All three need the API key when one is set.
+pub(crate) async fn heap_profile(State(gateway): State<Gateway>, req: Request<Body>) -> Response {
+    if let Err(refused) = authorize(&gateway, req.headers()) {
+        return *refused;
+    }
+    let Some(profiler) = crate::metrics::heap_profiler() else {
+        return json_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "this build has no heap profiler (the tether binary has one: jemalloc with profiling)",
+        );
+    };
+    let dumped = tokio::task::spawn_blocking(move || match profiler.is_active() {
+        true => profiler.dump_pprof().map(Some),
+        false => Ok(None),
+    })
+    .await;
+    match dumped {
+        Ok(Ok(None)) => json_error(
+            StatusCode::CONFLICT,
+            "heap profiling is not active: POST /debug/pprof/heap/activate (or start with \
+             --heap-profiling), let the program run, then ask again",
+        ),
+        Ok(Ok(Some(pprof))) => (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (header::CONTENT_DISPOSITION, "attachment; filename=\"heap.pb.gz\""),
+            ],
+            pprof,
+        )
+            .into_response(),
+        Ok(Err(e)) => {
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, format!("heap profile failed: {e}"))
+        }
+        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "heap profile failed"),
+    }
+}
+
+/// `POST /debug/pprof/heap/activate` and `/deactivate`.
+pub(crate) async fn heap_profiling(
+    State(gateway): State<Gateway>,
+    axum::extract::Path(action): axum::extract::Path<String>,
+    req: Request<Body>,
+) -> Response {
+    if let Err(refused) = authorize(&gateway, req.headers()) {
+        return *refused;
+    }
+    let Some(profiler) = crate::metrics::heap_profiler() else {
+        return json_error(StatusCode::NOT_IMPLEMENTED, "this build has no heap profiler");
+    };
+    let on = match action.as_str() {
+        "activate" => true,
+        "deactivate" => false,
+        _ => {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                "use /debug/pprof/heap/activate or /deactivate",
+            )
+        }
+    };
+    match tokio::task::spawn_blocking(move || {
+        profiler.set_active(on).map(|()| profiler.is_active())
+    })
+    .await
+    {
+        Ok(Ok(active)) => axum::Json(serde_json::json!({ "active": active })).into_response(),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "heap profiling failed"),
+    }
+}
+
 pub(crate) async fn healthz(State(gateway): State<Gateway>) -> Response {
     if gateway.is_shutting_down() {
         return (

@@ -278,6 +278,8 @@ impl Gateway {
             .route("/healthz", get(crate::api::healthz))
             .route("/readyz", get(crate::api::readyz))
             .route("/metrics", get(crate::api::metrics))
+            .route("/debug/pprof/heap", get(crate::api::heap_profile))
+            .route("/debug/pprof/heap/{action}", post(crate::api::heap_profiling))
             .route("/tether.js", get(crate::web::tether_js))
             .with_state(self.clone())
     }

@@ -62,7 +62,7 @@ pub struct Metrics {
     pub recoveries: Family<OutcomeLabels, Counter>,
     pub resident_memory: Gauge,
     /// Allocator gauges, registered on first render when the binary reports them.
-    allocator: std::sync::OnceLock<(Gauge, Gauge)>,
+    allocator: std::sync::OnceLock<(Gauge, Gauge, Gauge)>,
     pub cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -253,7 +253,7 @@ impl Metrics {
         }
         if let Some(figures) = ALLOCATOR_STATS.get().and_then(|read| read()) {
             let gauges = self.allocator.get_or_init(|| {
-                let g = (Gauge::default(), Gauge::default());
+                let g = (Gauge::default(), Gauge::default(), Gauge::default());
                 self.register(
                     "tether_allocator_allocated_bytes",
                     "Bytes the memory allocator has handed out and not had back (live heap)",
@@ -264,10 +264,16 @@ impl Metrics {
                     "Bytes of physical memory the allocator holds (live heap, caches, metadata)",
                     g.1.clone(),
                 );
+                self.register(
+                    "tether_allocator_active_bytes",
+                    "Bytes in the allocator's active pages (the live heap rounded up to pages)",
+                    g.2.clone(),
+                );
                 g
             });
             gauges.0.set(figures.allocated as i64);
             gauges.1.set(figures.resident as i64);
+            gauges.2.set(figures.active as i64);
         }
         if let Some(cpu) = cpu_seconds("self") {
             self.cpu_seconds.set(cpu);
@@ -296,6 +302,35 @@ pub struct AllocatorFigures {
     pub allocated: u64,
     /// Bytes of physical memory the allocator holds.
     pub resident: u64,
+    /// Bytes in active pages (allocated, rounded up to whole pages).
+    pub active: u64,
+}
+
+/// The allocator's live heap right now, when the binary supplied a reader.
+pub fn allocated_bytes() -> Option<u64> {
+    ALLOCATOR_STATS.get().and_then(|read| read()).map(|f| f.allocated)
+}
+
+/// Heap profiles on demand: what the binary's allocator can do (the `tether` binary: jemalloc
+/// with profiling compiled in, via `jemalloc_pprof`). Served behind the API key at
+/// `/debug/pprof/heap` (see `api.rs`).
+pub trait HeapProfiler: Send + Sync {
+    /// Start or stop sampling allocations.
+    fn set_active(&self, on: bool) -> Result<(), String>;
+    fn is_active(&self) -> bool;
+    /// The live heap as sampled since activation, as a gzipped pprof protobuf.
+    fn dump_pprof(&self) -> Result<Vec<u8>, String>;
+}
+
+static HEAP_PROFILER: std::sync::OnceLock<Box<dyn HeapProfiler>> = std::sync::OnceLock::new();
+
+/// Install the heap profiler (set once; later calls are ignored).
+pub fn set_heap_profiler(profiler: Box<dyn HeapProfiler>) {
+    let _ = HEAP_PROFILER.set(profiler);
+}
+
+pub fn heap_profiler() -> Option<&'static dyn HeapProfiler> {
+    HEAP_PROFILER.get().map(|p| p.as_ref())
 }
 
 static ALLOCATOR_STATS: std::sync::OnceLock<fn() -> Option<AllocatorFigures>> =

@@ -108,6 +108,8 @@ struct Snapshot {
     rtt_p50_ms: Option<f64>,
     rtt_p99_ms: Option<f64>,
     rss_bytes: Option<u64>,
+    /// The allocator's live heap, when the binary reports it (the `tether` binary does).
+    heap_bytes: Option<u64>,
     accepted: u64,
     publications: u64,
     heartbeat_timeouts: u64,
@@ -122,6 +124,7 @@ struct Sample {
     rtt_p50: Option<f64>,
     rtt_p99: Option<f64>,
     rss_mib: Option<f64>,
+    heap_mib: Option<f64>,
 }
 
 fn megabytes(v: f64) -> String {
@@ -156,6 +159,7 @@ pub async fn run_sampler(
         (last_messages, last_at) = (total, now);
         let rtt = stats.rtt_quantiles();
         let rss = crate::metrics::resident_memory_bytes();
+        let heap = crate::metrics::allocated_bytes();
         if ring.len() == WINDOW {
             ring.pop_front();
         }
@@ -165,11 +169,12 @@ pub async fn run_sampler(
             rtt_p50: rtt.map(|r| r.0),
             rtt_p99: rtt.map(|r| r.1),
             rss_mib: rss.map(|b| b as f64 / (1024.0 * 1024.0)),
+            heap_mib: heap.map(|b| b as f64 / (1024.0 * 1024.0)),
         });
         if !hub.has_subscribers(DASHBOARD_CHANNEL) {
             continue;
         }
-        let snapshot = snapshot(&metrics, &stats, &ring, rate, rtt, rss);
+        let snapshot = snapshot(&metrics, &stats, &ring, rate, rtt, (rss, heap));
         match serde_json::value::to_raw_value(&snapshot) {
             Ok(data) => {
                 offset += 1;
@@ -186,7 +191,7 @@ fn snapshot(
     ring: &VecDeque<Sample>,
     rate: f64,
     rtt: Option<(f64, f64)>,
-    rss: Option<u64>,
+    (rss, heap): (Option<u64>, Option<u64>),
 ) -> Snapshot {
     let column = |f: fn(&Sample) -> Option<f64>| ring.iter().map(f).collect::<Vec<_>>();
     let step = SAMPLE_EVERY.as_secs_f64();
@@ -195,6 +200,7 @@ fn snapshot(
     let p50 = column(|s| s.rtt_p50);
     let p99 = column(|s| s.rtt_p99);
     let memory = column(|s| s.rss_mib);
+    let heap_memory = column(|s| s.heap_mib);
     let charts = Charts {
         connections: line_chart(
             &[Series { name: "open connections", class: "s1", values: &connections }],
@@ -215,7 +221,10 @@ fn snapshot(
             &|v| format!("{v:.1} ms"),
         ),
         memory: line_chart(
-            &[Series { name: "resident memory", class: "s5", values: &memory }],
+            &[
+                Series { name: "resident memory", class: "s5", values: &memory },
+                Series { name: "heap (allocated)", class: "s1", values: &heap_memory },
+            ],
             step,
             &megabytes,
         ),
@@ -245,6 +254,7 @@ fn snapshot(
         rtt_p50_ms: rtt.map(|r| r.0),
         rtt_p99_ms: rtt.map(|r| r.1),
         rss_bytes: rss,
+        heap_bytes: heap,
         accepted: accepted(metrics),
         publications: metrics.publications.get(),
         heartbeat_timeouts: metrics.heartbeat_timeouts.get(),
