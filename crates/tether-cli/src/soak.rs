@@ -101,6 +101,9 @@ async fn cycle(
     Ok(())
 }
 
+/// Live-heap growth always allowed, per connection of a cycle (see the verdict).
+const HEAP_SLACK_PER_CONN: u64 = 256;
+
 pub async fn run(args: SoakArgs) -> Result<ExitCode> {
     if args.conns == 0 || args.cycles < 2 {
         bail!("--conns must be at least 1 and --cycles at least 2 (the verdict compares first and last)");
@@ -163,7 +166,21 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
         }
         let rss = *window.last().expect("sampled") as u64;
         after_cycle.push(rss);
-        heap_after_cycle.push(probe.metric("tether_allocator_allocated_bytes").map(|b| b as u64));
+        // The live heap: the least of a few samples. One sample also catches whatever is in
+        // flight at that instant (the server rendering this very /metrics answer, its request
+        // buffers, a background task's tick), which swung a 0.5 MB heap by ±20% between cycles.
+        let mut heap = None;
+        for _ in 0..5 {
+            let sample = probe.metric("tether_allocator_allocated_bytes").map(|b| b as u64);
+            heap = match (heap, sample) {
+                (Some(h), Some(s)) => Some(u64::min(h, s)),
+                (h, s) => h.or(s),
+            };
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        heap_after_cycle.push(heap);
+        // (Even so, jemalloc merges its threads' counts lazily: a small heap still reads
+        // ±150 KB apart between cycles. See HEAP_SLACK_PER_CONN.)
         bar.inc(1);
         bar.set_message(format!("{:.1} MiB", rss as f64 / 1048576.0));
     }
@@ -179,7 +196,16 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
         let (first, last) = (h[0] as f64, *h.last().expect("at least two cycles") as f64);
         (last - first) / first * 100.0
     });
-    let passed = growth <= args.threshold && heap_growth.is_none_or(|g| g <= args.threshold);
+    // The heap verdict allows the threshold, or HEAP_SLACK_PER_CONN per connection of a cycle,
+    // whichever is more: a small idle heap reads ±150 KB apart between cycles (jemalloc merges
+    // per-thread counts lazily), while a leak of a kilobyte per connection per cycle still
+    // fails by a wide margin.
+    let heap_slack = (HEAP_SLACK_PER_CONN * args.conns as u64) as f64;
+    let heap_ok = heap.as_ref().is_none_or(|h| {
+        let (first, last) = (h[0] as f64, *h.last().expect("at least two cycles") as f64);
+        last - first <= (first * args.threshold / 100.0).max(heap_slack)
+    });
+    let passed = growth <= args.threshold && heap_ok;
 
     if let Some(path) = &args.chart {
         std::fs::write(path, chart(&timeline))
@@ -192,7 +218,8 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
                 "conns": args.conns, "cycles": args.cycles,
                 "rss_after_cycle": after_cycle, "heap_after_cycle": heap_after_cycle,
                 "growth_percent": growth, "heap_growth_percent": heap_growth,
-                "slope_bytes_per_cycle": slope, "threshold_percent": args.threshold, "passed": passed,
+                "slope_bytes_per_cycle": slope, "threshold_percent": args.threshold,
+                "heap_slack_bytes": heap_slack, "passed": passed,
             })
         );
     } else {
