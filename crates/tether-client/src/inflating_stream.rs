@@ -11,7 +11,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tether_core::permessage_deflate::{client_accepts, Inflating};
+use tether_core::permessage_deflate::{client_accepts, Inflating, Pending};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub(crate) struct InflatingStream<S> {
@@ -23,9 +23,8 @@ pub(crate) struct InflatingStream<S> {
     /// After the head, when the server agreed.
     rewriter: Option<Inflating>,
     max_message: usize,
-    /// Rewritten bytes not yet handed to tungstenite, and how far into them it has read.
-    ready: Vec<u8>,
-    taken: usize,
+    /// Bytes not yet handed to tungstenite.
+    pending: Pending,
 }
 
 /// A response head longer than this is not one (tungstenite will refuse it anyway).
@@ -39,8 +38,7 @@ impl<S> InflatingStream<S> {
             offered,
             rewriter: None,
             max_message,
-            ready: Vec::new(),
-            taken: 0,
+            pending: Pending::default(),
         }
     }
 
@@ -52,7 +50,7 @@ impl<S> InflatingStream<S> {
             if head.len() < MAX_HEAD {
                 head.extend_from_slice(part);
             }
-            self.ready.extend_from_slice(part);
+            self.pending.buffer().extend_from_slice(part);
             bytes = rest;
             if end.is_none() {
                 return;
@@ -64,8 +62,8 @@ impl<S> InflatingStream<S> {
             }
         }
         match self.rewriter.as_mut() {
-            Some(rewriter) => rewriter.feed(bytes, &mut self.ready),
-            None => self.ready.extend_from_slice(bytes),
+            Some(rewriter) => rewriter.feed(bytes, self.pending.buffer()),
+            None => self.pending.buffer().extend_from_slice(bytes),
         }
     }
 }
@@ -95,14 +93,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for InflatingStream<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if this.taken < this.ready.len() {
-                let n = (this.ready.len() - this.taken).min(buf.remaining());
-                buf.put_slice(&this.ready[this.taken..this.taken + n]);
-                this.taken += n;
-                if this.taken == this.ready.len() {
-                    this.ready.clear();
-                    this.taken = 0;
-                }
+            if !this.pending.is_empty() {
+                this.pending.take(buf.remaining(), |out| buf.put_slice(out));
                 return Poll::Ready(Ok(()));
             }
             let mut scratch = [0u8; 8192];
@@ -163,8 +155,10 @@ mod tests {
         for piece in response.chunks(split) {
             stream.take_in(piece);
         }
-        assert_eq!(&stream.ready[..head_len], &response[..head_len], "the head passes untouched");
-        stream.ready[head_len..].to_vec()
+        let mut out = Vec::new();
+        stream.pending.take(usize::MAX, |bytes| out.extend_from_slice(bytes));
+        assert_eq!(&out[..head_len], &response[..head_len], "the head passes untouched");
+        out[head_len..].to_vec()
     }
 
     #[test]

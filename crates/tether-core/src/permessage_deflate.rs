@@ -133,6 +133,36 @@ pub fn compressed_text_frame(text: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// Bytes a rewriting stream produced and has not handed to its reader yet: reads take them in
+/// pieces as small as the reader's buffer.
+#[derive(Default)]
+pub struct Pending {
+    bytes: Vec<u8>,
+    taken: usize,
+}
+
+impl Pending {
+    /// Where new bytes go.
+    pub fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.taken == self.bytes.len()
+    }
+
+    /// Hand `f` the next bytes, at most `max`, and count them as taken.
+    pub fn take(&mut self, max: usize, f: impl FnOnce(&[u8])) {
+        let n = (self.bytes.len() - self.taken).min(max);
+        f(&self.bytes[self.taken..self.taken + n]);
+        self.taken += n;
+        if self.is_empty() {
+            self.bytes.clear();
+            self.taken = 0;
+        }
+    }
+}
+
 /// Inflates whole messages one at a time (no context kept between them), reusing its zlib
 /// state: for clients that read frames themselves, like `tether bench`'s.
 pub struct MessageInflater(Decompress);

@@ -124,9 +124,7 @@ pub(crate) struct Transport {
 /// The inbound permessage-deflate rewriter and what it produced that was not handed over yet.
 struct Inflate {
     rewriter: tether_core::permessage_deflate::Inflating,
-    ready: Vec<u8>,
-    /// How far into `ready` has been handed over.
-    taken: usize,
+    pending: tether_core::permessage_deflate::Pending,
 }
 
 impl Transport {
@@ -163,8 +161,7 @@ impl Transport {
         self.boundary = FrameBoundary::default();
         self.inflating = Some(Box::new(Inflate {
             rewriter: tether_core::permessage_deflate::Inflating::new(max_message),
-            ready: Vec::new(),
-            taken: 0,
+            pending: Default::default(),
         }));
     }
 
@@ -187,17 +184,14 @@ impl Transport {
         self.prefix.is_none()
             && self.error.is_none()
             && self.boundary.at_rest()
-            && self
-                .inflating
-                .as_ref()
-                .is_none_or(|i| i.rewriter.at_rest() && i.taken == i.ready.len())
+            && self.inflating.as_ref().is_none_or(|i| i.rewriter.at_rest() && i.pending.is_empty())
     }
 
     /// Drop the inflater between messages: a parked connection keeps no permessage-deflate
     /// state at all (its mailbox remembers the extension was agreed, and the connection makes a
     /// new inflater when it wakes).
     pub fn shrink(&mut self) {
-        let idle = |i: &Inflate| i.rewriter.at_rest() && i.taken == i.ready.len();
+        let idle = |i: &Inflate| i.rewriter.at_rest() && i.pending.is_empty();
         if self.inflating.as_deref().is_some_and(idle) {
             self.inflating = None;
         }
@@ -292,20 +286,16 @@ impl Transport {
     ) -> Poll<io::Result<()>> {
         loop {
             let inflate = self.inflating.as_mut().expect("inflating");
-            if inflate.taken < inflate.ready.len() {
-                let n = (inflate.ready.len() - inflate.taken).min(buf.remaining());
-                let out = &inflate.ready[inflate.taken..inflate.taken + n];
-                buf.put_slice(out);
-                self.boundary.feed(out);
-                inflate.taken += n;
-                if inflate.taken == inflate.ready.len() {
-                    inflate.ready.clear();
-                    inflate.taken = 0;
-                }
+            if !inflate.pending.is_empty() {
+                let boundary = &mut self.boundary;
+                inflate.pending.take(buf.remaining(), |out| {
+                    buf.put_slice(out);
+                    boundary.feed(out);
+                });
                 return Poll::Ready(Ok(()));
             }
             if let Some(prefix) = self.prefix.take() {
-                inflate.rewriter.feed(&prefix, &mut inflate.ready);
+                inflate.rewriter.feed(&prefix, inflate.pending.buffer());
                 continue;
             }
             let mut scratch = [0u8; 8192];
@@ -317,7 +307,9 @@ impl Transport {
             };
             match polled {
                 Poll::Ready(Ok(())) if raw.filled().is_empty() => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(())) => inflate.rewriter.feed(raw.filled(), &mut inflate.ready),
+                Poll::Ready(Ok(())) => {
+                    inflate.rewriter.feed(raw.filled(), inflate.pending.buffer())
+                }
                 other => return other,
             }
         }
