@@ -102,6 +102,10 @@ pub struct FanoutArgs {
     /// Subscribers offer permessage-deflate (the report then shows the bytes on the wire)
     #[arg(long)]
     deflate: bool,
+    /// Keep the generator's threads spinning instead of sleeping in epoll, so that the server's
+    /// sends never pay for waking them (an artifact of sharing one machine; costs a core)
+    #[arg(long)]
+    busy_poll: bool,
     /// HTTP connections publishing concurrently. The schedule does not wait for answers (an
     /// open loop), so a slow server cannot slow the offered rate down and hide its latency.
     /// With too few, a busy server's HTTP answers still hold publications back.
@@ -239,6 +243,20 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
     }
     let total = (args.rate as f64 * args.duration.as_secs_f64()).round() as u64;
     let sep = if args.sub_url.contains('?') { '&' } else { '?' };
+    let spinning = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(args.busy_poll));
+    if args.busy_poll {
+        // One always-ready task per worker keeps the workers from parking: they poll the
+        // reactor without sleeping in it.
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        for _ in 0..workers {
+            let spinning = spinning.clone();
+            tokio::spawn(async move {
+                while spinning.load(Ordering::Relaxed) {
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
+    }
     let url = format!("{}{sep}channel={}", args.sub_url, args.channel);
     let latency = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
     let delivered = Arc::new(AtomicU64::new(0));
