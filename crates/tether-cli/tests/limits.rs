@@ -131,7 +131,7 @@ async fn over_the_handshake_budget_clients_hear_1013_with_a_hint_and_come_back_l
             }
         }
     }
-    let refused = server.metric("tether_handshakes_refused_total{reason=\"handshake_rate\"}");
+    let refused = server.metric("tether_handshakes_refused_total{reason=\"max_handshake_rate\"}");
     assert!(refused >= 2.0, "refusals counted: {refused}");
 }
 

@@ -97,7 +97,20 @@ pub fn client_accepts(response: Option<&str>) -> Result<bool, String> {
 /// `payload` compressed on its own (no context), as one message's payload: deflate with a
 /// sync flush, its 4-byte tail removed.
 pub fn compress(payload: &[u8]) -> Vec<u8> {
-    let mut deflate = Compress::new(Compression::default(), false);
+    // One compressor per thread, reset per message: its state is hundreds of KB, too much to
+    // allocate and zero for every publication.
+    thread_local! {
+        static DEFLATE: std::cell::RefCell<Compress> =
+            std::cell::RefCell::new(Compress::new(Compression::default(), false));
+    }
+    DEFLATE.with(|deflate| {
+        let mut deflate = deflate.borrow_mut();
+        deflate.reset();
+        compress_with(&mut deflate, payload)
+    })
+}
+
+fn compress_with(deflate: &mut Compress, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() / 2 + 64);
     loop {
         let consumed = deflate.total_in() as usize;

@@ -257,12 +257,12 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
         shared
             .metrics
             .handshakes_refused
-            .get_or_create(&ReasonLabels { reason: "handshake_rate" })
+            .get_or_create(&ReasonLabels { reason: "max_handshake_rate" })
             .inc();
         let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
             return refuse(
                 Refusal::new(
-                    "handshake_rate",
+                    "max_handshake_rate",
                     StatusCode::SERVICE_UNAVAILABLE,
                     "server busy (max_handshake_rate); retry later",
                 )
