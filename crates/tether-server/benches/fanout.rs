@@ -15,7 +15,7 @@ fn fanout(c: &mut Criterion) {
         let mut receivers = Vec::with_capacity(n);
         for id in 0..n {
             let queue = Arc::new(OutboundQueue::new(u16::MAX as usize, 64 << 20));
-            hub.subscribe("c", id as u64, Subscriber { queue: queue.clone(), mode: Mode::Json });
+            hub.subscribe("c", id as u64, Subscriber::new(queue.clone(), Mode::Json));
             receivers.push(queue);
         }
         group.throughput(Throughput::Elements(n as u64));

@@ -20,7 +20,7 @@
 use crate::auth::{Access, Grant};
 use crate::gateway::Shared;
 use crate::hub::{ConnId, Mode, Outbound, OutboundQueue, Published, Subscriber};
-use crate::mailbox::{Admission, Watermark};
+use crate::mailbox::Admission;
 use crate::transport::Transport;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -770,7 +770,7 @@ impl Connection {
                 ),
             ));
         }
-        let sub = Subscriber { queue: self.queue.clone(), mode: self.mode };
+        let sub = Subscriber::new(self.queue.clone(), self.mode);
         // Publishers queue from here on until the reply that follows is written: they must
         // not meet the subscription before its watermark exists (a recovery sets it later).
         self.queue.hold();
@@ -868,7 +868,7 @@ impl Connection {
         }
         self.queue.with_subscriptions(|s| {
             if let Some(w) = s.get_mut(&channel) {
-                *w = Watermark { epoch: Some(epoch), offset: top };
+                (w.epoch, w.offset) = (Some(epoch), top);
             }
         });
         self.write_frames(ws, frames).await.err().map(|e| self.write_failed(e))

@@ -14,8 +14,9 @@ pub use crate::mailbox::{Delivery, Outbound, OutboundQueue, PushError};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tether_core::codec;
@@ -136,6 +137,15 @@ pub fn text_frame(text: &[u8]) -> (Bytes, usize) {
 pub struct Subscriber {
     pub queue: Arc<OutboundQueue>,
     pub mode: Mode,
+    /// The sweep sequence number when it subscribed: sweep entries up to it predate the
+    /// subscription and are not for it (set by [`Hub::subscribe`]).
+    since: u64,
+}
+
+impl Subscriber {
+    pub fn new(queue: Arc<OutboundQueue>, mode: Mode) -> Self {
+        Subscriber { queue, mode, since: 0 }
+    }
 }
 
 /// Render a publication for a mode (used for live fan-out and for recovery replays).
@@ -161,6 +171,21 @@ struct Channel {
     name: Arc<str>,
     subscribers: HashMap<ConnId, Subscriber>,
     pace: Pace,
+    /// While a sweep runs on this channel: what it has yet to hand over (see [`Sweep`]).
+    sweep: Option<Sweep>,
+    /// The subscribers as a list, for sweeps; dropped on every change and rebuilt by the next
+    /// round that needs it.
+    roster: Option<Arc<[Subscriber]>>,
+}
+
+impl Channel {
+    fn new(name: Arc<str>) -> Self {
+        Channel { name, subscribers: HashMap::new(), pace: Pace::default(), sweep: None, roster: None }
+    }
+
+    fn roster(&mut self) -> Arc<[Subscriber]> {
+        self.roster.get_or_insert_with(|| self.subscribers.values().cloned().collect()).clone()
+    }
 }
 
 impl std::ops::Deref for Channel {
@@ -212,8 +237,13 @@ impl Pace {
             });
         }
         self.last = Some(now);
+        !self.dense(subscribers)
+    }
+
+    /// Whether publications come too close together for a direct fan-out each.
+    fn dense(&self, subscribers: usize) -> bool {
         let expected = self.per_subscriber * u32::try_from(subscribers).unwrap_or(u32::MAX);
-        self.spacing.is_none_or(|avg| avg >= expected * 2)
+        self.spacing.is_some_and(|avg| avg < expected * 2)
     }
 
     /// Direct delivery to some subscribers took `took`, `written` of them written directly
@@ -233,8 +263,203 @@ impl Pace {
     }
 }
 
+/// Numbers sweep entries, across all channels and hubs of the process: a connection's
+/// `Watermark::handed` and a subscriber's `since` compare against it.
+static SWEEP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Publications a sweep may hold back at most; beyond that it drops its oldest (counted in
+/// `tether_fanout_backlog_dropped_total`).
+const MAX_SWEEP_BACKLOG: usize = 1024;
+
+/// Subscribers a sweep visits between yields to the runtime: long enough that a yield costs
+/// nothing (about 64 × 5 µs), short enough that new publications join the sweep at once.
+const SWEEP_CHUNK: usize = 64;
+
+/// How long an idle sweep waits for more publications before it ends.
+const SWEEP_LINGER: Duration = Duration::from_secs(1);
+
+/// A sweep: when publications on a channel come faster than one direct fan-out each can take,
+/// one task goes round the subscribers again and again, and hands each one, in one `writev`,
+/// everything published since its last visit. Rather than a round per publication (and a task
+/// wake-up per connection and publication on the queued path), the cost per visit is about one
+/// `send`, however many publications it carries; and since the sweep yields every
+/// [`SWEEP_CHUNK`] subscribers, a publication joins the round in progress: the subscribers
+/// still ahead get it in this round, the others in the next. A publication is thereby
+/// delivered within about one round.
+///
+/// An entry stays until every subscriber has been visited after it came: to the end of the
+/// round it came in if that round had not begun, else to the end of the next one. The sweep
+/// ends when it holds nothing more. Ordering holds because all publications of the channel go
+/// through the sweep while it runs, and admission (the same as for direct writes) still
+/// decides what each connection gets.
+struct Sweep {
+    /// Tells this sweep's task from a later one's, should the channel be dropped and made anew.
+    id: u64,
+    entries: VecDeque<Entry>,
+    /// The round in progress or next to start...
+    round: u64,
+    /// ...and whether it has started.
+    in_round: bool,
+    /// Wakes the sweep's task when it waits, idle, for more.
+    more: Arc<tokio::sync::Notify>,
+}
+
+/// A publication in a sweep, rendered for both modes.
+struct Entry {
+    seq: u64,
+    appended: Instant,
+    /// The last round that must visit everyone with it.
+    until: u64,
+    json: Arc<Published>,
+    raw: Arc<Published>,
+}
+
+/// The task of one channel's sweep.
+struct SweepRun {
+    shards: Arc<[Shard]>,
+    index: usize,
+    name: Arc<str>,
+    id: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl SweepRun {
+    async fn run(self) {
+        let mut roster: Arc<[Subscriber]> = Arc::from(Vec::new());
+        let mut position = 0;
+        let (mut json, mut raw) = (Vec::new(), Vec::new());
+        // Time spent in this round and the direct writes it made, for the channel's pace.
+        let (mut busy, mut round_sends) = (Duration::ZERO, 0u64);
+        loop {
+            let started = Instant::now();
+            {
+                let mut shard = self.shards[self.index].lock().expect("hub shard lock");
+                let Some(ch) = shard.get_mut(&*self.name) else { return };
+                if ch.sweep.as_ref().is_none_or(|s| s.id != self.id) {
+                    return;
+                }
+                if position == 0 {
+                    roster = ch.roster();
+                }
+                let Some(sweep) = ch.sweep.as_mut() else { return };
+                sweep.in_round = true;
+                json.clear();
+                raw.clear();
+                for e in &sweep.entries {
+                    json.push((e.seq, e.json.clone()));
+                    raw.push((e.seq, e.raw.clone()));
+                }
+            }
+            let end = (position + SWEEP_CHUNK).min(roster.len());
+            let (mut written, mut written_bytes, mut queued, mut dropped) = (0, 0, 0, 0);
+            let mut sends = 0;
+            for sub in &roster[position..end] {
+                let batch = match sub.mode {
+                    Mode::Json => &json,
+                    Mode::Raw => &raw,
+                };
+                match sub.queue.hand_over(batch, sub.since) {
+                    Ok(done) => {
+                        sends += u64::from(done.written > 0);
+                        written += u64::from(done.written);
+                        written_bytes += done.written_bytes;
+                        queued += u64::from(done.queued);
+                    }
+                    // Flagged and woken: the connection closes as a slow consumer. Closed: it
+                    // is ending and unsubscribes itself on the way out.
+                    Err(PushError::Full | PushError::Closed) => dropped += 1,
+                }
+            }
+            position = end;
+            let m = &self.metrics;
+            m.deliveries.inc_by(written + queued);
+            m.deliveries_dropped.inc_by(dropped);
+            m.direct_deliveries.inc_by(written);
+            m.messages_out.inc_by(written);
+            m.bytes_out.inc_by(written_bytes);
+            busy += started.elapsed();
+            round_sends += sends;
+            if position >= roster.len() {
+                let next = self.end_round(busy, round_sends);
+                (busy, round_sends, position) = (Duration::ZERO, 0, 0);
+                match next {
+                    RoundEnd::Over => return,
+                    RoundEnd::Again => {}
+                    RoundEnd::Idle(more) => {
+                        // Nothing left to hand over, but publications still come densely: wait
+                        // for the next one rather than end (ending would send it down a direct
+                        // fan-out, and a busy channel would flap between the two).
+                        if tokio::time::timeout(SWEEP_LINGER, more.notified()).await.is_err()
+                            && self.end_if_idle()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// What a sweep does after a round.
+enum RoundEnd {
+    /// It ended (or its channel is gone).
+    Over,
+    /// Another round: it still holds entries.
+    Again,
+    /// Wait for more.
+    Idle(Arc<tokio::sync::Notify>),
+}
+
+impl SweepRun {
+    /// Close a round: drop the entries everyone has been visited with, feed the channel's pace
+    /// (`busy` time for `sends` direct writes), and decide what comes next.
+    fn end_round(&self, busy: Duration, sends: u64) -> RoundEnd {
+        let mut shard = self.shards[self.index].lock().expect("hub shard lock");
+        let Some(ch) = shard.get_mut(&*self.name) else { return RoundEnd::Over };
+        ch.pace.direct_took(busy, sends);
+        let dense = ch.pace.dense(ch.subscribers.len());
+        let Some(sweep) = ch.sweep.as_mut().filter(|s| s.id == self.id) else {
+            return RoundEnd::Over;
+        };
+        let round = sweep.round;
+        while sweep.entries.front().is_some_and(|e| e.until <= round) {
+            if let Some(e) = sweep.entries.pop_front() {
+                self.metrics.fanout_seconds.observe(e.appended.elapsed().as_secs_f64());
+            }
+        }
+        sweep.round += 1;
+        sweep.in_round = false;
+        if !sweep.entries.is_empty() {
+            RoundEnd::Again
+        } else if dense {
+            RoundEnd::Idle(sweep.more.clone())
+        } else {
+            ch.sweep = None;
+            RoundEnd::Over
+        }
+    }
+
+    /// After waiting in vain: end the sweep if it still holds nothing. Whether it ended.
+    fn end_if_idle(&self) -> bool {
+        let mut shard = self.shards[self.index].lock().expect("hub shard lock");
+        let Some(ch) = shard.get_mut(&*self.name) else { return true };
+        match &ch.sweep {
+            Some(s) if s.id == self.id && s.entries.is_empty() => {
+                ch.sweep = None;
+                true
+            }
+            Some(s) if s.id == self.id => false,
+            _ => true,
+        }
+    }
+}
+
 pub struct Hub {
-    shards: Box<[Shard]>,
+    /// Shared with the sweeps running on its channels.
+    shards: Arc<[Shard]>,
     hasher: RandomState,
     metrics: Arc<Metrics>,
     /// Whether publishers may write to ready sockets themselves (see `mailbox`).
@@ -273,9 +498,49 @@ impl Hub {
         self
     }
 
+    fn shard_index(&self, channel: &str) -> usize {
+        self.hasher.hash_one(channel) as usize & (self.shards.len() - 1)
+    }
+
     fn shard(&self, channel: &str) -> &Shard {
-        let i = self.hasher.hash_one(channel) as usize & (self.shards.len() - 1);
-        &self.shards[i]
+        &self.shards[self.shard_index(channel)]
+    }
+
+    /// Append a publication to the channel's running sweep. Returns how many subscribers it
+    /// is for (the sweep hands it over).
+    fn append_to_sweep(
+        &self,
+        ch: &mut Channel,
+        epoch: &Arc<str>,
+        offset: u64,
+        data: &RawValue,
+    ) -> u64 {
+        let subscribers = ch.subscribers.len() as u64;
+        let name = ch.name.clone();
+        let Some(sweep) = ch.sweep.as_mut() else { return 0 };
+        let published = |mode| {
+            let text = render(mode, &name, epoch, offset, data);
+            let compress = self.compression.as_ref().is_some_and(|(min, patterns)| {
+                text.len() >= *min && tether_core::channel::any_matches(patterns, &name)
+            });
+            Arc::new(Published::with_compression(text, name.clone(), epoch.clone(), offset, compress))
+        };
+        if sweep.entries.len() >= MAX_SWEEP_BACKLOG {
+            // The sweep is this far behind: drop its oldest. Subscribers that had not had it see
+            // a gap and are closed to recover (see `mailbox::Subscriptions::admit`).
+            sweep.entries.pop_front();
+            self.metrics.fanout_backlog_dropped.inc();
+        }
+        sweep.entries.push_back(Entry {
+            seq: SWEEP_SEQ.fetch_add(1, Ordering::Relaxed) + 1,
+            appended: Instant::now(),
+            // Subscribers the running round has passed get it in the next one.
+            until: sweep.round + u64::from(sweep.in_round),
+            json: published(Mode::Json),
+            raw: published(Mode::Raw),
+        });
+        sweep.more.notify_one();
+        subscribers
     }
 
     /// Add a subscriber. Returns the channel's name as the hub holds it (the same `Arc` its
@@ -287,18 +552,14 @@ impl Hub {
             Some((key, _)) => key.clone(),
             None => Arc::from(channel),
         };
-        let added = shard
-            .entry(key.clone())
-            .or_insert_with(|| Channel {
-                name: key.clone(),
-                subscribers: HashMap::new(),
-                pace: Pace::default(),
-            })
-            .insert(conn, sub)
-            .is_none();
-        if !added {
+        let ch = shard.entry(key.clone()).or_insert_with(|| Channel::new(key.clone()));
+        if ch.subscribers.contains_key(&conn) {
             return None;
         }
+        // Sweep entries from here on are for it (numbered under this same lock).
+        let since = SWEEP_SEQ.load(Ordering::Relaxed);
+        ch.subscribers.insert(conn, Subscriber { since, ..sub });
+        ch.roster = None;
         self.metrics.subscriptions.inc();
         Some(key)
     }
@@ -310,6 +571,7 @@ impl Hub {
         let removed = subscribers.remove(&conn).is_some();
         if removed {
             self.metrics.subscriptions.dec();
+            subscribers.roster = None;
         }
         if subscribers.is_empty() {
             shard.remove(channel);
@@ -320,10 +582,55 @@ impl Hub {
     /// Queue a publication to every local subscriber of `channel`; returns how many took it.
     /// Callers deliver in offset order per channel.
     pub fn publish(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: &RawValue) -> u64 {
-        let mut shard = self.shard(channel).lock().expect("hub shard lock");
-        let Some(Channel { name, subscribers, pace }) = shard.get_mut(channel) else { return 0 };
+        let index = self.shard_index(channel);
+        let mut shard = self.shards[index].lock().expect("hub shard lock");
+        let Some(ch) = shard.get_mut(channel) else { return 0 };
         let started = Instant::now();
-        let all_direct = pace.publication(started, subscribers.len()) && self.direct;
+        let sparse = ch.pace.publication(started, ch.subscribers.len());
+        // Too dense for one direct fan-out per publication (or a sweep already holds earlier
+        // ones, which must go first): hand it to a sweep.
+        if self.direct && (ch.sweep.is_some() || !sparse) {
+            if let Some(runtime) = ch.sweep.is_none().then(tokio::runtime::Handle::try_current) {
+                let Ok(runtime) = runtime else {
+                    return self.fan_out(ch, channel, epoch, offset, data, started, false);
+                };
+                let id = SWEEP_SEQ.load(Ordering::Relaxed) + 1;
+                ch.sweep = Some(Sweep {
+                    id,
+                    entries: VecDeque::new(),
+                    round: 0,
+                    in_round: false,
+                    more: Arc::default(),
+                });
+                let run = SweepRun {
+                    shards: self.shards.clone(),
+                    index,
+                    name: ch.name.clone(),
+                    id,
+                    metrics: self.metrics.clone(),
+                };
+                runtime.spawn(run.run());
+                self.metrics.fanout_sweeps.inc();
+            }
+            return self.append_to_sweep(ch, epoch, offset, data);
+        }
+        self.fan_out(ch, channel, epoch, offset, data, started, sparse && self.direct)
+    }
+
+    /// Hand a publication to every subscriber now: written directly to ready sockets when
+    /// `all_direct`, else queued for the connections' tasks.
+    #[allow(clippy::too_many_arguments)]
+    fn fan_out(
+        &self,
+        ch: &mut Channel,
+        channel: &str,
+        epoch: &Arc<str>,
+        offset: u64,
+        data: &RawValue,
+        started: Instant,
+        all_direct: bool,
+    ) -> u64 {
+        let Channel { name, subscribers, pace, .. } = ch;
         // Queued fan-outs still send to a few subscribers directly, to keep measuring.
         let sample = if self.direct { SAMPLE } else { 0 };
         let mut sampled = None;
@@ -377,6 +684,7 @@ impl Hub {
             None => {}
         }
         let m = &self.metrics;
+        m.fanout_seconds.observe(started.elapsed().as_secs_f64());
         let compressed = [&json, &raw].into_iter().flatten().filter(|p| p.is_compressed()).count();
         m.publications_compressed.inc_by(compressed as u64);
         m.deliveries.inc_by(delivered);
@@ -457,7 +765,7 @@ mod tests {
 
     fn sub(mode: Mode, cap: usize) -> (Subscriber, Rx) {
         let queue = Arc::new(OutboundQueue::new(cap, 1 << 20));
-        (Subscriber { queue: queue.clone(), mode }, Rx(queue))
+        (Subscriber::new(queue.clone(), mode), Rx(queue))
     }
 
     fn data(s: &str) -> Box<RawValue> {

@@ -40,6 +40,9 @@ pub enum Outbound {
 pub(crate) struct Watermark {
     pub epoch: Option<Arc<str>>,
     pub offset: u64,
+    /// The last sweep entry handed over on this channel, written or queued (see
+    /// [`OutboundQueue::hand_over`]): a sweep visits a connection more than once per entry.
+    pub handed: u64,
 }
 
 /// What to do with a publication (see [`Subscriptions::admit`]).
@@ -164,6 +167,21 @@ fn kib(item: &Outbound) -> u16 {
 
 const NO_SOCKET: RawFd = -1;
 
+/// Frames gathered into one `writev` by a sweep's hand-over, at most; more wait for the next
+/// visit or go through the task.
+const MAX_GATHER: usize = 32;
+
+/// What [`OutboundQueue::hand_over`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HandOver {
+    /// Publications written whole to the socket...
+    pub written: u32,
+    /// ...with this many bytes of message text...
+    pub written_bytes: u64,
+    /// ...and publications queued for the task (including a partly written one).
+    pub queued: u32,
+}
+
 /// How a publication was handed over.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Delivery {
@@ -254,7 +272,7 @@ impl OutboundQueue {
         self.queue(&mut mail, item)
     }
 
-    fn queue(&self, mail: &mut MutexGuard<'_, Mail>, item: Outbound) -> Result<(), PushError> {
+    fn queue(&self, mail: &mut Mail, item: Outbound) -> Result<(), PushError> {
         let weight = kib(&item);
         if mail.items.len() >= self.capacity as usize
             || u32::from(mail.queued_kib) + u32::from(weight) > u32::from(self.max_kib)
@@ -307,6 +325,82 @@ impl OutboundQueue {
             }
         }
         self.queue(&mut mail, Outbound::Publication(publication)).map(|()| Delivery::Queued)
+    }
+
+    /// Hand over what a sweep (see `hub`) has for this connection on one channel: `batch` holds
+    /// the sweep's entries in offset order with their sequence numbers, and those at or below
+    /// `since` (published before the subscription) or already handed over are passed by. The
+    /// rest go out in one `writev` when the connection is ready for a direct write (as in
+    /// [`OutboundQueue::deliver`]); what the socket does not take, and everything when it is
+    /// not ready, is queued for the task. `Err(Full)`: the queue overflowed (a slow consumer).
+    pub fn hand_over(
+        &self,
+        batch: &[(u64, Arc<Published>)],
+        since: u64,
+    ) -> Result<HandOver, PushError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(PushError::Closed);
+        }
+        let Some((_, first)) = batch.first() else { return Ok(HandOver::default()) };
+        let mut guard = self.lock();
+        let mail = &mut *guard;
+        let Some(w) = mail.subscriptions.for_tag(&first.channel) else {
+            return Ok(HandOver::default());
+        };
+        let floor = w.handed.max(since);
+        let fresh = &batch[batch.partition_point(|(seq, _)| *seq <= floor)..];
+        let Some((last, _)) = fresh.last() else { return Ok(HandOver::default()) };
+        w.handed = *last;
+        let mut done = HandOver::default();
+        let mut rest = fresh;
+        let fd = mail.socket;
+        if fd != NO_SOCKET && !mail.writing && mail.items.is_empty() && !self.overflowed() {
+            // Admit in order, gathering the frames; stop at the first that must go through the
+            // task (a gap, or a message too large for one shared frame).
+            let mut iov = [std::io::IoSlice::new(&[]); MAX_GATHER];
+            let mut admitted = [0usize; MAX_GATHER];
+            let (mut n, mut taken) = (0, 0);
+            for (i, (_, p)) in fresh.iter().enumerate().take(MAX_GATHER) {
+                let Some(wire) = p.wire_for(mail.deflate) else { break };
+                match mail.subscriptions.admit(p, false) {
+                    Admission::Gap => break,
+                    Admission::Skip => {}
+                    Admission::Send => {
+                        iov[n] = std::io::IoSlice::new(wire);
+                        admitted[n] = i;
+                        n += 1;
+                    }
+                }
+                taken = i + 1;
+            }
+            let mut sent = if n > 0 { writev_now(fd, &iov[..n]) } else { 0 };
+            for &i in &admitted[..n] {
+                let p = &fresh[i].1;
+                let len = p.wire_for(mail.deflate).map_or(0, <[u8]>::len);
+                if sent >= len {
+                    sent -= len;
+                    done.written += 1;
+                    done.written_bytes += p.frame.len() as u64;
+                } else {
+                    // Admitted already: the task writes the rest first, and learns of a failed
+                    // socket by writing. Never refused for space.
+                    let item = Outbound::Admitted { publication: p.clone(), written: sent };
+                    sent = 0;
+                    mail.queued_kib = mail.queued_kib.saturating_add(kib(&item));
+                    mail.items.push_back(item);
+                    done.queued += 1;
+                }
+            }
+            if done.queued > 0 {
+                self.waker.wake();
+            }
+            rest = &fresh[taken..];
+        }
+        for (_, p) in rest {
+            self.queue(mail, Outbound::Publication(p.clone()))?;
+            done.queued += 1;
+        }
+        Ok(done)
     }
 
     /// Admit a queued publication (see [`Subscriptions::admit`]).
@@ -468,6 +562,13 @@ fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
     let socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
     // std's send passes MSG_NOSIGNAL; the socket is non-blocking (tokio set it so).
     (&*socket).write(bytes).unwrap_or(0)
+}
+
+/// One non-blocking gathered send to `fd`: how many bytes went out (0 if none, or on error).
+fn writev_now(fd: RawFd, bytes: &[std::io::IoSlice<'_>]) -> usize {
+    // SAFETY: as in `send_now`.
+    let socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    (&*socket).write_vectored(bytes).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub connections_closed: Family<CloseLabels, Counter>,
     pub heartbeat_timeouts: Counter,
     pub heartbeat_rtt: Histogram,
+    pub fanout_seconds: Histogram,
     pub slow_consumers: Counter,
     pub inbound_rate_limited: Counter,
     pub json_too_deep: Counter,
@@ -58,6 +59,8 @@ pub struct Metrics {
     pub deliveries: Counter,
     pub deliveries_dropped: Counter,
     pub direct_deliveries: Counter,
+    pub fanout_sweeps: Counter,
+    pub fanout_backlog_dropped: Counter,
     pub subscriptions: Gauge,
     pub recoveries: Family<OutcomeLabels, Counter>,
     pub resident_memory: Gauge,
@@ -87,6 +90,10 @@ impl Metrics {
             heartbeat_rtt: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 17),
             ),
+            // 100 µs .. ~6.5 s
+            fanout_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 17),
+            ),
             slow_consumers: Counter::default(),
             inbound_rate_limited: Counter::default(),
             json_too_deep: Counter::default(),
@@ -102,6 +109,8 @@ impl Metrics {
             deliveries: Counter::default(),
             deliveries_dropped: Counter::default(),
             direct_deliveries: Counter::default(),
+            fanout_sweeps: Counter::default(),
+            fanout_backlog_dropped: Counter::default(),
             subscriptions: Gauge::default(),
             recoveries: Family::default(),
             resident_memory: Gauge::default(),
@@ -150,6 +159,11 @@ impl Metrics {
                 "tether_heartbeat_rtt_seconds",
                 "Round trip from a server ping to its pong",
                 m.heartbeat_rtt.clone(),
+            );
+            t.register(
+                "tether_fanout_seconds",
+                "From a publication reaching this node's hub until every local subscriber had it handed over (written or queued)",
+                m.fanout_seconds.clone(),
             );
             t.register(
                 "tether_slow_consumers",
@@ -221,6 +235,16 @@ impl Metrics {
                 "tether_direct_deliveries",
                 "Publication messages the publisher wrote straight to a subscriber's socket",
                 m.direct_deliveries.clone(),
+            );
+            t.register(
+                "tether_fanout_sweeps",
+                "Sweeps started: a channel's publications came too fast for one direct fan-out each, so one task went round its subscribers handing each everything new in one write",
+                m.fanout_sweeps.clone(),
+            );
+            t.register(
+                "tether_fanout_backlog_dropped",
+                "Publications a sweep dropped because it held MAX_SWEEP_BACKLOG (1024) not yet handed to everyone; subscribers that missed one are closed to recover",
+                m.fanout_backlog_dropped.clone(),
             );
             t.register(
                 "tether_subscriptions",
