@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// Publishers write publications straight to ready subscriber sockets [default: true]
     #[arg(long, env = "TETHER_DIRECT_DELIVERY")]
     direct_delivery: Option<bool>,
+    /// When a busy channel's publications go out by sweep (one task going round the subscribers, one write each for everything new): auto, always or never [default: auto]
+    #[arg(long, env = "TETHER_FANOUT_SWEEP")]
+    fanout_sweep: Option<tether_server::FanoutSweep>,
     /// Channels one connection may subscribe to [default: 128]
     #[arg(long, env = "TETHER_MAX_SUBSCRIPTIONS")]
     max_subscriptions: Option<usize>,
@@ -185,6 +188,7 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         outbound_queue_bytes,
         write_timeout,
         direct_delivery,
+        fanout_sweep,
         max_subscriptions,
         shutdown_close,
         drain_timeout,

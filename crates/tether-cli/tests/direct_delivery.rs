@@ -68,3 +68,12 @@ fn with_direct_delivery_off_every_publication_goes_through_the_queue() {
     let server = Server::start(&["--direct-delivery", "false"]);
     assert_eq!(paused_subscriber_gets_everything(&server), 0.0);
 }
+
+#[test]
+fn by_sweep_a_paused_subscriber_gets_every_publication_whole_and_in_order() {
+    let server = Server::start(&["--fanout-sweep", "always"]);
+    let direct = paused_subscriber_gets_everything(&server);
+    assert!(server.metric("tether_fanout_sweeps_total") >= 1.0, "no sweep ran");
+    assert!(direct > 0.0, "no publication was written directly");
+    assert!(direct < MESSAGES as f64, "every publication went direct: the socket never filled");
+}

@@ -46,6 +46,30 @@ pub enum ShutdownClose {
     GoingAway,
 }
 
+/// When a channel's publications go out by sweep (see `hub::Sweep`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FanoutSweep {
+    /// When publications come faster than one direct fan-out each can take.
+    Auto,
+    /// Every publication (each still reaches everyone within about one round).
+    Always,
+    /// Never: dense channels go through the connections' tasks instead.
+    Never,
+}
+
+impl std::str::FromStr for FanoutSweep {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(FanoutSweep::Auto),
+            "always" => Ok(FanoutSweep::Always),
+            "never" => Ok(FanoutSweep::Never),
+            _ => Err(format!("`{s}`: expected `auto`, `always` or `never`")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
@@ -83,6 +107,9 @@ pub struct GatewayConfig {
     /// ready (cheapest per delivery; decision 0008). Off: every delivery goes through the
     /// connection's task.
     pub direct_delivery: bool,
+    /// When a channel's publications go out by sweep: one task goes round the subscribers and
+    /// hands each everything new in one write (needs `direct_delivery`).
+    pub fanout_sweep: FanoutSweep,
     /// Open WebSocket connections at most; more handshakes get HTTP 503.
     pub max_connections: usize,
     /// Open WebSocket connections per client address; more get HTTP 429. 0: no limit.
@@ -184,6 +211,7 @@ impl Default for GatewayConfig {
             outbound_queue_bytes: ByteSize::mib(16),
             write_timeout: d::WRITE_TIMEOUT,
             direct_delivery: true,
+            fanout_sweep: FanoutSweep::Auto,
             max_connections: 10_000,
             max_connections_per_ip: 1000,
             handshake_rate_per_ip: 50,

@@ -774,8 +774,11 @@ impl Connection {
         // Publishers queue from here on until the reply that follows is written: they must
         // not meet the subscription before its watermark exists (a recovery sets it later).
         self.queue.hold();
+        // The watermark exists before the hub knows the subscription: a sweep passes over a
+        // connection without one, and would not come back for what it passed over.
+        self.queue.with_subscriptions(|s| s.insert(Arc::from(channel)));
         if let Some(name) = self.shared.hub.subscribe(channel, self.id, sub) {
-            self.queue.with_subscriptions(|s| s.insert(name));
+            self.queue.with_subscriptions(|s| s.adopt(name));
         }
         Ok(ReplyResult::default())
     }

@@ -59,7 +59,9 @@ pub(crate) struct Shared {
 
 /// The hub, with the delivery and compression settings of `config`.
 fn hub_for(config: &GatewayConfig, metrics: &Arc<Metrics>) -> Hub {
-    let hub = Hub::new(metrics.clone()).direct_delivery(config.direct_delivery);
+    let hub = Hub::new(metrics.clone())
+        .direct_delivery(config.direct_delivery)
+        .fanout_sweep(config.fanout_sweep);
     match config.compression {
         true => hub.compression(
             config.compression_min_size.as_u64() as usize,

@@ -10,6 +10,7 @@
 //! offset order per channel. Delivery never blocks the publisher: a subscriber whose bounded
 //! queue is full is flagged as a slow consumer and its connection task closes it (1013, "slow consumer").
 
+use crate::config::FanoutSweep;
 pub use crate::mailbox::{Delivery, Outbound, OutboundQueue, PushError};
 use crate::metrics::Metrics;
 use bytes::Bytes;
@@ -180,7 +181,13 @@ struct Channel {
 
 impl Channel {
     fn new(name: Arc<str>) -> Self {
-        Channel { name, subscribers: HashMap::new(), pace: Pace::default(), sweep: None, roster: None }
+        Channel {
+            name,
+            subscribers: HashMap::new(),
+            pace: Pace::default(),
+            sweep: None,
+            roster: None,
+        }
     }
 
     fn roster(&mut self) -> Arc<[Subscriber]> {
@@ -321,6 +328,8 @@ struct SweepRun {
     name: Arc<str>,
     id: u64,
     metrics: Arc<Metrics>,
+    /// Wait for more even when publications are sparse (`FanoutSweep::Always`).
+    always: bool,
 }
 
 impl SweepRun {
@@ -364,9 +373,9 @@ impl SweepRun {
                         written += u64::from(done.written);
                         written_bytes += done.written_bytes;
                         queued += u64::from(done.queued);
+                        dropped += u64::from(done.dropped);
                     }
-                    // Flagged and woken: the connection closes as a slow consumer. Closed: it
-                    // is ending and unsubscribes itself on the way out.
+                    // It is ending, and unsubscribes itself on the way out.
                     Err(PushError::Full | PushError::Closed) => dropped += 1,
                 }
             }
@@ -420,7 +429,7 @@ impl SweepRun {
         let mut shard = self.shards[self.index].lock().expect("hub shard lock");
         let Some(ch) = shard.get_mut(&*self.name) else { return RoundEnd::Over };
         ch.pace.direct_took(busy, sends);
-        let dense = ch.pace.dense(ch.subscribers.len());
+        let dense = self.always || ch.pace.dense(ch.subscribers.len());
         let Some(sweep) = ch.sweep.as_mut().filter(|s| s.id == self.id) else {
             return RoundEnd::Over;
         };
@@ -464,6 +473,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Whether publishers may write to ready sockets themselves (see `mailbox`).
     direct: bool,
+    /// When channels go out by sweep (only with `direct`).
+    sweep: FanoutSweep,
     /// permessage-deflate for publications: `None` off; else (minimum size, channel patterns).
     compression: Option<(usize, Vec<tether_core::channel::ChannelPattern>)>,
 }
@@ -477,6 +488,7 @@ impl Hub {
             hasher: RandomState::new(),
             metrics,
             direct: true,
+            sweep: FanoutSweep::Auto,
             compression: None,
         }
     }
@@ -489,6 +501,12 @@ impl Hub {
         patterns: Vec<tether_core::channel::ChannelPattern>,
     ) -> Self {
         self.compression = Some((min_size, patterns));
+        self
+    }
+
+    /// When channels go out by sweep; `Auto` by default.
+    pub fn fanout_sweep(mut self, when: FanoutSweep) -> Self {
+        self.sweep = when;
         self
     }
 
@@ -523,7 +541,13 @@ impl Hub {
             let compress = self.compression.as_ref().is_some_and(|(min, patterns)| {
                 text.len() >= *min && tether_core::channel::any_matches(patterns, &name)
             });
-            Arc::new(Published::with_compression(text, name.clone(), epoch.clone(), offset, compress))
+            Arc::new(Published::with_compression(
+                text,
+                name.clone(),
+                epoch.clone(),
+                offset,
+                compress,
+            ))
         };
         if sweep.entries.len() >= MAX_SWEEP_BACKLOG {
             // The sweep is this far behind: drop its oldest. Subscribers that had not had it see
@@ -589,7 +613,13 @@ impl Hub {
         let sparse = ch.pace.publication(started, ch.subscribers.len());
         // Too dense for one direct fan-out per publication (or a sweep already holds earlier
         // ones, which must go first): hand it to a sweep.
-        if self.direct && (ch.sweep.is_some() || !sparse) {
+        let sweep = match self.sweep {
+            _ if !self.direct => false,
+            FanoutSweep::Auto => !sparse,
+            FanoutSweep::Always => true,
+            FanoutSweep::Never => false,
+        };
+        if ch.sweep.is_some() || sweep {
             if let Some(runtime) = ch.sweep.is_none().then(tokio::runtime::Handle::try_current) {
                 let Ok(runtime) = runtime else {
                     return self.fan_out(ch, channel, epoch, offset, data, started, false);
@@ -608,6 +638,7 @@ impl Hub {
                     name: ch.name.clone(),
                     id,
                     metrics: self.metrics.clone(),
+                    always: self.sweep == FanoutSweep::Always,
                 };
                 runtime.spawn(run.run());
                 self.metrics.fanout_sweeps.inc();
@@ -831,5 +862,139 @@ mod tests {
         assert!(!hub.unsubscribe("c", 1));
         assert_eq!(hub.channel_count(), 0);
         assert_eq!(hub.publish("c", &Arc::from("e"), 1, &data("1")), 0);
+    }
+
+    /// Subscribe as a connection does: in the hub, then in its mailbox (with the hub's name).
+    fn join(hub: &Hub, channel: &str, id: ConnId, s: Subscriber) {
+        let queue = s.queue.clone();
+        let name = hub.subscribe(channel, id, s).expect("a new subscription");
+        queue.with_subscriptions(|subs| subs.insert(name));
+    }
+
+    /// A hub whose every publication goes out by sweep.
+    fn sweeping_hub() -> (Hub, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        (Hub::new(metrics.clone()).fanout_sweep(FanoutSweep::Always), metrics)
+    }
+
+    /// The offsets of the publications queued for `rx`, in order.
+    fn offsets(rx: &mut Rx) -> Vec<u64> {
+        std::iter::from_fn(|| rx.try_recv()).filter_map(|o| position(&o).map(|p| p.2)).collect()
+    }
+
+    /// Let the sweeps run until `done` holds (they yield between chunks), at most 5 s.
+    async fn until(mut done: impl FnMut() -> bool) {
+        // Bounded in passes too: with the clock paused, the timeout alone would never fire.
+        let passes = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut passes = 0;
+            while !done() && passes < 1_000_000 {
+                tokio::task::yield_now().await;
+                passes += 1;
+            }
+            passes
+        })
+        .await;
+        assert!(matches!(passes, Ok(p) if p < 1_000_000), "the sweep never got there");
+    }
+
+    fn sweeping(hub: &Hub, channel: &str) -> bool {
+        hub.shard(channel).lock().unwrap().get(channel).is_some_and(|c| c.sweep.is_some())
+    }
+
+    #[tokio::test]
+    async fn a_sweep_hands_everyone_every_publication_once_in_order() {
+        let (hub, metrics) = sweeping_hub();
+        let epoch: Arc<str> = Arc::from("e1");
+        // More subscribers than one chunk, both modes.
+        let mut rxs = Vec::new();
+        for id in 0..(SWEEP_CHUNK as u64 * 3 + 5) {
+            let (s, rx) = sub(if id % 2 == 0 { Mode::Raw } else { Mode::Json }, 4096);
+            join(&hub, "c", id, s);
+            rxs.push(rx);
+        }
+        let mut late = None;
+        for offset in 1..=200 {
+            let subscribers = rxs.len() as u64 + u64::from(late.is_some());
+            assert_eq!(hub.publish("c", &epoch, offset, &data(&offset.to_string())), subscribers);
+            if offset == 100 {
+                // Joins mid-stream: it gets what was published after, and nothing before.
+                let (s, rx) = sub(Mode::Raw, 4096);
+                join(&hub, "c", 999, s);
+                late = Some(rx);
+            }
+            if offset % 30 == 0 {
+                // Let the sweep get partway round, so publications join rounds in progress.
+                tokio::task::yield_now().await;
+            }
+        }
+        until(|| metrics.deliveries.get() >= rxs.len() as u64 * 200 + 100).await;
+        let want: Vec<u64> = (1..=200).collect();
+        for rx in &mut rxs {
+            assert_eq!(offsets(rx), want);
+        }
+        assert_eq!(offsets(late.as_mut().unwrap()), (101..=200).collect::<Vec<_>>());
+        assert_eq!(metrics.fanout_sweeps.get(), 1, "one sweep served the whole burst");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_in_a_sweep_flags_only_that_subscriber() {
+        let (hub, metrics) = sweeping_hub();
+        let epoch: Arc<str> = Arc::from("e1");
+        let (small, _small_rx) = sub(Mode::Raw, 3);
+        let small_queue = small.queue.clone();
+        join(&hub, "c", 1, small);
+        let (big, mut big_rx) = sub(Mode::Raw, 64);
+        join(&hub, "c", 2, big);
+        for offset in 1..=10 {
+            hub.publish("c", &epoch, offset, &data("1"));
+        }
+        until(|| metrics.deliveries.get() >= 13).await;
+        assert!(small_queue.overflowed(), "the small queue overflowed: a slow consumer");
+        assert_eq!(offsets(&mut big_rx), (1..=10).collect::<Vec<_>>());
+        assert!(metrics.deliveries_dropped.get() >= 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_sweep_ends_and_a_later_publication_starts_another() {
+        let (hub, metrics) = sweeping_hub();
+        let epoch: Arc<str> = Arc::from("e1");
+        let (s, mut rx) = sub(Mode::Raw, 64);
+        join(&hub, "c", 1, s);
+        hub.publish("c", &epoch, 1, &data("1"));
+        until(|| metrics.deliveries.get() == 1).await;
+        assert!(sweeping(&hub, "c"), "it lingers for more");
+        tokio::time::sleep(SWEEP_LINGER * 2).await;
+        assert!(!sweeping(&hub, "c"), "it ended once idle");
+        hub.publish("c", &epoch, 2, &data("2"));
+        until(|| metrics.deliveries.get() == 2).await;
+        assert_eq!(metrics.fanout_sweeps.get(), 2);
+        assert_eq!(offsets(&mut rx), vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_drops_its_oldest_beyond_the_backlog_limit() {
+        let (hub, metrics) = sweeping_hub();
+        let epoch: Arc<str> = Arc::from("e1");
+        let (s, mut rx) = sub(Mode::Raw, 4096);
+        join(&hub, "c", 1, s);
+        let total = MAX_SWEEP_BACKLOG as u64 + 10;
+        // No yield: the sweep has not begun, all of it waits in its backlog.
+        for offset in 1..=total {
+            hub.publish("c", &epoch, offset, &data("1"));
+        }
+        assert_eq!(metrics.fanout_backlog_dropped.get(), 10);
+        until(|| metrics.deliveries.get() == MAX_SWEEP_BACKLOG as u64).await;
+        // The connection meets the gap when it admits offset 11 after nothing (see `admit`).
+        assert_eq!(offsets(&mut rx), (11..=total).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn without_a_runtime_a_dense_channel_is_queued() {
+        let (hub, metrics) = sweeping_hub();
+        let (s, mut rx) = sub(Mode::Raw, 8);
+        join(&hub, "c", 1, s);
+        assert_eq!(hub.publish("c", &Arc::from("e"), 1, &data("1")), 1);
+        assert_eq!(metrics.fanout_sweeps.get(), 0);
+        assert_eq!(offsets(&mut rx), vec![1]);
     }
 }

@@ -41,5 +41,5 @@ mod upgrade;
 mod web;
 
 pub use broker::{Broker, MemoryBroker};
-pub use config::{GatewayConfig, ShutdownClose};
+pub use config::{FanoutSweep, GatewayConfig, ShutdownClose};
 pub use gateway::{DrainReport, Gateway, GatewayError, PublishError};

@@ -87,6 +87,13 @@ impl Subscriptions {
             }
         }
     }
+    /// Key an existing subscription by the hub's own `Arc` of its name, which publications are
+    /// tagged with (found by pointer, see `for_tag`).
+    pub fn adopt(&mut self, name: Arc<str>) {
+        if let Ok(i) = self.find(&name) {
+            self.0[i].0 = name;
+        }
+    }
     pub fn remove(&mut self, channel: &str) -> bool {
         match self.find(channel) {
             Ok(i) => {
@@ -178,8 +185,10 @@ pub struct HandOver {
     pub written: u32,
     /// ...with this many bytes of message text...
     pub written_bytes: u64,
-    /// ...and publications queued for the task (including a partly written one).
+    /// ...and publications queued for the task (including a partly written one)...
     pub queued: u32,
+    /// ...and publications refused: the queue was full (the connection is now a slow consumer).
+    pub dropped: u32,
 }
 
 /// How a publication was handed over.
@@ -332,7 +341,7 @@ impl OutboundQueue {
     /// `since` (published before the subscription) or already handed over are passed by. The
     /// rest go out in one `writev` when the connection is ready for a direct write (as in
     /// [`OutboundQueue::deliver`]); what the socket does not take, and everything when it is
-    /// not ready, is queued for the task. `Err(Full)`: the queue overflowed (a slow consumer).
+    /// not ready, is queued for the task. `Err(Closed)`: the connection is ending.
     pub fn hand_over(
         &self,
         batch: &[(u64, Arc<Published>)],
@@ -396,8 +405,12 @@ impl OutboundQueue {
             }
             rest = &fresh[taken..];
         }
-        for (_, p) in rest {
-            self.queue(mail, Outbound::Publication(p.clone()))?;
+        for (i, (_, p)) in rest.iter().enumerate() {
+            if self.queue(mail, Outbound::Publication(p.clone())).is_err() {
+                // Flagged and woken: the connection closes as a slow consumer.
+                done.dropped = (rest.len() - i) as u32;
+                break;
+            }
             done.queued += 1;
         }
         Ok(done)
