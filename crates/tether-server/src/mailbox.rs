@@ -152,12 +152,32 @@ struct Mail {
     /// connection's hands. (Not an `Option`: 4 bytes fewer keep the whole mailbox within
     /// jemalloc's 128-byte size class, 32 bytes less per connection than the next one.)
     socket: RawFd,
-    /// The connection's task holds the write side: it is writing, or holds items it popped.
-    writing: bool,
     /// What the queued items weigh, in KiB rounded up per item (a u16 keeps `Mail` in 64 bytes).
     queued_kib: u16,
-    /// The connection negotiated permessage-deflate: its publications go out compressed.
-    deflate: bool,
+    /// [`WRITING`], [`DEFLATE`], [`WRITTEN`]: one byte, where three `bool`s would push `Mail`
+    /// past 64 bytes and the mailbox past jemalloc's 128-byte class.
+    flags: u8,
+}
+
+/// The connection's task holds the write side: it is writing, or holds items it popped.
+const WRITING: u8 = 1;
+/// The connection negotiated permessage-deflate: its publications go out compressed.
+const DEFLATE: u8 = 2;
+/// A publisher wrote to the socket since the connection last looked: it is not idle, even
+/// though its task saw nothing (see [`OutboundQueue::take_written`]).
+const WRITTEN: u8 = 4;
+
+impl Mail {
+    fn is(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+    fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.flags |= flag;
+        } else {
+            self.flags &= !flag;
+        }
+    }
 }
 
 /// An item's weight against `outbound_queue_bytes`: KiB, rounded up, at least 1.
@@ -189,6 +209,8 @@ pub struct HandOver {
     pub queued: u32,
     /// ...and publications refused: the queue was full (the connection is now a slow consumer).
     pub dropped: u32,
+    /// The sequence number of the oldest publication handed over (0: none).
+    pub oldest: u64,
 }
 
 /// How a publication was handed over.
@@ -241,9 +263,8 @@ impl OutboundQueue {
                 items: VecDeque::new(),
                 subscriptions: Subscriptions::default(),
                 socket: NO_SOCKET,
-                writing: false,
                 queued_kib: 0,
-                deflate: false,
+                flags: 0,
             }),
             capacity: u16::try_from(capacity).unwrap_or(u16::MAX),
             max_kib: u16::try_from(max_bytes / 1024).unwrap_or(u16::MAX).max(1),
@@ -258,12 +279,12 @@ impl OutboundQueue {
 
     /// For a connection that negotiated permessage-deflate.
     pub fn deflating(mut self, on: bool) -> Self {
-        self.mail.get_mut().unwrap_or_else(|p| p.into_inner()).deflate = on;
+        self.mail.get_mut().unwrap_or_else(|p| p.into_inner()).set(DEFLATE, on);
         self
     }
 
     pub fn deflates(&self) -> bool {
-        self.lock().deflate
+        self.lock().is(DEFLATE)
     }
 
     fn lock(&self) -> MutexGuard<'_, Mail> {
@@ -310,15 +331,16 @@ impl OutboundQueue {
         let fd = mail.socket;
         // For a deflate subscriber this compresses the publication, once for all of them, here
         // in the publisher rather than later in some subscriber's task.
-        let wire = publication.wire_for(mail.deflate);
+        let wire = publication.wire_for(mail.is(DEFLATE));
         if let (true, Some(wire)) = (direct && fd != NO_SOCKET, wire) {
-            if !mail.writing && mail.items.is_empty() && !self.overflowed() {
+            if !mail.is(WRITING) && mail.items.is_empty() && !self.overflowed() {
                 match mail.subscriptions.admit(&publication, false) {
                     Admission::Skip => return Ok(Delivery::Skipped),
                     // Queued as it is: the task meets the gap and closes the connection.
                     Admission::Gap => {}
                     Admission::Send => {
                         let written = send_now(fd, wire);
+                        mail.set(WRITTEN, true);
                         if written == wire.len() {
                             return Ok(Delivery::Written(publication.frame.len()));
                         }
@@ -360,17 +382,17 @@ impl OutboundQueue {
         let fresh = &batch[batch.partition_point(|(seq, _)| *seq <= floor)..];
         let Some((last, _)) = fresh.last() else { return Ok(HandOver::default()) };
         w.handed = *last;
-        let mut done = HandOver::default();
+        let mut done = HandOver { oldest: fresh[0].0, ..HandOver::default() };
         let mut rest = fresh;
         let fd = mail.socket;
-        if fd != NO_SOCKET && !mail.writing && mail.items.is_empty() && !self.overflowed() {
+        if fd != NO_SOCKET && !mail.is(WRITING) && mail.items.is_empty() && !self.overflowed() {
             // Admit in order, gathering the frames; stop at the first that must go through the
             // task (a gap, or a message too large for one shared frame).
             let mut iov = [std::io::IoSlice::new(&[]); MAX_GATHER];
             let mut admitted = [0usize; MAX_GATHER];
             let (mut n, mut taken) = (0, 0);
             for (i, (_, p)) in fresh.iter().enumerate().take(MAX_GATHER) {
-                let Some(wire) = p.wire_for(mail.deflate) else { break };
+                let Some(wire) = p.wire_for(mail.is(DEFLATE)) else { break };
                 match mail.subscriptions.admit(p, false) {
                     Admission::Gap => break,
                     Admission::Skip => {}
@@ -383,9 +405,12 @@ impl OutboundQueue {
                 taken = i + 1;
             }
             let mut sent = if n > 0 { writev_now(fd, &iov[..n]) } else { 0 };
+            if n > 0 {
+                mail.set(WRITTEN, true);
+            }
             for &i in &admitted[..n] {
                 let p = &fresh[i].1;
-                let len = p.wire_for(mail.deflate).map_or(0, <[u8]>::len);
+                let len = p.wire_for(mail.is(DEFLATE)).map_or(0, <[u8]>::len);
                 if sent >= len {
                     sent -= len;
                     done.written += 1;
@@ -428,7 +453,7 @@ impl OutboundQueue {
 
     /// The connection's task is about to write: publishers queue until [`OutboundQueue::release`].
     pub(crate) fn hold(&self) {
-        self.lock().writing = true;
+        self.lock().set(WRITING, true);
     }
 
     /// Hold the write side if nothing is queued ahead (and nothing overflowed): a reply may then
@@ -437,14 +462,24 @@ impl OutboundQueue {
         let mut mail = self.lock();
         let idle = mail.items.is_empty() && !self.overflowed();
         if idle {
-            mail.writing = true;
+            mail.set(WRITING, true);
         }
         idle
     }
 
+    /// Whether publishers wrote to the socket since the last call. A connection that only
+    /// receives publications, all written directly, is busy, not idle: it must not park (and
+    /// be woken right back by the next publication that finds it parked).
+    pub(crate) fn take_written(&self) -> bool {
+        let mut mail = self.lock();
+        let written = mail.is(WRITTEN);
+        mail.set(WRITTEN, false);
+        written
+    }
+
     /// The connection's task has written and flushed everything it held.
     pub(crate) fn release(&self) {
-        self.lock().writing = false;
+        self.lock().set(WRITING, false);
     }
 
     /// Let publishers write to `socket` directly (`Some`), or stop them (`None`). Also ends any
@@ -452,7 +487,7 @@ impl OutboundQueue {
     pub(crate) fn set_socket(&self, socket: Option<RawFd>) {
         let mut mail = self.lock();
         mail.socket = socket.unwrap_or(NO_SOCKET);
-        mail.writing = false;
+        mail.set(WRITING, false);
     }
 
     /// The next queued item, if any; the task holds the write side until it releases it.
@@ -464,7 +499,7 @@ impl OutboundQueue {
     fn take(mail: &mut Mail) -> Option<Outbound> {
         let item = mail.items.pop_front()?;
         mail.queued_kib = mail.queued_kib.saturating_sub(kib(&item));
-        mail.writing = true;
+        mail.set(WRITING, true);
         if mail.items.is_empty() && mail.items.capacity() > 16 {
             mail.items.shrink_to_fit();
         }

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub heartbeat_timeouts: Counter,
     pub heartbeat_rtt: Histogram,
     pub fanout_seconds: Histogram,
+    pub delivery_lag: Histogram,
     pub slow_consumers: Counter,
     pub inbound_rate_limited: Counter,
     pub json_too_deep: Counter,
@@ -92,6 +93,10 @@ impl Metrics {
             ),
             // 100 µs .. ~6.5 s
             fanout_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 17),
+            ),
+            // 100 µs .. ~6.5 s
+            delivery_lag: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 17),
             ),
             slow_consumers: Counter::default(),
@@ -164,6 +169,11 @@ impl Metrics {
                 "tether_fanout_seconds",
                 "From a publication reaching this node's hub until every local subscriber had it handed over (written or queued)",
                 m.fanout_seconds.clone(),
+            );
+            t.register(
+                "tether_delivery_lag_seconds",
+                "From a publication reaching this node's hub until it was written or queued for one subscriber (sampled: one subscriber in 16; for a sweep, the oldest publication a visit handed over)",
+                m.delivery_lag.clone(),
             );
             t.register(
                 "tether_slow_consumers",
