@@ -379,7 +379,7 @@ impl SweepRun {
                 match sub.queue.hand_over(batch, sub.since) {
                     Ok(done) => {
                         visits += 1;
-                        if done.oldest != 0 && visits % LAG_SAMPLE == 0 {
+                        if done.oldest != 0 && visits.is_multiple_of(LAG_SAMPLE) {
                             // How long the oldest of what this visit handed over waited.
                             if let Some((_, at)) = appended.iter().find(|(s, _)| *s == done.oldest)
                             {
@@ -713,7 +713,7 @@ impl Hub {
                     ))
                 })
                 .clone();
-            if i as u64 % LAG_SAMPLE == 0 {
+            if (i as u64).is_multiple_of(LAG_SAMPLE) {
                 self.metrics.delivery_lag.observe(started.elapsed().as_secs_f64());
             }
             match sub.queue.deliver(publication, direct) {
