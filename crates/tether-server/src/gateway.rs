@@ -27,6 +27,9 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// Cancelled when graceful shutdown begins; every connection task listens.
     pub shutdown: CancellationToken,
+    /// Set just before `shutdown` is cancelled: what connections check on every pass of their
+    /// loop. (`CancellationToken::is_cancelled` takes a mutex that every connection shares.)
+    pub stopping: std::sync::atomic::AtomicBool,
     /// Bumped when the broker's live feed was interrupted (a Redis pub/sub link restored):
     /// every connection closes with 1012 so that its client resubscribes and recovers.
     pub resync: watch::Sender<u64>,
@@ -72,6 +75,11 @@ fn hub_for(config: &GatewayConfig, metrics: &Arc<Metrics>) -> Hub {
 }
 
 impl Shared {
+    /// Graceful shutdown has begun.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Take one handshake from the server-wide budget; false when the storm is over budget.
     pub fn admit_handshake(&self) -> bool {
         let rate = self.config.max_handshake_rate as f32;
@@ -237,6 +245,7 @@ impl Gateway {
                 broker,
                 metrics,
                 shutdown,
+                stopping: std::sync::atomic::AtomicBool::new(false),
                 resync,
                 parking,
                 // Long enough not to park and unpark between the messages of a busy connection,
@@ -399,13 +408,14 @@ impl Gateway {
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        self.shared.shutdown.is_cancelled()
+        self.shared.stopping()
     }
 
     /// Graceful shutdown of the WebSocket side: refuse new handshakes, send every client its
     /// close (1012 with a reconnect hint, or 1001), and wait up to `drain_timeout` for them.
     pub async fn shutdown(&self) -> DrainReport {
         let connections = self.open_connections();
+        self.shared.stopping.store(true, std::sync::atomic::Ordering::Release);
         self.shared.shutdown.cancel();
         self.shared.parking.wake_all(); // parked connections do not watch `shutdown` themselves
         self.shared.tracker.close();

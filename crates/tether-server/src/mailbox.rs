@@ -19,7 +19,7 @@ use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use tokio_tungstenite::tungstenite::Message;
@@ -234,18 +234,26 @@ pub struct OutboundQueue {
     capacity: u16,
     /// ...and KiB queued at most (`outbound_queue_bytes`).
     max_kib: u16,
-    closed: AtomicBool,
-    /// Set when a delivery found the queue full: the connection closes as a slow consumer.
-    overflowed: AtomicBool,
-    /// Set by the parking lot's reactor: the parked connection's socket has something.
-    socket_ready: AtomicBool,
-    /// Set by the gateway (shutdown, resync): the connection must look at the gateway's state.
-    signalled: AtomicBool,
+    /// [`CLOSED`], [`OVERFLOWED`], [`SOCKET_READY`], [`SIGNALLED`], [`PENDING`]: one byte
+    /// (five `AtomicBool`s would push the mailbox past jemalloc's 128-byte class).
+    state: AtomicU8,
     /// When the connection wants the lot's shared timer to signal it, in the lot's ticks:
     /// while parked, its next heartbeat; while active, when to consider parking.
     deadline: AtomicU64,
     waker: AtomicWaker,
 }
+
+/// The connection is ending: pushes are refused.
+const CLOSED: u8 = 1;
+/// A delivery found the queue full: the connection closes as a slow consumer.
+const OVERFLOWED: u8 = 2;
+/// Set by the parking lot's reactor: the parked connection's socket has something.
+const SOCKET_READY: u8 = 4;
+/// Set by the gateway (shutdown, resync): the connection must look at the gateway's state.
+const SIGNALLED: u8 = 8;
+/// Something is queued: mirrors `!items.is_empty()`, changed under the lock, so that the task
+/// can see an empty queue without taking the lock (once per pass of its loop).
+const PENDING: u8 = 16;
 
 /// Why a push was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -268,10 +276,7 @@ impl OutboundQueue {
             }),
             capacity: u16::try_from(capacity).unwrap_or(u16::MAX),
             max_kib: u16::try_from(max_bytes / 1024).unwrap_or(u16::MAX).max(1),
-            closed: AtomicBool::new(false),
-            overflowed: AtomicBool::new(false),
-            socket_ready: AtomicBool::new(false),
-            signalled: AtomicBool::new(false),
+            state: AtomicU8::new(0),
             deadline: AtomicU64::new(u64::MAX),
             waker: AtomicWaker::new(),
         }
@@ -287,6 +292,18 @@ impl OutboundQueue {
         self.lock().is(DEFLATE)
     }
 
+    fn is(&self, flag: u8) -> bool {
+        self.state.load(Ordering::Acquire) & flag != 0
+    }
+
+    fn raise(&self, flag: u8) {
+        self.state.fetch_or(flag, Ordering::AcqRel);
+    }
+
+    fn lower(&self, flag: u8) {
+        self.state.fetch_and(!flag, Ordering::AcqRel);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Mail> {
         // A panic while holding it cannot leave `Mail` half-updated in a way that matters more
         // than losing the connection; keep serving rather than poisoning every later call.
@@ -295,7 +312,7 @@ impl OutboundQueue {
 
     /// Queue an item for the connection's task.
     pub fn push(&self, item: Outbound) -> Result<(), PushError> {
-        if self.closed.load(Ordering::Relaxed) {
+        if self.is(CLOSED) {
             return Err(PushError::Closed);
         }
         let mut mail = self.lock();
@@ -307,12 +324,13 @@ impl OutboundQueue {
         if mail.items.len() >= self.capacity as usize
             || u32::from(mail.queued_kib) + u32::from(weight) > u32::from(self.max_kib)
         {
-            self.overflowed.store(true, Ordering::Release);
+            self.raise(OVERFLOWED);
             self.waker.wake();
             return Err(PushError::Full);
         }
         mail.items.push_back(item);
         mail.queued_kib = mail.queued_kib.saturating_add(weight);
+        self.raise(PENDING);
         self.waker.wake();
         Ok(())
     }
@@ -324,7 +342,7 @@ impl OutboundQueue {
         publication: Arc<Published>,
         direct: bool,
     ) -> Result<Delivery, PushError> {
-        if self.closed.load(Ordering::Relaxed) {
+        if self.is(CLOSED) {
             return Err(PushError::Closed);
         }
         let mut mail = self.lock();
@@ -349,6 +367,7 @@ impl OutboundQueue {
                         let item = Outbound::Admitted { publication, written };
                         mail.queued_kib = mail.queued_kib.saturating_add(kib(&item));
                         mail.items.push_back(item);
+                        self.raise(PENDING);
                         self.waker.wake();
                         return Ok(Delivery::Queued);
                     }
@@ -369,7 +388,7 @@ impl OutboundQueue {
         batch: &[(u64, Arc<Published>)],
         since: u64,
     ) -> Result<HandOver, PushError> {
-        if self.closed.load(Ordering::Relaxed) {
+        if self.is(CLOSED) {
             return Err(PushError::Closed);
         }
         let Some((_, first)) = batch.first() else { return Ok(HandOver::default()) };
@@ -426,6 +445,7 @@ impl OutboundQueue {
                 }
             }
             if done.queued > 0 {
+                self.raise(PENDING);
                 self.waker.wake();
             }
             rest = &fresh[taken..];
@@ -493,26 +513,29 @@ impl OutboundQueue {
     /// The next queued item, if any; the task holds the write side until it releases it.
     pub fn pop(&self) -> Option<Outbound> {
         let mut mail = self.lock();
-        Self::take(&mut mail)
+        self.take(&mut mail)
     }
 
-    fn take(mail: &mut Mail) -> Option<Outbound> {
+    fn take(&self, mail: &mut Mail) -> Option<Outbound> {
         let item = mail.items.pop_front()?;
         mail.queued_kib = mail.queued_kib.saturating_sub(kib(&item));
         mail.set(WRITING, true);
-        if mail.items.is_empty() && mail.items.capacity() > 16 {
-            mail.items.shrink_to_fit();
+        if mail.items.is_empty() {
+            self.lower(PENDING);
+            if mail.items.capacity() > 16 {
+                mail.items.shrink_to_fit();
+            }
         }
         Some(item)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lock().items.is_empty()
+        !self.is(PENDING)
     }
 
     /// Whether a delivery was refused because the queue was full.
     pub fn overflowed(&self) -> bool {
-        self.overflowed.load(Ordering::Acquire)
+        self.is(OVERFLOWED)
     }
 
     /// Ready once a delivery has found the queue full.
@@ -543,16 +566,15 @@ impl OutboundQueue {
     /// signalled (see [`OutboundQueue::signal`]) instead.
     pub async fn next(&self) -> Option<Outbound> {
         std::future::poll_fn(|cx| {
-            {
-                let mut mail = self.lock();
-                if let Some(item) = Self::take(&mut mail) {
+            // Registered before looking: a push after the look wakes this waker. An empty queue
+            // (most passes of a busy connection's loop) costs no lock.
+            self.waker.register(cx.waker());
+            if self.is(PENDING) {
+                if let Some(item) = self.take(&mut self.lock()) {
                     return Poll::Ready(Some(item));
                 }
-                // Registered under the lock: a push takes the lock after us, so its wake finds
-                // this waker. One lock per poll instead of pop / register / pop.
-                self.waker.register(cx.waker());
             }
-            if self.signalled.swap(false, Ordering::AcqRel) {
+            if self.state.fetch_and(!SIGNALLED, Ordering::AcqRel) & SIGNALLED != 0 {
                 return Poll::Ready(None);
             }
             Poll::Pending
@@ -563,22 +585,22 @@ impl OutboundQueue {
     /// Wake the connection task and make a pending [`OutboundQueue::next`] return `None`, so
     /// that it looks at the gateway's state (shutdown, resync).
     pub fn signal(&self) {
-        self.signalled.store(true, Ordering::Release);
+        self.raise(SIGNALLED);
         self.waker.wake();
     }
 
     /// The parked socket became readable (or failed): wake the connection.
     pub(crate) fn set_socket_ready(&self) {
-        self.socket_ready.store(true, Ordering::Release);
+        self.raise(SOCKET_READY);
         self.waker.wake();
     }
 
     pub(crate) fn socket_ready(&self) -> bool {
-        self.socket_ready.load(Ordering::Acquire)
+        self.is(SOCKET_READY)
     }
 
     pub(crate) fn clear_socket_ready(&self) {
-        self.socket_ready.store(false, Ordering::Release);
+        self.lower(SOCKET_READY);
     }
 
     pub(crate) fn set_deadline(&self, ticks: u64) {
@@ -592,11 +614,12 @@ impl OutboundQueue {
     /// Refuse further pushes (the connection is ending). Returns how many publications were
     /// still queued, never to be delivered.
     pub fn close(&self) -> u64 {
-        self.closed.store(true, Ordering::Relaxed);
+        self.raise(CLOSED);
         let mut mail = self.lock();
         let missed = mail.items.iter().filter(|i| !matches!(i, Outbound::Reply(_))).count();
         mail.items.clear();
         mail.queued_kib = 0;
+        self.lower(PENDING);
         missed as u64
     }
 }

@@ -241,7 +241,7 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
         Ok(grant) => grant,
         Err(r) => return refuse(r),
     };
-    if shared.shutdown.is_cancelled() {
+    if shared.stopping() {
         return refuse(
             Refusal::new(
                 "shutting_down",
