@@ -218,3 +218,52 @@ async fn a_parked_connection_sees_its_peer_leave_at_once() {
     assert_eq!(server.metric("tether_connections_open"), 0.0);
     assert_eq!(parked(), 0.0);
 }
+
+/// A subscriber that only receives publications, all written to its socket by the publisher,
+/// is busy, not idle: it must not park (and be woken right back by the next publication, which
+/// then takes the slow road through its task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_fed_by_direct_writes_does_not_park() {
+    // park_after = 200 ms; publications every 50 ms for 3 s.
+    let server = Server::start(&["--ping-interval", "400ms", "--pong-timeout", "1s"]);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(server.ws_url("?channel=busy")).await.unwrap();
+    // Reads on (answering pings) after the 60th, so the connection stays open to park again.
+    let (done, all_in) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut texts, mut done) = (0, Some(done));
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() {
+                texts += 1;
+                if texts == 60 {
+                    let _ = done.take().map(|d| d.send(texts));
+                }
+            }
+        }
+    });
+    let parked = |s: &Server| s.metric("tether_connections_parked") as usize;
+    assert!(wait_until(Duration::from_secs(10), || parked(&server) == 1), "it parks while idle");
+    let server = std::sync::Arc::new(server);
+    let publisher = {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            for i in 0..60u32 {
+                let due = start + Duration::from_millis(50) * i;
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                server.publish("busy", &i.to_string());
+            }
+        })
+    };
+    publisher.await.unwrap();
+    let texts = tokio::time::timeout(Duration::from_secs(10), all_in).await.unwrap().unwrap();
+    assert_eq!(texts, 60);
+    // The first wakes it from the park (through its task); then, had it parked again after
+    // 200 ms of direct writes, about one in five would have gone the slow way as well.
+    let direct = server.metric("tether_direct_deliveries_total");
+    assert!(direct >= 56.0, "only {direct} of 60 publications were written directly");
+    assert!(
+        wait_until(Duration::from_secs(10), || parked(&server) == 1),
+        "idle again, it parks again"
+    );
+}

@@ -138,14 +138,11 @@ pub fn text_frame(text: &[u8]) -> (Bytes, usize) {
 pub struct Subscriber {
     pub queue: Arc<OutboundQueue>,
     pub mode: Mode,
-    /// The sweep sequence number when it subscribed: sweep entries up to it predate the
-    /// subscription and are not for it (set by [`Hub::subscribe`]).
-    since: u64,
 }
 
 impl Subscriber {
     pub fn new(queue: Arc<OutboundQueue>, mode: Mode) -> Self {
-        Subscriber { queue, mode, since: 0 }
+        Subscriber { queue, mode }
     }
 }
 
@@ -271,8 +268,14 @@ impl Pace {
 }
 
 /// Numbers sweep entries, across all channels and hubs of the process: a connection's
-/// `Watermark::handed` and a subscriber's `since` compare against it.
+/// `Watermark::handed` compares against it.
 static SWEEP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The last sweep entry numbered so far. A new subscription starts its watermark here, so
+/// that sweeps do not hand it what was published before it.
+pub(crate) fn sweep_position() -> u64 {
+    SWEEP_SEQ.load(Ordering::Relaxed)
+}
 
 /// Publications a sweep may hold back at most; beyond that it drops its oldest (counted in
 /// `tether_fanout_backlog_dropped_total`).
@@ -376,7 +379,7 @@ impl SweepRun {
                     Mode::Json => &json,
                     Mode::Raw => &raw,
                 };
-                match sub.queue.hand_over(batch, sub.since) {
+                match sub.queue.hand_over(batch) {
                     Ok(done) => {
                         visits += 1;
                         if done.oldest != 0 && visits.is_multiple_of(LAG_SAMPLE) {
@@ -597,9 +600,7 @@ impl Hub {
         if ch.subscribers.contains_key(&conn) {
             return None;
         }
-        // Sweep entries from here on are for it (numbered under this same lock).
-        let since = SWEEP_SEQ.load(Ordering::Relaxed);
-        ch.subscribers.insert(conn, Subscriber { since, ..sub });
+        ch.subscribers.insert(conn, sub);
         ch.roster = None;
         self.metrics.subscriptions.inc();
         Some(key)
