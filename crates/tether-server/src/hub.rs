@@ -544,6 +544,23 @@ impl Hub {
         &self.shards[self.shard_index(channel)]
     }
 
+    /// A publication rendered and framed once for `mode`, compressed for permessage-deflate
+    /// subscribers when compression applies to it.
+    fn render_once(
+        &self,
+        mode: Mode,
+        name: &Arc<str>,
+        epoch: &Arc<str>,
+        offset: u64,
+        data: &RawValue,
+    ) -> Arc<Published> {
+        let text = render(mode, name, epoch, offset, data);
+        let compress = self.compression.as_ref().is_some_and(|(min, patterns)| {
+            text.len() >= *min && tether_core::channel::any_matches(patterns, name)
+        });
+        Arc::new(Published::with_compression(text, name.clone(), epoch.clone(), offset, compress))
+    }
+
     /// Append a publication to the channel's running sweep. Returns how many subscribers it
     /// is for (the sweep hands it over).
     fn append_to_sweep(
@@ -556,19 +573,7 @@ impl Hub {
         let subscribers = ch.subscribers.len() as u64;
         let name = ch.name.clone();
         let Some(sweep) = ch.sweep.as_mut() else { return 0 };
-        let published = |mode| {
-            let text = render(mode, &name, epoch, offset, data);
-            let compress = self.compression.as_ref().is_some_and(|(min, patterns)| {
-                text.len() >= *min && tether_core::channel::any_matches(patterns, &name)
-            });
-            Arc::new(Published::with_compression(
-                text,
-                name.clone(),
-                epoch.clone(),
-                offset,
-                compress,
-            ))
-        };
+        let published = |mode| self.render_once(mode, &name, epoch, offset, data);
         if sweep.entries.len() >= MAX_SWEEP_BACKLOG {
             // The sweep is this far behind: drop its oldest. Subscribers that had not had it see
             // a gap and are closed to recover (see `mailbox::Subscriptions::admit`).
@@ -640,7 +645,7 @@ impl Hub {
         if ch.sweep.is_some() || sweep {
             if ch.sweep.is_none() {
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    return self.fan_out(ch, channel, epoch, offset, data, started, false);
+                    return self.fan_out(ch, epoch, offset, data, started, false);
                 };
                 let id = SWEEP_SEQ.load(Ordering::Relaxed) + 1;
                 ch.sweep = Some(Sweep {
@@ -663,16 +668,14 @@ impl Hub {
             }
             return self.append_to_sweep(ch, epoch, offset, data);
         }
-        self.fan_out(ch, channel, epoch, offset, data, started, sparse && self.direct)
+        self.fan_out(ch, epoch, offset, data, started, sparse && self.direct)
     }
 
     /// Hand a publication to every subscriber now: written directly to ready sockets when
     /// `all_direct`, else queued for the connections' tasks.
-    #[allow(clippy::too_many_arguments)]
     fn fan_out(
         &self,
         ch: &mut Channel,
-        channel: &str,
         epoch: &Arc<str>,
         offset: u64,
         data: &RawValue,
@@ -686,11 +689,6 @@ impl Hub {
         // Encode once per mode, lazily; every subscriber gets a reference to the same one.
         let mut json: Option<Arc<Published>> = None;
         let mut raw: Option<Arc<Published>> = None;
-        let compressible = |text: &Utf8Bytes| {
-            self.compression.as_ref().is_some_and(|(min, patterns)| {
-                text.len() >= *min && tether_core::channel::any_matches(patterns, channel)
-            })
-        };
         let (mut delivered, mut written, mut written_bytes, mut dropped) = (0, 0, 0, 0);
         for (i, sub) in subscribers.values().enumerate() {
             if i == sample && !all_direct {
@@ -702,17 +700,7 @@ impl Hub {
                 Mode::Raw => &mut raw,
             };
             let publication = slot
-                .get_or_insert_with(|| {
-                    let text = render(sub.mode, channel, epoch, offset, data);
-                    let compress = compressible(&text);
-                    Arc::new(Published::with_compression(
-                        text,
-                        name.clone(),
-                        epoch.clone(),
-                        offset,
-                        compress,
-                    ))
-                })
+                .get_or_insert_with(|| self.render_once(sub.mode, name, epoch, offset, data))
                 .clone();
             if (i as u64).is_multiple_of(LAG_SAMPLE) {
                 self.metrics.delivery_lag.observe(started.elapsed().as_secs_f64());
