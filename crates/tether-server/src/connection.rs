@@ -521,10 +521,15 @@ impl Connection {
             // largest await point, and every active connection would otherwise carry the state
             // of a closing handshake. The per-message ones (`on_message`, `write_batch`) are not:
             // a box per message costs more than the bytes it saves while active.
-            // Not `biased`: a peer that floods us must not starve its own outbound queue, and a
-            // busy queue must not stop us reading (its pongs are its proof of life).
+            // `biased`, in this order: reading first, so a busy queue never stops us reading (its
+            // pongs are its proof of life); a peer that floods us still lets its queue in, since
+            // tokio's cooperative budget makes the socket read pending after 128 reads, and
+            // the branch taken then runs to its end. The heartbeat's timer comes last: it only
+            // wakes the loop, whose top polls the heartbeat on every pass. Polling the three in
+            // random order cost a waker registration on the mailbox or the timer for most
+            // messages: 4.8 against 4.5-4.6 µs of CPU per ping-pong round trip.
             tokio::select! {
-                _ = &mut sleep => sleep_until = None,
+                biased;
                 inbound = ws.next() => {
                     let arrived = Instant::now();
                     clock = Some(arrived);
@@ -576,6 +581,7 @@ impl Connection {
                         }
                     }
                 }
+                _ = &mut sleep => sleep_until = None,
             }
         }
     }
