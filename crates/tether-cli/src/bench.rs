@@ -164,36 +164,50 @@ fn quotes(seq: u64, size: usize) -> String {
 /// Latencies recorded by many tasks into one histogram per thread, merged at the end. A
 /// histogram per connection (5,000 of them, ~200 KB each) made every record a cache miss: a
 /// fifth of the generator's CPU in a profile of 5,000 × 100/s.
-#[derive(Default)]
 struct LatencyRecorder {
+    /// Tells this recorder's histograms from an earlier one's in a thread's slot.
+    id: u64,
     threads: Mutex<Vec<Arc<Mutex<Histogram<u64>>>>>,
 }
 
+type ThreadHistogram = (u64, Arc<Mutex<Histogram<u64>>>);
+
 thread_local! {
-    /// This thread's histogram, also held by the recorder (one recorder per process run).
-    static THREAD_LATENCY: std::cell::OnceCell<Arc<Mutex<Histogram<u64>>>> =
-        const { std::cell::OnceCell::new() };
+    /// This thread's histogram and the recorder it belongs to (which also holds it).
+    static THREAD_LATENCY: std::cell::RefCell<Option<ThreadHistogram>> =
+        const { std::cell::RefCell::new(None) };
 }
 
-/// Record `micros` in this thread's histogram of `recorder` (its lock is only contended by
-/// the final merge).
-fn record_latency(recorder: &LatencyRecorder, micros: u64) {
-    THREAD_LATENCY.with(|cell| {
-        let h = cell.get_or_init(|| {
-            let h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-            let h = Arc::new(Mutex::new(h));
-            if let Ok(mut all) = recorder.threads.lock() {
-                all.push(h.clone());
-            }
-            h
-        });
-        if let Ok(mut h) = h.lock() {
-            let _ = h.record(micros);
-        }
-    });
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        LatencyRecorder { id: NEXT.fetch_add(1, Ordering::Relaxed), threads: Mutex::default() }
+    }
 }
 
 impl LatencyRecorder {
+    /// Record `micros` in this thread's histogram (its lock is only contended by the final
+    /// merge).
+    fn record(&self, micros: u64) {
+        THREAD_LATENCY.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot.as_ref().is_none_or(|(id, _)| *id != self.id) {
+                let h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                    .expect("constant histogram bounds");
+                let h = Arc::new(Mutex::new(h));
+                if let Ok(mut all) = self.threads.lock() {
+                    all.push(h.clone());
+                }
+                *slot = Some((self.id, h));
+            }
+            if let Some((_, h)) = slot.as_ref() {
+                if let Ok(mut h) = h.lock() {
+                    let _ = h.record(micros);
+                }
+            }
+        });
+    }
+
     fn merged(&self) -> Result<Histogram<u64>> {
         let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         for h in self.threads.lock().map_err(|_| anyhow::anyhow!("latency lock poisoned"))?.iter() {
@@ -343,7 +357,7 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
                         let lean_ws::Event::Message(m) = event else { return };
                         let Some((seq, sent)) = lean_ws::stamp(m) else { return };
                         let now = *now.get_or_insert_with(unix_micros);
-                        record_latency(&latency, now.saturating_sub(sent).max(1));
+                        latency.record(now.saturating_sub(sent).max(1));
                         batch += 1;
                         match seen.seqs.get_mut(seq as usize) {
                             Some(slot) if *slot => seen.duplicates += 1,

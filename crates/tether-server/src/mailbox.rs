@@ -200,8 +200,8 @@ fn kib(item: &Outbound) -> u16 {
 
 const NO_SOCKET: RawFd = -1;
 
-/// Frames gathered into one `writev` by a sweep's hand-over, at most; more wait for the next
-/// visit or go through the task.
+/// Frames gathered into one `writev` by a sweep's hand-over, at most; any more that visit
+/// has go through the task.
 const MAX_GATHER: usize = 32;
 
 /// What [`OutboundQueue::hand_over`] did.
@@ -386,10 +386,9 @@ impl OutboundQueue {
     /// Hand over what a sweep (see `hub`) has for this connection on one channel: `batch` holds
     /// the sweep's entries in offset order with their sequence numbers, and those at or below
     /// the watermark's `handed` (already handed over, or published before the subscription)
-    /// are passed by. The
-    /// rest go out in one `writev` when the connection is ready for a direct write (as in
-    /// [`OutboundQueue::deliver`]); what the socket does not take, and everything when it is
-    /// not ready, is queued for the task. `Err(Closed)`: the connection is ending.
+    /// are passed by. The rest go out in one `writev` when the connection is ready for a direct
+    /// write (as in [`OutboundQueue::deliver`]); what the socket does not take, and everything
+    /// when it is not ready, is queued for the task. `Err(Closed)`: the connection is ending.
     pub fn hand_over(&self, batch: &[(u64, Arc<Published>)]) -> Result<HandOver, PushError> {
         if self.is(CLOSED) {
             return Err(PushError::Closed);
