@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// Apply the per-address limits to loopback clients too (off: a local proxy is one address)
     #[arg(long)]
     limit_loopback: bool,
+    /// Testing aid: a WebSocket endpoint at /echo that sends every message back through the publication write path (for the Autobahn suite) [default: off]
+    #[arg(long, env = "TETHER_CONFORMANCE_ECHO")]
+    conformance_echo: bool,
     /// Messages per second one connection may send; more close it with 1008; 0: no limit [default: 1000]
     #[arg(long, env = "TETHER_MAX_INBOUND_RATE")]
     max_inbound_rate: Option<u32>,
@@ -221,6 +224,7 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
     }
     cfg.insecure |= args.insecure;
     cfg.limit_loopback |= args.limit_loopback;
+    cfg.conformance_echo |= args.conformance_echo;
     cfg.compression &= !args.no_compression;
     if let Some(size) = args.compression_min_size {
         cfg.compression_min_size = size;

@@ -18,9 +18,13 @@ use tungstenite::protocol::frame::FrameHeader;
 pub const SERVER_RESPONSE: &str =
     "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
-/// What Tether's client offers: it never compresses, and inflates each message on its own.
-pub const CLIENT_OFFER: &str =
-    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+/// What Tether's client offers: it inflates each message on its own (no server context), and
+/// it never compresses, so it can honour any limit on its own window: `client_max_window_bits`
+/// without a value says so (RFC 7692 §7.1.2.2). Servers that insist on limiting the client's
+/// window (Autobahn's 13.3–13.6 cases ask for 9 bits) then accept the offer instead of
+/// declining it.
+pub const CLIENT_OFFER: &str = "permessage-deflate; server_no_context_takeover; \
+     client_no_context_takeover; client_max_window_bits";
 
 /// The tail a sync flush ends with: removed by the sender, put back by the receiver (§7.2.1).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
@@ -68,8 +72,15 @@ fn acceptable(offer: &str) -> bool {
 }
 
 /// Whether a server's `Sec-WebSocket-Extensions` answer to [`CLIENT_OFFER`] is one the client
-/// can live with: `Ok(true)` deflate is on, `Ok(false)` no extension, `Err` anything the client
-/// did not offer (the client must then fail the connection, RFC 7692 §5).
+/// can live with: `Ok(true)` deflate is on, `Ok(false)` no extension, `Err` anything else (the
+/// client must then fail the connection, RFC 7692 §5 and §7.1).
+///
+/// Accepted: the two `*_no_context_takeover` flags; `client_max_window_bits=8..15` (offered,
+/// and trivially honoured by a client that never compresses); `server_max_window_bits=8..15`
+/// (a server may always announce a smaller window, §7.1.2.1, and a 15-bit inflater reads any).
+/// Refused: other extensions or parameters, a repeated parameter, a missing or bad value, and
+/// an answer without `server_no_context_takeover` (without it each message could depend on the
+/// ones before, which this client does not keep).
 pub fn client_accepts(response: Option<&str>) -> Result<bool, String> {
     let Some(response) = response.map(str::trim).filter(|r| !r.is_empty()) else {
         return Ok(false);
@@ -78,17 +89,27 @@ pub fn client_accepts(response: Option<&str>) -> Result<bool, String> {
     if parts.next() != Some("permessage-deflate") || response.contains(',') {
         return Err(format!("the server answered an extension that was not offered: {response}"));
     }
-    let mut server_no_context = false;
+    let mut seen: Vec<&str> = Vec::new();
     for param in parts {
-        match param.split_once('=').map_or((param, None), |(n, v)| (n.trim(), Some(v.trim()))) {
-            ("server_no_context_takeover", None) => server_no_context = true,
-            ("client_no_context_takeover", None) => {}
-            ("server_max_window_bits", Some(_)) | ("client_max_window_bits", Some(_)) => {}
-            _ => return Err(format!("unexpected permessage-deflate parameter `{param}`")),
+        let (name, value) = match param.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            None => (param, None),
+        };
+        if seen.contains(&name) {
+            return Err(format!("repeated permessage-deflate parameter `{name}`"));
+        }
+        seen.push(name);
+        let window_bits = value.and_then(|v| v.parse::<u8>().ok()).filter(|b| (8..=15).contains(b));
+        let ok = match name {
+            "server_no_context_takeover" | "client_no_context_takeover" => value.is_none(),
+            "server_max_window_bits" | "client_max_window_bits" => window_bits.is_some(),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("unexpected permessage-deflate parameter `{param}`"));
         }
     }
-    // Asked for: without it each message could depend on the ones before.
-    if !server_no_context {
+    if !seen.contains(&"server_no_context_takeover") {
         return Err("the server did not agree to server_no_context_takeover".into());
     }
     Ok(true)
@@ -108,6 +129,38 @@ pub fn compress(payload: &[u8]) -> Vec<u8> {
         deflate.reset();
         compress_with(&mut deflate, payload)
     })
+}
+
+/// `payload` compressed as one message by a sender whose window the peer limited to
+/// `window_bits` (the `client_max_window_bits` of an answer, RFC 7692 §7.1.2.2). This
+/// compressor's LZ77 window is 15 bits: a message no longer than the limit cannot refer further
+/// back than it allows, and a longer one goes out as stored blocks, which refer back to nothing
+/// (5 bytes bigger per 64 KiB, and still a message a window-limited peer inflates).
+pub fn compress_within(payload: &[u8], window_bits: u8) -> Vec<u8> {
+    if window_bits >= 15 || payload.len() <= 1 << window_bits {
+        return compress(payload);
+    }
+    thread_local! {
+        static STORED: std::cell::RefCell<Compress> =
+            std::cell::RefCell::new(Compress::new(Compression::none(), false));
+    }
+    STORED.with(|stored| {
+        let mut stored = stored.borrow_mut();
+        stored.reset();
+        compress_with(&mut stored, payload)
+    })
+}
+
+/// The `client_max_window_bits` of an answer [`client_accepts`] took: the window the client
+/// must compress within, 15 when the server set none.
+pub fn client_window_bits(response: &str) -> u8 {
+    response
+        .split(';')
+        .filter_map(|param| param.split_once('='))
+        .find(|(name, _)| name.trim() == "client_max_window_bits")
+        .and_then(|(_, value)| value.trim().trim_matches('"').parse::<u8>().ok())
+        .filter(|bits| (8..=15).contains(bits))
+        .unwrap_or(15)
 }
 
 fn compress_with(deflate: &mut Compress, payload: &[u8]) -> Vec<u8> {
@@ -133,11 +186,20 @@ fn compress_with(deflate: &mut Compress, payload: &[u8]) -> Vec<u8> {
 /// A complete, unmasked, compressed text frame (RSV1 set) for `text`: built once per
 /// publication, the same bytes for every subscriber that negotiated the extension.
 pub fn compressed_text_frame(text: &[u8]) -> Vec<u8> {
-    let payload = compress(text);
+    compressed_frame(Data::Text, text)
+}
+
+/// As [`compressed_text_frame`], for a binary message.
+pub fn compressed_binary_frame(payload: &[u8]) -> Vec<u8> {
+    compressed_frame(Data::Binary, payload)
+}
+
+fn compressed_frame(opcode: Data, message: &[u8]) -> Vec<u8> {
+    let payload = compress(message);
     let header = FrameHeader {
         is_final: true,
         rsv1: true,
-        opcode: OpCode::Data(Data::Text),
+        opcode: OpCode::Data(opcode),
         ..FrameHeader::default()
     };
     let mut frame = Vec::with_capacity(payload.len() + 10);
@@ -252,6 +314,9 @@ struct Frame {
 /// A compressed message being inflated: it exists only between its first and last frames.
 struct Message {
     opcode: OpCode,
+    /// Bytes of its frames so far, headers included: bounded like the plain message, so that
+    /// frames which inflate to little or nothing cannot stream without end.
+    wire: u64,
     /// The first frame's key, to mask the plain frame again (a server requires masked frames).
     mask: Option<[u8; 4]>,
     inflate: Decompress,
@@ -336,12 +401,19 @@ impl Inflating {
             }
             self.message = Some(Box::new(Message {
                 opcode: header.opcode,
+                wire: 0,
                 mask: header.mask,
                 inflate: Decompress::new(false),
                 plain: Vec::new(),
             }));
         }
         if starts_compressed || continues {
+            let message = self.message.as_mut().expect("a compressed message");
+            message.wire += raw.len() as u64 + len;
+            if message.wire > self.wire_limit() {
+                self.fail_message(out, true);
+                return rest;
+            }
             self.frame = Some(Frame {
                 left: len,
                 compressed: Some((header.mask, 0)),
@@ -374,7 +446,7 @@ impl Inflating {
         frame.left -= n as u64;
         let frame_done = frame.left == 0;
         if !self.inflate(&chunk) {
-            self.fail_message(out);
+            self.fail_message(out, false);
             return &input[n..];
         }
         if frame_done {
@@ -425,7 +497,7 @@ impl Inflating {
             return;
         }
         if !self.inflate(&TAIL) {
-            self.fail_message(out);
+            self.fail_message(out, false);
             return;
         }
         let mut message = self.message.take().expect("a compressed message");
@@ -444,11 +516,19 @@ impl Inflating {
         out.extend_from_slice(&message.plain);
     }
 
-    /// The message cannot be delivered: too big (announce a frame over the limit: 1009) or bad
-    /// data (a header with RSV1 set: 1002).
-    fn fail_message(&mut self, out: &mut Vec<u8>) {
+    /// The most a compressed message may take on the wire, headers included: the plain limit,
+    /// plus what DEFLATE adds to data it cannot shrink (a few bytes per block) and room for
+    /// frame headers.
+    fn wire_limit(&self) -> u64 {
+        let max = self.max_message as u64;
+        max + max / 128 + 1024
+    }
+
+    /// The message cannot be delivered: too big, inflated or on the wire (`too_big`: announce
+    /// a frame over the limit, 1009), or bad data (a header with RSV1 set: 1002).
+    fn fail_message(&mut self, out: &mut Vec<u8>, too_big: bool) {
         let message = self.message.take().expect("a compressed message");
-        let too_big = message.plain.len() > self.max_message;
+        let too_big = too_big || message.plain.len() > self.max_message;
         let header = FrameHeader {
             is_final: true,
             rsv1: !too_big,
@@ -507,6 +587,50 @@ mod tests {
         assert!(
             client_accepts(Some("permessage-deflate; server_no_context_takeover; bar")).is_err()
         );
+    }
+
+    #[test]
+    fn the_client_takes_window_limits_it_can_honour_and_nothing_malformed() {
+        let base = "permessage-deflate; server_no_context_takeover";
+        for params in [
+            "; client_max_window_bits=9",
+            "; client_max_window_bits=15; client_no_context_takeover",
+            "; server_max_window_bits=12",
+            "; client_max_window_bits=\"10\"",
+        ] {
+            assert_eq!(client_accepts(Some(&format!("{base}{params}"))), Ok(true), "{params}");
+        }
+        for params in [
+            "; client_max_window_bits",    // a response must give the value
+            "; client_max_window_bits=7",  // out of range
+            "; server_max_window_bits=16", // out of range
+            "; server_max_window_bits=x",
+            "; server_no_context_takeover", // repeated
+            "; client_no_context_takeover=1",
+        ] {
+            assert!(client_accepts(Some(&format!("{base}{params}"))).is_err(), "{params}");
+        }
+        // The offer says what the client can honour: a server may ask to limit its window.
+        assert!(CLIENT_OFFER.split(';').any(|p| p.trim() == "client_max_window_bits"));
+        assert_eq!(negotiate(CLIENT_OFFER), Some(SERVER_RESPONSE), "Tether's server takes it");
+    }
+
+    #[test]
+    fn compressing_within_a_limited_window_never_refers_past_it() {
+        let text = b"a window of nine bits is 512 bytes; ".repeat(100);
+        assert_eq!(client_window_bits("permessage-deflate; client_max_window_bits=9"), 9);
+        assert_eq!(client_window_bits(SERVER_RESPONSE), 15);
+        let mut inflater = MessageInflater::default();
+        // Within 15 bits, or short enough for the window: compressed as usual.
+        assert_eq!(compress_within(&text, 15), compress(&text));
+        assert_eq!(compress_within(&text[..512], 9), compress(&text[..512]));
+        // Longer than the window: stored blocks, the text as it is inside them.
+        let stored = compress_within(&text, 9);
+        assert!(stored.len() > text.len(), "stored, not compressed: {} bytes", stored.len());
+        assert!(stored.windows(text.len() / 2).any(|w| w == &text[..text.len() / 2]));
+        assert_eq!(inflater.inflate(&stored, 1 << 20).as_deref(), Some(&text[..]));
+        let big = vec![7u8; 200_000]; // more than one stored block
+        assert_eq!(inflater.inflate(&compress_within(&big, 8), 1 << 20), Some(big));
     }
 
     /// A client's frame (masked) of a compressed message split in `pieces` fragments.
@@ -660,5 +784,46 @@ mod tests {
         let mut out = Vec::new();
         Inflating::new(10).feed(&compressed_text_frame(b""), &mut out);
         assert_eq!(one_frame(&out).1, b"");
+    }
+
+    /// A compressed message whose frames inflate to nothing (empty stored blocks, empty
+    /// frames) is bounded by its bytes on the wire, not only by what it inflates to: it fails
+    /// as too big (1009) once past the limit, instead of streaming without end.
+    #[test]
+    fn frames_that_inflate_to_nothing_cannot_stream_without_end() {
+        let max = 1000;
+        let frame = |opcode, fin: bool, rsv1: bool, payload: &[u8]| {
+            let header = FrameHeader {
+                is_final: fin,
+                rsv1,
+                opcode,
+                mask: Some([1, 2, 3, 4]),
+                ..FrameHeader::default()
+            };
+            let mut out = Vec::new();
+            header.format(payload.len() as u64, &mut out).unwrap();
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]));
+            out
+        };
+        // An empty stored block: 5 bytes that inflate to nothing.
+        let empty_block = [0x00, 0x00, 0x00, 0xff, 0xff];
+        for payload in [&empty_block[..], &[]] {
+            let mut inflating = Inflating::new(max);
+            let mut out = Vec::new();
+            inflating.feed(&frame(OpCode::Data(Data::Text), false, true, payload), &mut out);
+            let mut fed = 0;
+            for _ in 0..10_000 {
+                if !out.is_empty() {
+                    break;
+                }
+                let more = frame(OpCode::Data(Data::Continue), false, false, payload);
+                fed += more.len();
+                inflating.feed(&more, &mut out);
+            }
+            assert!(!out.is_empty(), "still streaming after {fed} bytes");
+            assert!(fed <= max + max / 128 + 1024, "refused only after {fed} bytes");
+            let (header, len) = FrameHeader::parse(&mut Cursor::new(&out[..])).unwrap().unwrap();
+            assert!(!header.rsv1 && len > max as u64, "announces more than the limit: 1009");
+        }
     }
 }

@@ -139,6 +139,10 @@ pub struct GatewayConfig {
     /// Apply the per-address limits to loopback addresses too. Off by default: behind a proxy
     /// on the same host every client comes from 127.0.0.1.
     pub limit_loopback: bool,
+    /// A testing aid, off by default: a WebSocket endpoint at `/echo` that sends every message
+    /// back, through the same frame writers as publications (conformance suites drive it;
+    /// docs/interop.md).
+    pub conformance_echo: bool,
     /// Messages per second one connection may send (bursts of one second's worth); more close
     /// it with 1008. 0: no limit.
     pub max_inbound_rate: u32,
@@ -222,6 +226,7 @@ impl Default for GatewayConfig {
             compression_min_size: ByteSize::b(64),
             compression_channels: vec![ChannelPattern::new("*")],
             limit_loopback: false,
+            conformance_echo: false,
             max_inbound_rate: 1000,
             max_subscriptions: d::MAX_SUBSCRIPTIONS_PER_CONNECTION,
             max_channel_name_len: d::MAX_CHANNEL_NAME_LEN,

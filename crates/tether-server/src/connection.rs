@@ -18,8 +18,11 @@
 //! which is logged once and counted once.
 
 use crate::auth::{Access, Grant};
+use crate::gate::Gate;
 use crate::gateway::Shared;
-use crate::hub::{ConnId, Mode, Outbound, OutboundQueue, Published, Subscriber};
+use crate::hub::{
+    ConnId, Delivery, Mode, Outbound, OutboundQueue, Payload, Published, PushError, Subscriber,
+};
 use crate::mailbox::Admission;
 use crate::transport::Transport;
 use bytes::Bytes;
@@ -49,7 +52,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-pub(crate) type Ws = WebSocketStream<Transport>;
+pub(crate) type Ws = WebSocketStream<Gate>;
 
 /// How an active phase ended.
 enum Phase {
@@ -409,9 +412,9 @@ impl Connection {
             transport.inflate(self.shared.config.max_message_size.as_u64() as usize);
         }
         let socket = transport.direct_socket();
+        let gate = Gate::new(transport, self.queue.clone(), self.shared.metrics.clone());
         let mut ws =
-            WebSocketStream::from_raw_socket(transport, Role::Server, Some(self.shared.ws_config))
-                .await;
+            WebSocketStream::from_raw_socket(gate, Role::Server, Some(self.shared.ws_config)).await;
         // Declared after `ws`, so dropped before it on every way out: publishers stop writing
         // to the socket before it can be closed.
         let direct = DirectWindow::open(&self.queue, socket);
@@ -429,7 +432,7 @@ impl Connection {
                     _ => Instant::now(),
                 };
                 drop(direct);
-                Phase::Idle { transport: ws.into_inner(), wake_at }
+                Phase::Idle { transport: ws.into_inner().into_transport(), wake_at }
             }
         }
     }
@@ -643,7 +646,7 @@ impl Connection {
         m.bytes_in.inc_by(msg.len() as u64);
         let reply = match (self.mode, msg) {
             (Mode::Raw, Message::Text(text)) if text.as_str() == self.shared.config.raw_ping => {
-                if self.queue.hold_if_idle() {
+                if ws.get_mut().hold_if_idle() {
                     // The pong's frame is built once: straight to the socket, as publications.
                     let (frame, len) = (&self.shared.raw_pong_frame, self.shared.raw_pong.len());
                     let timeout = self.shared.config.write_timeout;
@@ -651,11 +654,12 @@ impl Connection {
                     if let Err(e) = self.written(outcome, 1, len as u64) {
                         return Some(self.write_failed(e));
                     }
-                    self.queue.release();
+                    ws.get_mut().release();
                     return None;
                 }
                 Message::Text(self.shared.raw_pong.clone()) // shared bytes, no copy per reply
             }
+            (Mode::Echo, msg) => return self.echo(ws, msg).await,
             (Mode::Raw, _) => {
                 // Raw mode is receive-only: other inbound messages are counted and dropped.
                 m.raw_messages_ignored.inc();
@@ -694,10 +698,40 @@ impl Connection {
         self.enqueue(ws, reply).await
     }
 
+    /// The conformance echo: the message goes back the way a publication goes to a subscriber
+    /// — framed once (compressed when the connection agreed to permessage-deflate and the
+    /// message is large enough), written straight to the socket when the connection is ready
+    /// for a direct write, else queued for the task's batch writer, which gathers frames into
+    /// vectored writes and sends large messages as fragments (docs/interop.md).
+    async fn echo(&mut self, ws: &mut Ws, msg: Message) -> Option<Ending> {
+        let payload = match msg {
+            Message::Text(text) => Payload::Text(text),
+            Message::Binary(bytes) => Payload::Binary(bytes),
+            _ => return None,
+        };
+        let cfg = &self.shared.config;
+        let compress = cfg.compression && payload.len() as u64 >= cfg.compression_min_size.as_u64();
+        let echo = Arc::new(Published::unsequenced(payload, compress));
+        match self.queue.deliver(echo, cfg.direct_delivery) {
+            Ok(Delivery::Written(bytes)) => {
+                self.shared.metrics.messages_out.inc();
+                self.shared.metrics.bytes_out.inc_by(bytes as u64);
+                None
+            }
+            Ok(Delivery::Queued | Delivery::Partial | Delivery::Skipped) => None,
+            Err(PushError::Closed) => None,
+            Err(PushError::Full) => {
+                self.shared.metrics.slow_consumers.inc();
+                let reason = "slow consumer: outbound queue full";
+                Some(self.close(ws, CloseCode::SLOW_CONSUMER, reason, None, false).await)
+            }
+        }
+    }
+
     /// Queue a reply. Replies share the outbound queue with publications, so the order the peer
     /// sees is the order things happened.
     async fn enqueue(&mut self, ws: &mut Ws, reply: Message) -> Option<Ending> {
-        if self.queue.hold_if_idle() {
+        if ws.get_mut().hold_if_idle() {
             // Nothing is waiting to go out before it: write it now (a ping-pong round trip
             // then costs one pass of the loop, not two).
             return self.write_one(ws, reply).await.err().map(|e| self.write_failed(e));
@@ -931,8 +965,8 @@ impl Connection {
             Some(f) => (CloseCode(u16::from(f.code)), f.reason.to_string()),
             None => (CloseCode::NO_STATUS, String::new()),
         };
-        // tungstenite writes our close reply itself, from `next()`: no direct write may cut in.
-        self.queue.hold();
+        // tungstenite writes our close reply itself, from `next()`: nothing may follow it.
+        ws.get_mut().hold();
         // Drive the stream until it ends: this flushes our close reply.
         let drained = tokio::time::timeout(self.shared.config.close_timeout, async {
             while ws.next().await.is_some() {}
@@ -1017,8 +1051,8 @@ impl Connection {
         retry_after: Option<Duration>,
         stream_failed: bool,
     ) -> Ending {
-        self.queue.hold(); // for good: nothing may follow the close frame
-                           // A close reason is at most 123 bytes on the wire (RFC 6455 §5.5).
+        ws.get_mut().hold(); // for good: nothing may follow the close frame
+                             // A close reason is at most 123 bytes on the wire (RFC 6455 §5.5).
         let mut wire_reason = reason.to_owned();
         while wire_reason.len() > 123 {
             wire_reason.pop();
@@ -1071,7 +1105,7 @@ impl Connection {
     async fn write_frames(&self, ws: &mut Ws, frames: Vec<Message>) -> Result<(), WriteFailed> {
         let data = frames.iter().filter(|f| f.is_text() || f.is_binary());
         let (n, bytes) = data.fold((0u64, 0u64), |(n, b), f| (n + 1, b + f.len() as u64));
-        self.queue.hold();
+        ws.get_mut().hold();
         let write = async {
             for frame in frames {
                 feed(ws, frame).await?;
@@ -1079,7 +1113,7 @@ impl Connection {
             ws.flush().await
         };
         self.written(within(self.shared.config.write_timeout, write).await, n, bytes)?;
-        self.queue.release();
+        ws.get_mut().release();
         Ok(())
     }
 
@@ -1092,7 +1126,7 @@ impl Connection {
             ws.flush().await
         };
         self.written(within(self.shared.config.write_timeout, write).await, 1, bytes)?;
-        self.queue.release();
+        ws.get_mut().release();
         Ok(())
     }
 
@@ -1115,12 +1149,12 @@ impl Connection {
     }
 
     async fn flush(&self, ws: &mut Ws) -> Result<(), WriteFailed> {
-        self.queue.hold();
+        ws.get_mut().hold();
         match within(self.shared.config.write_timeout, ws.flush()).await {
             Err(_) => Err(WriteFailed::TimedOut),
             Ok(r) => r.map_err(WriteFailed::Transport),
         }?;
-        self.queue.release();
+        ws.get_mut().release();
         Ok(())
     }
 
@@ -1146,7 +1180,7 @@ impl Connection {
                     Outbound::Reply(m) => Some(m),
                     Outbound::Admitted { publication, written } => {
                         n += 1;
-                        bytes += publication.frame.len() as u64;
+                        bytes += publication.payload.len() as u64;
                         if framed.is_full() {
                             framed.write(ws, &mut fed).await?;
                         }
@@ -1156,14 +1190,14 @@ impl Connection {
                     Outbound::Publication(p) => match queue.admit(&p) {
                         Admission::Send if p.wire_for(queue.deflates()).is_some() => {
                             n += 1;
-                            bytes += p.frame.len() as u64;
+                            bytes += p.payload.len() as u64;
                             if framed.is_full() {
                                 framed.write(ws, &mut fed).await?;
                             }
                             framed.push(p, 0);
                             None
                         }
-                        Admission::Send => Some(Message::Text(p.frame.clone())),
+                        Admission::Send => Some(p.payload.message()),
                         Admission::Skip => None,
                         Admission::Gap => {
                             gap = true;
@@ -1198,7 +1232,7 @@ impl Connection {
         self.written(outcome, n, bytes)?;
         if !gap {
             // Everything popped is out (or skipped): publishers may write directly again.
-            queue.release();
+            ws.get_mut().release();
         }
         Ok(gap)
     }

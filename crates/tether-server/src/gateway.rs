@@ -276,11 +276,16 @@ impl Gateway {
         self.shared.broker.readiness()
     }
 
-    /// The gateway's routes: `GET /ws`, `POST /api/publish`, `GET /healthz`, `GET /metrics`.
+    /// The gateway's routes: `GET /ws`, `POST /api/publish`, `GET /healthz`, `GET /metrics`
+    /// (and `GET /echo` with `conformance_echo`).
     /// Merge or nest them into your own axum `Router`.
     pub fn router(&self) -> Router {
         self.start_background();
-        Router::new()
+        let mut router = Router::new();
+        if self.shared.config.conformance_echo {
+            router = router.route("/echo", get(crate::upgrade::echo_handler));
+        }
+        router
             .route("/ws", get(crate::upgrade::ws_handler))
             .route(
                 "/api/publish",

@@ -24,7 +24,7 @@ use tether_core::codec;
 use tether_core::protocol::ServerMessage;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Identifies a connection within this process.
 pub type ConnId = u64;
@@ -36,6 +36,9 @@ pub enum Mode {
     Json,
     /// No subprotocol: the publication's data only.
     Raw,
+    /// The conformance echo (`/echo`, off by default): every message comes back as it came.
+    /// It subscribes to nothing.
+    Echo,
 }
 
 impl Mode {
@@ -43,6 +46,46 @@ impl Mode {
         match self {
             Mode::Json => "json",
             Mode::Raw => "raw",
+            Mode::Echo => "echo",
+        }
+    }
+}
+
+/// A message's payload: publications are text; a conformance echo may be binary.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+impl Payload {
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Payload::Text(t) => t.as_bytes(),
+            Payload::Binary(b) => b,
+        }
+    }
+
+    fn opcode(&self) -> Data {
+        match self {
+            Payload::Text(_) => Data::Text,
+            Payload::Binary(_) => Data::Binary,
+        }
+    }
+
+    /// The message for the WebSocket layer (a cheap clone of the shared bytes).
+    pub fn message(&self) -> Message {
+        match self {
+            Payload::Text(t) => Message::Text(t.clone()),
+            Payload::Binary(b) => Message::Binary(b.clone()),
         }
     }
 }
@@ -51,12 +94,14 @@ impl Mode {
 /// Built once per publication and mode; every subscriber's queue holds an `Arc` of it.
 #[derive(Debug)]
 pub struct Published {
-    /// The message's text.
-    pub frame: Utf8Bytes,
-    /// The whole WebSocket frame (header and text), when it goes out as one frame: server
+    /// The message's payload.
+    pub payload: Payload,
+    /// The whole WebSocket frame (header and payload), when it goes out as one frame: server
     /// frames are not masked, so every subscriber can be sent the same bytes, gathered into one
     /// vectored write per batch. `None` for messages sent as fragments (see `connection`).
     pub wire: Option<Bytes>,
+    /// Its channel; empty for a message that belongs to no stream (a conformance echo), which
+    /// every connection admits as it comes (see `mailbox::Subscriptions::admit`).
     pub channel: Arc<str>,
     pub epoch: Arc<str>,
     pub offset: u64,
@@ -83,18 +128,41 @@ impl Published {
         offset: u64,
         compress: bool,
     ) -> Self {
-        let (frame, wire) = if text.len() <= crate::connection::FRAGMENT {
-            let (wire, start) = text_frame(text.as_bytes());
-            // The text shares the frame's allocation; it was UTF-8 before the copy.
-            match Utf8Bytes::try_from(wire.slice(start..)) {
-                Ok(frame) => (frame, Some(wire)),
-                Err(_) => (text, None),
+        Self::framed(Payload::Text(text), channel, epoch, offset, compress)
+    }
+
+    /// A message that belongs to no channel's stream (the conformance echo), framed exactly as
+    /// publications are.
+    pub fn unsequenced(payload: Payload, compress: bool) -> Self {
+        Self::framed(payload, Arc::from(""), Arc::from(""), 0, compress)
+    }
+
+    fn framed(
+        payload: Payload,
+        channel: Arc<str>,
+        epoch: Arc<str>,
+        offset: u64,
+        compress: bool,
+    ) -> Self {
+        let (payload, wire) = if payload.len() <= crate::connection::FRAGMENT {
+            let (wire, start) = data_frame(payload.opcode(), payload.as_bytes());
+            // The payload shares the frame's allocation.
+            let shared = match &payload {
+                Payload::Binary(_) => Some(Payload::Binary(wire.slice(start..))),
+                // It was UTF-8 before the copy.
+                Payload::Text(_) => {
+                    Utf8Bytes::try_from(wire.slice(start..)).ok().map(Payload::Text)
+                }
+            };
+            match shared {
+                Some(shared) => (shared, Some(wire)),
+                None => (payload, None),
             }
         } else {
-            (text, None)
+            (payload, None)
         };
         let deflated = std::sync::OnceLock::new();
-        Published { frame, wire, channel, epoch, offset, compress, deflated }
+        Published { payload, wire, channel, epoch, offset, compress, deflated }
     }
 
     /// Whether a compressed frame was built (and was smaller than the plain one).
@@ -108,9 +176,16 @@ impl Published {
     pub fn wire_for(&self, deflate: bool) -> Option<&[u8]> {
         if deflate && self.compress {
             let compressed = self.deflated.get_or_init(|| {
-                let frame =
-                    tether_core::permessage_deflate::compressed_text_frame(self.frame.as_bytes());
-                (frame.len() < self.frame.len()).then(|| Bytes::from(frame))
+                let bytes = self.payload.as_bytes();
+                let frame = match self.payload {
+                    Payload::Text(_) => {
+                        tether_core::permessage_deflate::compressed_text_frame(bytes)
+                    }
+                    Payload::Binary(_) => {
+                        tether_core::permessage_deflate::compressed_binary_frame(bytes)
+                    }
+                };
+                (frame.len() < bytes.len()).then(|| Bytes::from(frame))
             });
             if let Some(frame) = compressed {
                 return Some(frame);
@@ -123,13 +198,18 @@ impl Published {
 /// `text` as one complete, unmasked WebSocket text frame (framing by tungstenite's
 /// `FrameHeader`), and where the text starts in it.
 pub fn text_frame(text: &[u8]) -> (Bytes, usize) {
-    let header = FrameHeader { opcode: OpCode::Data(Data::Text), ..FrameHeader::default() };
-    let len = text.len() as u64;
-    let mut wire = Vec::with_capacity(header.len(len) + text.len());
+    data_frame(Data::Text, text)
+}
+
+/// `payload` as one complete, unmasked WebSocket data frame, and where the payload starts in it.
+fn data_frame(opcode: Data, payload: &[u8]) -> (Bytes, usize) {
+    let header = FrameHeader { opcode: OpCode::Data(opcode), ..FrameHeader::default() };
+    let len = payload.len() as u64;
+    let mut wire = Vec::with_capacity(header.len(len) + payload.len());
     // Writing into a Vec cannot fail.
     let _ = header.format(len, &mut wire);
     let start = wire.len();
-    wire.extend_from_slice(text);
+    wire.extend_from_slice(payload);
     (Bytes::from(wire), start)
 }
 
@@ -156,7 +236,7 @@ pub fn render(mode: Mode, channel: &str, epoch: &str, offset: u64, data: &RawVal
             data: data.to_owned(),
         })
         .into(),
-        Mode::Raw => codec::raw_text(data).into(),
+        Mode::Raw | Mode::Echo => codec::raw_text(data).into(),
     }
 }
 
@@ -377,7 +457,7 @@ impl SweepRun {
             for sub in &roster[position..end] {
                 let batch = match sub.mode {
                     Mode::Json => &json,
-                    Mode::Raw => &raw,
+                    Mode::Raw | Mode::Echo => &raw,
                 };
                 match sub.queue.hand_over(batch) {
                     Ok(done) => {
@@ -394,6 +474,9 @@ impl SweepRun {
                         written_bytes += done.written_bytes;
                         queued += u64::from(done.queued);
                         dropped += u64::from(done.dropped);
+                        if done.partial {
+                            self.metrics.direct_partial_writes.inc();
+                        }
                     }
                     // It is ending, and unsubscribes itself on the way out.
                     Err(PushError::Full | PushError::Closed) => dropped += 1,
@@ -697,7 +780,7 @@ impl Hub {
             let direct = all_direct || i < sample;
             let slot = match sub.mode {
                 Mode::Json => &mut json,
-                Mode::Raw => &mut raw,
+                Mode::Raw | Mode::Echo => &mut raw,
             };
             let publication = slot
                 .get_or_insert_with(|| self.render_once(sub.mode, name, epoch, offset, data))
@@ -707,6 +790,10 @@ impl Hub {
             }
             match sub.queue.deliver(publication, direct) {
                 Ok(Delivery::Queued) => delivered += 1,
+                Ok(Delivery::Partial) => {
+                    delivered += 1;
+                    self.metrics.direct_partial_writes.inc();
+                }
                 Ok(Delivery::Written(bytes)) => {
                     delivered += 1;
                     written += 1;
@@ -815,7 +902,7 @@ mod tests {
     fn text(o: Outbound) -> String {
         match o {
             Outbound::Publication(p) | Outbound::Admitted { publication: p, .. } => {
-                p.frame.to_string()
+                String::from_utf8_lossy(p.payload.as_bytes()).into_owned()
             }
             Outbound::Reply(m) => m.into_text().unwrap().to_string(),
         }

@@ -8,7 +8,9 @@
 //! - [`gateway`] — [`Gateway`]: owner of everything; routes, publishing, graceful shutdown.
 //! - `upgrade` — the HTTP → WebSocket handshake: subprotocol → mode, limits, refusals as JSON.
 //! - `connection` — one task per connection: heartbeat, commands, outbound queue, close diagnostics.
+//! - `gate` — the one way out to an active connection's socket: finishes a half-written frame first.
 //! - `transport` — the socket under a connection, and whether tungstenite holds a partial frame.
+//! - `sys` — the only `unsafe` code: sends on borrowed sockets (without SIGPIPE), the epoll set.
 //! - `parking` — where idle connections wait without WebSocket state or timers of their own.
 //! - [`hub`] — which connection listens to which channel; one-encode fan-out; slow-consumer flags.
 //! - [`broker`] — the [`Broker`] seam (in-memory now; Redis backplane later).
@@ -26,6 +28,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 mod connection;
+mod gate;
 pub mod gateway;
 pub mod hub;
 mod mailbox;
@@ -35,6 +38,7 @@ mod parking;
 pub mod per_ip;
 pub mod stats;
 pub mod svg_chart;
+mod sys;
 pub mod tls;
 mod transport;
 mod upgrade;

@@ -17,8 +17,7 @@
 use crate::hub::Published;
 use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
-use std::io::Write;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -124,10 +123,15 @@ impl Subscriptions {
     /// they were queued are skipped. A publication that does not follow the last one delivered
     /// on its channel (an offset was skipped: the queue overflowed, or the backplane lost one)
     /// is a gap: nothing more may be delivered on this connection, or the client's position
-    /// would jump over the hole and a later recovery would miss it.
+    /// would jump over the hole and a later recovery would miss it. A message in no stream
+    /// (an empty channel: the conformance echo) always goes out.
     fn admit(&mut self, tag: &Published, overflowed: bool) -> Admission {
         if overflowed {
             return Admission::Gap;
+        }
+        if tag.channel.is_empty() {
+            // In no stream (the conformance echo): nothing to skip, no gap to see.
+            return Admission::Send;
         }
         let Some(w) = self.for_tag(&tag.channel) else { return Admission::Skip };
         let same_epoch =
@@ -190,7 +194,7 @@ impl Mail {
 fn kib(item: &Outbound) -> u16 {
     let bytes = match item {
         Outbound::Reply(m) => m.len(),
-        Outbound::Publication(p) => p.frame.len(),
+        Outbound::Publication(p) => p.payload.len(),
         Outbound::Admitted { publication, written } => {
             publication.wire.as_ref().map_or(0, |w| w.len().saturating_sub(*written))
         }
@@ -215,6 +219,8 @@ pub struct HandOver {
     pub queued: u32,
     /// ...and publications refused: the queue was full (the connection is now a slow consumer).
     pub dropped: u32,
+    /// Whether the `writev` ended inside a frame (its rest is queued, counted in `queued`).
+    pub partial: bool,
     /// The sequence number of the oldest publication handed over (0: none).
     pub oldest: u64,
 }
@@ -226,6 +232,9 @@ pub enum Delivery {
     Queued,
     /// Written to the socket by the publisher: this many bytes of message text.
     Written(usize),
+    /// Begun by the publisher, which the socket took only in part: the rest is queued for the
+    /// connection's task, which finishes it before it writes anything else (see `gate`).
+    Partial,
     /// Not for this connection (already delivered by a recovery, or unsubscribed).
     Skipped,
 }
@@ -363,10 +372,10 @@ impl OutboundQueue {
                     // Queued as it is: the task meets the gap and closes the connection.
                     Admission::Gap => {}
                     Admission::Send => {
-                        let written = send_now(fd, wire);
+                        let written = crate::sys::send_now(fd, wire);
                         mail.set(WRITTEN, true);
                         if written == wire.len() {
-                            return Ok(Delivery::Written(publication.frame.len()));
+                            return Ok(Delivery::Written(publication.payload.len()));
                         }
                         // The rest waits for the task; it also learns of a failed socket by
                         // writing. Never refused for space: it is already admitted.
@@ -375,7 +384,7 @@ impl OutboundQueue {
                         mail.items.push_back(item);
                         self.raise(PENDING);
                         self.waker.wake();
-                        return Ok(Delivery::Queued);
+                        return Ok(Delivery::Partial);
                     }
                 }
             }
@@ -424,7 +433,7 @@ impl OutboundQueue {
                 }
                 taken = i + 1;
             }
-            let mut sent = if n > 0 { writev_now(fd, &iov[..n]) } else { 0 };
+            let mut sent = if n > 0 { crate::sys::writev_now(fd, &iov[..n]) } else { 0 };
             if n > 0 {
                 mail.set(WRITTEN, true);
             }
@@ -434,11 +443,12 @@ impl OutboundQueue {
                 if sent >= len {
                     sent -= len;
                     done.written += 1;
-                    done.written_bytes += p.frame.len() as u64;
+                    done.written_bytes += p.payload.len() as u64;
                 } else {
                     // Admitted already: the task writes the rest first, and learns of a failed
                     // socket by writing. Never refused for space.
                     let item = Outbound::Admitted { publication: p.clone(), written: sent };
+                    done.partial |= sent > 0;
                     sent = 0;
                     mail.queued_kib = mail.queued_kib.saturating_add(kib(&item));
                     mail.items.push_back(item);
@@ -475,6 +485,23 @@ impl OutboundQueue {
     /// The connection's task is about to write: publishers queue until [`OutboundQueue::release`].
     pub(crate) fn hold(&self) {
         self.lock().set(WRITING, true);
+    }
+
+    /// Hold the write side for a write of the task's own (see `gate`), and take the publication
+    /// a publisher left half-written, if any, with how many bytes of its frame are out: it
+    /// must be finished before anything else is written. One lock for both, so no direct write
+    /// can begin in between.
+    pub(crate) fn hold_for_write(&self) -> Option<(Arc<Published>, usize)> {
+        let mut mail = self.lock();
+        mail.set(WRITING, true);
+        // Only the first item can be half-written: direct writes happen on an empty queue.
+        if !matches!(mail.items.front(), Some(Outbound::Admitted { written, .. }) if *written > 0) {
+            return None;
+        }
+        match self.take(&mut mail) {
+            Some(Outbound::Admitted { publication, written }) => Some((publication, written)),
+            _ => None,
+        }
     }
 
     /// Hold the write side if nothing is queued ahead (and nothing overflowed): a reply may then
@@ -623,24 +650,6 @@ impl OutboundQueue {
         self.lower(PENDING);
         missed as u64
     }
-}
-
-/// One non-blocking send of `bytes` to `fd`: how many went out (0 if none could, or on error).
-fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
-    // SAFETY: `fd` is the connection's open socket. The mailbox holds it only between the
-    // connection's `set_socket(Some)` and `set_socket(None)`, both taken under the lock our
-    // caller holds, and the connection clears it before its socket can be closed or change
-    // hands (`connection::DirectWindow`). `ManuallyDrop`: the socket is only borrowed here.
-    let socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
-    // std's send passes MSG_NOSIGNAL; the socket is non-blocking (tokio set it so).
-    (&*socket).write(bytes).unwrap_or(0)
-}
-
-/// One non-blocking gathered send to `fd`: how many bytes went out (0 if none, or on error).
-fn writev_now(fd: RawFd, bytes: &[std::io::IoSlice<'_>]) -> usize {
-    // SAFETY: as in `send_now`.
-    let socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
-    (&*socket).write_vectored(bytes).unwrap_or(0)
 }
 
 #[cfg(test)]

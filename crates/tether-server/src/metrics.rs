@@ -60,6 +60,7 @@ pub struct Metrics {
     pub deliveries: Counter,
     pub deliveries_dropped: Counter,
     pub direct_deliveries: Counter,
+    pub direct_partial_writes: Counter,
     pub fanout_sweeps: Counter,
     pub fanout_backlog_dropped: Counter,
     pub subscriptions: Gauge,
@@ -114,6 +115,7 @@ impl Metrics {
             deliveries: Counter::default(),
             deliveries_dropped: Counter::default(),
             direct_deliveries: Counter::default(),
+            direct_partial_writes: Counter::default(),
             fanout_sweeps: Counter::default(),
             fanout_backlog_dropped: Counter::default(),
             subscriptions: Gauge::default(),
@@ -245,6 +247,11 @@ impl Metrics {
                 "tether_direct_deliveries",
                 "Publication messages the publisher wrote straight to a subscriber's socket",
                 m.direct_deliveries.clone(),
+            );
+            t.register(
+                "tether_direct_partial_writes",
+                "Direct writes (publisher or sweep) the socket took only in part: the connection's task finished the frame before writing anything else",
+                m.direct_partial_writes.clone(),
             );
             t.register(
                 "tether_fanout_sweeps",

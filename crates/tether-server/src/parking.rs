@@ -35,6 +35,8 @@ pub(crate) struct ParkingLot {
     registry: Option<mio::Registry>,
     /// Taken by the reactor task when it starts.
     poll: Mutex<Option<mio::Poll>>,
+    /// The reactor task gave up on the epoll set: sockets stay in tokio's reactor from now on.
+    reactor_lost: AtomicBool,
 }
 
 impl ParkingLot {
@@ -51,6 +53,7 @@ impl ParkingLot {
             timer_started: AtomicBool::new(false),
             registry,
             poll: Mutex::new(poll),
+            reactor_lost: AtomicBool::new(false),
         }
     }
 
@@ -112,7 +115,18 @@ impl ParkingLot {
 
     /// Whether parked sockets can leave tokio's reactor.
     pub fn has_reactor(&self) -> bool {
-        self.registry.is_some()
+        self.registry.is_some() && !self.reactor_lost.load(Ordering::Acquire)
+    }
+
+    /// The epoll set cannot be polled: wake every connection, so that parked ones return to
+    /// tokio's reactor (and stay there when they park again).
+    fn lose_reactor(&self) {
+        self.reactor_lost.store(true, Ordering::Release);
+        // As if each socket had data: a parked connection wakes, finds nothing, and parks
+        // again without leaving tokio's reactor.
+        for (_, mailbox) in self.mailboxes.lock().expect("parking lot lock").iter() {
+            mailbox.set_socket_ready();
+        }
     }
 
     fn socket_ready(&self, key: usize) {
@@ -136,33 +150,66 @@ impl ParkingLot {
 /// Wait on the lot's epoll set (itself registered in tokio's reactor) and pass its events on.
 async fn run_reactor(lot: Weak<ParkingLot>, poll: mio::Poll) {
     const BATCH: usize = 1024;
-    // SAFETY: `mio::Poll` owns its epoll file descriptor and keeps it open and unchanged for
-    // its whole life, and the `AsyncFd` owns the `Poll`.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE)
-    };
-    let mut fd = match registered {
+    let mut fd = match crate::sys::register_epoll(poll) {
         Ok(fd) => fd,
         Err(e) => {
-            // Parked sockets are then never reported: say so loudly, this should not happen.
-            tracing::error!(error = %e, "cannot watch the parked-socket epoll set");
+            tracing::error!(error = %e, "cannot watch the parked-socket epoll set; parked sockets stay in tokio's reactor");
+            if let Some(lot) = lot.upgrade() {
+                lot.lose_reactor();
+            }
             return;
         }
     };
     let mut events = mio::Events::with_capacity(BATCH);
+    let mut retry = Retry::default();
     loop {
         let Ok(mut guard) = fd.readable_mut().await else { return };
         if let Err(e) = guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                tracing::warn!(error = %e, "polling parked sockets failed");
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            // Not a reason to spin: the set stays readable, so wait before the next try, and
+            // after a few failures in a row give the parked sockets back to tokio's reactor.
+            guard.clear_ready();
+            let Some(lot) = lot.upgrade() else { return };
+            match retry.failed() {
+                Some(wait) => {
+                    tracing::warn!(error = %e, retry_in = ?wait, "polling parked sockets failed");
+                    drop(lot);
+                    tokio::time::sleep(wait).await;
+                }
+                None => {
+                    tracing::error!(error = %e, failures = MAX_POLL_FAILURES, "polling parked sockets keeps failing; parked sockets go back to tokio's reactor");
+                    lot.lose_reactor();
+                    return;
+                }
             }
             continue;
         }
+        retry = Retry::default();
         let Some(lot) = lot.upgrade() else { return };
         let n = events.iter().inspect(|e| lot.socket_ready(e.token().0)).count();
         if n < BATCH {
             guard.clear_ready(); // drained; a full batch means more may be waiting
         }
+    }
+}
+
+/// Failed polls of the epoll set in a row before the lot gives up on it.
+const MAX_POLL_FAILURES: u32 = 8;
+
+/// The wait after each failed poll of the epoll set: 10 ms, doubling, up to a second; `None`
+/// once [`MAX_POLL_FAILURES`] failed in a row.
+#[derive(Default)]
+struct Retry {
+    failures: u32,
+}
+
+impl Retry {
+    fn failed(&mut self) -> Option<Duration> {
+        self.failures += 1;
+        (self.failures < MAX_POLL_FAILURES)
+            .then(|| Duration::from_millis(10 << self.failures.min(7)).min(Duration::from_secs(1)))
     }
 }
 
@@ -186,6 +233,16 @@ mod tests {
         assert_eq!(lot.ticks(lot.origin), 0);
         assert_eq!(lot.ticks(lot.origin + Duration::from_micros(1500)), 2);
         assert_eq!(lot.ticks(lot.origin + Duration::from_millis(3)), 3);
+    }
+
+    #[test]
+    fn failed_polls_wait_longer_each_time_and_end() {
+        let mut retry = Retry::default();
+        let waits: Vec<_> = std::iter::from_fn(|| retry.failed()).take(100).collect();
+        assert_eq!(waits.len() as u32, MAX_POLL_FAILURES - 1, "bounded");
+        assert_eq!(waits[0], Duration::from_millis(20));
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(1)));
     }
 
     #[test]

@@ -391,7 +391,18 @@ impl AsyncWrite for Transport {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().io {
-            Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            // tokio's `writev` has no MSG_NOSIGNAL: a reset peer would raise SIGPIPE (see `sys`).
+            Io::Tcp(s) => loop {
+                std::task::ready!(s.poll_write_ready(cx))?;
+                let sent = s.try_io(tokio::io::Interest::WRITABLE, || {
+                    use std::os::fd::AsFd;
+                    crate::sys::send_vectored(s.as_fd(), bufs)
+                });
+                match sent {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => return Poll::Ready(other),
+                }
+            },
             Io::Other(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Watched(_) | Io::Detached => Poll::Ready(Err(not_in_reactor())),
         }

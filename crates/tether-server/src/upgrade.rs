@@ -219,7 +219,17 @@ fn check_token(
     Ok(grant)
 }
 
-pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request) -> Response {
+pub(crate) async fn ws_handler(State(gateway): State<Gateway>, req: Request) -> Response {
+    upgrade(gateway, req, false).await
+}
+
+/// `GET /echo` (with `conformance_echo` only): every message comes back, through the same
+/// frame writers as publications. No subprotocol, no channels; every limit still applies.
+pub(crate) async fn echo_handler(State(gateway): State<Gateway>, req: Request) -> Response {
+    upgrade(gateway, req, true).await
+}
+
+async fn upgrade(gateway: Gateway, mut req: Request, echo: bool) -> Response {
     let shared = &gateway.shared;
     // Held from before the shutdown check until the connection task ends, so that shutdown
     // waits for a handshake racing it instead of missing it.
@@ -232,11 +242,18 @@ pub(crate) async fn ws_handler(State(gateway): State<Gateway>, mut req: Request)
         }
         resp
     };
-    let Accepted { accept_key: accept, mode, channels, deflate } =
+    let Accepted { accept_key: accept, mut mode, channels, deflate } =
         match check_handshake(req.headers(), req.uri().query(), &shared.config, &shared.origins) {
             Ok(a) => a,
             Err(r) => return refuse(r),
         };
+    if echo {
+        if mode != Mode::Raw || !channels.is_empty() {
+            let why = "the echo endpoint takes no subprotocol and no channels";
+            return refuse(Refusal::new("bad_request", StatusCode::BAD_REQUEST, why));
+        }
+        mode = Mode::Echo;
+    }
     let grant = match check_token(shared, req.uri().query(), &channels) {
         Ok(grant) => grant,
         Err(r) => return refuse(r),

@@ -2,6 +2,7 @@
 //! stdout, capture its log, signal it by PID, query its HTTP API. Every wait has a deadline.
 #![allow(dead_code)]
 
+pub mod autobahn;
 pub mod interop;
 pub mod netns;
 
@@ -43,7 +44,12 @@ impl Server {
     }
 
     pub fn start_on(listen: &str, args: &[&str]) -> Server {
-        let mut cmd = Command::new(BIN);
+        Self::start_with(BIN, listen, args)
+    }
+
+    /// As [`Server::start_on`], with another `tether` binary (the optimised build).
+    pub fn start_with(bin: &str, listen: &str, args: &[&str]) -> Server {
+        let mut cmd = Command::new(bin);
         cmd.arg("serve").arg("--listen").arg(listen).args(args);
         cmd.env("TETHER_LOG", "info").env("NO_COLOR", "1");
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());

@@ -1,0 +1,154 @@
+//! The one way out to an active connection's socket.
+//!
+//! Two kinds of writer share a connection's socket: publishers, which write a publication's
+//! frame straight to it when the connection's task is not writing (`mailbox`, decision 0008),
+//! and the task itself, which writes through tungstenite (pongs, its heartbeat Ping, replies,
+//! replays, the close) or gathers frames past it. A direct write the socket takes only in part
+//! leaves the rest of its frame queued for the task; anything the task wrote before that rest
+//! would land inside the frame and corrupt the stream for good.
+//!
+//! So every byte the task writes passes through this [`Gate`], the I/O object under the
+//! connection's WebSocket: before anything else goes out it holds the write side (publishers
+//! queue from then on) and finishes a frame a publisher left half-written. That holds whatever
+//! the write is and whoever starts it — including the pong tungstenite flushes by itself while
+//! reading. The task releases the write side through the gate only, once a flush has emptied
+//! tungstenite's buffer; the gate keeps holding while it has a half-written frame of its own.
+
+use crate::hub::{OutboundQueue, Published};
+use crate::metrics::Metrics;
+use crate::transport::Transport;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub(crate) struct Gate {
+    transport: Transport,
+    queue: Arc<OutboundQueue>,
+    metrics: Arc<Metrics>,
+    /// This gate holds the write side: publishers are queueing (the mailbox's `WRITING`).
+    held: bool,
+    /// A publication a publisher began to write, taken from the mailbox, and how many bytes of
+    /// its frame are out.
+    partial: Option<(Arc<Published>, usize)>,
+    /// The connection negotiated permessage-deflate: its publications' frames are compressed.
+    deflate: bool,
+}
+
+impl Gate {
+    pub fn new(transport: Transport, queue: Arc<OutboundQueue>, metrics: Arc<Metrics>) -> Self {
+        let deflate = queue.deflates();
+        Gate { transport, queue, metrics, held: false, partial: None, deflate }
+    }
+
+    /// The transport, for parking. Only between writes: nothing half-written may be left.
+    pub fn into_transport(self) -> Transport {
+        debug_assert!(self.partial.is_none(), "a half-written frame would be lost");
+        self.transport
+    }
+
+    /// Whether the connection may park: nothing half-read, nothing half-written.
+    pub fn can_park(&self) -> bool {
+        self.partial.is_none() && self.transport.can_park()
+    }
+
+    /// Hold the write side for good or until [`Gate::release`].
+    pub fn hold(&mut self) {
+        if !self.held {
+            self.partial = self.queue.hold_for_write();
+            self.held = true;
+        }
+    }
+
+    /// Hold the write side if nothing is queued ahead: a reply may then go out at once.
+    pub fn hold_if_idle(&mut self) -> bool {
+        if self.held {
+            // Held already (a write is in progress): only an empty queue lets a reply cut in.
+            return self.partial.is_none() && self.queue.is_empty() && !self.queue.overflowed();
+        }
+        self.held = self.queue.hold_if_idle();
+        self.held
+    }
+
+    /// Let publishers write directly again: the task has flushed everything it wrote (and
+    /// wrote or passed over every item it popped). Kept while a half-written frame is still
+    /// this gate's to finish.
+    pub fn release(&mut self) {
+        if self.partial.is_none() {
+            self.held = false;
+            self.queue.release();
+        }
+    }
+
+    /// Before any write: hold the write side and finish a half-written frame.
+    fn poll_clear(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.hold();
+        while let Some((publication, written)) = &mut self.partial {
+            let wire = publication.wire_for(self.deflate).unwrap_or_default();
+            let Some(rest) = wire.get(*written..).filter(|r| !r.is_empty()) else {
+                self.metrics.messages_out.inc();
+                self.metrics.bytes_out.inc_by(publication.payload.len() as u64);
+                self.partial = None;
+                break;
+            };
+            let n = ready!(Pin::new(&mut self.transport).poll_write(cx, rest))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Gate {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().transport).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Gate {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_clear(cx))?;
+        Pin::new(&mut this.transport).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_clear(cx))?;
+        Pin::new(&mut this.transport).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.transport.is_write_vectored()
+    }
+
+    /// A flush finishes a half-written frame too: the task releases the write side after one.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.partial.is_some() {
+            ready!(this.poll_clear(cx))?;
+        }
+        Pin::new(&mut this.transport).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_clear(cx))?;
+        Pin::new(&mut this.transport).poll_shutdown(cx)
+    }
+}
