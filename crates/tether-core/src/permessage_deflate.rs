@@ -29,29 +29,63 @@ pub const CLIENT_OFFER: &str = "permessage-deflate; server_no_context_takeover; 
 /// The tail a sync flush ends with: removed by the sender, put back by the receiver (§7.2.1).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// The server's answer to a `Sec-WebSocket-Extensions` header (all its values, joined by
-/// commas): [`SERVER_RESPONSE`] when one permessage-deflate offer can be accepted, else `None`
-/// (the connection then runs uncompressed, which every client accepts).
-///
-/// An offer is refused when it has an unknown or repeated parameter, a malformed value, or
-/// limits the server's window below 15 bits (this compressor always uses 15).
-pub fn negotiate(offers: &str) -> Option<&'static str> {
-    offers.split(',').find(|offer| acceptable(offer)).map(|_| SERVER_RESPONSE)
+/// What the server agreed to: always no context takeover either way, and the largest window
+/// its compressed messages may need on the client's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agreement {
+    /// `server_max_window_bits` as offered (8-15), when the offer had it: the answer must
+    /// repeat it (RFC 7692 §7.1.2.1).
+    pub server_max_window_bits: Option<u8>,
 }
 
-fn acceptable(offer: &str) -> bool {
+impl Agreement {
+    /// The `Sec-WebSocket-Extensions` answer.
+    pub fn response(&self) -> String {
+        match self.server_max_window_bits {
+            Some(bits) => format!("{SERVER_RESPONSE}; server_max_window_bits={bits}"),
+            None => SERVER_RESPONSE.to_owned(),
+        }
+    }
+
+    /// The window the server's compressed messages must fit, in bits: 15 unless limited.
+    pub fn window_bits(&self) -> u8 {
+        self.server_max_window_bits.unwrap_or(15)
+    }
+}
+
+/// Whether a message of `len` bytes, compressed on its own by [`compress`] (a 15-bit window),
+/// can be sent to a peer that limited the server's window to `window_bits`: without context
+/// takeover no back-reference reaches before the message's start, so a message no longer than
+/// the window never refers further back than the window allows. Longer ones go out plain.
+pub fn fits_window(len: usize, window_bits: u8) -> bool {
+    window_bits >= 15 || len <= 1 << window_bits
+}
+
+/// The server's answer to a `Sec-WebSocket-Extensions` header (all its values, joined by
+/// commas): an [`Agreement`] when one permessage-deflate offer can be accepted, else `None`
+/// (the connection then runs uncompressed, which every client accepts).
+///
+/// An offer is refused when it has an unknown or repeated parameter or a malformed value. An
+/// offer that limits the server's window (`server_max_window_bits`, 8-15) is honoured by
+/// compressing only the messages that fit that window ([`fits_window`]).
+pub fn negotiate(offers: &str) -> Option<Agreement> {
+    offers.split(',').find_map(acceptable)
+}
+
+fn acceptable(offer: &str) -> Option<Agreement> {
     let mut parts = offer.split(';').map(str::trim);
     if parts.next() != Some("permessage-deflate") {
-        return false;
+        return None;
     }
     let mut seen = Vec::new();
+    let mut agreement = Agreement { server_max_window_bits: None };
     for param in parts {
         let (name, value) = match param.split_once('=') {
             Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
             None => (param, None),
         };
         if seen.contains(&name) {
-            return false;
+            return None;
         }
         seen.push(name);
         let bits =
@@ -60,15 +94,18 @@ fn acceptable(offer: &str) -> bool {
             "server_no_context_takeover" | "client_no_context_takeover" => value.is_none(),
             // The client's own window: it may announce support without a value.
             "client_max_window_bits" => value.is_none() || bits(value).is_some(),
-            // A limit on the server's window: only 15 can be honoured.
-            "server_max_window_bits" => bits(value) == Some(15),
+            // A limit on the server's window, which must have a value.
+            "server_max_window_bits" => {
+                agreement.server_max_window_bits = bits(value);
+                agreement.server_max_window_bits.is_some()
+            }
             _ => false,
         };
         if !ok {
-            return false;
+            return None;
         }
     }
-    true
+    Some(agreement)
 }
 
 /// Whether a server's `Sec-WebSocket-Extensions` answer to [`CLIENT_OFFER`] is one the client
@@ -164,42 +201,47 @@ pub fn client_window_bits(response: &str) -> u8 {
 }
 
 fn compress_with(deflate: &mut Compress, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() / 2 + 64);
+    // One call with room for the worst case (DEFLATE adds 5 bytes per 64 KiB stored block, plus
+    // the flush marker). A sync flush interrupted by a full buffer is not resumed reliably
+    // (miniz_oxide left a 64 KiB message 243 bytes short when asked to go on), so a buffer that
+    // does fill starts the message over in a bigger one.
+    let mut room = payload.len() + payload.len() / 64 + 64;
     loop {
-        let consumed = deflate.total_in() as usize;
-        out.reserve(payload.len().saturating_sub(consumed) / 2 + 64);
+        let mut out = Vec::with_capacity(room);
         let status = deflate
-            .compress_vec(&payload[consumed..], &mut out, FlushCompress::Sync)
+            .compress_vec(payload, &mut out, FlushCompress::Sync)
             .expect("deflate into a Vec cannot fail");
         let done = deflate.total_in() as usize == payload.len();
-        // A sync flush is complete when the output buffer was not filled to the brim.
         if done && out.len() < out.capacity() && status != Status::BufError {
-            break;
+            if out.ends_with(&TAIL) {
+                out.truncate(out.len() - TAIL.len());
+            }
+            return out;
         }
+        deflate.reset();
+        room *= 2;
     }
-    if out.ends_with(&TAIL) {
-        out.truncate(out.len() - TAIL.len());
-    }
-    out
 }
 
 /// A complete, unmasked, compressed text frame (RSV1 set) for `text`: built once per
 /// publication, the same bytes for every subscriber that negotiated the extension.
 pub fn compressed_text_frame(text: &[u8]) -> Vec<u8> {
-    compressed_frame(Data::Text, text)
+    compressed_frame(false, text, 15)
 }
 
 /// As [`compressed_text_frame`], for a binary message.
 pub fn compressed_binary_frame(payload: &[u8]) -> Vec<u8> {
-    compressed_frame(Data::Binary, payload)
+    compressed_frame(true, payload, 15)
 }
 
-fn compressed_frame(opcode: Data, message: &[u8]) -> Vec<u8> {
-    let payload = compress(message);
+/// A complete, unmasked, compressed frame (RSV1 set) for a text or `binary` message that a
+/// peer inflates within a window of `window_bits` ([`compress_within`]).
+pub fn compressed_frame(binary: bool, message: &[u8], window_bits: u8) -> Vec<u8> {
+    let payload = compress_within(message, window_bits);
     let header = FrameHeader {
         is_final: true,
         rsv1: true,
-        opcode: OpCode::Data(opcode),
+        opcode: OpCode::Data(if binary { Data::Binary } else { Data::Text }),
         ..FrameHeader::default()
     };
     let mut frame = Vec::with_capacity(payload.len() + 10);
@@ -562,13 +604,19 @@ mod tests {
             "x-webkit-deflate-frame, permessage-deflate", // first one unknown
             "permessage-deflate; server_max_window_bits=15",
         ] {
-            assert_eq!(negotiate(offer), Some(SERVER_RESPONSE), "{offer}");
+            assert_eq!(negotiate(offer).map(|a| a.window_bits()), Some(15), "{offer}");
         }
+        assert_eq!(negotiate("permessage-deflate").unwrap().response(), SERVER_RESPONSE);
+        // A limit on the server's window is repeated in the answer, and honoured.
+        let limited = negotiate("permessage-deflate; server_max_window_bits=9").unwrap();
+        assert_eq!(limited.response(), format!("{SERVER_RESPONSE}; server_max_window_bits=9"));
+        assert_eq!(limited.window_bits(), 9);
+        assert!(fits_window(512, 9) && !fits_window(513, 9) && fits_window(1 << 20, 15));
         for offer in [
             "",
             "x-webkit-deflate-frame",
-            "permessage-deflate; server_max_window_bits=10", // cannot compress with that window
-            "permessage-deflate; server_max_window_bits",    // a value is required
+            "permessage-deflate; server_max_window_bits=7", // out of range
+            "permessage-deflate; server_max_window_bits",   // a value is required
             "permessage-deflate; client_max_window_bits=7",
             "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
             "permessage-deflate; foo",
@@ -612,7 +660,8 @@ mod tests {
         }
         // The offer says what the client can honour: a server may ask to limit its window.
         assert!(CLIENT_OFFER.split(';').any(|p| p.trim() == "client_max_window_bits"));
-        assert_eq!(negotiate(CLIENT_OFFER), Some(SERVER_RESPONSE), "Tether's server takes it");
+        let agreed = negotiate(CLIENT_OFFER).map(|a| a.response());
+        assert_eq!(agreed.as_deref(), Some(SERVER_RESPONSE), "Tether's server takes it");
     }
 
     #[test]
@@ -825,5 +874,36 @@ mod tests {
             let (header, len) = FrameHeader::parse(&mut Cursor::new(&out[..])).unwrap().unwrap();
             assert!(!header.rsv1 && len > max as u64, "announces more than the limit: 1009");
         }
+    }
+
+    /// A message whose compressed form needs more than half its size: compressing it must not
+    /// lose its end (the first version grew its buffer from half the message and resumed the
+    /// flush, and miniz_oxide then left a 64 KiB message 243 bytes short; Autobahn's 12.2.9
+    /// found it).
+    #[test]
+    fn a_message_that_barely_compresses_comes_back_whole() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut failures = 0;
+        for step in [7u64, 13, 33, 255] {
+            // Like a grey-scale picture: a random walk, compressing to 50-100 %.
+            let mut level = 128u8;
+            let data: Vec<u8> = (0..65_536)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    level = level.wrapping_add((x % step) as u8).wrapping_sub((step / 2) as u8);
+                    level
+                })
+                .collect();
+            for len in (20_000..=65_536).step_by(997) {
+                let compressed = compress(&data[..len]);
+                let mut inflater = MessageInflater::default();
+                if inflater.inflate(&compressed, 1 << 20).as_deref() != Some(&data[..len]) {
+                    failures += 1;
+                }
+            }
+        }
+        assert_eq!(failures, 0, "messages that did not come back whole");
     }
 }

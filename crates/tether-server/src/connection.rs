@@ -21,7 +21,8 @@ use crate::auth::{Access, Grant};
 use crate::gate::Gate;
 use crate::gateway::Shared;
 use crate::hub::{
-    ConnId, Delivery, Mode, Outbound, OutboundQueue, Payload, Published, PushError, Subscriber,
+    Compress, ConnId, Delivery, Mode, Outbound, OutboundQueue, Payload, Published, PushError,
+    Subscriber,
 };
 use crate::mailbox::Admission;
 use crate::transport::Transport;
@@ -224,7 +225,7 @@ impl ConnectionTask {
         mode: Mode,
         channels: Vec<String>,
         grant: Option<Arc<Grant>>,
-        deflate: bool,
+        deflate: Option<u8>,
     ) -> Self {
         let start = async move {
             let upgraded = match on_upgrade.await {
@@ -239,10 +240,11 @@ impl ConnectionTask {
                 }
             };
             let mut transport = Transport::new(upgraded);
-            if deflate {
+            if deflate.is_some() {
                 transport.inflate(shared.config.max_message_size.as_u64() as usize);
             }
-            let parked = Connection::open(shared, transport, peer, mode, channels, grant);
+            let window = deflate.unwrap_or(0);
+            let parked = Connection::open(shared, transport, peer, mode, channels, grant, window);
             Some((parked, Instant::now())) // due at once: the task activates it right away
         };
         ConnectionTask { state: TaskState::Running(Box::pin(start)) }
@@ -332,6 +334,7 @@ impl Parked {
 impl Connection {
     /// A connection on an upgraded socket: registered, subscribed to its `?channel=`s, and
     /// parked with its first heartbeat due now (so the task activates it right away).
+    /// `window`: the permessage-deflate window agreed for what it is sent, 0 without it.
     fn open(
         shared: Arc<Shared>,
         transport: Transport,
@@ -339,12 +342,13 @@ impl Connection {
         mode: Mode,
         channels: Vec<String>,
         grant: Option<Arc<Grant>>,
+        window: u8,
     ) -> Parked {
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let cfg = &shared.config;
         let queue = Arc::new(
             OutboundQueue::new(cfg.outbound_queue, cfg.outbound_queue_bytes.as_u64())
-                .deflating(transport.inflates()),
+                .deflating(window),
         );
         shared.metrics.connections_open.inc(); // decremented by `Drop for Connection`
         let lot_key = shared.parking.register(queue.clone());
@@ -407,7 +411,7 @@ impl Connection {
         resync: &mut watch::Receiver<u64>,
         missed_resync: bool,
     ) -> Phase {
-        if self.queue.deflates() && !transport.inflates() {
+        if self.queue.window() != 0 && !transport.inflates() {
             // Dropped while parked (see `Transport::shrink`): the mailbox remembers the deal.
             transport.inflate(self.shared.config.max_message_size.as_u64() as usize);
         }
@@ -710,7 +714,8 @@ impl Connection {
             _ => return None,
         };
         let cfg = &self.shared.config;
-        let compress = cfg.compression && payload.len() as u64 >= cfg.compression_min_size.as_u64();
+        let min = cfg.compression_min_size.as_u64();
+        let compress = Compress::for_message(cfg.compression, payload.len(), min);
         let echo = Arc::new(Published::unsequenced(payload, compress));
         match self.queue.deliver(echo, cfg.direct_delivery) {
             Ok(Delivery::Written(bytes)) => {
@@ -1171,7 +1176,7 @@ impl Connection {
         let (mut n, mut bytes, mut gap) = (0u64, 0u64, false);
         let write_timeout = self.shared.config.write_timeout;
         let write = async {
-            let mut framed = Framed::new(queue.deflates());
+            let mut framed = Framed::new(queue.window());
             // Something went to tungstenite's buffer and is not flushed yet.
             let mut fed = false;
             let mut next = Some(first);
@@ -1188,7 +1193,7 @@ impl Connection {
                         None
                     }
                     Outbound::Publication(p) => match queue.admit(&p) {
-                        Admission::Send if p.wire_for(queue.deflates()).is_some() => {
+                        Admission::Send if p.wire_for(queue.window()).is_some() => {
                             n += 1;
                             bytes += p.payload.len() as u64;
                             if framed.is_full() {
@@ -1272,17 +1277,17 @@ impl Drop for DirectWindow {
 }
 
 /// Pre-framed publications gathered for one vectored write, each with how many bytes of its
-/// frame already went out (a publisher's direct write may have sent a first part), and whether
-/// the connection takes compressed frames.
-struct Framed(SmallVec<[(Arc<Published>, usize); FRAMED_BATCH]>, bool);
+/// frame already went out (a publisher's direct write may have sent a first part), and the
+/// connection's permessage-deflate window (0: it takes no compressed frames).
+struct Framed(SmallVec<[(Arc<Published>, usize); FRAMED_BATCH]>, u8);
 
 /// Publications per vectored write (`writev` takes up to 1024 slices; a few dozen frames already
 /// fill a socket buffer's worth of small messages).
 const FRAMED_BATCH: usize = 16;
 
 impl Framed {
-    fn new(deflate: bool) -> Self {
-        Framed(SmallVec::new(), deflate)
+    fn new(window: u8) -> Self {
+        Framed(SmallVec::new(), window)
     }
 
     fn is_full(&self) -> bool {
@@ -1295,8 +1300,8 @@ impl Framed {
 
     /// What is left to write of a gathered publication (the compressed frame for a connection
     /// that negotiated permessage-deflate).
-    fn rest(item: &(Arc<Published>, usize), deflate: bool) -> &[u8] {
-        let wire = item.0.wire_for(deflate).unwrap_or_default();
+    fn rest(item: &(Arc<Published>, usize), window: u8) -> &[u8] {
+        let wire = item.0.wire_for(window).unwrap_or_default();
         wire.get(item.1..).unwrap_or_default()
     }
 

@@ -32,14 +32,14 @@ pub(crate) struct Gate {
     /// A publication a publisher began to write, taken from the mailbox, and how many bytes of
     /// its frame are out.
     partial: Option<(Arc<Published>, usize)>,
-    /// The connection negotiated permessage-deflate: its publications' frames are compressed.
-    deflate: bool,
+    /// The connection's permessage-deflate window (0: none), which picks a publication's frame.
+    window: u8,
 }
 
 impl Gate {
     pub fn new(transport: Transport, queue: Arc<OutboundQueue>, metrics: Arc<Metrics>) -> Self {
-        let deflate = queue.deflates();
-        Gate { transport, queue, metrics, held: false, partial: None, deflate }
+        let window = queue.window();
+        Gate { transport, queue, metrics, held: false, partial: None, window }
     }
 
     /// The transport, for parking. Only between writes: nothing half-written may be left.
@@ -85,7 +85,7 @@ impl Gate {
     fn poll_clear(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.hold();
         while let Some((publication, written)) = &mut self.partial {
-            let wire = publication.wire_for(self.deflate).unwrap_or_default();
+            let wire = publication.wire_for(self.window).unwrap_or_default();
             let Some(rest) = wire.get(*written..).filter(|r| !r.is_empty()) else {
                 self.metrics.messages_out.inc();
                 self.metrics.bytes_out.inc_by(publication.payload.len() as u64);

@@ -105,35 +105,61 @@ pub struct Published {
     pub channel: Arc<str>,
     pub epoch: Arc<str>,
     pub offset: u64,
-    /// Whether subscribers that negotiated permessage-deflate get it compressed (compression
-    /// on, the channel matches, the message is big enough)...
-    compress: bool,
+    /// Whether subscribers that negotiated permessage-deflate get it compressed...
+    compress: Compress,
     /// ...and the compressed frame, built by the first such subscriber's delivery and shared by
     /// all of them (no context takeover makes it the same bytes for everyone). `None` inside:
     /// compressing did not make it smaller.
     deflated: std::sync::OnceLock<Option<Bytes>>,
+    /// With [`Compress::Always`], the frame for subscribers whose window it is longer than
+    /// (stored blocks: compressed in form, not in size).
+    stored: std::sync::OnceLock<Bytes>,
+}
+
+/// When a message goes out compressed to a connection that agreed to permessage-deflate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compress {
+    /// Never (compression off, the channel does not match, or the message is too small).
+    Never,
+    /// When that makes it smaller.
+    IfSmaller,
+    /// Every message, even when that does not make it smaller (`compression_min_size` 0).
+    Always,
+}
+
+impl Compress {
+    /// The rule for a message of `len` bytes under `compression_min_size` = `min`, when
+    /// compression applies to it at all (`on`).
+    pub fn for_message(on: bool, len: usize, min: u64) -> Compress {
+        match (on, min) {
+            (false, _) => Compress::Never,
+            (true, 0) => Compress::Always,
+            (true, min) if len as u64 >= min => Compress::IfSmaller,
+            _ => Compress::Never,
+        }
+    }
 }
 
 impl Published {
     /// Frame `text` once for all subscribers.
     pub fn new(text: Utf8Bytes, channel: Arc<str>, epoch: Arc<str>, offset: u64) -> Self {
-        Self::with_compression(text, channel, epoch, offset, false)
+        Self::with_compression(text, channel, epoch, offset, Compress::Never)
     }
 
-    /// As [`Published::new`], compressed for deflate subscribers when `compress`.
+    /// As [`Published::new`], compressed for deflate subscribers as `compress` says.
     pub fn with_compression(
         text: Utf8Bytes,
         channel: Arc<str>,
         epoch: Arc<str>,
         offset: u64,
-        compress: bool,
+        compress: Compress,
     ) -> Self {
         Self::framed(Payload::Text(text), channel, epoch, offset, compress)
     }
 
     /// A message that belongs to no channel's stream (the conformance echo), framed exactly as
     /// publications are.
-    pub fn unsequenced(payload: Payload, compress: bool) -> Self {
+    pub fn unsequenced(payload: Payload, compress: Compress) -> Self {
         Self::framed(payload, Arc::from(""), Arc::from(""), 0, compress)
     }
 
@@ -142,7 +168,7 @@ impl Published {
         channel: Arc<str>,
         epoch: Arc<str>,
         offset: u64,
-        compress: bool,
+        compress: Compress,
     ) -> Self {
         let (payload, wire) = if payload.len() <= crate::connection::FRAGMENT {
             let (wire, start) = data_frame(payload.opcode(), payload.as_bytes());
@@ -161,8 +187,8 @@ impl Published {
         } else {
             (payload, None)
         };
-        let deflated = std::sync::OnceLock::new();
-        Published { payload, wire, channel, epoch, offset, compress, deflated }
+        let (deflated, stored) = (std::sync::OnceLock::new(), std::sync::OnceLock::new());
+        Published { payload, wire, channel, epoch, offset, compress, deflated, stored }
     }
 
     /// Whether a compressed frame was built (and was smaller than the plain one).
@@ -171,25 +197,28 @@ impl Published {
     }
 
     /// The bytes to write for a subscriber, as one frame: compressed when it negotiated
-    /// permessage-deflate (`deflate`) and compression applies; `None` when the message goes out
-    /// through the WebSocket layer instead (large and not compressed).
-    pub fn wire_for(&self, deflate: bool) -> Option<&[u8]> {
-        if deflate && self.compress {
+    /// permessage-deflate (`window`: the window its compressed messages must fit, 0 without the
+    /// extension), compression applies and the message fits that window; `None` when the
+    /// message goes out through the WebSocket layer instead (large and not compressed).
+    pub fn wire_for(&self, window: u8) -> Option<&[u8]> {
+        use tether_core::permessage_deflate::{compressed_frame, fits_window};
+        if window == 0 || self.compress == Compress::Never {
+            return self.wire.as_deref();
+        }
+        let (bytes, binary) = (self.payload.as_bytes(), matches!(self.payload, Payload::Binary(_)));
+        if fits_window(bytes.len(), window) {
             let compressed = self.deflated.get_or_init(|| {
-                let bytes = self.payload.as_bytes();
-                let frame = match self.payload {
-                    Payload::Text(_) => {
-                        tether_core::permessage_deflate::compressed_text_frame(bytes)
-                    }
-                    Payload::Binary(_) => {
-                        tether_core::permessage_deflate::compressed_binary_frame(bytes)
-                    }
-                };
-                (frame.len() < bytes.len()).then(|| Bytes::from(frame))
+                let frame = compressed_frame(binary, bytes, 15);
+                let worth = self.compress == Compress::Always || frame.len() < bytes.len();
+                worth.then(|| Bytes::from(frame))
             });
             if let Some(frame) = compressed {
                 return Some(frame);
             }
+        } else if self.compress == Compress::Always {
+            return Some(
+                self.stored.get_or_init(|| Bytes::from(compressed_frame(binary, bytes, window))),
+            );
         }
         self.wire.as_deref()
     }
@@ -638,9 +667,14 @@ impl Hub {
         data: &RawValue,
     ) -> Arc<Published> {
         let text = render(mode, name, epoch, offset, data);
-        let compress = self.compression.as_ref().is_some_and(|(min, patterns)| {
-            text.len() >= *min && tether_core::channel::any_matches(patterns, name)
-        });
+        let compress = match &self.compression {
+            Some((min, patterns)) => Compress::for_message(
+                tether_core::channel::any_matches(patterns, name),
+                text.len(),
+                *min as u64,
+            ),
+            None => Compress::Never,
+        };
         Arc::new(Published::with_compression(text, name.clone(), epoch.clone(), offset, compress))
     }
 

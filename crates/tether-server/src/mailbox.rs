@@ -164,15 +164,16 @@ struct Mail {
     socket: RawFd,
     /// What the queued items weigh, in KiB rounded up per item (a u16 keeps `Mail` in 64 bytes).
     queued_kib: u16,
-    /// [`WRITING`], [`DEFLATE`], [`WRITTEN`]: one byte, where three `bool`s would push `Mail`
-    /// past 64 bytes and the mailbox past jemalloc's 128-byte class.
+    /// The permessage-deflate window its compressed frames must fit (see
+    /// `Published::wire_for`); 0: the extension was not agreed.
+    window: u8,
+    /// [`WRITING`], [`WRITTEN`]: one byte, where `bool`s would push `Mail` past 64 bytes and
+    /// the mailbox past jemalloc's 128-byte class.
     flags: u8,
 }
 
 /// The connection's task holds the write side: it is writing, or holds items it popped.
 const WRITING: u8 = 1;
-/// The connection negotiated permessage-deflate: its publications go out compressed.
-const DEFLATE: u8 = 2;
 /// A publisher wrote to the socket since the connection last looked: it is not idle, even
 /// though its task saw nothing (see [`OutboundQueue::take_written`]).
 const WRITTEN: u8 = 4;
@@ -287,6 +288,7 @@ impl OutboundQueue {
                 subscriptions: Subscriptions::default(),
                 socket: NO_SOCKET,
                 queued_kib: 0,
+                window: 0,
                 flags: 0,
             }),
             capacity: u16::try_from(capacity).unwrap_or(u16::MAX),
@@ -297,14 +299,16 @@ impl OutboundQueue {
         }
     }
 
-    /// For a connection that negotiated permessage-deflate.
-    pub fn deflating(mut self, on: bool) -> Self {
-        self.mail.get_mut().unwrap_or_else(|p| p.into_inner()).set(DEFLATE, on);
+    /// For a connection that agreed to permessage-deflate: the window its compressed frames
+    /// must fit, in bits (0: not agreed).
+    pub fn deflating(mut self, window: u8) -> Self {
+        self.mail.get_mut().unwrap_or_else(|p| p.into_inner()).window = window;
         self
     }
 
-    pub fn deflates(&self) -> bool {
-        self.lock().is(DEFLATE)
+    /// The connection's permessage-deflate window, 0 without the extension.
+    pub fn window(&self) -> u8 {
+        self.lock().window
     }
 
     fn is(&self, flag: u8) -> bool {
@@ -364,7 +368,7 @@ impl OutboundQueue {
         let fd = mail.socket;
         // For a deflate subscriber this compresses the publication, once for all of them, here
         // in the publisher rather than later in some subscriber's task.
-        let wire = publication.wire_for(mail.is(DEFLATE));
+        let wire = publication.wire_for(mail.window);
         if let (true, Some(wire)) = (direct && fd != NO_SOCKET, wire) {
             if !mail.is(WRITING) && mail.items.is_empty() && !self.overflowed() {
                 match mail.subscriptions.admit(&publication, false) {
@@ -421,7 +425,7 @@ impl OutboundQueue {
             let mut admitted = [0usize; MAX_GATHER];
             let (mut n, mut taken) = (0, 0);
             for (i, (_, p)) in fresh.iter().enumerate().take(MAX_GATHER) {
-                let Some(wire) = p.wire_for(mail.is(DEFLATE)) else { break };
+                let Some(wire) = p.wire_for(mail.window) else { break };
                 match mail.subscriptions.admit(p, false) {
                     Admission::Gap => break,
                     Admission::Skip => {}
@@ -439,7 +443,7 @@ impl OutboundQueue {
             }
             for &i in &admitted[..n] {
                 let p = &fresh[i].1;
-                let len = p.wire_for(mail.is(DEFLATE)).map_or(0, <[u8]>::len);
+                let len = p.wire_for(mail.window).map_or(0, <[u8]>::len);
                 if sent >= len {
                     sent -= len;
                     done.written += 1;

@@ -85,15 +85,15 @@ struct Accepted {
     accept_key: String,
     mode: Mode,
     channels: Vec<String>,
-    /// The `Sec-WebSocket-Extensions` answer when permessage-deflate was agreed.
-    deflate: Option<&'static str>,
+    /// permessage-deflate, when agreed.
+    deflate: Option<tether_core::permessage_deflate::Agreement>,
 }
 
 /// The permessage-deflate answer to the request's offers, when compression is on.
 fn negotiate_deflate(
     headers: &HeaderMap,
     config: &crate::config::GatewayConfig,
-) -> Option<&'static str> {
+) -> Option<tether_core::permessage_deflate::Agreement> {
     if !config.compression {
         return None;
     }
@@ -375,7 +375,7 @@ async fn upgrade(gateway: Gateway, mut req: Request, echo: bool) -> Response {
         mode,
         channels,
         grant,
-        deflate.is_some(),
+        deflate.map(|a| a.window_bits()),
     );
     gateway.shared.tracker.spawn(task);
     drop(tracked); // the spawned task is tracked from here on
@@ -383,7 +383,11 @@ async fn upgrade(gateway: Gateway, mut req: Request, echo: bool) -> Response {
     switching_protocols(&accept, mode, deflate)
 }
 
-fn switching_protocols(accept: &str, mode: Mode, deflate: Option<&'static str>) -> Response {
+fn switching_protocols(
+    accept: &str,
+    mode: Mode,
+    deflate: Option<tether_core::permessage_deflate::Agreement>,
+) -> Response {
     let mut resp = Response::new(axum::body::Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -396,8 +400,9 @@ fn switching_protocols(accept: &str, mode: Mode, deflate: Option<&'static str>) 
     if mode == Mode::Json {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL_JSON));
     }
-    if let Some(extension) = deflate {
-        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(extension));
+    if let Some(agreement) = deflate {
+        let answer = HeaderValue::from_str(&agreement.response()).expect("an ASCII answer");
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
     }
     resp
 }

@@ -3,8 +3,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The grades Autobahn gives, in its own words.
-pub const GRADES: [&str; 5] = ["OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED"];
+/// The grades Autobahn gives, in its own words; ERROR is its word for a case whose own code
+/// raised (the test tool failed, not necessarily the peer: it counts as a failure all the same).
+pub const GRADES: [&str; 6] =
+    ["OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED", "ERROR"];
+
+/// The grades that pass.
+const PASSING: [&str; 3] = ["OK", "NON-STRICT", "INFORMATIONAL"];
 
 /// One agent's run: every case with its behaviour and its closing behaviour.
 pub struct Summary {
@@ -43,15 +48,16 @@ impl Summary {
         self.cases.values().filter(|(b, _)| b == grade).count()
     }
 
-    /// Cases that fail: graded FAILED or UNIMPLEMENTED, or whose closing behaviour FAILED.
+    /// Cases that fail: graded anything but OK, NON-STRICT or INFORMATIONAL, or whose closing
+    /// behaviour FAILED.
     pub fn failures(&self) -> Vec<(&String, &(String, String))> {
         self.cases
             .iter()
-            .filter(|(_, (b, c))| b == "FAILED" || b == "UNIMPLEMENTED" || c == "FAILED")
+            .filter(|(_, (b, c))| !PASSING.contains(&b.as_str()) || c == "FAILED")
             .collect()
     }
 
-    /// `517 cases: OK 500, NON-STRICT 5, INFORMATIONAL 12, UNIMPLEMENTED 0, FAILED 0`.
+    /// `517 cases: OK 500, NON-STRICT 5, INFORMATIONAL 12, UNIMPLEMENTED 0, FAILED 0, ERROR 0`.
     pub fn line(&self) -> String {
         let counts: Vec<String> = GRADES.iter().map(|g| format!("{g} {}", self.count(g))).collect();
         format!("{} cases: {}", self.total, counts.join(", "))
