@@ -5,7 +5,10 @@ export declare const SUBPROTOCOL: 'tether.v1.json';
 export interface TetherOptions {
   /** 'json' speaks tether.v1.json; 'raw' is a plain WebSocket (text "ping" → "pong"). Default 'json'. */
   protocol?: 'json' | 'raw';
-  /** Heartbeat cadence, ms. Default 25000. */
+  /**
+   * Heartbeat cadence, ms. Default 25000. 0 turns the heartbeat off: no pings are sent and
+   * silence never closes the connection (a dead server is then noticed only when TCP says so).
+   */
   pingInterval?: number;
   /** Silence tolerated after pingInterval before the server counts as dead, ms. Default 10000. */
   pongTimeout?: number;
@@ -15,17 +18,27 @@ export interface TetherOptions {
   backoffFactor?: number;
   /** A connection up this long resets the backoff, ms. Default 5000. */
   minUptime?: number;
-  /** Consecutive failed attempts before giving up. Default Infinity. */
+  /** Consecutive failed attempts before giving up. Default Infinity; 0 never reconnects. */
   maxAttempts?: number;
   /** Sends buffered while disconnected; one more rejects. Default 1000. */
   offlineQueue?: number;
+  /**
+   * Payload bytes buffered while disconnected (see `messageSize`); a send that would go beyond
+   * rejects, as does one larger than this on its own. Default Infinity (only `offlineQueue` bounds).
+   */
+  offlineQueueBytes?: number;
+  /** Raw mode's heartbeat: the text sent as a ping, and the text that answers it. */
   rawPing?: string;
   rawPong?: string;
   /** Stop reconnecting when the page is hidden for navigation (the browser closes with 1001). Default true. */
   closeOnPageHide?: boolean;
   /** Connect in the constructor. Default true. */
   autoConnect?: boolean;
-  /** A WebSocket implementation where there is no global one (e.g. the `ws` package in Node). */
+  /**
+   * A WebSocket implementation where there is no global one (e.g. the `ws` package in Node). It
+   * is called as `new WebSocket(url)` or `new WebSocket(url, [protocol])`; to give it options
+   * of its own, pass a subclass that adds them.
+   */
   WebSocket?: unknown;
 }
 
@@ -36,6 +49,12 @@ export declare const CLOSE_CODES: Readonly<Record<number, [string, CloseAdvice]>
 export declare function closeCodeInfo(code: number): { name: string; advice: CloseAdvice };
 export declare function backoffCeiling(attempt: number, opts?: Partial<TetherOptions>): number;
 export declare function backoffDelay(attempt: number, unit: number, opts?: Partial<TetherOptions>): number;
+
+/** What `send()` transmits as a binary frame. */
+export type BinaryData = ArrayBuffer | ArrayBufferView | Blob;
+export declare function isBinary(data: unknown): data is BinaryData;
+/** Payload bytes on the wire: UTF-8 bytes of a string, the byte length (or Blob size) of binary data. */
+export declare function messageSize(data: string | BinaryData): number;
 
 export type HeartbeatStep = { action: 'ping' } | { action: 'dead' } | { action: 'wait'; at: number };
 
@@ -95,7 +114,8 @@ export interface TetherEvents {
   open: { reconnected: boolean };
   close: CloseDetail;
   publication: Publication;
-  message: { data: unknown };
+  /** A message that is not the protocol's: text as a string, binary as an ArrayBuffer. */
+  message: { data: string | ArrayBuffer };
   /** `recovered`: after a resubscribe, whether every missed publication was replayed (null: no recovery asked). */
   subscribed: { channel: string; resubscribe: boolean; recovered: boolean | null };
   rtt: { ms: number };
@@ -122,7 +142,12 @@ export declare class TetherClient extends EventTarget {
   subscribe<T = unknown>(channel: string, handler?: (data: T, publication: Publication<T>) => void): Promise<void>;
   unsubscribe(channel: string, handler?: (data: any, publication: Publication) => void): void;
   publish(channel: string, data: unknown): Promise<{ offset?: number; delivered?: number }>;
-  send(text: string): Promise<void>;
+  /**
+   * Send as is: a string as a text frame, binary data as a binary frame (anything else as its
+   * String() text). Queued while disconnected (queued bytes are copied); resolves once handed
+   * to the socket.
+   */
+  send(data: string | BinaryData): Promise<void>;
 }
 
 export declare function connect(url: string | URL, options?: TetherOptions): TetherClient;

@@ -9,8 +9,15 @@
 //   never while `navigator.onLine` is false; the server's `disconnect` advice is honoured;
 // - every close explained: {code, reason, wasClean, initiator, willReconnect, retryIn, attempt};
 // - subscriptions re-established after every reconnect; a bounded offline queue for sends;
+// - text and binary messages both ways: `send()` takes a string (a text frame) or an
+//   ArrayBuffer / typed array / DataView / Blob (a binary frame); binary messages arrive as
+//   ArrayBuffers (`binaryType = 'arraybuffer'`, the same in browsers and Node);
 // - a JWT (`token`) sent with `connect` on every connection, refreshed with `getToken` when the
 //   server says it expired (4002); 4501/4502 (token required/invalid) stop the client.
+//
+// `pingInterval: 0` turns the heartbeat off and `maxAttempts: 0` turns reconnecting off: with
+// both, in raw mode, the client is a plain WebSocket that sends nothing it was not asked to
+// (how web/test/autobahn-client.mjs runs the Autobahn conformance cases through it).
 //
 // The pure parts (backoff, heartbeat, reconnect policy, close codes) are exported and mirror
 // tether-core's Rust types, with the same defaults and semantics.
@@ -20,17 +27,24 @@ export const SUBPROTOCOL = 'tether.v1.json';
 /** How long `getToken` may take before the client gives up (and stops, saying why). */
 const TOKEN_TIMEOUT_MS = 10000;
 
-/** Defaults, identical to tether-core's `defaults.rs`. Times in milliseconds. */
+/** setTimeout fires at once for delays beyond 2^31 - 1 ms; longer waits are cut to this. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Defaults, identical to tether-core's `defaults.rs` (offlineQueueBytes has no Rust counterpart:
+ * the Rust client bounds its queue by messages only). Times in milliseconds.
+ */
 export const DEFAULTS = Object.freeze({
   protocol: 'json', // or 'raw'
-  pingInterval: 25000,
+  pingInterval: 25000, // 0: no heartbeat at all (no pings, no dead-server detection)
   pongTimeout: 10000,
   backoffInitial: 1000,
   backoffMax: 30000,
   backoffFactor: 2,
   minUptime: 5000,
-  maxAttempts: Infinity,
-  offlineQueue: 1000,
+  maxAttempts: Infinity, // 0: never reconnect
+  offlineQueue: 1000, // messages waiting for a connection...
+  offlineQueueBytes: Infinity, // ...and their payload bytes (UTF-8 for text), both bounds apply
   rawPing: 'ping',
   rawPong: 'pong',
   closeOnPageHide: true,
@@ -71,6 +85,43 @@ export function closeCodeInfo(code) {
   if (code >= 4500 && code <= 4999) return { name: 'terminal', advice: 'stop' };
   if (code >= 4000 && code <= 4499) return { name: 'transient', advice: 'reconnect' };
   return { name: 'unknown', advice: 'reconnect' };
+}
+
+/** True for what `send()` transmits as a binary frame: bytes (see isBytes) or a Blob. */
+export function isBinary(data) {
+  return isBytes(data) || isBlob(data);
+}
+
+/** An ArrayBuffer (from this realm or another: an iframe, a vm context) or a view of one. */
+function isBytes(data) {
+  return ArrayBuffer.isView(data) || Object.prototype.toString.call(data) === '[object ArrayBuffer]';
+}
+
+function isBlob(data) {
+  return typeof Blob === 'function' && data instanceof Blob;
+}
+
+/**
+ * Payload bytes of a message on the wire: UTF-8 bytes for a string (a lone surrogate is sent
+ * as U+FFFD, 3 bytes), the byte length of binary data. What the offline queue counts.
+ */
+export function messageSize(data) {
+  if (isBlob(data)) return data.size;
+  if (typeof data !== 'string') return data.byteLength;
+  let bytes = data.length; // one byte per UTF-16 unit, plus the extra ones below
+  for (let i = 0; i < data.length; i++) {
+    const unit = data.charCodeAt(i);
+    if (unit < 0x80) continue;
+    if (unit < 0x800) {
+      bytes += 1;
+    } else if (unit >= 0xd800 && unit < 0xdc00 && (data.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      bytes += 2; // a surrogate pair: 4 bytes for two units
+      i++;
+    } else {
+      bytes += 2;
+    }
+  }
+  return bytes;
 }
 
 /** Upper bound of the jitter window before attempt `attempt` (1-based). */
@@ -171,6 +222,7 @@ export class Reconnector {
     if (openedAt !== null && now - openedAt >= this.opts.minUptime) this.failures = 0;
     this.failures += 1;
     if (this.failures > this.opts.maxAttempts) {
+      if (this.opts.maxAttempts <= 0) return { retry: false, reason: 'reconnecting is off (maxAttempts: 0)' };
       return { retry: false, reason: `gave up after ${this.opts.maxAttempts} failed attempts` };
     }
     const hint = ended.adviceRetryAfter;
@@ -187,8 +239,9 @@ const isOffline = () => typeof navigator !== 'undefined' && navigator.onLine ===
  *
  * Events (use `client.on(type, fn)` or `addEventListener`; the payload is `event.detail`):
  * state {state}, open {reconnected}, close {code, reason, wasClean, initiator, willReconnect,
- * retryIn, attempt}, publication {channel, offset, data}, message {data}, subscribed {channel,
- * resubscribe}, rtt {ms}, error {code, message, id}, stopped {reason}.
+ * retryIn, attempt}, publication {channel, offset, data}, message {data} (a string, or an
+ * ArrayBuffer for a binary message), subscribed {channel, resubscribe}, rtt {ms}, error {code,
+ * message, id}, stopped {reason}.
  */
 export class TetherClient extends EventTarget {
   #opts;
@@ -206,7 +259,8 @@ export class TetherClient extends EventTarget {
   #rawPingAt = null;
   #attempts = 0; // connect attempts since connect(): the first is 'connecting', later ones 'reconnecting'
   #pageHidden = false;
-  #queue = []; // offline: [{text, id, resolve, reject}]
+  #queue = []; // offline: [{data, id, resolve, reject}]
+  #queuedBytes = 0; // the queue's messageSize() total
   #nextId = 1;
   #token = null;
   #tokenRefresh = null; // the pending getToken() after a 4002
@@ -354,9 +408,13 @@ export class TetherClient extends EventTarget {
     return this.#command({ cmd: 'publish', channel, data });
   }
 
-  /** Send a text message as is. Queued while disconnected; resolves once handed to the socket. */
-  send(text) {
-    return this.#enqueue(String(text), null);
+  /**
+   * Send a message as is: a string as text; an ArrayBuffer, typed array, DataView or Blob as
+   * binary (anything else is sent as its String() text). Queued while disconnected (a queued
+   * buffer is copied, so it may be reused at once); resolves once handed to the socket.
+   */
+  send(data) {
+    return this.#enqueue(typeof data === 'string' || isBinary(data) ? data : String(data));
   }
 
   // --- connection lifecycle -----------------------------------------------------------------
@@ -377,6 +435,9 @@ export class TetherClient extends EventTarget {
       this.#ended({ code: 1006, reason: String(e && e.message ? e.message : e), wasClean: false, initiator: 'client', fatal: 'bad URL' });
       return;
     }
+    // Binary messages arrive as ArrayBuffers, in browsers (whose default is Blob) and in `ws`
+    // (whose default is a Node Buffer) alike.
+    ws.binaryType = 'arraybuffer';
     this.#ws = ws;
     const current = () => generation === this.#generation && this.#ws === ws;
     ws.onopen = () => current() && this.#onOpen(ws);
@@ -409,7 +470,9 @@ export class TetherClient extends EventTarget {
     const reconnected = this.#openedBefore;
     this.#openedBefore = true;
     this.#attempts = 0;
-    this.#heartbeat = new Heartbeat(this.#opts.pingInterval, this.#opts.pongTimeout, now);
+    // pingInterval 0: no heartbeat, so nothing is sent unasked and silence is never fatal.
+    const { pingInterval, pongTimeout } = this.#opts;
+    this.#heartbeat = pingInterval > 0 ? new Heartbeat(pingInterval, pongTimeout, now) : null;
     this.#rawPingAt = null;
     this.#setState('open');
     // Re-establish subscriptions (asking to recover from the last position seen) and flush the
@@ -427,6 +490,7 @@ export class TetherClient extends EventTarget {
     }
     const queued = this.#queue;
     this.#queue = [];
+    this.#queuedBytes = 0;
     for (const item of queued) this.#transmit(item);
     this.#armHeartbeat();
     this.#emit('open', { reconnected });
@@ -669,7 +733,8 @@ export class TetherClient extends EventTarget {
         this.#heartbeatTimeout();
         return;
       }
-      this.#hbTimer = setTimeout(() => this.#armHeartbeat(), Math.max(0, step.at - now));
+      // A timer cut short by MAX_TIMER_MS just polls again and re-arms.
+      this.#hbTimer = setTimeout(() => this.#armHeartbeat(), Math.min(Math.max(0, step.at - now), MAX_TIMER_MS));
       return;
     }
   }
@@ -730,13 +795,13 @@ export class TetherClient extends EventTarget {
   #command(body) {
     return new Promise((resolve, reject) => {
       const id = this.#nextId++;
-      const text = JSON.stringify({ id, ...body });
-      this.#enqueueItem({ text, id, resolve, reject });
+      const data = JSON.stringify({ id, ...body });
+      this.#enqueueItem({ data, id, resolve, reject });
     });
   }
 
-  #enqueue(text) {
-    return new Promise((resolve, reject) => this.#enqueueItem({ text, id: null, resolve, reject }));
+  #enqueue(data) {
+    return new Promise((resolve, reject) => this.#enqueueItem({ data, id: null, resolve, reject }));
   }
 
   #enqueueItem(item) {
@@ -748,17 +813,23 @@ export class TetherClient extends EventTarget {
       this.#transmit(item);
       return;
     }
-    if (this.#queue.length >= this.#opts.offlineQueue) {
-      item.reject(new Error(`offline queue full (${this.#queue.length} messages waiting for a connection)`));
+    // Sized only when it has to wait: an open connection sends without measuring.
+    const size = messageSize(item.data);
+    if (this.#queue.length >= this.#opts.offlineQueue || this.#queuedBytes + size > this.#opts.offlineQueueBytes) {
+      const waiting = `${this.#queue.length} messages, ${this.#queuedBytes} bytes waiting for a connection`;
+      item.reject(new Error(`offline queue full (${waiting}; this one has ${size} bytes)`));
       return;
     }
+    // The caller may reuse its buffer once send() returns, as with WebSocket.send (Blobs are immutable).
+    if (isBytes(item.data)) item.data = copyBytes(item.data);
+    this.#queuedBytes += size;
     this.#queue.push(item);
   }
 
   #transmit(item) {
     if (item.id !== null) this.#pending.set(item.id, { kind: 'command', resolve: item.resolve, reject: item.reject });
     try {
-      this.#ws.send(item.text);
+      this.#ws.send(item.data);
     } catch (e) {
       if (item.id !== null) this.#pending.delete(item.id);
       item.reject(e);
@@ -770,6 +841,7 @@ export class TetherClient extends EventTarget {
   #rejectQueue(err) {
     const queued = this.#queue;
     this.#queue = [];
+    this.#queuedBytes = 0;
     for (const item of queued) item.reject(err);
     for (const [, entry] of this.#channels) for (const w of entry.waiters.splice(0)) w.reject(err);
   }
@@ -807,6 +879,12 @@ export class TetherClient extends EventTarget {
       });
     }
   }
+}
+
+/** A copy of the bytes of an ArrayBuffer (an ArrayBuffer) or of a view (a Uint8Array). */
+function copyBytes(data) {
+  if (!ArrayBuffer.isView(data)) return data.slice(0);
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice();
 }
 
 /** Shorthand: `connect(url, options)` is `new TetherClient(url, options)`. */

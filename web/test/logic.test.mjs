@@ -1,10 +1,10 @@
-// Unit tests for tether.js's pure logic: backoff, heartbeat, reconnect policy, close codes.
+// Unit tests for tether.js's pure logic: backoff, heartbeat, reconnect policy, close codes, message sizes.
 // Run: cd web && npm test
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import {
-  DEFAULTS, CLOSE_CODES, closeCodeInfo, backoffCeiling, backoffDelay, Heartbeat, Reconnector,
+  DEFAULTS, CLOSE_CODES, closeCodeInfo, backoffCeiling, backoffDelay, Heartbeat, Reconnector, isBinary, messageSize,
 } from '../tether.js';
 
 test('backoff ceiling grows by the factor and caps at the max', () => {
@@ -81,6 +81,32 @@ test('reconnect: stop codes, advice, user close, fatal errors, max attempts', ()
   const limited = new Reconnector({ ...DEFAULTS, maxAttempts: 1 });
   assert.equal(limited.onClose(0, { code: 1006 }, 0.1).retry, true);
   assert.equal(limited.onClose(0, { code: 1006 }, 0.1).retry, false);
+});
+
+test('reconnect: maxAttempts 0 turns reconnecting off, and says so', () => {
+  const off = new Reconnector({ ...DEFAULTS, maxAttempts: 0 });
+  assert.deepEqual(off.onClose(0, { code: 1000 }, 0.5), { retry: false, reason: 'reconnecting is off (maxAttempts: 0)' });
+  assert.deepEqual(off.onClose(0, { code: 1006 }, 0.5), { retry: false, reason: 'reconnecting is off (maxAttempts: 0)' });
+});
+
+test('message size: UTF-8 bytes of text, byte length of binary', () => {
+  const samples = ['', 'ping', 'é', '€', '😀', 'a€😀é', '\ud83d', 'x\udc00y', '\ud83d\ud83d\ude00'];
+  for (const text of samples) {
+    // TextEncoder writes a lone surrogate as U+FFFD (3 bytes), as WebSocket.send does.
+    assert.equal(messageSize(text), new TextEncoder().encode(text).length, JSON.stringify(text));
+  }
+  const buffer = new ArrayBuffer(10);
+  assert.equal(messageSize(buffer), 10);
+  assert.equal(messageSize(new Uint16Array(buffer, 2, 3)), 6, 'a view counts its own bytes, not its buffer');
+  assert.equal(messageSize(new DataView(buffer, 1, 4)), 4);
+  assert.equal(messageSize(new Blob(['héllo'])), 6);
+});
+
+test('binary data is what send() transmits as a binary frame', () => {
+  for (const data of [new ArrayBuffer(1), new Uint8Array(1), new DataView(new ArrayBuffer(1)), new Blob([])]) {
+    assert.equal(isBinary(data), true, Object.prototype.toString.call(data));
+  }
+  for (const data of ['text', 42, null, undefined, { byteLength: 3 }, [1, 2]]) assert.equal(isBinary(data), false, String(data));
 });
 
 test('reconnect: the server hint spreads clients over [hint, 2 × hint)', () => {

@@ -1,9 +1,11 @@
 // tether.js in Node, with the `ws` package injected (`options.WebSocket`), against the real
 // `tether` binary: the browser tests' semantics (heartbeats, close diagnostics, reconnect with
-// recovery, graceful restart, a frozen server) hold outside the browser too.
+// recovery, graceful restart, a frozen server) hold outside the browser too. Message-level
+// features (binary, the offline queue's bytes, heartbeat and reconnect off) run against a
+// plain `ws` server and need no binary.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import WebSocket from 'ws';
+import WebSocket, { WebSocketServer } from 'ws';
 import { TetherClient } from '../tether.js';
 import { Server, Relay, waitFor } from './harness.mjs';
 
@@ -21,6 +23,99 @@ function client(url, options = {}) {
     waitFor(`${count} ${type} event(s)`, () => c.events(type).length >= count, ms).then(() => c.events(type));
   return c;
 }
+
+/** A plain `ws` server on a free port that records what each connection receives. */
+async function plainServer(onConnection = () => {}) {
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((resolve) => wss.on('listening', resolve));
+  const peers = [];
+  wss.on('connection', (ws) => {
+    const peer = { ws, received: [] };
+    peers.push(peer);
+    ws.on('message', (data, isBinary) => peer.received.push(isBinary ? { binary: [...data] } : data.toString()));
+    onConnection(ws);
+  });
+  // Cut what is still connected: wss.close() alone waits for every client to leave.
+  const close = () => new Promise((resolve) => {
+    for (const ws of wss.clients) ws.terminate();
+    wss.close(resolve);
+  });
+  return { url: `ws://127.0.0.1:${wss.address().port}`, peers, close };
+}
+
+test('binary messages both ways; text stays text', { timeout: 20000 }, async () => {
+  const server = await plainServer((ws) => ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary })));
+  const c = client(server.url, { protocol: 'raw' });
+  const got = [];
+  c.on('message', ({ data }) => got.push(data));
+  try {
+    await c.waitFor('open');
+    const bytes = new Uint8Array([9, 0, 1, 2, 3, 255, 9]);
+    await c.send(bytes.subarray(1, 6)); // a view: its own bytes, not its whole buffer
+    await c.send(new Uint16Array([0x0201]).buffer);
+    await c.send('text');
+    await waitFor('three echoes', () => got.length === 3);
+    assert.ok(got[0] instanceof ArrayBuffer, `binary arrives as an ArrayBuffer, not ${got[0]?.constructor?.name}`);
+    assert.deepEqual([...new Uint8Array(got[0])], [0, 1, 2, 3, 255]);
+    assert.deepEqual([...new Uint8Array(got[1])], [1, 2]);
+    assert.equal(got[2], 'text');
+    assert.deepEqual(server.peers[0].received, [{ binary: [0, 1, 2, 3, 255] }, { binary: [1, 2] }, 'text']);
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
+
+test('the offline queue counts bytes, copies buffers, and sends them once open', { timeout: 20000 }, async () => {
+  const server = await plainServer();
+  const c = client(server.url, { protocol: 'raw', autoConnect: false, offlineQueueBytes: 8 });
+  try {
+    const buffer = new Uint8Array([1, 2, 3, 4, 5]);
+    const first = c.send(buffer);
+    buffer.fill(0); // reusing the buffer must not change the queued message
+    await assert.rejects(c.send('héllo'), /offline queue full \(1 messages, 5 bytes waiting for a connection; this one has 6 bytes\)/);
+    const second = c.send('abc'); // 5 + 3 = 8 bytes: fits
+    c.connect();
+    await Promise.all([first, second]);
+    await waitFor('both messages at the server', () => server.peers[0]?.received.length === 2);
+    assert.deepEqual(server.peers[0].received, [{ binary: [1, 2, 3, 4, 5] }, 'abc']);
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
+
+test('pingInterval 0 and maxAttempts 0: a plain WebSocket that sends nothing unasked and stops at the first close', { timeout: 20000 }, async () => {
+  // Answering "ping" as Tether's raw mode does keeps the paced client below alive.
+  const server = await plainServer((ws) => ws.on('message', (data) => String(data) === 'ping' && ws.send('pong')));
+  // A client with a 20 ms heartbeat paces the test: once it has pinged three times, the silent
+  // one has had as long to send something unasked.
+  const paced = client(server.url, { protocol: 'raw', pingInterval: 20 });
+  const quiet = client(server.url, { protocol: 'raw', pingInterval: 0, maxAttempts: 0 });
+  try {
+    await quiet.waitFor('open');
+    await paced.waitFor('open');
+    const pacedPeer = () => server.peers.find((p) => p.received.includes('ping'));
+    await waitFor('three heartbeat pings from the paced client', () => pacedPeer()?.received.length >= 3);
+    await quiet.send('asked');
+    const quietPeer = server.peers.find((p) => p !== pacedPeer());
+    await waitFor('the asked-for message', () => quietPeer.received.length >= 1);
+    assert.deepEqual(quietPeer.received, ['asked']);
+    assert.equal(quiet.rtt, null, 'no heartbeat, no round trip');
+
+    quietPeer.ws.close(1000, 'bye');
+    const [closed] = await quiet.waitFor('close');
+    assert.deepEqual([closed.code, closed.reason, closed.initiator, closed.willReconnect], [1000, 'bye', 'server', false]);
+    const [stopped] = await quiet.waitFor('stopped');
+    assert.equal(stopped.reason, 'reconnecting is off (maxAttempts: 0)');
+    assert.equal(quiet.state, 'closed');
+    assert.equal(quiet.stats.connectAttempts, 1);
+  } finally {
+    paced.close();
+    quiet.close();
+    await server.close();
+  }
+});
 
 test('without a WebSocket implementation it says what to pass', { skip: typeof globalThis.WebSocket === 'function' }, () => {
   assert.throws(() => new TetherClient('ws://127.0.0.1:1/ws'), /pass options\.WebSocket/);

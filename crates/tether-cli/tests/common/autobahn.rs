@@ -48,12 +48,15 @@ impl Summary {
         self.cases.values().filter(|(b, _)| b == grade).count()
     }
 
-    /// Cases that fail: graded anything but OK, NON-STRICT or INFORMATIONAL, or whose closing
-    /// behaviour FAILED.
+    /// Cases that fail, as kosoku grades them: a behaviour other than OK, NON-STRICT or
+    /// INFORMATIONAL, or a closing behaviour other than OK or INFORMATIONAL (FAILED, WRONG
+    /// CODE, UNCLEAN, FAILED BY CLIENT).
     pub fn failures(&self) -> Vec<(&String, &(String, String))> {
         self.cases
             .iter()
-            .filter(|(_, (b, c))| !PASSING.contains(&b.as_str()) || c == "FAILED")
+            .filter(|(_, (b, c))| {
+                !PASSING.contains(&b.as_str()) || !["OK", "INFORMATIONAL"].contains(&c.as_str())
+            })
             .collect()
     }
 
