@@ -165,6 +165,19 @@ fn compressed_messages_from_clients_are_inflated_and_bombs_and_garbage_are_refus
     bomb.write_all(&client_frame(OpCode::Data(Data::Text), true, true, &payload)).unwrap();
     assert_eq!(close_code(&mut bomb), 1009);
 
+    // A compressed message whose frames inflate to nothing (empty stored blocks): bounded by
+    // its bytes on the wire too, so it is refused with 1009 once past max_message_size (64 KiB)
+    // instead of streaming without end. Sent in pieces, with a deadline on the whole.
+    let (_, mut empty) = raw_ws_head(server.addr, "", json);
+    let nothing = [0x00, 0x00, 0x00, 0xff, 0xff];
+    empty.write_all(&client_frame(OpCode::Data(Data::Text), false, true, &nothing)).unwrap();
+    let more = client_frame(OpCode::Data(Data::Continue), false, false, &nothing).repeat(1000);
+    let mut sent = 0;
+    while sent < 1 << 20 && empty.write_all(&more).is_ok() {
+        sent += more.len();
+    }
+    assert_eq!(close_code(&mut empty), 1009, "after {sent} bytes");
+
     // Data that does not inflate: a protocol error.
     let (_, mut garbage) = raw_ws_head(server.addr, "", json);
     garbage.write_all(&client_frame(OpCode::Data(Data::Text), true, true, &[0xff; 16])).unwrap();
