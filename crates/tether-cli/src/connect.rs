@@ -140,6 +140,7 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
                 println!("< [{channel} #{offset}] {}", data.get())
             }
             Event::Message(text) => println!("< {text}"),
+            Event::Binary(bytes) => println!("< ({} bytes of binary)", bytes.len()),
             Event::CommandError { id, error } => match id {
                 Some(id) => println!("! error (command {id}): {} {}", error.code, error.message),
                 None => println!("! error: {} {}", error.code, error.message),

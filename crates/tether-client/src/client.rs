@@ -7,6 +7,7 @@ use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Bytes;
 
 /// Why a request to the client failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,6 +108,12 @@ impl Client {
     pub async fn send_text(&self, text: impl Into<String>) -> Result<(), ClientError> {
         let text = text.into();
         self.request(|done| Request::SendText { text, done }).await
+    }
+
+    /// Send a binary message as is. Queued while disconnected.
+    pub async fn send_binary(&self, data: impl Into<Bytes>) -> Result<(), ClientError> {
+        let data = data.into();
+        self.request(|done| Request::SendBinary { data, done }).await
     }
 
     /// Close with 1000 and stop reconnecting. Resolves when the close is done.

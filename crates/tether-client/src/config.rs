@@ -9,7 +9,8 @@ use tether_core::reconnect::ReconnectPolicy;
 pub enum Mode {
     /// `tether.v1.json`: commands, replies, publications with offsets, disconnect advice.
     Json,
-    /// Plain WebSocket, no subprotocol: text in, text out (works with any server).
+    /// Plain WebSocket, no subprotocol: text and binary messages in and out as they are
+    /// (works with any server).
     Raw,
 }
 
@@ -37,8 +38,13 @@ pub struct ClientConfig {
     /// a private CA, or a self-signed test setup. See [`ClientConfig::with_ca_file`].
     pub tls_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
     /// Offer permessage-deflate (on by default): the server may then send compressed messages,
-    /// which the client inflates (it never compresses what it sends).
+    /// which the client inflates. What the client sends stays plain unless `compress_sends`.
     pub compression: bool,
+    /// Once the server agreed to permessage-deflate, compress each message the client sends of
+    /// at least this many bytes, on its own (no context kept between messages, as the offer
+    /// promises). `None` (the default): send everything plain, which RFC 7692 allows message by
+    /// message. Costs client CPU, saves upstream bytes on large text messages.
+    pub compress_sends: Option<usize>,
     /// Local address to connect from (a multi-homed host, or load tests spreading connections
     /// over 127.0.0.x to get past one address's ephemeral ports). `None`: the system picks.
     pub local_address: Option<std::net::IpAddr>,
@@ -79,6 +85,7 @@ impl ClientConfig {
             tls_roots: Vec::new(),
             local_address: None,
             compression: true,
+            compress_sends: None,
             token: None,
             token_refresh: None,
         }
@@ -120,6 +127,13 @@ impl ClientConfig {
         self
     }
 
+    /// Compress the messages the client sends, from `min_size` bytes on, whenever the server
+    /// agreed to permessage-deflate (see [`ClientConfig::compress_sends`]).
+    pub fn compress_sends(mut self, min_size: usize) -> Self {
+        self.compress_sends = Some(min_size);
+        self
+    }
+
     /// Connect from this local address (see [`ClientConfig::local_address`]).
     pub fn local_address(mut self, ip: std::net::IpAddr) -> Self {
         self.local_address = Some(ip);
@@ -139,6 +153,14 @@ impl ClientConfig {
 
     pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
         self.reconnect = policy;
+        self
+    }
+
+    /// Connect once and never reconnect (`max_attempts` 0): the first close, or a failed
+    /// connect, ends with [`crate::Event::Stopped`] (`StopReason::MaxAttempts(0)`). For one-shot
+    /// tools and test drivers, where each connection means something of its own.
+    pub fn no_reconnect(mut self) -> Self {
+        self.reconnect.max_attempts = Some(0);
         self
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tether_core::close_code::{CloseCode, Initiator};
 use tether_core::protocol::ErrorBody;
 use tether_core::reconnect::StopReason;
+use tokio_tungstenite::tungstenite::Bytes;
 
 /// Why and how a connection (or a connect attempt) ended, and what happens next.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,6 +60,10 @@ pub enum Event {
     Publication { channel: String, offset: u64, epoch: String, data: Box<RawValue> },
     /// A text message that is not a publication (raw mode: every text message).
     Message(String),
+    /// A binary message, its bytes exactly as received (after inflating, when the server
+    /// compressed it). Tether's JSON protocol is text; binary messages come from raw-mode
+    /// servers.
+    Binary(Bytes),
     /// The server answered a command with an error, or reported an error.
     CommandError { id: Option<u64>, error: ErrorBody },
     /// The connection ended (or a connect attempt failed).

@@ -5,8 +5,8 @@
 //!
 //! The switch happens inside the stream, at the exact byte where the response head ends: the
 //! handshake may read frames past the head in the same read, so it could not be turned on
-//! after `client_async` returns. The client never compresses what it sends (allowed message by
-//! message), so writes pass through.
+//! after `client_async` returns. Writes pass through: the messages the client compresses
+//! (`ClientConfig::compress_sends`) are framed compressed, RSV1 set, before tungstenite.
 
 use std::io;
 use std::pin::Pin;

@@ -16,9 +16,11 @@
 //! ```
 //!
 //! A map of the modules:
-//! - [`config`] — [`ClientConfig`]: URL, mode, heartbeat, reconnect policy, queue sizes.
+//! - [`config`] — [`ClientConfig`]: URL, mode, heartbeat, reconnect policy, compression, queue
+//!   sizes.
 //! - [`event`] — [`Event`] and [`CloseInfo`]: everything the application is told.
-//! - [`client`] — [`Client`], the cheap handle the application calls (subscribe, publish, close).
+//! - [`client`] — [`Client`], the cheap handle the application calls (subscribe, publish, send
+//!   text or binary, close).
 //! - `supervisor` — the one task that owns the connection: connect, run a session, decide
 //!   (with `tether_core::reconnect`) whether and when to reconnect. One task, so one reconnect
 //!   in flight, however many errors and closes fire together.
@@ -34,3 +36,6 @@ pub use config::{ClientConfig, Mode};
 pub use event::{CloseInfo, Event};
 pub use tether_core::close_code::Initiator;
 pub use tether_core::reconnect::{ReconnectPolicy, StopReason};
+/// The byte buffer of binary messages ([`Event::Binary`], [`Client::send_binary`]): the
+/// `bytes` crate's, as tungstenite uses it, so a received message is echoed without a copy.
+pub use tokio_tungstenite::tungstenite::Bytes;

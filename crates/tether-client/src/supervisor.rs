@@ -19,14 +19,18 @@ use tether_core::defaults::SUBPROTOCOL_JSON;
 use tether_core::heartbeat::{Action, Heartbeat};
 use tether_core::protocol::{ClientCommand, ServerMessage, StreamPosition};
 use tether_core::reconnect::{Decision, Ended, Reconnector};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WireCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{
+    CloseCode as WireCode, Data, OpCode,
+};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<InflatingStream<MaybeTlsStream<TcpStream>>>;
@@ -37,6 +41,7 @@ pub(crate) enum Request {
     Unsubscribe { channel: String, done: Done<()> },
     Publish { channel: String, data: Box<RawValue>, done: Done<()> },
     SendText { text: String, done: Done<()> },
+    SendBinary { data: Bytes, done: Done<()> },
     Close { done: Done<()> },
 }
 
@@ -90,6 +95,9 @@ pub(crate) struct Supervisor {
     pending_subscribes: HashMap<u64, (String, bool)>,
     /// The server's `disconnect` advice in this session, if any: (reconnect, retry_after).
     advice: (Option<bool>, Option<Duration>),
+    /// On a connection that agreed to permessage-deflate, with `compress_sends` set: the window
+    /// (bits) the client's compressed messages must stay within.
+    send_window: Option<u8>,
 }
 
 impl Supervisor {
@@ -109,6 +117,7 @@ impl Supervisor {
             next_id: 1,
             pending_subscribes: HashMap::new(),
             advice: (None, None),
+            send_window: None,
         }
     }
 
@@ -197,7 +206,7 @@ impl Supervisor {
         }
     }
 
-    async fn connect(&self) -> Result<Ws, SessionEnd> {
+    async fn connect(&mut self) -> Result<Ws, SessionEnd> {
         let mut request = self
             .config
             .url
@@ -300,15 +309,19 @@ impl Supervisor {
             .headers()
             .get("sec-websocket-extensions")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let accepted = match (offered, agreed.as_deref()) {
+        let deflate = match (offered, agreed.as_deref()) {
             (false, Some(other)) => {
                 Err(format!("the server answered an extension that was not offered: {other}"))
             }
-            (_, agreed) => tether_core::permessage_deflate::client_accepts(agreed).map(|_| ()),
+            (_, agreed) => tether_core::permessage_deflate::client_accepts(agreed),
         };
-        if let Err(why) = accepted {
-            return Err(SessionEnd::fatal(why));
-        }
+        self.send_window = match (deflate, &agreed, self.config.compress_sends) {
+            (Err(why), ..) => return Err(SessionEnd::fatal(why)),
+            (Ok(true), Some(agreed), Some(_)) => {
+                Some(tether_core::permessage_deflate::client_window_bits(agreed))
+            }
+            _ => None,
+        };
         *self.stats.extensions.lock().unwrap_or_else(|p| p.into_inner()) =
             agreed.unwrap_or_default();
         Ok(ws)
@@ -386,6 +399,7 @@ impl Supervisor {
                 self.queue(msg, done);
             }
             Request::SendText { text, done } => self.queue(Message::Text(text.into()), done),
+            Request::SendBinary { data, done } => self.queue(Message::Binary(data), done),
             Request::Close { done } => {
                 let _ = done.send(Ok(()));
             }
@@ -407,8 +421,29 @@ impl Supervisor {
         self.config.ping_interval + self.config.pong_timeout
     }
 
+    /// A data message as it goes on the wire: compressed, RSV1 set (RFC 7692 §6), when this
+    /// connection compresses sends and the message is big enough; else as it is.
+    fn outbound(&self, msg: Message) -> Message {
+        let (Some(window), Some(min_size)) = (self.send_window, self.config.compress_sends) else {
+            return msg;
+        };
+        let (opcode, payload) = match &msg {
+            Message::Text(text) => (Data::Text, text.as_bytes()),
+            Message::Binary(data) => (Data::Binary, &data[..]),
+            _ => return msg,
+        };
+        if payload.len() < min_size {
+            return msg;
+        }
+        let compressed = tether_core::permessage_deflate::compress_within(payload, window);
+        let mut frame = Frame::message(compressed, OpCode::Data(opcode), true);
+        frame.header_mut().rsv1 = true;
+        Message::Frame(frame)
+    }
+
     /// Write with the liveness deadline; a blocked or failed write ends the session.
     async fn write(&self, ws: &mut Ws, msg: Message) -> Result<(), SessionEnd> {
+        let msg = self.outbound(msg);
         match tokio::time::timeout(self.write_timeout(), ws.send(msg)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(SessionEnd::network(format!("write failed: {e}"))),
@@ -444,7 +479,7 @@ impl Supervisor {
         batch.extend(self.offline.iter().cloned());
         let flushed = tokio::time::timeout(self.write_timeout(), async {
             for msg in batch {
-                ws.feed(msg).await?;
+                ws.feed(self.outbound(msg)).await?;
             }
             ws.flush().await
         })
@@ -501,7 +536,7 @@ impl Supervisor {
                     heartbeat.on_inbound(Instant::now().into_std());
                     match inbound {
                         Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
-                        Some(Ok(Message::Binary(b))) => self.emit(Event::Message(String::from_utf8_lossy(&b).into_owned())).await,
+                        Some(Ok(Message::Binary(data))) => self.emit(Event::Binary(data)).await,
                         Some(Ok(Message::Pong(_))) => { heartbeat.on_pong(Instant::now().into_std()); }
                         Some(Ok(Message::Ping(_))) => {
                             if let Err(e) = ws.flush().await {
@@ -526,7 +561,7 @@ impl Supervisor {
                             };
                         }
                         Some(Ok(Message::Frame(_))) => {}
-                        Some(Err(e)) => return SessionEnd::network(describe(&e)),
+                        Some(Err(e)) => return self.fail(ws, e).await,
                         None => return SessionEnd::network("connection ended without a close frame"),
                     }
                 }
@@ -619,12 +654,34 @@ impl Supervisor {
                 (msg, done)
             }
             Request::SendText { text, done } => (Message::Text(text.into()), done),
+            Request::SendBinary { data, done } => (Message::Binary(data), done),
         };
         // Answered Ok either way: a frame handed to a connection that then fails is lost with
         // it, like any frame in flight (recovery from history covers publications later).
         let result = self.write(ws, msg).await;
         let _ = done.send(Ok(()));
         result.err()
+    }
+
+    /// A read failed. When the server broke the protocol (or sent more than we take), fail the
+    /// connection as RFC 6455 §7.1.7 asks: a close frame whose code says why (1002, 1007,
+    /// 1009), then wait, bounded, for the server to close TCP (the server closes first, §7.1.1).
+    /// A transport error leaves no one to tell.
+    async fn fail(&self, ws: &mut Ws, error: WsError) -> SessionEnd {
+        let reason = describe(&error);
+        let Some((code, said)) = failure_code(&error) else {
+            return SessionEnd::network(reason);
+        };
+        let frame = CloseFrame { code: WireCode::from(code.0), reason: said.into() };
+        // tungstenite reads nothing more after an error: drain the raw stream to its end.
+        let _ = tokio::time::timeout(self.config.close_timeout, async {
+            ws.send(Message::Close(Some(frame))).await?;
+            let mut scratch = vec![0u8; 4096];
+            while ws.get_mut().read(&mut scratch).await? > 0 {}
+            Ok::<_, WsError>(())
+        })
+        .await;
+        SessionEnd { code, reason, initiator: Initiator::Client, ..SessionEnd::network("") }
     }
 
     async fn close_by_user(&mut self, ws: &mut Ws, done: Option<Done<()>>) -> SessionEnd {
@@ -655,9 +712,25 @@ fn reject(req: Request, e: ClientError) {
         | Request::Unsubscribe { done, .. }
         | Request::Publish { done, .. }
         | Request::SendText { done, .. }
+        | Request::SendBinary { done, .. }
         | Request::Close { done } => done,
     };
     let _ = done.send(Err(e));
+}
+
+/// The close code (and the short reason put on the wire) for a read error caused by what the
+/// server sent; `None` for transport errors.
+fn failure_code(e: &WsError) -> Option<(CloseCode, &'static str)> {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match e {
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) | WsError::AttackAttempt => {
+            Some((CloseCode::PROTOCOL_ERROR, "protocol error"))
+        }
+        WsError::Utf8(_) => Some((CloseCode::INVALID_PAYLOAD, "invalid UTF-8")),
+        WsError::Capacity(_) => Some((CloseCode::MESSAGE_TOO_BIG, "message too big")),
+        _ => None,
+    }
 }
 
 fn describe(e: &WsError) -> String {
