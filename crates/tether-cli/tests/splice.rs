@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::Server;
+use common::{raw_ws_head, RawWs, Server};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -311,28 +311,13 @@ fn a_slow_reader_under_pings_and_commands_receives_every_frame_whole() {
 
 /// A JSON-mode connection; with `mss`, that MSS and a small receive buffer (a slow reader).
 fn connect(server: &Server, query: &str, mss: Option<u32>) -> TcpStream {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    if let Some(mss) = mss {
-        socket.set_tcp_mss(mss).unwrap();
-        socket.set_recv_buffer_size(16 * 1024).unwrap();
-    }
-    socket.connect(&server.addr.into()).unwrap();
-    let mut s: TcpStream = socket.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /ws{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: tether.v1.json\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let opts = RawWs {
+        recv_buf: mss.map(|_| 16 * 1024),
+        mss,
+        headers: "Sec-WebSocket-Protocol: tether.v1.json\r\n",
+        ..RawWs::default()
+    };
+    let (head, s) = raw_ws_head(server.addr, query, opts);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     s
 }

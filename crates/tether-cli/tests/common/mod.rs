@@ -579,6 +579,8 @@ impl Drop for Nginx {
 pub struct RawWs<'a> {
     /// A small receive buffer, set before connecting: a client that reads slowly.
     pub recv_buf: Option<usize>,
+    /// A small MSS (TCP_MAXSEG), set before connecting: the server sends in small segments.
+    pub mss: Option<u32>,
     /// Connect from this local address (127.0.0.x), to test per-address limits.
     pub source: Option<&'a str>,
     /// More request header lines, each ending in `\r\n` (e.g. an extension offer).
@@ -600,6 +602,9 @@ pub fn raw_ws_head(server: SocketAddr, query: &str, opts: RawWs) -> (String, std
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     if let Some(size) = opts.recv_buf {
         socket.set_recv_buffer_size(size).unwrap();
+    }
+    if let Some(mss) = opts.mss {
+        socket.set_tcp_mss(mss).unwrap();
     }
     if let Some(source) = opts.source {
         let source: SocketAddr = format!("{source}:0").parse().unwrap();
