@@ -71,7 +71,10 @@ fn the_server_passes_autobahn() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let summary = common::autobahn::Summary::read(&out.join("index.json"));
-    println!(
+    // Straight to stderr, past the test harness's capture: the summary shows in every run.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "autobahn server (tether serve /echo): {} in {:.0?} (kosoku exit: {status})",
         summary.line(),
         started.elapsed()
