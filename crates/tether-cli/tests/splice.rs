@@ -27,8 +27,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpC
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 /// Publications to push through; the test ends earlier only at its time limit.
-const PUBLICATIONS: u64 = 40_000;
-const TIME_LIMIT: Duration = Duration::from_secs(30);
+const PUBLICATIONS: u64 = 400_000;
+const TIME_LIMIT: Duration = Duration::from_secs(60);
+/// The run goes on until this many direct writes went out in part (checked on the server's
+/// metrics every second), past at least MIN_PUBLICATIONS: each is a chance for a splice.
+const PARTIAL_WRITES: f64 = 8.0;
+const MIN_PUBLICATIONS: u64 = 20_000;
 /// The publication's padding: with the envelope, a frame of about 3 KiB.
 const PAD: usize = 7000;
 /// The reader reads until less than LOW is outstanding, then pauses until HIGH is (or for
@@ -232,7 +236,15 @@ fn a_slow_reader_under_pings_and_commands_receives_every_frame_whole() {
     let mut chunk = vec![0u8; 4096];
     sub.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut looked = Instant::now();
         while seen.publications < PUBLICATIONS && started.elapsed() < TIME_LIMIT {
+            if seen.publications >= MIN_PUBLICATIONS && looked.elapsed() >= Duration::from_secs(1) {
+                looked = Instant::now();
+                let partial = server.metric("tether_direct_partial_writes_total") - partial_before;
+                if partial >= PARTIAL_WRITES {
+                    break;
+                }
+            }
             let n = sub.read(&mut chunk).expect("read from the server");
             assert!(n > 0, "the server closed the connection");
             received.fetch_add(n as u64, Ordering::Relaxed);
