@@ -155,36 +155,37 @@ pub fn client_accepts(response: Option<&str>) -> Result<bool, String> {
 /// `payload` compressed on its own (no context), as one message's payload: deflate with a
 /// sync flush, its 4-byte tail removed.
 pub fn compress(payload: &[u8]) -> Vec<u8> {
-    // One compressor per thread, reset per message: its state is hundreds of KB, too much to
-    // allocate and zero for every publication.
     thread_local! {
-        static DEFLATE: std::cell::RefCell<Compress> =
-            std::cell::RefCell::new(Compress::new(Compression::default(), false));
+        static DEFLATE: Compressor = Compressor::new(Compress::new(Compression::default(), false));
     }
-    DEFLATE.with(|deflate| {
-        let mut deflate = deflate.borrow_mut();
-        deflate.reset();
-        compress_with(&mut deflate, payload)
-    })
+    compress_on(&DEFLATE, payload)
 }
 
 /// `payload` compressed as one message by a sender whose window the peer limited to
 /// `window_bits` (the `client_max_window_bits` of an answer, RFC 7692 §7.1.2.2). This
 /// compressor's LZ77 window is 15 bits: a message no longer than the limit cannot refer further
-/// back than it allows, and a longer one goes out as stored blocks, which refer back to nothing
-/// (5 bytes bigger per 64 KiB, and still a message a window-limited peer inflates).
+/// back than it allows ([`fits_window`]), and a longer one goes out as stored blocks, which
+/// refer back to nothing (5 bytes bigger per 64 KiB, and still a message a window-limited peer
+/// inflates).
 pub fn compress_within(payload: &[u8], window_bits: u8) -> Vec<u8> {
-    if window_bits >= 15 || payload.len() <= 1 << window_bits {
+    if fits_window(payload.len(), window_bits) {
         return compress(payload);
     }
     thread_local! {
-        static STORED: std::cell::RefCell<Compress> =
-            std::cell::RefCell::new(Compress::new(Compression::none(), false));
+        static STORED: Compressor = Compressor::new(Compress::new(Compression::none(), false));
     }
-    STORED.with(|stored| {
-        let mut stored = stored.borrow_mut();
-        stored.reset();
-        compress_with(&mut stored, payload)
+    compress_on(&STORED, payload)
+}
+
+/// One compressor per thread, reset per message: its state is hundreds of KB, too much to
+/// allocate and zero for every publication.
+type Compressor = std::cell::RefCell<Compress>;
+
+fn compress_on(compressor: &'static std::thread::LocalKey<Compressor>, payload: &[u8]) -> Vec<u8> {
+    compressor.with(|deflate| {
+        let mut deflate = deflate.borrow_mut();
+        deflate.reset();
+        compress_with(&mut deflate, payload)
     })
 }
 
