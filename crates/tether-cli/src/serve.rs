@@ -62,6 +62,29 @@ pub struct ServeArgs {
     /// Apply the per-address limits to loopback clients too (off: a local proxy is one address)
     #[arg(long)]
     limit_loopback: bool,
+    /// IPv6 clients are limited per network of this prefix length (one host often holds a /64) [default: 64]
+    #[arg(long, env = "TETHER_IPV6_PREFIX", value_name = "BITS")]
+    ipv6_prefix: Option<u8>,
+    /// Proxy or load balancer (CIDR, e.g. 10.0.0.0/8) whose Forwarded / X-Forwarded-For header names the client, for the per-address limits and logs (repeatable) [default: none]
+    #[arg(
+        long = "trusted-proxy",
+        env = "TETHER_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// Connections still in their TLS handshake or HTTP request at most; at the limit the oldest is closed [default: 1024]
+    #[arg(long, env = "TETHER_MAX_PENDING_HANDSHAKES")]
+    max_pending_handshakes: Option<usize>,
+    /// Time a client gets for its TLS handshake and HTTP request head (and an idle keep-alive connection) [default: 5s]
+    #[arg(long, env = "TETHER_HANDSHAKE_TIMEOUT", value_parser = units::duration)]
+    handshake_timeout: Option<Duration>,
+    /// Largest HTTP request head (request line and headers); larger gets 431 [default: 16KiB]
+    #[arg(long, env = "TETHER_MAX_HEADER_SIZE", value_parser = units::size)]
+    max_header_size: Option<ByteSize>,
+    /// Host name accepted in the Host header besides loopback names when listening on loopback (a DNS-rebinding guard), or '*' for any (repeatable) [default: none]
+    #[arg(long = "allowed-host", env = "TETHER_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Option<Vec<String>>,
     /// Testing aid: a WebSocket endpoint at /echo that sends every message back through the publication write path (for the Autobahn suite) [default: off]
     #[arg(long, env = "TETHER_CONFORMANCE_ECHO")]
     conformance_echo: bool,
@@ -204,7 +227,13 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         max_handshake_rate,
         storm_retry_hint,
         idempotency_window,
-        max_inbound_rate
+        max_inbound_rate,
+        ipv6_prefix,
+        trusted_proxies,
+        max_pending_handshakes,
+        handshake_timeout,
+        max_header_size,
+        allowed_hosts
     );
     if args.jwt_secret.is_some() {
         cfg.jwt_secret = args.jwt_secret.clone();
@@ -299,6 +328,12 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         None => None,
     };
     let gateway = Gateway::connect(cfg.clone()).await?;
+    if args.heap_profiling && cfg.api_keys.is_empty() {
+        anyhow::bail!(
+            "--heap-profiling needs an API key: the profile is served only to requests that \
+             carry one. Add --api-key KEY (or TETHER_API_KEYS)"
+        );
+    }
     if args.heap_profiling {
         let activated = tokio::task::spawn_blocking(|| {
             tether_server::metrics::heap_profiler()

@@ -26,7 +26,7 @@ async fn a_consumer_that_stops_reading_is_closed_as_slow_and_others_are_served()
     let mut slow = TcpStream::connect(server.addr).unwrap();
     write!(
         slow,
-        "GET /ws?channel=feed HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET /ws?channel=feed HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .unwrap();

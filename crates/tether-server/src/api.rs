@@ -70,10 +70,42 @@ fn authorize(gateway: &Gateway, headers: &HeaderMap) -> Result<(), Box<Response>
     }
 }
 
+/// `Content-Type: application/json` (any parameters). Required: a web page can send a
+/// cross-site `no-cors` POST only as a "simple" type (text/plain, forms), never as JSON, so
+/// this keeps any page a visitor opens from publishing through a server they can reach.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The heap-profile endpoints reveal the program's memory and cost CPU: served only when the
+/// API has keys (and then only with one), even on loopback.
+fn authorize_profiling(gateway: &Gateway, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    if gateway.config().api_keys.is_empty() {
+        gateway.metrics().api_refused.get_or_create(&ReasonLabels { reason: "no_keys" }).inc();
+        return Err(Box::new(json_error(
+            StatusCode::FORBIDDEN,
+            "heap profiling is served only with an API key: start the server with --api-key \
+             (TETHER_API_KEYS) and send it",
+        )));
+    }
+    authorize(gateway, headers)
+}
+
 /// `POST /api/publish` with `{"channel": "...", "data": <any JSON>}`.
 pub(crate) async fn publish(State(gateway): State<Gateway>, req: Request<Body>) -> Response {
     if let Err(refused) = authorize(&gateway, req.headers()) {
         return *refused;
+    }
+    if !is_json(req.headers()) {
+        gateway.metrics().api_refused.get_or_create(&ReasonLabels { reason: "content_type" }).inc();
+        return json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as JSON with `Content-Type: application/json`",
+        );
     }
     // The body limit is the largest message a client could receive, plus the envelope.
     let limit = gateway.config().max_message_size.as_u64() as usize + 1024;
@@ -167,9 +199,9 @@ pub(crate) async fn not_found(req: Request<Body>) -> Response {
 /// `GET /healthz`: 200 while serving, 503 once shutdown has begun.
 /// `GET /debug/pprof/heap`: the live heap sampled since profiling was activated, as a gzipped
 /// pprof protobuf (read it with `go tool pprof` or `pprof`). `POST .../activate` and
-/// `.../deactivate` start and stop sampling. All three need the API key when one is set.
+/// `.../deactivate` start and stop sampling. All three need an API key to be configured and sent.
 pub(crate) async fn heap_profile(State(gateway): State<Gateway>, req: Request<Body>) -> Response {
-    if let Err(refused) = authorize(&gateway, req.headers()) {
+    if let Err(refused) = authorize_profiling(&gateway, req.headers()) {
         return *refused;
     }
     let Some(profiler) = crate::metrics::heap_profiler() else {
@@ -210,7 +242,7 @@ pub(crate) async fn heap_profiling(
     axum::extract::Path(action): axum::extract::Path<String>,
     req: Request<Body>,
 ) -> Response {
-    if let Err(refused) = authorize(&gateway, req.headers()) {
+    if let Err(refused) = authorize_profiling(&gateway, req.headers()) {
         return *refused;
     }
     let Some(profiler) = crate::metrics::heap_profiler() else {

@@ -139,6 +139,29 @@ pub struct GatewayConfig {
     /// Apply the per-address limits to loopback addresses too. Off by default: behind a proxy
     /// on the same host every client comes from 127.0.0.1.
     pub limit_loopback: bool,
+    /// IPv6 clients are limited per network of this prefix length, not per address: one host
+    /// commonly holds a whole /64 and can pick a new address for every connection.
+    pub ipv6_prefix: u8,
+    /// Reverse proxies and load balancers (CIDRs, e.g. `10.0.0.0/8`) whose `Forwarded` /
+    /// `X-Forwarded-For` header names the client: the per-address limits and the logs use
+    /// that address. Headers from any other peer are ignored. Empty: none trusted.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// TCP connections that have not finished their HTTP request (or TLS handshake) at once.
+    /// At the limit the oldest unfinished one is closed, so that a client that sends its
+    /// request promptly always gets in, however many half-sent ones an attacker holds open
+    /// (`tether serve` only: a host application runs its own HTTP server).
+    pub max_pending_handshakes: usize,
+    /// How long a client may take over its TLS handshake and its HTTP request head (also how
+    /// long an idle keep-alive HTTP connection stays open) (`tether serve` only).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Largest HTTP request head (request line and headers); larger gets HTTP 431
+    /// (`tether serve` only).
+    pub max_header_size: ByteSize,
+    /// Host names accepted in the `Host` header besides the loopback ones, when the server
+    /// listens on a loopback address. Without this check a web page on a DNS-rebinding domain
+    /// could reach a local server as if it were its own site. `*`: any host.
+    pub allowed_hosts: Vec<String>,
     /// A testing aid, off by default: a WebSocket endpoint at `/echo` that sends every message
     /// back, through the same frame writers as publications (conformance suites drive it;
     /// docs/interop.md).
@@ -226,6 +249,12 @@ impl Default for GatewayConfig {
             compression_min_size: ByteSize::b(64),
             compression_channels: vec![ChannelPattern::new("*")],
             limit_loopback: false,
+            ipv6_prefix: 64,
+            trusted_proxies: Vec::new(),
+            max_pending_handshakes: 1024,
+            handshake_timeout: Duration::from_secs(5),
+            max_header_size: ByteSize::kib(16),
+            allowed_hosts: Vec::new(),
             conformance_echo: false,
             max_inbound_rate: 1000,
             max_subscriptions: d::MAX_SUBSCRIPTIONS_PER_CONNECTION,
@@ -284,6 +313,15 @@ impl GatewayConfig {
         if !(64 << 10..=64 << 20).contains(&bytes) {
             return err("outbound_queue_bytes", "must be between 64KiB and 64MiB");
         }
+        // A publication can be as large as max_message_size; one that does not fit in a
+        // subscriber's queue would close every subscriber as a slow consumer.
+        if bytes < self.max_message_size.as_u64() + (64 << 10) {
+            return err(
+                "outbound_queue_bytes",
+                "must be at least max_message_size + 64KiB, or a single large publication \
+                 would close every subscriber as a slow consumer",
+            );
+        }
         if self.max_connections == 0 {
             return err("max_connections", "must be at least 1");
         }
@@ -337,6 +375,25 @@ impl GatewayConfig {
             && !self.broker.starts_with("rediss://")
         {
             return err("broker", "must be `memory` or a redis:// URL");
+        }
+        if !(32..=128).contains(&self.ipv6_prefix) {
+            return err("ipv6_prefix", "must be between 32 and 128 (64 is one IPv6 subnet)");
+        }
+        if self.max_pending_handshakes == 0 {
+            return err("max_pending_handshakes", "must be at least 1");
+        }
+        if self.handshake_timeout < ms(100) || self.handshake_timeout > Duration::from_secs(300) {
+            return err("handshake_timeout", "must be between 100ms and 5m");
+        }
+        let head = self.max_header_size.as_u64();
+        if !(1 << 10..=1 << 20).contains(&head) {
+            return err("max_header_size", "must be between 1KiB and 1MiB");
+        }
+        if self.allowed_hosts.iter().any(|h| h.trim().is_empty() || h.contains(['/', ' '])) {
+            return err(
+                "allowed_hosts",
+                "each entry must be a host name (no scheme, path or spaces), or `*`",
+            );
         }
         if self.max_channels == 0 {
             return err("max_channels", "must be at least 1");

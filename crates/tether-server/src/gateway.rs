@@ -58,6 +58,15 @@ pub(crate) struct Shared {
     pub stats: Arc<crate::stats::Stats>,
     /// Set once the background tasks (broker housekeeping, dashboard sampler) run.
     pub background_started: std::sync::atomic::AtomicBool,
+    /// Set by [`Gateway::serve`] when its listener is on a loopback address: `Host` must then
+    /// be a loopback name (see `host.rs`).
+    pub loopback_only: std::sync::atomic::AtomicBool,
+    /// Connections not upgraded yet, capped (see `pending.rs`; `Gateway::serve` only).
+    pub pending: Arc<crate::pending::Pending>,
+    /// Handshakes over the budget still being closed with 1013 (see `upgrade.rs`).
+    pub lingering_refusals: std::sync::atomic::AtomicUsize,
+    /// Whether the "no peer address" warning was logged (once).
+    pub warned_no_peer: std::sync::atomic::AtomicBool,
 }
 
 /// The hub, with the delivery and compression settings of `config`.
@@ -88,6 +97,11 @@ impl Shared {
         }
         let now = self.now_ms();
         self.handshake_budget.lock().unwrap_or_else(|p| p.into_inner()).take(now, rate, rate)
+    }
+
+    /// Whether requests must name a loopback host (see `host.rs`).
+    pub fn loopback_only(&self) -> bool {
+        self.loopback_only.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Milliseconds since the gateway started (the parking lot's clock), for rate limits.
@@ -234,6 +248,12 @@ impl Gateway {
                     config.max_connections_per_ip,
                     config.handshake_rate_per_ip,
                     config.limit_loopback,
+                    config.ipv6_prefix,
+                )
+                .counting_evictions(metrics.per_ip_evictions.clone()),
+                pending: crate::pending::Pending::new(
+                    config.max_pending_handshakes,
+                    metrics.clone(),
                 ),
                 handshake_budget: std::sync::Mutex::new(tether_core::rate::TokenBucket::full(
                     config.max_handshake_rate as f32,
@@ -255,6 +275,9 @@ impl Gateway {
                 next_conn_id: AtomicU64::new(1),
                 stats: Arc::default(),
                 background_started: Default::default(),
+                loopback_only: Default::default(),
+                lingering_refusals: Default::default(),
+                warned_no_peer: Default::default(),
             }),
         })
     }
@@ -297,6 +320,7 @@ impl Gateway {
             .route("/debug/pprof/heap", get(crate::api::heap_profile))
             .route("/debug/pprof/heap/{action}", post(crate::api::heap_profiling))
             .route("/tether.js", get(crate::web::tether_js))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), crate::host::guard))
             .with_state(self.clone())
     }
 
@@ -307,6 +331,7 @@ impl Gateway {
             .route("/healthz", get(crate::api::healthz))
             .route("/readyz", get(crate::api::readyz))
             .route("/metrics", get(crate::api::metrics))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), crate::host::guard))
             .with_state(self.clone())
     }
 
@@ -343,6 +368,7 @@ impl Gateway {
     pub fn dashboard_router(&self) -> Router {
         self.start_background();
         crate::web::dashboard_routes()
+            .layer(axum::middleware::from_fn_with_state(self.clone(), crate::host::guard))
     }
 
     /// Start the once-a-second background work: broker housekeeping (history expiry, idle
@@ -452,7 +478,15 @@ impl Gateway {
             ),
             _ => None,
         };
+        if let Ok(local) = listener.local_addr() {
+            let loopback = local.ip().is_loopback();
+            self.shared.loopback_only.store(loopback, std::sync::atomic::Ordering::Relaxed);
+        }
         let app = self.router().merge(self.dashboard_router()).fallback(crate::api::not_found);
+        let limits = HttpLimits {
+            timeout: self.shared.config.handshake_timeout,
+            max_header_size: self.shared.config.max_header_size.as_u64() as usize,
+        };
         let http = TaskTracker::new();
         let stop_http = CancellationToken::new();
         let gateway = self.clone();
@@ -479,6 +513,8 @@ impl Gateway {
                 },
             };
             let _ = tcp.set_nodelay(true);
+            // Counted from accept until the connection upgrades or ends.
+            let place = self.shared.pending.enter();
             let service = app.clone().map_request(move |mut req: axum::extract::Request<_>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req
@@ -487,13 +523,23 @@ impl Gateway {
             let stop = stop_http.clone();
             let tls = tls.clone();
             http.spawn(async move {
-                let Some(tls) = tls else { return serve_http(tcp, service, stop).await };
-                // The TLS handshake runs here, not in the accept loop, with its own deadline.
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp));
-                match handshake.await {
-                    Ok(Ok(stream)) => serve_http(stream, service, stop).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                let served = async {
+                    let Some(tls) = tls else {
+                        return serve_http(tcp, service, stop, limits).await;
+                    };
+                    // The TLS handshake runs here, not in the accept loop, with its own deadline.
+                    let handshake = tokio::time::timeout(limits.timeout, tls.accept(tcp));
+                    match handshake.await {
+                        Ok(Ok(stream)) => serve_http(stream, service, stop, limits).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                };
+                tokio::select! {
+                    _ = served => {}
+                    _ = place.evicted() => {
+                        tracing::debug!(%peer, "closed unfinished: max_pending_handshakes")
+                    }
                 }
             });
         };
@@ -505,11 +551,17 @@ impl Gateway {
     }
 }
 
-/// How long a client may take over its TLS handshake or its request head.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// What an HTTP connection may take before it is a WebSocket.
+#[derive(Clone, Copy)]
+struct HttpLimits {
+    /// For the TLS handshake, and for each request head (idle keep-alive time included).
+    timeout: std::time::Duration,
+    /// Request line and headers; larger gets 431.
+    max_header_size: usize,
+}
 
 /// One HTTP/1.1 connection (upgrades allowed) until it ends, or gracefully once `stop` fires.
-async fn serve_http<I, S>(io: I, service: S, stop: CancellationToken)
+async fn serve_http<I, S>(io: I, service: S, stop: CancellationToken, limits: HttpLimits)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -522,7 +574,8 @@ where
 {
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .header_read_timeout(limits.timeout)
+        .max_header_size(limits.max_header_size)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);

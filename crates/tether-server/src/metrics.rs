@@ -40,6 +40,10 @@ pub struct Metrics {
     pub connections_accepted: Family<ModeLabels, Counter>,
     pub handshakes_refused: Family<ReasonLabels, Counter>,
     pub api_refused: Family<ReasonLabels, Counter>,
+    pub pending_handshakes: Gauge,
+    pub pending_handshakes_evicted: Counter,
+    pub storm_refusals_lingering: Gauge,
+    pub per_ip_evictions: Counter,
     pub connections_closed: Family<CloseLabels, Counter>,
     pub heartbeat_timeouts: Counter,
     pub heartbeat_rtt: Histogram,
@@ -86,6 +90,10 @@ impl Metrics {
             connections_accepted: Family::default(),
             handshakes_refused: Family::default(),
             api_refused: Family::default(),
+            pending_handshakes: Gauge::default(),
+            pending_handshakes_evicted: Counter::default(),
+            storm_refusals_lingering: Gauge::default(),
+            per_ip_evictions: Counter::default(),
             connections_closed: Family::default(),
             heartbeat_timeouts: Counter::default(),
             // 100 µs .. ~6.5 s
@@ -151,6 +159,26 @@ impl Metrics {
                 "tether_api_refused",
                 "HTTP API requests refused for a missing or wrong API key, by reason",
                 m.api_refused.clone(),
+            );
+            t.register(
+                "tether_pending_handshakes",
+                "TCP connections that have not finished their HTTP request (or TLS handshake) yet",
+                m.pending_handshakes.clone(),
+            );
+            t.register(
+                "tether_pending_handshakes_evicted",
+                "Unfinished HTTP connections closed to make room at max_pending_handshakes (the oldest first)",
+                m.pending_handshakes_evicted.clone(),
+            );
+            t.register(
+                "tether_storm_refusals_lingering",
+                "Handshakes over max_handshake_rate being closed with 1013 (bounded; beyond it they get HTTP 503)",
+                m.storm_refusals_lingering.clone(),
+            );
+            t.register(
+                "tether_per_ip_table_evictions",
+                "Client addresses forgotten early because the per-address table was full (their rate history is lost, their open connections still count)",
+                m.per_ip_evictions.clone(),
             );
             t.register(
                 "tether_connections_closed",

@@ -14,7 +14,7 @@ use crate::metrics::ReasonLabels;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use tether_core::channel;
 use tether_core::defaults::SUBPROTOCOL_JSON;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -47,13 +47,24 @@ fn select_mode(headers: &HeaderMap) -> Result<Mode, Vec<String>> {
     }
 }
 
-/// `?channel=NAME` (repeatable): channels to subscribe at connect.
-fn channels_from_query(query: Option<&str>, max_len: usize) -> Result<Vec<String>, String> {
+/// `?channel=NAME` (repeatable): channels to subscribe at connect, in order, without repeats.
+/// Reading stops at the first channel past `max`.
+fn channels_from_query(
+    query: Option<&str>,
+    max_len: usize,
+    max: usize,
+) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if key == "channel" {
             channel::validate(&value, max_len).map_err(|e| format!("?channel={value}: {e}"))?;
-            if !out.iter().any(|c| *c == value) {
+            if seen.insert(value.clone()) {
+                if out.len() == max {
+                    return Err(format!(
+                        "more than {max} channels requested (max_subscriptions is {max})"
+                    ));
+                }
                 out.push(value.into_owned());
             }
         }
@@ -148,19 +159,9 @@ fn check_handshake(
         }),
         ..Refusal::new("unsupported_subprotocol", StatusCode::BAD_REQUEST, "")
     })?;
-    let channels = channels_from_query(query, config.max_channel_name_len)
-        .map_err(|e| Refusal::new("bad_request", StatusCode::BAD_REQUEST, e))?;
-    if channels.len() > config.max_subscriptions {
-        return Err(Refusal::new(
-            "bad_request",
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{} channels requested; max_subscriptions is {}",
-                channels.len(),
-                config.max_subscriptions
-            ),
-        ));
-    }
+    let channels =
+        channels_from_query(query, config.max_channel_name_len, config.max_subscriptions)
+            .map_err(|e| Refusal::new("bad_request", StatusCode::BAD_REQUEST, e))?;
     let deflate = negotiate_deflate(headers, config);
     Ok(Accepted { accept_key: derive_accept_key(key.as_bytes()), mode, channels, deflate })
 }
@@ -181,13 +182,7 @@ fn check_token(
     let grant = match token.map(|t| verifier.verify(&t)) {
         None => None,
         Some(Ok(grant)) => Some(std::sync::Arc::new(grant)),
-        Some(Err(TokenError::Expired)) => {
-            return Err(Refusal::new(
-                "token_expired",
-                StatusCode::UNAUTHORIZED,
-                "token expired: fetch a fresh one and reconnect",
-            ))
-        }
+        Some(Err(TokenError::Expired)) => return Err(token_expired()),
         Some(Err(TokenError::Invalid(why))) => {
             return Err(Refusal::new(
                 "token_invalid",
@@ -207,7 +202,8 @@ fn check_token(
                     format!("the token does not allow subscribing to `{channel}`"),
                 ))
             }
-            Access::TokenRequired | Access::TokenExpired => {
+            Access::TokenExpired => return Err(token_expired()),
+            Access::TokenRequired => {
                 return Err(Refusal::new(
                     "token_required",
                     StatusCode::UNAUTHORIZED,
@@ -217,6 +213,60 @@ fn check_token(
         }
     }
     Ok(grant)
+}
+
+fn token_expired() -> Refusal {
+    Refusal::new(
+        "token_expired",
+        StatusCode::UNAUTHORIZED,
+        "token expired: fetch a fresh one and reconnect",
+    )
+}
+
+/// The per-address limits, for the client this request comes from: 429 when over them.
+/// `Ok(Some(ip))`: one connection is counted for `ip` until released.
+fn admit_client(shared: &crate::gateway::Shared, client: IpAddr) -> Result<(), Refusal> {
+    use crate::per_ip::Refused;
+    match shared.per_ip.admit(client, shared.now_ms()) {
+        Ok(()) => Ok(()),
+        Err(Refused::Rate) => Err(Refusal::new(
+            "handshake_rate",
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "more than {} handshakes per second from {client}; slow down",
+                shared.config.handshake_rate_per_ip
+            ),
+        )
+        .with_header(header::RETRY_AFTER, "1")),
+        Err(Refused::Connections) => Err(Refusal::new(
+            "per_ip_connections",
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} connections already open from {client} (max_connections_per_ip)",
+                shared.config.max_connections_per_ip
+            ),
+        )
+        .with_header(header::RETRY_AFTER, "5")),
+    }
+}
+
+/// Who the request comes from: the peer, or the client a trusted proxy names. `None` when
+/// the host application serves the router without peer addresses (then there are no
+/// per-address limits, which is said once in the log).
+fn client_of(shared: &crate::gateway::Shared, req: &Request) -> Option<SocketAddr> {
+    let Some(peer) = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0) else {
+        use std::sync::atomic::Ordering;
+        if !shared.warned_no_peer.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the HTTP server gives no peer addresses (serve the router with \
+                 into_make_service_with_connect_info::<SocketAddr>()): per-address limits are off"
+            );
+        }
+        return None;
+    };
+    let trusted = &shared.config.trusted_proxies;
+    let client = crate::forwarded::client_address(peer.ip(), req.headers(), trusted);
+    Some(if client == peer.ip() { peer } else { SocketAddr::new(client, 0) })
 }
 
 pub(crate) async fn ws_handler(State(gateway): State<Gateway>, req: Request) -> Response {
@@ -242,6 +292,10 @@ async fn upgrade(gateway: Gateway, mut req: Request, echo: bool) -> Response {
         }
         resp
     };
+    // Admission, cheapest and most specific first (decision 0009): the request's own shape,
+    // then this client's limits, then the server-wide budget, and only then the token
+    // (a signature check), so that neither a flood from one address nor forged tokens can
+    // spend what everyone shares.
     let Accepted { accept_key: accept, mut mode, channels, deflate } =
         match check_handshake(req.headers(), req.uri().query(), &shared.config, &shared.origins) {
             Ok(a) => a,
@@ -254,10 +308,6 @@ async fn upgrade(gateway: Gateway, mut req: Request, echo: bool) -> Response {
         }
         mode = Mode::Echo;
     }
-    let grant = match check_token(shared, req.uri().query(), &channels) {
-        Ok(grant) => grant,
-        Err(r) => return refuse(r),
-    };
     if shared.stopping() {
         return refuse(
             Refusal::new(
@@ -268,81 +318,27 @@ async fn upgrade(gateway: Gateway, mut req: Request, echo: bool) -> Response {
             .with_header(header::RETRY_AFTER, "1"),
         );
     }
-    if !shared.admit_handshake() {
-        // A reconnect storm over the server's budget. The upgrade completes so that browsers,
-        // which cannot read an HTTP refusal, see the close code and the hint.
-        shared
-            .metrics
-            .handshakes_refused
-            .get_or_create(&ReasonLabels { reason: "max_handshake_rate" })
-            .inc();
-        let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
-            return refuse(
-                Refusal::new(
-                    "max_handshake_rate",
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server busy (max_handshake_rate); retry later",
-                )
-                .with_header(header::RETRY_AFTER, "1"),
-            );
-        };
-        let cfg = &shared.config;
-        shared.tracker.spawn(try_again_later(
-            on_upgrade,
-            mode,
-            cfg.storm_retry_hint,
-            cfg.close_timeout,
-        ));
-        drop(tracked);
-        // No extension: this answer is only a close frame.
-        return switching_protocols(&accept, mode, None);
-    }
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let peer = client_of(shared, &req);
     if let Some(peer) = peer {
-        use crate::per_ip::Refused;
-        let refusal = match shared.per_ip.admit(peer.ip(), shared.now_ms()) {
-            Ok(()) => None,
-            Err(Refused::Rate) => Some(
-                Refusal::new(
-                    "handshake_rate",
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "more than {} handshakes per second from {}; slow down",
-                        shared.config.handshake_rate_per_ip,
-                        peer.ip()
-                    ),
-                )
-                .with_header(header::RETRY_AFTER, "1"),
-            ),
-            Err(Refused::Connections) => Some(
-                Refusal::new(
-                    "per_ip_connections",
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "{} connections already open from {} (max_connections_per_ip)",
-                        shared.config.max_connections_per_ip,
-                        peer.ip()
-                    ),
-                )
-                .with_header(header::RETRY_AFTER, "5"),
-            ),
-            Err(Refused::Addresses) => Some(
-                Refusal::new(
-                    "per_ip_table_full",
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many client addresses at once; retry later",
-                )
-                .with_header(header::RETRY_AFTER, "5"),
-            ),
-        };
-        if let Some(r) = refusal {
+        if let Err(r) = admit_client(shared, peer.ip()) {
             return refuse(r);
         }
     }
-    // From here on, every way out gives the address's connection back.
+    // From here on, every way out gives the client's connection back.
     let release = || {
         if let Some(peer) = peer {
             shared.per_ip.release(peer.ip(), shared.now_ms());
+        }
+    };
+    if !shared.admit_handshake() {
+        release();
+        return over_budget(&gateway, &mut req, &accept, mode, tracked, refuse);
+    }
+    let grant = match check_token(shared, req.uri().query(), &channels) {
+        Ok(grant) => grant,
+        Err(r) => {
+            release();
+            return refuse(r);
         }
     };
     let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
@@ -381,6 +377,65 @@ async fn upgrade(gateway: Gateway, mut req: Request, echo: bool) -> Response {
     drop(tracked); // the spawned task is tracked from here on
 
     switching_protocols(&accept, mode, deflate)
+}
+
+/// A reconnect storm over the server's budget. The upgrade completes so that browsers, which
+/// cannot read an HTTP refusal, see the close code and the hint. Each of those holds a socket
+/// for up to `close_timeout`; beyond `max_pending_handshakes` of them at once (the same kind of
+/// not-yet-a-connection socket), a plain 503, so that a storm cannot pile them up.
+fn over_budget(
+    gateway: &Gateway,
+    req: &mut Request,
+    accept: &str,
+    mode: Mode,
+    tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+    refuse: impl Fn(Refusal) -> Response,
+) -> Response {
+    use std::sync::atomic::Ordering;
+    let shared = &gateway.shared;
+    let busy = || {
+        Refusal::new(
+            "max_handshake_rate",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server busy (max_handshake_rate); retry later",
+        )
+        .with_header(header::RETRY_AFTER, "1")
+    };
+    let lingering = shared.lingering_refusals.fetch_add(1, Ordering::AcqRel);
+    let linger = Lingering(gateway.clone());
+    if lingering >= shared.config.max_pending_handshakes {
+        return refuse(busy());
+    }
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return refuse(busy());
+    };
+    shared
+        .metrics
+        .handshakes_refused
+        .get_or_create(&ReasonLabels { reason: "max_handshake_rate" })
+        .inc();
+    shared.metrics.storm_refusals_lingering.set((lingering + 1) as i64);
+    let cfg = &shared.config;
+    let (hint, timeout) = (cfg.storm_retry_hint, cfg.close_timeout);
+    shared.tracker.spawn(async move {
+        try_again_later(on_upgrade, mode, hint, timeout).await;
+        drop(linger);
+    });
+    drop(tracked);
+    // No extension: this answer is only a close frame.
+    switching_protocols(accept, mode, None)
+}
+
+/// One counted 1013 refusal; uncounted when dropped.
+struct Lingering(Gateway);
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let shared = &self.0.shared;
+        let left = shared.lingering_refusals.fetch_sub(1, Ordering::AcqRel) - 1;
+        shared.metrics.storm_refusals_lingering.set(left as i64);
+    }
 }
 
 fn switching_protocols(
@@ -501,10 +556,12 @@ mod tests {
     #[test]
     fn query_channels() {
         assert_eq!(
-            channels_from_query(Some("channel=a&x=1&channel=b&channel=a"), 10).unwrap(),
+            channels_from_query(Some("channel=a&x=1&channel=b&channel=a"), 10, 2).unwrap(),
             ["a", "b"]
         );
-        assert!(channels_from_query(Some("channel=a%20b"), 10).is_err());
-        assert!(channels_from_query(None, 10).unwrap().is_empty());
+        assert!(channels_from_query(Some("channel=a%20b"), 10, 2).is_err());
+        assert!(channels_from_query(None, 10, 2).unwrap().is_empty());
+        let e = channels_from_query(Some("channel=a&channel=b&channel=a&channel=c"), 10, 2);
+        assert!(e.unwrap_err().contains("more than 2 channels"));
     }
 }
