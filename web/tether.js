@@ -8,7 +8,9 @@
 //   (`onerror` is ignored: `onclose` always follows it); at once when the browser goes `online`,
 //   never while `navigator.onLine` is false; the server's `disconnect` advice is honoured;
 // - every close explained: {code, reason, wasClean, initiator, willReconnect, retryIn, attempt};
-// - subscriptions re-established after every reconnect; a bounded offline queue for sends;
+// - subscriptions re-established after every reconnect; a queue for sends, bounded in messages
+//   and bytes, that holds them while disconnected and while the socket's bufferedAmount is over
+//   maxBufferedAmount (WebSocket.send never refuses: without this, a slow network grows memory);
 // - `close()` and a page going into the back/forward cache settle every promise and report
 //   `stopped` at once: the old socket is detached, so nothing it does later reaches the next one;
 // - text and binary messages both ways: `send()` takes a string (a text frame) or an
@@ -33,9 +35,13 @@ const TOKEN_TIMEOUT_MS = 10000;
 /** setTimeout fires at once for delays beyond 2^31 - 1 ms; longer waits are cut to this. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+/** WebSocket has no "drained" event: while sends wait for bufferedAmount to fall, look this often. */
+const DRAIN_POLL_MS = 10;
+
 /**
- * Defaults, identical to tether-core's `defaults.rs` (offlineQueueBytes has no Rust counterpart:
- * the Rust client bounds its queue by messages only). Times in milliseconds.
+ * Defaults, identical to tether-core's `defaults.rs` (offlineQueueBytes and maxBufferedAmount
+ * have no Rust counterpart: the Rust client bounds its queue by messages only, and its socket
+ * writes wait for the kernel). Times in milliseconds.
  */
 export const DEFAULTS = Object.freeze({
   protocol: 'json', // or 'raw'
@@ -46,8 +52,9 @@ export const DEFAULTS = Object.freeze({
   backoffFactor: 2,
   minUptime: 5000,
   maxAttempts: Infinity, // 0: never reconnect
-  offlineQueue: 1000, // messages waiting for a connection...
-  offlineQueueBytes: Infinity, // ...and their payload bytes (UTF-8 for text), both bounds apply
+  offlineQueue: 1000, // messages waiting to be sent (for a connection, or for the socket to drain)...
+  offlineQueueBytes: 4 * 1024 * 1024, // ...and their payload bytes (UTF-8 for text): 1,000 × 4 KiB
+  maxBufferedAmount: 1024 * 1024, // socket bytes not yet sent above which send() waits in the queue
   rawPing: 'ping',
   rawPong: 'pong',
   closeOnPageHide: true,
@@ -262,8 +269,9 @@ export class TetherClient extends EventTarget {
   #rawPingAt = null;
   #attempts = 0; // connect attempts since connect(): the first is 'connecting', later ones 'reconnecting'
   #resumeOnShow = false; // the page went into the back/forward cache with the client running
-  #queue = []; // offline: [{data, id, resolve, reject}]
+  #queue = []; // waiting to be sent: [{data, id, resolve, reject, size}]
   #queuedBytes = 0; // the queue's messageSize() total
+  #drainTimer = null;
   #nextId = 1;
   #token = null;
   #tokenRefresh = null; // the getToken() in flight after a 4002, until it settles
@@ -399,8 +407,10 @@ export class TetherClient extends EventTarget {
 
   /**
    * Send a message as is: a string as text; an ArrayBuffer, typed array, DataView or Blob as
-   * binary (anything else is sent as its String() text). Queued while disconnected (a queued
-   * buffer is copied, so it may be reused at once); resolves once handed to the socket.
+   * binary (anything else is sent as its String() text). Queued while disconnected, and while
+   * the socket holds more than maxBufferedAmount unsent bytes (a queued buffer is copied, so it
+   * may be reused at once); resolves once handed to the socket, so awaiting each send() keeps
+   * pace with the network. Rejects when the queue is full.
    */
   send(data) {
     return this.#enqueue(typeof data === 'string' || isBinary(data) ? data : String(data));
@@ -477,10 +487,7 @@ export class TetherClient extends EventTarget {
       entry.confirmed = false;
       this.#sendSubscribe(channel, reconnected);
     }
-    const queued = this.#queue;
-    this.#queue = [];
-    this.#queuedBytes = 0;
-    for (const item of queued) this.#transmit(item);
+    this.#drain();
     this.#armHeartbeat();
     this.#emit('open', { reconnected });
   }
@@ -573,6 +580,7 @@ export class TetherClient extends EventTarget {
     if (ws) this.#detach(ws);
     this.#ws = null;
     this.#stopHeartbeat();
+    this.#stopDrain(); // what waits to be sent stays queued for the next connection
     this.#rejectPending('the connection closed');
     for (const [, entry] of this.#channels) entry.confirmed = false;
     const advice = this.#advice;
@@ -690,6 +698,7 @@ export class TetherClient extends EventTarget {
     this.#openAfterRefresh = false; // a refresh in flight still stores its token for connect()
     this.#clearRetry();
     this.#stopHeartbeat();
+    this.#stopDrain();
     const ws = this.#ws;
     this.#ws = null;
     let wasOpen = false;
@@ -847,26 +856,59 @@ export class TetherClient extends EventTarget {
     return new Promise((resolve, reject) => this.#enqueueItem({ data, id: null, resolve, reject }));
   }
 
+  /**
+   * Send now if the socket is open and has room (bufferedAmount at most maxBufferedAmount) and
+   * nothing waits before it; otherwise wait in the queue, in order, or reject when it is full.
+   */
   #enqueueItem(item) {
     if (this.#stopped) {
       item.reject(new Error('the client has stopped; call connect() first'));
       return;
     }
-    if (this.#isOpen()) {
-      this.#transmit(item);
-      return;
+    const open = this.#isOpen();
+    if (open) {
+      if (this.#queue.length > 0) this.#drain(); // what waits goes first
+      if (this.#queue.length === 0 && this.#hasRoom()) {
+        this.#transmit(item);
+        return;
+      }
     }
-    // Sized only when it has to wait: an open connection sends without measuring.
+    // Sized only when it has to wait: an open connection with room sends without measuring.
     const size = messageSize(item.data);
     if (this.#queue.length >= this.#opts.offlineQueue || this.#queuedBytes + size > this.#opts.offlineQueueBytes) {
-      const waiting = `${this.#queue.length} messages, ${this.#queuedBytes} bytes waiting for a connection`;
-      item.reject(new Error(`offline queue full (${waiting}; this one has ${size} bytes)`));
+      const waiting = `${this.#queue.length} messages, ${this.#queuedBytes} bytes waiting for`;
+      const full = open
+        ? `send queue full (${waiting} the socket to drain: bufferedAmount ${this.#ws.bufferedAmount} > maxBufferedAmount ${this.#opts.maxBufferedAmount}; this one has ${size} bytes): await each send() to keep pace with the network`
+        : `offline queue full (${waiting} a connection; this one has ${size} bytes)`;
+      item.reject(new Error(full));
       return;
     }
     // The caller may reuse its buffer once send() returns, as with WebSocket.send (Blobs are immutable).
     if (isBytes(item.data)) item.data = copyBytes(item.data);
+    item.size = size;
     this.#queuedBytes += size;
     this.#queue.push(item);
+    if (open && !this.#drainTimer) this.#drainTimer = setTimeout(() => this.#drain(), DRAIN_POLL_MS);
+  }
+
+  #hasRoom() {
+    return this.#ws.bufferedAmount <= this.#opts.maxBufferedAmount;
+  }
+
+  /** Send what waits, in order, while the socket has room; look again soon if some is left. */
+  #drain() {
+    this.#stopDrain();
+    while (this.#queue.length > 0 && this.#isOpen() && this.#hasRoom()) {
+      const item = this.#queue.shift();
+      this.#queuedBytes -= item.size;
+      this.#transmit(item);
+    }
+    if (this.#queue.length > 0 && this.#isOpen()) this.#drainTimer = setTimeout(() => this.#drain(), DRAIN_POLL_MS);
+  }
+
+  #stopDrain() {
+    if (this.#drainTimer) clearTimeout(this.#drainTimer);
+    this.#drainTimer = null;
   }
 
   #transmit(item) {

@@ -1,7 +1,8 @@
 // tether.js's lifecycle in headless Chromium against the real `tether` binary: close() then
 // connect() before the old socket has closed, connect() while getToken is in flight, and a
 // page frozen in the back/forward cache and restored. Each checks that pending promises settle,
-// `stopped` comes exactly once, and exactly one new socket opens.
+// `stopped` comes exactly once, and exactly one new socket opens. Last, send() against a server
+// that reads nothing: the socket's bufferedAmount stays bounded.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { JWT_SECRET, Server, browser, events, requirements, token, waitEvents, waitFor } from './harness.mjs';
@@ -167,5 +168,42 @@ test('back/forward cache: hidden with a reply pending, it settles and stops; res
   await waitFor('the page shown again', () => page.evaluate(() => window.transitions?.length === 4).catch(() => false));
   assert.deepEqual(await page.evaluate(() => [window.client.state, window.sockets.length]), ['closed', 2]);
   assert.equal((await events(page, 'stopped')).length, 2);
+  await page.close();
+});
+
+test('send() in Chromium waits while bufferedAmount is over maxBufferedAmount; the queue stays bounded', { skip: req.skip }, async () => {
+  // Raw mode: the server counts what it reads; no compression, so bytes sent are bytes buffered.
+  const server = await start(['--no-compression', '--max-inbound-rate', '0']);
+  const page = await pageWithClient(server, { ...FAST, protocol: 'raw', pingInterval: 0, maxBufferedAmount: 256 * 1024, offlineQueue: 8 });
+  await waitEvents(page, 'open');
+  server.signal('SIGSTOP'); // it reads nothing: the kernel's buffers fill, then the browser's
+  let result;
+  try {
+    result = await page.evaluate(async () => {
+      const chunk = 'x'.repeat(60 * 1024);
+      window.sends = [];
+      let highest = 0;
+      // Unwatched, bufferedAmount would grow with every send: 1,000 sends are 60 MiB.
+      for (let i = 0; i < 1000 && !window.sends.some((s) => s.status === 'rejected'); i++) {
+        window.sends.push(window.track(window.client.send(chunk)));
+        highest = Math.max(highest, window.sockets[0].bufferedAmount);
+        await new Promise((resolve) => setTimeout(resolve, 0)); // let the browser move bytes
+      }
+      const refused = window.sends.find((s) => s.status === 'rejected');
+      const pending = window.sends.filter((s) => s.status === 'pending').length;
+      return { count: window.sends.length, highest, refused: refused?.reason ?? null, last: window.sends.at(-1) === refused, pending };
+    });
+  } finally {
+    server.signal('SIGCONT');
+  }
+  assert.ok(result.refused, `no send was refused; bufferedAmount reached ${result.highest} bytes`);
+  assert.match(result.refused, /^send queue full \(8 messages, 491520 bytes waiting for the socket to drain: bufferedAmount \d+ > maxBufferedAmount 262144; this one has 61440 bytes\): await each send\(\) to keep pace with the network$/);
+  assert.ok(result.highest <= 256 * 1024 + 61440, `bufferedAmount reached ${result.highest}`);
+  assert.equal(result.last, true, 'only the last send was refused');
+  assert.equal(result.pending, 8);
+  const accepted = result.count - 1;
+  await waitFor('every accepted send to resolve', () => page.evaluate(() => window.sends.slice(0, -1).every((s) => s.status === 'fulfilled')));
+  await waitFor('every accepted send read by the server', async () => (await server.metric('tether_raw_messages_ignored_total')) === accepted);
+  assert.deepEqual(await page.evaluate(() => [window.client.state, window.sockets.length]), ['open', 1]);
   await page.close();
 });

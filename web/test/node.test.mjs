@@ -208,6 +208,54 @@ test('in Node: a graceful restart is a clean 1012 with a hint; a frozen server t
   }
 });
 
+test('the offline queue is bounded in bytes by default (4 MiB)', { timeout: 20000 }, async () => {
+  const c = client('ws://127.0.0.1:1/ws', { protocol: 'raw', autoConnect: false });
+  const mib = 'x'.repeat(1024 * 1024);
+  const fits = [1, 2, 3, 4].map(() => track(c.send(mib)));
+  const over = track(c.send('y'));
+  await waitFor('the send beyond 4 MiB to be refused', () => over.settled, 2000);
+  assert.equal(over.status, 'rejected');
+  assert.match(over.reason.message, /offline queue full \(4 messages, 4194304 bytes waiting for a connection; this one has 1 bytes\)/);
+  c.close();
+  await waitFor('the queued sends to be settled by close()', () => fits.every((f) => f.settled), 2000);
+  assert.ok(fits.every((f) => f.status === 'rejected'));
+});
+
+test('send() respects bufferedAmount: over maxBufferedAmount it queues (bounded), then drains in order', { timeout: 30000 }, async () => {
+  const server = await plainServer((ws) => ws.pause()); // reads nothing until resumed
+  const limit = 256 * 1024;
+  const ws = recordingWebSocket();
+  const c = client(server.url, { protocol: 'raw', pingInterval: 0, WebSocket: ws.WebSocket, maxBufferedAmount: limit, offlineQueue: 8 });
+  try {
+    await c.waitFor('open');
+    const chunk = 'x'.repeat(64 * 1024);
+    const sends = [];
+    let highest = 0;
+    // The server reads nothing: once the kernel's buffers are full, bufferedAmount grows with
+    // every send unless send() watches it. 500 sends would be 32 MiB.
+    for (let i = 0; i < 500 && !sends.some((s) => s.status === 'rejected'); i++) {
+      sends.push(track(c.send(`${String(i).padStart(4, '0')}${chunk}`)));
+      highest = Math.max(highest, ws.list[0].bufferedAmount);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const refused = sends.find((s) => s.status === 'rejected');
+    assert.ok(refused, `no send was refused; bufferedAmount reached ${highest} bytes (maxBufferedAmount ${limit})`);
+    assert.match(refused.reason.message, /^send queue full \(8 messages, 524320 bytes waiting for the socket to drain: bufferedAmount \d+ > maxBufferedAmount 262144; this one has 65540 bytes\): await each send\(\) to keep pace with the network$/);
+    assert.ok(highest <= limit + 65540, `bufferedAmount reached ${highest}, above the limit by more than one message`);
+    assert.equal(sends.filter((s) => s.status === 'pending').length, 8, 'eight sends wait in the queue');
+    assert.equal(sends.indexOf(refused), sends.length - 1, 'only the last send was refused');
+
+    server.peers[0].ws.resume();
+    const accepted = sends.length - 1;
+    await waitFor('every accepted send to resolve', () => sends.slice(0, accepted).every((s) => s.status === 'fulfilled'));
+    await waitFor('every accepted send at the server', () => server.peers[0].received.length === accepted);
+    assert.deepEqual(server.peers[0].received.map((m) => Number(m.slice(0, 4))), [...Array(accepted).keys()], 'in order, none lost');
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
+
 test('close() then connect() before the socket closes: pending commands reject, one stopped, the new connection undisturbed', async () => {
   const server = await Server.start(['--ping-interval', '100ms', '--client-publish', 'chat:*']);
   const ws = recordingWebSocket();
