@@ -20,20 +20,42 @@ export interface TetherOptions {
   minUptime?: number;
   /** Consecutive failed attempts before giving up. Default Infinity; 0 never reconnects. */
   maxAttempts?: number;
-  /** Sends buffered while disconnected; one more rejects. Default 1000. */
+  /**
+   * Sends (and publish commands) waiting to go out: while disconnected, and while the socket is
+   * over `maxBufferedAmount`. One more rejects. Default 1000.
+   */
   offlineQueue?: number;
   /**
-   * Payload bytes buffered while disconnected (see `messageSize`); a send that would go beyond
-   * rejects, as does one larger than this on its own. Default Infinity (only `offlineQueue` bounds).
+   * Payload bytes of that queue (see `messageSize`); a send that would go beyond rejects, as
+   * does one larger than this on its own when it has to wait. Default 4 MiB (4194304).
    */
   offlineQueueBytes?: number;
+  /**
+   * Unsent bytes the socket may hold (its `bufferedAmount`) before `send()` and `publish()` wait
+   * in the queue instead of handing more to it; they go out in order as it drains, and their
+   * promises resolve then, so awaiting each one keeps pace with the network. A full queue
+   * rejects with "send queue full". Heartbeats and subscribes do not wait. Default 1 MiB
+   * (1048576); Infinity hands everything to the socket at once; 0 waits until it is empty.
+   */
+  maxBufferedAmount?: number;
   /** Raw mode's heartbeat: the text sent as a ping, and the text that answers it. */
   rawPing?: string;
   rawPong?: string;
-  /** Stop reconnecting when the page is hidden for navigation (the browser closes with 1001). Default true. */
+  /**
+   * On `pagehide`, stop as `close()` does (promises settle, `stopped` says 'the page was hidden'):
+   * a page that leaves lets the browser close with 1001; a page going into the back/forward
+   * cache closes with 1000 and, if it was running, reconnects once on `pageshow`. Default true.
+   */
   closeOnPageHide?: boolean;
   /** Connect in the constructor. Default true. */
   autoConnect?: boolean;
+  /** A JWT sent with `connect` first on every connection (JSON mode). Default null. */
+  token?: string | null;
+  /**
+   * Called after a 4002 (token expired) for a fresh token, within 10 s; no socket opens until
+   * it settles (not even for a `connect()` meanwhile), and a failure stops the client. Default null.
+   */
+  getToken?: (() => string | Promise<string>) | null;
   /**
    * A WebSocket implementation where there is no global one (e.g. the `ws` package in Node). It
    * is called as `new WebSocket(url)` or `new WebSocket(url, [protocol])`; to give it options
@@ -120,6 +142,10 @@ export interface TetherEvents {
   subscribed: { channel: string; resubscribe: boolean; recovered: boolean | null };
   rtt: { ms: number };
   error: { id: number | null; code: string; message: string };
+  /**
+   * Emitted once when the client stops (until the next `connect()`): 'closed by the
+   * application', 'the page was hidden', or why reconnecting cannot help.
+   */
   stopped: { reason: string };
 }
 
@@ -136,7 +162,14 @@ export declare class TetherClient extends EventTarget {
   lastClose: CloseDetail | null;
   stats: { connectAttempts: number; opens: number; heartbeatTimeouts: number };
   on<K extends keyof TetherEvents>(type: K, fn: (detail: TetherEvents[K]) => void): () => void;
+  /** Start connecting (again after a stop); while a getToken is in flight, once it settles. */
   connect(): void;
+  /**
+   * Close with `code` (1000 or 3000–4999) and stop. Reports at once, even if `connect()` follows
+   * before the socket has closed: pending commands, queued sends and unconfirmed subscribes
+   * reject ("close() was called before …"), then `close` (initiator 'client'; wasClean: the
+   * socket was open) and `stopped` come, once. The old socket finishes closing unobserved.
+   */
   close(code?: number, reason?: string): void;
   dispose(): void;
   subscribe<T = unknown>(channel: string, handler?: (data: T, publication: Publication<T>) => void): Promise<void>;
@@ -144,8 +177,8 @@ export declare class TetherClient extends EventTarget {
   publish(channel: string, data: unknown): Promise<{ offset?: number; delivered?: number }>;
   /**
    * Send as is: a string as a text frame, binary data as a binary frame (anything else as its
-   * String() text). Queued while disconnected (queued bytes are copied); resolves once handed
-   * to the socket.
+   * String() text). Queued while disconnected and while the socket is over `maxBufferedAmount`
+   * (queued bytes are copied); resolves once handed to the socket, rejects when the queue is full.
    */
   send(data: string | BinaryData): Promise<void>;
 }

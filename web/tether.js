@@ -8,12 +8,17 @@
 //   (`onerror` is ignored: `onclose` always follows it); at once when the browser goes `online`,
 //   never while `navigator.onLine` is false; the server's `disconnect` advice is honoured;
 // - every close explained: {code, reason, wasClean, initiator, willReconnect, retryIn, attempt};
-// - subscriptions re-established after every reconnect; a bounded offline queue for sends;
+// - subscriptions re-established after every reconnect; a queue for sends, bounded in messages
+//   and bytes, that holds them while disconnected and while the socket's bufferedAmount is over
+//   maxBufferedAmount (WebSocket.send never refuses: without this, a slow network grows memory);
+// - `close()` and a page going into the back/forward cache settle every promise and report
+//   `stopped` at once: the old socket is detached, so nothing it does later reaches the next one;
 // - text and binary messages both ways: `send()` takes a string (a text frame) or an
 //   ArrayBuffer / typed array / DataView / Blob (a binary frame); binary messages arrive as
 //   ArrayBuffers (`binaryType = 'arraybuffer'`, the same in browsers and Node);
 // - a JWT (`token`) sent with `connect` on every connection, refreshed with `getToken` when the
-//   server says it expired (4002); 4501/4502 (token required/invalid) stop the client.
+//   server says it expired (4002), and no socket opens while that refresh is in flight;
+//   4501/4502 (token required/invalid) stop the client.
 //
 // `pingInterval: 0` turns the heartbeat off and `maxAttempts: 0` turns reconnecting off: with
 // both, in raw mode, the client is a plain WebSocket that sends nothing it was not asked to
@@ -30,9 +35,13 @@ const TOKEN_TIMEOUT_MS = 10000;
 /** setTimeout fires at once for delays beyond 2^31 - 1 ms; longer waits are cut to this. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+/** WebSocket has no "drained" event: while sends wait for bufferedAmount to fall, look this often. */
+const DRAIN_POLL_MS = 10;
+
 /**
- * Defaults, identical to tether-core's `defaults.rs` (offlineQueueBytes has no Rust counterpart:
- * the Rust client bounds its queue by messages only). Times in milliseconds.
+ * Defaults, identical to tether-core's `defaults.rs` (offlineQueueBytes and maxBufferedAmount
+ * have no Rust counterpart: the Rust client bounds its queue by messages only, and its socket
+ * writes wait for the kernel). Times in milliseconds.
  */
 export const DEFAULTS = Object.freeze({
   protocol: 'json', // or 'raw'
@@ -43,8 +52,9 @@ export const DEFAULTS = Object.freeze({
   backoffFactor: 2,
   minUptime: 5000,
   maxAttempts: Infinity, // 0: never reconnect
-  offlineQueue: 1000, // messages waiting for a connection...
-  offlineQueueBytes: Infinity, // ...and their payload bytes (UTF-8 for text), both bounds apply
+  offlineQueue: 1000, // messages waiting to be sent (for a connection, or for the socket to drain)...
+  offlineQueueBytes: 4 * 1024 * 1024, // ...and their payload bytes (UTF-8 for text): 1,000 × 4 KiB
+  maxBufferedAmount: 1024 * 1024, // socket bytes not yet sent above which send() waits in the queue
   rawPing: 'ping',
   rawPong: 'pong',
   closeOnPageHide: true,
@@ -258,16 +268,18 @@ export class TetherClient extends EventTarget {
   #pending = new Map(); // command id → {resolve, reject, kind, channel, resubscribe, sentAt}
   #rawPingAt = null;
   #attempts = 0; // connect attempts since connect(): the first is 'connecting', later ones 'reconnecting'
-  #pageHidden = false;
-  #queue = []; // offline: [{data, id, resolve, reject}]
+  #resumeOnShow = false; // the page went into the back/forward cache with the client running
+  #queue = []; // waiting to be sent: [{data, id, resolve, reject, size}]
   #queuedBytes = 0; // the queue's messageSize() total
+  #drainTimer = null;
   #nextId = 1;
   #token = null;
-  #tokenRefresh = null; // the pending getToken() after a 4002
+  #tokenRefresh = null; // the getToken() in flight after a 4002, until it settles
+  #tokenFailure = null; // why the last refresh failed, until an open asks for the token
+  #openAfterRefresh = false; // an open waits for the refresh in flight
   #advice = null;
   #openedBefore = false;
   #stopped = false;
-  #byUser = false;
   #listeners = [];
 
   /** Round trip of the latest heartbeat, in ms (null before the first). */
@@ -295,7 +307,7 @@ export class TetherClient extends EventTarget {
     if (hasWindow) {
       this.#listen('online', () => this.#onOnline());
       if (this.#opts.closeOnPageHide) {
-        this.#listen('pagehide', () => this.#onPageHide());
+        this.#listen('pagehide', (e) => this.#onPageHide(e));
         this.#listen('pageshow', (e) => this.#onPageShow(e));
       }
     }
@@ -327,39 +339,24 @@ export class TetherClient extends EventTarget {
 
   /** Start (or restart after `close()`) connecting. */
   connect() {
-    if (!this.#stopped && (this.#ws || this.#retryTimer || this.#waitingForOnline)) return;
-    if (this.#ws) {
-      // Still finishing a close(): let that socket go quietly and start afresh.
-      this.#detach(this.#ws);
-      this.#ws = null;
-    }
+    if (!this.#stopped && (this.#ws || this.#retryTimer || this.#waitingForOnline || this.#openAfterRefresh)) return;
     this.#clearRetry();
     this.#stopped = false;
-    this.#byUser = false;
+    this.#resumeOnShow = false;
     this.#attempts = 0;
     this.#openedBefore = false;
     this.#reconnector = new Reconnector(this.#opts);
-    this.#open();
+    this.#tokenFailure = null; // a refresh that failed before belongs to the run that stopped
+    this.#setState('connecting');
+    this.#openWithToken();
   }
 
-  /** Close with `code` (1000 or 3000–4999) and stop reconnecting. */
+  /**
+   * Close with `code` (1000 or 3000–4999) and stop reconnecting. Reports at once: every pending
+   * command and queued send rejects, then `close` (when a socket was there) and `stopped`.
+   */
   close(code = 1000, reason = 'client closing') {
-    this.#stopped = true;
-    this.#byUser = true;
-    this.#clearRetry();
-    if (this.#ws) {
-      const ws = this.#ws;
-      try {
-        ws.close(code, reason);
-      } catch {
-        ws.close();
-      }
-      // onclose reports the close and settles everything.
-    } else if (this.#state !== 'closed') {
-      this.#setState('closed');
-      this.#rejectQueue(new Error('the client was closed'));
-      this.#emit('stopped', { reason: 'closed by the application' });
-    }
+    this.#halt({ code, reason, closeSocket: true, why: 'close() was called', stopped: 'closed by the application' });
   }
 
   /** Remove every listener the client put on the window, and close. */
@@ -375,7 +372,7 @@ export class TetherClient extends EventTarget {
    */
   subscribe(channel, handler) {
     this.#requireJson('subscribe');
-    if (this.#stopped && !this.#ws) return Promise.reject(new Error('the client has stopped; call connect() first'));
+    if (this.#stopped) return Promise.reject(new Error('the client has stopped; call connect() first'));
     let entry = this.#channels.get(channel);
     const fresh = !entry;
     if (!entry) {
@@ -410,8 +407,10 @@ export class TetherClient extends EventTarget {
 
   /**
    * Send a message as is: a string as text; an ArrayBuffer, typed array, DataView or Blob as
-   * binary (anything else is sent as its String() text). Queued while disconnected (a queued
-   * buffer is copied, so it may be reused at once); resolves once handed to the socket.
+   * binary (anything else is sent as its String() text). Queued while disconnected, and while
+   * the socket holds more than maxBufferedAmount unsent bytes (a queued buffer is copied, so it
+   * may be reused at once); resolves once handed to the socket, so awaiting each send() keeps
+   * pace with the network. Rejects when the queue is full.
    */
   send(data) {
     return this.#enqueue(typeof data === 'string' || isBinary(data) ? data : String(data));
@@ -446,7 +445,7 @@ export class TetherClient extends EventTarget {
     ws.onerror = () => {};
     ws.onclose = (e) => {
       if (!current()) return;
-      const initiator = this.#byUser ? 'client' : e.code === 1006 ? 'network' : 'server';
+      const initiator = e.code === 1006 ? 'network' : 'server';
       this.#ended({ code: e.code, reason: e.reason, wasClean: e.wasClean, initiator });
     };
   }
@@ -488,10 +487,7 @@ export class TetherClient extends EventTarget {
       entry.confirmed = false;
       this.#sendSubscribe(channel, reconnected);
     }
-    const queued = this.#queue;
-    this.#queue = [];
-    this.#queuedBytes = 0;
-    for (const item of queued) this.#transmit(item);
+    this.#drain();
     this.#armHeartbeat();
     this.#emit('open', { reconnected });
   }
@@ -584,8 +580,8 @@ export class TetherClient extends EventTarget {
     if (ws) this.#detach(ws);
     this.#ws = null;
     this.#stopHeartbeat();
-    for (const [, p] of this.#pending) p.reject(new Error('connection closed before the reply'));
-    this.#pending.clear();
+    this.#stopDrain(); // what waits to be sent stays queued for the next connection
+    this.#rejectPending('the connection closed');
     for (const [, entry] of this.#channels) entry.confirmed = false;
     const advice = this.#advice;
     this.#advice = null;
@@ -593,7 +589,6 @@ export class TetherClient extends EventTarget {
       Date.now(),
       {
         code: info.code,
-        byUser: this.#byUser,
         fatal: info.fatal,
         adviceReconnect: advice ? advice.reconnect : undefined,
         adviceRetryAfter: advice && advice.retry_after_ms != null ? advice.retry_after_ms : undefined,
@@ -605,17 +600,7 @@ export class TetherClient extends EventTarget {
       if (typeof this.#opts.getToken !== 'function') {
         decision = { retry: false, reason: 'the token expired (4002) and no getToken option is set' };
       } else {
-        // Bounded: a getToken that never settles must not leave the client waiting forever.
-        let timer;
-        const deadline = new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`getToken took longer than ${TOKEN_TIMEOUT_MS} ms`)), TOKEN_TIMEOUT_MS);
-        });
-        this.#tokenRefresh = Promise.race([Promise.resolve().then(() => this.#opts.getToken()), deadline])
-          .finally(() => clearTimeout(timer))
-          .then((token) => {
-            if (!token) throw new Error('getToken returned no token');
-            this.#token = String(token);
-          });
+        this.#refreshToken();
       }
     }
     const offline = decision.retry && isOffline();
@@ -624,7 +609,7 @@ export class TetherClient extends EventTarget {
       reason: info.reason || '',
       wasClean: Boolean(info.wasClean),
       initiator: info.initiator,
-      willReconnect: decision.retry && !this.#stopped,
+      willReconnect: decision.retry,
       retryIn: decision.retry && !offline ? Math.round(decision.delay) : null,
       attempt: decision.retry ? decision.attempt : 0,
     };
@@ -633,12 +618,13 @@ export class TetherClient extends EventTarget {
       this.#stopped = true;
       this.#setState('closed');
       this.#emit('close', detail);
-      this.#emit('stopped', { reason: decision.retry ? 'closed by the application' : decision.reason });
-      this.#rejectQueue(new Error('the client has stopped'));
+      this.#emit('stopped', { reason: decision.reason });
+      this.#rejectQueue(`the client stopped (${decision.reason})`);
       return;
     }
     this.#setState('reconnecting');
     this.#emit('close', detail);
+    if (this.#stopped) return; // a `close` listener called close()
     if (offline) {
       // No retries while the browser says it is offline; `online` brings us back at once.
       this.#waitingForOnline = true;
@@ -657,25 +643,94 @@ export class TetherClient extends EventTarget {
     }, detail.retryIn);
   }
 
-  /** Open, once a token refresh in progress (after a 4002) has finished; stop if it failed. */
+  /**
+   * Ask getToken for a fresh token (after a 4002). Marked in flight until it settles: an open
+   * asked for meanwhile (the retry, `online`, or connect() after close()) waits for it instead
+   * of opening with the expired token.
+   */
+  #refreshToken() {
+    // Bounded: a getToken that never settles must not leave the client waiting forever.
+    let timer;
+    const deadline = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`getToken took longer than ${TOKEN_TIMEOUT_MS} ms`)), TOKEN_TIMEOUT_MS);
+    });
+    const refresh = Promise.race([Promise.resolve().then(() => this.#opts.getToken()), deadline]).finally(() => clearTimeout(timer));
+    this.#tokenRefresh = refresh;
+    refresh
+      .then((token) => {
+        if (!token) throw new Error('getToken returned no token');
+        this.#token = String(token);
+      })
+      .catch((e) => (this.#tokenFailure = e))
+      .then(() => {
+        this.#tokenRefresh = null;
+        if (!this.#openAfterRefresh) return;
+        this.#openAfterRefresh = false;
+        this.#openWithToken();
+      });
+  }
+
+  /** Open now, or once the token refresh in flight has settled; stop if it failed. */
   #openWithToken() {
-    const refresh = this.#tokenRefresh;
-    if (!refresh) return this.#open();
-    this.#tokenRefresh = null;
-    refresh.then(
-      () => !this.#stopped && !this.#ws && this.#open(),
-      (e) => {
-        if (this.#stopped) return;
-        this.#stopped = true;
-        this.#setState('closed');
-        this.#emit('stopped', { reason: `token refresh failed: ${e && e.message ? e.message : e}` });
-        this.#rejectQueue(new Error('the client has stopped'));
-      },
-    );
+    if (this.#tokenRefresh) {
+      this.#openAfterRefresh = true; // one open, however many ask
+      return;
+    }
+    const failure = this.#tokenFailure;
+    this.#tokenFailure = null;
+    if (!failure) return this.#open();
+    const reason = `token refresh failed: ${failure && failure.message ? failure.message : failure}`;
+    this.#stopped = true;
+    this.#setState('closed');
+    this.#emit('stopped', { reason });
+    this.#rejectQueue(`the client stopped (${reason})`);
+  }
+
+  /**
+   * Stop now, at the application's or the page's request: settle every promise, report the
+   * close and `stopped` once, and leave the socket to finish closing on its own, detached, so
+   * that nothing it does later (its close event may come after a new connection opened)
+   * reaches the client.
+   */
+  #halt({ code, reason, closeSocket, why, stopped }) {
+    const wasStopped = this.#stopped;
+    this.#stopped = true;
+    this.#openAfterRefresh = false; // a refresh in flight still stores its token for connect()
+    this.#clearRetry();
+    this.#stopHeartbeat();
+    this.#stopDrain();
+    const ws = this.#ws;
+    this.#ws = null;
+    let wasOpen = false;
+    if (ws) {
+      this.#detach(ws);
+      wasOpen = ws.readyState === 1;
+      if (closeSocket) {
+        try {
+          ws.close(code, reason);
+        } catch {
+          ws.close(); // a code the browser refuses: close without one
+          code = 1005;
+        }
+      }
+    }
+    this.#rejectPending(why);
+    this.#rejectQueue(why);
+    for (const [, entry] of this.#channels) entry.confirmed = false;
+    this.#setState('closed');
+    if (ws) {
+      // wasClean: the socket was open, so its closing handshake has begun (and ends unobserved).
+      const detail = { code, reason, wasClean: wasOpen, initiator: 'client', willReconnect: false, retryIn: null, attempt: 0 };
+      this.lastClose = detail;
+      this.#emit('close', detail);
+    }
+    if (!wasStopped) this.#emit('stopped', { reason: stopped });
   }
 
   #detach(ws) {
-    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    // Kept: a socket closed while connecting still reports an error (`ws` throws one nobody hears).
+    ws.onerror = () => {};
   }
 
   #onOnline() {
@@ -687,25 +742,22 @@ export class TetherClient extends EventTarget {
     }
   }
 
-  #onPageHide() {
-    // The browser closes the socket with 1001 "going away" as the page goes; we only make sure
-    // nothing reconnects from a page that is leaving.
-    this.#pageHidden = true;
-    this.#stopped = true;
-    this.#byUser = true;
-    if (!this.#ws && this.#state !== 'closed') {
-      this.#clearRetry();
-      this.#setState('closed');
-      this.#emit('stopped', { reason: 'the page was hidden' });
-    }
+  #onPageHide(event) {
+    // Leaving for good: the browser closes the socket with 1001 "going away" (a page cannot send
+    // 1001 itself). Going into the back/forward cache (persisted): close it ourselves, cleanly;
+    // the browser would cut it, and a frozen page hears of that only once it is back. Either
+    // way, stop now; a client that was running comes back with the page.
+    const persisted = Boolean(event && event.persisted);
+    this.#resumeOnShow = persisted && !this.#stopped && this.#state !== 'closed';
+    const code = persisted ? 1000 : 1001;
+    this.#halt({ code, reason: 'the page was hidden', closeSocket: persisted, why: 'the page was hidden', stopped: 'the page was hidden' });
   }
 
   #onPageShow(event) {
-    // Back from the back/forward cache: reconnect as if freshly loaded.
-    if (event.persisted && this.#pageHidden) {
-      this.#pageHidden = false;
-      this.connect();
-    }
+    // Back from the back/forward cache: reconnect, once, as if freshly loaded.
+    if (!event.persisted || !this.#resumeOnShow) return;
+    this.#resumeOnShow = false;
+    this.connect();
   }
 
   #clearRetry() {
@@ -804,26 +856,59 @@ export class TetherClient extends EventTarget {
     return new Promise((resolve, reject) => this.#enqueueItem({ data, id: null, resolve, reject }));
   }
 
+  /**
+   * Send now if the socket is open and has room (bufferedAmount at most maxBufferedAmount) and
+   * nothing waits before it; otherwise wait in the queue, in order, or reject when it is full.
+   */
   #enqueueItem(item) {
-    if (this.#stopped && !this.#ws) {
+    if (this.#stopped) {
       item.reject(new Error('the client has stopped; call connect() first'));
       return;
     }
-    if (this.#isOpen()) {
-      this.#transmit(item);
-      return;
+    const open = this.#isOpen();
+    if (open) {
+      if (this.#queue.length > 0) this.#drain(); // what waits goes first
+      if (this.#queue.length === 0 && this.#hasRoom()) {
+        this.#transmit(item);
+        return;
+      }
     }
-    // Sized only when it has to wait: an open connection sends without measuring.
+    // Sized only when it has to wait: an open connection with room sends without measuring.
     const size = messageSize(item.data);
     if (this.#queue.length >= this.#opts.offlineQueue || this.#queuedBytes + size > this.#opts.offlineQueueBytes) {
-      const waiting = `${this.#queue.length} messages, ${this.#queuedBytes} bytes waiting for a connection`;
-      item.reject(new Error(`offline queue full (${waiting}; this one has ${size} bytes)`));
+      const waiting = `${this.#queue.length} messages, ${this.#queuedBytes} bytes waiting for`;
+      const full = open
+        ? `send queue full (${waiting} the socket to drain: bufferedAmount ${this.#ws.bufferedAmount} > maxBufferedAmount ${this.#opts.maxBufferedAmount}; this one has ${size} bytes): await each send() to keep pace with the network`
+        : `offline queue full (${waiting} a connection; this one has ${size} bytes)`;
+      item.reject(new Error(full));
       return;
     }
     // The caller may reuse its buffer once send() returns, as with WebSocket.send (Blobs are immutable).
     if (isBytes(item.data)) item.data = copyBytes(item.data);
+    item.size = size;
     this.#queuedBytes += size;
     this.#queue.push(item);
+    if (open && !this.#drainTimer) this.#drainTimer = setTimeout(() => this.#drain(), DRAIN_POLL_MS);
+  }
+
+  #hasRoom() {
+    return this.#ws.bufferedAmount <= this.#opts.maxBufferedAmount;
+  }
+
+  /** Send what waits, in order, while the socket has room; look again soon if some is left. */
+  #drain() {
+    this.#stopDrain();
+    while (this.#queue.length > 0 && this.#isOpen() && this.#hasRoom()) {
+      const item = this.#queue.shift();
+      this.#queuedBytes -= item.size;
+      this.#transmit(item);
+    }
+    if (this.#queue.length > 0 && this.#isOpen()) this.#drainTimer = setTimeout(() => this.#drain(), DRAIN_POLL_MS);
+  }
+
+  #stopDrain() {
+    if (this.#drainTimer) clearTimeout(this.#drainTimer);
+    this.#drainTimer = null;
   }
 
   #transmit(item) {
@@ -838,11 +923,20 @@ export class TetherClient extends EventTarget {
     if (item.id === null) item.resolve();
   }
 
-  #rejectQueue(err) {
+  /** Reject every command waiting for its reply, saying why (e.g. 'close() was called'). */
+  #rejectPending(why) {
+    const pending = [...this.#pending.values()];
+    this.#pending.clear();
+    for (const p of pending) p.reject(new Error(`${why} before the reply`));
+  }
+
+  /** Reject every queued send and unconfirmed subscribe, saying why. */
+  #rejectQueue(why) {
     const queued = this.#queue;
     this.#queue = [];
     this.#queuedBytes = 0;
-    for (const item of queued) item.reject(err);
+    for (const item of queued) item.reject(new Error(`${why} before it was sent`));
+    const err = new Error(`${why} before the subscription was confirmed`);
     for (const [, entry] of this.#channels) for (const w of entry.waiters.splice(0)) w.reject(err);
   }
 

@@ -3,7 +3,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { Relay, Server, browser, ensureOutputDir, events, pageWithClient, requirements, waitEvents, waitFor } from './harness.mjs';
+import {
+  JWT_SECRET, Relay, Server, browser, ensureOutputDir, events, pageWithClient, requirements, token, waitEvents, waitFor,
+} from './harness.mjs';
 
 const req = await requirements();
 let ctx = null;
@@ -274,15 +276,6 @@ test('recovery: a page that lost its connection gets exactly the publications it
 
 // --- tokens (JWT) ----------------------------------------------------------------------------
 
-const SECRET = 'browser-test-secret-0123456789';
-
-/** A token from `tether token` (the binary signs it; no JWT code in the test). */
-async function token(ttl, subscribe = 'news:*') {
-  const { execFileSync } = await import('node:child_process');
-  const { TETHER_BIN } = await import('./harness.mjs');
-  return execFileSync(TETHER_BIN, ['token', '--secret', SECRET, '--subscribe', subscribe, '--ttl', ttl]).toString().trim();
-}
-
 /** A page whose client authenticates with `first`, and whose getToken returns `window.fresh`. */
 async function pageWithToken(server, first, withRefresh) {
   const page = await ctx.newPage();
@@ -312,9 +305,9 @@ async function pageWithToken(server, first, withRefresh) {
 }
 
 test('tether.js refreshes an expired token with getToken and carries on', { skip: req.skip }, async () => {
-  const server = await start(['--jwt-secret', SECRET, '--ping-interval', '100ms']);
-  const page = await pageWithToken(server, await token('2s'), true);
-  const fresh = await token('1h');
+  const server = await start(['--jwt-secret', JWT_SECRET, '--ping-interval', '100ms']);
+  const page = await pageWithToken(server, token('2s'), true);
+  const fresh = token('1h');
   await page.evaluate((t) => (window.fresh = t), fresh);
   await waitEvents(page, 'subscribed');
   let expiredClose = null;
@@ -329,8 +322,8 @@ test('tether.js refreshes an expired token with getToken and carries on', { skip
 });
 
 test('tether.js stops on an expired token without getToken, and on an invalid one', { skip: req.skip }, async () => {
-  const server = await start(['--jwt-secret', SECRET]);
-  const expired = await pageWithToken(server, await token('0s'), false);
+  const server = await start(['--jwt-secret', JWT_SECRET]);
+  const expired = await pageWithToken(server, token('0s'), false);
   const [stopped] = await waitEvents(expired, 'stopped');
   assert.match(stopped.detail.reason, /getToken/);
   const invalid = await pageWithToken(server, 'not.a.jwt', false);

@@ -1,7 +1,7 @@
 // Test harness for the browser tests: the real `tether` binary on a free port (started, signalled
 // and stopped by PID), headless Chromium from Debian's package driven by playwright-core, and
 // waits with deadlines (never fixed sleeps as synchronisation).
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
@@ -44,6 +44,27 @@ export async function waitFor(what, cond, ms = 10000) {
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 10));
   }
+}
+
+/**
+ * Follow a promise without awaiting it: `.settled` turns true when it settles, with `.value` or
+ * `.reason`; wait for that with `waitFor`, so an unsettled promise fails the test at a deadline.
+ */
+export function track(promise) {
+  const t = { settled: false, status: 'pending', value: undefined, reason: undefined };
+  promise.then(
+    (value) => Object.assign(t, { settled: true, status: 'fulfilled', value }),
+    (reason) => Object.assign(t, { settled: true, status: 'rejected', reason }),
+  );
+  return t;
+}
+
+export const JWT_SECRET = 'browser-test-secret-0123456789';
+
+/** A JWT from `tether token` (the binary signs it; no JWT code in the tests). */
+export function token(ttl, subscribe = 'news:*') {
+  const args = ['token', '--secret', JWT_SECRET, '--subscribe', subscribe, '--ttl', ttl];
+  return execFileSync(TETHER_BIN, args).toString().trim();
 }
 
 /** A `tether serve` child process. */
@@ -132,11 +153,26 @@ export class Server {
   }
 }
 
-/** A fresh headless Chromium profile (persistent context: a new, empty user-data-dir). */
-export async function browser(chromium) {
+/**
+ * A fresh headless Chromium profile (persistent context: a new, empty user-data-dir).
+ * `bfcache: true` keeps the back/forward cache on (playwright turns it off by default).
+ *
+ * Pages get `/tether.js` from web/ as it is now, not the copy the binary embedded when it was
+ * built: the tests are of the client in the tree, and a binary may be older than it.
+ */
+export async function browser(chromium, { bfcache = false } = {}) {
+  const ctx = await launch(chromium, bfcache);
+  await ctx.route(/\/tether\.js$/, (route) =>
+    route.fulfill({ path: join(here, '..', 'tether.js'), contentType: 'text/javascript; charset=utf-8' }),
+  );
+  return ctx;
+}
+
+function launch(chromium, bfcache) {
   return chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'tether-chr-')), {
     executablePath: CHROMIUM,
     headless: true,
+    ignoreDefaultArgs: bfcache ? ['--disable-back-forward-cache'] : [],
     viewport: { width: 1360, height: 1000 },
     args: [
       '--no-sandbox',

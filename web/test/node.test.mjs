@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket, { WebSocketServer } from 'ws';
 import { TetherClient } from '../tether.js';
-import { Server, Relay, waitFor } from './harness.mjs';
+import { JWT_SECRET, Server, Relay, token, track, waitFor } from './harness.mjs';
 
 const FAST = { WebSocket, pingInterval: 100, pongTimeout: 200, backoffInitial: 100, backoffMax: 400 };
 
@@ -22,6 +22,24 @@ function client(url, options = {}) {
   c.waitFor = (type, count = 1, ms = 10000) =>
     waitFor(`${count} ${type} event(s)`, () => c.events(type).length >= count, ms).then(() => c.events(type));
   return c;
+}
+
+/** The `ws` WebSocket, recording every instance (in `list`) and what each one sent (`sent`). */
+function recordingWebSocket() {
+  const list = [];
+  class Recorded extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      this.sent = [];
+      list.push(this);
+    }
+
+    send(data, ...rest) {
+      this.sent.push(data);
+      return super.send(data, ...rest);
+    }
+  }
+  return { WebSocket: Recorded, list };
 }
 
 /** A plain `ws` server on a free port that records what each connection receives. */
@@ -184,6 +202,120 @@ test('in Node: a graceful restart is a clean 1012 with a hint; a frozen server t
       d.close();
       await frozen.stop();
     }
+  } finally {
+    c.close();
+    await server.stop();
+  }
+});
+
+test('the offline queue is bounded in bytes by default (4 MiB)', { timeout: 20000 }, async () => {
+  const c = client('ws://127.0.0.1:1/ws', { protocol: 'raw', autoConnect: false });
+  const mib = 'x'.repeat(1024 * 1024);
+  const fits = [1, 2, 3, 4].map(() => track(c.send(mib)));
+  const over = track(c.send('y'));
+  await waitFor('the send beyond 4 MiB to be refused', () => over.settled, 2000);
+  assert.equal(over.status, 'rejected');
+  assert.match(over.reason.message, /offline queue full \(4 messages, 4194304 bytes waiting for a connection; this one has 1 bytes\)/);
+  c.close();
+  await waitFor('the queued sends to be settled by close()', () => fits.every((f) => f.settled), 2000);
+  assert.ok(fits.every((f) => f.status === 'rejected'));
+});
+
+test('send() respects bufferedAmount: over maxBufferedAmount it queues (bounded), then drains in order', { timeout: 30000 }, async () => {
+  const server = await plainServer((ws) => ws.pause()); // reads nothing until resumed
+  const limit = 256 * 1024;
+  const ws = recordingWebSocket();
+  const c = client(server.url, { protocol: 'raw', pingInterval: 0, WebSocket: ws.WebSocket, maxBufferedAmount: limit, offlineQueue: 8 });
+  try {
+    await c.waitFor('open');
+    const chunk = 'x'.repeat(64 * 1024);
+    const sends = [];
+    let highest = 0;
+    // The server reads nothing: once the kernel's buffers are full, bufferedAmount grows with
+    // every send unless send() watches it. 500 sends would be 32 MiB.
+    for (let i = 0; i < 500 && !sends.some((s) => s.status === 'rejected'); i++) {
+      sends.push(track(c.send(`${String(i).padStart(4, '0')}${chunk}`)));
+      highest = Math.max(highest, ws.list[0].bufferedAmount);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const refused = sends.find((s) => s.status === 'rejected');
+    assert.ok(refused, `no send was refused; bufferedAmount reached ${highest} bytes (maxBufferedAmount ${limit})`);
+    assert.match(refused.reason.message, /^send queue full \(8 messages, 524320 bytes waiting for the socket to drain: bufferedAmount \d+ > maxBufferedAmount 262144; this one has 65540 bytes\): await each send\(\) to keep pace with the network$/);
+    assert.ok(highest <= limit + 65540, `bufferedAmount reached ${highest}, above the limit by more than one message`);
+    assert.equal(sends.filter((s) => s.status === 'pending').length, 8, 'eight sends wait in the queue');
+    assert.equal(sends.indexOf(refused), sends.length - 1, 'only the last send was refused');
+
+    server.peers[0].ws.resume();
+    const accepted = sends.length - 1;
+    await waitFor('every accepted send to resolve', () => sends.slice(0, accepted).every((s) => s.status === 'fulfilled'));
+    await waitFor('every accepted send at the server', () => server.peers[0].received.length === accepted);
+    assert.deepEqual(server.peers[0].received.map((m) => Number(m.slice(0, 4))), [...Array(accepted).keys()], 'in order, none lost');
+  } finally {
+    c.close();
+    await server.close();
+  }
+});
+
+test('close() then connect() before the socket closes: pending commands reject, one stopped, the new connection undisturbed', async () => {
+  const server = await Server.start(['--ping-interval', '100ms', '--client-publish', 'chat:*']);
+  const ws = recordingWebSocket();
+  const c = client(server.ws, { WebSocket: ws.WebSocket });
+  try {
+    await c.subscribe('chat:room');
+    const pending = track(c.publish('chat:room', { n: 1 })); // sent; its reply cannot arrive before close()
+    c.close();
+    c.connect();
+    await waitFor('the pending publish to settle', () => pending.settled, 5000);
+    assert.equal(pending.status, 'rejected');
+    assert.equal(pending.reason.message, 'close() was called before the reply');
+    assert.deepEqual(c.events('stopped'), [{ reason: 'closed by the application' }]);
+    await c.waitFor('open', 2);
+    const order = c.seen.filter((e) => e.type === 'stopped' || e.type === 'open').map((e) => e.type);
+    assert.deepEqual(order, ['open', 'stopped', 'open']);
+    // The old socket's own close comes late; it must change nothing.
+    await waitFor('the old socket to finish its closing handshake', () => ws.list[0].readyState === WebSocket.CLOSED);
+    const receipt = await c.publish('chat:room', { n: 2 });
+    assert.equal(typeof receipt.offset, 'number');
+    await waitFor('the publication on the new connection', () => c.events('publication').some((p) => p.data.n === 2));
+    assert.equal(c.state, 'open');
+    assert.equal(ws.list.length, 2, 'exactly one new socket');
+    assert.equal(c.stats.connectAttempts, 2);
+    assert.deepEqual(c.events('close').map((e) => [e.code, e.initiator, e.willReconnect]), [[1000, 'client', false]]);
+    assert.equal(c.events('stopped').length, 1);
+    await waitFor('the server to record the client close', async () =>
+      (await server.metric('tether_connections_closed_total{code="1000",initiator="client"}')) === 1,
+    );
+    assert.equal(await server.metric('tether_connections_accepted_total'), 2);
+  } finally {
+    c.close();
+    await server.stop();
+  }
+});
+
+test('connect() while getToken is in flight waits for it: one socket, with the fresh token', async () => {
+  const server = await Server.start(['--jwt-secret', JWT_SECRET, '--ping-interval', '100ms']);
+  const ws = recordingWebSocket();
+  const calls = [];
+  const getToken = () => new Promise((resolve) => calls.push(resolve));
+  const c = client(server.ws, { WebSocket: ws.WebSocket, token: token('0s'), getToken });
+  try {
+    c.subscribe('news:eu').catch(() => {});
+    const [expired] = await c.waitFor('close', 1, 15000);
+    assert.deepEqual([expired.code, expired.willReconnect], [4002, true]);
+    await waitFor('getToken to be called', () => calls.length === 1);
+    c.close();
+    c.connect();
+    assert.equal(ws.list.length, 1, 'no socket opens while getToken is in flight');
+    assert.equal(c.state, 'connecting');
+    const fresh = token('1h');
+    calls[0](fresh);
+    await c.waitFor('subscribed');
+    assert.equal(ws.list.length, 2, 'exactly one socket after the refresh');
+    assert.deepEqual(JSON.parse(ws.list[1].sent[0]), { id: JSON.parse(ws.list[1].sent[0]).id, cmd: 'connect', token: fresh });
+    assert.equal(calls.length, 1, 'getToken was called once');
+    assert.deepEqual(c.events('close').map((e) => e.code), [4002]);
+    assert.deepEqual(c.events('stopped'), [{ reason: 'closed by the application' }]);
+    assert.equal(await server.metric('tether_connections_closed_total{code="4002"'), 1);
   } finally {
     c.close();
     await server.stop();
