@@ -16,6 +16,16 @@ export const TETHER_BIN = process.env.TETHER_BIN || join(repo, 'target', 'debug'
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
 /**
+ * Whether the tests run under CI, where a missing piece fails a test instead of skipping it:
+ * `CI` set to anything but a "no" (empty, 0, false, no, off, in any case). The Rust tests'
+ * `common::ci::means_yes` is the same rule.
+ */
+export function underCI(value = process.env.CI) {
+  const v = (value ?? '').trim().toLowerCase();
+  return !['', '0', 'false', 'no', 'off'].includes(v);
+}
+
+/**
  * What the browser tests need, or why they cannot run. Under CI a missing piece fails the
  * tests; locally they are skipped, loudly.
  */
@@ -31,7 +41,7 @@ export async function requirements() {
   }
   if (missing.length === 0) return { chromium, skip: false };
   const why = `missing: ${missing.join(', ')}; run scripts/test`;
-  if (process.env.CI) throw new Error(`browser tests cannot run under CI: ${why}`);
+  if (underCI()) throw new Error(`browser tests cannot run under CI: ${why}`);
   console.error(`\n!!!!!!!! SKIPPED browser tests: ${why} !!!!!!!!\n`);
   return { chromium: null, skip: why };
 }
@@ -248,7 +258,7 @@ export class Nginx {
     const { existsSync, writeFileSync } = await import('node:fs');
     const bin = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p));
     if (!bin) {
-      if (process.env.CI) throw new Error('nginx is missing (apt-get install nginx; scripts/test does)');
+      if (underCI()) throw new Error('nginx is missing (apt-get install nginx; scripts/test does)');
       console.error('\n!!!!!!!! SKIPPED: nginx is missing (apt-get install nginx) !!!!!!!!\n');
       return null;
     }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod autobahn;
+pub mod ci;
 pub mod interop;
 pub mod netns;
 
@@ -214,7 +215,7 @@ pub fn http_request(method: &str, url: &str, body: Option<&str>) -> (u16, serde_
 pub fn require(what: &str, found: Option<PathBuf>) -> Option<PathBuf> {
     match found {
         Some(p) => Some(p),
-        None if std::env::var_os("CI").is_some() => {
+        None if ci::under_ci() => {
             panic!(
                 "{what} is required (CI is set) but was not found; run scripts/test to install it"
             )
