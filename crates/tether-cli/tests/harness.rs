@@ -22,3 +22,62 @@ fn ci_counts_only_when_set_to_a_yes() {
         assert!(!ci::means_yes(value), "CI={value:?} is not CI");
     }
 }
+
+/// A /metrics text as the server writes it (OpenMetrics), with one extra gauge whose name
+/// starts with another's.
+const EXPOSITION: &str = r#"# HELP tether_connections_open Open WebSocket connections.
+# TYPE tether_connections_open gauge
+tether_connections_open 7
+# TYPE tether_connections_open_max gauge
+tether_connections_open_max 9
+# TYPE tether_deliveries counter
+tether_deliveries_total 5
+# TYPE tether_deliveries_dropped counter
+tether_deliveries_dropped_total 2
+# TYPE tether_heartbeat_timeouts counter
+tether_heartbeat_timeouts_total 1
+# TYPE tether_heartbeat_rtt_seconds histogram
+tether_heartbeat_rtt_seconds_sum 0.5
+tether_heartbeat_rtt_seconds_count 4
+tether_heartbeat_rtt_seconds_bucket{le="0.1"} 3
+tether_heartbeat_rtt_seconds_bucket{le="+Inf"} 4
+# TYPE tether_connections_closed counter
+tether_connections_closed_total{code="1000",initiator="client"} 3
+tether_connections_closed_total{code="1006",initiator="network"} 2
+tether_connections_closed_total{code="1006",initiator="client"} 1
+# EOF
+"#;
+
+/// The panic message of `f`, if it panics.
+fn panic_of(f: impl FnOnce() -> f64 + std::panic::UnwindSafe) -> Option<String> {
+    let err = std::panic::catch_unwind(f).err()?;
+    Some(err.downcast_ref::<String>().cloned().unwrap_or_default())
+}
+
+#[test]
+fn a_metric_is_its_exact_name_and_labels_never_a_prefix() {
+    let sum = |selector: &str| metric_sum(EXPOSITION, selector);
+    // The exact name, not every name that starts with it.
+    assert_eq!(sum("tether_connections_open"), 7.0);
+    assert_eq!(sum("tether_deliveries_total"), 5.0);
+    // Labels in any order; the ones not given are summed over.
+    assert_eq!(sum(r#"tether_connections_closed_total{code="1000",initiator="client"}"#), 3.0);
+    assert_eq!(sum(r#"tether_connections_closed_total{initiator="client",code="1000"}"#), 3.0);
+    assert_eq!(sum(r#"tether_connections_closed_total{code="1006"}"#), 3.0);
+    assert_eq!(sum("tether_connections_closed_total"), 6.0);
+    assert_eq!(sum(r#"tether_heartbeat_rtt_seconds_bucket{le="+Inf"}"#), 4.0);
+    // A family with no series yet is 0, not an error (labelled families appear with their first).
+    assert_eq!(sum(r#"tether_recoveries_total{outcome="recovered"}"#), 0.0);
+    // A name that is no sample of any metric is an error, not a silent 0 or a sum of others.
+    for wrong in [
+        "tether_deliveries",            // a prefix of two counters
+        "tether_heartbeat_timeouts",    // a counter's samples end in _total
+        "tether_heartbeat_rtt_seconds", // a histogram's are _bucket, _sum, _count
+        "tether_recoverys_total",       // a typo
+    ] {
+        let why = panic_of(|| sum(wrong)).unwrap_or_else(|| panic!("{wrong} was accepted"));
+        assert!(why.contains(wrong), "{why}");
+    }
+    let why = panic_of(|| sum(r#"tether_connections_closed_total{code="1006""#)).unwrap();
+    assert!(why.contains("selector"), "an unclosed label set is an error: {why}");
+}

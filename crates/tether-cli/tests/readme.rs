@@ -145,32 +145,9 @@ fn words(text: &str) -> BTreeSet<&str> {
     text.split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')).collect()
 }
 
-/// The metric names registered in the server's source: the string after each `register(`.
-fn registered_metrics() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut dirs = vec![workspace().join("crates/tether-server/src")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let source = std::fs::read_to_string(&path).unwrap();
-            for call in source.split(".register(").skip(1) {
-                let call = call.trim_start();
-                if let Some(name) = call.strip_prefix('"').and_then(|c| c.split('"').next()) {
-                    names.insert(name.to_owned());
-                }
-            }
-        }
-    }
-    names
-}
-
 #[test]
 fn the_readme_names_every_metric_the_server_registers() {
-    let metrics = registered_metrics();
+    let metrics = common::metrics::registered();
     assert!(metrics.len() > 30 && metrics.contains("tether_connections_open"), "{metrics:?}");
     let text = readme();
     let named = words(&text);

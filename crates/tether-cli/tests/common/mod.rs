@@ -5,6 +5,7 @@
 pub mod autobahn;
 pub mod ci;
 pub mod interop;
+pub mod metrics;
 pub mod netns;
 
 use std::io::{BufRead, BufReader};
@@ -158,9 +159,9 @@ impl Server {
         closed_total(&self.metrics(), code, initiator)
     }
 
-    /// Sum of all samples of a metric whose line starts with `prefix` (name plus optional labels).
-    pub fn metric(&self, prefix: &str) -> f64 {
-        metric_sum(&self.metrics(), prefix)
+    /// The sum of the samples `selector` names (see [`metric_sum`]).
+    pub fn metric(&self, selector: &str) -> f64 {
+        metric_sum(&self.metrics(), selector)
     }
 }
 
@@ -179,11 +180,11 @@ pub fn closed_total(text: &str, code: &str, initiator: &str) -> f64 {
     )
 }
 
-pub fn metric_sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The sum of the samples `selector` names in a /metrics text: the exact sample name, and
+/// optionally label values (`name{code="1006"}` sums over the labels not given); see
+/// [`metrics::sum`]. A name that is no metric's sample panics.
+pub fn metric_sum(text: &str, selector: &str) -> f64 {
+    metrics::sum(text, selector)
 }
 
 fn agent() -> ureq::Agent {
