@@ -81,3 +81,74 @@ fn a_metric_is_its_exact_name_and_labels_never_a_prefix() {
     let why = panic_of(|| sum(r#"tether_connections_closed_total{code="1006""#)).unwrap();
     assert!(why.contains("selector"), "an unclosed label set is an error: {why}");
 }
+
+/// A fake build in a temporary directory: sources, a binary, and cargo's dep-info beside it.
+struct FakeBuild {
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+}
+
+impl FakeBuild {
+    fn new(name: &str) -> FakeBuild {
+        let dir =
+            std::env::temp_dir().join(format!("tether-fake-build-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        for file in ["src/main.rs", "src/my module.rs", "index.html"] {
+            std::fs::write(dir.join(file), "x").unwrap();
+        }
+        let bin = dir.join("tether");
+        std::fs::write(&bin, "binary").unwrap();
+        let d = dir.display().to_string().replace(' ', "\\ ");
+        std::fs::write(
+            dir.join("tether.d"),
+            format!("{d}/tether: {d}/src/main.rs {d}/src/my\\ module.rs {d}/src/../index.html\n"),
+        )
+        .unwrap();
+        FakeBuild { dir, bin }
+    }
+
+    /// Set a file's modification time to `secs` after an arbitrary origin.
+    fn touch(&self, file: &str, secs: u64) {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 + secs);
+        let f = std::fs::File::options().write(true).open(self.dir.join(file)).unwrap();
+        f.set_modified(time).unwrap();
+    }
+}
+
+impl Drop for FakeBuild {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_binary_older_than_a_source_it_was_built_from_is_stale() {
+    let build = FakeBuild::new("stale");
+    for file in ["src/main.rs", "src/my module.rs", "index.html"] {
+        build.touch(file, 0);
+    }
+    build.touch("tether", 10);
+    assert_eq!(release::stale_input(&build.bin).unwrap(), None, "built after every source");
+
+    build.touch("src/my module.rs", 20);
+    let stale = release::stale_input(&build.bin).unwrap();
+    assert!(stale.is_some_and(|p| p.ends_with("src/my module.rs")), "an edited source");
+
+    build.touch("src/my module.rs", 0);
+    build.touch("index.html", 20);
+    let stale = release::stale_input(&build.bin).unwrap();
+    assert!(stale.is_some_and(|p| p.ends_with("index.html")), "an embedded asset");
+
+    build.touch("index.html", 0);
+    std::fs::remove_file(build.dir.join("src/main.rs")).unwrap();
+    let stale = release::stale_input(&build.bin).unwrap();
+    assert!(stale.is_some_and(|p| p.ends_with("src/main.rs")), "a source that is gone");
+
+    std::fs::remove_file(build.dir.join("tether.d")).unwrap();
+    assert!(release::stale_input(&build.bin).is_err(), "no dep-info: cannot tell");
+
+    // The binary under test, which cargo has just built, reads as up to date from cargo's own
+    // dep-info.
+    let bin = std::path::Path::new(BIN);
+    assert_eq!(release::stale_input(bin), Ok(None), "{}", bin.display());
+}

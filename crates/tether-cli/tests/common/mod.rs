@@ -7,6 +7,7 @@ pub mod ci;
 pub mod interop;
 pub mod metrics;
 pub mod netns;
+pub mod release;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -216,18 +217,18 @@ pub fn http_request(method: &str, url: &str, body: Option<&str>) -> (u16, serde_
 pub fn require(what: &str, found: Option<PathBuf>) -> Option<PathBuf> {
     match found {
         Some(p) => Some(p),
-        None if ci::under_ci() => {
-            panic!(
-                "{what} is required (CI is set) but was not found; run scripts/test to install it"
-            )
-        }
-        None => {
-            eprintln!(
-                "\n!!!!!!!! SKIPPED: {what} not found; run scripts/test to install it !!!!!!!!\n"
-            );
-            None
-        }
+        None => unavailable(&format!("{what} not found; run scripts/test to install it")),
     }
+}
+
+/// Something a test needs cannot be had, for the reason `why` (which says what to do): under
+/// `CI` the test fails; locally it is reported as skipped, loudly, and gets `None`.
+pub fn unavailable<T>(why: &str) -> Option<T> {
+    if ci::under_ci() {
+        panic!("required (CI is set): {why}");
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+    None
 }
 
 /// The Python interpreter with the `websockets` package: $TETHER_PYTHON or ./.venv/bin/python.
