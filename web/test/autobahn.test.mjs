@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { KOSOKU, reportLines, runAutobahnClient, summarize, summaryLine } from './autobahn-client.mjs';
+import { underCI } from './harness.mjs';
 
 const CASE_TIMEOUT_MS = 120000;
 const TOTAL_MS = 20 * 60000;
@@ -13,7 +14,7 @@ const TOTAL_MS = 20 * 60000;
 function requirement() {
   if (existsSync(KOSOKU)) return false;
   const why = `missing: kosoku (${KOSOKU}; .venv/bin/pip install kosoku==0.1.0, or set TETHER_KOSOKU)`;
-  if (process.env.CI) throw new Error(`the Autobahn test cannot run under CI: ${why}`);
+  if (underCI()) throw new Error(`the Autobahn test cannot run under CI: ${why}`);
   console.error(`\n!!!!!!!! SKIPPED Autobahn client test: ${why} !!!!!!!!\n`);
   return why;
 }

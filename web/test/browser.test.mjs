@@ -153,7 +153,7 @@ test('navigating away closes with 1001, seen by the server', { skip: req.skip },
   await waitFor('the server to record 1001 from the client', async () =>
     (await server.metric('tether_connections_closed_total{code="1001",initiator="client"}')) === 1,
   );
-  assert.equal(await server.metric('tether_connections_closed_total{code="1006"'), 0, 'not a dropped TCP connection');
+  assert.equal(await server.metric('tether_connections_closed_total{code="1006"}'), 0, 'not a dropped TCP connection');
   await page.close();
 });
 

@@ -2,7 +2,7 @@
 // and stopped by PID), headless Chromium from Debian's package driven by playwright-core, and
 // waits with deadlines (never fixed sleeps as synchronisation).
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +14,16 @@ export const outputDir = join(repo, 'target', 'test-output');
 
 export const TETHER_BIN = process.env.TETHER_BIN || join(repo, 'target', 'debug', 'tether');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+/**
+ * Whether the tests run under CI, where a missing piece fails a test instead of skipping it:
+ * `CI` set to anything but a "no" (empty, 0, false, no, off, in any case). The Rust tests'
+ * `common::ci::means_yes` is the same rule.
+ */
+export function underCI(value = process.env.CI) {
+  const v = (value ?? '').trim().toLowerCase();
+  return !['', '0', 'false', 'no', 'off'].includes(v);
+}
 
 /**
  * What the browser tests need, or why they cannot run. Under CI a missing piece fails the
@@ -31,7 +41,7 @@ export async function requirements() {
   }
   if (missing.length === 0) return { chromium, skip: false };
   const why = `missing: ${missing.join(', ')}; run scripts/test`;
-  if (process.env.CI) throw new Error(`browser tests cannot run under CI: ${why}`);
+  if (underCI()) throw new Error(`browser tests cannot run under CI: ${why}`);
   console.error(`\n!!!!!!!! SKIPPED browser tests: ${why} !!!!!!!!\n`);
   return { chromium: null, skip: why };
 }
@@ -143,14 +153,110 @@ export class Server {
     return body;
   }
 
-  /** Sum of the samples of a metric whose line starts with `prefix`. */
-  async metric(prefix) {
-    const text = await (await fetch(`${this.http}/metrics`)).text();
-    return text
-      .split('\n')
-      .filter((l) => !l.startsWith('#') && l.startsWith(prefix))
-      .reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+  /** The sum of the samples `selector` names in /metrics (see `metricSum`). */
+  async metric(selector) {
+    return metricSum(await (await fetch(`${this.http}/metrics`)).text(), selector);
   }
+}
+
+/**
+ * The sum of the samples `selector` names in a /metrics text (OpenMetrics), by exact name and
+ * label values, PromQL-style: `name` or `name{label="value",…}`, labels not given summed over.
+ * A name that is no sample of any metric throws, instead of reading as 0 or as the sum of other
+ * metrics sharing its prefix. Same rules as crates/tether-cli/tests/common/metrics.rs.
+ */
+export function metricSum(text, selector) {
+  const brace = selector.indexOf('{');
+  const name = brace < 0 ? selector : selector.slice(0, brace);
+  let wanted = [];
+  if (brace >= 0) {
+    const parsed = parseLabels(selector.slice(brace + 1));
+    if (!parsed || parsed.rest !== '') throw new Error(`bad metric selector ${selector}: write name{label="value",…}`);
+    wanted = parsed.labels;
+  }
+  checkMetricName(text, name);
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const end = line.search(/[{ ]/);
+    if (end < 0 || line.slice(0, end) !== name) continue;
+    let labels = [];
+    let rest = line.slice(end);
+    if (rest.startsWith('{')) {
+      const parsed = parseLabels(rest.slice(1));
+      if (!parsed) continue;
+      ({ labels, rest } = parsed);
+    }
+    if (!wanted.every(([k, v]) => labels.some(([lk, lv]) => lk === k && lv === v))) continue;
+    sum += Number(rest.trim().split(/\s+/)[0]);
+  }
+  return sum;
+}
+
+/** `a="x",b="y"}…` → the labels (values unescaped) and what follows the `}`; null if malformed. */
+function parseLabels(s) {
+  const labels = [];
+  for (;;) {
+    if (s.startsWith('}')) return { labels, rest: s.slice(1) };
+    const eq = s.indexOf('="');
+    if (eq < 0) return null;
+    const key = s.slice(0, eq).trim();
+    let value = '';
+    let i = eq + 2;
+    for (;; i++) {
+      if (i >= s.length) return null;
+      if (s[i] === '"') break;
+      if (s[i] === '\\') {
+        i++;
+        value += s[i] === 'n' ? '\n' : (s[i] ?? '');
+      } else value += s[i];
+    }
+    labels.push([key, value]);
+    s = s.slice(i + 1);
+    if (s.startsWith(',')) s = s.slice(1);
+  }
+}
+
+/** The sample names each OpenMetrics type has, after its family's name. */
+function sampleSuffixes(kind) {
+  switch (kind) {
+    case 'counter': return ['_total', '_created'];
+    case 'histogram': case 'gaugehistogram': return ['_bucket', '_sum', '_count', '_created'];
+    case 'summary': return ['', '_sum', '_count', '_created'];
+    case 'info': return ['_info'];
+    default: return [''];
+  }
+}
+
+let registeredFamilies = null;
+/** The metric families tether-server registers: the string after each `.register(` in its source. */
+export function registeredMetrics() {
+  if (registeredFamilies) return registeredFamilies;
+  const src = join(repo, 'crates', 'tether-server', 'src');
+  registeredFamilies = new Set();
+  for (const file of readdirSync(src, { recursive: true })) {
+    if (!String(file).endsWith('.rs')) continue;
+    for (const m of readFileSync(join(src, String(file)), 'utf8').matchAll(/\.register\(\s*"([^"]+)"/g)) registeredFamilies.add(m[1]);
+  }
+  if (!registeredFamilies.has('tether_connections_open')) throw new Error(`no metric found in ${src}`);
+  return registeredFamilies;
+}
+
+/**
+ * Throw unless `name` is a sample name of a metric: of a family in the text (by its type), or,
+ * for a family the text does not show (a labelled one with no series yet), of one the server
+ * registers.
+ */
+function checkMetricName(text, name) {
+  const families = text.split('\n').filter((l) => l.startsWith('# TYPE ')).map((l) => l.slice(7).split(' '));
+  const sampleOf = ([family, kind]) => name.startsWith(family) && sampleSuffixes(kind).includes(name.slice(family.length));
+  if (families.some(sampleOf)) return;
+  const candidates = [name, ...['_total', '_bucket', '_sum', '_count'].filter((s) => name.endsWith(s)).map((s) => name.slice(0, -s.length))];
+  const shown = families.filter(([family]) => candidates.includes(family))
+    .flatMap(([family, kind]) => sampleSuffixes(kind).map((s) => family + s));
+  if (shown.length === 0 && candidates.some((c) => registeredMetrics().has(c))) return;
+  throw new Error(`no metric sample is named ${name}${shown.length ? ` (its family's samples: ${shown.join(', ')})` : ''}; `
+    + 'give a sample\'s exact name (a counter\'s ends in _total; a histogram\'s in _bucket, _sum or _count)');
 }
 
 /**
@@ -284,7 +390,7 @@ export class Nginx {
     const { existsSync, writeFileSync } = await import('node:fs');
     const bin = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p));
     if (!bin) {
-      if (process.env.CI) throw new Error('nginx is missing (apt-get install nginx; scripts/test does)');
+      if (underCI()) throw new Error('nginx is missing (apt-get install nginx; scripts/test does)');
       console.error('\n!!!!!!!! SKIPPED: nginx is missing (apt-get install nginx) !!!!!!!!\n');
       return null;
     }

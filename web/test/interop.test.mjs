@@ -1,7 +1,7 @@
 // The interoperability matrix, JavaScript side: Node's `ws` client and headless Chromium against
 // the real `tether` binary. Each row runs the same checks as the Rust-driven rows
-// (crates/tether-cli/tests/interop_matrix.rs) and is written to target/interop/rows for
-// docs/interop.md (scripts/interop-table).
+// (crates/tether-cli/tests/interop_matrix.rs) and is written to target/interop/rows, which
+// scripts/interop-table renders into target/interop/interop.md (--write-docs: docs/interop.md).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';

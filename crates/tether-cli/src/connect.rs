@@ -2,6 +2,10 @@
 //! initiator) and shows the reconnect schedule. Lines typed on stdin are sent as text frames.
 //! Output is line-oriented on stdout: `*` for connection events, `<` for what arrives, `!` for
 //! errors reported by the server.
+//!
+//! On a server with JWT auth it authenticates with `--token`, or with the token that
+//! `--token-command` prints; that command runs again before every reconnect, so a long session
+//! never reconnects with an expired token.
 
 use crate::units;
 use anyhow::{bail, Result};
@@ -41,6 +45,56 @@ pub struct ConnectArgs {
     /// Also trust the CA certificate(s) in this PEM file for wss:// (private CA, test setups)
     #[arg(long)]
     ca_cert: Option<std::path::PathBuf>,
+    /// JWT for a server with --jwt-secret or --jwt-public-key, sent with the `connect` command
+    /// (in raw mode added to the URL as ?token=); `tether token` makes one for development
+    #[arg(long, env = "TETHER_TOKEN", hide_env_values = true, value_name = "JWT")]
+    token: Option<String>,
+    /// Shell command (run with `sh -c`) whose output is the JWT, e.g. your login tool; run
+    /// before the first connection and again before every reconnect, so that each connection
+    /// has a fresh token. A command that fails or prints nothing stops the client and says why
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["token", "raw"])]
+    token_command: Option<String>,
+}
+
+/// How long `--token-command` may take (as long as a connect attempt may).
+const TOKEN_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Run `--token-command` with `sh -c`: its trimmed stdout is the token. The command itself is
+/// not repeated in errors: it may hold a secret.
+async fn run_token_command(command: &str) -> Result<String, String> {
+    let output = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = match tokio::time::timeout(TOKEN_COMMAND_TIMEOUT, output).await {
+        Err(_) => {
+            return Err(format!("--token-command took longer than {TOKEN_COMMAND_TIMEOUT:?}"))
+        }
+        Ok(Err(e)) => return Err(format!("cannot run --token-command with sh -c: {e}")),
+        Ok(Ok(output)) => output,
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = stderr.trim();
+    if !output.status.success() {
+        let said = if stderr.is_empty() { String::new() } else { format!(": {stderr}") };
+        return Err(format!("--token-command failed ({}){said}", output.status));
+    }
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if token.is_empty() {
+        return Err(
+            "--token-command printed no token on stdout (it should print the JWT alone)".into()
+        );
+    }
+    if token.contains(char::is_whitespace) {
+        return Err("--token-command printed more than one word; it should print the JWT alone \
+                    (send anything else to stderr)"
+            .into());
+    }
+    Ok(token)
 }
 
 fn build_config(args: &ConnectArgs) -> Result<ClientConfig> {
@@ -52,13 +106,31 @@ fn build_config(args: &ConnectArgs) -> Result<ClientConfig> {
     }
     let mut url = args.url.clone();
     let mut cfg = ClientConfig::new("");
+    let mut add_query = |name: &str, value: &str| {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(name);
+        url.push('=');
+        url.extend(form_urlencoded::byte_serialize(value.as_bytes()));
+    };
     if args.raw {
         cfg = cfg.raw();
         for channel in &args.channels {
-            url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str("channel=");
-            url.extend(form_urlencoded::byte_serialize(channel.as_bytes()));
+            add_query("channel", channel);
         }
+        if let Some(token) = &args.token {
+            add_query("token", token.trim());
+        }
+    } else if let Some(token) = &args.token {
+        cfg = cfg.token(token.trim());
+    }
+    if let Some(command) = &args.token_command {
+        let command = command.clone();
+        cfg = cfg
+            .token_refresh(move || {
+                let command = command.clone();
+                async move { run_token_command(&command).await }
+            })
+            .token_refresh_on_reconnect(true);
     }
     cfg.url = url;
     if let Some(path) = &args.ca_cert {
@@ -84,7 +156,11 @@ fn build_config(args: &ConnectArgs) -> Result<ClientConfig> {
 }
 
 pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
-    let cfg = build_config(&args)?;
+    let mut cfg = build_config(&args)?;
+    if let Some(command) = &args.token_command {
+        // The first token before any connection: a command that fails stops here, with its reason.
+        cfg.token = Some(run_token_command(command).await.map_err(anyhow::Error::msg)?);
+    }
     let raw = args.raw;
     println!("* connecting to {} ({} mode)", cfg.url, if raw { "raw" } else { "tether.v1.json" });
     let (client, mut events) = tether_client::connect(cfg);

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{require, Server};
+use common::{release, require, Server};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -23,10 +23,17 @@ fn kosoku() -> Option<PathBuf> {
     require("kosoku (pip install kosoku==0.1.0)", found.filter(|p| p.exists()))
 }
 
-/// The optimised binary when the test command built it (faster through 16 MiB messages), else
-/// the one under test.
+/// The optimised binary when the test command built it (faster through 16 MiB messages) and it
+/// is up to date with the sources, else the one under test.
 fn server_bin() -> Option<String> {
-    std::env::var("TETHER_RELEASE_BIN").ok().filter(|p| std::path::Path::new(p).exists())
+    std::env::var_os("TETHER_RELEASE_BIN")?;
+    match release::release_bin() {
+        Ok(bin) => Some(bin.to_string_lossy().into_owned()),
+        Err(why) => {
+            eprintln!("autobahn: the debug build instead of the release build: {why}");
+            None
+        }
+    }
 }
 
 #[test]

@@ -23,9 +23,15 @@ fn text(out: &Output) -> (String, String) {
 
 #[test]
 fn every_command_has_help() {
-    for args in
-        [&["--help"][..], &["serve", "--help"], &["connect", "--help"], &["publish", "--help"]]
-    {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["connect", "--help"],
+        &["publish", "--help"],
+        &["token", "--help"],
+        &["soak", "--help"],
+        &["bench", "--help"],
+    ] {
         let out = tether(args, &[]);
         let (stdout, _) = text(&out);
         assert!(out.status.success(), "{args:?}");

@@ -2,7 +2,7 @@
 //! each in every configuration it offers. Every row checks the handshake (with and without the
 //! subprotocol, with and without compression offered), ping/pong at both levels, publications
 //! of 1 byte, 200 KiB and non-ASCII text, and a close in each direction with its code and reason
-//! preserved. Rows are written for `docs/interop.md` (see `common::interop`).
+//! preserved. Rows are written for the matrix in `docs/interop.md` (see `common::interop`).
 
 mod common;
 use common::interop::Row;

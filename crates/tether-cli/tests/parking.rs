@@ -58,7 +58,7 @@ async fn idle_connections_park_keep_their_heartbeat_and_wake_for_publications_an
         rtts(&server)
     );
     assert_eq!(server.metric("tether_connections_open") as usize, N);
-    assert_eq!(server.metric("tether_heartbeat_timeouts"), 0.0);
+    assert_eq!(server.metric("tether_heartbeat_timeouts_total"), 0.0);
 
     // A publication wakes every parked subscriber.
     assert!(wait_until(Duration::from_secs(10), || parked(&server) == N));

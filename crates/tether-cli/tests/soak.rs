@@ -55,7 +55,7 @@ fn server_memory_comes_back_after_churn() {
     assert_eq!(server.metric("tether_connections_accepted_total"), 5000.0);
     assert_eq!(server.metric("tether_connections_open"), 0.0);
     assert!(
-        server.metric("tether_connections_closed_total{code=\"1006\"") >= 2000.0,
+        server.metric("tether_connections_closed_total{code=\"1006\"}") >= 2000.0,
         "half dropped abruptly"
     );
 }

@@ -53,6 +53,11 @@ pub struct ClientConfig {
     /// Fetches a fresh token when the server closes with 4002 (token expired); the client then
     /// reconnects with it. Without one, 4002 stops the client.
     pub token_refresh: Option<TokenRefresh>,
+    /// Call `token_refresh` before every reconnect, not only after a 4002: for short-lived
+    /// tokens from an identity provider or a command (`tether connect --token-command`), so that
+    /// each new connection starts with a fresh one. A refresh that fails stops the client with
+    /// its reason. Off by default.
+    pub token_refresh_on_reconnect: bool,
 }
 
 /// A token being fetched: a fresh token, or why there is none.
@@ -88,6 +93,7 @@ impl ClientConfig {
             compress_sends: None,
             token: None,
             token_refresh: None,
+            token_refresh_on_reconnect: false,
         }
     }
 
@@ -104,6 +110,13 @@ impl ClientConfig {
         Fut: std::future::Future<Output = Result<String, String>> + Send + 'static,
     {
         self.token_refresh = Some(TokenRefresh(std::sync::Arc::new(move || Box::pin(refresh()))));
+        self
+    }
+
+    /// Fetch a fresh token with `token_refresh` before every reconnect too (see
+    /// [`ClientConfig::token_refresh_on_reconnect`]).
+    pub fn token_refresh_on_reconnect(mut self, on: bool) -> Self {
+        self.token_refresh_on_reconnect = on;
         self
     }
 

@@ -157,7 +157,9 @@ impl Supervisor {
             };
             let mut decision =
                 reconnector.on_close(Instant::now().into_std(), &ended, rand::random::<f64>());
-            if end.code == CloseCode::TOKEN_EXPIRED && matches!(decision, Decision::Retry { .. }) {
+            let refresh = end.code == CloseCode::TOKEN_EXPIRED
+                || (self.config.token_refresh_on_reconnect && self.config.token_refresh.is_some());
+            if refresh && matches!(decision, Decision::Retry { .. }) {
                 if let Err(why) = self.refresh_token().await {
                     decision = Decision::Stop(tether_core::reconnect::StopReason::Refused(why));
                 }
@@ -327,7 +329,8 @@ impl Supervisor {
         Ok(ws)
     }
 
-    /// The server said the token expired: get a fresh one for the next connection.
+    /// The server said the token expired, or every reconnect asks for a fresh one
+    /// (`token_refresh_on_reconnect`): get a fresh one for the next connection.
     async fn refresh_token(&mut self) -> Result<(), String> {
         let Some(refresh) = self.config.token_refresh.clone() else {
             return Err("the token expired (4002) and no token_refresh is configured".into());

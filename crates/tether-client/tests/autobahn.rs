@@ -6,6 +6,9 @@
 //! kosoku (PyPI) is found through `$TETHER_KOSOKU`, else `<workspace>/.venv/bin/kosoku`;
 //! `scripts/test` installs it. Without it the test is skipped, loudly, or fails under `CI`.
 
+#[path = "../../tether-cli/tests/common/ci.rs"]
+mod ci;
+
 #[path = "../examples/autobahn_client.rs"]
 #[allow(dead_code)] // its `main` is for running the walk by hand
 mod autobahn_client;
@@ -41,7 +44,7 @@ fn kosoku() -> Option<PathBuf> {
     if candidate.is_file() {
         return Some(candidate);
     }
-    if std::env::var_os("CI").is_some() {
+    if ci::under_ci() {
         panic!("kosoku is required (CI is set) but was not found; run scripts/test to install it");
     }
     eprintln!("\n!!!!!!!! SKIPPED: kosoku not found; run scripts/test to install it !!!!!!!!\n");

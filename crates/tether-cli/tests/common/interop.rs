@@ -1,5 +1,6 @@
 //! Rows of the interoperability matrix: each test that drives a real third-party peer records
-//! what it checked, and `scripts/interop-table` renders every row into `docs/interop.md`.
+//! what it checked, and `scripts/interop-table` renders every row into
+//! `target/interop/interop.md` (published as `docs/interop.md` with `--write-docs`).
 
 use std::path::PathBuf;
 

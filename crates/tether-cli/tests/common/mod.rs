@@ -3,8 +3,11 @@
 #![allow(dead_code)]
 
 pub mod autobahn;
+pub mod ci;
 pub mod interop;
+pub mod metrics;
 pub mod netns;
+pub mod release;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -157,9 +160,9 @@ impl Server {
         closed_total(&self.metrics(), code, initiator)
     }
 
-    /// Sum of all samples of a metric whose line starts with `prefix` (name plus optional labels).
-    pub fn metric(&self, prefix: &str) -> f64 {
-        metric_sum(&self.metrics(), prefix)
+    /// The sum of the samples `selector` names (see [`metric_sum`]).
+    pub fn metric(&self, selector: &str) -> f64 {
+        metric_sum(&self.metrics(), selector)
     }
 }
 
@@ -178,11 +181,11 @@ pub fn closed_total(text: &str, code: &str, initiator: &str) -> f64 {
     )
 }
 
-pub fn metric_sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// The sum of the samples `selector` names in a /metrics text: the exact sample name, and
+/// optionally label values (`name{code="1006"}` sums over the labels not given); see
+/// [`metrics::sum`]. A name that is no metric's sample panics.
+pub fn metric_sum(text: &str, selector: &str) -> f64 {
+    metrics::sum(text, selector)
 }
 
 fn agent() -> ureq::Agent {
@@ -214,18 +217,18 @@ pub fn http_request(method: &str, url: &str, body: Option<&str>) -> (u16, serde_
 pub fn require(what: &str, found: Option<PathBuf>) -> Option<PathBuf> {
     match found {
         Some(p) => Some(p),
-        None if std::env::var_os("CI").is_some() => {
-            panic!(
-                "{what} is required (CI is set) but was not found; run scripts/test to install it"
-            )
-        }
-        None => {
-            eprintln!(
-                "\n!!!!!!!! SKIPPED: {what} not found; run scripts/test to install it !!!!!!!!\n"
-            );
-            None
-        }
+        None => unavailable(&format!("{what} not found; run scripts/test to install it")),
     }
+}
+
+/// Something a test needs cannot be had, for the reason `why` (which says what to do): under
+/// `CI` the test fails; locally it is reported as skipped, loudly, and gets `None`.
+pub fn unavailable<T>(why: &str) -> Option<T> {
+    if ci::under_ci() {
+        panic!("required (CI is set): {why}");
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+    None
 }
 
 /// The Python interpreter with the `websockets` package: $TETHER_PYTHON or ./.venv/bin/python.

@@ -46,7 +46,7 @@ impl Pair {
         let iptables = require("iptables (apt-get install iptables)", iptables)?;
         match Self::try_create(iptables) {
             Ok(pair) => Some(pair),
-            Err(reason) if std::env::var_os("CI").is_some() => {
+            Err(reason) if super::ci::under_ci() => {
                 panic!("network namespaces are required (CI is set) but: {reason}")
             }
             Err(reason) => {
