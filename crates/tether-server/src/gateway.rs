@@ -367,6 +367,14 @@ impl Gateway {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {
                         shared.broker.maintain();
+                        let held = shared.broker.held();
+                        let m = &shared.metrics;
+                        if let Some(n) = held.streams {
+                            m.broker_streams.set(n as i64);
+                        }
+                        if let Some(n) = held.idempotency_keys {
+                            m.idempotency_keys.set(n as i64);
+                        }
                         shared.per_ip.sweep_now(shared.now_ms());
                     }
                 }

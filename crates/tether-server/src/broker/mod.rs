@@ -85,8 +85,15 @@ pub trait Broker: Send + Sync + 'static {
         since: Option<&'a StreamPosition>,
     ) -> BoxFuture<'a, Result<History, BrokerError>>;
 
-    /// Periodic housekeeping (expire history, drop idle streams). Called about once a second.
+    /// Periodic housekeeping (expire history and idempotency keys, drop idle streams). Called
+    /// about once a second.
     fn maintain(&self) {}
+
+    /// Channel streams and idempotency keys this node holds, as of the last [`Broker::maintain`]
+    /// (`None`: kept elsewhere, e.g. in Redis, which expires them itself).
+    fn held(&self) -> Held {
+        Held::default()
+    }
 
     /// Whether publications can be accepted now, or why not (`/readyz` reports this).
     fn readiness(&self) -> Result<(), String> {
@@ -95,6 +102,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A short name for logs and `/healthz`.
     fn name(&self) -> &'static str;
+}
+
+/// What a broker holds in this process (see [`Broker::held`]), for the gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub streams: Option<usize>,
+    pub idempotency_keys: Option<usize>,
 }
 
 /// Most publications one recovery replays; a client further behind is told `recovered: false`
@@ -132,11 +146,24 @@ struct RecentKeys {
 
 impl RecentKeys {
     fn offset_of(&mut self, key: &str, now: Instant) -> Option<u64> {
+        self.forget_expired(now);
+        self.offsets.get(key).filter(|(_, until)| *until > now).map(|(offset, _)| *offset)
+    }
+
+    /// Forget the keys whose window has passed (the oldest first: one window for all keys keeps
+    /// `order` sorted by expiry). Once none is left, their memory is given back too.
+    fn forget_expired(&mut self, now: Instant) {
         while self.order.front().is_some_and(|(until, _)| *until <= now) {
             let (_, old) = self.order.pop_front().expect("checked");
             self.offsets.remove(&old);
         }
-        self.offsets.get(key).filter(|(_, until)| *until > now).map(|(offset, _)| *offset)
+        if self.order.is_empty() && self.offsets.capacity() > 0 {
+            *self = RecentKeys::default();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len()
     }
 
     fn remember(&mut self, key: &str, offset: u64, until: Instant) {
@@ -153,9 +180,12 @@ type Shard = Mutex<HashMap<Arc<str>, Entry>>;
 
 /// Single-node broker: streams in memory; publishing is local fan-out.
 ///
-/// A channel's stream lives while it has history or local subscribers; an idle one is dropped by
-/// [`Broker::maintain`] (its next incarnation gets a new epoch, so a client holding the old one
-/// is told `recovered: false` instead of being handed a false continuation).
+/// A channel's stream is made by its first publication, never by a subscribe (as in the Redis
+/// scripts): subscribers alone cannot use up `max_channels`. Before it exists a channel answers
+/// epoch `""` and offset 0. A stream lives while it has history, idempotency keys within their
+/// window, or local subscribers; an idle one is dropped by [`Broker::maintain`] (its next
+/// incarnation gets a new epoch, so a client holding the old one is told `recovered: false`
+/// instead of being handed a false continuation).
 pub struct MemoryBroker {
     hub: Arc<Hub>,
     rules: Vec<HistoryRule>,
@@ -164,6 +194,8 @@ pub struct MemoryBroker {
     /// Streams held, and the most allowed.
     streams: AtomicUsize,
     max_streams: usize,
+    /// Idempotency keys held, as counted by the last housekeeping.
+    keys: AtomicUsize,
 }
 
 impl MemoryBroker {
@@ -175,6 +207,7 @@ impl MemoryBroker {
             hasher: RandomState::new(),
             streams: AtomicUsize::new(0),
             max_streams,
+            keys: AtomicUsize::new(0),
         }
     }
 
@@ -246,32 +279,56 @@ impl Broker for MemoryBroker {
         channel: &'a str,
         since: Option<&'a StreamPosition>,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
-        let result = self.with_stream(channel, |entry| {
-            let position = entry.stream.position();
-            let (recovered, publications) = match since {
-                None => (None, Vec::new()),
-                Some(since) if position.offset.saturating_sub(since.offset) > MAX_REPLAY => {
-                    (Some(false), Vec::new())
-                }
-                Some(since) => match entry.stream.recover(since, Instant::now()) {
-                    Recovery::Recovered(publications) => (Some(true), publications),
-                    Recovery::NotRecovered => (Some(false), Vec::new()),
-                },
-            };
-            History { position, recovered, publications }
-        });
-        Box::pin(std::future::ready(result))
+        // Read only: a channel without a stream has had no publication (or none since its
+        // stream was dropped as idle), and reading creates nothing.
+        let mut shard = self.shard(channel).lock().expect("stream shard lock");
+        let Some(entry) = shard.get_mut(channel) else {
+            // Only a client that saw the channel before it had a stream continues from there.
+            let recovered = since.map(|s| s.epoch.is_empty() && s.offset == 0);
+            let position = StreamPosition { epoch: String::new(), offset: 0 };
+            return Box::pin(std::future::ready(Ok(History {
+                position,
+                recovered,
+                publications: Vec::new(),
+            })));
+        };
+        let position = entry.stream.position();
+        let (recovered, publications) = match since {
+            None => (None, Vec::new()),
+            Some(since) if position.offset.saturating_sub(since.offset) > MAX_REPLAY => {
+                (Some(false), Vec::new())
+            }
+            Some(since) => match entry.stream.recover(since, Instant::now()) {
+                Recovery::Recovered(publications) => (Some(true), publications),
+                Recovery::NotRecovered => (Some(false), Vec::new()),
+            },
+        };
+        Box::pin(std::future::ready(Ok(History { position, recovered, publications })))
     }
 
     fn maintain(&self) {
         let now = Instant::now();
+        let mut keys = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().expect("stream shard lock");
             let before = shard.len();
             shard.retain(|channel, entry| {
-                !entry.stream.is_idle(now) || self.hub.has_subscribers(channel)
+                entry.keys.forget_expired(now);
+                keys += entry.keys.len();
+                // (`is_idle` expires history first, so it goes on every pass.)
+                !entry.stream.is_idle(now)
+                    || entry.keys.len() > 0
+                    || self.hub.has_subscribers(channel)
             });
             self.streams.fetch_sub(before - shard.len(), Ordering::Relaxed);
+        }
+        self.keys.store(keys, Ordering::Relaxed);
+    }
+
+    fn held(&self) -> Held {
+        Held {
+            streams: Some(self.stream_count()),
+            idempotency_keys: Some(self.keys.load(Ordering::Relaxed)),
         }
     }
 
@@ -355,6 +412,57 @@ mod tests {
         assert_eq!(keys.offset_of("5", now), Some(5));
         assert_eq!(keys.offset_of("5", later), None, "and all after their window");
         assert!(keys.order.is_empty());
+    }
+
+    /// Idempotency keys held in all the broker's streams.
+    fn keys_held(b: &MemoryBroker) -> usize {
+        b.shards
+            .iter()
+            .map(|s| s.lock().unwrap().values().map(|e| e.keys.offsets.len()).sum::<usize>())
+            .sum()
+    }
+
+    #[test]
+    fn subscribing_creates_no_stream() {
+        let b = broker(1);
+        let h = now(b.history("chat:a", None)).unwrap();
+        assert_eq!((h.position.epoch.as_str(), h.position.offset, h.recovered), ("", 0, None));
+        // A client that saw the channel before anything was published, and nothing since.
+        let never = StreamPosition { epoch: String::new(), offset: 0 };
+        assert_eq!(now(b.history("chat:a", Some(&never))).unwrap().recovered, Some(true));
+        // A position in a stream that is gone cannot be continued.
+        let gone = StreamPosition { epoch: "0badc0ffee00".into(), offset: 3 };
+        assert_eq!(now(b.history("chat:b", Some(&gone))).unwrap().recovered, Some(false));
+        assert_eq!(b.stream_count(), 0, "reading history made no stream");
+        assert!(
+            now(b.publish("chat:c", &raw("1"), None)).is_ok(),
+            "the one stream allowed is free"
+        );
+    }
+
+    #[test]
+    fn housekeeping_forgets_expired_idempotency_keys() {
+        let b = broker(10);
+        // Expired as soon as remembered; nothing is published on the channel afterwards.
+        now(b.publish("chat:a", &raw("1"), Some(Once { key: "k1", window: Duration::ZERO })))
+            .unwrap();
+        // (Another channel: a keyed publish on `chat:a` would forget `k1` by itself.)
+        let live = Some(Once { key: "k2", window: Duration::from_secs(60) });
+        now(b.publish("chat:b", &raw("2"), live)).unwrap();
+        assert_eq!(keys_held(&b), 2);
+        b.maintain();
+        assert_eq!(keys_held(&b), 1, "the expired key is forgotten without another publish");
+    }
+
+    #[test]
+    fn a_stream_holding_live_idempotency_keys_is_kept() {
+        let b = broker(10);
+        let once = Some(Once { key: "k", window: Duration::from_secs(60) });
+        let first = now(b.publish("news", &raw("1"), once)).unwrap();
+        b.maintain(); // no history and no subscribers, but its key is live
+        let again = now(b.publish("news", &raw("1"), once)).unwrap();
+        assert!(again.duplicate, "a retry within the window must not publish again");
+        assert_eq!((again.offset, &again.epoch), (first.offset, &first.epoch));
     }
 
     #[test]
