@@ -3,49 +3,18 @@
 //! once-a-second housekeeping, not only when the next keyed publish comes.
 
 mod common;
+use common::json_ws::*;
 use common::*;
-use serde_json::{json, Value};
-use std::net::TcpStream;
+use serde_json::json;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::stream::MaybeTlsStream;
-use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
 
 const T: Duration = Duration::from_secs(10);
-
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
-
-fn json_client(server: &Server) -> Ws {
-    let mut req = server.ws_url("").into_client_request().unwrap();
-    req.headers_mut().insert("sec-websocket-protocol", "tether.v1.json".parse().unwrap());
-    let (ws, _) = tungstenite::connect(req).unwrap();
-    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(T)).unwrap();
-    }
-    ws
-}
-
-/// Send a command and return the next JSON message (skipping heartbeats).
-fn call(ws: &mut Ws, cmd: Value) -> Value {
-    ws.send(Message::text(cmd.to_string())).unwrap();
-    next_json(ws)
-}
-
-fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().unwrap() {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("expected a JSON message, got {other:?}"),
-        }
-    }
-}
 
 #[test]
 fn subscribers_alone_do_not_use_up_max_channels() {
     let server = Server::start(&["--max-channels", "4"]);
     // Two connections subscribe to three times as many distinct channels as streams allowed.
-    let mut clients = [json_client(&server), json_client(&server)];
+    let mut clients = [json_client(&server, ""), json_client(&server, "")];
     for (i, ws) in clients.iter_mut().enumerate() {
         for n in 0..6 {
             let channel = format!("room:{i}:{n}");

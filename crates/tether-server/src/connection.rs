@@ -431,9 +431,10 @@ impl Connection {
         match ended {
             Some(ending) => Phase::Ended(ending),
             None => {
-                let wake_at = match heartbeat.poll(Instant::now().into_std()) {
-                    Action::Wait(at) => Instant::from_std(at),
-                    _ => Instant::now(),
+                let now = Instant::now();
+                let wake_at = match heartbeat.poll(now.into_std()) {
+                    Action::Wait(at) => self.or_token_expiry(now, Instant::from_std(at)),
+                    _ => now,
                 };
                 drop(direct);
                 Phase::Idle { transport: ws.into_inner().into_transport(), wake_at }
@@ -507,7 +508,7 @@ impl Connection {
                         was_clean: false,
                     });
                 }
-                Action::Wait(at) => Instant::from_std(at),
+                Action::Wait(at) => self.or_token_expiry(now, Instant::from_std(at)),
             };
             // Park when nothing happened for `park_after` and nothing is half-done: no partial
             // frame or message read, nothing queued (writes are always flushed by now).
@@ -621,6 +622,12 @@ impl Connection {
                 Some(self.close(ws, CloseCode::TOKEN_INVALID, &reason, None, false).await)
             }
         }
+    }
+
+    /// `at`, or when the token expires if that comes first: the connection wakes then, active
+    /// or parked (whose mailbox deadline this becomes), rather than at its next heartbeat.
+    fn or_token_expiry(&self, now: Instant, at: Instant) -> Instant {
+        self.grant.as_ref().map_or(at, |g| at.min(now + g.remaining()))
     }
 
     async fn token_expired(&mut self, ws: &mut Ws) -> Ending {

@@ -207,7 +207,14 @@ fn check_token(
                     format!("the token does not allow subscribing to `{channel}`"),
                 ))
             }
-            Access::TokenRequired | Access::TokenExpired => {
+            Access::TokenExpired => {
+                return Err(Refusal::new(
+                    "token_expired",
+                    StatusCode::UNAUTHORIZED,
+                    "token expired: fetch a fresh one and reconnect",
+                ))
+            }
+            Access::TokenRequired => {
                 return Err(Refusal::new(
                     "token_required",
                     StatusCode::UNAUTHORIZED,

@@ -4,6 +4,7 @@
 
 pub mod autobahn;
 pub mod interop;
+pub mod json_ws;
 pub mod netns;
 
 use std::io::{BufRead, BufReader};
