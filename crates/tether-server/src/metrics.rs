@@ -276,7 +276,7 @@ impl Metrics {
             );
             t.register(
                 "tether_recoveries",
-                "Subscribes that asked to recover, by outcome (recovered, not_recovered)",
+                "Subscribes that asked to recover, by outcome (recovered; not_recovered: history or epoch; over_budget: the replay would not fit outbound_queue_bytes)",
                 m.recoveries.clone(),
             );
             t.register(

@@ -66,6 +66,49 @@ pub struct History {
     pub recovered: Option<bool>,
     /// The missed publications, oldest first, when recovered.
     pub publications: Vec<(u64, Arc<RawValue>)>,
+    /// With `recovered: Some(false)`: why.
+    pub not_recovered: Option<NotRecovered>,
+}
+
+impl History {
+    /// The answer for a recovery that cannot be made.
+    fn not_recovered(position: StreamPosition, why: NotRecovered) -> Self {
+        History {
+            position,
+            recovered: Some(false),
+            publications: Vec::new(),
+            not_recovered: Some(why),
+        }
+    }
+}
+
+/// Why a recovery was not made (the client refetches its state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotRecovered {
+    /// The position is in another epoch than the stream's (the stream was lost and started
+    /// again), or ahead of it.
+    OtherEpoch,
+    /// History no longer holds every publication after the position.
+    HistoryGone,
+    /// More than [`MAX_REPLAY`] publications behind.
+    TooFarBehind,
+    /// The missed publications weigh more than the replay may (`max_bytes` of
+    /// [`Broker::history`]): at least this many bytes.
+    OverBudget { bytes: u64 },
+}
+
+impl NotRecovered {
+    /// Why the position cannot be continued, before any history is read: `None` when it can
+    /// (same epoch, not ahead, at most [`MAX_REPLAY`] behind).
+    pub fn check(since: &StreamPosition, position: &StreamPosition) -> Option<Self> {
+        if since.epoch != position.epoch || since.offset > position.offset {
+            Some(NotRecovered::OtherEpoch)
+        } else if position.offset - since.offset > MAX_REPLAY {
+            Some(NotRecovered::TooFarBehind)
+        } else {
+            None
+        }
+    }
 }
 
 pub trait Broker: Send + Sync + 'static {
@@ -79,10 +122,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The channel's current position and, with `since`, the publications after it. Called
     /// after the subscriber is registered in the hub, so nothing falls between replay and live.
+    /// A replay whose publications' data would exceed `max_bytes` is not read whole: it is
+    /// answered `NotRecovered::OverBudget`.
     fn history<'a>(
         &'a self,
         channel: &'a str,
         since: Option<&'a StreamPosition>,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<History, BrokerError>>;
 
     /// Periodic housekeeping (expire history and idempotency keys, drop idle streams). Called
@@ -241,6 +287,53 @@ impl MemoryBroker {
         Ok(f(shard.entry(Arc::from(channel)).or_insert(entry)))
     }
 
+    /// See [`Broker::history`]. Read only: a channel without a stream has had no publication
+    /// (or none since its stream was dropped as idle), and reading creates nothing.
+    fn read_history(
+        &self,
+        channel: &str,
+        since: Option<&StreamPosition>,
+        max_bytes: u64,
+    ) -> History {
+        let mut shard = self.shard(channel).lock().expect("stream shard lock");
+        let Some(entry) = shard.get_mut(channel) else {
+            let position = StreamPosition { epoch: String::new(), offset: 0 };
+            // Only a client that saw the channel before it had a stream continues from there.
+            return match since {
+                Some(s) if !s.epoch.is_empty() || s.offset != 0 => {
+                    History::not_recovered(position, NotRecovered::OtherEpoch)
+                }
+                _ => History {
+                    position,
+                    recovered: since.map(|_| true),
+                    publications: Vec::new(),
+                    not_recovered: None,
+                },
+            };
+        };
+        let position = entry.stream.position();
+        let Some(since) = since else {
+            return History {
+                position,
+                recovered: None,
+                publications: Vec::new(),
+                not_recovered: None,
+            };
+        };
+        if let Some(why) = NotRecovered::check(since, &position) {
+            return History::not_recovered(position, why);
+        }
+        let Recovery::Recovered(publications) = entry.stream.recover(since, Instant::now()) else {
+            return History::not_recovered(position, NotRecovered::HistoryGone);
+        };
+        // (The publications are shared with the history: reading them copies no data.)
+        let bytes = publications.iter().map(|(_, data)| data.get().len() as u64).sum::<u64>();
+        if bytes > max_bytes {
+            return History::not_recovered(position, NotRecovered::OverBudget { bytes });
+        }
+        History { position, recovered: Some(true), publications, not_recovered: None }
+    }
+
     /// Streams currently held.
     pub fn stream_count(&self) -> usize {
         self.streams.load(Ordering::Relaxed)
@@ -278,32 +371,9 @@ impl Broker for MemoryBroker {
         &'a self,
         channel: &'a str,
         since: Option<&'a StreamPosition>,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
-        // Read only: a channel without a stream has had no publication (or none since its
-        // stream was dropped as idle), and reading creates nothing.
-        let mut shard = self.shard(channel).lock().expect("stream shard lock");
-        let Some(entry) = shard.get_mut(channel) else {
-            // Only a client that saw the channel before it had a stream continues from there.
-            let recovered = since.map(|s| s.epoch.is_empty() && s.offset == 0);
-            let position = StreamPosition { epoch: String::new(), offset: 0 };
-            return Box::pin(std::future::ready(Ok(History {
-                position,
-                recovered,
-                publications: Vec::new(),
-            })));
-        };
-        let position = entry.stream.position();
-        let (recovered, publications) = match since {
-            None => (None, Vec::new()),
-            Some(since) if position.offset.saturating_sub(since.offset) > MAX_REPLAY => {
-                (Some(false), Vec::new())
-            }
-            Some(since) => match entry.stream.recover(since, Instant::now()) {
-                Recovery::Recovered(publications) => (Some(true), publications),
-                Recovery::NotRecovered => (Some(false), Vec::new()),
-            },
-        };
-        Box::pin(std::future::ready(Ok(History { position, recovered, publications })))
+        Box::pin(std::future::ready(Ok(self.read_history(channel, since, max_bytes))))
     }
 
     fn maintain(&self) {
@@ -367,7 +437,7 @@ mod tests {
         let r2 = now(b.publish("chat:a", &raw("2"), None)).unwrap();
         assert_eq!((r1.offset, r2.offset, r1.epoch == r2.epoch), (1, 2, true));
         let since = StreamPosition { epoch: r1.epoch.to_string(), offset: 1 };
-        let h = now(b.history("chat:a", Some(&since))).unwrap();
+        let h = now(b.history("chat:a", Some(&since), u64::MAX)).unwrap();
         assert_eq!(h.recovered, Some(true));
         assert_eq!(h.position.offset, 2);
         assert_eq!(
@@ -376,7 +446,7 @@ mod tests {
         );
         // No history policy for `news`: only an up-to-date client recovers.
         now(b.publish("news", &raw("1"), None)).unwrap();
-        let h = now(b.history("news", None)).unwrap();
+        let h = now(b.history("news", None, u64::MAX)).unwrap();
         assert_eq!((h.recovered, h.position.offset), (None, 1));
     }
 
@@ -393,7 +463,7 @@ mod tests {
         assert!(!now(b.publish("chat:b", &raw("1"), once("k1"))).unwrap().duplicate);
         // Only one publication per key reached the history.
         let since = StreamPosition { epoch: first.epoch.to_string(), offset: 0 };
-        assert_eq!(now(b.history("chat:a", Some(&since))).unwrap().publications.len(), 2);
+        assert_eq!(now(b.history("chat:a", Some(&since), u64::MAX)).unwrap().publications.len(), 2);
         // A zero window remembers nothing.
         let none = Some(Once { key: "k3", window: Duration::ZERO });
         now(b.publish("chat:a", &raw("3"), none)).unwrap();
@@ -425,14 +495,14 @@ mod tests {
     #[test]
     fn subscribing_creates_no_stream() {
         let b = broker(1);
-        let h = now(b.history("chat:a", None)).unwrap();
+        let h = now(b.history("chat:a", None, u64::MAX)).unwrap();
         assert_eq!((h.position.epoch.as_str(), h.position.offset, h.recovered), ("", 0, None));
         // A client that saw the channel before anything was published, and nothing since.
         let never = StreamPosition { epoch: String::new(), offset: 0 };
-        assert_eq!(now(b.history("chat:a", Some(&never))).unwrap().recovered, Some(true));
+        assert_eq!(now(b.history("chat:a", Some(&never), u64::MAX)).unwrap().recovered, Some(true));
         // A position in a stream that is gone cannot be continued.
         let gone = StreamPosition { epoch: "0badc0ffee00".into(), offset: 3 };
-        assert_eq!(now(b.history("chat:b", Some(&gone))).unwrap().recovered, Some(false));
+        assert_eq!(now(b.history("chat:b", Some(&gone), u64::MAX)).unwrap().recovered, Some(false));
         assert_eq!(b.stream_count(), 0, "reading history made no stream");
         assert!(
             now(b.publish("chat:c", &raw("1"), None)).is_ok(),
@@ -492,7 +562,7 @@ mod tests {
             now(b.publish("c", &raw("1"), None)).unwrap();
         }
         let far = StreamPosition { epoch: epoch.clone(), offset: 0 };
-        let h = now(b.history("c", Some(&far))).unwrap();
+        let h = now(b.history("c", Some(&far), u64::MAX)).unwrap();
         assert_eq!(
             (h.recovered, h.publications.len()),
             (Some(false), 0),
@@ -500,7 +570,36 @@ mod tests {
             MAX_REPLAY + 1
         );
         let near = StreamPosition { epoch, offset: 1 };
-        assert_eq!(now(b.history("c", Some(&near))).unwrap().publications.len() as u64, MAX_REPLAY);
+        assert_eq!(
+            now(b.history("c", Some(&near), u64::MAX)).unwrap().publications.len() as u64,
+            MAX_REPLAY
+        );
+    }
+
+    #[test]
+    fn a_recovery_says_why_it_was_not_made_and_a_replay_over_its_budget_is_not_read() {
+        let b = broker(10);
+        let epoch = now(b.publish("chat:a", &raw("1111"), None)).unwrap().epoch.to_string();
+        for _ in 0..2 {
+            now(b.publish("chat:a", &raw("2222"), None)).unwrap();
+        }
+        let at = |epoch: &str, offset| StreamPosition { epoch: epoch.into(), offset };
+        let why = |since: StreamPosition, max| {
+            let h = now(b.history("chat:a", Some(&since), max)).unwrap();
+            (h.recovered, h.publications.len(), h.not_recovered)
+        };
+        // Three publications of 4 bytes after offset 0.
+        assert_eq!(why(at(&epoch, 0), 12), (Some(true), 3, None));
+        let over = Some(NotRecovered::OverBudget { bytes: 12 });
+        assert_eq!(why(at(&epoch, 0), 11), (Some(false), 0, over));
+        assert_eq!(
+            why(at("0badc0ffee00", 1), 99),
+            (Some(false), 0, Some(NotRecovered::OtherEpoch))
+        );
+        assert_eq!(why(at(&epoch, 9), 99), (Some(false), 0, Some(NotRecovered::OtherEpoch)));
+        // History keeps 3: a fourth publication pushes offset 1 out.
+        now(b.publish("chat:a", &raw("3333"), None)).unwrap();
+        assert_eq!(why(at(&epoch, 0), 99), (Some(false), 0, Some(NotRecovered::HistoryGone)));
     }
 
     #[test]
