@@ -178,16 +178,14 @@ fn check_token(
     let token = form_urlencoded::parse(query.unwrap_or("").as_bytes())
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned());
+    let expired = || {
+        let why = "token expired: fetch a fresh one and reconnect";
+        Refusal::new("token_expired", StatusCode::UNAUTHORIZED, why)
+    };
     let grant = match token.map(|t| verifier.verify(&t)) {
         None => None,
         Some(Ok(grant)) => Some(std::sync::Arc::new(grant)),
-        Some(Err(TokenError::Expired)) => {
-            return Err(Refusal::new(
-                "token_expired",
-                StatusCode::UNAUTHORIZED,
-                "token expired: fetch a fresh one and reconnect",
-            ))
-        }
+        Some(Err(TokenError::Expired)) => return Err(expired()),
         Some(Err(TokenError::Invalid(why))) => {
             return Err(Refusal::new(
                 "token_invalid",
@@ -207,13 +205,7 @@ fn check_token(
                     format!("the token does not allow subscribing to `{channel}`"),
                 ))
             }
-            Access::TokenExpired => {
-                return Err(Refusal::new(
-                    "token_expired",
-                    StatusCode::UNAUTHORIZED,
-                    "token expired: fetch a fresh one and reconnect",
-                ))
-            }
+            Access::TokenExpired => return Err(expired()),
             Access::TokenRequired => {
                 return Err(Refusal::new(
                     "token_required",

@@ -71,6 +71,16 @@ pub struct History {
 }
 
 impl History {
+    /// The answer without a recovery request.
+    fn current(position: StreamPosition) -> Self {
+        History { position, recovered: None, publications: Vec::new(), not_recovered: None }
+    }
+
+    /// The answer for a recovery that can be made: `publications` follow the position asked for.
+    fn recovered(position: StreamPosition, publications: Vec<(u64, Arc<RawValue>)>) -> Self {
+        History { position, recovered: Some(true), publications, not_recovered: None }
+    }
+
     /// The answer for a recovery that cannot be made.
     fn not_recovered(position: StreamPosition, why: NotRecovered) -> Self {
         History {
@@ -296,33 +306,17 @@ impl MemoryBroker {
         max_bytes: u64,
     ) -> History {
         let mut shard = self.shard(channel).lock().expect("stream shard lock");
-        let Some(entry) = shard.get_mut(channel) else {
-            let position = StreamPosition { epoch: String::new(), offset: 0 };
-            // Only a client that saw the channel before it had a stream continues from there.
-            return match since {
-                Some(s) if !s.epoch.is_empty() || s.offset != 0 => {
-                    History::not_recovered(position, NotRecovered::OtherEpoch)
-                }
-                _ => History {
-                    position,
-                    recovered: since.map(|_| true),
-                    publications: Vec::new(),
-                    not_recovered: None,
-                },
-            };
+        let mut entry = shard.get_mut(channel);
+        let position = match &entry {
+            Some(entry) => entry.stream.position(),
+            None => StreamPosition { epoch: String::new(), offset: 0 },
         };
-        let position = entry.stream.position();
-        let Some(since) = since else {
-            return History {
-                position,
-                recovered: None,
-                publications: Vec::new(),
-                not_recovered: None,
-            };
-        };
+        let Some(since) = since else { return History::current(position) };
         if let Some(why) = NotRecovered::check(since, &position) {
             return History::not_recovered(position, why);
         }
+        // No stream, and the client saw none either: nothing was published since.
+        let Some(entry) = entry.as_mut() else { return History::recovered(position, Vec::new()) };
         let Recovery::Recovered(publications) = entry.stream.recover(since, Instant::now()) else {
             return History::not_recovered(position, NotRecovered::HistoryGone);
         };
@@ -331,7 +325,7 @@ impl MemoryBroker {
         if bytes > max_bytes {
             return History::not_recovered(position, NotRecovered::OverBudget { bytes });
         }
-        History { position, recovered: Some(true), publications, not_recovered: None }
+        History::recovered(position, publications)
     }
 
     /// Streams currently held.

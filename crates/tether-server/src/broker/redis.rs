@@ -358,10 +358,7 @@ impl Broker for RedisBroker {
                 .await
                 .map_err(Self::unavailable)?;
             let position = StreamPosition { epoch, offset: top };
-            let Some(since) = since else {
-                let (recovered, publications, not_recovered) = (None, Vec::new(), None);
-                return Ok(History { position, recovered, publications, not_recovered });
-            };
+            let Some(since) = since else { return Ok(History::current(position)) };
             if let Some(why) = super::NotRecovered::check(since, &position) {
                 return Ok(History::not_recovered(position, why));
             }
@@ -386,7 +383,7 @@ impl Broker for RedisBroker {
             if !contiguous || publications.len() as u64 != top - since.offset {
                 return Ok(History::not_recovered(position, super::NotRecovered::HistoryGone));
             }
-            Ok(History { position, recovered: Some(true), publications, not_recovered: None })
+            Ok(History::recovered(position, publications))
         })
     }
 
