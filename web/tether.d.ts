@@ -138,8 +138,8 @@ export interface TetherEvents {
   publication: Publication;
   /** A message that is not the protocol's: text as a string, binary as an ArrayBuffer. */
   message: { data: string | ArrayBuffer };
-  /** `recovered`: after a resubscribe, whether every missed publication was replayed (null: no recovery asked). */
-  subscribed: { channel: string; resubscribe: boolean; recovered: boolean | null };
+  /** `recovered`: after a resubscribe, whether every missed publication was replayed (null: no recovery asked); `reason`: why not, with `recovered: false`. */
+  subscribed: { channel: string; resubscribe: boolean; recovered: boolean | null; reason: string | null };
   rtt: { ms: number };
   error: { id: number | null; code: string; message: string };
   /**

@@ -569,7 +569,7 @@ export class TetherClient extends EventTarget {
         if (result.recovered !== true && result.epoch != null) entry.position = { epoch: result.epoch, offset: result.offset };
         for (const w of entry.waiters.splice(0)) w.resolve();
       }
-      this.#emit('subscribed', { channel: pending.channel, resubscribe: pending.resubscribe, recovered: result.recovered ?? null });
+      this.#emit('subscribed', { channel: pending.channel, resubscribe: pending.resubscribe, recovered: result.recovered ?? null, reason: result.reason ?? null });
     }
     pending.resolve(msg.result || {});
   }

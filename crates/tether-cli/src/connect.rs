@@ -200,14 +200,15 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
             Event::Open { reconnected } => {
                 println!("* {}", if reconnected { "reconnected" } else { "open" })
             }
-            Event::Subscribed { channel, resubscribe, recovered } => {
+            Event::Subscribed { channel, resubscribe, recovered, reason } => {
                 let verb = if resubscribe { "resubscribed to" } else { "subscribed to" };
                 match recovered {
                     Some(true) => {
                         println!("* {verb} {channel} (recovered every missed publication)")
                     }
                     Some(false) => println!(
-                        "* {verb} {channel} (NOT recovered: history does not cover the gap)"
+                        "* {verb} {channel} (NOT recovered: {})",
+                        reason.as_deref().unwrap_or("history does not cover the gap")
                     ),
                     None => println!("* {verb} {channel}"),
                 }

@@ -123,6 +123,15 @@ pub struct ServeArgs {
     /// JWT public key (PEM; RSA for RS256, EC P-256 for ES256), instead of --jwt-secret
     #[arg(long, env = "TETHER_JWT_PUBLIC_KEY")]
     jwt_public_key: Option<std::path::PathBuf>,
+    /// JWT audience accepted: tokens must name one in `aud`; without any, a token that names an audience is refused (repeatable) [default: none]
+    #[arg(long, env = "TETHER_JWT_AUDIENCE", value_delimiter = ',')]
+    jwt_audience: Option<Vec<String>>,
+    /// JWT issuer accepted: tokens must carry one as `iss` (repeatable) [default: not checked]
+    #[arg(long, env = "TETHER_JWT_ISSUER", value_delimiter = ',')]
+    jwt_issuer: Option<Vec<String>>,
+    /// Clock skew tolerated for a token's exp and nbf, on connect and during the connection (closed with 4002 at exp plus this); whole seconds [default: 5s]
+    #[arg(long, env = "TETHER_JWT_LEEWAY", value_parser = units::duration)]
+    jwt_leeway: Option<Duration>,
     /// With JWT on: channel pattern anyone may subscribe to without a token, e.g. 'public:*' (repeatable)
     #[arg(long = "anonymous-channel", env = "TETHER_ANONYMOUS_CHANNELS", value_delimiter = ',')]
     anonymous_channels: Option<Vec<String>>,
@@ -240,6 +249,15 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
     }
     if args.jwt_public_key.is_some() {
         cfg.jwt_public_key = args.jwt_public_key.clone();
+    }
+    if let Some(audience) = &args.jwt_audience {
+        cfg.jwt_audience = audience.clone();
+    }
+    if let Some(issuer) = &args.jwt_issuer {
+        cfg.jwt_issuer = issuer.clone();
+    }
+    if let Some(leeway) = args.jwt_leeway {
+        cfg.jwt_leeway = leeway;
     }
     if let Some(patterns) = &args.anonymous_channels {
         cfg.anonymous_channels = patterns.iter().map(ChannelPattern::new).collect();

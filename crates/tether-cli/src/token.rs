@@ -27,6 +27,15 @@ pub struct TokenArgs {
     /// Lifetime from now (negative lifetimes are not possible: use --ttl 0s for an expired one)
     #[arg(long, default_value = "1h", value_parser = units::duration)]
     ttl: Duration,
+    /// Audience (the `aud` claim; the server's --jwt-audience) (repeatable)
+    #[arg(long)]
+    aud: Vec<String>,
+    /// Issuer (the `iss` claim; the server's --jwt-issuer)
+    #[arg(long)]
+    iss: Option<String>,
+    /// Not valid before this long from now (the `nbf` claim), e.g. 10m
+    #[arg(long, value_parser = units::duration)]
+    nbf: Option<Duration>,
 }
 
 pub fn run(args: TokenArgs) -> Result<ExitCode> {
@@ -38,6 +47,17 @@ pub fn run(args: TokenArgs) -> Result<ExitCode> {
     });
     if let Some(sub) = &args.sub {
         claims["sub"] = sub.clone().into();
+    }
+    match args.aud.as_slice() {
+        [] => {}
+        [one] => claims["aud"] = one.clone().into(),
+        many => claims["aud"] = many.into(),
+    }
+    if let Some(iss) = &args.iss {
+        claims["iss"] = iss.clone().into();
+    }
+    if let Some(nbf) = args.nbf {
+        claims["nbf"] = (now + nbf).as_secs().into();
     }
     let (header, key) = match (&args.secret, &args.private_key) {
         (Some(secret), _) => (

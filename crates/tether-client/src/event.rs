@@ -54,8 +54,14 @@ pub enum Event {
     Open { reconnected: bool },
     /// The server confirmed a subscription (`resubscribe` after a reconnect).
     /// `recovered`: after a resubscribe that asked to recover, whether every missed publication
-    /// was replayed (they arrive as `Publication` events); `Some(false)`: refetch your state.
-    Subscribed { channel: String, resubscribe: bool, recovered: Option<bool> },
+    /// was replayed (they arrive as `Publication` events); `Some(false)`: refetch your state,
+    /// and `reason` says why it was not recovered.
+    Subscribed {
+        channel: String,
+        resubscribe: bool,
+        recovered: Option<bool>,
+        reason: Option<String>,
+    },
     /// A publication on a subscribed channel (JSON mode).
     Publication { channel: String, offset: u64, epoch: String, data: Box<RawValue> },
     /// A text message that is not a publication (raw mode: every text message).

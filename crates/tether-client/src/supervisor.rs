@@ -604,8 +604,8 @@ impl Supervisor {
                             *position = Some(StreamPosition { epoch, offset });
                         }
                     }
-                    let recovered = result.recovered;
-                    self.emit(Event::Subscribed { channel, resubscribe, recovered }).await
+                    let (recovered, reason) = (result.recovered, result.reason);
+                    self.emit(Event::Subscribed { channel, resubscribe, recovered, reason }).await
                 }
             }
             Ok(ServerMessage::Error { error }) => {

@@ -170,6 +170,10 @@ pub struct ReplyResult {
     /// changed — refetch your state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
+    /// With `recovered: false`: why, in words (history no longer covers the gap, the epoch
+    /// changed, or the replay would not fit the connection's outbound budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The advice sent before the server closes a `tether.v1.json` connection.

@@ -194,6 +194,15 @@ pub struct GatewayConfig {
     pub jwt_secret: Option<String>,
     /// JWT public key (PEM, RSA for RS256 or EC P-256 for ES256), instead of `jwt_secret`.
     pub jwt_public_key: Option<std::path::PathBuf>,
+    /// JWT audiences accepted: with any set, a token's `aud` must name one of them. Empty: a
+    /// token that names an audience is refused (set this to accept an identity provider's).
+    pub jwt_audience: Vec<String>,
+    /// JWT issuers accepted: with any set, a token's `iss` must be one of them. Empty: not checked.
+    pub jwt_issuer: Vec<String>,
+    /// Clock skew tolerated for a token's `exp` and `nbf` (whole seconds): on connect, and for the
+    /// expiry during the connection, which closes it (4002) at `exp` plus this.
+    #[serde(with = "humantime_serde")]
+    pub jwt_leeway: Duration,
     /// With JWT on: channels anyone may subscribe to without a token (`*` patterns).
     pub anonymous_channels: Vec<ChannelPattern>,
     /// Serve a non-loopback address without API keys (anyone who reaches it may publish).
@@ -267,6 +276,9 @@ impl Default for GatewayConfig {
             insecure: false,
             jwt_secret: None,
             jwt_public_key: None,
+            jwt_audience: Vec::new(),
+            jwt_issuer: Vec::new(),
+            jwt_leeway: Duration::from_secs(5),
             anonymous_channels: Vec::new(),
             tls_cert: None,
             tls_key: None,
@@ -333,6 +345,12 @@ impl GatewayConfig {
         }
         if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return err("jwt_secret", "must be at least 16 characters");
+        }
+        if self.jwt_leeway.subsec_nanos() != 0 || self.jwt_leeway > Duration::from_secs(300) {
+            return err("jwt_leeway", "must be whole seconds, at most 5m (0s: no leeway)");
+        }
+        if self.jwt_audience.iter().chain(&self.jwt_issuer).any(|s| s.is_empty()) {
+            return err("jwt_audience/jwt_issuer", "must not contain an empty string");
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return err(

@@ -53,6 +53,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+mod replay;
+
 pub(crate) type Ws = WebSocketStream<Gate>;
 
 /// How an active phase ended.
@@ -431,9 +433,10 @@ impl Connection {
         match ended {
             Some(ending) => Phase::Ended(ending),
             None => {
-                let wake_at = match heartbeat.poll(Instant::now().into_std()) {
-                    Action::Wait(at) => Instant::from_std(at),
-                    _ => Instant::now(),
+                let now = Instant::now();
+                let wake_at = match heartbeat.poll(now.into_std()) {
+                    Action::Wait(at) => self.or_token_expiry(now, Instant::from_std(at)),
+                    _ => now,
                 };
                 drop(direct);
                 Phase::Idle { transport: ws.into_inner().into_transport(), wake_at }
@@ -507,7 +510,7 @@ impl Connection {
                         was_clean: false,
                     });
                 }
-                Action::Wait(at) => Instant::from_std(at),
+                Action::Wait(at) => self.or_token_expiry(now, Instant::from_std(at)),
             };
             // Park when nothing happened for `park_after` and nothing is half-done: no partial
             // frame or message read, nothing queued (writes are always flushed by now).
@@ -621,6 +624,12 @@ impl Connection {
                 Some(self.close(ws, CloseCode::TOKEN_INVALID, &reason, None, false).await)
             }
         }
+    }
+
+    /// `at`, or when the token expires if that comes first: the connection wakes then, active
+    /// or parked (whose mailbox deadline this becomes), rather than at its next heartbeat.
+    fn or_token_expiry(&self, now: Instant, at: Instant) -> Instant {
+        self.grant.as_ref().map_or(at, |g| at.min(now + g.remaining()))
     }
 
     async fn token_expired(&mut self, ws: &mut Ws) -> Ending {
@@ -833,10 +842,8 @@ impl Connection {
         Ok(ReplyResult::default())
     }
 
-    /// `subscribe`, with recovery: register in the hub first (live publications start queueing),
-    /// then ask the broker for the position and the missed publications, write the reply and the
-    /// replay straight to the socket, and set the watermark at the replay's end — queued live
-    /// publications at or below it are then dropped as duplicates. No gap, no duplicate.
+    /// `subscribe`, with recovery: check access, register in the hub first (live publications
+    /// start queueing), then answer with the position and the replay (see `replay`).
     async fn subscribe_command(
         &mut self,
         ws: &mut Ws,
@@ -870,61 +877,7 @@ impl Connection {
             self.count_error(&reply);
             return self.enqueue(ws, Message::Text(codec::encode(&reply).into())).await;
         }
-        let history = match self.shared.broker.history(&channel, recover.as_ref()).await {
-            Ok(h) => h,
-            Err(e @ crate::broker::BrokerError::Limit(_)) => {
-                // A limit: refuse this subscription, keep the connection.
-                self.queue.with_subscriptions(|s| s.remove(&channel));
-                self.shared.hub.unsubscribe(&channel, self.id);
-                let reply = ServerMessage::err(
-                    Some(id),
-                    ErrorBody::new(ErrorCode::Unavailable, e.to_string()),
-                );
-                self.count_error(&reply);
-                return self.enqueue(ws, Message::Text(codec::encode(&reply).into())).await;
-            }
-            Err(e) => {
-                // Without the stream's position the subscription cannot promise anything: ask
-                // the client to come back later, when the broker is reachable again.
-                tracing::warn!(conn = self.id, channel, error = %e, "subscribe failed: broker unavailable");
-                let hint = Some(Duration::from_secs(1));
-                return Some(
-                    self.close(ws, CloseCode::TRY_AGAIN_LATER, "broker unavailable", hint, false)
-                        .await,
-                );
-            }
-        };
-        if let Some(recovered) = history.recovered {
-            let outcome = if recovered { "recovered" } else { "not_recovered" };
-            self.shared
-                .metrics
-                .recoveries
-                .get_or_create(&crate::metrics::OutcomeLabels { outcome })
-                .inc();
-        }
-        let epoch: Arc<str> = Arc::from(history.position.epoch.as_str());
-        let top = history.position.offset;
-        let reply = ServerMessage::ok(
-            id,
-            ReplyResult {
-                offset: Some(top),
-                epoch: Some(history.position.epoch),
-                recovered: history.recovered,
-                delivered: None,
-            },
-        );
-        let mut frames = vec![Message::Text(codec::encode(&reply).into())];
-        for (offset, data) in &history.publications {
-            frames.push(Message::Text(crate::hub::render(
-                self.mode, &channel, &epoch, *offset, data,
-            )));
-        }
-        self.queue.with_subscriptions(|s| {
-            if let Some(w) = s.get_mut(&channel) {
-                (w.epoch, w.offset) = (Some(epoch), top);
-            }
-        });
-        self.write_frames(ws, frames).await.err().map(|e| self.write_failed(e))
+        self.answer_subscribe(ws, id, &channel, recover.as_ref()).await
     }
 
     async fn publish(
@@ -960,7 +913,7 @@ impl Connection {
             offset: Some(receipt.offset),
             delivered: Some(receipt.delivered),
             epoch: Some(receipt.epoch.to_string()),
-            recovered: None,
+            ..ReplyResult::default()
         })
     }
 

@@ -223,15 +223,9 @@ impl Gateway {
         let park_after = (config.ping_interval / 2).min(std::time::Duration::from_secs(1));
         let raw_pong = config.raw_pong.as_str().into();
         let (raw_pong_frame, _) = crate::hub::text_frame(config.raw_pong.as_bytes());
-        let auth = match (&config.jwt_secret, &config.jwt_public_key) {
-            (Some(secret), _) => Some(crate::auth::Verifier::hs256(secret)),
-            (None, Some(path)) => {
-                Some(crate::auth::Verifier::public_key_file(path).map_err(|e| {
-                    GatewayError::Config(ConfigError { field: "jwt_public_key", problem: e })
-                })?)
-            }
-            (None, None) => None,
-        };
+        let auth = crate::auth::Verifier::from_config(&config).map_err(|problem| {
+            GatewayError::Config(ConfigError { field: "jwt_public_key", problem })
+        })?;
         let origins = config
             .allowed_origins
             .iter()
@@ -393,6 +387,14 @@ impl Gateway {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {
                         shared.broker.maintain();
+                        let held = shared.broker.held();
+                        let m = &shared.metrics;
+                        if let Some(n) = held.streams {
+                            m.broker_streams.set(n as i64);
+                        }
+                        if let Some(n) = held.idempotency_keys {
+                            m.idempotency_keys.set(n as i64);
+                        }
                         shared.per_ip.sweep_now(shared.now_ms());
                     }
                 }

@@ -565,6 +565,13 @@ impl OutboundQueue {
         !self.is(PENDING)
     }
 
+    /// Bytes the queue could still take (`outbound_queue_bytes` less what is queued, in whole
+    /// KiB): what a recovery replay may weigh (see `connection::replay`).
+    pub(crate) fn room_bytes(&self) -> u64 {
+        let queued = self.lock().queued_kib;
+        u64::from(self.max_kib.saturating_sub(queued)) * 1024
+    }
+
     /// Whether a delivery was refused because the queue was full.
     pub fn overflowed(&self) -> bool {
         self.is(OVERFLOWED)

@@ -73,6 +73,10 @@ pub struct Metrics {
     /// Allocator gauges, registered on first render when the binary reports them.
     allocator: std::sync::OnceLock<(Gauge, Gauge, Gauge)>,
     pub cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Memory broker: channel streams held (bounded by `max_channels`), and idempotency keys
+    /// remembered; refreshed by the once-a-second housekeeping.
+    pub broker_streams: Gauge,
+    pub idempotency_keys: Gauge,
 }
 
 impl Default for Metrics {
@@ -131,6 +135,8 @@ impl Metrics {
             resident_memory: Gauge::default(),
             allocator: std::sync::OnceLock::new(),
             cpu_seconds: Gauge::default(),
+            broker_streams: Gauge::default(),
+            idempotency_keys: Gauge::default(),
         };
         {
             let mut r = m.registry.lock().expect("metrics registry lock");
@@ -298,8 +304,18 @@ impl Metrics {
             );
             t.register(
                 "tether_recoveries",
-                "Subscribes that asked to recover, by outcome (recovered, not_recovered)",
+                "Subscribes that asked to recover, by outcome (recovered; not_recovered: history or epoch; over_budget: the replay would not fit outbound_queue_bytes)",
                 m.recoveries.clone(),
+            );
+            t.register(
+                "tether_broker_streams",
+                "Channel streams the memory broker holds (max_channels): made by a channel's first publication, kept while it has history, live idempotency keys or subscribers",
+                m.broker_streams.clone(),
+            );
+            t.register(
+                "tether_idempotency_keys",
+                "Idempotency keys the memory broker remembers (forgotten after idempotency_window by its housekeeping)",
+                m.idempotency_keys.clone(),
             );
             t.register(
                 "process_cpu_seconds",

@@ -224,7 +224,7 @@ fn token_expired() -> Refusal {
 }
 
 /// The per-address limits, for the client this request comes from: 429 when over them.
-/// `Ok(Some(ip))`: one connection is counted for `ip` until released.
+/// `Ok`: one connection is counted for `client` until released.
 fn admit_client(shared: &crate::gateway::Shared, client: IpAddr) -> Result<(), Refusal> {
     use crate::per_ip::Refused;
     match shared.per_ip.admit(client, shared.now_ms()) {

@@ -5,6 +5,7 @@
 pub mod autobahn;
 pub mod ci;
 pub mod interop;
+pub mod json_ws;
 pub mod metrics;
 pub mod netns;
 pub mod release;

@@ -66,6 +66,59 @@ pub struct History {
     pub recovered: Option<bool>,
     /// The missed publications, oldest first, when recovered.
     pub publications: Vec<(u64, Arc<RawValue>)>,
+    /// With `recovered: Some(false)`: why.
+    pub not_recovered: Option<NotRecovered>,
+}
+
+impl History {
+    /// The answer without a recovery request.
+    fn current(position: StreamPosition) -> Self {
+        History { position, recovered: None, publications: Vec::new(), not_recovered: None }
+    }
+
+    /// The answer for a recovery that can be made: `publications` follow the position asked for.
+    fn recovered(position: StreamPosition, publications: Vec<(u64, Arc<RawValue>)>) -> Self {
+        History { position, recovered: Some(true), publications, not_recovered: None }
+    }
+
+    /// The answer for a recovery that cannot be made.
+    fn not_recovered(position: StreamPosition, why: NotRecovered) -> Self {
+        History {
+            position,
+            recovered: Some(false),
+            publications: Vec::new(),
+            not_recovered: Some(why),
+        }
+    }
+}
+
+/// Why a recovery was not made (the client refetches its state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotRecovered {
+    /// The position is in another epoch than the stream's (the stream was lost and started
+    /// again), or ahead of it.
+    OtherEpoch,
+    /// History no longer holds every publication after the position.
+    HistoryGone,
+    /// More than [`MAX_REPLAY`] publications behind.
+    TooFarBehind,
+    /// The missed publications weigh more than the replay may (`max_bytes` of
+    /// [`Broker::history`]): at least this many bytes.
+    OverBudget { bytes: u64 },
+}
+
+impl NotRecovered {
+    /// Why the position cannot be continued, before any history is read: `None` when it can
+    /// (same epoch, not ahead, at most [`MAX_REPLAY`] behind).
+    pub fn check(since: &StreamPosition, position: &StreamPosition) -> Option<Self> {
+        if since.epoch != position.epoch || since.offset > position.offset {
+            Some(NotRecovered::OtherEpoch)
+        } else if position.offset - since.offset > MAX_REPLAY {
+            Some(NotRecovered::TooFarBehind)
+        } else {
+            None
+        }
+    }
 }
 
 pub trait Broker: Send + Sync + 'static {
@@ -79,14 +132,24 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The channel's current position and, with `since`, the publications after it. Called
     /// after the subscriber is registered in the hub, so nothing falls between replay and live.
+    /// A replay whose publications' data would exceed `max_bytes` is not read whole: it is
+    /// answered `NotRecovered::OverBudget`.
     fn history<'a>(
         &'a self,
         channel: &'a str,
         since: Option<&'a StreamPosition>,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<History, BrokerError>>;
 
-    /// Periodic housekeeping (expire history, drop idle streams). Called about once a second.
+    /// Periodic housekeeping (expire history and idempotency keys, drop idle streams). Called
+    /// about once a second.
     fn maintain(&self) {}
+
+    /// Channel streams and idempotency keys this node holds, as of the last [`Broker::maintain`]
+    /// (`None`: kept elsewhere, e.g. in Redis, which expires them itself).
+    fn held(&self) -> Held {
+        Held::default()
+    }
 
     /// Whether publications can be accepted now, or why not (`/readyz` reports this).
     fn readiness(&self) -> Result<(), String> {
@@ -95,6 +158,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A short name for logs and `/healthz`.
     fn name(&self) -> &'static str;
+}
+
+/// What a broker holds in this process (see [`Broker::held`]), for the gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub streams: Option<usize>,
+    pub idempotency_keys: Option<usize>,
 }
 
 /// Most publications one recovery replays; a client further behind is told `recovered: false`
@@ -132,11 +202,24 @@ struct RecentKeys {
 
 impl RecentKeys {
     fn offset_of(&mut self, key: &str, now: Instant) -> Option<u64> {
+        self.forget_expired(now);
+        self.offsets.get(key).filter(|(_, until)| *until > now).map(|(offset, _)| *offset)
+    }
+
+    /// Forget the keys whose window has passed (the oldest first: one window for all keys keeps
+    /// `order` sorted by expiry). Once none is left, their memory is given back too.
+    fn forget_expired(&mut self, now: Instant) {
         while self.order.front().is_some_and(|(until, _)| *until <= now) {
             let (_, old) = self.order.pop_front().expect("checked");
             self.offsets.remove(&old);
         }
-        self.offsets.get(key).filter(|(_, until)| *until > now).map(|(offset, _)| *offset)
+        if self.order.is_empty() && self.offsets.capacity() > 0 {
+            *self = RecentKeys::default();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len()
     }
 
     fn remember(&mut self, key: &str, offset: u64, until: Instant) {
@@ -153,9 +236,12 @@ type Shard = Mutex<HashMap<Arc<str>, Entry>>;
 
 /// Single-node broker: streams in memory; publishing is local fan-out.
 ///
-/// A channel's stream lives while it has history or local subscribers; an idle one is dropped by
-/// [`Broker::maintain`] (its next incarnation gets a new epoch, so a client holding the old one
-/// is told `recovered: false` instead of being handed a false continuation).
+/// A channel's stream is made by its first publication, never by a subscribe (as in the Redis
+/// scripts): subscribers alone cannot use up `max_channels`. Before it exists a channel answers
+/// epoch `""` and offset 0. A stream lives while it has history, idempotency keys within their
+/// window, or local subscribers; an idle one is dropped by [`Broker::maintain`] (its next
+/// incarnation gets a new epoch, so a client holding the old one is told `recovered: false`
+/// instead of being handed a false continuation).
 pub struct MemoryBroker {
     hub: Arc<Hub>,
     rules: Vec<HistoryRule>,
@@ -164,6 +250,8 @@ pub struct MemoryBroker {
     /// Streams held, and the most allowed.
     streams: AtomicUsize,
     max_streams: usize,
+    /// Idempotency keys held, as counted by the last housekeeping.
+    keys: AtomicUsize,
 }
 
 impl MemoryBroker {
@@ -175,6 +263,7 @@ impl MemoryBroker {
             hasher: RandomState::new(),
             streams: AtomicUsize::new(0),
             max_streams,
+            keys: AtomicUsize::new(0),
         }
     }
 
@@ -206,6 +295,37 @@ impl MemoryBroker {
             keys: RecentKeys::default(),
         };
         Ok(f(shard.entry(Arc::from(channel)).or_insert(entry)))
+    }
+
+    /// See [`Broker::history`]. Read only: a channel without a stream has had no publication
+    /// (or none since its stream was dropped as idle), and reading creates nothing.
+    fn read_history(
+        &self,
+        channel: &str,
+        since: Option<&StreamPosition>,
+        max_bytes: u64,
+    ) -> History {
+        let mut shard = self.shard(channel).lock().expect("stream shard lock");
+        let mut entry = shard.get_mut(channel);
+        let position = match &entry {
+            Some(entry) => entry.stream.position(),
+            None => StreamPosition { epoch: String::new(), offset: 0 },
+        };
+        let Some(since) = since else { return History::current(position) };
+        if let Some(why) = NotRecovered::check(since, &position) {
+            return History::not_recovered(position, why);
+        }
+        // No stream, and the client saw none either: nothing was published since.
+        let Some(entry) = entry.as_mut() else { return History::recovered(position, Vec::new()) };
+        let Recovery::Recovered(publications) = entry.stream.recover(since, Instant::now()) else {
+            return History::not_recovered(position, NotRecovered::HistoryGone);
+        };
+        // (The publications are shared with the history: reading them copies no data.)
+        let bytes = publications.iter().map(|(_, data)| data.get().len() as u64).sum::<u64>();
+        if bytes > max_bytes {
+            return History::not_recovered(position, NotRecovered::OverBudget { bytes });
+        }
+        History::recovered(position, publications)
     }
 
     /// Streams currently held.
@@ -245,33 +365,34 @@ impl Broker for MemoryBroker {
         &'a self,
         channel: &'a str,
         since: Option<&'a StreamPosition>,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
-        let result = self.with_stream(channel, |entry| {
-            let position = entry.stream.position();
-            let (recovered, publications) = match since {
-                None => (None, Vec::new()),
-                Some(since) if position.offset.saturating_sub(since.offset) > MAX_REPLAY => {
-                    (Some(false), Vec::new())
-                }
-                Some(since) => match entry.stream.recover(since, Instant::now()) {
-                    Recovery::Recovered(publications) => (Some(true), publications),
-                    Recovery::NotRecovered => (Some(false), Vec::new()),
-                },
-            };
-            History { position, recovered, publications }
-        });
-        Box::pin(std::future::ready(result))
+        Box::pin(std::future::ready(Ok(self.read_history(channel, since, max_bytes))))
     }
 
     fn maintain(&self) {
         let now = Instant::now();
+        let mut keys = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().expect("stream shard lock");
             let before = shard.len();
             shard.retain(|channel, entry| {
-                !entry.stream.is_idle(now) || self.hub.has_subscribers(channel)
+                entry.keys.forget_expired(now);
+                keys += entry.keys.len();
+                // (`is_idle` expires history first, so it goes on every pass.)
+                !entry.stream.is_idle(now)
+                    || entry.keys.len() > 0
+                    || self.hub.has_subscribers(channel)
             });
             self.streams.fetch_sub(before - shard.len(), Ordering::Relaxed);
+        }
+        self.keys.store(keys, Ordering::Relaxed);
+    }
+
+    fn held(&self) -> Held {
+        Held {
+            streams: Some(self.stream_count()),
+            idempotency_keys: Some(self.keys.load(Ordering::Relaxed)),
         }
     }
 
@@ -310,7 +431,7 @@ mod tests {
         let r2 = now(b.publish("chat:a", &raw("2"), None)).unwrap();
         assert_eq!((r1.offset, r2.offset, r1.epoch == r2.epoch), (1, 2, true));
         let since = StreamPosition { epoch: r1.epoch.to_string(), offset: 1 };
-        let h = now(b.history("chat:a", Some(&since))).unwrap();
+        let h = now(b.history("chat:a", Some(&since), u64::MAX)).unwrap();
         assert_eq!(h.recovered, Some(true));
         assert_eq!(h.position.offset, 2);
         assert_eq!(
@@ -319,7 +440,7 @@ mod tests {
         );
         // No history policy for `news`: only an up-to-date client recovers.
         now(b.publish("news", &raw("1"), None)).unwrap();
-        let h = now(b.history("news", None)).unwrap();
+        let h = now(b.history("news", None, u64::MAX)).unwrap();
         assert_eq!((h.recovered, h.position.offset), (None, 1));
     }
 
@@ -336,7 +457,7 @@ mod tests {
         assert!(!now(b.publish("chat:b", &raw("1"), once("k1"))).unwrap().duplicate);
         // Only one publication per key reached the history.
         let since = StreamPosition { epoch: first.epoch.to_string(), offset: 0 };
-        assert_eq!(now(b.history("chat:a", Some(&since))).unwrap().publications.len(), 2);
+        assert_eq!(now(b.history("chat:a", Some(&since), u64::MAX)).unwrap().publications.len(), 2);
         // A zero window remembers nothing.
         let none = Some(Once { key: "k3", window: Duration::ZERO });
         now(b.publish("chat:a", &raw("3"), none)).unwrap();
@@ -355,6 +476,57 @@ mod tests {
         assert_eq!(keys.offset_of("5", now), Some(5));
         assert_eq!(keys.offset_of("5", later), None, "and all after their window");
         assert!(keys.order.is_empty());
+    }
+
+    /// Idempotency keys held in all the broker's streams.
+    fn keys_held(b: &MemoryBroker) -> usize {
+        b.shards
+            .iter()
+            .map(|s| s.lock().unwrap().values().map(|e| e.keys.offsets.len()).sum::<usize>())
+            .sum()
+    }
+
+    #[test]
+    fn subscribing_creates_no_stream() {
+        let b = broker(1);
+        let h = now(b.history("chat:a", None, u64::MAX)).unwrap();
+        assert_eq!((h.position.epoch.as_str(), h.position.offset, h.recovered), ("", 0, None));
+        // A client that saw the channel before anything was published, and nothing since.
+        let never = StreamPosition { epoch: String::new(), offset: 0 };
+        assert_eq!(now(b.history("chat:a", Some(&never), u64::MAX)).unwrap().recovered, Some(true));
+        // A position in a stream that is gone cannot be continued.
+        let gone = StreamPosition { epoch: "0badc0ffee00".into(), offset: 3 };
+        assert_eq!(now(b.history("chat:b", Some(&gone), u64::MAX)).unwrap().recovered, Some(false));
+        assert_eq!(b.stream_count(), 0, "reading history made no stream");
+        assert!(
+            now(b.publish("chat:c", &raw("1"), None)).is_ok(),
+            "the one stream allowed is free"
+        );
+    }
+
+    #[test]
+    fn housekeeping_forgets_expired_idempotency_keys() {
+        let b = broker(10);
+        // Expired as soon as remembered; nothing is published on the channel afterwards.
+        now(b.publish("chat:a", &raw("1"), Some(Once { key: "k1", window: Duration::ZERO })))
+            .unwrap();
+        // (Another channel: a keyed publish on `chat:a` would forget `k1` by itself.)
+        let live = Some(Once { key: "k2", window: Duration::from_secs(60) });
+        now(b.publish("chat:b", &raw("2"), live)).unwrap();
+        assert_eq!(keys_held(&b), 2);
+        b.maintain();
+        assert_eq!(keys_held(&b), 1, "the expired key is forgotten without another publish");
+    }
+
+    #[test]
+    fn a_stream_holding_live_idempotency_keys_is_kept() {
+        let b = broker(10);
+        let once = Some(Once { key: "k", window: Duration::from_secs(60) });
+        let first = now(b.publish("news", &raw("1"), once)).unwrap();
+        b.maintain(); // no history and no subscribers, but its key is live
+        let again = now(b.publish("news", &raw("1"), once)).unwrap();
+        assert!(again.duplicate, "a retry within the window must not publish again");
+        assert_eq!((again.offset, &again.epoch), (first.offset, &first.epoch));
     }
 
     #[test]
@@ -384,7 +556,7 @@ mod tests {
             now(b.publish("c", &raw("1"), None)).unwrap();
         }
         let far = StreamPosition { epoch: epoch.clone(), offset: 0 };
-        let h = now(b.history("c", Some(&far))).unwrap();
+        let h = now(b.history("c", Some(&far), u64::MAX)).unwrap();
         assert_eq!(
             (h.recovered, h.publications.len()),
             (Some(false), 0),
@@ -392,7 +564,36 @@ mod tests {
             MAX_REPLAY + 1
         );
         let near = StreamPosition { epoch, offset: 1 };
-        assert_eq!(now(b.history("c", Some(&near))).unwrap().publications.len() as u64, MAX_REPLAY);
+        assert_eq!(
+            now(b.history("c", Some(&near), u64::MAX)).unwrap().publications.len() as u64,
+            MAX_REPLAY
+        );
+    }
+
+    #[test]
+    fn a_recovery_says_why_it_was_not_made_and_a_replay_over_its_budget_is_not_read() {
+        let b = broker(10);
+        let epoch = now(b.publish("chat:a", &raw("1111"), None)).unwrap().epoch.to_string();
+        for _ in 0..2 {
+            now(b.publish("chat:a", &raw("2222"), None)).unwrap();
+        }
+        let at = |epoch: &str, offset| StreamPosition { epoch: epoch.into(), offset };
+        let why = |since: StreamPosition, max| {
+            let h = now(b.history("chat:a", Some(&since), max)).unwrap();
+            (h.recovered, h.publications.len(), h.not_recovered)
+        };
+        // Three publications of 4 bytes after offset 0.
+        assert_eq!(why(at(&epoch, 0), 12), (Some(true), 3, None));
+        let over = Some(NotRecovered::OverBudget { bytes: 12 });
+        assert_eq!(why(at(&epoch, 0), 11), (Some(false), 0, over));
+        assert_eq!(
+            why(at("0badc0ffee00", 1), 99),
+            (Some(false), 0, Some(NotRecovered::OtherEpoch))
+        );
+        assert_eq!(why(at(&epoch, 9), 99), (Some(false), 0, Some(NotRecovered::OtherEpoch)));
+        // History keeps 3: a fourth publication pushes offset 1 out.
+        now(b.publish("chat:a", &raw("3333"), None)).unwrap();
+        assert_eq!(why(at(&epoch, 0), 99), (Some(false), 0, Some(NotRecovered::HistoryGone)));
     }
 
     #[test]

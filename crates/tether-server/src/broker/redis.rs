@@ -337,12 +337,13 @@ impl Broker for RedisBroker {
         &'a self,
         channel: &'a str,
         since: Option<&'a StreamPosition>,
+        max_bytes: u64,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
         Box::pin(async move {
             let ttl = history_policy(&self.rules, channel).map(|p| p.ttl).unwrap_or(Duration::ZERO);
             let from = since.map(|s| s.offset.saturating_add(1)).unwrap_or(0);
             type Entry = (String, Vec<(String, String)>);
-            let (epoch, top, entries): (String, u64, Vec<Entry>) = self
+            let (epoch, top, entries, over): (String, u64, Vec<Entry>, u64) = self
                 .history
                 .key(state_key(channel))
                 .key(history_key(channel))
@@ -352,9 +353,19 @@ impl Broker for RedisBroker {
                 .arg(from)
                 .arg(self.run_id())
                 .arg(super::MAX_REPLAY)
+                .arg(max_bytes)
                 .invoke_async(&mut self.commands.clone())
                 .await
                 .map_err(Self::unavailable)?;
+            let position = StreamPosition { epoch, offset: top };
+            let Some(since) = since else { return Ok(History::current(position)) };
+            if let Some(why) = super::NotRecovered::check(since, &position) {
+                return Ok(History::not_recovered(position, why));
+            }
+            if over > 0 {
+                let why = super::NotRecovered::OverBudget { bytes: over };
+                return Ok(History::not_recovered(position, why));
+            }
             let mut publications = Vec::with_capacity(entries.len());
             for (id, fields) in entries {
                 let offset = id.split('-').next().and_then(|o| o.parse::<u64>().ok());
@@ -365,20 +376,14 @@ impl Broker for RedisBroker {
                     }
                 }
             }
-            let recovered = since.map(|since| {
-                let contiguous = publications
-                    .iter()
-                    .enumerate()
-                    .all(|(i, (o, _))| Some(*o) == since.offset.checked_add(1 + i as u64));
-                since.epoch == epoch
-                    && since.offset <= top
-                    && contiguous
-                    && publications.len() as u64 == top - since.offset
-            });
-            if recovered != Some(true) {
-                publications.clear();
+            let contiguous = publications
+                .iter()
+                .enumerate()
+                .all(|(i, (o, _))| Some(*o) == since.offset.checked_add(1 + i as u64));
+            if !contiguous || publications.len() as u64 != top - since.offset {
+                return Ok(History::not_recovered(position, super::NotRecovered::HistoryGone));
             }
-            Ok(History { position: StreamPosition { epoch, offset: top }, recovered, publications })
+            Ok(History::recovered(position, publications))
         })
     }
 

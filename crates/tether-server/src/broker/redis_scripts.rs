@@ -66,13 +66,16 @@ return {epoch, tonumber(offset), 0}
 "#;
 
 /// KEYS: state, history. ARGV: (unused), state ttl ms, history ttl ms (0: none), first offset
-/// wanted (0: none), Redis run_id, most entries to return. Returns {epoch, top, entries}.
+/// wanted (0: none), Redis run_id, most entries to return, most data bytes to return. Returns
+/// {epoch, top, entries, over}: `over` is 0, or the data bytes read when they passed the limit
+/// (entries are then empty): entries are read in pages, so that a replay too large for the
+/// connection asking is never gathered whole, in Redis or in the node.
 /// Reading never creates state: a subscribe to a channel nobody published to costs Redis nothing
 /// (epoch "" and top 0 until the first publish).
 pub const HISTORY: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if (not epoch) or redis.call('HGET', KEYS[1], 'run') ~= ARGV[5] then
-  return {'', 0, {}}
+  return {'', 0, {}, 0}
 end
 local top = tonumber(redis.call('HGET', KEYS[1], 'top') or '0')
 local ttl = tonumber(ARGV[3])
@@ -80,9 +83,23 @@ if ttl > 0 then trim(KEYS[2], ttl, now_ms()) end
 local from = tonumber(ARGV[4])
 local entries = {}
 if from > 0 and from <= top then
-  entries = redis.call('XRANGE', KEYS[2], string.format('%d', from) .. '-0', '+', 'COUNT', ARGV[6])
+  local limit, budget, used = tonumber(ARGV[6]), tonumber(ARGV[7]), 0
+  while #entries < limit do
+    local page = redis.call('XRANGE', KEYS[2], string.format('%d', from) .. '-0', '+',
+      'COUNT', math.min(256, limit - #entries))
+    if #page == 0 then break end
+    for _, entry in ipairs(page) do
+      local fields = entry[2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 'd' then used = used + #fields[i + 1] end
+      end
+      if used > budget then return {epoch, top, {}, used} end
+      entries[#entries + 1] = entry
+    end
+    from = tonumber(string.match(page[#page][1], '^%d+')) + 1
+  end
 end
-return {epoch, top, entries}
+return {epoch, top, entries, 0}
 "#;
 
 /// A script with the shared helpers in front.
