@@ -96,7 +96,7 @@ impl Shared {
             return true;
         }
         let now = self.now_ms();
-        self.handshake_budget.lock().unwrap_or_else(|p| p.into_inner()).take(now, rate, rate)
+        crate::sync::lock(&self.handshake_budget).take(now, rate, rate)
     }
 
     /// Whether requests must name a loopback host (see `host.rs`).

@@ -461,7 +461,7 @@ impl SweepRun {
         loop {
             let started = Instant::now();
             {
-                let mut shard = self.shards[self.index].lock().expect("hub shard lock");
+                let mut shard = crate::sync::lock(&self.shards[self.index]);
                 let Some(ch) = shard.get_mut(&*self.name) else { return };
                 if ch.sweep.as_ref().is_none_or(|s| s.id != self.id) {
                     return;
@@ -558,7 +558,7 @@ impl SweepRun {
     /// Close a round: drop the entries everyone has been visited with, feed the channel's pace
     /// (`busy` time for `sends` direct writes), and decide what comes next.
     fn end_round(&self, busy: Duration, sends: u64) -> RoundEnd {
-        let mut shard = self.shards[self.index].lock().expect("hub shard lock");
+        let mut shard = crate::sync::lock(&self.shards[self.index]);
         let Some(ch) = shard.get_mut(&*self.name) else { return RoundEnd::Over };
         ch.pace.direct_took(busy, sends);
         let dense = self.always || ch.pace.dense(ch.subscribers.len());
@@ -585,7 +585,7 @@ impl SweepRun {
 
     /// After waiting in vain: end the sweep if it still holds nothing. Whether it ended.
     fn end_if_idle(&self) -> bool {
-        let mut shard = self.shards[self.index].lock().expect("hub shard lock");
+        let mut shard = crate::sync::lock(&self.shards[self.index]);
         let Some(ch) = shard.get_mut(&*self.name) else { return true };
         match &ch.sweep {
             Some(s) if s.id == self.id && s.entries.is_empty() => {
@@ -713,7 +713,7 @@ impl Hub {
     /// publications are tagged with, so a connection can recognise them by pointer), or `None`
     /// when it was already subscribed.
     pub fn subscribe(&self, channel: &str, conn: ConnId, sub: Subscriber) -> Option<Arc<str>> {
-        let mut shard = self.shard(channel).lock().expect("hub shard lock");
+        let mut shard = crate::sync::lock(&self.shard(channel));
         let key = match shard.get_key_value(channel) {
             Some((key, _)) => key.clone(),
             None => Arc::from(channel),
@@ -730,7 +730,7 @@ impl Hub {
 
     /// Remove a subscriber; drops the channel when it was the last one.
     pub fn unsubscribe(&self, channel: &str, conn: ConnId) -> bool {
-        let mut shard = self.shard(channel).lock().expect("hub shard lock");
+        let mut shard = crate::sync::lock(&self.shard(channel));
         let Some(subscribers) = shard.get_mut(channel) else { return false };
         let removed = subscribers.remove(&conn).is_some();
         if removed {
@@ -747,7 +747,7 @@ impl Hub {
     /// Callers deliver in offset order per channel.
     pub fn publish(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: &RawValue) -> u64 {
         let index = self.shard_index(channel);
-        let mut shard = self.shards[index].lock().expect("hub shard lock");
+        let mut shard = crate::sync::lock(&self.shards[index]);
         let Some(ch) = shard.get_mut(channel) else { return 0 };
         let started = Instant::now();
         let sparse = ch.pace.publication(started, ch.subscribers.len());
@@ -858,17 +858,17 @@ impl Hub {
 
     /// Local subscribers of `channel`.
     pub fn subscriber_count(&self, channel: &str) -> usize {
-        self.shard(channel).lock().expect("hub shard lock").get(channel).map_or(0, |s| s.len())
+        crate::sync::lock(&self.shard(channel)).get(channel).map_or(0, |s| s.len())
     }
 
     /// Whether `channel` has a subscriber on this node.
     pub fn has_subscribers(&self, channel: &str) -> bool {
-        self.shard(channel).lock().expect("hub shard lock").contains_key(channel)
+        crate::sync::lock(&self.shard(channel)).contains_key(channel)
     }
 
     /// Channels with at least one local subscriber.
     pub fn channel_count(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().expect("hub shard lock").len()).sum()
+        self.shards.iter().map(|s| crate::sync::lock(&s).len()).sum()
     }
 }
 
@@ -992,6 +992,26 @@ mod tests {
         assert!(!hub.unsubscribe("c", 1));
         assert_eq!(hub.channel_count(), 0);
         assert_eq!(hub.publish("c", &Arc::from("e"), 1, &data("1")), 0);
+    }
+
+    #[test]
+    fn a_shard_poisoned_by_a_panic_keeps_serving() {
+        // One lock policy (sync.rs): a panic while a shard was locked must not make every later
+        // subscribe, publish and unsubscribe (run by `Drop for Connection`, maybe while
+        // unwinding) panic too.
+        let hub = Arc::new(Hub::new(Arc::default()));
+        let (a, _ra) = sub(Mode::Raw, 4);
+        hub.subscribe("c", 1, a);
+        let poisoner = hub.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = poisoner.shard("c").lock();
+            panic!("a bug while holding the shard");
+        })
+        .join();
+        assert!(hub.shard("c").is_poisoned());
+        assert_eq!(hub.publish("c", &Arc::from("e"), 1, &data("1")), 1);
+        assert!(hub.unsubscribe("c", 1));
+        assert_eq!(hub.channel_count(), 0);
     }
 
     /// Subscribe as a connection does: in the hub, then in its mailbox (with the hub's name).

@@ -326,7 +326,7 @@ impl OutboundQueue {
     fn lock(&self) -> MutexGuard<'_, Mail> {
         // A panic while holding it cannot leave `Mail` half-updated in a way that matters more
         // than losing the connection; keep serving rather than poisoning every later call.
-        self.mail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.mail)
     }
 
     /// Queue an item for the connection's task.

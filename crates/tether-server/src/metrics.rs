@@ -139,7 +139,7 @@ impl Metrics {
             idempotency_keys: Gauge::default(),
         };
         {
-            let mut r = m.registry.lock().expect("metrics registry lock");
+            let mut r = crate::sync::lock(&m.registry);
             let t = &mut *r;
             t.register(
                 "tether_connections_open",
@@ -364,7 +364,7 @@ impl Metrics {
             self.cpu_seconds.set(cpu);
         }
         let mut out = String::new();
-        let registry = self.registry.lock().expect("metrics registry lock");
+        let registry = crate::sync::lock(&self.registry);
         encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
     }
@@ -376,7 +376,7 @@ impl Metrics {
         help: &str,
         metric: impl prometheus_client::registry::Metric,
     ) {
-        self.registry.lock().expect("metrics registry lock").register(name, help, metric);
+        crate::sync::lock(&self.registry).register(name, help, metric);
     }
 }
 

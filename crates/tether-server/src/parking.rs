@@ -64,16 +64,16 @@ impl ParkingLot {
     }
 
     pub fn register(&self, mailbox: Arc<OutboundQueue>) -> usize {
-        self.mailboxes.lock().expect("parking lot lock").insert(mailbox)
+        crate::sync::lock(&self.mailboxes).insert(mailbox)
     }
 
     pub fn unregister(&self, key: usize) {
-        self.mailboxes.lock().expect("parking lot lock").try_remove(key);
+        crate::sync::lock(&self.mailboxes).try_remove(key);
     }
 
     /// Signal every connection (shutdown, resync): each checks what happened.
     pub fn wake_all(&self) {
-        for (_, mailbox) in self.mailboxes.lock().expect("parking lot lock").iter() {
+        for (_, mailbox) in crate::sync::lock(&self.mailboxes).iter() {
             mailbox.signal();
         }
     }
@@ -93,7 +93,7 @@ impl ParkingLot {
         }
         let lot = Arc::downgrade(self);
         tokio::spawn(run_timer(lot.clone(), self.tick));
-        if let Some(poll) = self.poll.lock().expect("parking lot poll").take() {
+        if let Some(poll) = crate::sync::lock(&self.poll).take() {
             tokio::spawn(run_reactor(lot, poll));
         }
     }
@@ -124,13 +124,13 @@ impl ParkingLot {
         self.reactor_lost.store(true, Ordering::Release);
         // As if each socket had data: a parked connection wakes, finds nothing, and parks
         // again without leaving tokio's reactor.
-        for (_, mailbox) in self.mailboxes.lock().expect("parking lot lock").iter() {
+        for (_, mailbox) in crate::sync::lock(&self.mailboxes).iter() {
             mailbox.set_socket_ready();
         }
     }
 
     fn socket_ready(&self, key: usize) {
-        if let Some(mailbox) = self.mailboxes.lock().expect("parking lot lock").get(key) {
+        if let Some(mailbox) = crate::sync::lock(&self.mailboxes).get(key) {
             mailbox.set_socket_ready();
         }
     }
@@ -139,7 +139,7 @@ impl ParkingLot {
     /// active one has been quiet for `park_after` and should consider parking.
     fn wake_due(&self) {
         let now = self.ticks(Instant::now());
-        for (_, mailbox) in self.mailboxes.lock().expect("parking lot lock").iter() {
+        for (_, mailbox) in crate::sync::lock(&self.mailboxes).iter() {
             if mailbox.deadline() <= now {
                 mailbox.signal();
             }

@@ -53,7 +53,7 @@ impl Default for Stats {
 
 impl Stats {
     pub fn record_rtt(&self, rtt: Duration) {
-        let mut guard = self.rtt.lock().expect("rtt lock");
+        let mut guard = crate::sync::lock(&self.rtt);
         let w = &mut *guard;
         if w.rotated_at.elapsed() >= RTT_ROTATE {
             std::mem::swap(&mut w.previous, &mut w.current);
@@ -66,7 +66,7 @@ impl Stats {
 
     /// (p50, p99) in milliseconds over the recent window, or `None` without samples.
     pub fn rtt_quantiles(&self) -> Option<(f64, f64)> {
-        let w = self.rtt.lock().expect("rtt lock");
+        let w = crate::sync::lock(&self.rtt);
         let mut merged = w.previous.clone();
         merged.add(&w.current).ok()?;
         if merged.is_empty() {
@@ -79,7 +79,7 @@ impl Stats {
     }
 
     pub fn record_close(&self, code_label: String, initiator: &'static str) {
-        *self.closes.lock().expect("closes lock").entry((code_label, initiator)).or_default() += 1;
+        *crate::sync::lock(&self.closes).entry((code_label, initiator)).or_default() += 1;
     }
 }
 
@@ -229,10 +229,7 @@ fn snapshot(
             &megabytes,
         ),
     };
-    let closes = stats
-        .closes
-        .lock()
-        .expect("closes lock")
+    let closes = crate::sync::lock(&stats.closes)
         .iter()
         .map(|((code, initiator), count)| CloseCount {
             name: code

@@ -259,18 +259,18 @@ impl RedisBroker {
             .find_map(|l| l.strip_prefix("run_id:"))
             .map(|v| v.trim().to_owned())
             .unwrap_or_default();
-        *self.run_id.lock().expect("run id lock") = run_id;
+        *crate::sync::lock(&self.run_id) = run_id;
         Ok(())
     }
 
     fn run_id(&self) -> String {
-        self.run_id.lock().expect("run id lock").clone()
+        crate::sync::lock(&self.run_id).clone()
     }
 
     fn set_linked(&self, up: bool, error: Option<String>) {
         self.linked.store(up, Ordering::Release);
         self.metrics.up.set(up as i64);
-        *self.last_error.lock().expect("broker error lock") = error;
+        *crate::sync::lock(&self.last_error) = error;
     }
 
     fn deliver(&self, msg: redis::Msg) {
@@ -391,10 +391,7 @@ impl Broker for RedisBroker {
         if self.linked.load(Ordering::Acquire) {
             Ok(())
         } else {
-            Err(self
-                .last_error
-                .lock()
-                .expect("broker error lock")
+            Err(crate::sync::lock(&self.last_error)
                 .clone()
                 .unwrap_or_else(|| "Redis is unreachable".into()))
         }
