@@ -713,7 +713,7 @@ impl Hub {
     /// publications are tagged with, so a connection can recognise them by pointer), or `None`
     /// when it was already subscribed.
     pub fn subscribe(&self, channel: &str, conn: ConnId, sub: Subscriber) -> Option<Arc<str>> {
-        let mut shard = crate::sync::lock(&self.shard(channel));
+        let mut shard = crate::sync::lock(self.shard(channel));
         let key = match shard.get_key_value(channel) {
             Some((key, _)) => key.clone(),
             None => Arc::from(channel),
@@ -730,7 +730,7 @@ impl Hub {
 
     /// Remove a subscriber; drops the channel when it was the last one.
     pub fn unsubscribe(&self, channel: &str, conn: ConnId) -> bool {
-        let mut shard = crate::sync::lock(&self.shard(channel));
+        let mut shard = crate::sync::lock(self.shard(channel));
         let Some(subscribers) = shard.get_mut(channel) else { return false };
         let removed = subscribers.remove(&conn).is_some();
         if removed {
@@ -858,17 +858,17 @@ impl Hub {
 
     /// Local subscribers of `channel`.
     pub fn subscriber_count(&self, channel: &str) -> usize {
-        crate::sync::lock(&self.shard(channel)).get(channel).map_or(0, |s| s.len())
+        crate::sync::lock(self.shard(channel)).get(channel).map_or(0, |s| s.len())
     }
 
     /// Whether `channel` has a subscriber on this node.
     pub fn has_subscribers(&self, channel: &str) -> bool {
-        crate::sync::lock(&self.shard(channel)).contains_key(channel)
+        crate::sync::lock(self.shard(channel)).contains_key(channel)
     }
 
     /// Channels with at least one local subscriber.
     pub fn channel_count(&self) -> usize {
-        self.shards.iter().map(|s| crate::sync::lock(&s).len()).sum()
+        self.shards.iter().map(|s| crate::sync::lock(s).len()).sum()
     }
 }
 

@@ -277,7 +277,7 @@ impl MemoryBroker {
         channel: &str,
         f: impl FnOnce(&mut Entry) -> R,
     ) -> Result<R, BrokerError> {
-        let mut shard = crate::sync::lock(&self.shard(channel));
+        let mut shard = crate::sync::lock(self.shard(channel));
         if let Some(entry) = shard.get_mut(channel) {
             return Ok(f(entry));
         }
@@ -305,7 +305,7 @@ impl MemoryBroker {
         since: Option<&StreamPosition>,
         max_bytes: u64,
     ) -> History {
-        let mut shard = crate::sync::lock(&self.shard(channel));
+        let mut shard = crate::sync::lock(self.shard(channel));
         let mut entry = shard.get_mut(channel);
         let position = match &entry {
             Some(entry) => entry.stream.position(),
@@ -374,7 +374,7 @@ impl Broker for MemoryBroker {
         let now = Instant::now();
         let mut keys = 0;
         for shard in self.shards.iter() {
-            let mut shard = crate::sync::lock(&shard);
+            let mut shard = crate::sync::lock(shard);
             let before = shard.len();
             shard.retain(|channel, entry| {
                 entry.keys.forget_expired(now);
