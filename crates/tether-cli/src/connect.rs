@@ -162,7 +162,13 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
         cfg.token = Some(run_token_command(command).await.map_err(anyhow::Error::msg)?);
     }
     let raw = args.raw;
-    println!("* connecting to {} ({} mode)", cfg.url, if raw { "raw" } else { "tether.v1.json" });
+    if !say(&format!(
+        "* connecting to {} ({} mode)",
+        cfg.url,
+        if raw { "raw" } else { "tether.v1.json" }
+    )) {
+        return Ok(ExitCode::SUCCESS);
+    }
     let (client, mut events) = tether_client::connect(cfg);
     if !raw {
         for channel in &args.channels {
@@ -176,7 +182,7 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if let Err(e) = sender.send_text(line).await {
-                println!("! not sent: {e}");
+                say(&format!("! not sent: {e}"));
             }
         }
     });
@@ -194,42 +200,58 @@ pub async fn run(args: ConnectArgs) -> Result<ExitCode> {
             e = events.next() => e,
         };
         let Some(event) = event else { return Ok(ExitCode::SUCCESS) };
-        match event {
-            Event::Connecting { attempt: 0 } => {}
-            Event::Connecting { attempt } => println!("* reconnecting (attempt {attempt})"),
-            Event::Open { reconnected } => {
-                println!("* {}", if reconnected { "reconnected" } else { "open" })
-            }
-            Event::Subscribed { channel, resubscribe, recovered, reason } => {
-                let verb = if resubscribe { "resubscribed to" } else { "subscribed to" };
-                match recovered {
-                    Some(true) => {
-                        println!("* {verb} {channel} (recovered every missed publication)")
-                    }
-                    Some(false) => println!(
-                        "* {verb} {channel} (NOT recovered: {})",
-                        reason.as_deref().unwrap_or("history does not cover the gap")
-                    ),
-                    None => println!("* {verb} {channel}"),
-                }
-            }
-            Event::Publication { channel, offset, data, .. } => {
-                println!("< [{channel} #{offset}] {}", data.get())
-            }
-            Event::Message(text) => println!("< {text}"),
-            Event::Binary(bytes) => println!("< ({} bytes of binary)", bytes.len()),
-            Event::CommandError { id, error } => match id {
-                Some(id) => println!("! error (command {id}): {} {}", error.code, error.message),
-                None => println!("! error: {} {}", error.code, error.message),
-            },
-            Event::Closed(info) => println!("* closed: {info}"),
-            Event::Stopped { reason } => {
-                println!("* stopped: {reason}");
-                return Ok(match reason {
-                    StopReason::RequestedByUser => ExitCode::SUCCESS,
-                    _ => ExitCode::from(2),
-                });
-            }
+        let (line, stop) = describe(event);
+        // stdout closed (piped into `head`, say): nobody is reading, so stop quietly.
+        if line.is_some_and(|line| !say(&line)) {
+            client.close().await;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(reason) = stop {
+            return Ok(match reason {
+                StopReason::RequestedByUser => ExitCode::SUCCESS,
+                _ => ExitCode::from(2),
+            });
         }
     }
+}
+
+/// One line on stdout; false when stdout is gone (a closed pipe), instead of `println!`'s panic.
+fn say(line: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+}
+
+/// The line an event prints (if any), and the stop reason when it ends the client.
+fn describe(event: Event) -> (Option<String>, Option<StopReason>) {
+    let line = match event {
+        Event::Connecting { attempt: 0 } => return (None, None),
+        Event::Connecting { attempt } => format!("* reconnecting (attempt {attempt})"),
+        Event::Open { reconnected } => {
+            format!("* {}", if reconnected { "reconnected" } else { "open" })
+        }
+        Event::Subscribed { channel, resubscribe, recovered, reason } => {
+            let verb = if resubscribe { "resubscribed to" } else { "subscribed to" };
+            match recovered {
+                Some(true) => format!("* {verb} {channel} (recovered every missed publication)"),
+                Some(false) => format!(
+                    "* {verb} {channel} (NOT recovered: {})",
+                    reason.as_deref().unwrap_or("history does not cover the gap")
+                ),
+                None => format!("* {verb} {channel}"),
+            }
+        }
+        Event::Publication { channel, offset, data, .. } => {
+            format!("< [{channel} #{offset}] {}", data.get())
+        }
+        Event::Message(text) => format!("< {text}"),
+        Event::Binary(bytes) => format!("< ({} bytes of binary)", bytes.len()),
+        Event::CommandError { id, error } => match id {
+            Some(id) => format!("! error (command {id}): {} {}", error.code, error.message),
+            None => format!("! error: {} {}", error.code, error.message),
+        },
+        Event::Closed(info) => format!("* closed: {info}"),
+        Event::Stopped { reason } => return (Some(format!("* stopped: {reason}")), Some(reason)),
+    };
+    (Some(line), None)
 }

@@ -83,6 +83,9 @@ fn main() -> ExitCode {
             Command::Token(args) => token::run(args),
         }
     });
+    // Without waiting for blocking tasks: `tether connect` reads stdin on one, and a read from
+    // a terminal or an open pipe would otherwise keep the process alive after it has stopped.
+    runtime.shutdown_background();
     match result {
         Ok(code) => code,
         Err(e) => {

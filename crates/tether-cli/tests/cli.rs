@@ -162,6 +162,41 @@ fn connect_prints_publications_closes_and_the_reconnect_schedule() {
 }
 
 #[test]
+fn connect_whose_output_is_closed_ends_quietly() {
+    // `tether connect … | head -3`: once the reader is gone, the next line must end the
+    // client quietly, not with println!'s "failed printing to stdout" panic.
+    use std::io::BufRead;
+    let server = Server::start(&[]);
+    let mut child = Command::new(BIN)
+        .args(["connect", &server.ws_url(""), "--channel", "news"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("* subscribed to news") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "connect ended before subscribing");
+    }
+    drop(out); // the pipe's only reader
+    server.publish("news", r#""after the reader left""#);
+    let ended =
+        wait_until(std::time::Duration::from_secs(10), || child.try_wait().unwrap().is_some());
+    if !ended {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("tether connect kept running with nobody reading its output");
+    }
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(status.success(), "{status}: {stderr}");
+}
+
+#[test]
 fn serves_its_browser_assets_and_reserves_its_channels() {
     let server = Server::start(&[]);
     let agent: ureq::Agent =
