@@ -7,6 +7,7 @@
 
 use crate::lean_ws::{self, LeanWs};
 use crate::probe::ServerProbe;
+use crate::progress::progress;
 use crate::units;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -51,20 +52,6 @@ impl CpuMeter {
         let pct = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / wall * 100.0);
         (pct(self.server, probe.cpu()), pct(self.me, tether_server::metrics::cpu_seconds("self")))
     }
-}
-
-/// A progress bar on stderr for a long phase (drawn only when stderr is a terminal).
-pub fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:>12} [{bar:40}] {pos}/{len} {elapsed_precise}",
-        )
-        .expect("a valid progress template")
-        .progress_chars("=> "),
-    );
-    bar.set_message(what.to_owned());
-    bar
 }
 
 fn cpu_line(server: Option<f64>, me: Option<f64>) -> String {

@@ -10,6 +10,7 @@ mod bench;
 mod connect;
 mod lean_ws;
 mod probe;
+mod progress;
 mod publish;
 mod serve;
 mod soak;

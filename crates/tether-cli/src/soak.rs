@@ -126,7 +126,7 @@ pub async fn run(args: SoakArgs) -> Result<ExitCode> {
     // The server's live heap, when it reports its allocator's figures (Tether does).
     let mut heap_after_cycle: Vec<Option<u64>> = Vec::with_capacity(args.cycles);
     eprintln!("soak: {} cycles × {} connections against {url}", args.cycles, args.conns);
-    let bar = crate::bench::progress(args.cycles as u64, "cycles");
+    let bar = crate::progress::progress(args.cycles as u64, "cycles");
     for n in 1..=args.cycles {
         let work = cycle(&url, &agent, args.conns, &publish_url, n);
         tokio::pin!(work);

@@ -8,7 +8,7 @@
 //! addresses are spread over 127.0.0.2–251. Workers report each open and close as a line with a
 //! wall-clock timestamp, which the coordinator compares with the moment it killed the server.
 
-use crate::bench::progress;
+use crate::progress::progress;
 use crate::units;
 use anyhow::{bail, Context, Result};
 use clap::Args;

@@ -1,49 +1,14 @@
 //! The application's handle on a connection that outlives any one socket.
 
 use crate::config::ClientConfig;
+use crate::error::ClientError;
 use crate::event::Event;
+use crate::stats::ClientStats;
 use crate::supervisor::{Request, Supervisor};
 use serde_json::value::RawValue;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Bytes;
-
-/// Why a request to the client failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClientError {
-    /// Disconnected and the offline queue is full; the message was not queued.
-    #[error("offline queue full ({0} messages waiting for a connection); message not sent")]
-    QueueFull(usize),
-    /// The client has stopped (closed by the application or gave up); nothing more is sent.
-    #[error("the client has stopped")]
-    Stopped,
-    /// The request does not apply in this mode (e.g. publish in raw mode).
-    #[error("{0}")]
-    WrongMode(&'static str),
-}
-
-/// Counters that show what the supervisor did; cheap to read at any time.
-#[derive(Debug, Default)]
-pub struct ClientStats {
-    /// Connect attempts started.
-    pub connect_attempts: AtomicU64,
-    /// Connections that opened.
-    pub opened: AtomicU64,
-    /// Sessions ended by the client's heartbeat watchdog.
-    pub heartbeat_timeouts: AtomicU64,
-    /// Supervisor tasks running: 1 while the client lives, never 2.
-    pub supervisors: AtomicU64,
-    /// The extensions the server agreed to on the latest connection ("" when none), e.g.
-    /// permessage-deflate.
-    pub extensions: std::sync::Mutex<String>,
-}
-
-impl ClientStats {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
-}
 
 /// A handle to the client. Clone it freely; the connection lives until [`Client::close`] or
 /// until the reconnect policy stops it.

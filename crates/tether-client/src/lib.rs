@@ -27,13 +27,17 @@
 
 pub mod client;
 pub mod config;
+pub mod error;
 pub mod event;
 mod inflating_stream;
+pub mod stats;
 mod supervisor;
 
-pub use client::{connect, Client, ClientError, ClientStats, Events};
+pub use client::{connect, Client, Events};
 pub use config::{ClientConfig, Mode};
+pub use error::ClientError;
 pub use event::{CloseInfo, Event};
+pub use stats::ClientStats;
 pub use tether_core::close_code::Initiator;
 pub use tether_core::reconnect::{ReconnectPolicy, StopReason};
 /// The byte buffer of binary messages ([`Event::Binary`], [`Client::send_binary`]): the

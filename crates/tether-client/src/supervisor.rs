@@ -3,10 +3,11 @@
 //! While disconnected it keeps serving the application's requests (sends go to the bounded
 //! offline queue, subscriptions are remembered and re-sent after the next open).
 
-use crate::client::{ClientError, ClientStats};
 use crate::config::{ClientConfig, Mode};
+use crate::error::ClientError;
 use crate::event::{CloseInfo, Event};
 use crate::inflating_stream::InflatingStream;
+use crate::stats::ClientStats;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
