@@ -5,6 +5,14 @@
 //! - `tether publish CHANNEL DATA` — publish through the HTTP API.
 //!
 //! Errors reach the user as one `error: …` line that says what to do, and a non-zero exit.
+//!
+//! ## Layers
+//! Bottom up; a module imports only those of lower layers (checked by
+//! `tether-core/tests/layers.rs`):
+//! 1. `units`, `lean_ws`, `probe`, `progress`
+//! 2. `connect`, `publish`, `serve`, `token`, `storm`
+//! 3. `bench`
+//! 4. `soak`
 
 mod bench;
 mod connect;

@@ -24,6 +24,13 @@
 //! - `supervisor` — the one task that owns the connection: connect, run a session, decide
 //!   (with `tether_core::reconnect`) whether and when to reconnect. One task, so one reconnect
 //!   in flight, however many errors and closes fire together.
+//!
+//! ## Layers
+//! Bottom up; a module imports only those of lower layers (checked by
+//! `tether-core/tests/layers.rs`):
+//! 1. `config`, `event`, `error`, `stats`, `inflating_stream`
+//! 2. `supervisor`
+//! 3. `client`
 
 pub mod client;
 pub mod config;

@@ -18,6 +18,13 @@
 //! - [`reconnect`] — the reconnect policy: backoff plus "should we retry at all" plus server hints.
 //! - [`stream`] — a channel's offsets, epoch and bounded history, and the recovery rule.
 //! - [`defaults`] — every default value in one place, each with the reason for it.
+//!
+//! ## Layers
+//! Bottom up. A module imports only modules of layers below its own (checked by
+//! `tests/layers.rs`, which reads this list):
+//! 1. `defaults`, `close_code`, `channel`, `rate`, `heartbeat`, `permessage_deflate`
+//! 2. `protocol`, `backoff`
+//! 3. `codec`, `stream`, `reconnect`
 
 pub mod backoff;
 pub mod channel;
