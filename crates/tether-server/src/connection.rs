@@ -67,35 +67,9 @@ enum Phase {
     },
 }
 
-/// The last publication delivered on a subscribed channel (see `Connection::admit`).
-/// Outbound messages larger than this are sent as fragments of this size. tungstenite keeps its
-/// write buffer's capacity after a flush, so one large publication would otherwise stay resident
-/// in every subscriber's connection for good (measured: a 200 KB publication to 3,000
-/// subscribers left ~590 MB behind, 25 MB with fragments); fragments cap it at one per connection.
-pub(crate) const FRAGMENT: usize = 8 * 1024;
-
-/// `msg` as one frame, or as fragments of at most `FRAGMENT` bytes (RFC 6455 §5.4; a text
-/// message may be split inside a UTF-8 sequence: validity is checked on the whole message).
-fn fragments(msg: Message) -> Vec<Message> {
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-    let (opcode, payload): (Data, Bytes) = match msg {
-        Message::Text(t) if t.len() > FRAGMENT => (Data::Text, Bytes::from(t)),
-        Message::Binary(b) if b.len() > FRAGMENT => (Data::Binary, b),
-        other => return vec![other],
-    };
-    let count = payload.len().div_ceil(FRAGMENT);
-    (0..count)
-        .map(|i| {
-            let chunk = payload.slice(i * FRAGMENT..((i + 1) * FRAGMENT).min(payload.len()));
-            let code = if i == 0 { OpCode::Data(opcode) } else { OpCode::Data(Data::Continue) };
-            Message::Frame(Frame::message(chunk, code, i + 1 == count))
-        })
-        .collect()
-}
-
 /// Feed one message to the socket, as fragments when it is large (see `FRAGMENT`).
 async fn feed(ws: &mut Ws, msg: Message) -> Result<(), WsError> {
+    use crate::publication::{fragments, FRAGMENT};
     if msg.len() <= FRAGMENT {
         return ws.feed(msg).await;
     }

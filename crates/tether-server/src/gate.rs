@@ -14,8 +14,9 @@
 //! reading. The task releases the write side through the gate only, once a flush has emptied
 //! tungstenite's buffer; the gate keeps holding while it has a half-written frame of its own.
 
-use crate::hub::{OutboundQueue, Published};
+use crate::mailbox::OutboundQueue;
 use crate::metrics::Metrics;
+use crate::publication::Published;
 use crate::transport::Transport;
 use std::io;
 use std::pin::Pin;

@@ -222,7 +222,7 @@ impl Gateway {
             .max_frame_size(Some(max));
         let park_after = (config.ping_interval / 2).min(std::time::Duration::from_secs(1));
         let raw_pong = config.raw_pong.as_str().into();
-        let (raw_pong_frame, _) = crate::hub::text_frame(config.raw_pong.as_bytes());
+        let (raw_pong_frame, _) = crate::publication::text_frame(config.raw_pong.as_bytes());
         let auth = crate::auth::Verifier::from_config(&config).map_err(|problem| {
             GatewayError::Config(ConfigError { field: "jwt_public_key", problem })
         })?;

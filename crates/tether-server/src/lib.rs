@@ -39,6 +39,7 @@ pub mod origin;
 mod parking;
 mod pending;
 pub mod per_ip;
+mod publication;
 pub mod stats;
 pub mod svg_chart;
 mod sync;

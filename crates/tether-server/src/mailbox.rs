@@ -14,7 +14,7 @@
 //! seam between a recovery replay and live traffic, and gap detection, hold whichever way a
 //! publication goes.
 
-use crate::hub::Published;
+use crate::publication::Published;
 use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -86,7 +86,7 @@ impl Subscriptions {
                     // insert would otherwise make room for four, 144 bytes more).
                     self.0.reserve_exact(1);
                 }
-                let handed = crate::hub::sweep_position();
+                let handed = crate::publication::sweep_position();
                 self.0.insert(i, (channel, Watermark { handed, ..Watermark::default() }));
                 true
             }

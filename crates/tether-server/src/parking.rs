@@ -17,7 +17,7 @@
 //! default 25 s interval: every 500 ms, i.e. tens of microseconds of work per second for 15,000
 //! connections), so deadlines are met within one tick.
 
-use crate::hub::OutboundQueue;
+use crate::mailbox::OutboundQueue;
 use slab::Slab;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};

@@ -9,8 +9,8 @@
 use crate::api::json_error;
 use crate::connection::ConnectionTask;
 use crate::gateway::Gateway;
-use crate::hub::Mode;
 use crate::metrics::ReasonLabels;
+use crate::publication::Mode;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -489,7 +489,7 @@ async fn try_again_later(
             retry_after_ms: Some(hint.as_millis() as u64),
         });
         wire.extend_from_slice(
-            &crate::hub::text_frame(tether_core::codec::encode(&advice).as_bytes()).0,
+            &crate::publication::text_frame(tether_core::codec::encode(&advice).as_bytes()).0,
         );
     }
     let close = Frame::close(Some(CloseFrame { code: code.0.into(), reason: reason.into() }));

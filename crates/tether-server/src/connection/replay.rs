@@ -17,7 +17,7 @@
 
 use super::{feed, within, Connection, Ending, WriteFailed, Ws};
 use crate::broker::{BrokerError, NotRecovered, MAX_REPLAY};
-use crate::hub::Mode;
+use crate::publication::Mode;
 use futures_util::SinkExt;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -138,7 +138,7 @@ impl Connection {
 /// a publication at offset `top` (the longest offset among them).
 fn weight(mode: Mode, channel: &str, epoch: &str, top: u64, publications: &Publications) -> u64 {
     let zero = RawValue::from_string("0".into()).expect("0 is JSON");
-    let envelope = crate::hub::render(mode, channel, epoch, top, &zero).len() - 1;
+    let envelope = crate::publication::render(mode, channel, epoch, top, &zero).len() - 1;
     let data: u64 = publications.iter().map(|(_, d)| d.get().len() as u64).sum();
     data + envelope as u64 * publications.len() as u64
 }
@@ -195,7 +195,8 @@ impl Iterator for Chunks<'_> {
         let mut size = chunk.iter().map(Message::len).sum::<usize>();
         while size < CHUNK {
             let Some((offset, data)) = self.rest.next() else { break };
-            let text = crate::hub::render(self.mode, self.channel, self.epoch, *offset, data);
+            let text =
+                crate::publication::render(self.mode, self.channel, self.epoch, *offset, data);
             size += text.len();
             chunk.push(Message::Text(text));
         }
