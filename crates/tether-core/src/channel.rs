@@ -17,6 +17,14 @@ pub enum ChannelError {
     BadChar { found: char, at: usize },
 }
 
+/// Channels under this prefix are the server's own: clients and the HTTP API may not publish
+/// to them.
+pub const RESERVED_PREFIX: &str = "_tether:";
+
+/// The channel the server's dashboard figures are published on (once a second, while anyone
+/// subscribes).
+pub const DASHBOARD_CHANNEL: &str = "_tether:dashboard";
+
 fn allowed(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@' | '/' | '=' | '+')
 }

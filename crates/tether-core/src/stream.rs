@@ -10,6 +10,13 @@ use crate::protocol::StreamPosition;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// A new epoch: 12 hex digits from `random` (48 bits). A channel's epoch changes whenever its
+/// stream starts afresh (a restarted memory broker, an expired Redis stream), so that a client
+/// holding an offset of the old one is told `recovered: false` instead of a wrong replay.
+pub fn epoch_from(random: u64) -> String {
+    format!("{:012x}", random & 0xffff_ffff_ffff)
+}
+
 /// How much history a channel keeps. Both bounds apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HistoryPolicy {

@@ -862,7 +862,7 @@ impl Connection {
         let cfg = &self.shared.config;
         channel::validate(channel, cfg.max_channel_name_len)
             .map_err(|e| ErrorBody::new(ErrorCode::BadChannel, e.to_string()))?;
-        if channel.starts_with(crate::stats::RESERVED_PREFIX)
+        if channel.starts_with(tether_core::channel::RESERVED_PREFIX)
             || !channel::any_matches(&cfg.client_publish, channel)
         {
             return Err(ErrorBody::new(

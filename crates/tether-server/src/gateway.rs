@@ -373,7 +373,7 @@ impl Gateway {
         if self.shared.background_started.swap(true, Ordering::AcqRel) {
             return;
         }
-        runtime.spawn(crate::stats::run_sampler(
+        runtime.spawn(crate::dashboard::run_sampler(
             self.shared.metrics.clone(),
             self.shared.stats.clone(),
             self.shared.hub.clone(),
@@ -421,7 +421,7 @@ impl Gateway {
         idempotency_key: Option<&str>,
     ) -> Result<PublishReceipt, PublishError> {
         channel::validate(channel, self.shared.config.max_channel_name_len)?;
-        if channel.starts_with(crate::stats::RESERVED_PREFIX) {
+        if channel.starts_with(tether_core::channel::RESERVED_PREFIX) {
             return Err(PublishError::Reserved);
         }
         let window = self.shared.config.idempotency_window;

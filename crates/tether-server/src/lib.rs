@@ -28,6 +28,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 mod connection;
+mod dashboard;
 pub mod forwarded;
 mod gate;
 pub mod gateway;

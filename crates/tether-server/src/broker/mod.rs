@@ -181,7 +181,7 @@ pub fn history_policy(rules: &[HistoryRule], channel: &str) -> Option<HistoryPol
 
 /// A fresh epoch: random, so that a restarted node never reuses one.
 pub fn new_epoch() -> String {
-    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+    tether_core::stream::epoch_from(rand::random())
 }
 
 struct Entry {
