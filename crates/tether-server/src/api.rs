@@ -1,14 +1,15 @@
 //! The HTTP API beside the WebSocket endpoint: publish, health and metrics. Every error is a
 //! JSON body `{"error": "..."}` that names the problem.
 
-use crate::gateway::{Gateway, PublishError};
 use crate::metrics::ReasonLabels;
+use crate::node::{Node, PublishError};
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::sync::Arc;
 
 pub(crate) fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
@@ -41,13 +42,13 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 
 /// Refuse a request to the HTTP API unless it carries one of the configured keys (when any
 /// is configured): 401 without a key, 403 with a wrong one. Compared in constant time.
-fn authorize(gateway: &Gateway, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    let keys = &gateway.config().api_keys;
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let keys = &node.config().api_keys;
     if keys.is_empty() {
         return Ok(());
     }
     let refuse = |status, reason: &'static str, message: &str| {
-        gateway.metrics().api_refused.get_or_create(&ReasonLabels { reason }).inc();
+        node.metrics.api_refused.get_or_create(&ReasonLabels { reason }).inc();
         let mut resp = json_error(status, message);
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         Box::new(resp)
@@ -83,32 +84,32 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// The heap-profile endpoints reveal the program's memory and cost CPU: served only when the
 /// API has keys (and then only with one), even on loopback.
-fn authorize_profiling(gateway: &Gateway, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    if gateway.config().api_keys.is_empty() {
-        gateway.metrics().api_refused.get_or_create(&ReasonLabels { reason: "no_keys" }).inc();
+fn authorize_profiling(node: &Node, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    if node.config().api_keys.is_empty() {
+        node.metrics.api_refused.get_or_create(&ReasonLabels { reason: "no_keys" }).inc();
         return Err(Box::new(json_error(
             StatusCode::FORBIDDEN,
             "heap profiling is served only with an API key: start the server with --api-key \
              (TETHER_API_KEYS) and send it",
         )));
     }
-    authorize(gateway, headers)
+    authorize(node, headers)
 }
 
 /// `POST /api/publish` with `{"channel": "...", "data": <any JSON>}`.
-pub(crate) async fn publish(State(gateway): State<Gateway>, req: Request<Body>) -> Response {
-    if let Err(refused) = authorize(&gateway, req.headers()) {
+pub(crate) async fn publish(State(node): State<Arc<Node>>, req: Request<Body>) -> Response {
+    if let Err(refused) = authorize(&node, req.headers()) {
         return *refused;
     }
     if !is_json(req.headers()) {
-        gateway.metrics().api_refused.get_or_create(&ReasonLabels { reason: "content_type" }).inc();
+        node.metrics.api_refused.get_or_create(&ReasonLabels { reason: "content_type" }).inc();
         return json_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "send the body as JSON with `Content-Type: application/json`",
         );
     }
     // The body limit is the largest message a client could receive, plus the envelope.
-    let limit = gateway.config().max_message_size.as_u64() as usize + 1024;
+    let limit = node.config().max_message_size.as_u64() as usize + 1024;
     let bytes = match to_bytes(req.into_body(), limit).await {
         Ok(b) => b,
         Err(_) => {
@@ -124,11 +125,11 @@ pub(crate) async fn publish(State(gateway): State<Gateway>, req: Request<Body>) 
             r#"empty body; send {"channel": "...", "data": ...}"#,
         );
     }
-    let max_depth = gateway.config().max_json_depth;
+    let max_depth = node.config().max_json_depth;
     let too_deep = std::str::from_utf8(&bytes)
         .is_ok_and(|text| tether_core::codec::json_depth(text, max_depth).is_err());
     if too_deep {
-        gateway.metrics().json_too_deep.inc();
+        node.metrics.json_too_deep.inc();
         return json_error(
             StatusCode::BAD_REQUEST,
             format!("JSON nested deeper than {max_depth} levels (max_json_depth)"),
@@ -157,7 +158,7 @@ pub(crate) async fn publish(State(gateway): State<Gateway>, req: Request<Body>) 
         }
     }
     let key = body.idempotency_key.as_deref();
-    match gateway.publish_once(&body.channel, &body.data, key).await {
+    match node.publish_once(&body.channel, &body.data, key).await {
         Ok(receipt) => {
             let mut reply = serde_json::json!({
                 "channel": body.channel,
@@ -200,8 +201,8 @@ pub(crate) async fn not_found(req: Request<Body>) -> Response {
 /// `GET /debug/pprof/heap`: the live heap sampled since profiling was activated, as a gzipped
 /// pprof protobuf (read it with `go tool pprof` or `pprof`). `POST .../activate` and
 /// `.../deactivate` start and stop sampling. All three need an API key to be configured and sent.
-pub(crate) async fn heap_profile(State(gateway): State<Gateway>, req: Request<Body>) -> Response {
-    if let Err(refused) = authorize_profiling(&gateway, req.headers()) {
+pub(crate) async fn heap_profile(State(node): State<Arc<Node>>, req: Request<Body>) -> Response {
+    if let Err(refused) = authorize_profiling(&node, req.headers()) {
         return *refused;
     }
     let Some(profiler) = crate::metrics::heap_profiler() else {
@@ -238,11 +239,11 @@ pub(crate) async fn heap_profile(State(gateway): State<Gateway>, req: Request<Bo
 
 /// `POST /debug/pprof/heap/activate` and `/deactivate`.
 pub(crate) async fn heap_profiling(
-    State(gateway): State<Gateway>,
+    State(node): State<Arc<Node>>,
     axum::extract::Path(action): axum::extract::Path<String>,
     req: Request<Body>,
 ) -> Response {
-    if let Err(refused) = authorize_profiling(&gateway, req.headers()) {
+    if let Err(refused) = authorize_profiling(&node, req.headers()) {
         return *refused;
     }
     let Some(profiler) = crate::metrics::heap_profiler() else {
@@ -269,8 +270,8 @@ pub(crate) async fn heap_profiling(
     }
 }
 
-pub(crate) async fn healthz(State(gateway): State<Gateway>) -> Response {
-    if gateway.is_shutting_down() {
+pub(crate) async fn healthz(State(node): State<Arc<Node>>) -> Response {
+    if node.stopping() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(serde_json::json!({"status": "shutting_down"})),
@@ -279,15 +280,15 @@ pub(crate) async fn healthz(State(gateway): State<Gateway>) -> Response {
     }
     axum::Json(serde_json::json!({
         "status": "ok",
-        "connections": gateway.open_connections(),
-        "broker": gateway.broker_name(),
+        "connections": node.open_connections(),
+        "broker": node.broker_name(),
     }))
     .into_response()
 }
 
 /// `GET /readyz`: 200 while publications can be accepted (the broker is reachable), else 503
 /// with the reason. Load balancers should route on this, liveness probes on `/healthz`.
-pub(crate) async fn readyz(State(gateway): State<Gateway>) -> Response {
+pub(crate) async fn readyz(State(node): State<Arc<Node>>) -> Response {
     let not_ready = |reason: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -295,23 +296,21 @@ pub(crate) async fn readyz(State(gateway): State<Gateway>) -> Response {
         )
             .into_response()
     };
-    if gateway.is_shutting_down() {
+    if node.stopping() {
         return not_ready("shutting down".into());
     }
-    match gateway.broker_readiness() {
-        Ok(()) => {
-            axum::Json(serde_json::json!({"status": "ready", "broker": gateway.broker_name()}))
-                .into_response()
-        }
+    match node.broker_readiness() {
+        Ok(()) => axum::Json(serde_json::json!({"status": "ready", "broker": node.broker_name()}))
+            .into_response(),
         Err(reason) => not_ready(reason),
     }
 }
 
 /// `GET /metrics`: Prometheus text exposition.
-pub(crate) async fn metrics(State(gateway): State<Gateway>) -> Response {
+pub(crate) async fn metrics(State(node): State<Arc<Node>>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        gateway.metrics().render(),
+        node.metrics.render(),
     )
         .into_response()
 }

@@ -19,12 +19,12 @@
 
 use crate::auth::{Access, Grant};
 use crate::gate::Gate;
-use crate::gateway::Shared;
 use crate::hub::{
     Compress, ConnId, Delivery, Mode, Outbound, OutboundQueue, Payload, Published, PushError,
     Subscriber,
 };
 use crate::mailbox::Admission;
+use crate::node::Node;
 use crate::transport::Transport;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -125,7 +125,7 @@ enum WriteFailed {
 pub(crate) struct Connection {
     pub id: ConnId,
     pub mode: Mode,
-    shared: Arc<Shared>,
+    shared: Arc<Node>,
     /// The mailbox: outbound queue, subscriptions, overflow flag, waker, parked deadline.
     queue: Arc<OutboundQueue>,
     /// This connection's place in the parking lot.
@@ -195,7 +195,7 @@ pub(crate) struct Parked {
 impl ConnectionTask {
     /// The task for a handshake just answered with 101: wait for hyper's upgrade, then serve.
     pub(crate) fn new(
-        shared: Arc<Shared>,
+        shared: Arc<Node>,
         on_upgrade: hyper::upgrade::OnUpgrade,
         peer: Option<SocketAddr>,
         mode: Mode,
@@ -312,7 +312,7 @@ impl Connection {
     /// parked with its first heartbeat due now (so the task activates it right away).
     /// `window`: the permessage-deflate window agreed for what it is sent, 0 without it.
     fn open(
-        shared: Arc<Shared>,
+        shared: Arc<Node>,
         transport: Transport,
         peer: Option<SocketAddr>,
         mode: Mode,

@@ -5,69 +5,18 @@ use crate::broker::{Broker, BrokerError, MemoryBroker, PublishReceipt};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::node::Node;
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::value::RawValue;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use tether_core::channel::{self, ChannelError};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// State every route and connection task shares.
-pub(crate) struct Shared {
-    pub config: GatewayConfig,
-    pub ws_config: WebSocketConfig,
-    pub hub: Arc<Hub>,
-    pub broker: Arc<dyn Broker>,
-    pub metrics: Arc<Metrics>,
-    /// Cancelled when graceful shutdown begins; every connection task listens.
-    pub shutdown: CancellationToken,
-    /// Set just before `shutdown` is cancelled: what connections check on every pass of their
-    /// loop. (`CancellationToken::is_cancelled` takes a mutex that every connection shares.)
-    pub stopping: std::sync::atomic::AtomicBool,
-    /// Bumped when the broker's live feed was interrupted (a Redis pub/sub link restored):
-    /// every connection closes with 1012 so that its client resubscribes and recovers.
-    pub resync: watch::Sender<u64>,
-    /// The raw-mode answer to a text ping, encoded once.
-    pub raw_pong: tokio_tungstenite::tungstenite::Utf8Bytes,
-    /// `raw_pong` as a complete frame, written straight to the socket.
-    pub raw_pong_frame: bytes::Bytes,
-    /// `allowed_origins`, parsed (validated with the configuration).
-    pub origins: Vec<crate::origin::OriginPattern>,
-    /// How long a connection must be idle before it parks (see `connection.rs`).
-    pub park_after: std::time::Duration,
-    /// Where idle connections wait; also how shutdown and resync reach every connection.
-    pub parking: Arc<crate::parking::ParkingLot>,
-    /// Tracks connection tasks so shutdown can wait for them (they outlive the HTTP server).
-    pub tracker: TaskTracker,
-    /// One permit per open WebSocket connection.
-    pub connection_slots: Arc<Semaphore>,
-    /// Open connections and handshake rates per client address.
-    pub per_ip: crate::per_ip::PerIp,
-    /// The whole server's handshake budget (`max_handshake_rate`).
-    pub handshake_budget: std::sync::Mutex<tether_core::rate::TokenBucket>,
-    /// Checks JWTs when `jwt_secret` or `jwt_public_key` is set.
-    pub auth: Option<crate::auth::Verifier>,
-    pub next_conn_id: AtomicU64,
-    /// Figures for the dashboard beyond the Prometheus counters.
-    pub stats: Arc<crate::stats::Stats>,
-    /// Set once the background tasks (broker housekeeping, dashboard sampler) run.
-    pub background_started: std::sync::atomic::AtomicBool,
-    /// Set by [`Gateway::serve`] when its listener is on a loopback address: `Host` must then
-    /// be a loopback name (see `host.rs`).
-    pub loopback_only: std::sync::atomic::AtomicBool,
-    /// Connections not upgraded yet, capped (see `pending.rs`; `Gateway::serve` only).
-    pub pending: Arc<crate::pending::Pending>,
-    /// Handshakes over the budget still being closed with 1013 (see `upgrade.rs`).
-    pub lingering_refusals: std::sync::atomic::AtomicUsize,
-    /// Whether the "no peer address" warning was logged (once).
-    pub warned_no_peer: std::sync::atomic::AtomicBool,
-}
 
 /// The hub, with the delivery and compression settings of `config`.
 fn hub_for(config: &GatewayConfig, metrics: &Arc<Metrics>) -> Hub {
@@ -83,37 +32,10 @@ fn hub_for(config: &GatewayConfig, metrics: &Arc<Metrics>) -> Hub {
     }
 }
 
-impl Shared {
-    /// Graceful shutdown has begun.
-    pub fn stopping(&self) -> bool {
-        self.stopping.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Take one handshake from the server-wide budget; false when the storm is over budget.
-    pub fn admit_handshake(&self) -> bool {
-        let rate = self.config.max_handshake_rate as f32;
-        if rate == 0.0 {
-            return true;
-        }
-        let now = self.now_ms();
-        crate::sync::lock(&self.handshake_budget).take(now, rate, rate)
-    }
-
-    /// Whether requests must name a loopback host (see `host.rs`).
-    pub fn loopback_only(&self) -> bool {
-        self.loopback_only.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Milliseconds since the gateway started (the parking lot's clock), for rate limits.
-    pub fn now_ms(&self) -> u64 {
-        self.parking.ticks(tokio::time::Instant::now())
-    }
-}
-
 /// A Tether gateway. Cheap to clone; all clones are the same gateway.
 #[derive(Clone)]
 pub struct Gateway {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Node>,
 }
 
 /// Why a gateway could not be built.
@@ -125,16 +47,7 @@ pub enum GatewayError {
     Broker(#[from] BrokerError),
 }
 
-/// Why a publication was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("bad channel: {0}")]
-    BadChannel(#[from] ChannelError),
-    #[error("channels under `_tether:` are reserved for the server")]
-    Reserved,
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-}
+pub use crate::node::PublishError;
 
 /// What graceful shutdown achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,7 +145,7 @@ impl Gateway {
             .filter_map(|o| crate::origin::OriginPattern::parse(o))
             .collect();
         Ok(Gateway {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Node {
                 raw_pong,
                 raw_pong_frame,
                 origins,
@@ -314,8 +227,8 @@ impl Gateway {
             .route("/debug/pprof/heap", get(crate::api::heap_profile))
             .route("/debug/pprof/heap/{action}", post(crate::api::heap_profiling))
             .route("/tether.js", get(crate::web::tether_js))
-            .layer(axum::middleware::from_fn_with_state(self.clone(), crate::host::guard))
-            .with_state(self.clone())
+            .layer(axum::middleware::from_fn_with_state(self.shared.clone(), crate::host::guard))
+            .with_state(self.shared.clone())
     }
 
     /// `GET /healthz`, `/readyz` and `/metrics` alone, for a listener of their own (see
@@ -325,8 +238,8 @@ impl Gateway {
             .route("/healthz", get(crate::api::healthz))
             .route("/readyz", get(crate::api::readyz))
             .route("/metrics", get(crate::api::metrics))
-            .layer(axum::middleware::from_fn_with_state(self.clone(), crate::host::guard))
-            .with_state(self.clone())
+            .layer(axum::middleware::from_fn_with_state(self.shared.clone(), crate::host::guard))
+            .with_state(self.shared.clone())
     }
 
     /// Serve [`Gateway::health_router`] on `listener` from a thread and runtime of its own.
@@ -362,7 +275,7 @@ impl Gateway {
     pub fn dashboard_router(&self) -> Router {
         self.start_background();
         crate::web::dashboard_routes()
-            .layer(axum::middleware::from_fn_with_state(self.clone(), crate::host::guard))
+            .layer(axum::middleware::from_fn_with_state(self.shared.clone(), crate::host::guard))
     }
 
     /// Start the once-a-second background work: broker housekeeping (history expiry, idle
@@ -420,24 +333,12 @@ impl Gateway {
         data: &RawValue,
         idempotency_key: Option<&str>,
     ) -> Result<PublishReceipt, PublishError> {
-        channel::validate(channel, self.shared.config.max_channel_name_len)?;
-        if channel.starts_with(tether_core::channel::RESERVED_PREFIX) {
-            return Err(PublishError::Reserved);
-        }
-        let window = self.shared.config.idempotency_window;
-        let once = idempotency_key.map(|key| crate::broker::Once { key, window });
-        let receipt = self.shared.broker.publish(channel, data, once).await?;
-        if receipt.duplicate {
-            self.shared.metrics.publications_deduplicated.inc();
-        } else {
-            self.shared.metrics.publications.inc();
-        }
-        Ok(receipt)
+        self.shared.publish_once(channel, data, idempotency_key).await
     }
 
     /// Open WebSocket connections right now.
     pub fn open_connections(&self) -> usize {
-        self.shared.config.max_connections - self.shared.connection_slots.available_permits()
+        self.shared.open_connections()
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -4,13 +4,14 @@
 //! `Host`, so a server that listens only on loopback accepts only loopback names there (and
 //! IP literals, which no rebinding can produce), plus whatever `allowed_hosts` lists.
 
-use crate::gateway::Gateway;
 use crate::metrics::ReasonLabels;
+use crate::node::Node;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Whether `host` (a `Host` header: name or IP literal, maybe a port) may be served. `enforce`
 /// is true on a loopback-only listener; elsewhere only a non-empty `allowed` list restricts.
@@ -40,8 +41,7 @@ pub fn check(host: Option<&str>, enforce: bool, allowed: &[String]) -> Result<()
 }
 
 /// The middleware in front of every route.
-pub(crate) async fn guard(State(gateway): State<Gateway>, req: Request, next: Next) -> Response {
-    let shared = &gateway.shared;
+pub(crate) async fn guard(State(shared): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
     match check(host, shared.loopback_only(), &shared.config.allowed_hosts) {
         Ok(()) => next.run(req).await,

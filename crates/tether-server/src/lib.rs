@@ -2,23 +2,46 @@
 //!
 //! Mount it into an existing axum application (`gateway.router()` beside your routes, sharing
 //! your listener) or run it alone (`gateway.serve(listener, signal)`; that is what `tether serve`
-//! does). A map of the modules:
+//! does).
 //!
-//! - [`config`] — [`GatewayConfig`]: every setting with its default and meaning.
-//! - [`gateway`] — [`Gateway`]: owner of everything; routes, publishing, graceful shutdown.
-//! - `upgrade` — the HTTP → WebSocket handshake: subprotocol → mode, limits, refusals as JSON.
-//! - `connection` — one task per connection: heartbeat, commands, outbound queue, close diagnostics.
-//! - `gate` — the one way out to an active connection's socket: finishes a half-written frame first.
-//! - `transport` — the socket under a connection, and whether tungstenite holds a partial frame.
+//! ## Layers
+//! Bottom up. A module imports only modules of lower layers (checked by
+//! `tether-core/tests/layers.rs`, which reads this list); docs/architecture.md walks through them.
+//! 1. `sys`, `sync`, `svg_chart`, `tls`, `web`, `forwarded`, `origin`, `publication`
+//! 2. `metrics`, `config`, `per_ip`, `stats`
+//! 3. `auth`, `pending`, `mailbox`
+//! 4. `parking`, `hub`
+//! 5. `transport`, `broker`, `dashboard`
+//! 6. `gate`, `node`
+//! 7. `connection`, `api`
+//! 8. `host`, `upgrade`
+//! 9. `gateway`
+//!
+//! What each holds:
 //! - `sys` — the only `unsafe` code: sends on borrowed sockets (without SIGPIPE), the epoll set.
-//! - `parking` — where idle connections wait without WebSocket state or timers of their own.
-//! - [`hub`] — which connection listens to which channel; one-encode fan-out; slow-consumer flags.
-//! - [`broker`] — the [`Broker`] seam (in-memory now; Redis backplane later).
-//! - `api` — `POST /api/publish`, `GET /healthz`, `GET /metrics`.
-//! - [`metrics`] — the Prometheus registry.
-//! - [`stats`] — the dashboard's once-a-second sampler, published on `_tether:dashboard`.
-//! - [`svg_chart`] — server-rendered SVG line charts for the dashboard.
-//! - `web` — the embedded browser assets: `/tether.js`, the dashboard, the plain example.
+//! - `sync` — the one lock-poisoning policy.
+//! - [`svg_chart`] — server-rendered SVG line charts for the dashboard; `web` — the embedded
+//!   browser assets (`/tether.js`, the dashboard, the plain example); [`tls`] — rustls setup.
+//! - [`forwarded`] — the client address behind trusted proxies; [`origin`] — which browser
+//!   origins may connect.
+//! - `publication` — a publication as it goes out: rendered, framed once (plain and
+//!   compressed), fragmented.
+//! - [`metrics`] — the Prometheus registry; [`config`] — [`GatewayConfig`], every setting;
+//!   [`per_ip`] — per-client limits; [`stats`] — round trips and closes for the dashboard.
+//! - [`auth`] — JWT verification; `pending` — connections not yet WebSockets, capped;
+//!   `mailbox` — a connection's outbound queue and direct writes by publishers.
+//! - `parking` — where idle connections wait without WebSocket state or timers of their own;
+//!   [`hub`] — which connection listens to which channel; one-encode fan-out, sweeps.
+//! - `transport` — the socket under a connection, and whether tungstenite holds a partial
+//!   frame; [`broker`] — the [`Broker`] seam (memory, Redis); `dashboard` — the once-a-second
+//!   sampler published on `_tether:dashboard`.
+//! - `gate` — the one way out to an active connection's socket; `node` — the state every
+//!   route and connection task shares.
+//! - `connection` — one task per connection: heartbeat, commands, close diagnostics; `api` —
+//!   `POST /api/publish`, health, metrics, heap profiles.
+//! - [`host`] — the DNS-rebinding guard in front of every route; `upgrade` — the HTTP →
+//!   WebSocket handshake and its admission order.
+//! - [`gateway`] — [`Gateway`], the public façade: routes, publishing, serving, shutdown.
 //!
 //! The protocol itself (commands, codec, close codes, heartbeat and reconnect state machines)
 //! lives in `tether-core`, with no I/O.
@@ -36,6 +59,7 @@ pub mod host;
 pub mod hub;
 mod mailbox;
 pub mod metrics;
+mod node;
 pub mod origin;
 mod parking;
 mod pending;

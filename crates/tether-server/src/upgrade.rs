@@ -8,13 +8,14 @@
 
 use crate::api::json_error;
 use crate::connection::ConnectionTask;
-use crate::gateway::Gateway;
 use crate::metrics::ReasonLabels;
+use crate::node::Node;
 use crate::publication::Mode;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use tether_core::channel;
 use tether_core::defaults::SUBPROTOCOL_JSON;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -170,7 +171,7 @@ fn check_handshake(
 /// and the `?channel=`s it must cover. Browsers cannot read an HTTP refusal, so they should
 /// authenticate with the `connect` command instead, which answers with a close code.
 fn check_token(
-    shared: &crate::gateway::Shared,
+    shared: &crate::node::Node,
     query: Option<&str>,
     channels: &[String],
 ) -> Result<Option<std::sync::Arc<crate::auth::Grant>>, Refusal> {
@@ -225,7 +226,7 @@ fn token_expired() -> Refusal {
 
 /// The per-address limits, for the client this request comes from: 429 when over them.
 /// `Ok`: one connection is counted for `client` until released.
-fn admit_client(shared: &crate::gateway::Shared, client: IpAddr) -> Result<(), Refusal> {
+fn admit_client(shared: &crate::node::Node, client: IpAddr) -> Result<(), Refusal> {
     use crate::per_ip::Refused;
     match shared.per_ip.admit(client, shared.now_ms()) {
         Ok(()) => Ok(()),
@@ -253,7 +254,7 @@ fn admit_client(shared: &crate::gateway::Shared, client: IpAddr) -> Result<(), R
 /// Who the request comes from: the peer, or the client a trusted proxy names. `None` when
 /// the host application serves the router without peer addresses (then there are no
 /// per-address limits, which is said once in the log).
-fn client_of(shared: &crate::gateway::Shared, req: &Request) -> Option<SocketAddr> {
+fn client_of(shared: &crate::node::Node, req: &Request) -> Option<SocketAddr> {
     let Some(peer) = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0) else {
         use std::sync::atomic::Ordering;
         if !shared.warned_no_peer.swap(true, Ordering::Relaxed) {
@@ -269,18 +270,18 @@ fn client_of(shared: &crate::gateway::Shared, req: &Request) -> Option<SocketAdd
     Some(if client == peer.ip() { peer } else { SocketAddr::new(client, 0) })
 }
 
-pub(crate) async fn ws_handler(State(gateway): State<Gateway>, req: Request) -> Response {
-    upgrade(gateway, req, false).await
+pub(crate) async fn ws_handler(State(node): State<Arc<Node>>, req: Request) -> Response {
+    upgrade(node, req, false).await
 }
 
 /// `GET /echo` (with `conformance_echo` only): every message comes back, through the same
 /// frame writers as publications. No subprotocol, no channels; every limit still applies.
-pub(crate) async fn echo_handler(State(gateway): State<Gateway>, req: Request) -> Response {
-    upgrade(gateway, req, true).await
+pub(crate) async fn echo_handler(State(node): State<Arc<Node>>, req: Request) -> Response {
+    upgrade(node, req, true).await
 }
 
-async fn upgrade(gateway: Gateway, mut req: Request, echo: bool) -> Response {
-    let shared = &gateway.shared;
+async fn upgrade(node: Arc<Node>, mut req: Request, echo: bool) -> Response {
+    let shared = &node;
     // Held from before the shutdown check until the connection task ends, so that shutdown
     // waits for a handshake racing it instead of missing it.
     let tracked = shared.tracker.token();
@@ -332,7 +333,7 @@ async fn upgrade(gateway: Gateway, mut req: Request, echo: bool) -> Response {
     };
     if !shared.admit_handshake() {
         release();
-        return over_budget(&gateway, &mut req, &accept, mode, tracked, refuse);
+        return over_budget(&node, &mut req, &accept, mode, tracked, refuse);
     }
     let grant = match check_token(shared, req.uri().query(), &channels) {
         Ok(grant) => grant,
@@ -365,7 +366,7 @@ async fn upgrade(gateway: Gateway, mut req: Request, echo: bool) -> Response {
     // The slot is given back by the connection when it ends (see `Drop for Connection`).
     slot.forget();
     let task = ConnectionTask::new(
-        gateway.shared.clone(),
+        node.clone(),
         on_upgrade,
         peer,
         mode,
@@ -373,7 +374,7 @@ async fn upgrade(gateway: Gateway, mut req: Request, echo: bool) -> Response {
         grant,
         deflate.map(|a| a.window_bits()),
     );
-    gateway.shared.tracker.spawn(task);
+    node.tracker.spawn(task);
     drop(tracked); // the spawned task is tracked from here on
 
     switching_protocols(&accept, mode, deflate)
@@ -384,7 +385,7 @@ async fn upgrade(gateway: Gateway, mut req: Request, echo: bool) -> Response {
 /// for up to `close_timeout`; beyond `max_pending_handshakes` of them at once (the same kind of
 /// not-yet-a-connection socket), a plain 503, so that a storm cannot pile them up.
 fn over_budget(
-    gateway: &Gateway,
+    node: &Arc<Node>,
     req: &mut Request,
     accept: &str,
     mode: Mode,
@@ -392,7 +393,7 @@ fn over_budget(
     refuse: impl Fn(Refusal) -> Response,
 ) -> Response {
     use std::sync::atomic::Ordering;
-    let shared = &gateway.shared;
+    let shared = node;
     let busy = || {
         Refusal::new(
             "max_handshake_rate",
@@ -402,7 +403,7 @@ fn over_budget(
         .with_header(header::RETRY_AFTER, "1")
     };
     let lingering = shared.lingering_refusals.fetch_add(1, Ordering::AcqRel);
-    let linger = Lingering(gateway.clone());
+    let linger = Lingering(node.clone());
     if lingering >= shared.config.max_pending_handshakes {
         return refuse(busy());
     }
@@ -427,12 +428,12 @@ fn over_budget(
 }
 
 /// One counted 1013 refusal; uncounted when dropped.
-struct Lingering(Gateway);
+struct Lingering(Arc<Node>);
 
 impl Drop for Lingering {
     fn drop(&mut self) {
         use std::sync::atomic::Ordering;
-        let shared = &self.0.shared;
+        let shared = &self.0;
         let left = shared.lingering_refusals.fetch_sub(1, Ordering::AcqRel) - 1;
         shared.metrics.storm_refusals_lingering.set(left as i64);
     }

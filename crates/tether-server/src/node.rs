@@ -1,0 +1,147 @@
+//! The node: the state one gateway's routes, connection tasks and background work share —
+//! settings, hub, broker, metrics, limits, shutdown signals. Everything above it (connections,
+//! the HTTP layer, the gateway façade) reaches the rest of the server through it.
+
+use crate::broker::{Broker, BrokerError, PublishReceipt};
+use crate::config::GatewayConfig;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use serde_json::value::RawValue;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tether_core::channel::{self, ChannelError};
+use tokio::sync::{watch, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// State every route and connection task shares.
+pub(crate) struct Node {
+    pub config: GatewayConfig,
+    pub ws_config: WebSocketConfig,
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when graceful shutdown begins; every connection task listens.
+    pub shutdown: CancellationToken,
+    /// Set just before `shutdown` is cancelled: what connections check on every pass of their
+    /// loop. (`CancellationToken::is_cancelled` takes a mutex that every connection shares.)
+    pub stopping: std::sync::atomic::AtomicBool,
+    /// Bumped when the broker's live feed was interrupted (a Redis pub/sub link restored):
+    /// every connection closes with 1012 so that its client resubscribes and recovers.
+    pub resync: watch::Sender<u64>,
+    /// The raw-mode answer to a text ping, encoded once.
+    pub raw_pong: tokio_tungstenite::tungstenite::Utf8Bytes,
+    /// `raw_pong` as a complete frame, written straight to the socket.
+    pub raw_pong_frame: bytes::Bytes,
+    /// `allowed_origins`, parsed (validated with the configuration).
+    pub origins: Vec<crate::origin::OriginPattern>,
+    /// How long a connection must be idle before it parks (see `connection.rs`).
+    pub park_after: std::time::Duration,
+    /// Where idle connections wait; also how shutdown and resync reach every connection.
+    pub parking: Arc<crate::parking::ParkingLot>,
+    /// Tracks connection tasks so shutdown can wait for them (they outlive the HTTP server).
+    pub tracker: TaskTracker,
+    /// One permit per open WebSocket connection.
+    pub connection_slots: Arc<Semaphore>,
+    /// Open connections and handshake rates per client address.
+    pub per_ip: crate::per_ip::PerIp,
+    /// The whole server's handshake budget (`max_handshake_rate`).
+    pub handshake_budget: std::sync::Mutex<tether_core::rate::TokenBucket>,
+    /// Checks JWTs when `jwt_secret` or `jwt_public_key` is set.
+    pub auth: Option<crate::auth::Verifier>,
+    pub next_conn_id: AtomicU64,
+    /// Figures for the dashboard beyond the Prometheus counters.
+    pub stats: Arc<crate::stats::Stats>,
+    /// Set once the background tasks (broker housekeeping, dashboard sampler) run.
+    pub background_started: std::sync::atomic::AtomicBool,
+    /// Set by [`Gateway::serve`] when its listener is on a loopback address: `Host` must then
+    /// be a loopback name (see `host.rs`).
+    pub loopback_only: std::sync::atomic::AtomicBool,
+    /// Connections not upgraded yet, capped (see `pending.rs`; `Gateway::serve` only).
+    pub pending: Arc<crate::pending::Pending>,
+    /// Handshakes over the budget still being closed with 1013 (see `upgrade.rs`).
+    pub lingering_refusals: std::sync::atomic::AtomicUsize,
+    /// Whether the "no peer address" warning was logged (once).
+    pub warned_no_peer: std::sync::atomic::AtomicBool,
+}
+
+/// Why a publication was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("bad channel: {0}")]
+    BadChannel(#[from] ChannelError),
+    #[error("channels under `_tether:` are reserved for the server")]
+    Reserved,
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl Node {
+    /// Graceful shutdown has begun.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Take one handshake from the server-wide budget; false when the storm is over budget.
+    pub fn admit_handshake(&self) -> bool {
+        let rate = self.config.max_handshake_rate as f32;
+        if rate == 0.0 {
+            return true;
+        }
+        let now = self.now_ms();
+        crate::sync::lock(&self.handshake_budget).take(now, rate, rate)
+    }
+
+    /// Whether requests must name a loopback host (see `host.rs`).
+    pub fn loopback_only(&self) -> bool {
+        self.loopback_only.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Milliseconds since the gateway started (the parking lot's clock), for rate limits.
+    pub fn now_ms(&self) -> u64 {
+        self.parking.ticks(tokio::time::Instant::now())
+    }
+
+    /// Publish with an optional idempotency key (what `POST /api/publish` calls): a retry with
+    /// the same key within `idempotency_window` publishes nothing and returns the first
+    /// publication's receipt, marked `duplicate`, on any node sharing the broker.
+    pub async fn publish_once(
+        &self,
+        channel: &str,
+        data: &RawValue,
+        idempotency_key: Option<&str>,
+    ) -> Result<PublishReceipt, PublishError> {
+        channel::validate(channel, self.config.max_channel_name_len)?;
+        if channel.starts_with(tether_core::channel::RESERVED_PREFIX) {
+            return Err(PublishError::Reserved);
+        }
+        let window = self.config.idempotency_window;
+        let once = idempotency_key.map(|key| crate::broker::Once { key, window });
+        let receipt = self.broker.publish(channel, data, once).await?;
+        if receipt.duplicate {
+            self.metrics.publications_deduplicated.inc();
+        } else {
+            self.metrics.publications.inc();
+        }
+        Ok(receipt)
+    }
+
+    /// Open WebSocket connections right now.
+    pub fn open_connections(&self) -> usize {
+        self.config.max_connections - self.connection_slots.available_permits()
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    pub fn broker_name(&self) -> &'static str {
+        self.broker.name()
+    }
+
+    /// Whether the broker accepts publications now, or why not.
+    pub fn broker_readiness(&self) -> Result<(), String> {
+        self.broker.readiness()
+    }
+}
