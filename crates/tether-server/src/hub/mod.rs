@@ -10,6 +10,9 @@
 //! offset order per channel. Delivery never blocks the publisher: a subscriber whose bounded
 //! queue is full is flagged as a slow consumer and its connection task closes it (1013, "slow consumer").
 
+mod pace;
+mod sweep;
+
 use crate::config::FanoutSweep;
 pub use crate::mailbox::{Delivery, Outbound, OutboundQueue, PushError};
 use crate::metrics::Metrics;
@@ -21,6 +24,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pace::{Pace, SAMPLE};
+use sweep::{Entry, Sweep, SweepRun, LAG_SAMPLE, MAX_SWEEP_BACKLOG};
 /// The hub's handle on one subscribed connection.
 #[derive(Clone)]
 pub struct Subscriber {
@@ -76,280 +81,6 @@ impl std::ops::Deref for Channel {
 impl std::ops::DerefMut for Channel {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.subscribers
-    }
-}
-
-/// Direct delivery (the publisher writes to every ready socket itself) is the cheapest per
-/// delivery, but writes each publication on its own. When publications on a channel come
-/// faster than that, connection tasks gathering several per write keep up where direct writes
-/// cannot (measured: 5,000 subscribers × 100/s needs about four per write on one core). So a
-/// publication goes direct only while the channel's publications come, on average, at least
-/// twice as far apart as a direct fan-out to its subscribers is expected to take: direct
-/// fan-out then uses at most half a core.
-/// - Averages, not the last gap or the last fan-out: on a saturated server publications are
-///   handled in bursts with long gaps between them, and one slow fan-out (a page fault, a
-///   preemption) must not switch a channel to queued (an outlier counts as twice the average).
-/// - A queued fan-out still writes to its first `SAMPLE` subscribers directly, so the estimate
-///   keeps following the machine (a whole direct fan-out as a probe stalls a busy channel for
-///   tens of milliseconds: measured, p99 at 5,000 × 100/s went from 130 to 240 ms).
-#[derive(Default)]
-struct Pace {
-    last: Option<Instant>,
-    /// Moving average of the time between publications (weight 1/8 for the newest).
-    spacing: Option<Duration>,
-    /// Moving average of the time per direct write (weight 1/4 for the newest).
-    per_subscriber: Duration,
-}
-
-/// Subscribers written to directly by a queued fan-out, to measure (see [`Pace`]).
-const SAMPLE: usize = 32;
-
-impl Pace {
-    /// Note a publication to `subscribers` at `now`; whether it may go direct.
-    fn publication(&mut self, now: Instant, subscribers: usize) -> bool {
-        if let Some(last) = self.last {
-            let gap = now.saturating_duration_since(last);
-            self.spacing = Some(match self.spacing {
-                None => gap,
-                Some(avg) => (avg * 7 + gap) / 8,
-            });
-        }
-        self.last = Some(now);
-        !self.dense(subscribers)
-    }
-
-    /// Whether publications come too close together for a direct fan-out each.
-    fn dense(&self, subscribers: usize) -> bool {
-        let expected = self.per_subscriber * u32::try_from(subscribers).unwrap_or(u32::MAX);
-        self.spacing.is_some_and(|avg| avg < expected * 2)
-    }
-
-    /// Direct delivery to some subscribers took `took`, `written` of them written directly
-    /// (the others were queued: not ready, or busy writing).
-    fn direct_took(&mut self, took: Duration, written: u64) {
-        if written == 0 {
-            return;
-        }
-        let sample = took / u32::try_from(written).unwrap_or(u32::MAX);
-        self.per_subscriber = if self.per_subscriber.is_zero() {
-            sample
-        } else {
-            // An outlier counts as at most twice the estimate: a lasting slowdown still raises
-            // it within a few fan-outs.
-            (self.per_subscriber * 3 + sample.min(self.per_subscriber * 2)) / 4
-        };
-    }
-}
-
-/// Publications a sweep may hold back at most; beyond that it drops its oldest (counted in
-/// `tether_fanout_backlog_dropped_total`).
-const MAX_SWEEP_BACKLOG: usize = 1024;
-
-/// Subscribers a sweep visits between yields to the runtime (about 16 × 5 µs). A sweep runs on
-/// the same threads as the tasks that take publications in, and a chunk longer than this
-/// holds them back: at 5,000 subscribers × 100/s on one core, the publish API's p99 answer
-/// took 43-48 ms with chunks of 64, and 5-13 ms with 16; end-to-end p99, 50-53 against
-/// 46-49 ms. (Sweeps on threads of their own, at a lower priority, did no better: 49-51 ms.)
-const SWEEP_CHUNK: usize = 16;
-
-/// One visit in this many has its delivery lag measured (`tether_delivery_lag_seconds`).
-const LAG_SAMPLE: u64 = 16;
-
-/// How long an idle sweep waits for more publications before it ends.
-const SWEEP_LINGER: Duration = Duration::from_secs(1);
-
-/// A sweep: when publications on a channel come faster than one direct fan-out each can take,
-/// one task goes round the subscribers again and again, and hands each one, in one `writev`,
-/// everything published since its last visit. Rather than a round per publication (and a task
-/// wake-up per connection and publication on the queued path), the cost per visit is about one
-/// `send`, however many publications it carries; and since the sweep yields every
-/// [`SWEEP_CHUNK`] subscribers, a publication joins the round in progress: the subscribers
-/// still ahead get it in this round, the others in the next. A publication is thereby
-/// delivered within about one round.
-///
-/// An entry stays until every subscriber has been visited after it came: to the end of the
-/// round it came in if that round had not begun, else to the end of the next one. The sweep
-/// ends when it holds nothing more. Ordering holds because all publications of the channel go
-/// through the sweep while it runs, and admission (the same as for direct writes) still
-/// decides what each connection gets.
-struct Sweep {
-    /// Tells this sweep's task from a later one's, should the channel be dropped and made anew.
-    id: u64,
-    entries: VecDeque<Entry>,
-    /// The round in progress or next to start...
-    round: u64,
-    /// ...and whether it has started.
-    in_round: bool,
-    /// Wakes the sweep's task when it waits, idle, for more.
-    more: Arc<tokio::sync::Notify>,
-}
-
-/// A publication in a sweep, rendered for both modes.
-struct Entry {
-    seq: u64,
-    appended: Instant,
-    /// The last round that must visit everyone with it.
-    until: u64,
-    json: Arc<Published>,
-    raw: Arc<Published>,
-}
-
-/// The task of one channel's sweep.
-struct SweepRun {
-    shards: Arc<[Shard]>,
-    index: usize,
-    name: Arc<str>,
-    id: u64,
-    metrics: Arc<Metrics>,
-    /// Wait for more even when publications are sparse (`FanoutSweep::Always`).
-    always: bool,
-}
-
-impl SweepRun {
-    async fn run(self) {
-        let mut roster: Arc<[Subscriber]> = Arc::from(Vec::new());
-        let mut position = 0;
-        let (mut json, mut raw, mut appended) = (Vec::new(), Vec::new(), Vec::new());
-        let mut visits = 0u64;
-        // Time spent in this round and the direct writes it made, for the channel's pace.
-        let (mut busy, mut round_sends) = (Duration::ZERO, 0u64);
-        loop {
-            let started = Instant::now();
-            {
-                let mut shard = crate::sync::lock(&self.shards[self.index]);
-                let Some(ch) = shard.get_mut(&*self.name) else { return };
-                if ch.sweep.as_ref().is_none_or(|s| s.id != self.id) {
-                    return;
-                }
-                if position == 0 {
-                    roster = ch.roster();
-                }
-                let Some(sweep) = ch.sweep.as_mut() else { return };
-                sweep.in_round = true;
-                json.clear();
-                raw.clear();
-                appended.clear();
-                for e in &sweep.entries {
-                    appended.push((e.seq, e.appended));
-                    json.push((e.seq, e.json.clone()));
-                    raw.push((e.seq, e.raw.clone()));
-                }
-            }
-            let end = (position + SWEEP_CHUNK).min(roster.len());
-            let (mut written, mut written_bytes, mut queued, mut dropped) = (0, 0, 0, 0);
-            let mut sends = 0;
-            for sub in &roster[position..end] {
-                let batch = match sub.mode {
-                    Mode::Json => &json,
-                    Mode::Raw | Mode::Echo => &raw,
-                };
-                match sub.queue.hand_over(batch) {
-                    Ok(done) => {
-                        visits += 1;
-                        if done.oldest != 0 && visits.is_multiple_of(LAG_SAMPLE) {
-                            // How long the oldest of what this visit handed over waited.
-                            if let Some((_, at)) = appended.iter().find(|(s, _)| *s == done.oldest)
-                            {
-                                self.metrics.delivery_lag.observe(at.elapsed().as_secs_f64());
-                            }
-                        }
-                        sends += u64::from(done.written > 0);
-                        written += u64::from(done.written);
-                        written_bytes += done.written_bytes;
-                        queued += u64::from(done.queued);
-                        dropped += u64::from(done.dropped);
-                        if done.partial {
-                            self.metrics.direct_partial_writes.inc();
-                        }
-                    }
-                    // It is ending, and unsubscribes itself on the way out.
-                    Err(PushError::Full | PushError::Closed) => dropped += 1,
-                }
-            }
-            position = end;
-            let m = &self.metrics;
-            m.deliveries.inc_by(written + queued);
-            m.deliveries_dropped.inc_by(dropped);
-            m.direct_deliveries.inc_by(written);
-            m.messages_out.inc_by(written);
-            m.bytes_out.inc_by(written_bytes);
-            busy += started.elapsed();
-            round_sends += sends;
-            if position >= roster.len() {
-                let next = self.end_round(busy, round_sends);
-                (busy, round_sends, position) = (Duration::ZERO, 0, 0);
-                match next {
-                    RoundEnd::Over => return,
-                    RoundEnd::Again => {}
-                    RoundEnd::Idle(more) => {
-                        // Nothing left to hand over, but publications still come densely: wait
-                        // for the next one rather than end (ending would send it down a direct
-                        // fan-out, and a busy channel would flap between the two).
-                        if tokio::time::timeout(SWEEP_LINGER, more.notified()).await.is_err()
-                            && self.end_if_idle()
-                        {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
-            tokio::task::yield_now().await;
-        }
-    }
-}
-
-/// What a sweep does after a round.
-enum RoundEnd {
-    /// It ended (or its channel is gone).
-    Over,
-    /// Another round: it still holds entries.
-    Again,
-    /// Wait for more.
-    Idle(Arc<tokio::sync::Notify>),
-}
-
-impl SweepRun {
-    /// Close a round: drop the entries everyone has been visited with, feed the channel's pace
-    /// (`busy` time for `sends` direct writes), and decide what comes next.
-    fn end_round(&self, busy: Duration, sends: u64) -> RoundEnd {
-        let mut shard = crate::sync::lock(&self.shards[self.index]);
-        let Some(ch) = shard.get_mut(&*self.name) else { return RoundEnd::Over };
-        ch.pace.direct_took(busy, sends);
-        let dense = self.always || ch.pace.dense(ch.subscribers.len());
-        let Some(sweep) = ch.sweep.as_mut().filter(|s| s.id == self.id) else {
-            return RoundEnd::Over;
-        };
-        let round = sweep.round;
-        while sweep.entries.front().is_some_and(|e| e.until <= round) {
-            if let Some(e) = sweep.entries.pop_front() {
-                self.metrics.fanout_seconds.observe(e.appended.elapsed().as_secs_f64());
-            }
-        }
-        sweep.round += 1;
-        sweep.in_round = false;
-        if !sweep.entries.is_empty() {
-            RoundEnd::Again
-        } else if dense {
-            RoundEnd::Idle(sweep.more.clone())
-        } else {
-            ch.sweep = None;
-            RoundEnd::Over
-        }
-    }
-
-    /// After waiting in vain: end the sweep if it still holds nothing. Whether it ended.
-    fn end_if_idle(&self) -> bool {
-        let mut shard = crate::sync::lock(&self.shards[self.index]);
-        let Some(ch) = shard.get_mut(&*self.name) else { return true };
-        match &ch.sweep {
-            Some(s) if s.id == self.id && s.entries.is_empty() => {
-                ch.sweep = None;
-                true
-            }
-            Some(s) if s.id == self.id => false,
-            _ => true,
-        }
     }
 }
 
@@ -629,6 +360,7 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    use super::sweep::{SWEEP_CHUNK, SWEEP_LINGER};
     use super::*;
 
     /// Publications every `every` to 5,000 subscribers, each direct write taking `cost`; how
