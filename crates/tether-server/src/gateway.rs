@@ -362,36 +362,18 @@ impl Gateway {
 
     /// Run standalone on `listener` until `signal` resolves, then shut down gracefully: the
     /// WebSocket side first (see [`Gateway::shutdown`]; `/healthz` answers 503 meanwhile), then
-    /// HTTP requests in flight get up to `drain_timeout` to finish.
-    ///
-    /// HTTP/1 is served by hyper directly rather than through `axum::serve`, so that an
-    /// upgraded connection is handed over as the bare TCP socket it is: axum's version-sniffing
-    /// wrapper would otherwise stay boxed under every WebSocket for its whole life (decision 0007).
+    /// HTTP requests in flight get up to `drain_timeout` to finish. The HTTP server itself (the
+    /// accept loop, the pending-handshake cap, TLS, hyper) is `listener.rs`.
     pub async fn serve(
         self,
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<DrainReport> {
-        use axum::extract::ConnectInfo;
-        use tower::ServiceExt;
-        let tls = match (&self.shared.config.tls_cert, &self.shared.config.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                crate::tls::acceptor(cert, key)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
-            ),
-            _ => None,
-        };
         if let Ok(local) = listener.local_addr() {
             let loopback = local.ip().is_loopback();
             self.shared.loopback_only.store(loopback, std::sync::atomic::Ordering::Relaxed);
         }
         let app = self.router().merge(self.dashboard_router()).fallback(crate::api::not_found);
-        let limits = HttpLimits {
-            timeout: self.shared.config.handshake_timeout,
-            max_header_size: self.shared.config.max_header_size.as_u64() as usize,
-        };
-        let http = TaskTracker::new();
-        let stop_http = CancellationToken::new();
         let gateway = self.clone();
         let drained = async move {
             signal.await;
@@ -401,92 +383,6 @@ impl Gateway {
             );
             gateway.shutdown().await
         };
-        tokio::pin!(drained);
-        let report = loop {
-            let (tcp, peer) = tokio::select! {
-                report = &mut drained => break report,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors or similar: say so, back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = tcp.set_nodelay(true);
-            // Counted from accept until the connection upgrades or ends.
-            let place = self.shared.pending.enter();
-            let service = app.clone().map_request(move |mut req: axum::extract::Request<_>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req
-            });
-            let service = hyper_util::service::TowerToHyperService::new(service);
-            let stop = stop_http.clone();
-            let tls = tls.clone();
-            http.spawn(async move {
-                let served = async {
-                    let Some(tls) = tls else {
-                        return serve_http(tcp, service, stop, limits).await;
-                    };
-                    // The TLS handshake runs here, not in the accept loop, with its own deadline.
-                    let handshake = tokio::time::timeout(limits.timeout, tls.accept(tcp));
-                    match handshake.await {
-                        Ok(Ok(stream)) => serve_http(stream, service, stop, limits).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                };
-                tokio::select! {
-                    _ = served => {}
-                    _ = place.evicted() => {
-                        tracing::debug!(%peer, "closed unfinished: max_pending_handshakes")
-                    }
-                }
-            });
-        };
-        drop(listener);
-        stop_http.cancel();
-        http.close();
-        let _ = tokio::time::timeout(self.shared.config.drain_timeout, http.wait()).await;
-        Ok(report)
-    }
-}
-
-/// What an HTTP connection may take before it is a WebSocket.
-#[derive(Clone, Copy)]
-struct HttpLimits {
-    /// For the TLS handshake, and for each request head (idle keep-alive time included).
-    timeout: std::time::Duration,
-    /// Request line and headers; larger gets 431.
-    max_header_size: usize,
-}
-
-/// One HTTP/1.1 connection (upgrades allowed) until it ends, or gracefully once `stop` fires.
-async fn serve_http<I, S>(io: I, service: S, stop: CancellationToken, limits: HttpLimits)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.timeout)
-        .max_header_size(limits.max_header_size)
-        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+        crate::listener::run(&self.shared, listener, app, drained).await
     }
 }

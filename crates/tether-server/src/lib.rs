@@ -14,7 +14,7 @@
 //! 5. `transport`, `broker`, `dashboard`
 //! 6. `gate`, `node`
 //! 7. `connection`, `api`
-//! 8. `host`, `upgrade`
+//! 8. `host`, `upgrade`, `listener`
 //! 9. `gateway`
 //!
 //! What each holds:
@@ -57,6 +57,7 @@ mod gate;
 pub mod gateway;
 pub mod host;
 pub mod hub;
+mod listener;
 mod mailbox;
 pub mod metrics;
 mod node;
