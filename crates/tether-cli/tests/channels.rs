@@ -35,7 +35,7 @@ fn subscribers_alone_do_not_use_up_max_channels() {
     // Streams held: the subscribed channel that was published to; `fresh` (no history, no
     // subscribers) goes at the next housekeeping.
     assert!(
-        wait_until(T, || server.metric("tether_broker_streams ") == 1.0),
+        wait_until(T, || server.metric("tether_broker_streams") == 1.0),
         "{}",
         server.metrics()
     );
@@ -52,7 +52,7 @@ fn idempotency_keys_expire_in_housekeeping_without_further_publishes() {
     }
     // Housekeeping (once a second) counts them...
     assert!(
-        wait_until(T, || server.metric("tether_idempotency_keys ") == 5.0),
+        wait_until(T, || server.metric("tether_idempotency_keys") == 5.0),
         "{}",
         server.metrics()
     );
@@ -66,9 +66,9 @@ fn idempotency_keys_expire_in_housekeeping_without_further_publishes() {
     );
     // After the window they are forgotten, with no publish to trigger it.
     assert!(
-        wait_until(T, || server.metric("tether_idempotency_keys ") == 0.0),
+        wait_until(T, || server.metric("tether_idempotency_keys") == 0.0),
         "{}",
         server.metrics()
     );
-    assert!(wait_until(T, || server.metric("tether_broker_streams ") == 0.0));
+    assert!(wait_until(T, || server.metric("tether_broker_streams") == 0.0));
 }

@@ -126,20 +126,12 @@ fn refusals_over_the_budget_are_bounded_in_number() {
     let upgraded = statuses.iter().filter(|s| **s == 101).count();
     assert!(upgraded <= 1 + 8 + 1, "{upgraded} upgraded: {statuses:?}");
     assert!(statuses.iter().filter(|s| **s == 503).count() >= 20, "{statuses:?}");
-    let lingering = sample(&server, "tether_storm_refusals_lingering");
+    let lingering = server.metric("tether_storm_refusals_lingering");
     assert!(lingering <= 8.0, "{lingering}");
     drop(held);
-    assert!(wait_until(Duration::from_secs(10), || sample(
-        &server,
-        "tether_storm_refusals_lingering"
-    ) == 0.0));
-}
-
-/// The value of the unlabelled metric `name` (exactly that name).
-fn sample(server: &Server, name: &str) -> f64 {
-    let m = server.metrics();
-    let line = m.lines().find(|l| l.split(' ').next() == Some(name));
-    line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("{name}: {m}"))
+    assert!(wait_until(Duration::from_secs(10), || server
+        .metric("tether_storm_refusals_lingering")
+        == 0.0));
 }
 
 /// The descriptors a process has open.
@@ -191,7 +183,7 @@ fn half_sent_requests_cannot_hold_the_server() {
     assert!(evicted >= 1800.0, "{evicted}: {m}");
     assert!(
         // Only the request asking is still an unfinished HTTP connection.
-        wait_until(Duration::from_secs(5), || sample(&server, "tether_pending_handshakes") <= 1.0),
+        wait_until(Duration::from_secs(5), || server.metric("tether_pending_handshakes") <= 1.0),
         "{}",
         server.metrics()
     );

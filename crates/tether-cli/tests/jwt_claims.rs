@@ -172,7 +172,7 @@ fn an_idle_connection_is_closed_when_its_token_expires_not_at_its_next_heartbeat
     let token = hs256(&json!({"exp": exp}), SECRET.as_bytes());
     let (mut ws, _) = connect(&server, &token).expect("a valid token");
     assert!(
-        wait_until(Duration::from_secs(5), || server.metric("tether_connections_parked ") == 1.0),
+        wait_until(Duration::from_secs(5), || server.metric("tether_connections_parked") == 1.0),
         "the connection should park: {}",
         server.metrics()
     );
