@@ -127,7 +127,7 @@ test('connect() while getToken is in flight waits for it: one socket, with the f
   assert.deepEqual(sent, { sockets: 2, first: { id: sent.first.id, cmd: 'connect', token: fresh }, calls: 1 });
   assert.deepEqual((await events(page, 'close')).map((e) => e.detail.code), [4002]);
   assert.deepEqual((await events(page, 'stopped')).map((e) => e.detail.reason), ['closed by the application']);
-  assert.equal(await server.metric('tether_connections_closed_total{code="4002"'), 1);
+  assert.equal(await server.metric('tether_connections_closed_total{code="4002"}'), 1);
   await page.close();
 });
 
