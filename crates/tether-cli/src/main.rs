@@ -10,9 +10,8 @@
 //! Bottom up; a module imports only those of lower layers (checked by
 //! `tether-core/tests/layers.rs`):
 //! 1. `units`, `lean_ws`, `probe`, `progress`
-//! 2. `connect`, `publish`, `serve`, `token`, `storm`
+//! 2. `connect`, `publish`, `serve`, `token`, `storm`, `soak`
 //! 3. `bench`
-//! 4. `soak`
 
 mod bench;
 mod connect;

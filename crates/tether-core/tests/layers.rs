@@ -7,8 +7,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-const CRATES: &[(&str, &str)] =
-    &[("tether-core", "lib.rs"), ("tether-client", "lib.rs"), ("tether-cli", "main.rs")];
+const CRATES: &[(&str, &str)] = &[
+    ("tether-core", "lib.rs"),
+    ("tether-client", "lib.rs"),
+    ("tether-server", "lib.rs"),
+    ("tether-cli", "main.rs"),
+];
 
 /// The declared layers: module name → layer number, from the root's `## Layers` list.
 fn declared(root: &Path) -> HashMap<String, usize> {

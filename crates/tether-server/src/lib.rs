@@ -40,7 +40,8 @@
 //! - `connection` — one task per connection: heartbeat, commands, close diagnostics; `api` —
 //!   `POST /api/publish`, health, metrics, heap profiles.
 //! - [`host`] — the DNS-rebinding guard in front of every route; `upgrade` — the HTTP →
-//!   WebSocket handshake and its admission order.
+//!   WebSocket handshake and its admission order; `listener` — `tether serve`'s own HTTP
+//!   server: accept loop, pending-handshake cap, TLS, hyper.
 //! - [`gateway`] — [`Gateway`], the public façade: routes, publishing, serving, shutdown.
 //!
 //! The protocol itself (commands, codec, close codes, heartbeat and reconnect state machines)

@@ -1,14 +1,16 @@
 //! A connection's mailbox: its bounded outbound queue, its subscriptions (each with the last
 //! publication delivered on it), and the signals its task must wake up for.
 //!
-//! A publication reaches a subscriber in one of two ways (decision 0008):
+//! A publication reaches a subscriber in one of three ways (decisions 0008 and 0012):
 //! - **direct**: the publisher writes the publication's shared frame straight to the socket, when
 //!   the connection is active on a plain TCP socket, its task is not writing, and nothing is
 //!   queued ahead. No task wake-up, no queue: one non-blocking `send` per subscriber. Whatever
 //!   the socket does not take at once is queued, already admitted, for the task to finish.
-//! - **queued**: for the connection's task, which writes several at a time. The hub chooses this
-//!   when publications on a channel come faster than a direct fan-out takes (see `hub::Pace`):
-//!   then batching, not the cheapest single delivery, is what keeps up.
+//! - **queued**: for the connection's task, which writes several at a time (with
+//!   `fanout_sweep = never`, or for the connections a direct write cannot reach).
+//! - **by sweep**: when publications on a channel come faster than a direct fan-out takes (see
+//!   `hub::pace`; the default `auto`), one task goes round the subscribers and hands each
+//!   everything new in one `writev` (`hub::sweep`), through this mailbox's direct path.
 //!
 //! Both ways pass the same admission (`Subscriptions::admit`), under the mailbox's lock, so the
 //! seam between a recovery replay and live traffic, and gap detection, hold whichever way a

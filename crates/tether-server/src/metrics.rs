@@ -1,6 +1,6 @@
 //! The metrics registry: every counter the gateway keeps, exposed at `GET /metrics` in the
 //! Prometheus text format (encoding by `prometheus-client`). Later subsystems (broker, auth)
-//! register theirs in the same [`Registry`] through [`Metrics::registry_mut`]-style seams.
+//! register theirs in the same [`Registry`] through [`Metrics::register`].
 
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;

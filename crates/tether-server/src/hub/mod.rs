@@ -1,7 +1,8 @@
 //! The hub: which connection is subscribed to which channel on this node, and local fan-out.
 //!
-//! Channels are spread over shards, each behind a std `Mutex` (held only for map operations and
-//! non-blocking `try_send`s, never across an `.await`). A publication is encoded **once** per
+//! Channels are spread over shards, each behind a std `Mutex` (held for map operations and for
+//! a fan-out's non-blocking sends, never across an `.await`; issue 18 takes the sends out from
+//! under it). A publication is encoded **once** per
 //! protocol mode and handed to each subscriber as a cheap clone of the same bytes, tagged with
 //! its stream position so that the connection can drop what it already delivered (the seam
 //! between a recovery replay and live traffic).
