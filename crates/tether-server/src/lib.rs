@@ -9,7 +9,7 @@
 //! `tether-core/tests/layers.rs`, which reads this list); docs/architecture.md walks through them.
 //! 1. `sys`, `sync`, `svg_chart`, `tls`, `web`, `forwarded`, `origin`, `publication`
 //! 2. `metrics`, `config`, `per_ip`, `stats`
-//! 3. `auth`, `pending`, `mailbox`
+//! 3. `auth`, `pending`, `mailbox`, `handshake`
 //! 4. `parking`, `hub`
 //! 5. `transport`, `broker`, `dashboard`
 //! 6. `gate`, `node`
@@ -39,8 +39,9 @@
 //!   route and connection task shares.
 //! - `connection` — one task per connection: heartbeat, commands, close diagnostics; `api` —
 //!   `POST /api/publish`, health, metrics, heap profiles.
+//! - `handshake` (layer 3) — the WebSocket handshake as data: validation and answers.
 //! - [`host`] — the DNS-rebinding guard in front of every route; `upgrade` — the HTTP →
-//!   WebSocket handshake and its admission order; `listener` — `tether serve`'s own HTTP
+//!   WebSocket upgrade: admission order, hand-over to a connection task; `listener` — `tether serve`'s own HTTP
 //!   server: accept loop, pending-handshake cap, TLS, hyper.
 //! - [`gateway`] — [`Gateway`], the public façade: routes, publishing, serving, shutdown.
 //!
@@ -56,6 +57,7 @@ mod dashboard;
 pub mod forwarded;
 mod gate;
 pub mod gateway;
+mod handshake;
 pub mod host;
 pub mod hub;
 mod listener;
