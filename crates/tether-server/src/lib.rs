@@ -10,8 +10,8 @@
 //! 1. `sys`, `sync`, `svg_chart`, `tls`, `web`, `forwarded`, `origin`, `publication`
 //! 2. `metrics`, `config`, `per_ip`, `stats`
 //! 3. `auth`, `pending`, `mailbox`, `handshake`
-//! 4. `parking`, `hub`
-//! 5. `transport`, `broker`, `dashboard`
+//! 4. `parking`, `hub`, `broker`
+//! 5. `transport`, `dashboard`
 //! 6. `gate`, `node`
 //! 7. `connection`, `api`
 //! 8. `host`, `upgrade`, `listener`
@@ -32,9 +32,10 @@
 //!   `mailbox` — a connection's outbound queue and direct writes by publishers.
 //! - `parking` — where idle connections wait without WebSocket state or timers of their own;
 //!   [`hub`] — which connection listens to which channel; one-encode fan-out, sweeps.
+//! - [`broker`] — the [`Broker`] seam (memory, Redis), delivering to this node's subscribers
+//!   through `broker::LocalSubscribers` (the hub, never named).
 //! - `transport` — the socket under a connection, and whether tungstenite holds a partial
-//!   frame; [`broker`] — the [`Broker`] seam (memory, Redis); `dashboard` — the once-a-second
-//!   sampler published on `_tether:dashboard`.
+//!   frame; `dashboard` — the once-a-second sampler published on `_tether:dashboard`.
 //! - `gate` — the one way out to an active connection's socket; `node` — the state every
 //!   route and connection task shares.
 //! - `connection` — one task per connection: heartbeat, commands, close diagnostics; `api` —

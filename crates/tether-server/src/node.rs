@@ -145,3 +145,14 @@ impl Node {
         self.broker.readiness()
     }
 }
+
+/// The hub as the brokers see it (see [`crate::broker::LocalSubscribers`]).
+impl crate::broker::LocalSubscribers for Hub {
+    fn deliver(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: &RawValue) -> u64 {
+        self.publish(channel, epoch, offset, data)
+    }
+
+    fn count(&self, channel: &str) -> usize {
+        self.subscriber_count(channel)
+    }
+}

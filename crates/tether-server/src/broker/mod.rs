@@ -10,7 +10,6 @@ pub mod redis;
 mod redis_scripts;
 
 use crate::config::HistoryRule;
-use crate::hub::Hub;
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -119,6 +118,17 @@ impl NotRecovered {
             None
         }
     }
+}
+
+/// Where a broker hands publications to this node's subscribers: the hub, seen through only
+/// what a broker needs (implemented in `node.rs`), so that brokers never name the hub and a
+/// new one (Redis Cluster, say) plugs in beside them.
+pub trait LocalSubscribers: Send + Sync + 'static {
+    /// Hand a publication, at its place in its channel's stream, to this node's subscribers;
+    /// returns how many took it.
+    fn deliver(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: &RawValue) -> u64;
+    /// This node's subscribers of `channel`.
+    fn count(&self, channel: &str) -> usize;
 }
 
 pub trait Broker: Send + Sync + 'static {
@@ -243,7 +253,7 @@ type Shard = Mutex<HashMap<Arc<str>, Entry>>;
 /// incarnation gets a new epoch, so a client holding the old one is told `recovered: false`
 /// instead of being handed a false continuation).
 pub struct MemoryBroker {
-    hub: Arc<Hub>,
+    hub: Arc<dyn LocalSubscribers>,
     rules: Vec<HistoryRule>,
     shards: Box<[Shard]>,
     hasher: RandomState,
@@ -255,7 +265,11 @@ pub struct MemoryBroker {
 }
 
 impl MemoryBroker {
-    pub fn new(hub: Arc<Hub>, rules: Vec<HistoryRule>, max_streams: usize) -> Self {
+    pub fn new(
+        hub: Arc<dyn LocalSubscribers>,
+        rules: Vec<HistoryRule>,
+        max_streams: usize,
+    ) -> Self {
         MemoryBroker {
             hub,
             rules,
@@ -352,7 +366,7 @@ impl Broker for MemoryBroker {
                 }
             }
             let offset = entry.stream.append(Arc::from(data.to_owned()), now);
-            let delivered = self.hub.publish(channel, &entry.epoch, offset, data);
+            let delivered = self.hub.deliver(channel, &entry.epoch, offset, data);
             if let Some(once) = once {
                 entry.keys.remember(once.key, offset, now + once.window);
             }
@@ -380,9 +394,7 @@ impl Broker for MemoryBroker {
                 entry.keys.forget_expired(now);
                 keys += entry.keys.len();
                 // (`is_idle` expires history first, so it goes on every pass.)
-                !entry.stream.is_idle(now)
-                    || entry.keys.len() > 0
-                    || self.hub.has_subscribers(channel)
+                !entry.stream.is_idle(now) || entry.keys.len() > 0 || self.hub.count(channel) > 0
             });
             self.streams.fetch_sub(before - shard.len(), Ordering::Relaxed);
         }
@@ -412,7 +424,7 @@ mod tests {
             size: 3,
             ttl: Duration::from_secs(60),
         }];
-        MemoryBroker::new(Arc::new(Hub::new(Arc::default())), rules, max)
+        MemoryBroker::new(Arc::new(crate::hub::Hub::new(Arc::default())), rules, max)
     }
 
     fn raw(s: &str) -> Box<RawValue> {
@@ -550,7 +562,7 @@ mod tests {
             size: 20_000,
             ttl: Duration::from_secs(60),
         }];
-        let b = MemoryBroker::new(Arc::new(Hub::new(Arc::default())), rules, 10);
+        let b = MemoryBroker::new(Arc::new(crate::hub::Hub::new(Arc::default())), rules, 10);
         let epoch = now(b.publish("c", &raw("0"), None)).unwrap().epoch.to_string();
         for _ in 0..MAX_REPLAY {
             now(b.publish("c", &raw("1"), None)).unwrap();

@@ -13,9 +13,10 @@
 //!   they resubscribe and recover from history. A Redis that lost its data gives every channel a
 //!   new epoch on first use, and clients are told `recovered: false` — never a silent gap.
 
-use super::{history_policy, new_epoch, Broker, BrokerError, History, Once, PublishReceipt};
+use super::{
+    history_policy, new_epoch, Broker, BrokerError, History, LocalSubscribers, Once, PublishReceipt,
+};
 use crate::config::HistoryRule;
-use crate::hub::Hub;
 use crate::metrics::Metrics;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
@@ -67,7 +68,7 @@ struct BrokerMetrics {
 }
 
 pub struct RedisBroker {
-    hub: Arc<Hub>,
+    hub: Arc<dyn LocalSubscribers>,
     rules: Vec<HistoryRule>,
     url: String,
     commands: ConnectionManager,
@@ -88,7 +89,7 @@ impl RedisBroker {
     /// broker. `resync` is called when the link comes back after a loss.
     pub async fn connect(
         url: &str,
-        hub: Arc<Hub>,
+        hub: Arc<dyn LocalSubscribers>,
         rules: Vec<HistoryRule>,
         metrics: &Metrics,
         resync: Arc<dyn Fn() + Send + Sync>,
@@ -281,7 +282,7 @@ impl RedisBroker {
             return;
         };
         let Ok(data) = RawValue::from_string(data.to_owned()) else { return };
-        self.hub.publish(channel, &Arc::from(epoch), offset, &data);
+        self.hub.deliver(channel, &Arc::from(epoch), offset, &data);
     }
 
     fn unavailable(e: redis::RedisError) -> BrokerError {
@@ -323,11 +324,7 @@ impl Broker for RedisBroker {
             Ok(PublishReceipt {
                 epoch: Arc::from(epoch.as_str()),
                 offset,
-                delivered: if duplicate == 1 {
-                    0
-                } else {
-                    self.hub.subscriber_count(channel) as u64
-                },
+                delivered: if duplicate == 1 { 0 } else { self.hub.count(channel) as u64 },
                 duplicate: duplicate == 1,
             })
         })
