@@ -1,0 +1,240 @@
+//! One WebSocket connection, from the upgraded socket to its logged end.
+//!
+//! A single task per connection owns the socket. While active it selects over: the heartbeat
+//! timer, inbound frames, and its mailbox (the bounded outbound queue the hub fills, which also
+//! carries the slow-consumer flag and signals from the gateway: shutdown, resync, "consider
+//! parking"). Protocol decisions come from `tether-core` (codec, heartbeat, close codes); this
+//! file only moves frames and enforces time limits.
+//!
+//! A connection with nothing in flight for `park_after` **parks**: the WebSocket state, its
+//! buffers, the timer and the select's futures are dropped (they live in one boxed future that
+//! exists only while active), its socket leaves tokio's reactor for the parking lot's epoll set,
+//! and the task waits on its mailbox alone; its next heartbeat is kept by the lot's shared
+//! timer. Anything — a byte from the peer, a publication, a due heartbeat, shutdown — makes it
+//! active again. This is what makes an idle connection cost well under a kilobyte (decision
+//! 0007, docs/performance.md).
+//!
+//! Every way a connection can end produces one [`Ending`] — code, reason, initiator, wasClean —
+//! which is logged once and counted once.
+//!
+//! The files, by concern:
+//! - this one — the [`Connection`] (what every phase shares), its opening and its logged end;
+//! - `task` — the task and the park/wake state machine ([`ConnectionTask`], `Parked`);
+//! - `active` — an active phase: the select loop over socket, mailbox and timer;
+//! - `session` — what the peer says: messages, commands, access, token expiry, replies;
+//! - `replay` — answering a subscribe, with a recovery replay streamed within the budget;
+//! - `close` — every way it ends: the peer's close, read and write failures, our close;
+//! - `output` — every write of the task, and the window for publishers' direct writes.
+
+use crate::auth::{Access, Grant};
+use crate::gate::Gate;
+use crate::hub::{
+    Compress, ConnId, Delivery, Mode, Outbound, OutboundQueue, Payload, Published, PushError,
+    Subscriber,
+};
+use crate::mailbox::Admission;
+use crate::node::Node;
+use crate::transport::Transport;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use smallvec::SmallVec;
+use std::future::Future;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tether_core::channel;
+use tether_core::close_code::{CloseCode, Initiator, RetryAdvice};
+use tether_core::codec;
+use tether_core::heartbeat::{Action, Heartbeat};
+use tether_core::protocol::{
+    ClientCommand, Disconnect, ErrorBody, ErrorCode, ReplyResult, ServerMessage,
+};
+use tokio::io::AsyncWrite;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WireCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+mod active;
+mod close;
+mod output;
+mod replay;
+mod session;
+mod task;
+
+use output::{feed, within, write_frame, DirectWindow};
+pub(crate) use task::ConnectionTask;
+use task::Parked;
+
+pub(crate) type Ws = WebSocketStream<Gate>;
+
+/// How an active phase ended.
+enum Phase {
+    Ended(Ending),
+    /// Nothing in flight for a while: park until `wake_at` (the heartbeat) or anything else.
+    Idle {
+        transport: Transport,
+        wake_at: Instant,
+    },
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub(crate) struct Ending {
+    pub code: CloseCode,
+    pub reason: String,
+    pub initiator: Initiator,
+    pub was_clean: bool,
+}
+
+impl Ending {
+    fn network(reason: impl Into<String>) -> Self {
+        Ending {
+            code: CloseCode::ABNORMAL,
+            reason: reason.into(),
+            initiator: Initiator::Network,
+            was_clean: false,
+        }
+    }
+}
+
+/// Why a write did not complete.
+enum WriteFailed {
+    TimedOut,
+    /// The outbound queue overflowed while a write was blocked.
+    Overflowed,
+    Transport(WsError),
+}
+
+pub(crate) struct Connection {
+    pub id: ConnId,
+    pub mode: Mode,
+    shared: Arc<Node>,
+    /// The mailbox: outbound queue, subscriptions, overflow flag, waker, parked deadline.
+    queue: Arc<OutboundQueue>,
+    /// This connection's place in the parking lot.
+    lot_key: usize,
+    peer: Option<SocketAddr>,
+    /// When it opened, in the parking lot's ticks (ms).
+    opened: u64,
+    /// Inbound messages allowed (`max_inbound_rate`).
+    inbound: tether_core::rate::TokenBucket,
+    /// What this connection's token allows (JWT on, and a token given).
+    grant: Option<Arc<Grant>>,
+}
+
+impl Drop for Connection {
+    /// Leave the hub whatever way the task ends — normally, by a panic, or cancelled — so that no
+    /// subscriber entry outlives its connection.
+    fn drop(&mut self) {
+        let missed = self.queue.close();
+        self.shared.metrics.deliveries_dropped.inc_by(missed);
+        self.shared.parking.unregister(self.lot_key);
+        // Taken out first: the hub's lock is never taken while holding the mailbox's.
+        let channels: Vec<_> = self.queue.with_subscriptions(|s| s.take_channels().collect());
+        for channel in channels {
+            self.shared.hub.unsubscribe(&channel, self.id);
+        }
+        self.shared.metrics.connections_open.dec();
+        // The slot taken (and forgotten) at the handshake: cheaper to hold than a permit.
+        self.shared.connection_slots.add_permits(1);
+        if let Some(peer) = self.peer {
+            self.shared.per_ip.release(peer.ip(), self.shared.now_ms());
+        }
+    }
+}
+
+impl Connection {
+    /// A connection on an upgraded socket: registered, subscribed to its `?channel=`s, and
+    /// parked with its first heartbeat due now (so the task activates it right away).
+    /// `window`: the permessage-deflate window agreed for what it is sent, 0 without it.
+    fn open(
+        shared: Arc<Node>,
+        transport: Transport,
+        peer: Option<SocketAddr>,
+        mode: Mode,
+        channels: Vec<String>,
+        grant: Option<Arc<Grant>>,
+        window: u8,
+    ) -> Parked {
+        let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let cfg = &shared.config;
+        let queue = Arc::new(
+            OutboundQueue::new(cfg.outbound_queue, cfg.outbound_queue_bytes.as_u64())
+                .deflating(window),
+        );
+        shared.metrics.connections_open.inc(); // decremented by `Drop for Connection`
+        let lot_key = shared.parking.register(queue.clone());
+        shared.parking.ensure_tasks(); // its timer also tells active connections when to park
+        shared
+            .metrics
+            .connections_accepted
+            .get_or_create(&crate::metrics::ModeLabels { mode: mode.as_str() })
+            .inc();
+        tracing::debug!(conn = id, peer = ?peer, mode = mode.as_str(), "connection open");
+        let now = Instant::now();
+        let cfg = &shared.config;
+        let heartbeat = Heartbeat::new(cfg.ping_interval, cfg.pong_timeout, now.into_std());
+        let resync_seen = *shared.resync.borrow();
+        let opened = shared.parking.ticks(now);
+        let inbound = tether_core::rate::TokenBucket::full(cfg.max_inbound_rate as f32, opened);
+        let mut conn =
+            Connection { id, mode, shared, queue, lot_key, peer, opened, inbound, grant };
+        for channel in channels {
+            // Validated at the handshake; a duplicate `?channel=` is simply ignored here.
+            let _ = conn.subscribe(&channel);
+        }
+        Parked { conn, transport, heartbeat, resync_seen }
+    }
+
+    /// The connection has ended (its socket is closed or aborted): leave the hub, count and
+    /// log the ending.
+    fn finish(self, ending: Ending) {
+        let (shared, id, peer, mode) = (self.shared.clone(), self.id, self.peer, self.mode);
+        let duration_ms = shared.parking.ticks(Instant::now()).saturating_sub(self.opened);
+        drop(self); // leaves the hub (see `Drop for Connection`)
+        let m = &shared.metrics;
+        let code_label = crate::metrics::close_code_label(ending.code);
+        m.connections_closed
+            .get_or_create(&crate::metrics::CloseLabels {
+                code: code_label.clone(),
+                initiator: ending.initiator.as_str(),
+            })
+            .inc();
+        shared.stats.record_close(code_label.into_owned(), ending.initiator.as_str());
+        tracing::info!(
+            target: "tether::close",
+            conn = id,
+            peer = %peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+            mode = mode.as_str(),
+            duration_ms,
+            code = ending.code.0,
+            reason = %ending.reason,
+            was_clean = ending.was_clean,
+            initiator = ending.initiator.as_str(),
+            "connection closed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn a_parked_connection_fits_tokios_384_byte_task_cell() {
+        // tokio's task cell is 128-byte aligned: header 32 + scheduler/id 16 + our future +
+        // the task tracker's token 8 + trailer 48 must stay within 384: measured, a future of
+        // 272 bytes fits, 280 does not (decision 0007).
+        let parked = std::mem::size_of::<Parked>();
+        let task = std::mem::size_of::<ConnectionTask>();
+        assert!(task <= 264, "ConnectionTask is {task} bytes (Parked {parked})");
+    }
+}

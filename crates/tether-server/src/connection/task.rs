@@ -1,0 +1,151 @@
+//! The connection's task: parked or active, and the moves between (the park/wake state
+//! machine). What a parked connection keeps is exactly [`Parked`].
+
+use super::*;
+
+/// The task of one connection. Written by hand rather than as one `async fn` so that what a
+/// parked connection keeps is exactly [`Parked`]: an async fn's state is the union of all its
+/// await points (and keeps moved-from arguments), which measured ~2 KB per connection. Active
+/// phases run as a boxed future that exists only while the connection is active.
+pub(crate) struct ConnectionTask {
+    state: TaskState,
+}
+
+/// An active phase: ends with the connection parked (and when its heartbeat is due), or `None`
+/// once the connection has ended.
+pub(super) type ActivePhase = Pin<Box<dyn Future<Output = Option<(Parked, Instant)>> + Send>>;
+
+// The large variant is the point: a parked connection is held inline, in the task itself.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum TaskState {
+    /// Upgrading, or active: returns the parked connection, or `None` once it has ended.
+    Running(ActivePhase),
+    Parked(Parked),
+    Done,
+}
+
+/// All a parked connection holds. Every byte counts: with the task's own bookkeeping this must
+/// stay within tokio's 384-byte task cell (cells are 128-byte aligned; measured in decision 0007).
+/// When its heartbeat is next due is written into its mailbox, for the shared timer.
+pub(crate) struct Parked {
+    pub(super) conn: Connection,
+    pub(super) transport: Transport,
+    pub(super) heartbeat: Heartbeat,
+    /// The resync generation this connection has seen (see `Node::resync`).
+    pub(super) resync_seen: u64,
+}
+
+impl ConnectionTask {
+    /// The task for a handshake just answered with 101: wait for hyper's upgrade, then serve.
+    pub(crate) fn new(
+        shared: Arc<Node>,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+        peer: Option<SocketAddr>,
+        mode: Mode,
+        channels: Vec<String>,
+        grant: Option<Arc<Grant>>,
+        deflate: Option<u8>,
+    ) -> Self {
+        let start = async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(peer = ?peer, error = %e, "upgrade did not complete");
+                    shared.connection_slots.add_permits(1); // no connection will give it back
+                    if let Some(peer) = peer {
+                        shared.per_ip.release(peer.ip(), shared.now_ms());
+                    }
+                    return None;
+                }
+            };
+            let mut transport = Transport::new(upgraded);
+            if deflate.is_some() {
+                transport.inflate(shared.config.max_message_size.as_u64() as usize);
+            }
+            let window = deflate.unwrap_or(0);
+            let parked = Connection::open(shared, transport, peer, mode, channels, grant, window);
+            Some((parked, Instant::now())) // due at once: the task activates it right away
+        };
+        ConnectionTask { state: TaskState::Running(Box::pin(start)) }
+    }
+}
+
+impl Future for ConnectionTask {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        loop {
+            match &mut self.state {
+                TaskState::Running(phase) => match phase.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => {
+                        self.state = TaskState::Done;
+                        return Poll::Ready(());
+                    }
+                    Poll::Ready(Some((mut parked, wake_at))) => {
+                        let shared = parked.conn.shared.clone();
+                        shared.metrics.connections_parked.inc();
+                        shared.parking.ensure_tasks();
+                        parked.conn.queue.set_deadline(shared.parking.ticks(wake_at));
+                        parked.conn.queue.clear_socket_ready();
+                        parked.transport.leave_reactor(&shared.parking, parked.conn.lot_key);
+                        self.state = TaskState::Parked(parked);
+                    }
+                },
+                TaskState::Parked(parked) => {
+                    if parked.poll_wake(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let TaskState::Parked(mut parked) =
+                        std::mem::replace(&mut self.state, TaskState::Done)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    parked.transport.rejoin_reactor(&parked.conn.shared.parking);
+                    parked.conn.shared.metrics.connections_parked.dec();
+                    parked.conn.queue.set_deadline(u64::MAX);
+                    self.state = TaskState::Running(Box::pin(parked.resume()));
+                }
+                TaskState::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+impl Parked {
+    /// Ready when the socket is readable (data, end, error), the mailbox has something, the
+    /// heartbeat is due, or shutdown/resync began. Registers the task's waker with the mailbox
+    /// (which the hub, the shared timer and shutdown wake) and with the socket.
+    pub(super) fn poll_wake(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let shared = &self.conn.shared;
+        if self.conn.queue.poll_ready(cx).is_ready()
+            || self.conn.queue.socket_ready()
+            || shared.parking.ticks(Instant::now()) >= self.conn.queue.deadline()
+            || shared.stopping()
+            || *shared.resync.borrow() != self.resync_seen
+            || self.transport.poll_activity(cx).is_ready()
+        {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Run active again until the connection parks again (`Some`) or ends (`None`, logged).
+    pub(super) async fn resume(self) -> Option<(Parked, Instant)> {
+        let Parked { mut conn, transport, mut heartbeat, resync_seen } = self;
+        let mut resync = conn.shared.resync.subscribe();
+        let missed_resync = *resync.borrow_and_update() != resync_seen;
+        match conn.active(transport, &mut heartbeat, &mut resync, missed_resync).await {
+            Phase::Ended(ending) => {
+                conn.finish(ending);
+                None
+            }
+            Phase::Idle { mut transport, wake_at } => {
+                transport.shrink();
+                let resync_seen = *resync.borrow();
+                Some((Parked { conn, transport, heartbeat, resync_seen }, wake_at))
+            }
+        }
+    }
+}
