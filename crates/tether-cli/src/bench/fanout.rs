@@ -1,66 +1,6 @@
-//! `tether bench`: load generators that measure the gateway from the outside, over real sockets.
-//!
-//! `bench fanout`: N raw-mode subscribers on one channel, a publisher at a fixed rate through the
-//! HTTP API (possibly of another node), each message carrying a sequence number and a send
-//! timestamp. It reports deliveries per second, delivery latency percentiles, and lost and
-//! duplicated messages per subscriber — so that one run compares two setups as a ratio.
+//! `tether bench fanout`: N subscribers, a publisher at a fixed rate; deliveries/s, latency, loss.
 
-use crate::lean_ws::{self, LeanWs};
-use crate::probe::ServerProbe;
-use crate::progress::progress;
-use crate::units;
-use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
-use futures_util::StreamExt;
-use hdrhistogram::Histogram;
-use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Fan-out: N subscribers, one publisher at a fixed rate; deliveries/s, latency, loss.
-    Fanout(FanoutArgs),
-    /// Ping-pong: C connections each sending "ping" and awaiting "pong"; round trips/s, latency.
-    Pingpong(PingpongArgs),
-    /// Idle: hold N connections (heartbeats answered); connect rate, drops, server memory per connection.
-    Idle(IdleArgs),
-    /// Reconnect storm: N reconnecting clients, the server killed and restarted; time until 99% / 100% are back.
-    Storm(crate::storm::StormArgs),
-}
-
-/// CPU use of the server and of this load generator over a phase, as % of one core.
-struct CpuMeter {
-    wall: Instant,
-    me: Option<f64>,
-    server: Option<f64>,
-}
-
-impl CpuMeter {
-    fn start(probe: &ServerProbe) -> Self {
-        CpuMeter {
-            wall: Instant::now(),
-            me: tether_server::metrics::cpu_seconds("self"),
-            server: probe.cpu(),
-        }
-    }
-
-    /// (server %, generator %) of one core since `start`.
-    fn finish(&self, probe: &ServerProbe) -> (Option<f64>, Option<f64>) {
-        let wall = self.wall.elapsed().as_secs_f64().max(1e-6);
-        let pct = |before: Option<f64>, after: Option<f64>| Some((after? - before?) / wall * 100.0);
-        (pct(self.server, probe.cpu()), pct(self.me, tether_server::metrics::cpu_seconds("self")))
-    }
-}
-
-fn cpu_line(server: Option<f64>, me: Option<f64>) -> String {
-    let f = |v: Option<f64>| {
-        v.map(|v| format!("{v:.0}%"))
-            .unwrap_or_else(|| "unknown (pass --server-pid or --metrics-url)".into())
-    };
-    format!("CPU of one core: server {}, load generator {}", f(server), f(me))
-}
+use super::*;
 
 #[derive(Args, Debug)]
 pub struct FanoutArgs {
@@ -108,19 +48,10 @@ pub struct FanoutArgs {
     probe: ServerProbe,
 }
 
-pub async fn run(command: BenchCommand) -> Result<ExitCode> {
-    match command {
-        BenchCommand::Fanout(args) => fanout(args).await,
-        BenchCommand::Pingpong(args) => pingpong(args).await,
-        BenchCommand::Idle(args) => idle(args).await,
-        BenchCommand::Storm(args) => crate::storm::storm(args).await,
-    }
-}
-
 /// About `size` bytes of realistic JSON for publication `seq`: quotes whose prices, sizes,
 /// times and ids vary the way a market feed's do (numbers differ, keys repeat), so that
 /// compression ratios mean something.
-fn quotes(seq: u64, size: usize) -> String {
+pub(super) fn quotes(seq: u64, size: usize) -> String {
     const SYMBOLS: [&str; 8] = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "META", "TSLA", "AVGO"];
     let mut state = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut next = move || {
@@ -151,7 +82,7 @@ fn quotes(seq: u64, size: usize) -> String {
 /// Latencies recorded by many tasks into one histogram per thread, merged at the end. A
 /// histogram per connection (5,000 of them, ~200 KB each) made every record a cache miss: a
 /// fifth of the generator's CPU in a profile of 5,000 × 100/s.
-struct LatencyRecorder {
+pub(super) struct LatencyRecorder {
     /// Tells this recorder's histograms from an earlier one's in a thread's slot.
     id: u64,
     threads: Mutex<Vec<Arc<Mutex<Histogram<u64>>>>>,
@@ -207,11 +138,11 @@ impl LatencyRecorder {
 }
 
 /// A quantile of a shared histogram of microseconds, in milliseconds.
-fn quantile_ms(h: &Mutex<Histogram<u64>>, q: f64) -> f64 {
+pub(super) fn quantile_ms(h: &Mutex<Histogram<u64>>, q: f64) -> f64 {
     h.lock().map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
 }
 
-fn unix_micros() -> u64 {
+pub(super) fn unix_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
@@ -219,7 +150,7 @@ fn unix_micros() -> u64 {
 /// server's answers to earlier ones. Each message is stamped with its due time, not the moment it
 /// left, so a publisher held up by a busy server shows up as latency instead of vanishing from the
 /// figures ("coordinated omission").
-struct Schedule {
+pub(super) struct Schedule {
     total: u64,
     rate: u32,
     senders: usize,
@@ -278,7 +209,7 @@ impl Schedule {
 
 /// What one subscriber saw.
 #[derive(Default)]
-struct Seen {
+pub(super) struct Seen {
     received: u64,
     duplicates: u64,
     /// Highest sequence number seen, and which were seen (for loss counting).
@@ -287,7 +218,7 @@ struct Seen {
     wire_bytes: u64,
 }
 
-async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
+pub(super) async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
     if args.subs == 0 || args.rate == 0 {
         bail!("--subs and --rate must be at least 1");
     }
@@ -487,334 +418,4 @@ async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
-}
-
-#[derive(Args, Debug)]
-pub struct PingpongArgs {
-    /// WebSocket URL (raw mode: "ping" → "pong")
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    url: String,
-    /// Connections, each with one ping in flight
-    #[arg(long, default_value_t = 50)]
-    conns: usize,
-    /// How long to run
-    #[arg(long, default_value = "10s", value_parser = units::duration)]
-    duration: Duration,
-    /// Print the result as JSON
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    probe: ServerProbe,
-}
-
-async fn pingpong(args: PingpongArgs) -> Result<ExitCode> {
-    if args.conns == 0 {
-        bail!("--conns must be at least 1");
-    }
-    eprintln!("connecting {} clients to {} …", args.conns, args.url);
-    let mut sockets = Vec::with_capacity(args.conns);
-    for _ in 0..args.conns {
-        let ws = LeanWs::connect(args.url.as_str())
-            .await
-            .with_context(|| format!("cannot connect to {}", args.url))?;
-        sockets.push(ws);
-    }
-    eprintln!("running for {:?} …", args.duration);
-    let cpu = CpuMeter::start(&args.probe);
-    let started = Instant::now();
-    let deadline = started + args.duration;
-    let tasks: Vec<_> = sockets
-        .into_iter()
-        .map(|mut ws| {
-            tokio::spawn(async move {
-                let mut h =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-                while Instant::now() < deadline {
-                    let sent = Instant::now();
-                    if ws.send_text(b"ping").await.is_err() {
-                        break;
-                    }
-                    let mut answered = false;
-                    while !answered {
-                        let read = ws
-                            .read_some(|e| {
-                                answered |= matches!(e, lean_ws::Event::Message(b"pong"));
-                            })
-                            .await;
-                        if !matches!(read, Ok(true)) {
-                            return h;
-                        }
-                    }
-                    let _ = h.record((sent.elapsed().as_micros() as u64).max(1));
-                }
-                h
-            })
-        })
-        .collect();
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for t in tasks {
-        all.add(&t.await?).ok();
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let (server_cpu, my_cpu) = cpu.finish(&args.probe);
-    let ms = |q: f64| all.value_at_quantile(q) as f64 / 1000.0;
-    let rate = all.len() as f64 / secs;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "conns": args.conns, "round_trips": all.len(), "round_trips_per_sec": rate.round(),
-                "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": all.max() as f64 / 1000.0},
-                "server_cpu_percent": server_cpu, "generator_cpu_percent": my_cpu,
-            })
-        );
-    } else {
-        println!(
-            "pingpong: {} connections: {:.0} round trips/s; latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms",
-            args.conns, rate, ms(0.5), ms(0.99), ms(0.999)
-        );
-        println!("{}", cpu_line(server_cpu, my_cpu));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Args, Debug)]
-pub struct IdleArgs {
-    /// WebSocket URL (raw mode; add ?channel=… to subscribe every connection)
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws?channel=idle")]
-    url: String,
-    /// Connections to open and hold
-    #[arg(long, default_value_t = 1000)]
-    conns: usize,
-    /// How long to hold them (heartbeats are answered meanwhile)
-    #[arg(long, default_value = "10s", value_parser = units::duration)]
-    hold: Duration,
-    /// Offer permessage-deflate on every connection (to see what it costs an idle one)
-    #[arg(long)]
-    deflate: bool,
-    /// Print the result as JSON
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    probe: ServerProbe,
-    /// Internal: run as one worker process of a larger run
-    #[arg(long, hide = true)]
-    worker_offset: Option<usize>,
-}
-
-/// Connections one process holds at most (the open-files limit here is 20,000).
-const PER_PROCESS: usize = 15_000;
-
-/// Open `n` connections, spreading loopback source addresses over 127.0.0.2–251 so that more
-/// than one address's ~28k ephemeral ports are available.
-async fn open_idle(
-    url: &str,
-    n: usize,
-    offset: usize,
-    deflate: bool,
-) -> Result<(Vec<tokio::task::JoinHandle<bool>>, usize)> {
-    let parsed: tokio_tungstenite::tungstenite::http::Uri = url.parse().context("bad --url")?;
-    let host = parsed.host().unwrap_or("127.0.0.1").to_owned();
-    let port = parsed.port_u16().unwrap_or(80);
-    let target: std::net::SocketAddr = tokio::net::lookup_host((host.as_str(), port))
-        .await?
-        .next()
-        .context("cannot resolve the --url host")?;
-    let loopback = target.ip().is_loopback() && target.is_ipv4();
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(256));
-    let mut handles = Vec::with_capacity(n);
-    let failed = Arc::new(AtomicU64::new(0));
-    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel::<bool>(n.max(1));
-    for i in 0..n {
-        let (url, semaphore, opened, failed) =
-            (url.to_owned(), semaphore.clone(), opened_tx.clone(), failed.clone());
-        let source =
-            loopback.then(|| std::net::Ipv4Addr::new(127, 0, 0, 2 + ((offset + i) % 250) as u8));
-        handles.push(tokio::spawn(async move {
-            let permit = semaphore.acquire_owned().await;
-            let socket = tokio::net::TcpSocket::new_v4();
-            let connected = async {
-                let socket = socket.ok()?;
-                if let Some(ip) = source {
-                    socket.bind((ip, 0).into()).ok()?;
-                }
-                let stream = socket.connect(target).await.ok()?;
-                let mut request =
-                    tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-                        url.as_str(),
-                    )
-                    .ok()?;
-                if deflate {
-                    request.headers_mut().insert(
-                        "sec-websocket-extensions",
-                        tether_core::permessage_deflate::CLIENT_OFFER.parse().ok()?,
-                    );
-                }
-                tokio_tungstenite::client_async(request, stream).await.ok().map(|(ws, _)| ws)
-            }
-            .await;
-            drop(permit);
-            let Some(mut ws) = connected else {
-                failed.fetch_add(1, Ordering::Relaxed);
-                let _ = opened.send(false).await;
-                return false;
-            };
-            let _ = opened.send(true).await;
-            // Hold: read (which answers the server's pings) until the connection ends.
-            while let Some(Ok(_)) = ws.next().await {}
-            true
-        }));
-    }
-    drop(opened_tx);
-    let mut connected = 0;
-    let bar = progress(n as u64, "connecting");
-    for _ in 0..n {
-        if let Some(true) = opened_rx.recv().await {
-            connected += 1;
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    Ok((handles, connected))
-}
-
-/// Wait `hold`, with a progress bar when it is long enough to wonder.
-async fn hold_with_progress(hold: Duration) {
-    let bar = if hold >= Duration::from_secs(5) {
-        let bar = indicatif::ProgressBar::new(hold.as_secs());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("holding {bar:30} {pos}/{len} s")
-                .expect("valid template"),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let end = Instant::now() + hold;
-    while Instant::now() < end {
-        tokio::time::sleep((end - Instant::now()).min(Duration::from_secs(1))).await;
-        bar.set_position(hold.as_secs() - (end - Instant::now()).as_secs());
-    }
-    bar.finish_and_clear();
-}
-
-async fn idle(args: IdleArgs) -> Result<ExitCode> {
-    if let Some(offset) = args.worker_offset {
-        // A worker: connect, report, hold until told to stop (a line on stdin), report drops.
-        let started = Instant::now();
-        let (handles, connected) = open_idle(&args.url, args.conns, offset, args.deflate).await?;
-        println!("READY {connected} {:.3}", started.elapsed().as_secs_f64());
-        let mut stop = String::new();
-        let _ = tokio::io::AsyncBufReadExt::read_line(
-            &mut tokio::io::BufReader::new(tokio::io::stdin()),
-            &mut stop,
-        )
-        .await;
-        let drops = handles.iter().filter(|h| h.is_finished()).count() - (args.conns - connected);
-        println!("DONE {drops}");
-        std::process::exit(0);
-    }
-    let before = args.probe.rss();
-    eprintln!("opening {} connections to {} …", args.conns, args.url);
-    let started = Instant::now();
-    let (connected, connect_secs, held);
-    if args.conns <= PER_PROCESS {
-        let (handles, n) = open_idle(&args.url, args.conns, 0, args.deflate).await?;
-        connect_secs = started.elapsed().as_secs_f64();
-        connected = n;
-        eprintln!("{n} connected in {connect_secs:.2} s; holding for {:?} …", args.hold);
-        let rss = args.probe.rss();
-        hold_with_progress(args.hold).await;
-        let drops = handles.iter().filter(|h| h.is_finished()).count() - (args.conns - n);
-        held = (rss, args.probe.rss(), drops);
-    } else {
-        // Several worker processes, each below the open-files limit.
-        let exe =
-            std::env::current_exe().context("cannot find this executable to start workers")?;
-        let mut workers = Vec::new();
-        let mut left = args.conns;
-        let mut offset = 0;
-        while left > 0 {
-            let share = left.min(PER_PROCESS);
-            let child = tokio::process::Command::new(&exe)
-                .args(["bench", "idle", "--url", &args.url, "--conns", &share.to_string()])
-                .args([
-                    "--hold",
-                    &format!("{}ms", args.hold.as_millis()),
-                    "--worker-offset",
-                    &offset.to_string(),
-                ])
-                .args(args.deflate.then_some("--deflate"))
-                .stdout(std::process::Stdio::piped())
-                .stdin(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .context("cannot start a worker process")?;
-            workers.push(child);
-            left -= share;
-            offset += share;
-        }
-        let mut lines = Vec::new();
-        let mut n = 0;
-        for w in &mut workers {
-            let out = w.stdout.take().context("worker stdout")?;
-            let mut reader = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out));
-            let line = reader.next_line().await?.context("a worker exited before connecting")?;
-            n += line.split_whitespace().nth(1).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-            lines.push(reader);
-        }
-        connect_secs = started.elapsed().as_secs_f64();
-        connected = n;
-        eprintln!(
-            "{n} connected by {} workers in {connect_secs:.2} s; holding for {:?} …",
-            workers.len(),
-            args.hold
-        );
-        let rss = args.probe.rss();
-        hold_with_progress(args.hold).await;
-        let rss_held = args.probe.rss();
-        for w in &mut workers {
-            if let Some(mut stdin) = w.stdin.take() {
-                let _ = tokio::io::AsyncWriteExt::write_all(&mut stdin, b"stop\n").await;
-            }
-        }
-        let mut drops = 0;
-        for reader in &mut lines {
-            if let Some(line) = reader.next_line().await? {
-                drops += line
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0);
-            }
-        }
-        held = (rss, rss_held, drops);
-    }
-    let (rss_connected, rss_held, drops) = held;
-    let per = |rss: Option<f64>| match (before, rss) {
-        (Some(b), Some(a)) if connected > 0 => Some((a - b) / connected as f64),
-        _ => None,
-    };
-    // The figure that matters is the steady state at the end of the hold (idle connections
-    // settled, heartbeats running); right after connecting is reported beside it.
-    let per_conn = per(rss_held);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "conns": args.conns, "connected": connected, "connect_secs": connect_secs,
-                "connects_per_sec": (connected as f64 / connect_secs).round(), "drops": drops,
-                "server_rss_bytes_per_conn": per_conn,
-                "server_rss_bytes_per_conn_after_connect": per(rss_connected),
-            })
-        );
-    } else {
-        println!(
-            "idle: {connected}/{} connected in {connect_secs:.2} s ({:.0}/s); {drops} dropped while held; server memory per connection: {}",
-            args.conns,
-            connected as f64 / connect_secs,
-            per_conn.map(|b| format!("{b:.0} bytes")).unwrap_or_else(|| "unknown (pass --server-pid or --metrics-url)".into())
-        );
-    }
-    Ok(if connected == args.conns && drops == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }

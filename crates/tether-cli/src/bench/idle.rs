@@ -1,0 +1,244 @@
+//! `tether bench idle`: hold N connections; connect rate, drops, server memory per connection.
+
+use super::*;
+
+#[derive(Args, Debug)]
+pub struct IdleArgs {
+    /// WebSocket URL (raw mode; add ?channel=… to subscribe every connection)
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws?channel=idle")]
+    url: String,
+    /// Connections to open and hold
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    /// How long to hold them (heartbeats are answered meanwhile)
+    #[arg(long, default_value = "10s", value_parser = units::duration)]
+    hold: Duration,
+    /// Offer permessage-deflate on every connection (to see what it costs an idle one)
+    #[arg(long)]
+    deflate: bool,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    probe: ServerProbe,
+    /// Internal: run as one worker process of a larger run
+    #[arg(long, hide = true)]
+    worker_offset: Option<usize>,
+}
+
+/// Connections one process holds at most (the open-files limit here is 20,000).
+pub(super) const PER_PROCESS: usize = 15_000;
+
+/// Open `n` connections, spreading loopback source addresses over 127.0.0.2–251 so that more
+/// than one address's ~28k ephemeral ports are available.
+pub(super) async fn open_idle(
+    url: &str,
+    n: usize,
+    offset: usize,
+    deflate: bool,
+) -> Result<(Vec<tokio::task::JoinHandle<bool>>, usize)> {
+    let parsed: tokio_tungstenite::tungstenite::http::Uri = url.parse().context("bad --url")?;
+    let host = parsed.host().unwrap_or("127.0.0.1").to_owned();
+    let port = parsed.port_u16().unwrap_or(80);
+    let target: std::net::SocketAddr = tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .next()
+        .context("cannot resolve the --url host")?;
+    let loopback = target.ip().is_loopback() && target.is_ipv4();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut handles = Vec::with_capacity(n);
+    let failed = Arc::new(AtomicU64::new(0));
+    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::channel::<bool>(n.max(1));
+    for i in 0..n {
+        let (url, semaphore, opened, failed) =
+            (url.to_owned(), semaphore.clone(), opened_tx.clone(), failed.clone());
+        let source =
+            loopback.then(|| std::net::Ipv4Addr::new(127, 0, 0, 2 + ((offset + i) % 250) as u8));
+        handles.push(tokio::spawn(async move {
+            let permit = semaphore.acquire_owned().await;
+            let socket = tokio::net::TcpSocket::new_v4();
+            let connected = async {
+                let socket = socket.ok()?;
+                if let Some(ip) = source {
+                    socket.bind((ip, 0).into()).ok()?;
+                }
+                let stream = socket.connect(target).await.ok()?;
+                let mut request =
+                    tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                        url.as_str(),
+                    )
+                    .ok()?;
+                if deflate {
+                    request.headers_mut().insert(
+                        "sec-websocket-extensions",
+                        tether_core::permessage_deflate::CLIENT_OFFER.parse().ok()?,
+                    );
+                }
+                tokio_tungstenite::client_async(request, stream).await.ok().map(|(ws, _)| ws)
+            }
+            .await;
+            drop(permit);
+            let Some(mut ws) = connected else {
+                failed.fetch_add(1, Ordering::Relaxed);
+                let _ = opened.send(false).await;
+                return false;
+            };
+            let _ = opened.send(true).await;
+            // Hold: read (which answers the server's pings) until the connection ends.
+            while let Some(Ok(_)) = ws.next().await {}
+            true
+        }));
+    }
+    drop(opened_tx);
+    let mut connected = 0;
+    let bar = progress(n as u64, "connecting");
+    for _ in 0..n {
+        if let Some(true) = opened_rx.recv().await {
+            connected += 1;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok((handles, connected))
+}
+
+/// Wait `hold`, with a progress bar when it is long enough to wonder.
+pub(super) async fn hold_with_progress(hold: Duration) {
+    let bar = if hold >= Duration::from_secs(5) {
+        let bar = indicatif::ProgressBar::new(hold.as_secs());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("holding {bar:30} {pos}/{len} s")
+                .expect("valid template"),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let end = Instant::now() + hold;
+    while Instant::now() < end {
+        tokio::time::sleep((end - Instant::now()).min(Duration::from_secs(1))).await;
+        bar.set_position(hold.as_secs() - (end - Instant::now()).as_secs());
+    }
+    bar.finish_and_clear();
+}
+
+pub(super) async fn idle(args: IdleArgs) -> Result<ExitCode> {
+    if let Some(offset) = args.worker_offset {
+        // A worker: connect, report, hold until told to stop (a line on stdin), report drops.
+        let started = Instant::now();
+        let (handles, connected) = open_idle(&args.url, args.conns, offset, args.deflate).await?;
+        println!("READY {connected} {:.3}", started.elapsed().as_secs_f64());
+        let mut stop = String::new();
+        let _ = tokio::io::AsyncBufReadExt::read_line(
+            &mut tokio::io::BufReader::new(tokio::io::stdin()),
+            &mut stop,
+        )
+        .await;
+        let drops = handles.iter().filter(|h| h.is_finished()).count() - (args.conns - connected);
+        println!("DONE {drops}");
+        std::process::exit(0);
+    }
+    let before = args.probe.rss();
+    eprintln!("opening {} connections to {} …", args.conns, args.url);
+    let started = Instant::now();
+    let (connected, connect_secs, held);
+    if args.conns <= PER_PROCESS {
+        let (handles, n) = open_idle(&args.url, args.conns, 0, args.deflate).await?;
+        connect_secs = started.elapsed().as_secs_f64();
+        connected = n;
+        eprintln!("{n} connected in {connect_secs:.2} s; holding for {:?} …", args.hold);
+        let rss = args.probe.rss();
+        hold_with_progress(args.hold).await;
+        let drops = handles.iter().filter(|h| h.is_finished()).count() - (args.conns - n);
+        held = (rss, args.probe.rss(), drops);
+    } else {
+        // Several worker processes, each below the open-files limit.
+        let exe =
+            std::env::current_exe().context("cannot find this executable to start workers")?;
+        let mut workers = Vec::new();
+        let mut left = args.conns;
+        let mut offset = 0;
+        while left > 0 {
+            let share = left.min(PER_PROCESS);
+            let child = tokio::process::Command::new(&exe)
+                .args(["bench", "idle", "--url", &args.url, "--conns", &share.to_string()])
+                .args([
+                    "--hold",
+                    &format!("{}ms", args.hold.as_millis()),
+                    "--worker-offset",
+                    &offset.to_string(),
+                ])
+                .args(args.deflate.then_some("--deflate"))
+                .stdout(std::process::Stdio::piped())
+                .stdin(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start a worker process")?;
+            workers.push(child);
+            left -= share;
+            offset += share;
+        }
+        let mut lines = Vec::new();
+        let mut n = 0;
+        for w in &mut workers {
+            let out = w.stdout.take().context("worker stdout")?;
+            let mut reader = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(out));
+            let line = reader.next_line().await?.context("a worker exited before connecting")?;
+            n += line.split_whitespace().nth(1).and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+            lines.push(reader);
+        }
+        connect_secs = started.elapsed().as_secs_f64();
+        connected = n;
+        eprintln!(
+            "{n} connected by {} workers in {connect_secs:.2} s; holding for {:?} …",
+            workers.len(),
+            args.hold
+        );
+        let rss = args.probe.rss();
+        hold_with_progress(args.hold).await;
+        let rss_held = args.probe.rss();
+        for w in &mut workers {
+            if let Some(mut stdin) = w.stdin.take() {
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stdin, b"stop\n").await;
+            }
+        }
+        let mut drops = 0;
+        for reader in &mut lines {
+            if let Some(line) = reader.next_line().await? {
+                drops += line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        held = (rss, rss_held, drops);
+    }
+    let (rss_connected, rss_held, drops) = held;
+    let per = |rss: Option<f64>| match (before, rss) {
+        (Some(b), Some(a)) if connected > 0 => Some((a - b) / connected as f64),
+        _ => None,
+    };
+    // The figure that matters is the steady state at the end of the hold (idle connections
+    // settled, heartbeats running); right after connecting is reported beside it.
+    let per_conn = per(rss_held);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "conns": args.conns, "connected": connected, "connect_secs": connect_secs,
+                "connects_per_sec": (connected as f64 / connect_secs).round(), "drops": drops,
+                "server_rss_bytes_per_conn": per_conn,
+                "server_rss_bytes_per_conn_after_connect": per(rss_connected),
+            })
+        );
+    } else {
+        println!(
+            "idle: {connected}/{} connected in {connect_secs:.2} s ({:.0}/s); {drops} dropped while held; server memory per connection: {}",
+            args.conns,
+            connected as f64 / connect_secs,
+            per_conn.map(|b| format!("{b:.0} bytes")).unwrap_or_else(|| "unknown (pass --server-pid or --metrics-url)".into())
+        );
+    }
+    Ok(if connected == args.conns && drops == 0 { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
