@@ -278,14 +278,16 @@ impl Gateway {
             .layer(axum::middleware::from_fn_with_state(self.shared.clone(), crate::host::guard))
     }
 
-    /// Start the once-a-second background work: broker housekeeping (history expiry, idle
-    /// streams) and the dashboard's sampler. Idempotent; a no-op outside a tokio runtime.
+    /// Start the once-a-second background work (broker housekeeping: history expiry, idle
+    /// streams; the dashboard's sampler) on the current runtime, which from then on also runs
+    /// every fan-out sweep. Idempotent; a no-op outside a tokio runtime.
     pub fn start_background(&self) {
         use std::sync::atomic::Ordering;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         if self.shared.background_started.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.shared.hub.run_sweeps_on(runtime.clone());
         runtime.spawn(crate::dashboard::run_sampler(
             self.shared.metrics.clone(),
             self.shared.stats.clone(),

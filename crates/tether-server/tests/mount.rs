@@ -149,3 +149,50 @@ where
     };
     tokio::time::timeout(Duration::from_secs(10), next).await.expect("a text message within 10 s")
 }
+
+/// A host application may publish from a runtime of its own that does not live long (a
+/// blocking thread's `block_on`, a test's runtime). A sweep started by such a publication must
+/// run on the gateway's runtime: on the publisher's, it dies with it, and the channel stays
+/// routed to a sweep nobody drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_from_a_short_lived_runtime_are_still_delivered() {
+    let config = GatewayConfig {
+        fanout_sweep: tether_server::FanoutSweep::Always, // every publication starts or joins a sweep
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::new(config).unwrap();
+    let app = gateway.router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+    });
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws?channel=prices")).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !gateway.metrics().render().contains("\ntether_subscriptions 1\n") {
+        assert!(tokio::time::Instant::now() < deadline, "subscription never registered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let publisher = gateway.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            for n in 1..=5 {
+                let data = serde_json::value::to_raw_value(&n).unwrap();
+                publisher.publish("prices", &data).await.unwrap();
+            }
+        });
+        // The runtime ends here, with whatever it had spawned.
+    })
+    .join()
+    .unwrap();
+    for n in 1..=5 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("publication {n} never arrived"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(msg, Message::Text(n.to_string().into()));
+    }
+}

@@ -96,6 +96,8 @@ pub struct Hub {
     sweep: FanoutSweep,
     /// permessage-deflate for publications: `None` off; else (minimum size, channel patterns).
     compression: Option<(usize, Vec<tether_core::channel::ChannelPattern>)>,
+    /// Where sweeps run: the gateway's runtime (see [`Hub::run_sweeps_on`]).
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl Hub {
@@ -109,7 +111,16 @@ impl Hub {
             direct: true,
             sweep: FanoutSweep::Auto,
             compression: None,
+            runtime: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Run sweeps on `runtime` (the gateway's), whichever runtime a publication comes from: a
+    /// host application may publish from a short-lived one, and a sweep that dies with it
+    /// would leave its channel routed to a sweep nobody drains. Until this is called, sweeps
+    /// run on the publisher's runtime. The first call wins.
+    pub fn run_sweeps_on(&self, runtime: tokio::runtime::Handle) {
+        let _ = self.runtime.set(runtime);
     }
 
     /// Compress publications of at least `min_size` bytes on channels matching `patterns` for
@@ -248,8 +259,12 @@ impl Hub {
         };
         if ch.sweep.is_some() || sweep {
             if ch.sweep.is_none() {
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    return self.fan_out(ch, epoch, offset, data, started, false);
+                let runtime = match self.runtime.get() {
+                    Some(runtime) => runtime.clone(),
+                    None => match tokio::runtime::Handle::try_current() {
+                        Ok(runtime) => runtime,
+                        Err(_) => return self.fan_out(ch, epoch, offset, data, started, false),
+                    },
                 };
                 let id = crate::publication::sweep_position() + 1;
                 ch.sweep = Some(Sweep {
