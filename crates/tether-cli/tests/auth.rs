@@ -2,13 +2,11 @@
 //! mode; a token that expires during the connection; ES256 with a key made by the test.
 
 mod common;
+use common::json_ws::{advice_and_close, json_client, next_json, send as command};
 use common::*;
 use serde_json::{json, Value};
-use std::net::TcpStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::stream::MaybeTlsStream;
-use tokio_tungstenite::tungstenite::{self, Message, WebSocket};
+use tokio_tungstenite::tungstenite;
 
 const SECRET: &str = "test-secret-0123456789";
 
@@ -29,62 +27,12 @@ fn news_reader(exp: u64) -> String {
     hs256(json!({"sub": "ada", "exp": exp, "subscribe": ["news:*"]}), SECRET)
 }
 
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
-
-fn json_client(server: &Server) -> Ws {
-    let mut req = server.ws_url("").into_client_request().unwrap();
-    req.headers_mut().insert("sec-websocket-protocol", "tether.v1.json".parse().unwrap());
-    let (ws, _) = tungstenite::connect(req).unwrap();
-    ws.get_ref_tcp().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    ws
-}
-
-trait TcpOf {
-    fn get_ref_tcp(&self) -> &TcpStream;
-}
-impl TcpOf for Ws {
-    fn get_ref_tcp(&self) -> &TcpStream {
-        match self.get_ref() {
-            MaybeTlsStream::Plain(s) => s,
-            _ => unreachable!("plain TCP in these tests"),
-        }
-    }
-}
-
-fn command(ws: &mut Ws, cmd: Value) {
-    ws.send(Message::text(cmd.to_string())).unwrap();
-}
-
-/// The next JSON message (skipping heartbeats).
-fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().unwrap() {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("expected a JSON message, got {other:?}"),
-        }
-    }
-}
-
-/// The disconnect advice, then the close frame's code.
-fn advice_and_close(ws: &mut Ws) -> (Value, u16) {
-    let advice = next_json(ws);
-    assert_eq!(advice["type"], "disconnect", "{advice}");
-    loop {
-        match ws.read() {
-            Ok(Message::Close(Some(frame))) => return (advice, u16::from(frame.code)),
-            Ok(_) => {}
-            Err(e) => panic!("no close frame after {advice}: {e}"),
-        }
-    }
-}
-
 #[test]
 fn tokens_valid_expired_forged_and_missing() {
     let server = Server::start(&["--jwt-secret", SECRET, "--anonymous-channel", "public:*"]);
 
     // Valid: news:* is allowed, admin is refused for that channel only.
-    let mut ws = json_client(&server);
+    let mut ws = json_client(&server, "");
     command(&mut ws, json!({"id": 1, "cmd": "connect", "token": news_reader(now() + 600)}));
     assert_eq!(next_json(&mut ws)["id"], 1);
     command(&mut ws, json!({"id": 2, "cmd": "subscribe", "channel": "news:eu"}));
@@ -101,14 +49,14 @@ fn tokens_valid_expired_forged_and_missing() {
     );
 
     // Expired: 4002, and the advice says to reconnect (with a fresh token).
-    let mut ws = json_client(&server);
+    let mut ws = json_client(&server, "");
     command(&mut ws, json!({"id": 1, "cmd": "connect", "token": news_reader(now() - 60)}));
     let (advice, code) = advice_and_close(&mut ws);
     assert_eq!(code, 4002);
     assert_eq!(advice["reconnect"], true, "{advice}");
 
     // Forged (another secret): 4502, do not retry.
-    let mut ws = json_client(&server);
+    let mut ws = json_client(&server, "");
     let forged = hs256(json!({"exp": now() + 600, "subscribe": ["*"]}), "not-the-server-secret");
     command(&mut ws, json!({"id": 1, "cmd": "connect", "token": forged}));
     let (advice, code) = advice_and_close(&mut ws);
@@ -117,7 +65,7 @@ fn tokens_valid_expired_forged_and_missing() {
     assert!(advice["reason"].as_str().unwrap().contains("token not accepted"), "{advice}");
 
     // Missing: anonymous channels work without a token, others close with 4501.
-    let mut ws = json_client(&server);
+    let mut ws = json_client(&server, "");
     command(&mut ws, json!({"id": 1, "cmd": "subscribe", "channel": "public:lobby"}));
     assert!(next_json(&mut ws)["error"].is_null());
     command(&mut ws, json!({"id": 2, "cmd": "subscribe", "channel": "news:eu"}));
@@ -159,7 +107,7 @@ fn raw_mode_takes_the_token_in_the_url() {
 #[test]
 fn a_token_that_expires_during_the_connection_closes_it_with_4002() {
     let server = Server::start(&["--jwt-secret", SECRET, "--ping-interval", "100ms"]);
-    let mut ws = json_client(&server);
+    let mut ws = json_client(&server, "");
     let exp = now() + 2;
     command(&mut ws, json!({"id": 1, "cmd": "connect", "token": news_reader(exp)}));
     assert_eq!(next_json(&mut ws)["id"], 1);
@@ -183,13 +131,13 @@ fn es256_with_a_public_key_file() {
         &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
     )
     .unwrap();
-    let mut ws = json_client(&server);
+    let mut ws = json_client(&server, "");
     command(&mut ws, json!({"id": 1, "cmd": "connect", "token": token}));
     assert!(next_json(&mut ws)["error"].is_null());
     command(&mut ws, json!({"id": 2, "cmd": "subscribe", "channel": "news:eu"}));
     assert!(next_json(&mut ws)["error"].is_null());
     // An HS256 token is not accepted by an ES256 server.
-    let mut ws = json_client(&server);
+    let mut ws = json_client(&server, "");
     command(&mut ws, json!({"id": 1, "cmd": "connect", "token": news_reader(now() + 600)}));
     assert_eq!(advice_and_close(&mut ws).1, 4502);
     let _ = std::fs::remove_dir_all(&dir);

@@ -11,24 +11,6 @@ const KEY: &str = "k3y-for-tests-0123456789";
 const SECRET: &str = "test-secret-0123456789";
 const T: Duration = Duration::from_secs(10);
 
-/// Run `tether ARGS` to completion with `env` added and `TETHER_API_KEY` removed (so that the
-/// environment of whoever runs the tests cannot leak a key in).
-fn tether(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).stdin(Stdio::null()).env_remove("TETHER_API_KEY");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The JSON receipt a successful `tether publish` prints.
 fn receipt(out: &Output) -> serde_json::Value {
     let (stdout, stderr) = text(out);

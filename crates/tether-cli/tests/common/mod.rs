@@ -197,6 +197,25 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
+/// Run `tether ARGS` to completion with `env` added and `TETHER_API_KEY` removed (so that the
+/// environment of whoever runs the tests cannot leak a key in).
+pub fn tether(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).stdin(Stdio::null()).env_remove("TETHER_API_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// A finished command's stdout and stderr, as text.
+pub fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A plain HTTP request; returns (status, JSON body or Null).
 pub fn http_request(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
     let agent = agent();
