@@ -1,8 +1,8 @@
 //! The broker: where publications get their stream position and how they reach every node.
 //!
 //! A gateway publishes through its [`Broker`]: the broker assigns the offset (and keeps history
-//! when the channel's policy asks for it) and gets the publication to every node, whose [`Hub`]
-//! fans it out locally, in offset order per channel. [`Broker::history`] answers a recovering
+//! when the channel's policy asks for it) and gets the publication to every node, which hands it
+//! to its [`LocalSubscribers`] (the hub, never named here) in offset order per channel. [`Broker::history`] answers a recovering
 //! subscribe. [`MemoryBroker`] is the single-node implementation; a Redis backplane implements
 //! the same trait for several nodes.
 
