@@ -73,7 +73,7 @@ pub struct ServeArgs {
         value_name = "CIDR"
     )]
     trusted_proxies: Option<Vec<ipnet::IpNet>>,
-    /// Connections still in their TLS handshake or HTTP request at most; at the limit the oldest is closed [default: 1024]
+    /// Connections still in their TLS handshake or HTTP request at most; at the limit the oldest is closed [default: 10000]
     #[arg(long, env = "TETHER_MAX_PENDING_HANDSHAKES")]
     max_pending_handshakes: Option<usize>,
     /// Time a client gets for its TLS handshake and HTTP request head (and an idle keep-alive connection) [default: 5s]

@@ -260,7 +260,7 @@ impl Default for GatewayConfig {
             limit_loopback: false,
             ipv6_prefix: 64,
             trusted_proxies: Vec::new(),
-            max_pending_handshakes: 1024,
+            max_pending_handshakes: 10_000,
             handshake_timeout: Duration::from_secs(5),
             max_header_size: ByteSize::kib(16),
             allowed_hosts: Vec::new(),
