@@ -99,7 +99,14 @@ fn a_replay_within_the_budget_is_streamed_whole_and_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_client_reports_why_a_resubscribe_did_not_recover() {
     let server = tokio::task::spawn_blocking(|| {
-        Server::start(&["--history", "big=500/10m", "--outbound-queue-bytes", "64KiB"])
+        Server::start(&[
+            "--history",
+            "big=500/10m",
+            "--outbound-queue-bytes",
+            "64KiB",
+            "--max-message-size",
+            "16KiB",
+        ])
     })
     .await
     .unwrap();
@@ -152,6 +159,8 @@ fn the_redis_broker_keeps_replays_within_the_budget_too() {
         "big=500/10m",
         "--outbound-queue-bytes",
         "64KiB",
+        "--max-message-size",
+        "16KiB",
     ]);
     // 200 KB missed from offset 0: over the 64 KiB budget; the last three fit.
     let epoch = fill(&server, "big", &format!("\"{}\"", "z".repeat(10_000)), 20);

@@ -325,13 +325,15 @@ impl GatewayConfig {
         if !(64 << 10..=64 << 20).contains(&bytes) {
             return err("outbound_queue_bytes", "must be between 64KiB and 64MiB");
         }
-        // A publication can be as large as max_message_size; one that does not fit in a
-        // subscriber's queue would close every subscriber as a slow consumer.
-        if bytes < self.max_message_size.as_u64() + (64 << 10) {
+        // A publication's data can be as large as max_message_size (plus its envelope, and the
+        // queue counts in whole KiB); one that does not fit in a subscriber's queue would close
+        // every subscriber as a slow consumer.
+        if bytes < self.max_message_size.as_u64() + (4 << 10) {
             return err(
                 "outbound_queue_bytes",
-                "must be at least max_message_size + 64KiB, or a single large publication \
-                 would close every subscriber as a slow consumer",
+                "must be at least max_message_size + 4KiB (room for one publication and its \
+                 envelope), or a single large publication would close every subscriber as a \
+                 slow consumer",
             );
         }
         if self.max_connections == 0 {

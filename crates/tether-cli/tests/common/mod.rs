@@ -546,7 +546,7 @@ impl Nginx {
              map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
              upstream tether {{\n{servers}}}\n\
              server {{\nlisten 127.0.0.1:{port};\nlocation / {{\nproxy_pass http://tether;\n\
-             proxy_http_version 1.1;\nproxy_set_header Upgrade $http_upgrade;\n\
+             proxy_http_version 1.1;\nproxy_set_header Host $host;\nproxy_set_header Upgrade $http_upgrade;\n\
              proxy_set_header Connection $connection_upgrade;\nproxy_read_timeout {read_timeout};\n\
              proxy_next_upstream error timeout http_503;\n}}\n}}\n}}\n"
         );
