@@ -91,6 +91,13 @@ impl Heartbeat {
         self.instant(self.deadline_us())
     }
 
+    /// When [`Heartbeat::poll`] will next call for something (a ping, or the peer's death),
+    /// without deciding anything: for an owner that sleeps, so that it never consumes a ping
+    /// it will not send.
+    pub fn next_due(&self) -> Instant {
+        self.instant(self.next_ping.min(self.deadline_us()))
+    }
+
     /// Any frame arrived: data, ping, pong or close.
     pub fn on_inbound(&mut self, now: Instant) {
         self.last_seen = self.last_seen.max(self.micros(now));

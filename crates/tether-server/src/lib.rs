@@ -11,7 +11,7 @@
 //! 2. `metrics`, `config`, `per_ip`, `stats`
 //! 3. `auth`, `pending`, `mailbox`, `handshake`
 //! 4. `parking`, `hub`, `broker`
-//! 5. `transport`, `dashboard`
+//! 5. `transport`, `dashboard`, `session`
 //! 6. `gate`, `node`
 //! 7. `connection`, `api`
 //! 8. `host`, `upgrade`, `listener`
@@ -35,7 +35,9 @@
 //! - [`broker`] — the [`Broker`] seam (memory, Redis), delivering to this node's subscribers
 //!   through `broker::LocalSubscribers` (the hub, never named).
 //! - `transport` — the socket under a connection, and whether tungstenite holds a partial
-//!   frame; `dashboard` — the once-a-second sampler published on `_tether:dashboard`.
+//!   frame; `dashboard` — the once-a-second sampler published on `_tether:dashboard`;
+//!   `session` — what a peer may say and what the server answers, sans-I/O: commands,
+//!   subscriptions with recovery, access and token expiry, heartbeat decisions, every close.
 //! - `gate` — the one way out to an active connection's socket; `node` — the state every
 //!   route and connection task shares.
 //! - `connection` — one task per connection: heartbeat, commands, close diagnostics; `api` —
@@ -70,6 +72,7 @@ mod parking;
 mod pending;
 pub mod per_ip;
 mod publication;
+mod session;
 pub mod stats;
 pub mod svg_chart;
 mod sync;

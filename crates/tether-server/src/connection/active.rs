@@ -8,7 +8,6 @@ impl Connection {
     pub(super) async fn active(
         &mut self,
         mut transport: Transport,
-        heartbeat: &mut Heartbeat,
         resync: &mut watch::Receiver<u64>,
         missed_resync: bool,
     ) -> Phase {
@@ -25,36 +24,24 @@ impl Connection {
         let direct = DirectWindow::open(&self.queue, socket);
         // Dropping `ws` on the way out aborts the TCP connection if the ending was not a clean close.
         let ended = if missed_resync {
-            Some(self.resync_close(&mut ws).await)
+            Some(self.close(&mut ws, Close::resync(&self.shared.config)).await)
         } else {
-            self.active_loop(&mut ws, heartbeat, resync).await
+            self.active_loop(&mut ws, resync).await
         };
         match ended {
             Some(ending) => Phase::Ended(ending),
             None => {
-                let now = Instant::now();
-                let wake_at = match heartbeat.poll(now.into_std()) {
-                    Action::Wait(at) => self.or_token_expiry(now, Instant::from_std(at)),
-                    _ => now,
-                };
+                let wake_at = Instant::from_std(self.session.wake_at(std::time::Instant::now()));
                 drop(direct);
                 Phase::Idle { transport: ws.into_inner().into_transport(), wake_at }
             }
         }
     }
 
-    /// The broker's live feed had a hole: have the client resubscribe and recover.
-    pub(super) async fn resync_close(&mut self, ws: &mut Ws) -> Ending {
-        let hint = Some(self.shared.config.restart_retry_hint);
-        let reason = "message backplane reconnected: resubscribe to recover";
-        self.close(ws, CloseCode::SERVICE_RESTART, reason, hint, false).await
-    }
-
     /// The select loop. `None`: idle with nothing in flight, time to park.
     pub(super) async fn active_loop(
         &mut self,
         ws: &mut Ws,
-        heartbeat: &mut Heartbeat,
         resync: &mut watch::Receiver<u64>,
     ) -> Option<Ending> {
         let queue = self.queue.clone();
@@ -76,40 +63,25 @@ impl Connection {
             // every mailbox through the parking lot, which ends the select below. (Two more
             // futures in the select, polled on every message, showed in profiles.)
             if self.shared.stopping() {
-                let (code, hint) = match self.shared.config.shutdown_close {
-                    crate::config::ShutdownClose::Restart => {
-                        (CloseCode::SERVICE_RESTART, Some(self.shared.config.restart_retry_hint))
-                    }
-                    crate::config::ShutdownClose::GoingAway => (CloseCode::GOING_AWAY, None),
-                };
-                let reason = "server shutting down";
-                return Some(Box::pin(self.close(ws, code, reason, hint, false)).await);
-            }
-            if self.grant.as_ref().is_some_and(|g| g.expired()) {
-                return Some(Box::pin(self.token_expired(ws)).await);
+                let close = Close::shutdown(&self.shared.config);
+                return Some(Box::pin(self.close(ws, close)).await);
             }
             // (An error would mean the gateway is gone: closing is right then too.)
             if resync.has_changed().unwrap_or(true) {
-                return Some(Box::pin(self.resync_close(ws)).await);
+                let close = Close::resync(&self.shared.config);
+                return Some(Box::pin(self.close(ws, close)).await);
             }
             let now = clock.take().unwrap_or_else(Instant::now);
-            let wake_at = match heartbeat.poll(now.into_std()) {
-                Action::SendPing => {
+            let wake_at = match self.session.tick(rules(&self.shared), now.into_std()) {
+                Tick::SendPing => {
                     if let Err(e) = self.write_frames(ws, vec![Message::Ping(Bytes::new())]).await {
                         return Some(self.write_failed(e));
                     }
                     continue;
                 }
-                Action::PeerDead => {
-                    self.shared.metrics.heartbeat_timeouts.inc();
-                    return Some(Ending {
-                        code: CloseCode::HEARTBEAT_TIMEOUT,
-                        reason: "heartbeat timeout".into(),
-                        initiator: Initiator::Server,
-                        was_clean: false,
-                    });
-                }
-                Action::Wait(at) => self.or_token_expiry(now, Instant::from_std(at)),
+                Tick::PeerDead => return Some(Ending::heartbeat_timeout()),
+                Tick::Close(close) => return Some(Box::pin(self.close(ws, close)).await),
+                Tick::Wait(at) => Instant::from_std(at),
             };
             // Park when nothing happened for `park_after` and nothing is half-done: no partial
             // frame or message read, nothing queued (writes are always flushed by now).
@@ -143,16 +115,15 @@ impl Connection {
                     let arrived = Instant::now();
                     clock = Some(arrived);
                     park_check(arrived);
-                    if matches!(inbound, Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_))))
-                        && !self.inbound_allowed(lot.ticks(arrived))
-                    {
-                        return Some(Box::pin(self.rate_limited(ws)).await);
+                    let counted = matches!(inbound, Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_))));
+                    let (at, ticks) = (arrived.into_std(), lot.ticks(arrived));
+                    if let Err(close) = self.session.received(rules(&self.shared), at, ticks, counted) {
+                        return Some(Box::pin(self.close(ws, close)).await);
                     }
-                    heartbeat.on_inbound(arrived.into_std());
                     match inbound {
                         Some(Ok(Message::Pong(_))) => {
-                            if let Some(rtt) = heartbeat.on_pong(Instant::now().into_std()) {
-                                self.shared.metrics.heartbeat_rtt.observe(rtt.as_secs_f64());
+                            let now = std::time::Instant::now();
+                            if let Some(rtt) = self.session.pong(rules(&self.shared), now) {
                                 self.shared.stats.record_rtt(rtt);
                             }
                         }
@@ -181,12 +152,12 @@ impl Connection {
                         Ok(false) => {}
                         Ok(true) if queue.overflowed() => {
                             self.shared.metrics.slow_consumers.inc();
-                            return Some(Box::pin(self.close(ws, CloseCode::SLOW_CONSUMER, "slow consumer: outbound queue full", None, false)).await);
+                            return Some(Box::pin(self.close(ws, Close::slow_consumer())).await);
                         }
                         Ok(true) => {
                             tracing::warn!(conn = self.id, "a publication is missing from the live feed; asking the client to recover");
-                            let hint = Some(self.shared.config.restart_retry_hint);
-                            return Some(Box::pin(self.close(ws, CloseCode::SERVICE_RESTART, "gap in the live feed: resubscribe to recover", hint, false)).await);
+                            let close = Close::gap(&self.shared.config);
+                            return Some(Box::pin(self.close(ws, close)).await);
                         }
                     }
                 }

@@ -22,62 +22,42 @@ impl Connection {
 
     /// Map a read error to the close it calls for.
     pub(super) async fn read_failed(&mut self, ws: &mut Ws, error: WsError) -> Ending {
-        match error {
+        let close = match error {
             WsError::Capacity(e) => {
-                let reason = format!("message too big: {e}");
-                self.close(ws, CloseCode::MESSAGE_TOO_BIG, &reason, None, true).await
+                Close::new(CloseCode::MESSAGE_TOO_BIG, format!("message too big: {e}"))
             }
             WsError::Utf8(_) => {
-                self.close(
-                    ws,
-                    CloseCode::INVALID_PAYLOAD,
-                    "text message is not valid UTF-8",
-                    None,
-                    true,
-                )
-                .await
+                Close::new(CloseCode::INVALID_PAYLOAD, "text message is not valid UTF-8")
             }
             WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-                Ending::network("connection reset without a closing handshake")
+                return Ending::network("connection reset without a closing handshake")
             }
             WsError::Protocol(e) => {
-                let reason = format!("protocol error: {e}");
-                self.close(ws, CloseCode::PROTOCOL_ERROR, &reason, None, true).await
+                Close::new(CloseCode::PROTOCOL_ERROR, format!("protocol error: {e}"))
             }
-            WsError::Io(e) => Ending::network(format!("transport error: {e}")),
+            WsError::Io(e) => return Ending::network(format!("transport error: {e}")),
             WsError::ConnectionClosed | WsError::AlreadyClosed => {
-                Ending::network("connection ended without a close frame")
+                return Ending::network("connection ended without a close frame")
             }
-            other => {
-                let reason = format!("internal error: {other}");
-                self.close(ws, CloseCode::INTERNAL_ERROR, &reason, None, true).await
-            }
-        }
+            other => Close::new(CloseCode::INTERNAL_ERROR, format!("internal error: {other}")),
+        };
+        self.close(ws, close.after_stream_failure()).await
     }
 
     pub(super) fn write_failed(&self, e: WriteFailed) -> Ending {
         match e {
             WriteFailed::TimedOut => {
                 self.shared.metrics.slow_consumers.inc();
-                Ending {
-                    code: CloseCode::SLOW_CONSUMER,
-                    reason: format!(
-                        "slow consumer: a write blocked for {:?} (write_timeout)",
-                        self.shared.config.write_timeout
-                    ),
-                    initiator: Initiator::Server,
-                    was_clean: false,
-                }
+                let timeout = self.shared.config.write_timeout;
+                let reason =
+                    format!("slow consumer: a write blocked for {timeout:?} (write_timeout)");
+                Ending::server(CloseCode::SLOW_CONSUMER, reason)
             }
             WriteFailed::Overflowed => {
                 self.shared.metrics.slow_consumers.inc();
                 // No close frame: the socket is stuck in the middle of a frame.
-                Ending {
-                    code: CloseCode::SLOW_CONSUMER,
-                    reason: "slow consumer: outbound queue full while a write was blocked".into(),
-                    initiator: Initiator::Server,
-                    was_clean: false,
-                }
+                let reason = "slow consumer: outbound queue full while a write was blocked";
+                Ending::server(CloseCode::SLOW_CONSUMER, reason)
             }
             WriteFailed::Transport(e) => Ending::network(format!("write failed: {e}")),
         }
@@ -88,37 +68,22 @@ impl Connection {
     /// instead of waiting for a close frame we half-close and drain the raw socket until the peer
     /// closes: dropping it with unread data (say, the rest of an oversized message) would send a
     /// TCP reset that can overtake our close frame.
-    pub(super) async fn close(
-        &mut self,
-        ws: &mut Ws,
-        code: CloseCode,
-        reason: &str,
-        retry_after: Option<Duration>,
-        stream_failed: bool,
-    ) -> Ending {
+    pub(super) async fn close(&mut self, ws: &mut Ws, close: Close) -> Ending {
         ws.get_mut().hold(); // for good: nothing may follow the close frame
-                             // A close reason is at most 123 bytes on the wire (RFC 6455 §5.5).
-        let mut wire_reason = reason.to_owned();
-        while wire_reason.len() > 123 {
-            wire_reason.pop();
-        }
         let deadline = Instant::now() + self.shared.config.close_timeout;
         let sent = tokio::time::timeout_at(deadline, async {
-            if self.mode == Mode::Json {
-                let advice = ServerMessage::Disconnect(Disconnect {
-                    code,
-                    reason: reason.to_owned(),
-                    reconnect: code.advice() != RetryAdvice::Stop,
-                    retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
-                });
+            if let Some(advice) = close.advice(self.session.mode()) {
                 ws.feed(Message::Text(codec::encode(&advice).into())).await?;
             }
-            let frame = CloseFrame { code: WireCode::from(code.0), reason: wire_reason.into() };
+            let frame = CloseFrame {
+                code: WireCode::from(close.code.0),
+                reason: close.wire_reason().to_owned().into(),
+            };
             ws.send(Message::Close(Some(frame))).await
         })
         .await;
         let mut was_clean = false;
-        if matches!(sent, Ok(Ok(()))) && stream_failed {
+        if matches!(sent, Ok(Ok(()))) && close.stream_failed {
             // Lingering close: send FIN after the close frame, then discard input until the
             // peer closes its side too.
             let _ = tokio::time::timeout_at(deadline, async {
@@ -142,6 +107,6 @@ impl Connection {
             })
             .await;
         }
-        Ending { code, reason: reason.to_owned(), initiator: Initiator::Server, was_clean }
+        close.ending(was_clean)
     }
 }

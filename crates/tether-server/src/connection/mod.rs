@@ -14,19 +14,21 @@
 //! active again. This is what makes an idle connection cost well under a kilobyte (decision
 //! 0007, docs/performance.md).
 //!
-//! Every way a connection can end produces one [`Ending`] — code, reason, initiator, wasClean —
-//! which is logged once and counted once.
+//! What the peer may say and what the server answers is decided by the sans-I/O `session`
+//! (commands, subscriptions with recovery, access, token expiry, heartbeat decisions); this
+//! module carries its decisions out over a WebSocket. Every way a connection can end produces
+//! one [`Ending`] — code, reason, initiator, wasClean — which is logged once and counted once.
 //!
 //! The files, by concern:
 //! - this one — the [`Connection`] (what every phase shares), its opening and its logged end;
 //! - `task` — the task and the park/wake state machine ([`ConnectionTask`], `Parked`);
 //! - `active` — an active phase: the select loop over socket, mailbox and timer;
-//! - `session` — what the peer says: messages, commands, access, token expiry, replies;
-//! - `replay` — answering a subscribe, with a recovery replay streamed within the budget;
+//! - `actions` — the session's decisions carried out: replies, subscribe, publish, echo;
+//! - `replay` — writing a subscribe's reply and recovery replay, chunk by chunk;
 //! - `close` — every way it ends: the peer's close, read and write failures, our close;
 //! - `output` — every write of the task, and the window for publishers' direct writes.
 
-use crate::auth::{Access, Grant};
+use crate::auth::Grant;
 use crate::gate::Gate;
 use crate::hub::{
     Compress, ConnId, Delivery, Mode, Outbound, OutboundQueue, Payload, Published, PushError,
@@ -34,6 +36,7 @@ use crate::hub::{
 };
 use crate::mailbox::Admission;
 use crate::node::Node;
+use crate::session::{Action, Answer, Close, Ending, Held, Inbound, Rules, Session, Tick};
 use crate::transport::Transport;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -46,13 +49,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
-use tether_core::channel;
-use tether_core::close_code::{CloseCode, Initiator, RetryAdvice};
+use tether_core::close_code::{CloseCode, Initiator};
 use tether_core::codec;
-use tether_core::heartbeat::{Action, Heartbeat};
-use tether_core::protocol::{
-    ClientCommand, Disconnect, ErrorBody, ErrorCode, ReplyResult, ServerMessage,
-};
+use tether_core::protocol::ServerMessage;
 use tokio::io::AsyncWrite;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -62,11 +61,11 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+mod actions;
 mod active;
 mod close;
 mod output;
 mod replay;
-mod session;
 mod task;
 
 use output::{feed, within, write_frame, DirectWindow};
@@ -85,26 +84,6 @@ enum Phase {
     },
 }
 
-/// How a connection ended.
-#[derive(Debug)]
-pub(crate) struct Ending {
-    pub code: CloseCode,
-    pub reason: String,
-    pub initiator: Initiator,
-    pub was_clean: bool,
-}
-
-impl Ending {
-    fn network(reason: impl Into<String>) -> Self {
-        Ending {
-            code: CloseCode::ABNORMAL,
-            reason: reason.into(),
-            initiator: Initiator::Network,
-            was_clean: false,
-        }
-    }
-}
-
 /// Why a write did not complete.
 enum WriteFailed {
     TimedOut,
@@ -115,7 +94,6 @@ enum WriteFailed {
 
 pub(crate) struct Connection {
     pub id: ConnId,
-    pub mode: Mode,
     shared: Arc<Node>,
     /// The mailbox: outbound queue, subscriptions, overflow flag, waker, parked deadline.
     queue: Arc<OutboundQueue>,
@@ -124,10 +102,24 @@ pub(crate) struct Connection {
     peer: Option<SocketAddr>,
     /// When it opened, in the parking lot's ticks (ms).
     opened: u64,
-    /// Inbound messages allowed (`max_inbound_rate`).
-    inbound: tether_core::rate::TokenBucket,
-    /// What this connection's token allows (JWT on, and a token given).
-    grant: Option<Arc<Grant>>,
+    /// The protocol: heartbeat, rate limit, token, commands.
+    session: Session,
+}
+
+/// What the session decides with, from the node.
+fn rules(node: &Node) -> Rules<'_> {
+    Rules { config: &node.config, verifier: node.auth.as_ref(), metrics: &node.metrics }
+}
+
+/// The session sees the subscriptions where publishers read them: in the mailbox.
+impl Held for OutboundQueue {
+    fn holds(&self, channel: &str) -> bool {
+        self.with_subscriptions(|s| s.contains(channel))
+    }
+
+    fn count(&self) -> usize {
+        self.with_subscriptions(|s| s.len())
+    }
 }
 
 impl Drop for Connection {
@@ -180,24 +172,24 @@ impl Connection {
             .inc();
         tracing::debug!(conn = id, peer = ?peer, mode = mode.as_str(), "connection open");
         let now = Instant::now();
-        let cfg = &shared.config;
-        let heartbeat = Heartbeat::new(cfg.ping_interval, cfg.pong_timeout, now.into_std());
         let resync_seen = *shared.resync.borrow();
         let opened = shared.parking.ticks(now);
-        let inbound = tether_core::rate::TokenBucket::full(cfg.max_inbound_rate as f32, opened);
-        let mut conn =
-            Connection { id, mode, shared, queue, lot_key, peer, opened, inbound, grant };
+        let session = Session::new(&shared.config, mode, grant, now.into_std(), opened);
+        let mut conn = Connection { id, shared, queue, lot_key, peer, opened, session };
         for channel in channels {
             // Validated at the handshake; a duplicate `?channel=` is simply ignored here.
-            let _ = conn.subscribe(&channel);
+            if crate::session::subscribable(&conn.shared.config, &*conn.queue, &channel).is_ok() {
+                conn.join(&channel, None);
+            }
         }
-        Parked { conn, transport, heartbeat, resync_seen }
+        Parked { conn, transport, resync_seen }
     }
 
     /// The connection has ended (its socket is closed or aborted): leave the hub, count and
     /// log the ending.
     fn finish(self, ending: Ending) {
-        let (shared, id, peer, mode) = (self.shared.clone(), self.id, self.peer, self.mode);
+        let (shared, id, peer, mode) =
+            (self.shared.clone(), self.id, self.peer, self.session.mode());
         let duration_ms = shared.parking.ticks(Instant::now()).saturating_sub(self.opened);
         drop(self); // leaves the hub (see `Drop for Connection`)
         let m = &shared.metrics;

@@ -30,7 +30,6 @@ pub(super) enum TaskState {
 pub(crate) struct Parked {
     pub(super) conn: Connection,
     pub(super) transport: Transport,
-    pub(super) heartbeat: Heartbeat,
     /// The resync generation this connection has seen (see `Node::resync`).
     pub(super) resync_seen: u64,
 }
@@ -133,10 +132,10 @@ impl Parked {
 
     /// Run active again until the connection parks again (`Some`) or ends (`None`, logged).
     pub(super) async fn resume(self) -> Option<(Parked, Instant)> {
-        let Parked { mut conn, transport, mut heartbeat, resync_seen } = self;
+        let Parked { mut conn, transport, resync_seen } = self;
         let mut resync = conn.shared.resync.subscribe();
         let missed_resync = *resync.borrow_and_update() != resync_seen;
-        match conn.active(transport, &mut heartbeat, &mut resync, missed_resync).await {
+        match conn.active(transport, &mut resync, missed_resync).await {
             Phase::Ended(ending) => {
                 conn.finish(ending);
                 None
@@ -144,7 +143,7 @@ impl Parked {
             Phase::Idle { mut transport, wake_at } => {
                 transport.shrink();
                 let resync_seen = *resync.borrow();
-                Some((Parked { conn, transport, heartbeat, resync_seen }, wake_at))
+                Some((Parked { conn, transport, resync_seen }, wake_at))
             }
         }
     }

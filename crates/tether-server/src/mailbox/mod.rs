@@ -372,11 +372,6 @@ impl OutboundQueue {
         f(&mut self.lock().subscriptions)
     }
 
-    /// The connection's task is about to write: publishers queue until [`OutboundQueue::release`].
-    pub(crate) fn hold(&self) {
-        self.lock().set(WRITING, true);
-    }
-
     /// Hold the write side for a write of the task's own (see `gate`), and take the publication
     /// a publisher left half-written, if any, with how many bytes of its frame are out: it
     /// must be finished before anything else is written. One lock for both, so no direct write

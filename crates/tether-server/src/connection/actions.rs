@@ -1,0 +1,164 @@
+//! The session's decisions carried out over the WebSocket: replies (in order with
+//! publications), raw mode's pong, the conformance echo, registering and dropping
+//! subscriptions, the broker calls behind `subscribe` and `publish`.
+
+use super::*;
+
+impl Connection {
+    /// A text or binary message from the peer. Returns an ending when the connection must close.
+    pub(super) async fn on_message(&mut self, ws: &mut Ws, msg: Message) -> Option<Ending> {
+        let m = &self.shared.metrics;
+        m.messages_in.inc();
+        m.bytes_in.inc_by(msg.len() as u64);
+        let input = match &msg {
+            Message::Text(text) => Inbound::Text(text.as_str()),
+            Message::Binary(_) => Inbound::Binary,
+            _ => return None,
+        };
+        let action = self.session.message(rules(&self.shared), &*self.queue, input);
+        match action {
+            Action::Reply(reply) => self.reply(ws, &reply).await,
+            Action::Pong => self.raw_pong(ws).await,
+            Action::Echo => self.echo(ws, msg).await,
+            Action::Ignore => None,
+            Action::Subscribe { id, channel, recover } => {
+                self.subscribe(ws, id, &channel, recover.as_ref()).await
+            }
+            Action::Unsubscribe { id, channel } => {
+                self.leave(&channel);
+                self.reply(ws, &Session::ok(id)).await
+            }
+            Action::Publish { id, channel, data } => {
+                let receipt = self.shared.publish_once(&channel, &data, None).await;
+                let reply = crate::session::published(rules(&self.shared), id, receipt);
+                self.reply(ws, &reply).await
+            }
+            Action::Close(close) => Some(self.close(ws, close).await),
+        }
+    }
+
+    /// Raw mode's pong. Its frame is built once: straight to the socket when nothing is queued
+    /// ahead, as publications are.
+    async fn raw_pong(&mut self, ws: &mut Ws) -> Option<Ending> {
+        if ws.get_mut().hold_if_idle() {
+            let (frame, len) = (&self.shared.raw_pong_frame, self.shared.raw_pong.len());
+            let timeout = self.shared.config.write_timeout;
+            let outcome = within(timeout, write_frame(ws, frame)).await;
+            if let Err(e) = self.written(outcome, 1, len as u64) {
+                return Some(self.write_failed(e));
+            }
+            ws.get_mut().release();
+            return None;
+        }
+        // Shared bytes, no copy per reply.
+        self.enqueue(ws, Message::Text(self.shared.raw_pong.clone())).await
+    }
+
+    /// The conformance echo: the message goes back the way a publication goes to a subscriber
+    /// — framed once (compressed when the connection agreed to permessage-deflate and the
+    /// message is large enough), written straight to the socket when the connection is ready
+    /// for a direct write, else queued for the task's batch writer, which gathers frames into
+    /// vectored writes and sends large messages as fragments (docs/interop.md).
+    async fn echo(&mut self, ws: &mut Ws, msg: Message) -> Option<Ending> {
+        let payload = match msg {
+            Message::Text(text) => Payload::Text(text),
+            Message::Binary(bytes) => Payload::Binary(bytes),
+            _ => return None,
+        };
+        let cfg = &self.shared.config;
+        let min = cfg.compression_min_size.as_u64();
+        let compress = Compress::for_message(cfg.compression, payload.len(), min);
+        let echo = Arc::new(Published::unsequenced(payload, compress));
+        match self.queue.deliver(echo, cfg.direct_delivery) {
+            Ok(Delivery::Written(bytes)) => {
+                self.shared.metrics.messages_out.inc();
+                self.shared.metrics.bytes_out.inc_by(bytes as u64);
+                None
+            }
+            Ok(Delivery::Queued | Delivery::Partial | Delivery::Skipped) => None,
+            Err(PushError::Closed) => None,
+            Err(PushError::Full) => {
+                self.shared.metrics.slow_consumers.inc();
+                Some(self.close(ws, Close::slow_consumer()).await)
+            }
+        }
+    }
+
+    pub(super) async fn reply(&mut self, ws: &mut Ws, reply: &ServerMessage) -> Option<Ending> {
+        self.enqueue(ws, Message::Text(codec::encode(reply).into())).await
+    }
+
+    /// Queue a reply. Replies share the outbound queue with publications, so the order the peer
+    /// sees is the order things happened.
+    pub(super) async fn enqueue(&mut self, ws: &mut Ws, reply: Message) -> Option<Ending> {
+        if ws.get_mut().hold_if_idle() {
+            // Nothing is waiting to go out before it: write it now (a ping-pong round trip
+            // then costs one pass of the loop, not two).
+            return self.write_one(ws, reply).await.err().map(|e| self.write_failed(e));
+        }
+        match self.queue.push(Outbound::Reply(reply)) {
+            Ok(()) => None,
+            Err(_) => {
+                self.shared.metrics.slow_consumers.inc();
+                Some(self.close(ws, Close::slow_consumer()).await)
+            }
+        }
+    }
+
+    /// Register a subscription the session allowed. With `gate` (an active connection),
+    /// publishers queue from here until the reply that follows is written: they must not meet
+    /// the subscription before its watermark exists (a recovery sets it later). A parked
+    /// connection has no direct writers to stop.
+    pub(super) fn join(&mut self, channel: &str, gate: Option<&mut Gate>) {
+        let sub = Subscriber::new(self.queue.clone(), self.session.mode());
+        if let Some(gate) = gate {
+            gate.hold();
+        }
+        // The watermark exists before the hub knows the subscription: a sweep passes over a
+        // connection without one, and would not come back for what it passed over.
+        self.queue.with_subscriptions(|s| s.insert(Arc::from(channel)));
+        if let Some(name) = self.shared.hub.subscribe(channel, self.id, sub) {
+            self.queue.with_subscriptions(|s| s.adopt(name));
+        }
+    }
+
+    fn leave(&mut self, channel: &str) {
+        if self.queue.with_subscriptions(|s| s.remove(channel)) {
+            self.shared.hub.unsubscribe(channel, self.id);
+        }
+    }
+
+    /// `subscribe`, as the session allowed it: register in the hub first (live publications
+    /// start queueing), ask the broker where the channel stands and what was missed, and carry
+    /// out the session's answer: the reply and the replay (see `replay`), no gap, no duplicate.
+    async fn subscribe(
+        &mut self,
+        ws: &mut Ws,
+        id: u64,
+        channel: &str,
+        recover: Option<&tether_core::protocol::StreamPosition>,
+    ) -> Option<Ending> {
+        self.join(channel, Some(ws.get_mut()));
+        let room = self.queue.room_bytes();
+        let history = self.shared.broker.history(channel, recover, room).await;
+        match self.session.answer(rules(&self.shared), id, channel, recover, history, room) {
+            Answer::Refuse(reply) => {
+                self.leave(channel);
+                self.reply(ws, &reply).await
+            }
+            Answer::Close(close) => Some(self.close(ws, close).await),
+            Answer::Replay { reply, epoch, top, replay } => {
+                // Queued live publications at or below the watermark are in the replay.
+                self.queue.with_subscriptions(|s| {
+                    if let Some(w) = s.get_mut(channel) {
+                        (w.epoch, w.offset) = (Some(epoch.clone()), top);
+                    }
+                });
+                let reply = Message::Text(codec::encode(&reply).into());
+                let mode = self.session.mode();
+                let chunks = replay::Chunks::new(mode, channel, &epoch, reply, &replay);
+                self.write_replay(ws, chunks).await.err().map(|e| self.write_failed(e))
+            }
+        }
+    }
+}
