@@ -32,7 +32,7 @@ use crate::hub::{
     Compress, ConnId, Delivery, Mode, Outbound, OutboundQueue, Payload, Published, PushError,
     Subscriber,
 };
-use crate::mailbox::Admission;
+use crate::mailbox::{Admission, DirectWindow};
 use crate::node::Node;
 use crate::transport::Transport;
 use bytes::Bytes;
@@ -69,7 +69,7 @@ mod replay;
 mod session;
 mod task;
 
-use output::{feed, within, write_frame, DirectWindow};
+use output::{feed, within, write_frame};
 pub(crate) use task::ConnectionTask;
 use task::Parked;
 
