@@ -1,11 +1,11 @@
 //! The one way out to an active connection's socket.
 //!
 //! Two kinds of writer share a connection's socket: publishers, which write a publication's
-//! frame straight to it when the connection's task is not writing (`mailbox`, decision 0008),
-//! and the task itself, which writes through tungstenite (pongs, its heartbeat Ping, replies,
-//! replays, the close) or gathers frames past it. A direct write the socket takes only in part
-//! leaves the rest of its frame queued for the task; anything the task wrote before that rest
-//! would land inside the frame and corrupt the stream for good.
+//! frame straight to it when the connection's task is not writing (`mailbox::direct`, decision
+//! 0008), and the task itself, which writes through tungstenite (pongs, its heartbeat Ping,
+//! replies, replays, the close) or gathers frames past it. A direct write the socket takes only
+//! in part leaves the rest of its frame queued for the task; anything the task wrote before that
+//! rest would land inside the frame and corrupt the stream for good.
 //!
 //! So every byte the task writes passes through this [`Gate`], the I/O object under the
 //! connection's WebSocket: before anything else goes out it holds the write side (publishers

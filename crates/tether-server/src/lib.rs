@@ -29,7 +29,8 @@
 //! - [`metrics`] — the Prometheus registry; [`config`] — [`GatewayConfig`], every setting;
 //!   [`per_ip`] — per-client limits; [`stats`] — round trips and closes for the dashboard.
 //! - [`auth`] — JWT verification; `pending` — connections not yet WebSockets, capped;
-//!   `mailbox` — a connection's outbound queue and direct writes by publishers.
+//!   `mailbox` — a connection's outbound queue, and the direct-write handle publishers write
+//!   through (`mailbox::direct`, which states its invariant).
 //! - `parking` — where idle connections wait without WebSocket state or timers of their own;
 //!   [`hub`] — which connection listens to which channel; one-encode fan-out, sweeps.
 //! - [`broker`] — the [`Broker`] seam (memory, Redis), delivering to this node's subscribers

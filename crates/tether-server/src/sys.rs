@@ -4,9 +4,9 @@
 //! - A connection's socket is borrowed by file descriptor in two places: publishers write to
 //!   it from its mailbox (decision 0008) and the connection's own vectored writes pass a flag
 //!   std does not. Every function here takes a descriptor that its caller keeps open for the
-//!   whole call: the mailbox holds one only between the connection's `set_socket(Some)` and
-//!   `set_socket(None)`, both under the lock the writing publisher holds, and the connection
-//!   clears it before its socket can be closed or change hands (`connection::DirectWindow`).
+//!   whole call. For publishers' writes ([`send_now`], [`writev_now`]) that is the direct-write
+//!   handle's invariant, stated once, in `mailbox::direct` (the only caller); the connection's
+//!   own writes borrow a socket it owns.
 //! - Every send passes `MSG_NOSIGNAL`: a peer's reset must come back as an error, never as a
 //!   SIGPIPE that kills a host process which does not ignore the signal (std's `write` passes
 //!   the flag, its `write_vectored` — a plain `writev` — cannot).
@@ -19,7 +19,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 /// One non-blocking send of `bytes` to `fd`: how many went out (0 if none could, or on error:
 /// the connection's task learns of a failed socket by its own next write).
 pub(crate) fn send_now(fd: RawFd, bytes: &[u8]) -> usize {
-    // SAFETY: `fd` is open for this call (see the module's invariants).
+    // SAFETY: `fd` is open for this call: the invariant of `mailbox::direct`, the only caller.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     socket2::SockRef::from(&fd).send_with_flags(bytes, libc::MSG_NOSIGNAL).unwrap_or(0)
 }

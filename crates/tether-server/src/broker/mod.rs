@@ -5,6 +5,17 @@
 //! to its [`LocalSubscribers`] (the hub, never named here) in offset order per channel. [`Broker::history`] answers a recovering
 //! subscribe. [`MemoryBroker`] is the single-node implementation; a Redis backplane implements
 //! the same trait for several nodes.
+//!
+//! **No socket I/O under a shared lock** (issue 18). Delivering to local subscribers writes to
+//! their sockets, so a broker calls [`LocalSubscribers::deliver`] holding no lock that anything
+//! but the same channel's delivery needs. The only lock held across socket writes is the
+//! channel's own delivery turn (memory broker: taken before the offset is assigned and kept to
+//! the end of the delivery, so that the channel's publications are delivered in offset order;
+//! only later publishers to that channel wait on it) and, inside the hub, each subscriber's
+//! mailbox lock. Shard and stream locks are held for lookups, appends and reads only: other
+//! channels, history reads, idempotency checks and housekeeping never wait for a delivery.
+//! The Redis broker delivers from its one pub/sub task, in the order Redis sends, holding no
+//! lock at all.
 
 pub mod redis;
 mod redis_scripts;
@@ -125,7 +136,8 @@ impl NotRecovered {
 /// new one (Redis Cluster, say) plugs in beside them.
 pub trait LocalSubscribers: Send + Sync + 'static {
     /// Hand a publication, at its place in its channel's stream, to this node's subscribers;
-    /// returns how many took it.
+    /// returns how many took it. Writes to sockets: callers hold no shared lock, and call it
+    /// one publication of a channel at a time, in offset order (see the module docs).
     fn deliver(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: &RawValue) -> u64;
     /// This node's subscribers of `channel`.
     fn count(&self, channel: &str) -> usize;
@@ -194,10 +206,24 @@ pub fn new_epoch() -> String {
     tether_core::stream::epoch_from(rand::random())
 }
 
+/// A channel in the memory broker: an entry of its own, so that a shard's lock is held only to
+/// find it (or make it).
+struct Channel {
+    /// The channel's delivery turn: held by a publisher from the offset's assignment to the end
+    /// of its delivery, so that this channel's publications reach the hub one at a time, in
+    /// offset order. Only later publishers to the same channel wait on it (as they must, for
+    /// that order); history reads, idempotency checks and housekeeping never take it.
+    turn: Mutex<()>,
+    /// The stream, locked briefly (append, read, check a key), never across a delivery.
+    state: Mutex<Entry>,
+}
+
 struct Entry {
     epoch: Arc<str>,
     stream: Stream<Arc<RawValue>>,
     keys: RecentKeys,
+    /// Dropped by housekeeping: a publisher that still holds the `Channel` looks it up again.
+    gone: bool,
 }
 
 /// Idempotency keys used in one channel, with the offset each one published; bounded in count
@@ -242,7 +268,7 @@ impl RecentKeys {
     }
 }
 
-type Shard = Mutex<HashMap<Arc<str>, Entry>>;
+type Shard = Mutex<HashMap<Arc<str>, Arc<Channel>>>;
 
 /// Single-node broker: streams in memory; publishing is local fan-out.
 ///
@@ -252,6 +278,11 @@ type Shard = Mutex<HashMap<Arc<str>, Entry>>;
 /// window, or local subscribers; an idle one is dropped by [`Broker::maintain`] (its next
 /// incarnation gets a new epoch, so a client holding the old one is told `recovered: false`
 /// instead of being handed a false continuation).
+///
+/// Locks: a shard's (64 of them) only to find or make a channel's entry, and to drop idle ones;
+/// then the channel's stream lock, briefly; a publisher delivers holding its channel's delivery
+/// turn only (see [`Channel`]). The only lock held across socket writes is that turn (and, in
+/// the hub, the subscriber's own mailbox lock).
 pub struct MemoryBroker {
     hub: Arc<dyn LocalSubscribers>,
     rules: Vec<HistoryRule>,
@@ -285,15 +316,11 @@ impl MemoryBroker {
         &self.shards[self.hasher.hash_one(channel) as usize % self.shards.len()]
     }
 
-    /// Run `f` on the channel's stream, creating it when needed (and allowed).
-    fn with_stream<R>(
-        &self,
-        channel: &str,
-        f: impl FnOnce(&mut Entry) -> R,
-    ) -> Result<R, BrokerError> {
+    /// The channel's entry, made when needed (and allowed). The shard is locked for this only.
+    fn channel(&self, channel: &str) -> Result<Arc<Channel>, BrokerError> {
         let mut shard = crate::sync::lock(self.shard(channel));
-        if let Some(entry) = shard.get_mut(channel) {
-            return Ok(f(entry));
+        if let Some(entry) = shard.get(channel) {
+            return Ok(entry.clone());
         }
         if self.streams.fetch_add(1, Ordering::Relaxed) >= self.max_streams {
             self.streams.fetch_sub(1, Ordering::Relaxed);
@@ -307,20 +334,74 @@ impl MemoryBroker {
             epoch: Arc::from(epoch.as_str()),
             stream: Stream::new(epoch, history_policy(&self.rules, channel)),
             keys: RecentKeys::default(),
+            gone: false,
         };
-        Ok(f(shard.entry(Arc::from(channel)).or_insert(entry)))
+        let entry = Arc::new(Channel { turn: Mutex::new(()), state: Mutex::new(entry) });
+        shard.insert(Arc::from(channel), entry.clone());
+        Ok(entry)
+    }
+
+    /// See [`Broker::publish`]. The offset is assigned and the key remembered under the
+    /// stream's lock, briefly; the delivery holds the channel's turn only, taken before the
+    /// offset so that turns follow offsets. A retried key is answered without waiting for it.
+    fn publish_now(
+        &self,
+        channel: &str,
+        data: &RawValue,
+        once: Option<Once<'_>>,
+    ) -> Result<PublishReceipt, BrokerError> {
+        let duplicate = |entry: &mut Entry, once: Option<Once<'_>>, now| {
+            let offset = entry.keys.offset_of(once?.key, now)?;
+            let epoch = entry.epoch.clone();
+            Some(PublishReceipt { epoch, offset, delivered: 0, duplicate: true })
+        };
+        loop {
+            let ch = self.channel(channel)?;
+            if once.is_some() {
+                let mut entry = crate::sync::lock(&ch.state);
+                if entry.gone {
+                    continue;
+                }
+                if let Some(receipt) = duplicate(&mut entry, once, Instant::now()) {
+                    return Ok(receipt);
+                }
+            }
+            let _turn = crate::sync::lock(&ch.turn);
+            let (epoch, offset) = {
+                let mut entry = crate::sync::lock(&ch.state);
+                if entry.gone {
+                    // Dropped as idle since it was looked up: publish into its successor.
+                    continue;
+                }
+                let now = Instant::now();
+                // (Again: the same key may have been published while this one waited its turn.)
+                if let Some(receipt) = duplicate(&mut entry, once, now) {
+                    return Ok(receipt);
+                }
+                let offset = entry.stream.append(Arc::from(data.to_owned()), now);
+                if let Some(once) = once {
+                    entry.keys.remember(once.key, offset, now + once.window);
+                }
+                (entry.epoch.clone(), offset)
+            };
+            let delivered = self.hub.deliver(channel, &epoch, offset, data);
+            return Ok(PublishReceipt { epoch, offset, delivered, duplicate: false });
+        }
     }
 
     /// See [`Broker::history`]. Read only: a channel without a stream has had no publication
-    /// (or none since its stream was dropped as idle), and reading creates nothing.
+    /// (or none since its stream was dropped as idle), and reading creates nothing. Never waits
+    /// for a delivery: what it reads may include a publication still being delivered, which
+    /// the subscriber (in the hub already) then also receives live and skips as a duplicate.
     fn read_history(
         &self,
         channel: &str,
         since: Option<&StreamPosition>,
         max_bytes: u64,
     ) -> History {
-        let mut shard = crate::sync::lock(self.shard(channel));
-        let mut entry = shard.get_mut(channel);
+        let ch = crate::sync::lock(self.shard(channel)).get(channel).cloned();
+        let mut state = ch.as_ref().map(|ch| crate::sync::lock(&ch.state));
+        let mut entry = state.as_deref_mut().filter(|entry| !entry.gone);
         let position = match &entry {
             Some(entry) => entry.stream.position(),
             None => StreamPosition { epoch: String::new(), offset: 0 },
@@ -355,23 +436,7 @@ impl Broker for MemoryBroker {
         data: &'a RawValue,
         once: Option<Once<'a>>,
     ) -> BoxFuture<'a, Result<PublishReceipt, BrokerError>> {
-        // Offset assignment and delivery happen under the stream's lock: concurrent publishers
-        // cannot deliver out of offset order, nor publish one key twice.
-        let result = self.with_stream(channel, |entry| {
-            let now = Instant::now();
-            if let Some(once) = once {
-                if let Some(offset) = entry.keys.offset_of(once.key, now) {
-                    let epoch = entry.epoch.clone();
-                    return PublishReceipt { epoch, offset, delivered: 0, duplicate: true };
-                }
-            }
-            let offset = entry.stream.append(Arc::from(data.to_owned()), now);
-            let delivered = self.hub.deliver(channel, &entry.epoch, offset, data);
-            if let Some(once) = once {
-                entry.keys.remember(once.key, offset, now + once.window);
-            }
-            PublishReceipt { epoch: entry.epoch.clone(), offset, delivered, duplicate: false }
-        });
+        let result = self.publish_now(channel, data, once);
         Box::pin(std::future::ready(result))
     }
 
@@ -390,11 +455,17 @@ impl Broker for MemoryBroker {
         for shard in self.shards.iter() {
             let mut shard = crate::sync::lock(shard);
             let before = shard.len();
-            shard.retain(|channel, entry| {
+            shard.retain(|channel, ch| {
+                // The stream's lock, not its turn: housekeeping never waits for a delivery.
+                let mut entry = crate::sync::lock(&ch.state);
                 entry.keys.forget_expired(now);
                 keys += entry.keys.len();
                 // (`is_idle` expires history first, so it goes on every pass.)
-                !entry.stream.is_idle(now) || entry.keys.len() > 0 || self.hub.count(channel) > 0
+                let keep = !entry.stream.is_idle(now)
+                    || entry.keys.len() > 0
+                    || self.hub.count(channel) > 0;
+                entry.gone = !keep;
+                keep
             });
             self.streams.fetch_sub(before - shard.len(), Ordering::Relaxed);
         }
@@ -494,7 +565,10 @@ mod tests {
     fn keys_held(b: &MemoryBroker) -> usize {
         b.shards
             .iter()
-            .map(|s| s.lock().unwrap().values().map(|e| e.keys.offsets.len()).sum::<usize>())
+            .map(|s| {
+                let shard = s.lock().unwrap();
+                shard.values().map(|c| c.state.lock().unwrap().keys.offsets.len()).sum::<usize>()
+            })
             .sum()
     }
 
@@ -606,6 +680,119 @@ mod tests {
         // History keeps 3: a fourth publication pushes offset 1 out.
         now(b.publish("chat:a", &raw("3333"), None)).unwrap();
         assert_eq!(why(at(&epoch, 0), 99), (Some(false), 0, Some(NotRecovered::HistoryGone)));
+    }
+
+    /// This node's subscribers as the tests see them: every delivery, in the order made, and
+    /// a delivery that can be made to stall (a slow fan-out) until the test lets it go.
+    #[derive(Default)]
+    struct Recorder {
+        delivered: Mutex<Vec<(String, u64)>>,
+        stall: Mutex<Option<(mpsc::Sender<()>, mpsc::Receiver<()>)>>,
+    }
+
+    impl LocalSubscribers for Recorder {
+        fn deliver(&self, channel: &str, _: &Arc<str>, offset: u64, _: &RawValue) -> u64 {
+            self.delivered.lock().unwrap().push((channel.to_owned(), offset));
+            let stall = self.stall.lock().unwrap().take();
+            if let Some((entered, release)) = stall {
+                entered.send(()).unwrap();
+                release.recv().unwrap();
+            }
+            1
+        }
+
+        fn count(&self, _: &str) -> usize {
+            0
+        }
+    }
+
+    impl Recorder {
+        fn offsets(&self, channel: &str) -> Vec<u64> {
+            let delivered = self.delivered.lock().unwrap();
+            delivered.iter().filter(|(c, _)| c == channel).map(|(_, o)| *o).collect()
+        }
+    }
+
+    use std::sync::mpsc;
+
+    fn recording_broker() -> (Arc<MemoryBroker>, Arc<Recorder>) {
+        let subscribers = Arc::new(Recorder::default());
+        let rules = vec![HistoryRule {
+            pattern: ChannelPattern::new("*"),
+            size: 100,
+            ttl: Duration::from_secs(60),
+        }];
+        (Arc::new(MemoryBroker::new(subscribers.clone(), rules, 100)), subscribers)
+    }
+
+    #[test]
+    fn a_stalled_delivery_holds_up_only_later_publications_to_its_channel() {
+        // Issue 18: no socket I/O under a shared lock. While one publication's fan-out is
+        // stuck, the broker's shard must stay free: other channels publish, history is read,
+        // a retried key is answered, housekeeping runs. Only the next publication to the same
+        // channel waits, for its turn, so that delivery stays in offset order.
+        let (b, subscribers) = recording_broker();
+        let once = Some(Once { key: "k1", window: Duration::from_secs(60) });
+        let first = now(b.publish("a", &raw("1"), once)).unwrap();
+        let (entered, stalled) = mpsc::channel();
+        let (release, released) = mpsc::channel();
+        *subscribers.stall.lock().unwrap() = Some((entered, released));
+        let publisher = {
+            let b = b.clone();
+            std::thread::spawn(move || now(b.publish("a", &raw("2"), None)).unwrap().offset)
+        };
+        stalled.recv_timeout(Duration::from_secs(10)).expect("the delivery stalled");
+        let later = {
+            let b = b.clone();
+            std::thread::spawn(move || now(b.publish("a", &raw("3"), None)).unwrap().offset)
+        };
+        let shard = b.shard("a");
+        let other = (0..).map(|n| format!("n{n}")).find(|c| std::ptr::eq(b.shard(c), shard));
+        let other = other.unwrap();
+        let (done, finished) = mpsc::channel();
+        let meanwhile = {
+            let (b, epoch) = (b.clone(), first.epoch.to_string());
+            std::thread::spawn(move || {
+                assert_eq!(now(b.publish(&other, &raw("1"), None)).unwrap().offset, 1);
+                assert_eq!(now(b.publish(&other, &raw("2"), None)).unwrap().offset, 2);
+                let since = StreamPosition { epoch, offset: 0 };
+                let h = now(b.history("a", Some(&since), u64::MAX)).unwrap();
+                assert_eq!(h.recovered, Some(true));
+                assert!(h.position.offset >= 2, "offset 2 is assigned and in history");
+                let again = now(b.publish("a", &raw("1"), once)).unwrap();
+                assert!(again.duplicate && again.offset == 1);
+                b.maintain();
+                let _ = done.send(());
+            })
+        };
+        let in_time = finished.recv_timeout(Duration::from_secs(2)).is_ok();
+        release.send(()).unwrap();
+        assert_eq!(publisher.join().unwrap(), 2);
+        assert_eq!(later.join().unwrap(), 3);
+        meanwhile.join().unwrap();
+        assert!(in_time, "the broker's shard was held during a delivery");
+        assert_eq!(subscribers.offsets("a"), [1, 2, 3], "delivered in offset order");
+    }
+
+    #[test]
+    fn concurrent_publishers_deliver_each_channel_in_offset_order() {
+        let (b, subscribers) = recording_broker();
+        let publishers: Vec<_> = (0..4)
+            .map(|i| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    for n in 0..500 {
+                        let channel = if (i + n) % 2 == 0 { "a" } else { "b" };
+                        assert_eq!(now(b.publish(channel, &raw("1"), None)).unwrap().delivered, 1);
+                    }
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.join().unwrap();
+        }
+        assert_eq!(subscribers.offsets("a"), (1..=1000).collect::<Vec<_>>());
+        assert_eq!(subscribers.offsets("b"), (1..=1000).collect::<Vec<_>>());
     }
 
     #[test]

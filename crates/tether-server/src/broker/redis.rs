@@ -4,7 +4,9 @@
 //!   history (a Redis Stream bounded by size and age) and PUBLISH to the channel's pub/sub
 //!   channel — atomically, so offsets, history and fan-out order always agree.
 //! - **Fan-out**: every node holds one pub/sub connection subscribed to `tether:p:*` and hands
-//!   what arrives to its hub, in the order Redis delivers it (offset order per channel).
+//!   what arrives to its hub, in the order Redis delivers it (offset order per channel). That
+//!   one task is what orders deliveries; it holds no lock while it delivers (publishing only
+//!   runs the script, and its receipt counts the local subscribers the publication is headed to).
 //! - **History** for a recovering subscribe is read by a second script (epoch, top, entries).
 //! - **Failure**: commands go through a `ConnectionManager` that reconnects by itself; while
 //!   Redis is unreachable, publishes fail with `Unavailable` (HTTP 503) and `/readyz` says

@@ -34,7 +34,7 @@ use crate::hub::{
     Compress, ConnId, Delivery, Mode, Outbound, OutboundQueue, Payload, Published, PushError,
     Subscriber,
 };
-use crate::mailbox::Admission;
+use crate::mailbox::{Admission, DirectWindow};
 use crate::node::Node;
 use crate::session::{Action, Answer, Close, Ending, Held, Inbound, Rules, Session, Tick};
 use crate::transport::Transport;
@@ -68,7 +68,7 @@ mod output;
 mod replay;
 mod task;
 
-use output::{feed, within, write_frame, DirectWindow};
+use output::{feed, within, write_frame};
 pub(crate) use task::ConnectionTask;
 use task::Parked;
 

@@ -1,6 +1,6 @@
 //! Everything the connection's task writes: replies and queued publications in batches,
-//! through tungstenite or, for ready-framed publications, straight to the socket; and the
-//! window in which publishers may write to it directly.
+//! through tungstenite or, for ready-framed publications, straight to the socket. (The window
+//! in which publishers may write to it directly is `mailbox::DirectWindow`.)
 
 use super::*;
 
@@ -186,25 +186,6 @@ pub(super) async fn write_frame(ws: &mut Ws, mut rest: &[u8]) -> Result<(), WsEr
         rest = &rest[written..];
     }
     Ok(())
-}
-
-/// While it lives, publishers may write to the connection's socket (see `mailbox`).
-pub(super) struct DirectWindow(Option<Arc<OutboundQueue>>);
-
-impl DirectWindow {
-    pub(super) fn open(queue: &Arc<OutboundQueue>, socket: Option<std::os::fd::RawFd>) -> Self {
-        let Some(fd) = socket else { return DirectWindow(None) };
-        queue.set_socket(Some(fd));
-        DirectWindow(Some(queue.clone()))
-    }
-}
-
-impl Drop for DirectWindow {
-    fn drop(&mut self) {
-        if let Some(queue) = &self.0 {
-            queue.set_socket(None);
-        }
-    }
 }
 
 /// Pre-framed publications gathered for one vectored write, each with how many bytes of its

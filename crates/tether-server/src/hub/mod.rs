@@ -1,15 +1,27 @@
 //! The hub: which connection is subscribed to which channel on this node, and local fan-out.
 //!
-//! Channels are spread over shards, each behind a std `Mutex` (held for map operations and for
-//! a fan-out's non-blocking sends, never across an `.await`; issue 18 takes the sends out from
-//! under it). A publication is encoded **once** per
-//! protocol mode and handed to each subscriber as a cheap clone of the same bytes, tagged with
-//! its stream position so that the connection can drop what it already delivered (the seam
+//! Channels are spread over shards, each behind a std `Mutex`. A publication is encoded **once**
+//! per protocol mode and handed to each subscriber as a cheap clone of the same bytes, tagged
+//! with its stream position so that the connection can drop what it already delivered (the seam
 //! between a recovery replay and live traffic).
 //!
-//! Offsets are not assigned here: the broker assigns them, and calls [`Hub::publish`] in
-//! offset order per channel. Delivery never blocks the publisher: a subscriber whose bounded
-//! queue is full is flagged as a slow consumer and its connection task closes it (1013, "slow consumer").
+//! **No socket I/O under a shard lock** (issue 18). A shard's lock is held for map operations
+//! and a publication's decisions only: the pace, whether a sweep takes it, and the channel's
+//! cached roster (`Arc<[Subscriber]>`). [`Hub::publish`] releases it before the fan-out writes
+//! to anyone, and takes it again briefly to feed the pace; a sweep copies its entries under it
+//! and hands them over outside it (`sweep`). So a subscribe or disconnect never waits for a
+//! fan-out, whatever shard it hashes to. The only lock held across a socket write here is the
+//! subscriber's own mailbox lock (see `mailbox`), which keeps publishers and that connection's
+//! task from interleaving. A fan-out works on the roster of the moment the publication came: a
+//! subscriber that leaves meanwhile may still be handed it, and its mailbox skips it (no longer
+//! subscribed) or refuses it (closed); one that joins meanwhile finds it in the history it reads
+//! after joining (the broker assigned the offset before the roster was taken).
+//!
+//! Offsets are not assigned here: the broker assigns them, and calls [`Hub::publish`] one
+//! publication of a channel at a time, in offset order (its channel's delivery turn); with the
+//! fan-out outside the shard lock, nothing here would order two concurrent calls. Delivery never
+//! blocks the publisher: a subscriber whose bounded queue is full is flagged as a slow consumer
+//! and its connection task closes it (1013, "slow consumer").
 
 mod pace;
 mod sweep;
@@ -24,6 +36,7 @@ use std::hash::{BuildHasher, RandomState};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
 
 use pace::{Pace, SAMPLE};
 use sweep::{Entry, Sweep, SweepRun, LAG_SAMPLE, MAX_SWEEP_BACKLOG};
@@ -51,8 +64,8 @@ struct Channel {
     pace: Pace,
     /// While a sweep runs on this channel: what it has yet to hand over (see [`Sweep`]).
     sweep: Option<Sweep>,
-    /// The subscribers as a list, for sweeps; dropped on every change and rebuilt by the next
-    /// round that needs it.
+    /// The subscribers as a list, for fan-outs and sweeps to go through without the shard lock;
+    /// dropped on every change and rebuilt by the next publication or round that needs it.
     roster: Option<Arc<[Subscriber]>>,
 }
 
@@ -83,6 +96,17 @@ impl std::ops::DerefMut for Channel {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.subscribers
     }
+}
+
+/// A fan-out as decided under the shard lock, to be made after it is released.
+struct FanOut {
+    name: Arc<str>,
+    /// The channel's subscribers when the publication came.
+    roster: Arc<[Subscriber]>,
+    started: Instant,
+    /// Written directly to every ready subscriber; else only to the first `SAMPLE` (to keep
+    /// measuring), queued for the rest.
+    all_direct: bool,
 }
 
 pub struct Hub {
@@ -241,31 +265,33 @@ impl Hub {
         removed
     }
 
-    /// Queue a publication to every local subscriber of `channel`; returns how many took it.
-    /// Callers deliver in offset order per channel.
+    /// Hand a publication to every local subscriber of `channel`; returns how many took it.
+    ///
+    /// Callers deliver one publication of a channel at a time, in offset order (the broker's
+    /// delivery turn, the Redis link's one task, the dashboard's one sampler): the fan-out runs
+    /// outside the shard lock, so nothing here orders two concurrent calls on one channel.
     pub fn publish(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: &RawValue) -> u64 {
         let index = self.shard_index(channel);
-        let mut shard = crate::sync::lock(&self.shards[index]);
-        let Some(ch) = shard.get_mut(channel) else { return 0 };
-        let started = Instant::now();
-        let sparse = ch.pace.publication(started, ch.subscribers.len());
-        // Too dense for one direct fan-out per publication (or a sweep already holds earlier
-        // ones, which must go first): hand it to a sweep.
-        let sweep = match self.sweep {
-            _ if !self.direct => false,
-            FanoutSweep::Auto => !sparse,
-            FanoutSweep::Always => true,
-            FanoutSweep::Never => false,
-        };
-        if ch.sweep.is_some() || sweep {
-            if ch.sweep.is_none() {
-                let runtime = match self.runtime.get() {
-                    Some(runtime) => runtime.clone(),
-                    None => match tokio::runtime::Handle::try_current() {
-                        Ok(runtime) => runtime,
-                        Err(_) => return self.fan_out(ch, epoch, offset, data, started, false),
-                    },
-                };
+        // Under the shard lock: only the decisions (pace, sweep) and the roster to fan out to.
+        let plan = {
+            let mut shard = crate::sync::lock(&self.shards[index]);
+            let Some(ch) = shard.get_mut(channel) else { return 0 };
+            let started = Instant::now();
+            let sparse = ch.pace.publication(started, ch.subscribers.len());
+            // Too dense for one direct fan-out per publication (or a sweep already holds
+            // earlier ones, which must go first): hand it to a sweep.
+            let sweep = match self.sweep {
+                _ if !self.direct => false,
+                FanoutSweep::Auto => !sparse,
+                FanoutSweep::Always => true,
+                FanoutSweep::Never => false,
+            };
+            // Without a runtime to run a new sweep on, the fan-out is queued instead.
+            let runtime = match ch.sweep.is_none() && sweep {
+                true => self.runtime.get().cloned().or_else(|| Handle::try_current().ok()),
+                false => None,
+            };
+            if let Some(runtime) = runtime {
                 let id = crate::publication::sweep_position() + 1;
                 ch.sweep = Some(Sweep {
                     id,
@@ -285,23 +311,35 @@ impl Hub {
                 runtime.spawn(run.run());
                 self.metrics.fanout_sweeps.inc();
             }
-            return self.append_to_sweep(ch, epoch, offset, data);
+            if ch.sweep.is_some() {
+                return self.append_to_sweep(ch, epoch, offset, data);
+            }
+            let all_direct = sparse && self.direct && !sweep;
+            FanOut { name: ch.name.clone(), roster: ch.roster(), started, all_direct }
+        };
+        let (delivered, took) = self.fan_out(&plan, epoch, offset, data);
+        if let Some((took, written)) = took {
+            // Back under the lock for the pace only; the channel may be gone by now.
+            let mut shard = crate::sync::lock(&self.shards[index]);
+            if let Some(ch) = shard.get_mut(channel) {
+                ch.pace.direct_took(took, written);
+            }
         }
-        self.fan_out(ch, epoch, offset, data, started, sparse && self.direct)
+        delivered
     }
 
-    /// Hand a publication to every subscriber now: written directly to ready sockets when
-    /// `all_direct`, else queued for the connections' tasks.
+    /// Hand a publication to the roster now, holding no lock of the hub's: written directly to
+    /// ready sockets (see [`FanOut`]), queued for the others. Returns how many took it and, for
+    /// the channel's pace, how long the direct writes took and how many were made.
     fn fan_out(
         &self,
-        ch: &mut Channel,
+        plan: &FanOut,
         epoch: &Arc<str>,
         offset: u64,
         data: &RawValue,
-        started: Instant,
-        all_direct: bool,
-    ) -> u64 {
-        let Channel { name, subscribers, pace, .. } = ch;
+    ) -> (u64, Option<(Duration, u64)>) {
+        let FanOut { name, roster, started, all_direct } = plan;
+        let (started, all_direct) = (*started, *all_direct);
         // Queued fan-outs still send to a few subscribers directly, to keep measuring.
         let sample = if self.direct { SAMPLE } else { 0 };
         let mut sampled = None;
@@ -309,7 +347,7 @@ impl Hub {
         let mut json: Option<Arc<Published>> = None;
         let mut raw: Option<Arc<Published>> = None;
         let (mut delivered, mut written, mut written_bytes, mut dropped) = (0, 0, 0, 0);
-        for (i, sub) in subscribers.values().enumerate() {
+        for (i, sub) in roster.iter().enumerate() {
             if i == sample && !all_direct {
                 sampled = Some((started.elapsed(), written));
             }
@@ -341,11 +379,10 @@ impl Hub {
                 Err(PushError::Full | PushError::Closed) => dropped += 1,
             }
         }
-        match sampled {
-            _ if all_direct => pace.direct_took(started.elapsed(), written),
-            Some((took, written)) => pace.direct_took(took, written),
-            None => {}
-        }
+        let took = match sampled {
+            _ if all_direct => Some((started.elapsed(), written)),
+            sampled => sampled,
+        };
         let m = &self.metrics;
         m.fanout_seconds.observe(started.elapsed().as_secs_f64());
         let compressed = [&json, &raw].into_iter().flatten().filter(|p| p.is_compressed()).count();
@@ -355,7 +392,7 @@ impl Hub {
         m.direct_deliveries.inc_by(written);
         m.messages_out.inc_by(written);
         m.bytes_out.inc_by(written_bytes);
-        delivered
+        (delivered, took)
     }
 
     /// Local subscribers of `channel`.
@@ -639,6 +676,135 @@ mod tests {
         until(|| metrics.deliveries.get() == MAX_SWEEP_BACKLOG as u64).await;
         // The connection meets the gap when it admits offset 11 after nothing (see `admit`).
         assert_eq!(offsets(&mut rx), (11..=total).collect::<Vec<_>>());
+    }
+
+    /// A waker that stands for a slow socket write: the first delivery that wakes the
+    /// connection's task (a queued one, inside `OutboundQueue::deliver` or `hand_over`) tells
+    /// the test it is there and waits, mid-fan-out, until the test lets it go.
+    struct Stall {
+        entered: Mutex<std::sync::mpsc::Sender<()>>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl std::task::Wake for Stall {
+        fn wake(self: Arc<Self>) {
+            let _ = crate::sync::lock(&self.entered).send(());
+            let _ = crate::sync::lock(&self.release).recv();
+        }
+    }
+
+    /// Make the next delivery to `queue` stall: returns (it stalled, let it go).
+    fn stall(
+        queue: &OutboundQueue,
+    ) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+        let (entered, stalled) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        let stall = Stall { entered: Mutex::new(entered), release: Mutex::new(released) };
+        let waker = std::task::Waker::from(Arc::new(stall));
+        let _ = queue.poll_ready(&mut std::task::Context::from_waker(&waker));
+        (stalled, release)
+    }
+
+    /// A channel other than `channel` in the same shard.
+    fn neighbour(hub: &Hub, channel: &str) -> String {
+        let shard = hub.shard_index(channel);
+        (0..).map(|n| format!("n{n}")).find(|c| hub.shard_index(c) == shard).unwrap()
+    }
+
+    /// While a delivery is stalled (`stall`), subscribe and unsubscribe on `channels` from
+    /// another thread; whether that finished within 2 s. Then lets the delivery go.
+    fn churn_while_stalled(
+        hub: &Arc<Hub>,
+        channels: Vec<String>,
+        release: std::sync::mpsc::Sender<()>,
+    ) -> bool {
+        let (done, finished) = std::sync::mpsc::channel();
+        let churner = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                for (i, channel) in channels.iter().enumerate() {
+                    let (s, _rx) = sub(Mode::Raw, 8);
+                    let id = 1000 + i as ConnId;
+                    assert!(hub.subscribe(channel, id, s).is_some());
+                    assert!(hub.unsubscribe(channel, id));
+                }
+                let _ = done.send(());
+            })
+        };
+        let in_time = finished.recv_timeout(Duration::from_secs(2)).is_ok();
+        release.send(()).unwrap();
+        churner.join().unwrap();
+        in_time
+    }
+
+    #[test]
+    fn a_stalled_fan_out_holds_no_shard_lock() {
+        // Issue 18: no socket I/O under a shared lock. A subscribe or disconnect on a channel
+        // of the same shard, or on the channel itself, must not wait for a fan-out's writes.
+        let hub = Arc::new(Hub::new(Arc::default()));
+        let (s, mut rx) = sub(Mode::Raw, 8);
+        let (stalled, release) = stall(&s.queue);
+        join(&hub, "c", 1, s);
+        let publisher = {
+            let hub = hub.clone();
+            std::thread::spawn(move || hub.publish("c", &Arc::from("e"), 1, &data("1")))
+        };
+        stalled.recv_timeout(Duration::from_secs(10)).expect("the fan-out reached the subscriber");
+        let in_time = churn_while_stalled(&hub, vec![neighbour(&hub, "c"), "c".into()], release);
+        assert_eq!(publisher.join().unwrap(), 1, "the receipt counts the delivery");
+        assert!(in_time, "a subscribe in the fan-out's shard waited for its delivery");
+        assert_eq!(offsets(&mut rx), vec![1]);
+    }
+
+    #[test]
+    fn a_stalled_sweep_holds_no_shard_lock() {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        let (hub, _metrics) = sweeping_hub();
+        let hub = Arc::new(hub);
+        hub.run_sweeps_on(runtime.handle().clone());
+        let (s, mut rx) = sub(Mode::Raw, 8);
+        let (stalled, release) = stall(&s.queue);
+        join(&hub, "c", 1, s);
+        assert_eq!(hub.publish("c", &Arc::from("e"), 1, &data("1")), 1);
+        stalled.recv_timeout(Duration::from_secs(10)).expect("the sweep reached the subscriber");
+        let in_time = churn_while_stalled(&hub, vec![neighbour(&hub, "c"), "c".into()], release);
+        assert!(in_time, "a subscribe in the sweep's shard waited for its hand-over");
+        runtime.shutdown_timeout(Duration::from_secs(5));
+        assert_eq!(offsets(&mut rx), vec![1]);
+    }
+
+    #[test]
+    fn concurrent_publishers_reach_every_subscriber_in_offset_order() {
+        // The broker assigns offsets and delivers one publication of a channel at a time; the
+        // hub's fan-out runs outside its shard lock, so this order is the broker's to keep.
+        let hub = Arc::new(Hub::new(Arc::default()));
+        let broker = Arc::new(crate::broker::MemoryBroker::new(hub.clone(), Vec::new(), 10));
+        let mut rxs = Vec::new();
+        for id in 0..8 {
+            let (s, rx) = sub(if id % 2 == 0 { Mode::Raw } else { Mode::Json }, 4096);
+            join(&hub, "c", id, s);
+            rxs.push(rx);
+        }
+        let publishers: Vec<_> = (0..4)
+            .map(|_| {
+                let broker = broker.clone();
+                std::thread::spawn(move || {
+                    let one = data("1");
+                    for _ in 0..250 {
+                        let publish = crate::broker::Broker::publish(&*broker, "c", &one, None);
+                        let receipt = futures_util::FutureExt::now_or_never(publish).unwrap();
+                        assert_eq!(receipt.unwrap().delivered, 8);
+                    }
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.join().unwrap();
+        }
+        for rx in &mut rxs {
+            assert_eq!(offsets(rx), (1..=1000).collect::<Vec<_>>());
+        }
     }
 
     #[test]

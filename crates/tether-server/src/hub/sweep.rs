@@ -1,5 +1,6 @@
 //! Sweeps: one task going round a busy channel's subscribers, handing each everything new
-//! in one write.
+//! in one write. A round copies the entries and the roster under the shard lock and hands them
+//! over after releasing it: no socket I/O under the shard lock (see the hub's module docs).
 
 use super::*;
 

@@ -6,6 +6,8 @@
 //!   the connection is active on a plain TCP socket, its task is not writing, and nothing is
 //!   queued ahead. No task wake-up, no queue: one non-blocking `send` per subscriber. Whatever
 //!   the socket does not take at once is queued, already admitted, for the task to finish.
+//!   The handle publishers write through, and the invariant that keeps its descriptor open
+//!   while they do, are in `direct` ([`DirectWindow`]).
 //! - **queued**: for the connection's task, which writes several at a time (with
 //!   `fanout_sweep = never`, or for the connections a direct write cannot reach).
 //! - **by sweep**: when publications on a channel come faster than a direct fan-out takes (see
@@ -16,12 +18,13 @@
 //! seam between a recovery replay and live traffic, and gap detection, hold whichever way a
 //! publication goes.
 
+mod direct;
 mod subscriptions;
 
 use crate::publication::Published;
+pub(crate) use direct::DirectWindow;
 use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -43,11 +46,9 @@ pub enum Outbound {
 struct Mail {
     items: VecDeque<Outbound>,
     subscriptions: Subscriptions,
-    /// The connection's socket, while publishers may write to it (active, plain TCP); else
-    /// `NO_SOCKET`. Cleared, under this lock, before the socket can be closed or leave the
-    /// connection's hands. (Not an `Option`: 4 bytes fewer keep the whole mailbox within
-    /// jemalloc's 128-byte size class, 32 bytes less per connection than the next one.)
-    socket: RawFd,
+    /// The connection's socket while publishers may write to it: the direct-write handle, whose
+    /// invariant `direct` states.
+    socket: direct::Socket,
     /// What the queued items weigh, in KiB rounded up per item (a u16 keeps `Mail` in 64 bytes).
     queued_kib: u16,
     /// The permessage-deflate window its compressed frames must fit (see
@@ -88,12 +89,6 @@ fn kib(item: &Outbound) -> u16 {
     };
     u16::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u16::MAX)
 }
-
-const NO_SOCKET: RawFd = -1;
-
-/// Frames gathered into one `writev` by a sweep's hand-over, at most; any more that visit
-/// has go through the task.
-const MAX_GATHER: usize = 32;
 
 /// What [`OutboundQueue::hand_over`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -172,7 +167,7 @@ impl OutboundQueue {
             mail: Mutex::new(Mail {
                 items: VecDeque::new(),
                 subscriptions: Subscriptions::default(),
-                socket: NO_SOCKET,
+                socket: direct::Socket::NONE,
                 queued_kib: 0,
                 window: 0,
                 flags: 0,
@@ -251,32 +246,15 @@ impl OutboundQueue {
             return Err(PushError::Closed);
         }
         let mut mail = self.lock();
-        let fd = mail.socket;
         // For a deflate subscriber this compresses the publication, once for all of them, here
         // in the publisher rather than later in some subscriber's task.
-        let wire = publication.wire_for(mail.window);
-        if let (true, Some(wire)) = (direct && fd != NO_SOCKET, wire) {
-            if !mail.is(WRITING) && mail.items.is_empty() && !self.overflowed() {
-                match mail.subscriptions.admit(&publication, false) {
-                    Admission::Skip => return Ok(Delivery::Skipped),
-                    // Queued as it is: the task meets the gap and closes the connection.
-                    Admission::Gap => {}
-                    Admission::Send => {
-                        let written = crate::sys::send_now(fd, wire);
-                        mail.set(WRITTEN, true);
-                        if written == wire.len() {
-                            return Ok(Delivery::Written(publication.payload.len()));
-                        }
-                        // The rest waits for the task; it also learns of a failed socket by
-                        // writing. Never refused for space: it is already admitted.
-                        let item = Outbound::Admitted { publication, written };
-                        mail.queued_kib = mail.queued_kib.saturating_add(kib(&item));
-                        mail.items.push_back(item);
-                        self.raise(PENDING);
-                        self.waker.wake();
-                        return Ok(Delivery::Partial);
-                    }
-                }
+        let framed = publication.wire_for(mail.window).is_some();
+        if direct && framed && self.direct_ready(&mail) {
+            match mail.subscriptions.admit(&publication, false) {
+                Admission::Skip => return Ok(Delivery::Skipped),
+                // Queued as it is: the task meets the gap and closes the connection.
+                Admission::Gap => {}
+                Admission::Send => return Ok(self.write_direct(&mut mail, publication)),
             }
         }
         self.queue(&mut mail, Outbound::Publication(publication)).map(|()| Delivery::Queued)
@@ -303,53 +281,8 @@ impl OutboundQueue {
         w.handed = *last;
         let mut done = HandOver { oldest: fresh[0].0, ..HandOver::default() };
         let mut rest = fresh;
-        let fd = mail.socket;
-        if fd != NO_SOCKET && !mail.is(WRITING) && mail.items.is_empty() && !self.overflowed() {
-            // Admit in order, gathering the frames; stop at the first that must go through the
-            // task (a gap, or a message too large for one shared frame).
-            let mut iov = [std::io::IoSlice::new(&[]); MAX_GATHER];
-            let mut admitted = [0usize; MAX_GATHER];
-            let (mut n, mut taken) = (0, 0);
-            for (i, (_, p)) in fresh.iter().enumerate().take(MAX_GATHER) {
-                let Some(wire) = p.wire_for(mail.window) else { break };
-                match mail.subscriptions.admit(p, false) {
-                    Admission::Gap => break,
-                    Admission::Skip => {}
-                    Admission::Send => {
-                        iov[n] = std::io::IoSlice::new(wire);
-                        admitted[n] = i;
-                        n += 1;
-                    }
-                }
-                taken = i + 1;
-            }
-            let mut sent = if n > 0 { crate::sys::writev_now(fd, &iov[..n]) } else { 0 };
-            if n > 0 {
-                mail.set(WRITTEN, true);
-            }
-            for &i in &admitted[..n] {
-                let p = &fresh[i].1;
-                let len = p.wire_for(mail.window).map_or(0, <[u8]>::len);
-                if sent >= len {
-                    sent -= len;
-                    done.written += 1;
-                    done.written_bytes += p.payload.len() as u64;
-                } else {
-                    // Admitted already: the task writes the rest first, and learns of a failed
-                    // socket by writing. Never refused for space.
-                    let item = Outbound::Admitted { publication: p.clone(), written: sent };
-                    done.partial |= sent > 0;
-                    sent = 0;
-                    mail.queued_kib = mail.queued_kib.saturating_add(kib(&item));
-                    mail.items.push_back(item);
-                    done.queued += 1;
-                }
-            }
-            if done.queued > 0 {
-                self.raise(PENDING);
-                self.waker.wake();
-            }
-            rest = &fresh[taken..];
+        if self.direct_ready(mail) {
+            rest = &fresh[self.gather_direct(mail, fresh, &mut done)..];
         }
         for (i, (_, p)) in rest.iter().enumerate() {
             if self.queue(mail, Outbound::Publication(p.clone())).is_err() {
@@ -413,14 +346,6 @@ impl OutboundQueue {
     /// The connection's task has written and flushed everything it held.
     pub(crate) fn release(&self) {
         self.lock().set(WRITING, false);
-    }
-
-    /// Let publishers write to `socket` directly (`Some`), or stop them (`None`). Also ends any
-    /// hold: the task sets this only between writes.
-    pub(crate) fn set_socket(&self, socket: Option<RawFd>) {
-        let mut mail = self.lock();
-        mail.socket = socket.unwrap_or(NO_SOCKET);
-        mail.set(WRITING, false);
     }
 
     /// The next queued item, if any; the task holds the write side until it releases it.
