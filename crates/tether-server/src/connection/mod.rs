@@ -3,8 +3,8 @@
 //! A single task per connection owns the socket. While active it selects over: the heartbeat
 //! timer, inbound frames, and its mailbox (the bounded outbound queue the hub fills, which also
 //! carries the slow-consumer flag and signals from the gateway: shutdown, resync, "consider
-//! parking"). Protocol decisions come from `tether-core` (codec, heartbeat, close codes); this
-//! file only moves frames and enforces time limits.
+//! parking"). Protocol decisions come from the session (`crate::session`, over `tether-core`'s
+//! codec, heartbeat and close codes); this module moves frames and enforces time limits.
 //!
 //! A connection with nothing in flight for `park_after` **parks**: the WebSocket state, its
 //! buffers, the timer and the select's futures are dropped (they live in one boxed future that
