@@ -50,11 +50,14 @@ pub enum ShutdownClose {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FanoutSweep {
-    /// When publications come faster than one direct fan-out each can take.
+    /// When publications come faster than one direct fan-out each can take, or when a direct
+    /// fan-out would keep its publisher more than about 1 ms (more than ~200 subscribers):
+    /// publishing then answers without waiting for the fan-out.
     Auto,
     /// Every publication (each still reaches everyone within about one round).
     Always,
-    /// Never: dense channels go through the connections' tasks instead.
+    /// Never: dense channels go through the connections' tasks instead, and a publisher
+    /// writes to every subscriber itself before it is answered.
     Never,
 }
 

@@ -278,11 +278,14 @@ impl Hub {
             let Some(ch) = shard.get_mut(channel) else { return 0 };
             let started = Instant::now();
             let sparse = ch.pace.publication(started, ch.subscribers.len());
-            // Too dense for one direct fan-out per publication (or a sweep already holds
-            // earlier ones, which must go first): hand it to a sweep.
+            // Too dense for one direct fan-out per publication, or too long a fan-out for its
+            // publisher to wait for (or a sweep already holds earlier ones, which must go
+            // first): hand it to a sweep.
             let sweep = match self.sweep {
                 _ if !self.direct => false,
-                FanoutSweep::Auto => !sparse,
+                FanoutSweep::Auto => {
+                    !sparse || ch.pace.too_long_for_publisher(ch.subscribers.len())
+                }
                 FanoutSweep::Always => true,
                 FanoutSweep::Never => false,
             };
@@ -772,6 +775,57 @@ mod tests {
         assert!(in_time, "a subscribe in the sweep's shard waited for its hand-over");
         runtime.shutdown_timeout(Duration::from_secs(5));
         assert_eq!(offsets(&mut rx), vec![1]);
+    }
+
+    #[test]
+    fn a_large_channels_publisher_does_not_wait_for_its_fan_out() {
+        // Issue 19: publishing answers once the publication is handed over, whatever the
+        // audience. A channel too large for its publisher to write to itself goes by sweep even
+        // when its publications are sparse: a stalled subscriber holds up the sweep, not the
+        // publisher (before: the publisher wrote to all 301 itself, and waited on the stall).
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let hub = Arc::new(Hub::new(Arc::default()).fanout_sweep(FanoutSweep::Auto));
+        hub.run_sweeps_on(runtime.handle().clone());
+        let mut rxs: Vec<_> = (0..300)
+            .map(|id| {
+                let (s, rx) = sub(Mode::Raw, 8);
+                join(&hub, "c", id, s);
+                rx
+            })
+            .collect();
+        let (s, stalled_rx) = sub(Mode::Raw, 8);
+        let (stalled, release) = stall(&s.queue);
+        join(&hub, "c", 300, s);
+        rxs.push(stalled_rx);
+        let (answered, answer) = std::sync::mpsc::channel();
+        let publisher = {
+            let hub = hub.clone();
+            std::thread::spawn(move || {
+                answered.send(hub.publish("c", &Arc::from("e"), 1, &data("1"))).unwrap();
+            })
+        };
+        let receipt = answer.recv_timeout(Duration::from_secs(2));
+        stalled.recv_timeout(Duration::from_secs(10)).expect("the fan-out reached the subscriber");
+        release.send(()).unwrap();
+        publisher.join().unwrap();
+        assert_eq!(receipt, Ok(301), "the publisher waited for the fan-out");
+        let everyone = runtime.block_on(async {
+            let mut got = vec![Vec::new(); rxs.len()];
+            until(|| {
+                for (rx, got) in rxs.iter_mut().zip(got.iter_mut()) {
+                    got.extend(offsets(rx));
+                }
+                got.iter().all(|g| !g.is_empty())
+            })
+            .await;
+            got
+        });
+        assert!(everyone.iter().all(|g| g == &[1]), "each subscriber has publication 1 once");
+        runtime.shutdown_timeout(Duration::from_secs(5));
     }
 
     #[test]
