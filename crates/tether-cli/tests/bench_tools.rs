@@ -74,6 +74,55 @@ fn fanout_pingpong_and_idle_report_sane_figures() {
 }
 
 #[test]
+fn fanout_reports_publish_answer_times_and_server_memory_while_receiving() {
+    let server = Server::start(&[]);
+    let (pid, ws, http) = (server.child.id().to_string(), server.ws_url(""), server.http(""));
+    let args: [&str; 11] = [
+        "fanout",
+        "--sub-url",
+        &ws,
+        "--publish-url",
+        &http,
+        "--subs",
+        "20",
+        "--rate",
+        "20",
+        "--duration",
+        "300ms",
+    ];
+    let f = bench(&[&args[..], &["--server-pid", pid.as_str()][..]].concat());
+    assert_eq!((f["published"].as_u64(), f["lost"].as_u64()), (Some(6), Some(0)), "{f}");
+    // The older key stays for the scripts that read it; the new block says the same p99.
+    assert_eq!(f["publish_answer_ms"]["p99"], f["publisher_ms"]["http_answer_p99"], "{f}");
+    let (p50, p99) = (
+        f["publish_answer_ms"]["p50"].as_f64().unwrap(),
+        f["publish_answer_ms"]["p99"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "{f}");
+
+    let rss = &f["server_rss_bytes"];
+    assert!(rss["samples"].as_u64().unwrap() >= 2, "a sample at the start and one at the end: {f}");
+    let (base, median, peak) = (
+        rss["baseline"].as_f64().unwrap(),
+        rss["median"].as_f64().unwrap(),
+        rss["peak"].as_f64().unwrap(),
+    );
+    assert!(base > 1e6 && median > 1e6 && median <= peak, "{f}");
+    let per_sub = f["server_rss_bytes_per_sub_above_baseline"].as_f64().unwrap();
+    assert_eq!(per_sub, ((peak - base) / 20.0).round(), "{f}");
+
+    // Without a pid there is nothing to sample: the keys are there, empty.
+    let f = bench(&args);
+    assert_eq!(f["server_rss_bytes"]["samples"].as_u64(), Some(0), "{f}");
+    assert!(
+        f["server_rss_bytes"]["peak"].is_null()
+            && f["server_rss_bytes_per_sub_above_baseline"].is_null(),
+        "{f}"
+    );
+    assert!(f["publish_answer_ms"]["p50"].as_f64().unwrap() > 0.0, "{f}");
+}
+
+#[test]
 fn storm_restarts_its_own_server_and_counts_everyone_back() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let s = bench(&[

@@ -242,6 +242,8 @@ pub(super) async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
     let latency = Arc::new(LatencyRecorder::default());
     let delivered = Arc::new(AtomicU64::new(0));
 
+    // The server's memory before the subscribers: the baseline for their cost per subscriber.
+    let rss_baseline = args.probe.rss();
     eprintln!("connecting {} subscribers to {url} …", args.subs);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.subs);
@@ -349,6 +351,7 @@ pub(super) async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
     });
     let publish_started = Instant::now();
     let cpu = CpuMeter::start(&args.probe);
+    let rss_sampler = super::rss::RssSampler::start(&args.probe);
     let publish_failures = publisher.await.context("publisher task failed")??;
     let publish_secs = publish_started.elapsed().as_secs_f64();
     // Give in-flight deliveries a bounded moment to land, then stop.
@@ -358,6 +361,14 @@ pub(super) async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (server_cpu, my_cpu) = cpu.finish(&args.probe);
+    let rss = match rss_sampler {
+        Some(sampler) => sampler.finish().await,
+        None => None,
+    };
+    let rss_per_sub = match (rss, rss_baseline) {
+        (Some(rss), Some(base)) => Some((rss.peak - base) / args.subs as f64),
+        _ => None,
+    };
     let _ = stop_tx.send(true);
     let mut received = 0;
     let mut duplicates = 0;
@@ -392,6 +403,22 @@ pub(super) async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
             "sent_after_due_p99": quantile_ms(&publish_lag, 0.99),
             "http_answer_p99": quantile_ms(&publish_rtt, 0.99),
         },
+        // From sending each POST /api/publish to its HTTP answer (publisher_ms.http_answer_p99
+        // again, with p50 and max).
+        "publish_answer_ms": {
+            "p50": quantile_ms(&publish_rtt, 0.5),
+            "p99": quantile_ms(&publish_rtt, 0.99),
+            "max": publish_rtt.lock().map_or(0.0, |h| h.max() as f64 / 1000.0),
+        },
+        // VmRSS sampled every 50 ms from the first publication until the deliveries are in
+        // (with --server-pid); the baseline is read before the subscribers connect.
+        "server_rss_bytes": {
+            "baseline": rss_baseline,
+            "median": rss.map(|r| r.median),
+            "peak": rss.map(|r| r.peak),
+            "samples": rss.map_or(0, |r| r.samples),
+        },
+        "server_rss_bytes_per_sub_above_baseline": rss_per_sub.map(f64::round),
     });
     if args.json {
         println!("{result}");
@@ -403,10 +430,12 @@ pub(super) async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
         );
         println!("{}", cpu_line(server_cpu, my_cpu));
         println!(
-            "publisher: sent p99 {:.2} ms after due; HTTP answer p99 {:.2} ms",
+            "publisher: sent p99 {:.2} ms after due; HTTP answer p50 {:.2} ms, p99 {:.2} ms",
             quantile_ms(&publish_lag, 0.99),
+            quantile_ms(&publish_rtt, 0.5),
             quantile_ms(&publish_rtt, 0.99)
         );
+        println!("{}", rss_line(rss, rss_baseline, rss_per_sub));
         println!(
             "on the wire: {} bytes per delivery{}",
             result["wire_bytes_per_delivery"],
@@ -418,4 +447,29 @@ pub(super) async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
+}
+
+/// The server's memory while the subscribers received, for the human report.
+fn rss_line(
+    rss: Option<super::rss::RssSummary>,
+    baseline: Option<f64>,
+    per_sub: Option<f64>,
+) -> String {
+    let mib = |b: f64| b / 1_048_576.0;
+    let Some(rss) = rss else {
+        return "server RSS while receiving: unknown (pass --server-pid)".into();
+    };
+    let mut line = format!(
+        "server RSS while receiving: peak {:.1} MiB, median {:.1} MiB ({} samples)",
+        mib(rss.peak),
+        mib(rss.median),
+        rss.samples
+    );
+    if let (Some(base), Some(per)) = (baseline, per_sub) {
+        line += &format!(
+            "; {:.1} MiB before the subscribers, {per:.0} bytes per subscriber at the peak",
+            mib(base)
+        );
+    }
+    line
 }

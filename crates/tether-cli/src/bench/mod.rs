@@ -2,12 +2,15 @@
 //!
 //! `bench fanout`: N raw-mode subscribers on one channel, a publisher at a fixed rate through the
 //! HTTP API (possibly of another node), each message carrying a sequence number and a send
-//! timestamp. It reports deliveries per second, delivery latency percentiles, and lost and
-//! duplicated messages per subscriber — so that one run compares two setups as a ratio.
+//! timestamp. It reports deliveries per second, delivery latency percentiles, lost and
+//! duplicated messages per subscriber, the publish API's answer times and (with `--server-pid`)
+//! the server's memory while the subscribers receive — so that one run compares two setups as a
+//! ratio.
 
 mod fanout;
 mod idle;
 mod pingpong;
+mod rss;
 
 use crate::lean_ws::{self, LeanWs};
 use crate::probe::ServerProbe;
@@ -27,7 +30,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
-    /// Fan-out: N subscribers, one publisher at a fixed rate; deliveries/s, latency, loss.
+    /// Fan-out: N subscribers, one publisher at a fixed rate; deliveries/s, latency, loss,
+    /// publish answer times, server memory while receiving.
     Fanout(FanoutArgs),
     /// Ping-pong: C connections each sending "ping" and awaiting "pong"; round trips/s, latency.
     Pingpong(PingpongArgs),
