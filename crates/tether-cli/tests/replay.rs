@@ -32,6 +32,10 @@ fn fill(server: &Server, channel: &str, data: &str, n: usize) -> String {
     epoch
 }
 
+/// History on `big`, and an outbound budget of 64 KiB that a long replay does not fit.
+const SMALL_BUDGET: &[&str] =
+    &["--history", "big=500/10m", "--outbound-queue-bytes", "64KiB", "--max-message-size", "16KiB"];
+
 #[test]
 fn a_replay_over_the_outbound_budget_is_refused_with_a_reason_and_the_connection_stays() {
     let server = Server::start(&["--history", "big=2000/10m", "--outbound-queue-bytes", "1MiB"]);
@@ -98,18 +102,7 @@ fn a_replay_within_the_budget_is_streamed_whole_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_client_reports_why_a_resubscribe_did_not_recover() {
-    let server = tokio::task::spawn_blocking(|| {
-        Server::start(&[
-            "--history",
-            "big=500/10m",
-            "--outbound-queue-bytes",
-            "64KiB",
-            "--max-message-size",
-            "16KiB",
-        ])
-    })
-    .await
-    .unwrap();
+    let server = tokio::task::spawn_blocking(|| Server::start(SMALL_BUDGET)).await.unwrap();
     let relay = Relay::start(server.addr).await;
     let (client, mut events) =
         tether_client::connect(fast_client(format!("ws://{}/ws", relay.addr)));
@@ -152,16 +145,8 @@ async fn the_rust_client_reports_why_a_resubscribe_did_not_recover() {
 #[test]
 fn the_redis_broker_keeps_replays_within_the_budget_too() {
     let Some(redis) = Redis::start() else { return };
-    let server = Server::start(&[
-        "--broker",
-        &redis.url(),
-        "--history",
-        "big=500/10m",
-        "--outbound-queue-bytes",
-        "64KiB",
-        "--max-message-size",
-        "16KiB",
-    ]);
+    let url = redis.url();
+    let server = Server::start(&[&["--broker", url.as_str()], SMALL_BUDGET].concat());
     // 200 KB missed from offset 0: over the 64 KiB budget; the last three fit.
     let epoch = fill(&server, "big", &format!("\"{}\"", "z".repeat(10_000)), 20);
     let mut ws = json_client(&server, "");

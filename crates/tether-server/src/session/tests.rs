@@ -91,6 +91,11 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// A ping every 100 ms, dead after 50 ms more of silence.
+fn quick_heartbeat() -> GatewayConfig {
+    GatewayConfig { ping_interval: ms(100), pong_timeout: ms(50), ..GatewayConfig::default() }
+}
+
 #[test]
 fn commands_get_replies_with_their_ids() {
     let w = World::new(GatewayConfig::default());
@@ -226,9 +231,7 @@ fn tokens_decide_access_and_bad_ones_close() {
 
 #[test]
 fn a_silent_peer_is_pinged_then_declared_dead_in_bounded_time() {
-    let config =
-        GatewayConfig { ping_interval: ms(100), pong_timeout: ms(50), ..GatewayConfig::default() };
-    let w = World::new(config);
+    let w = World::new(quick_heartbeat());
     let t0 = Instant::now();
     let mut s = w.session(Mode::Json, t0);
     assert_eq!(s.tick(w.rules(), t0), Tick::Wait(t0 + ms(100)));
@@ -245,9 +248,7 @@ fn a_silent_peer_is_pinged_then_declared_dead_in_bounded_time() {
 
 #[test]
 fn any_frame_proves_the_peer_alive() {
-    let config =
-        GatewayConfig { ping_interval: ms(100), pong_timeout: ms(50), ..GatewayConfig::default() };
-    let w = World::new(config);
+    let w = World::new(quick_heartbeat());
     let t0 = Instant::now();
     let mut s = w.session(Mode::Raw, t0);
     for step in 1..=10 {
@@ -263,9 +264,7 @@ fn going_to_sleep_never_consumes_a_due_ping() {
     // A connection that parks asks when to wake. Asking used to poll the heartbeat, which
     // marked a due ping as sent without anyone sending it: the peer was then declared dead
     // with no ping ever sent (pong_timeout < ping_interval).
-    let config =
-        GatewayConfig { ping_interval: ms(100), pong_timeout: ms(50), ..GatewayConfig::default() };
-    let w = World::new(config);
+    let w = World::new(quick_heartbeat());
     let t0 = Instant::now();
     let mut s = w.session(Mode::Json, t0);
     assert_eq!(s.tick(w.rules(), t0 + ms(10)), Tick::Wait(t0 + ms(100)));
