@@ -219,25 +219,21 @@ async fn a_parked_connection_sees_its_peer_leave_at_once() {
     assert_eq!(parked(), 0.0);
 }
 
-/// A subscriber that only receives publications, all written to its socket by the publisher,
-/// is busy, not idle: it must not park (and be woken right back by the next publication, which
-/// then takes the slow road through its task).
+/// A subscriber that only receives publications is idle: it parks, and publishers write to its
+/// parked socket as they would to an active one. It stays parked while they do (before: it
+/// stayed active, a whole WebSocket state and its buffers per receiving subscriber).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_fed_by_direct_writes_does_not_park() {
-    // park_after = 200 ms; publications every 50 ms for 3 s.
-    let server = Server::start(&["--ping-interval", "400ms", "--pong-timeout", "1s"]);
+async fn a_subscriber_that_only_receives_stays_parked_and_gets_every_publication_directly() {
+    // park_after = 1 s; no heartbeat is due again while it receives (every 30 s).
+    let server = Server::start(&["--ping-interval", "30s", "--pong-timeout", "5s"]);
     let (mut ws, _) =
         tokio_tungstenite::connect_async(server.ws_url("?channel=busy")).await.unwrap();
-    // Reads on (answering pings) after the 60th, so the connection stays open to park again.
-    let (done, all_in) = tokio::sync::oneshot::channel();
+    // Reads on (answering pings); reports each text as it comes.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let (mut texts, mut done) = (0, Some(done));
         while let Some(Ok(msg)) = ws.next().await {
-            if msg.is_text() {
-                texts += 1;
-                if texts == 60 {
-                    let _ = done.take().map(|d| d.send(texts));
-                }
+            if let Message::Text(t) = msg {
+                let _ = tx.send(t.to_string());
             }
         }
     });
@@ -248,22 +244,24 @@ async fn a_subscriber_fed_by_direct_writes_does_not_park() {
         let server = server.clone();
         tokio::task::spawn_blocking(move || {
             let start = Instant::now();
+            let mut woken = 0;
             for i in 0..60u32 {
                 let due = start + Duration::from_millis(50) * i;
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
                 server.publish("busy", &i.to_string());
+                woken += usize::from(parked(&server) != 1);
             }
+            woken
         })
     };
-    publisher.await.unwrap();
-    let texts = tokio::time::timeout(Duration::from_secs(10), all_in).await.unwrap().unwrap();
-    assert_eq!(texts, 60);
-    // The first wakes it from the park (through its task); then, had it parked again after
-    // 200 ms of direct writes, about one in five would have gone the slow way as well.
+    for i in 0..60 {
+        let text = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap();
+        let text = text.expect("the subscriber is still connected");
+        assert_eq!(text, i.to_string(), "publication {i}, in order"); // raw: the data alone
+    }
+    let woken = publisher.await.unwrap();
+    assert_eq!(woken, 0, "seen active after {woken} of 60 publications");
+    assert_eq!(parked(&server), 1, "still parked after the last one");
     let direct = server.metric("tether_direct_deliveries_total");
-    assert!(direct >= 56.0, "only {direct} of 60 publications were written directly");
-    assert!(
-        wait_until(Duration::from_secs(10), || parked(&server) == 1),
-        "idle again, it parks again"
-    );
+    assert_eq!(direct, 60.0, "every publication is written by its publisher");
 }

@@ -99,8 +99,9 @@ enum Io {
     /// Lost while moving between reactors (an error is then pending).
     Detached,
     /// Whatever else the HTTP server upgraded (axum::serve's version-sniffing wrapper, TLS):
-    /// parked by a small read whose bytes are kept for the WebSocket layer.
-    Other(TokioIo<Upgraded>),
+    /// parked by a small read whose bytes are kept for the WebSocket layer. Boxed: the largest
+    /// variant by far (56 bytes against 32), which every parked plain socket would carry.
+    Other(Box<TokioIo<Upgraded>>),
 }
 
 /// How many bytes a parked connection of the `Other` kind reads at once to notice activity.
@@ -144,7 +145,7 @@ impl Transport {
                 }
             }
             Err(upgraded) => Transport {
-                io: Io::Other(TokioIo::new(upgraded)),
+                io: Io::Other(Box::new(TokioIo::new(upgraded))),
                 prefix: None,
                 error: None,
                 boundary: FrameBoundary::default(),
@@ -169,12 +170,13 @@ impl Transport {
         self.inflating.is_some()
     }
 
-    /// The socket, when it is a plain TCP socket in tokio's reactor: publishers may then write
-    /// to it directly (see `mailbox`).
+    /// The socket, when it is a plain TCP socket (in tokio's reactor or, parked, in the lot's
+    /// epoll set): publishers may then write to it directly (see `mailbox::direct`).
     pub fn direct_socket(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
         match &self.io {
             Io::Tcp(s) => Some(s.as_raw_fd()),
+            Io::Watched(s) => Some(s.as_raw_fd()),
             _ => None,
         }
     }

@@ -85,12 +85,12 @@ impl Connection {
             };
             // Park when nothing happened for `park_after` and nothing is half-done: no partial
             // frame or message read, nothing queued (writes are always flushed by now).
+            // Publications written directly do not count: they reach a parked socket too.
             if lot.ticks(now) >= queue.deadline() {
-                let busy = queue.take_written(); // publications written directly meanwhile
-                if !busy && ws.get_ref().can_park() && queue.is_empty() && !queue.overflowed() {
+                if ws.get_ref().can_park() && queue.is_empty() && !queue.overflowed() {
                     return None;
                 }
-                park_check(now); // something is half-done, or it is busy: look again later
+                park_check(now); // something is half-done: look again later
             }
             // The timer serves the heartbeat only; re-armed only when its deadline moves earlier
             // (or it has fired): a wake-up that comes too early just recomputes and re-arms.

@@ -182,7 +182,7 @@ impl Connection {
                 conn.join(&channel, None);
             }
         }
-        Parked { conn, transport, resync_seen }
+        Parked { direct: DirectWindow::closed(), conn, transport, resync_seen }
     }
 
     /// The connection has ended (its socket is closed or aborted): leave the hub, count and

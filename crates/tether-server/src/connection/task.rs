@@ -28,6 +28,10 @@ pub(super) enum TaskState {
 /// stay within tokio's 384-byte task cell (cells are 128-byte aligned; measured in decision 0007).
 /// When its heartbeat is next due is written into its mailbox, for the shared timer.
 pub(crate) struct Parked {
+    /// Publishers write to the parked socket directly, as to an active one, so a subscriber
+    /// that only receives stays parked. First, so dropped first: the window closes before the
+    /// socket can (see `mailbox::direct`).
+    pub(super) direct: DirectWindow,
     pub(super) conn: Connection,
     pub(super) transport: Transport,
     /// The resync generation this connection has seen (see `Node::resync`).
@@ -88,6 +92,9 @@ impl Future for ConnectionTask {
                         parked.conn.queue.set_deadline(shared.parking.ticks(wake_at));
                         parked.conn.queue.clear_socket_ready();
                         parked.transport.leave_reactor(&shared.parking, parked.conn.lot_key);
+                        // Opened only now: moving between reactors can close the socket.
+                        let socket = parked.transport.direct_socket();
+                        parked.direct = DirectWindow::open(&parked.conn.queue, socket);
                         self.state = TaskState::Parked(parked);
                     }
                 },
@@ -100,6 +107,9 @@ impl Future for ConnectionTask {
                     else {
                         unreachable!("matched above")
                     };
+                    // Closed before the socket moves back to tokio's reactor (which can close it);
+                    // the active phase opens its own.
+                    parked.direct = DirectWindow::closed();
                     parked.transport.rejoin_reactor(&parked.conn.shared.parking);
                     parked.conn.shared.metrics.connections_parked.dec();
                     parked.conn.queue.set_deadline(u64::MAX);
@@ -132,7 +142,8 @@ impl Parked {
 
     /// Run active again until the connection parks again (`Some`) or ends (`None`, logged).
     pub(super) async fn resume(self) -> Option<(Parked, Instant)> {
-        let Parked { mut conn, transport, resync_seen } = self;
+        let Parked { direct, mut conn, transport, resync_seen } = self;
+        drop(direct); // closed already (see `poll`)
         let mut resync = conn.shared.resync.subscribe();
         let missed_resync = *resync.borrow_and_update() != resync_seen;
         match conn.active(transport, &mut resync, missed_resync).await {
@@ -143,7 +154,8 @@ impl Parked {
             Phase::Idle { mut transport, wake_at } => {
                 transport.shrink();
                 let resync_seen = *resync.borrow();
-                Some((Parked { conn, transport, resync_seen }, wake_at))
+                let direct = DirectWindow::closed(); // opened once the socket has moved
+                Some((Parked { direct, conn, transport, resync_seen }, wake_at))
             }
         }
     }

@@ -4,12 +4,15 @@
 //! **The invariant.** A connection's socket is borrowed by publishers as a raw file descriptor
 //! (a [`Socket`] in the mailbox), and
 //! - it is published, under the mailbox lock, only while the connection's task holds the live
-//!   socket: [`DirectWindow::open`], with the descriptor of an active plain-TCP transport
-//!   (`Transport::direct_socket`; TLS and other upgraded streams give none);
-//! - it is cleared under the same lock before the socket can be closed, moved or parked: the
-//!   window's `Drop`. The connection declares its window after its WebSocket (which owns the
-//!   socket), so the window goes first on every way out, and it drops the window before it
-//!   takes the transport back to park it (`Connection::active`);
+//!   socket: [`DirectWindow::open`], with the descriptor of a plain-TCP transport, active or
+//!   parked (`Transport::direct_socket`; TLS and other upgraded streams give none);
+//! - it is cleared under the same lock before the socket can be closed or moved between tokio's
+//!   reactor and the parking lot's epoll set (a move that fails closes it): the window's `Drop`.
+//!   An active connection declares its window after its WebSocket (which owns the socket), so
+//!   the window goes first on every way out, and drops it before it takes the transport back to
+//!   park it (`Connection::active`); a parked one holds its window as the first field of
+//!   `Parked` (dropped first), opened once the socket has left tokio's reactor and dropped
+//!   before it goes back (`ConnectionTask::poll`);
 //! - publishers write only while holding that lock: a [`Socket`] lives in the mailbox's locked
 //!   state, is neither `Copy` nor `Clone`, and its descriptor never leaves this module; its
 //!   writes are called from [`OutboundQueue::deliver`] and [`OutboundQueue::hand_over`] through
@@ -25,8 +28,8 @@
 //! already admitted, for the task to finish first (see `gate`). Writes are non-blocking and
 //! never raise SIGPIPE (`sys`).
 
+use super::WRITING;
 use super::{kib, Admission, Delivery, HandOver, Mail, Outbound, OutboundQueue, PENDING};
-use super::{WRITING, WRITTEN};
 use crate::publication::Published;
 use std::io::IoSlice;
 use std::os::fd::RawFd;
@@ -73,6 +76,11 @@ impl DirectWindow {
         queue.set_socket(Socket(fd));
         DirectWindow(Some(queue.clone()))
     }
+
+    /// No window: publishers queue.
+    pub(crate) const fn closed() -> Self {
+        DirectWindow(None)
+    }
 }
 
 impl Drop for DirectWindow {
@@ -104,7 +112,6 @@ impl OutboundQueue {
     pub(super) fn write_direct(&self, mail: &mut Mail, publication: Arc<Published>) -> Delivery {
         let wire = publication.wire_for(mail.window).unwrap_or_default();
         let written = mail.socket.send(wire);
-        mail.set(WRITTEN, true);
         if written == wire.len() {
             return Delivery::Written(publication.payload.len());
         }
@@ -146,9 +153,6 @@ impl OutboundQueue {
             taken = i + 1;
         }
         let mut sent = if n > 0 { mail.socket.writev(&iov[..n]) } else { 0 };
-        if n > 0 {
-            mail.set(WRITTEN, true);
-        }
         for &i in &admitted[..n] {
             let p = &fresh[i].1;
             let len = p.wire_for(mail.window).map_or(0, <[u8]>::len);
@@ -199,7 +203,6 @@ mod tests {
         let first = publication(&channel, 1);
         let wire = first.wire.clone().unwrap();
         assert_eq!(queue.deliver(first, true), Ok(Delivery::Written("publication 1".len())));
-        assert!(queue.take_written());
         let mut got = vec![0; wire.len() + 16];
         assert_eq!(peer.read(&mut got).unwrap(), wire.len());
         assert_eq!(&got[..wire.len()], &wire[..]);
@@ -208,7 +211,6 @@ mod tests {
         assert_eq!(queue.deliver(publication(&channel, 2), true), Ok(Delivery::Queued));
         let nothing = peer.read(&mut got).unwrap_err();
         assert_eq!(nothing.kind(), std::io::ErrorKind::WouldBlock, "no write after the window");
-        assert!(!queue.take_written());
 
         // A window without a socket (TLS, an upgraded stream) lets no publisher write.
         let _none = DirectWindow::open(&queue, None);

@@ -3,8 +3,9 @@
 //!
 //! A publication reaches a subscriber in one of three ways (decisions 0008 and 0012):
 //! - **direct**: the publisher writes the publication's shared frame straight to the socket, when
-//!   the connection is active on a plain TCP socket, its task is not writing, and nothing is
-//!   queued ahead. No task wake-up, no queue: one non-blocking `send` per subscriber. Whatever
+//!   the connection is on a plain TCP socket (active or parked), its task is not writing, and
+//!   nothing is queued ahead. No task wake-up, no queue: one non-blocking `send` per
+//!   subscriber, and a subscriber that only receives stays parked. Whatever
 //!   the socket does not take at once is queued, already admitted, for the task to finish.
 //!   The handle publishers write through, and the invariant that keeps its descriptor open
 //!   while they do, are in `direct` ([`DirectWindow`]).
@@ -54,16 +55,13 @@ struct Mail {
     /// The permessage-deflate window its compressed frames must fit (see
     /// `Published::wire_for`); 0: the extension was not agreed.
     window: u8,
-    /// [`WRITING`], [`WRITTEN`]: one byte, where `bool`s would push `Mail` past 64 bytes and
+    /// [`WRITING`]: one byte, where `bool`s would push `Mail` past 64 bytes and
     /// the mailbox past jemalloc's 128-byte class.
     flags: u8,
 }
 
 /// The connection's task holds the write side: it is writing, or holds items it popped.
 const WRITING: u8 = 1;
-/// A publisher wrote to the socket since the connection last looked: it is not idle, even
-/// though its task saw nothing (see [`OutboundQueue::take_written`]).
-const WRITTEN: u8 = 4;
 
 impl Mail {
     fn is(&self, flag: u8) -> bool {
@@ -331,16 +329,6 @@ impl OutboundQueue {
             mail.set(WRITING, true);
         }
         idle
-    }
-
-    /// Whether publishers wrote to the socket since the last call. A connection that only
-    /// receives publications, all written directly, is busy, not idle: it must not park (and
-    /// be woken right back by the next publication that finds it parked).
-    pub(crate) fn take_written(&self) -> bool {
-        let mut mail = self.lock();
-        let written = mail.is(WRITTEN);
-        mail.set(WRITTEN, false);
-        written
     }
 
     /// The connection's task has written and flushed everything it held.
