@@ -110,13 +110,16 @@ fn fanout_reports_publish_answer_times_and_server_memory_while_receiving() {
     assert!(base > 1e6 && median > 1e6 && median <= peak, "{f}");
     let per_sub = f["server_rss_bytes_per_sub_above_baseline"].as_f64().unwrap();
     assert_eq!(per_sub, ((peak - base) / 20.0).round(), "{f}");
+    let per_sub = f["server_rss_bytes_per_sub_median_above_baseline"].as_f64().unwrap();
+    assert_eq!(per_sub, ((median - base) / 20.0).round(), "{f}");
 
     // Without a pid there is nothing to sample: the keys are there, empty.
     let f = bench(&args);
     assert_eq!(f["server_rss_bytes"]["samples"].as_u64(), Some(0), "{f}");
     assert!(
         f["server_rss_bytes"]["peak"].is_null()
-            && f["server_rss_bytes_per_sub_above_baseline"].is_null(),
+            && f["server_rss_bytes_per_sub_above_baseline"].is_null()
+            && f["server_rss_bytes_per_sub_median_above_baseline"].is_null(),
         "{f}"
     );
     assert!(f["publish_answer_ms"]["p50"].as_f64().unwrap() > 0.0, "{f}");

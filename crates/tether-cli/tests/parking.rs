@@ -5,7 +5,7 @@
 mod common;
 
 use common::{wait_until, Server};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -89,6 +89,31 @@ async fn idle_connections_park_keep_their_heartbeat_and_wake_for_publications_an
     }
     assert!(started.elapsed() < Duration::from_secs(2), "closed promptly: {:?}", started.elapsed());
     assert!(server.terminate().success());
+}
+
+/// A new connection starts parked: the server has nothing to say before the first heartbeat, so
+/// it holds no WebSocket state until its peer speaks (before: each was active for its first
+/// `park_after`, about 9 KB each, so 5,000 arriving together cost ~45 MB for a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_starts_parked_and_wakes_when_its_peer_speaks() {
+    let server = Server::start(&["--ping-interval", "30s", "--pong-timeout", "5s"]);
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        let (ws, _) = tokio_tungstenite::connect_async(server.ws_url("?channel=p")).await.unwrap();
+        clients.push(ws);
+    }
+    let parked = |s: &Server| s.metric("tether_connections_parked") as usize;
+    assert!(wait_until(Duration::from_secs(10), || parked(&server) == N), "all {N} park");
+    let wakeups = |s: &Server| s.metric("tether_connection_wakeups_total") as usize;
+    assert_eq!(wakeups(&server), 0, "none was active before it parked");
+
+    // A browser's heartbeat wakes its connection, which answers and parks again.
+    let ws = &mut clients[0];
+    ws.send(Message::text("ping")).await.unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap();
+    assert_eq!(pong.unwrap().unwrap(), Message::text("pong"));
+    assert_eq!(wakeups(&server), 1);
+    assert!(wait_until(Duration::from_secs(10), || parked(&server) == N), "it parks again");
 }
 
 /// A client frame as it goes on the wire: masked.

@@ -37,6 +37,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     pub connections_open: Gauge,
     pub connections_parked: Gauge,
+    pub connection_wakeups: Counter,
     pub connections_accepted: Family<ModeLabels, Counter>,
     pub handshakes_refused: Family<ReasonLabels, Counter>,
     pub api_refused: Family<ReasonLabels, Counter>,
@@ -91,6 +92,7 @@ impl Metrics {
             registry: Mutex::new(Registry::default()),
             connections_open: Gauge::default(),
             connections_parked: Gauge::default(),
+            connection_wakeups: Counter::default(),
             connections_accepted: Family::default(),
             handshakes_refused: Family::default(),
             api_refused: Family::default(),
@@ -150,6 +152,11 @@ impl Metrics {
                 "tether_connections_parked",
                 "Idle connections parked without WebSocket buffers (a subset of the open ones)",
                 m.connections_parked.clone(),
+            );
+            t.register(
+                "tether_connection_wakeups",
+                "Parked connections made active again: by their peer, a queued publication, a due heartbeat, shutdown",
+                m.connection_wakeups.clone(),
             );
             t.register(
                 "tether_connections_accepted",

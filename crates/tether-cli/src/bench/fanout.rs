@@ -365,8 +365,13 @@ pub(super) async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
         Some(sampler) => sampler.finish().await,
         None => None,
     };
+    // Per subscriber at the median (while they receive, settled) and at the peak (usually just
+    // after they all connected, before the server's idle ones parked).
     let rss_per_sub = match (rss, rss_baseline) {
-        (Some(rss), Some(base)) => Some((rss.peak - base) / args.subs as f64),
+        (Some(rss), Some(base)) => {
+            let per = |at: f64| (at - base) / args.subs as f64;
+            Some((per(rss.median), per(rss.peak)))
+        }
         _ => None,
     };
     let _ = stop_tx.send(true);
@@ -418,7 +423,8 @@ pub(super) async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
             "peak": rss.map(|r| r.peak),
             "samples": rss.map_or(0, |r| r.samples),
         },
-        "server_rss_bytes_per_sub_above_baseline": rss_per_sub.map(f64::round),
+        "server_rss_bytes_per_sub_above_baseline": rss_per_sub.map(|(_, peak)| peak.round()),
+        "server_rss_bytes_per_sub_median_above_baseline": rss_per_sub.map(|(median, _)| median.round()),
     });
     if args.json {
         println!("{result}");
@@ -453,7 +459,7 @@ pub(super) async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
 fn rss_line(
     rss: Option<super::rss::RssSummary>,
     baseline: Option<f64>,
-    per_sub: Option<f64>,
+    per_sub: Option<(f64, f64)>,
 ) -> String {
     let mib = |b: f64| b / 1_048_576.0;
     let Some(rss) = rss else {
@@ -465,9 +471,9 @@ fn rss_line(
         mib(rss.median),
         rss.samples
     );
-    if let (Some(base), Some(per)) = (baseline, per_sub) {
+    if let (Some(base), Some((median, peak))) = (baseline, per_sub) {
         line += &format!(
-            "; {:.1} MiB before the subscribers, {per:.0} bytes per subscriber at the peak",
+            "; {:.1} MiB before the subscribers: {median:.0} bytes per subscriber at the median, {peak:.0} at the peak",
             mib(base)
         );
     }

@@ -145,7 +145,7 @@ impl Drop for Connection {
 
 impl Connection {
     /// A connection on an upgraded socket: registered, subscribed to its `?channel=`s, and
-    /// parked with its first heartbeat due now (so the task activates it right away).
+    /// parked (the task parks it until its first heartbeat or anything else).
     /// `window`: the permessage-deflate window agreed for what it is sent, 0 without it.
     fn open(
         shared: Arc<Node>,

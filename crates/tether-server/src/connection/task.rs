@@ -61,13 +61,16 @@ impl ConnectionTask {
                     return None;
                 }
             };
-            let mut transport = Transport::new(upgraded);
-            if deflate.is_some() {
-                transport.inflate(shared.config.max_message_size.as_u64() as usize);
-            }
+            // No inflater yet: the connection makes one when it first reads (`Connection::active`
+            // sees the window in its mailbox).
+            let transport = Transport::new(upgraded);
             let window = deflate.unwrap_or(0);
             let parked = Connection::open(shared, transport, peer, mode, channels, grant, window);
-            Some((parked, Instant::now())) // due at once: the task activates it right away
+            // Parked from the start: the server has nothing to say until the first heartbeat, so
+            // a new connection holds no WebSocket state until its peer or a publication needs
+            // it. (Anything the peer sent already wakes it at once.)
+            let wake_at = parked.conn.session.wake_at(std::time::Instant::now());
+            Some((parked, Instant::from_std(wake_at)))
         };
         ConnectionTask { state: TaskState::Running(Box::pin(start)) }
     }
@@ -112,6 +115,7 @@ impl Future for ConnectionTask {
                     parked.direct = DirectWindow::closed();
                     parked.transport.rejoin_reactor(&parked.conn.shared.parking);
                     parked.conn.shared.metrics.connections_parked.dec();
+                    parked.conn.shared.metrics.connection_wakeups.inc();
                     parked.conn.queue.set_deadline(u64::MAX);
                     self.state = TaskState::Running(Box::pin(parked.resume()));
                 }
