@@ -179,6 +179,44 @@ async fn an_idle_connection_costs_little_server_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_receiving_publications_costs_little_server_memory() {
+    // Issue 19's headline: a subscriber that receives costs what an idle one does (decision
+    // 0016: it stays parked and publishers write to its socket). Before, each stayed active
+    // while it received: ~3 KB of heap in this debug build, ~9.5 KB of RSS in a release one.
+    const N: usize = 1000;
+    const MESSAGES: usize = 20;
+    let server = Server::start(&["--ping-interval", "30s", "--pong-timeout", "5s"]);
+    let heap = || server.metric("tether_allocator_allocated_bytes");
+    let heap_before = heap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..N {
+        let (mut ws, _) = connect_async(server.ws_url("?channel=feed")).await.unwrap();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut texts = 0;
+            while let Some(Ok(msg)) = ws.next().await {
+                texts += usize::from(msg.is_text());
+                if texts == MESSAGES {
+                    let _ = tx.send(());
+                }
+            }
+        });
+    }
+    assert!(wait_until(T, || server.metric("tether_connections_parked") == N as f64));
+    for i in 0..MESSAGES {
+        server.publish("feed", &format!("{{\"tick\":{i}}}"));
+    }
+    for _ in 0..N {
+        tokio::time::timeout(T, rx.recv()).await.expect("every subscriber gets all").unwrap();
+    }
+    // At once, while the last deliveries are fresh: nobody had to wake to receive them.
+    let heap_per_conn = (heap() - heap_before) / N as f64;
+    eprintln!("per subscriber after {MESSAGES} publications: {heap_per_conn:.0} bytes of heap");
+    assert!(heap_per_conn < 1_800.0, "{heap_per_conn} bytes of heap per receiving subscriber");
+    assert_eq!(server.metric("tether_connection_wakeups_total"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_publication_does_not_stay_resident_in_every_connection() {
     // tungstenite keeps its write buffer's capacity after a flush; unfragmented, one 200 KB
     // publication to N subscribers leaves N × 200 KB behind for good.
