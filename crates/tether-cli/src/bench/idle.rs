@@ -16,6 +16,10 @@ pub struct IdleArgs {
     /// Offer permessage-deflate on every connection (to see what it costs an idle one)
     #[arg(long)]
     deflate: bool,
+    /// Send a text "ping" on every connection this often (raw mode answers "pong"): connections
+    /// that work instead of idling, to see what an active one costs
+    #[arg(long, value_parser = units::duration)]
+    ping_every: Option<Duration>,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -36,6 +40,7 @@ pub(super) async fn open_idle(
     n: usize,
     offset: usize,
     deflate: bool,
+    ping_every: Option<Duration>,
 ) -> Result<(Vec<tokio::task::JoinHandle<bool>>, usize)> {
     let parsed: tokio_tungstenite::tungstenite::http::Uri = url.parse().context("bad --url")?;
     let host = parsed.host().unwrap_or("127.0.0.1").to_owned();
@@ -84,9 +89,25 @@ pub(super) async fn open_idle(
                 return false;
             };
             let _ = opened.send(true).await;
-            // Hold: read (which answers the server's pings) until the connection ends.
-            while let Some(Ok(_)) = ws.next().await {}
-            true
+            // Hold: read (which answers the server's pings) until the connection ends, and
+            // send a "ping" every `ping_every` when asked to keep the connection working.
+            let Some(every) = ping_every else {
+                while let Some(Ok(_)) = ws.next().await {}
+                return true;
+            };
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    msg = ws.next() => if !matches!(msg, Some(Ok(_))) { return true },
+                    _ = tick.tick() => {
+                        let ping = tokio_tungstenite::tungstenite::Message::text("ping");
+                        if futures_util::SinkExt::send(&mut ws, ping).await.is_err() {
+                            return true;
+                        }
+                    }
+                }
+            }
         }));
     }
     drop(opened_tx);
@@ -126,7 +147,8 @@ pub(super) async fn idle(args: IdleArgs) -> Result<ExitCode> {
     if let Some(offset) = args.worker_offset {
         // A worker: connect, report, hold until told to stop (a line on stdin), report drops.
         let started = Instant::now();
-        let (handles, connected) = open_idle(&args.url, args.conns, offset, args.deflate).await?;
+        let (handles, connected) =
+            open_idle(&args.url, args.conns, offset, args.deflate, args.ping_every).await?;
         println!("READY {connected} {:.3}", started.elapsed().as_secs_f64());
         let mut stop = String::new();
         let _ = tokio::io::AsyncBufReadExt::read_line(
@@ -143,7 +165,8 @@ pub(super) async fn idle(args: IdleArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let (connected, connect_secs, held);
     if args.conns <= PER_PROCESS {
-        let (handles, n) = open_idle(&args.url, args.conns, 0, args.deflate).await?;
+        let (handles, n) =
+            open_idle(&args.url, args.conns, 0, args.deflate, args.ping_every).await?;
         connect_secs = started.elapsed().as_secs_f64();
         connected = n;
         eprintln!("{n} connected in {connect_secs:.2} s; holding for {:?} …", args.hold);
@@ -169,6 +192,11 @@ pub(super) async fn idle(args: IdleArgs) -> Result<ExitCode> {
                     &offset.to_string(),
                 ])
                 .args(args.deflate.then_some("--deflate"))
+                .args(
+                    args.ping_every
+                        .iter()
+                        .flat_map(|d| ["--ping-every".to_owned(), format!("{}ms", d.as_millis())]),
+                )
                 .stdout(std::process::Stdio::piped())
                 .stdin(std::process::Stdio::piped())
                 .kill_on_drop(true)
@@ -227,6 +255,7 @@ pub(super) async fn idle(args: IdleArgs) -> Result<ExitCode> {
             "{}",
             serde_json::json!({
                 "conns": args.conns, "connected": connected, "connect_secs": connect_secs,
+                "ping_every_ms": args.ping_every.map(|d| d.as_millis() as u64),
                 "connects_per_sec": (connected as f64 / connect_secs).round(), "drops": drops,
                 "server_rss_bytes_per_conn": per_conn,
                 "server_rss_bytes_per_conn_after_connect": per(rss_connected),
@@ -234,7 +263,8 @@ pub(super) async fn idle(args: IdleArgs) -> Result<ExitCode> {
         );
     } else {
         println!(
-            "idle: {connected}/{} connected in {connect_secs:.2} s ({:.0}/s); {drops} dropped while held; server memory per connection: {}",
+            "{}: {connected}/{} connected in {connect_secs:.2} s ({:.0}/s); {drops} dropped while held; server memory per connection: {}",
+            if args.ping_every.is_some() { "working" } else { "idle" },
             args.conns,
             connected as f64 / connect_secs,
             per_conn.map(|b| format!("{b:.0} bytes")).unwrap_or_else(|| "unknown (pass --server-pid or --metrics-url)".into())
