@@ -9,6 +9,16 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 250ms, 25s or 1m"))
 }
 
+/// A duration for a period (a timer's interval): at least a millisecond, which is also what
+/// the bench passes on to its worker processes.
+pub fn period(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d < Duration::from_millis(1) {
+        return Err(format!("`{s}` is too short for a period; it must be at least 1ms"));
+    }
+    Ok(d)
+}
+
 pub fn size(s: &str) -> Result<ByteSize, String> {
     s.trim()
         .parse::<ByteSize>()

@@ -71,6 +71,24 @@ fn fanout_pingpong_and_idle_report_sane_figures() {
     assert_eq!((i["connected"].as_u64(), i["drops"].as_u64()), (Some(200), Some(0)), "{i}");
     assert!(i["server_rss_bytes_per_conn"].as_f64().is_some(), "{i}");
     assert_eq!(server.metric("tether_connections_accepted_total{mode=\"raw\"}"), 5.0 + 2.0 + 200.0);
+
+    // Working connections: each pings; they stay open and are counted the same way.
+    let url = server.ws_url("?channel=idle");
+    let w =
+        bench(&["idle", "--url", &url, "--conns", "20", "--hold", "300ms", "--ping-every", "50ms"]);
+    assert_eq!((w["connected"].as_u64(), w["drops"].as_u64()), (Some(20), Some(0)), "{w}");
+    assert_eq!(w["ping_every_ms"].as_u64(), Some(50), "{w}");
+
+    // A period under a millisecond is refused with a clear error, not a panic in the timer.
+    for bad in ["0s", "500us"] {
+        let out = Command::new(BIN)
+            .args(["bench", "idle", "--url", &url, "--conns", "1", "--ping-every", bad])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--ping-every {bad}: {stderr}");
+        assert!(stderr.contains("at least 1ms"), "--ping-every {bad}: {stderr}");
+    }
 }
 
 #[test]

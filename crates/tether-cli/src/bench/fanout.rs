@@ -365,8 +365,8 @@ pub(super) async fn fanout(args: FanoutArgs) -> Result<ExitCode> {
         Some(sampler) => sampler.finish().await,
         None => None,
     };
-    // Per subscriber at the median (while they receive, settled) and at the peak (usually just
-    // after they all connected, before the server's idle ones parked).
+    // Per subscriber at the median (while they receive, settled) and at the peak (the worst
+    // moment while they receive: the first publications, an allocator that has not decayed).
     let rss_per_sub = match (rss, rss_baseline) {
         (Some(rss), Some(base)) => {
             let per = |at: f64| (at - base) / args.subs as f64;

@@ -18,7 +18,7 @@ pub struct IdleArgs {
     deflate: bool,
     /// Send a text "ping" on every connection this often (raw mode answers "pong"): connections
     /// that work instead of idling, to see what an active one costs
-    #[arg(long, value_parser = units::duration)]
+    #[arg(long, value_parser = units::period)]
     ping_every: Option<Duration>,
     /// Print the result as JSON
     #[arg(long)]
