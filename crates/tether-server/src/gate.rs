@@ -54,6 +54,11 @@ impl Gate {
         self.partial.is_none() && self.transport.can_park()
     }
 
+    /// The connection took a message from the WebSocket layer (see `FrameBoundary::took`).
+    pub fn took_message(&mut self) {
+        self.transport.took_message();
+    }
+
     /// Hold the write side for good or until [`Gate::release`].
     pub fn hold(&mut self) {
         if !self.held {
@@ -151,5 +156,56 @@ impl AsyncWrite for Gate {
         let this = self.get_mut();
         ready!(this.poll_clear(cx))?;
         Pin::new(&mut this.transport).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::io::Write;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::WebSocketStream;
+
+    /// A masked client frame.
+    fn client_frame(opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let key = [9, 8, 7, 6];
+        let header = FrameHeader { opcode, mask: Some(key), ..FrameHeader::default() };
+        let mut out = Vec::new();
+        header.format(payload.len() as u64, &mut out).unwrap();
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        out
+    }
+
+    /// tungstenite reads what the socket has, and returns one message at a time: frames read
+    /// but not yet returned live only in its buffer, which parking drops. Found by the splice
+    /// test in CI: a command sent together with a Ping was never answered.
+    #[tokio::test]
+    async fn a_message_read_but_not_yet_taken_keeps_the_connection_from_parking() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let queue = Arc::new(OutboundQueue::new(8, 1 << 20));
+        let gate = Gate::new(Transport::from_tcp(server), queue, Arc::new(Metrics::new()));
+        let mut ws = WebSocketStream::from_raw_socket(gate, Role::Server, None).await;
+        // Two frames in one write: the server's first read takes both.
+        let mut bytes = client_frame(OpCode::Control(Control::Ping), b"a");
+        bytes.extend(client_frame(OpCode::Data(Data::Text), b"{\"id\":1,\"cmd\":\"ping\"}"));
+        client.write_all(&bytes).unwrap();
+
+        let first = ws.next().await.unwrap().unwrap();
+        assert!(matches!(first, Message::Ping(_)), "{first:?}");
+        ws.get_mut().took_message();
+        assert!(
+            !ws.get_ref().can_park(),
+            "the command is read but not taken: parking now would drop it"
+        );
+        let second = ws.next().await.unwrap().unwrap();
+        assert!(matches!(second, Message::Text(_)), "{second:?}");
+        ws.get_mut().took_message();
+        assert!(ws.get_ref().can_park(), "everything read was taken");
     }
 }

@@ -36,6 +36,12 @@ pub(crate) struct FrameBoundary {
     payload_left: u32,
     /// A fragmented data message has begun and its final frame has not been seen.
     in_message: bool,
+    /// The current frame ends a message (a control frame, or a data frame marked final).
+    ends_message: bool,
+    /// Messages handed over whole that the connection has not taken yet ([`FrameBoundary::took`]):
+    /// tungstenite reads whatever the socket has and returns one message at a time, so the rest
+    /// lives only in its buffer, which parking would drop.
+    unread: u32,
     /// The stream could not be followed (a header tungstenite will refuse too): never claim rest.
     lost: bool,
 }
@@ -48,6 +54,9 @@ impl FrameBoundary {
                 let n = bytes.len().min(self.payload_left as usize);
                 self.payload_left -= n as u32;
                 bytes = &bytes[n..];
+                if self.payload_left == 0 {
+                    self.frame_done();
+                }
                 continue;
             }
             let had = self.header_len as usize;
@@ -64,14 +73,21 @@ impl FrameBoundary {
                         return;
                     };
                     self.payload_left = len;
-                    match header.opcode {
+                    self.ends_message = match header.opcode {
                         OpCode::Data(Data::Continue) => {
                             if header.is_final {
                                 self.in_message = false;
                             }
+                            header.is_final
                         }
-                        OpCode::Data(_) => self.in_message = !header.is_final,
-                        OpCode::Control(_) => {}
+                        OpCode::Data(_) => {
+                            self.in_message = !header.is_final;
+                            header.is_final
+                        }
+                        OpCode::Control(_) => true,
+                    };
+                    if len == 0 {
+                        self.frame_done();
                     }
                 }
                 Ok(None) => {
@@ -83,10 +99,27 @@ impl FrameBoundary {
         }
     }
 
-    /// True between messages: every byte handed over belongs to a complete frame, and no
-    /// fragmented message is in progress.
+    /// A frame's last byte was handed over.
+    fn frame_done(&mut self) {
+        if self.ends_message {
+            self.unread = self.unread.saturating_add(1);
+        }
+    }
+
+    /// The connection took one message from the WebSocket layer (every message it returns
+    /// ends with one frame counted in `unread`: a control frame or a final data frame).
+    pub fn took(&mut self) {
+        self.unread = self.unread.saturating_sub(1);
+    }
+
+    /// True between messages: every byte handed over belongs to a complete frame, no
+    /// fragmented message is in progress, and every message handed over was taken.
     pub fn at_rest(&self) -> bool {
-        !self.lost && self.header_len == 0 && self.payload_left == 0 && !self.in_message
+        !self.lost
+            && self.header_len == 0
+            && self.payload_left == 0
+            && !self.in_message
+            && self.unread == 0
     }
 }
 
@@ -152,6 +185,23 @@ impl Transport {
                 inflating: None,
             },
         }
+    }
+
+    /// A plain TCP socket with nothing read yet (tests build connections without hyper).
+    #[cfg(test)]
+    pub fn from_tcp(tcp: TcpStream) -> Self {
+        Transport {
+            io: Io::Tcp(tcp),
+            prefix: None,
+            error: None,
+            boundary: FrameBoundary::default(),
+            inflating: None,
+        }
+    }
+
+    /// The connection took a message from the WebSocket layer.
+    pub fn took_message(&mut self) {
+        self.boundary.took();
     }
 
     /// Inflate compressed messages from now on (the connection negotiated permessage-deflate),
@@ -444,6 +494,8 @@ mod tests {
         b.feed(&text[3..8]);
         assert!(!b.at_rest(), "header, part of the payload");
         b.feed(&text[8..]);
+        assert!(!b.at_rest(), "a whole message, not taken yet");
+        b.took();
         assert!(b.at_rest());
     }
 
@@ -458,6 +510,10 @@ mod tests {
             for piece in stream.chunks(chunk) {
                 b.feed(piece);
             }
+            assert!(!b.at_rest(), "three messages not taken, chunk size {chunk}");
+            for _ in 0..3 {
+                b.took();
+            }
             assert!(b.at_rest(), "chunk size {chunk}");
         }
     }
@@ -469,7 +525,10 @@ mod tests {
         assert!(!b.at_rest());
         b.feed(&wire(OpCode::Control(Control::Ping), true, b"")); // control frames interleave
         assert!(!b.at_rest());
+        b.took(); // the Ping
         b.feed(&wire(OpCode::Data(Data::Continue), true, b"lo"));
+        assert!(!b.at_rest(), "the message, not taken yet");
+        b.took();
         assert!(b.at_rest());
     }
 }

@@ -84,7 +84,9 @@ impl Connection {
                 Tick::Wait(at) => Instant::from_std(at),
             };
             // Park when nothing happened for `park_after` and nothing is half-done: no partial
-            // frame or message read, nothing queued (writes are always flushed by now).
+            // frame or message read, no whole message read and not yet taken (a blocked write,
+            // the heartbeat's, can come between two messages of one read), nothing queued
+            // (writes are always flushed by now).
             // Publications written directly do not count: they reach a parked socket too.
             if lot.ticks(now) >= queue.deadline() {
                 if ws.get_ref().can_park() && queue.is_empty() && !queue.overflowed() {
@@ -117,6 +119,10 @@ impl Connection {
                 inbound = ws.next() => {
                     let arrived = Instant::now();
                     clock = Some(arrived);
+                    if let Some(Ok(_)) = &inbound {
+                        // Parking waits until every message tungstenite has read was taken.
+                        ws.get_mut().took_message();
+                    }
                     park_check(arrived);
                     let counted = matches!(inbound, Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_))));
                     let (at, ticks) = (arrived.into_std(), lot.ticks(arrived));
