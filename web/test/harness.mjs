@@ -2,7 +2,7 @@
 // and stopped by PID), headless Chromium from Debian's package driven by playwright-core, and
 // waits with deadlines (never fixed sleeps as synchronisation).
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -274,8 +274,9 @@ export async function browser(chromium, { bfcache = false } = {}) {
   return ctx;
 }
 
-function launch(chromium, bfcache) {
-  return chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'tether-chr-')), {
+async function launch(chromium, bfcache) {
+  const profile = mkdtempSync(join(tmpdir(), 'tether-chr-'));
+  const ctx = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
     ignoreDefaultArgs: bfcache ? ['--disable-back-forward-cache'] : [],
@@ -290,6 +291,18 @@ function launch(chromium, bfcache) {
       '--disable-sync',
     ],
   });
+  // The profile is this test's alone: gone once the browser has exited (`close` resolves then;
+  // the context's 'close' event comes earlier, while Chromium still writes to it).
+  const close = ctx.close.bind(ctx);
+  ctx.close = async (...args) => {
+    await close(...args);
+    try {
+      rmSync(profile, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
+    } catch (e) {
+      console.error(`# could not remove the browser profile ${profile}: ${e.message}`);
+    }
+  };
+  return ctx;
 }
 
 /**
@@ -426,6 +439,7 @@ http {
     writeFileSync(join(dir, 'nginx.conf'), conf);
     const n = new Nginx();
     n.addr = `127.0.0.1:${port}`;
+    n.dir = dir;
     n.child = spawn(bin, ['-p', dir, '-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], { stdio: 'ignore' });
     n.exited = new Promise((resolve) => n.child.on('exit', resolve));
     await waitFor('nginx listening', () => new Promise((resolve) => {
@@ -444,5 +458,6 @@ http {
       process.kill(this.child.pid, 'SIGQUIT');
       await this.exited;
     }
+    rmSync(this.dir, { recursive: true, force: true });
   }
 }
