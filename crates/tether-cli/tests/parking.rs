@@ -116,6 +116,35 @@ async fn a_new_connection_starts_parked_and_wakes_when_its_peer_speaks() {
     assert!(wait_until(Duration::from_secs(10), || parked(&server) == N), "it parks again");
 }
 
+/// A peer that talks every few hundred milliseconds (a chat client, a browser's heartbeat)
+/// parks right after each answer, rather than staying active for `park_after` (1 s here) and
+/// so never parking at all: its connection costs a parked connection's memory, not ~5 KB.
+#[tokio::test]
+async fn a_peer_that_talks_slowly_is_parked_between_its_messages() {
+    const MESSAGES: usize = 10;
+    let bin = std::env::var("TETHER_TEST_BIN").unwrap_or_else(|_| common::BIN.to_owned());
+    let server = Server::start_with(
+        &bin,
+        "127.0.0.1:0",
+        &["--ping-interval", "10s", "--pong-timeout", "5s", "--max-inbound-rate", "0"],
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("?channel=p")).await.unwrap();
+    let parked = |s: &Server| s.metric("tether_connections_parked") as usize;
+    assert!(wait_until(Duration::from_secs(10), || parked(&server) == 1), "it parks");
+    let wakeups = |s: &Server| s.metric("tether_connection_wakeups_total") as usize;
+    for _ in 0..MESSAGES {
+        // Pacing, not synchronisation: the quiet before each message is the point.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        ws.send(Message::text("ping")).await.unwrap();
+        let pong = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap();
+        assert_eq!(pong.unwrap().unwrap(), Message::text("pong"));
+    }
+    // Each message found the connection parked: one wake-up each (before, one in all: the
+    // first message woke it and the next ones kept it active).
+    assert_eq!(wakeups(&server), MESSAGES, "a wake-up per message");
+    assert!(wait_until(Duration::from_secs(10), || parked(&server) == 1), "parked at the end");
+}
+
 /// A client frame as it goes on the wire: masked.
 fn client_frame(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
     let mask = [0x11, 0x22, 0x33, 0x44];

@@ -98,6 +98,11 @@ impl Heartbeat {
         self.instant(self.next_ping.min(self.deadline_us()))
     }
 
+    /// When the latest frame arrived (or the connection opened).
+    pub fn last_seen(&self) -> Instant {
+        self.instant(self.last_seen)
+    }
+
     /// Any frame arrived: data, ping, pong or close.
     pub fn on_inbound(&mut self, now: Instant) {
         self.last_seen = self.last_seen.max(self.micros(now));

@@ -81,6 +81,9 @@ enum Phase {
     Idle {
         transport: Transport,
         wake_at: Instant,
+        /// Parked between the messages of a peer that talks often: the socket stays in tokio's
+        /// reactor (see `ConnectionTask::poll`).
+        chatty: bool,
     },
 }
 

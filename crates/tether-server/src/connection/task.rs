@@ -11,9 +11,9 @@ pub(crate) struct ConnectionTask {
     state: TaskState,
 }
 
-/// An active phase: ends with the connection parked (and when its heartbeat is due), or `None`
-/// once the connection has ended.
-pub(super) type ActivePhase = Pin<Box<dyn Future<Output = Option<(Parked, Instant)>> + Send>>;
+/// An active phase: ends with the connection parked (when its heartbeat is due, and whether it
+/// parked between a chatty peer's messages), or `None` once the connection has ended.
+pub(super) type ActivePhase = Pin<Box<dyn Future<Output = Option<(Parked, Instant, bool)>> + Send>>;
 
 // The large variant is the point: a parked connection is held inline, in the task itself.
 #[allow(clippy::large_enum_variant)]
@@ -70,7 +70,7 @@ impl ConnectionTask {
             // a new connection holds no WebSocket state until its peer or a publication needs
             // it. (Anything the peer sent already wakes it at once.)
             let wake_at = parked.conn.session.wake_at(std::time::Instant::now());
-            Some((parked, Instant::from_std(wake_at)))
+            Some((parked, Instant::from_std(wake_at), false))
         };
         ConnectionTask { state: TaskState::Running(Box::pin(start)) }
     }
@@ -88,13 +88,17 @@ impl Future for ConnectionTask {
                         self.state = TaskState::Done;
                         return Poll::Ready(());
                     }
-                    Poll::Ready(Some((mut parked, wake_at))) => {
+                    Poll::Ready(Some((mut parked, wake_at, chatty))) => {
                         let shared = parked.conn.shared.clone();
                         shared.metrics.connections_parked.inc();
                         shared.parking.ensure_tasks();
                         parked.conn.queue.set_deadline(shared.parking.ticks(wake_at));
                         parked.conn.queue.clear_socket_ready();
-                        parked.transport.leave_reactor(&shared.parking, parked.conn.lot_key);
+                        // A chatty peer's socket stays in tokio's reactor (256 bytes more while
+                        // parked): moving it out and back costs four `epoll_ctl` per message.
+                        if !chatty {
+                            parked.transport.leave_reactor(&shared.parking, parked.conn.lot_key);
+                        }
                         // Opened only now: moving between reactors can close the socket.
                         let socket = parked.transport.direct_socket();
                         parked.direct = DirectWindow::open(&parked.conn.queue, socket);
@@ -145,7 +149,7 @@ impl Parked {
     }
 
     /// Run active again until the connection parks again (`Some`) or ends (`None`, logged).
-    pub(super) async fn resume(self) -> Option<(Parked, Instant)> {
+    pub(super) async fn resume(self) -> Option<(Parked, Instant, bool)> {
         let Parked { direct, mut conn, transport, resync_seen } = self;
         drop(direct); // closed already (see `poll`)
         let mut resync = conn.shared.resync.subscribe();
@@ -155,11 +159,11 @@ impl Parked {
                 conn.finish(ending);
                 None
             }
-            Phase::Idle { mut transport, wake_at } => {
+            Phase::Idle { mut transport, wake_at, chatty } => {
                 transport.shrink();
                 let resync_seen = *resync.borrow();
                 let direct = DirectWindow::closed(); // opened once the socket has moved
-                Some((Parked { direct, conn, transport, resync_seen }, wake_at))
+                Some((Parked { direct, conn, transport, resync_seen }, wake_at, chatty))
             }
         }
     }

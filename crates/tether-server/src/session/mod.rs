@@ -152,6 +152,12 @@ impl Session {
         Ok(())
     }
 
+    /// How long the peer had been quiet when a frame arrives at `now` (call before
+    /// [`Session::received`]).
+    pub fn quiet_before(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.heartbeat.last_seen())
+    }
+
     /// A pong to our heartbeat arrived at `now`: the round trip, when it answers our ping.
     pub fn pong(&mut self, rules: Rules, now: Instant) -> Option<Duration> {
         let rtt = self.heartbeat.on_pong(now);
