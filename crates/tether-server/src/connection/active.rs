@@ -4,8 +4,10 @@
 use super::*;
 
 /// A message that comes after at least this much quiet lets its connection park as soon as it
-/// is answered (see `active_loop`). Chosen where a wake-up per message (~4 µs of CPU) is cheap
-/// beside what the wait would hold: 10 messages a second at most.
+/// is answered (see `active_loop`): at most 10 wake-ups a second per connection. Measured at 5
+/// messages a second, a wake-up (socket kept in tokio's reactor) cost no more CPU than the
+/// active loop's own timer and select; moving the socket to the lot's epoll set and back each
+/// time cost 5-6 µs more per message (docs/performance.md).
 const PARK_AT_ONCE_AFTER: Duration = Duration::from_millis(100);
 
 impl Connection {
