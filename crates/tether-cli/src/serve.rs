@@ -282,6 +282,8 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
     if let Some(patterns) = &args.client_publish {
         cfg.client_publish = patterns.iter().map(ChannelPattern::new).collect();
     }
+    // The flat per-pattern settings and their flags, as `[[channel]]` blocks after the written ones.
+    cfg.fold_channel_settings();
     cfg.validate()?;
     Ok(cfg)
 }

@@ -63,7 +63,9 @@ fn configuration_layers_file_then_env_then_flags() {
     assert_eq!(cfg["ping_interval"].as_str(), Some("100ms"), "env beats file");
     assert_eq!(cfg["pong_timeout"].as_str(), Some("250ms"), "flag beats env");
     assert_eq!(cfg["listen"].as_str(), Some("127.0.0.1:9999"));
-    assert_eq!(cfg["client_publish"][0].as_str(), Some("chat:*"), "file beats default");
+    // The flat `client_publish` list is shown as a `[[channel]]` block.
+    assert_eq!(cfg["channel"][0]["pattern"].as_str(), Some("chat:*"), "file beats default");
+    assert_eq!(cfg["channel"][0]["client_publish"].as_bool(), Some(true));
     let size = cfg["max_message_size"].as_str().unwrap();
     assert!(size.starts_with("8"), "{size}");
 

@@ -11,7 +11,8 @@
 //! - `iss`: with `jwt_issuer` set, required and one of those.
 //! - `sub` (optional): the user id, logged with the connection.
 //! - `subscribe`, `publish` (optional): channel patterns (`*` wildcards) the user may subscribe
-//!   and publish to. Absent: none. Channels listed in `anonymous_channels` need no token.
+//!   and publish to. Absent: none. Channels whose `[[channel]]` block sets `anonymous` (or listed in
+//!   `anonymous_channels`) need no token to subscribe.
 //!
 //! One leeway (`jwt_leeway`) serves `exp` and `nbf` on connect and the expiry during the
 //! connection, so a token accepted inside it is not closed a moment later. Keys are a shared
@@ -225,16 +226,16 @@ pub enum Access {
     TokenExpired,
 }
 
-/// The access rule: without a verifier everything is allowed; anonymous channels need no
-/// token; otherwise the grant must be current and cover the channel.
+/// The access rule: without a verifier everything is allowed; subscribing to an `anonymous`
+/// channel needs no token; otherwise the grant must be current and cover the channel.
 pub fn access(
     verifier: Option<&Verifier>,
-    anonymous: &[ChannelPattern],
+    anonymous: bool,
     grant: Option<&Grant>,
     channel: &str,
     publish: bool,
 ) -> Access {
-    if verifier.is_none() || (!publish && channel::any_matches(anonymous, channel)) {
+    if verifier.is_none() || (!publish && anonymous) {
         return Access::Allowed;
     }
     let Some(grant) = grant else { return Access::TokenRequired };
@@ -286,15 +287,15 @@ mod tests {
         );
         let grant = v.verify(&good).unwrap();
         assert_eq!(grant.sub.as_deref(), Some("ada"));
-        let anon = [ChannelPattern::new("public:*")];
-        let a = |ch: &str, publish| access(Some(&v), &anon, Some(&grant), ch, publish);
+        let anon = |ch: &str| ch.starts_with("public:");
+        let a = |ch: &str, publish| access(Some(&v), anon(ch), Some(&grant), ch, publish);
         assert_eq!(a("news:eu", false), Access::Allowed);
         assert_eq!(a("admin", false), Access::Forbidden);
         assert_eq!(a("chat:ada", true), Access::Allowed);
         assert_eq!(a("news:eu", true), Access::Forbidden);
         assert_eq!(a("public:lobby", false), Access::Allowed);
-        assert_eq!(access(Some(&v), &anon, None, "news:eu", false), Access::TokenRequired);
-        assert_eq!(access(None, &[], None, "anything", true), Access::Allowed);
+        assert_eq!(access(Some(&v), false, None, "news:eu", false), Access::TokenRequired);
+        assert_eq!(access(None, false, None, "anything", true), Access::Allowed);
 
         let expired = token(SECRET, serde_json::json!({"exp": unix_now() - 100}));
         assert_eq!(v.verify(&expired).unwrap_err(), TokenError::Expired);
@@ -312,7 +313,7 @@ mod tests {
         let grant = v.verify(&token(SECRET, serde_json::json!({"exp": exp, "subscribe": ["*"]})));
         let grant = grant.expect("accepted inside the leeway");
         assert!(!grant.expired(), "accepted inside the leeway, so not expired either");
-        assert_eq!(access(Some(&v), &[], Some(&grant), "news", false), Access::Allowed);
+        assert_eq!(access(Some(&v), false, Some(&grant), "news", false), Access::Allowed);
         let left = grant.remaining();
         assert!(left > Duration::from_secs(1) && left <= Duration::from_secs(3), "{left:?}");
 

@@ -24,10 +24,9 @@ fn hub_for(config: &GatewayConfig, metrics: &Arc<Metrics>) -> Hub {
         .direct_delivery(config.direct_delivery)
         .fanout_sweep(config.fanout_sweep);
     match config.compression {
-        true => hub.compression(
-            config.compression_min_size.as_u64() as usize,
-            config.compression_channels.clone(),
-        ),
+        true => {
+            hub.compression(config.compression_min_size.as_u64() as usize, config.channel.clone())
+        }
         false => hub,
     }
 }
@@ -61,7 +60,8 @@ pub struct DrainReport {
 impl Gateway {
     /// A gateway with the in-memory broker (`config.broker` must be `memory`; use
     /// [`Gateway::connect`] for Redis).
-    pub fn new(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+    pub fn new(mut config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        config.fold_channel_settings();
         config.validate()?;
         if config.broker != "memory" {
             return Err(GatewayError::Config(ConfigError {
@@ -72,7 +72,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(hub_for(&config, &metrics));
         let broker =
-            Arc::new(MemoryBroker::new(hub.clone(), config.history.clone(), config.max_channels));
+            Arc::new(MemoryBroker::new(hub.clone(), config.channel.clone(), config.max_channels));
         let (resync, _) = watch::channel(0);
         let parking = Self::parking_lot(&config);
         Self::assemble(config, metrics, hub, broker, CancellationToken::new(), resync, parking)
@@ -80,7 +80,8 @@ impl Gateway {
 
     /// A gateway with the broker `config.broker` names: `memory`, or a `redis://` URL (Redis
     /// must be reachable now; later outages are survived).
-    pub async fn connect(config: GatewayConfig) -> Result<Gateway, GatewayError> {
+    pub async fn connect(mut config: GatewayConfig) -> Result<Gateway, GatewayError> {
+        config.fold_channel_settings();
         config.validate()?;
         if config.broker == "memory" {
             return Self::new(config);
@@ -100,7 +101,7 @@ impl Gateway {
         let broker = crate::broker::redis::RedisBroker::connect(
             &config.broker,
             hub.clone(),
-            config.history.clone(),
+            config.channel.clone(),
             &metrics,
             resync_hook,
             shutdown.clone(),

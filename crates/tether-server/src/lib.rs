@@ -26,7 +26,7 @@
 //!   origins may connect.
 //! - `publication` — a publication as it goes out: rendered, framed once (plain and
 //!   compressed), fragmented.
-//! - [`metrics`] — the Prometheus registry; [`config`] — [`GatewayConfig`], every setting;
+//! - [`metrics`] — the Prometheus registry; [`config`] — [`GatewayConfig`], every setting, and the `[[channel]]` blocks that decide each channel's options;
 //!   [`per_ip`] — per-client limits; [`stats`] — round trips and closes for the dashboard.
 //! - [`auth`] — JWT verification; `pending` — connections not yet WebSockets, capped;
 //!   `mailbox` — a connection's outbound queue, and the direct-write handle publishers write

@@ -7,6 +7,7 @@
 //! typed errors (capacity, UTF-8, protocol) to the right close codes.
 
 use crate::api::json_error;
+use crate::config::channel_option;
 use crate::connection::ConnectionTask;
 use crate::handshake::{check_handshake, switching_protocols, Accepted, Refusal};
 use crate::metrics::ReasonLabels;
@@ -44,7 +45,8 @@ fn check_token(
         }
     };
     for channel in channels {
-        let anonymous = &shared.config.anonymous_channels;
+        let anonymous = channel_option(&shared.config.channel, channel, |r| r.anonymous);
+        let anonymous = anonymous.unwrap_or(false);
         match crate::auth::access(Some(verifier), anonymous, grant.as_deref(), channel, false) {
             Access::Allowed => {}
             Access::Forbidden => {

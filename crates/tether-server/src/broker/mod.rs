@@ -20,7 +20,7 @@
 pub mod redis;
 mod redis_scripts;
 
-use crate::config::HistoryRule;
+use crate::config::ChannelRule;
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -28,9 +28,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tether_core::channel::any_matches;
 use tether_core::protocol::StreamPosition;
-use tether_core::stream::{HistoryPolicy, Recovery, Stream};
+use tether_core::stream::{Recovery, Stream};
 
 /// The broker could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -193,13 +192,7 @@ pub struct Held {
 /// (and refetches its state) rather than being sent an unbounded replay.
 pub const MAX_REPLAY: u64 = 10_000;
 
-/// The history policy for a channel: the first matching rule.
-pub fn history_policy(rules: &[HistoryRule], channel: &str) -> Option<HistoryPolicy> {
-    rules
-        .iter()
-        .find(|r| any_matches(std::slice::from_ref(&r.pattern), channel))
-        .map(|r| HistoryPolicy { size: r.size, ttl: r.ttl })
-}
+pub use crate::config::history_policy;
 
 /// A fresh epoch: random, so that a restarted node never reuses one.
 pub fn new_epoch() -> String {
@@ -285,7 +278,7 @@ type Shard = Mutex<HashMap<Arc<str>, Arc<Channel>>>;
 /// the hub, the subscriber's own mailbox lock).
 pub struct MemoryBroker {
     hub: Arc<dyn LocalSubscribers>,
-    rules: Vec<HistoryRule>,
+    rules: Vec<ChannelRule>,
     shards: Box<[Shard]>,
     hasher: RandomState,
     /// Streams held, and the most allowed.
@@ -298,7 +291,7 @@ pub struct MemoryBroker {
 impl MemoryBroker {
     pub fn new(
         hub: Arc<dyn LocalSubscribers>,
-        rules: Vec<HistoryRule>,
+        rules: Vec<ChannelRule>,
         max_streams: usize,
     ) -> Self {
         MemoryBroker {
@@ -487,6 +480,7 @@ impl Broker for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HistoryRule;
     use tether_core::channel::ChannelPattern;
 
     fn broker(max: usize) -> MemoryBroker {
@@ -494,7 +488,8 @@ mod tests {
             pattern: ChannelPattern::new("chat:*"),
             size: 3,
             ttl: Duration::from_secs(60),
-        }];
+        }
+        .into()];
         MemoryBroker::new(Arc::new(crate::hub::Hub::new(Arc::default())), rules, max)
     }
 
@@ -635,7 +630,8 @@ mod tests {
             pattern: ChannelPattern::new("*"),
             size: 20_000,
             ttl: Duration::from_secs(60),
-        }];
+        }
+        .into()];
         let b = MemoryBroker::new(Arc::new(crate::hub::Hub::new(Arc::default())), rules, 10);
         let epoch = now(b.publish("c", &raw("0"), None)).unwrap().epoch.to_string();
         for _ in 0..MAX_REPLAY {
@@ -721,7 +717,8 @@ mod tests {
             pattern: ChannelPattern::new("*"),
             size: 100,
             ttl: Duration::from_secs(60),
-        }];
+        }
+        .into()];
         (Arc::new(MemoryBroker::new(subscribers.clone(), rules, 100)), subscribers)
     }
 

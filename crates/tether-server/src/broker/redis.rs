@@ -18,7 +18,7 @@
 use super::{
     history_policy, new_epoch, Broker, BrokerError, History, LocalSubscribers, Once, PublishReceipt,
 };
-use crate::config::HistoryRule;
+use crate::config::ChannelRule;
 use crate::metrics::Metrics;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
@@ -71,7 +71,7 @@ struct BrokerMetrics {
 
 pub struct RedisBroker {
     hub: Arc<dyn LocalSubscribers>,
-    rules: Vec<HistoryRule>,
+    rules: Vec<ChannelRule>,
     url: String,
     commands: ConnectionManager,
     publish: redis::Script,
@@ -92,7 +92,7 @@ impl RedisBroker {
     pub async fn connect(
         url: &str,
         hub: Arc<dyn LocalSubscribers>,
-        rules: Vec<HistoryRule>,
+        rules: Vec<ChannelRule>,
         metrics: &Metrics,
         resync: Arc<dyn Fn() + Send + Sync>,
         stop: CancellationToken,

@@ -119,7 +119,8 @@ pub struct Hub {
     /// When channels go out by sweep (only with `direct`).
     sweep: FanoutSweep,
     /// permessage-deflate for publications: `None` off; else (minimum size, channel patterns).
-    compression: Option<(usize, Vec<tether_core::channel::ChannelPattern>)>,
+    /// The smallest publication worth compressing, and the channel blocks that say where.
+    compression: Option<(usize, Vec<crate::config::ChannelRule>)>,
     /// Where sweeps run: the gateway's runtime (see [`Hub::run_sweeps_on`]).
     runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
@@ -147,14 +148,10 @@ impl Hub {
         let _ = self.runtime.set(runtime);
     }
 
-    /// Compress publications of at least `min_size` bytes on channels matching `patterns` for
-    /// subscribers that negotiated permessage-deflate.
-    pub fn compression(
-        mut self,
-        min_size: usize,
-        patterns: Vec<tether_core::channel::ChannelPattern>,
-    ) -> Self {
-        self.compression = Some((min_size, patterns));
+    /// Compress publications of at least `min_size` bytes for subscribers that negotiated
+    /// permessage-deflate, on every channel whose blocks do not turn `compression` off.
+    pub fn compression(mut self, min_size: usize, rules: Vec<crate::config::ChannelRule>) -> Self {
+        self.compression = Some((min_size, rules));
         self
     }
 
@@ -190,8 +187,8 @@ impl Hub {
     ) -> Arc<Published> {
         let text = render(mode, name, epoch, offset, data);
         let compress = match &self.compression {
-            Some((min, patterns)) => Compress::for_message(
-                tether_core::channel::any_matches(patterns, name),
+            Some((min, rules)) => Compress::for_message(
+                crate::config::channel_option(rules, name, |r| r.compression).unwrap_or(true),
                 text.len(),
                 *min as u64,
             ),

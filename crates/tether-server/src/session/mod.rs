@@ -24,7 +24,7 @@ pub(crate) use answer::{published, Answer};
 pub(crate) use ending::{Close, Ending};
 
 use crate::auth::{Access, Grant, TokenError, Verifier};
-use crate::config::GatewayConfig;
+use crate::config::{channel_option, GatewayConfig};
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::publication::Mode;
 use serde_json::value::RawValue;
@@ -283,7 +283,8 @@ impl Session {
     }
 
     fn access(&self, rules: Rules, channel: &str, publish: bool) -> Access {
-        let anonymous = &rules.config.anonymous_channels;
+        let anonymous = channel_option(&rules.config.channel, channel, |r| r.anonymous);
+        let anonymous = anonymous.unwrap_or(false);
         crate::auth::access(rules.verifier, anonymous, self.grant.as_deref(), channel, publish)
     }
 
@@ -292,7 +293,7 @@ impl Session {
         channel::validate(channel, cfg.max_channel_name_len)
             .map_err(|e| ErrorBody::new(ErrorCode::BadChannel, e.to_string()))?;
         if channel.starts_with(channel::RESERVED_PREFIX)
-            || !channel::any_matches(&cfg.client_publish, channel)
+            || !channel_option(&cfg.channel, channel, |r| r.client_publish).unwrap_or(false)
         {
             return Err(ErrorBody::new(
                 ErrorCode::PublishForbidden,

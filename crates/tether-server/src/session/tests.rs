@@ -32,7 +32,8 @@ struct World {
 }
 
 impl World {
-    fn new(config: GatewayConfig) -> Self {
+    fn new(mut config: GatewayConfig) -> Self {
+        config.fold_channel_settings(); // as the gateway does
         World { config, verifier: None, metrics: Metrics::new() }
     }
 

@@ -8,7 +8,13 @@ use std::time::Duration;
 use tether_core::channel::ChannelPattern;
 use tether_core::defaults as d;
 
-/// History kept for channels matching `pattern` (the first matching rule wins).
+mod channels;
+pub use channels::{
+    channel_option, channel_options, history_policy, ChannelOptions, ChannelRule, HistorySetting,
+};
+
+/// History kept for channels matching `pattern` (the first matching rule wins). The flat form
+/// of a `[[channel]]` block's `history`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryRule {
@@ -130,7 +136,9 @@ pub struct GatewayConfig {
     pub compression: bool,
     /// Publications shorter than this go out uncompressed (not worth it).
     pub compression_min_size: ByteSize,
-    /// Channels whose publications are compressed (`*` patterns).
+    /// Channels whose publications are compressed (`*` patterns). Empty: every channel. The
+    /// flat form of a `[[channel]]` block's `compression`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub compression_channels: Vec<ChannelPattern>,
     /// How long a publication's idempotency key is remembered: a retry with the same key within
     /// this window is answered with the first publication's receipt and not published again.
@@ -180,8 +188,12 @@ pub struct GatewayConfig {
     /// object counts as 1); deeper → an error reply or HTTP 400.
     pub max_json_depth: usize,
     /// Channels that clients may publish to over the WebSocket (`*` patterns). Empty: none.
+    /// The flat form of a `[[channel]]` block's `client_publish`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub client_publish: Vec<ChannelPattern>,
-    /// History per channel pattern, for recovery after reconnects. Empty: no history.
+    /// History per channel pattern, for recovery after reconnects. Empty: no history. The flat
+    /// form of a `[[channel]]` block's `history`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryRule>,
     /// Channel streams the memory broker holds at most (a stream lives while it has history or
     /// subscribers); publishing to a new channel beyond it gets 503.
@@ -206,7 +218,9 @@ pub struct GatewayConfig {
     /// expiry during the connection, which closes it (4002) at `exp` plus this.
     #[serde(with = "humantime_serde")]
     pub jwt_leeway: Duration,
-    /// With JWT on: channels anyone may subscribe to without a token (`*` patterns).
+    /// With JWT on: channels anyone may subscribe to without a token (`*` patterns). The flat
+    /// form of a `[[channel]]` block's `anonymous`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub anonymous_channels: Vec<ChannelPattern>,
     /// Serve a non-loopback address without API keys (anyone who reaches it may publish).
     pub insecure: bool,
@@ -233,6 +247,10 @@ pub struct GatewayConfig {
     /// How long a closing handshake may take before the socket is dropped.
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
+    /// Options per channel name pattern (`[[channel]]` blocks): history, presence, join/leave,
+    /// client publishing, anonymous access, compression. For each option the first matching
+    /// block that sets it decides (`config/channels.rs`). Last, so that TOML prints it last.
+    pub channel: Vec<ChannelRule>,
 }
 
 impl Default for GatewayConfig {
@@ -259,7 +277,7 @@ impl Default for GatewayConfig {
             idempotency_window: Duration::from_secs(300),
             compression: true,
             compression_min_size: ByteSize::b(64),
-            compression_channels: vec![ChannelPattern::new("*")],
+            compression_channels: Vec::new(),
             limit_loopback: false,
             ipv6_prefix: 64,
             trusted_proxies: Vec::new(),
@@ -292,6 +310,7 @@ impl Default for GatewayConfig {
             restart_retry_hint: d::RESTART_RETRY_HINT,
             drain_timeout: d::DRAIN_TIMEOUT,
             close_timeout: d::CLOSE_TIMEOUT,
+            channel: Vec::new(),
         }
     }
 }
@@ -305,6 +324,30 @@ pub struct ConfigError {
 }
 
 impl GatewayConfig {
+    /// Every channel block in force: the written `[[channel]]` blocks, then the flat settings
+    /// (`history`, `client_publish`, `anonymous_channels`, `compression_channels`) as blocks.
+    pub fn channel_rules(&self) -> Vec<ChannelRule> {
+        let mut rules = self.channel.clone();
+        rules.extend(channels::fold(
+            self.history.clone(),
+            self.client_publish.clone(),
+            self.anonymous_channels.clone(),
+            self.compression_channels.clone(),
+        ));
+        rules
+    }
+
+    /// Move the flat settings into `channel`, where they decide after the written blocks (what
+    /// `--print-config` shows). The gateway does this to the configuration it is given, and
+    /// from then on reads channel options from `channel` alone.
+    pub fn fold_channel_settings(&mut self) {
+        self.channel = self.channel_rules();
+        self.history.clear();
+        self.client_publish.clear();
+        self.anonymous_channels.clear();
+        self.compression_channels.clear();
+    }
+
     /// Check ranges; every error names the field and the accepted range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |field, problem: &str| Err(ConfigError { field, problem: problem.to_owned() });
@@ -428,6 +471,9 @@ impl GatewayConfig {
                     "each rule needs 1 <= size <= 100000 and a ttl of at least 1s",
                 );
             }
+        }
+        if let Err((field, problem)) = channels::check(&self.channel) {
+            return Err(ConfigError { field, problem });
         }
         if self.close_timeout > self.drain_timeout {
             return err(
