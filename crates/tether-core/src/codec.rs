@@ -142,6 +142,10 @@ pub fn decode_command_limited(text: &str, max_depth: usize) -> Result<ClientComm
             Ok(ClientCommand::Publish { id, channel, data })
         }
         "ping" => Ok(ClientCommand::Ping { id }),
+        "presence" => Ok(ClientCommand::Presence { id, channel: channel(wire.channel)? }),
+        "presence_stats" => {
+            Ok(ClientCommand::PresenceStats { id, channel: channel(wire.channel)? })
+        }
         "connect" => {
             let token = wire.token.ok_or_else(|| {
                 DecodeError::new(Some(id), ErrorCode::InvalidCommand, "`connect` needs a `token`")
@@ -152,7 +156,8 @@ pub fn decode_command_limited(text: &str, max_depth: usize) -> Result<ClientComm
             Some(id),
             ErrorCode::UnknownCommand,
             format!(
-                "unknown command `{other}`; known: connect, subscribe, unsubscribe, publish, ping"
+                "unknown command `{other}`; known: connect, subscribe, unsubscribe, publish, ping, \
+                 presence, presence_stats"
             ),
         )),
     }
@@ -194,6 +199,10 @@ pub fn encode_command(command: &ClientCommand) -> String {
         }
         ClientCommand::Ping { .. } => ("ping", None, None),
         ClientCommand::Connect { .. } => ("connect", None, None),
+        ClientCommand::Presence { channel, .. } => ("presence", Some(channel.as_str()), None),
+        ClientCommand::PresenceStats { channel, .. } => {
+            ("presence_stats", Some(channel.as_str()), None)
+        }
     };
     let token = match command {
         ClientCommand::Connect { token, .. } => Some(token.as_str()),
@@ -413,6 +422,28 @@ mod tests {
         let ping = encode_command(&ClientCommand::Ping { id: 9 });
         assert_eq!(ping, r#"{"id":9,"cmd":"ping"}"#);
         assert_eq!(decode_command(&ping).unwrap(), ClientCommand::Ping { id: 9 });
+        for cmd in [
+            ClientCommand::Presence { id: 4, channel: "room".into() },
+            ClientCommand::PresenceStats { id: 5, channel: "room".into() },
+        ] {
+            assert_eq!(decode_command(&encode_command(&cmd)).unwrap(), cmd);
+        }
+        let missing = decode_command(r#"{"id":6,"cmd":"presence"}"#).unwrap_err();
+        assert_eq!((missing.id, missing.error.code), (Some(6), ErrorCode::InvalidCommand));
+    }
+
+    #[test]
+    fn presence_replies_decode_into_their_fields() {
+        let text = r#"{"type":"reply","id":1,"result":{"client":"c1","clients":{"c1":{"client":"c1","user":"ada","info":{"name":"Ada"}}},"num_clients":1,"num_users":1}}"#;
+        let ServerMessage::Reply { result: Some(r), .. } = decode_server_message(text).unwrap()
+        else {
+            panic!("a reply")
+        };
+        assert_eq!(r.client.as_deref(), Some("c1"));
+        let entry = &r.clients.unwrap()["c1"];
+        assert_eq!(entry.user.as_deref(), Some("ada"));
+        assert_eq!(entry.info, Some(serde_json::json!({"name": "Ada"})));
+        assert_eq!((r.num_clients, r.num_users), (Some(1), Some(1)));
     }
 
     #[test]

@@ -50,6 +50,16 @@ pub enum ClientCommand {
         id: CommandId,
         token: String,
     },
+    /// Who is subscribed to a presence channel (the asker must be subscribed to it).
+    Presence {
+        id: CommandId,
+        channel: String,
+    },
+    /// How many clients and distinct users are subscribed to a presence channel.
+    PresenceStats {
+        id: CommandId,
+        channel: String,
+    },
 }
 
 impl PartialEq for ClientCommand {
@@ -68,6 +78,10 @@ impl PartialEq for ClientCommand {
             }
             (Ping { id: a }, Ping { id: b }) => a == b,
             (Connect { id: a, token: x }, Connect { id: b, token: y }) => a == b && x == y,
+            (Presence { id: a, channel: c }, Presence { id: b, channel: d })
+            | (PresenceStats { id: a, channel: c }, PresenceStats { id: b, channel: d }) => {
+                a == b && c == d
+            }
             _ => false,
         }
     }
@@ -80,7 +94,9 @@ impl ClientCommand {
             | ClientCommand::Unsubscribe { id, .. }
             | ClientCommand::Publish { id, .. }
             | ClientCommand::Ping { id }
-            | ClientCommand::Connect { id, .. } => *id,
+            | ClientCommand::Connect { id, .. }
+            | ClientCommand::Presence { id, .. }
+            | ClientCommand::PresenceStats { id, .. } => *id,
         }
     }
 }
@@ -113,6 +129,9 @@ pub enum ErrorCode {
     Internal,
     /// The connection's token does not allow this channel.
     Forbidden,
+    /// `presence` or `presence_stats` on a channel without presence (see the server's
+    /// `[[channel]]` blocks).
+    PresenceDisabled,
 }
 
 impl ErrorCode {
@@ -130,6 +149,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::PresenceDisabled => "presence_disabled",
         }
     }
 }
@@ -174,6 +194,32 @@ pub struct ReplyResult {
     /// changed, or the replay would not fit the connection's outbound budget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The first successful reply on a connection: the id the server gave this connection
+    /// (how other clients see it in presence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// `presence`: every subscription of the channel, by client id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<std::collections::BTreeMap<String, ClientInfo>>,
+    /// `presence_stats`: subscribed clients...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_clients: Option<u64>,
+    /// ...and distinct users among them (clients without a user count once each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_users: Option<u64>,
+}
+
+/// One client in a channel's presence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// The connection's id (see [`ReplyResult::client`]).
+    pub client: String,
+    /// The user its token names (`sub`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The token's `info` claim, as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
 }
 
 /// The advice sent before the server closes a `tether.v1.json` connection.

@@ -36,12 +36,17 @@ struct Claims {
     subscribe: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
+    /// Shown to the channel's other subscribers in presence.
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// What a verified token allows.
 #[derive(Debug)]
 pub struct Grant {
     pub sub: Option<String>,
+    /// The `info` claim, verbatim: what presence shows of this connection.
+    pub info: Option<std::sync::Arc<serde_json::value::RawValue>>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     /// When the connection must end: `exp` plus the leeway.
@@ -175,6 +180,7 @@ impl Verifier {
         let patterns = |list: Vec<String>| list.into_iter().map(ChannelPattern::new).collect();
         Ok(Grant {
             sub: c.sub,
+            info: c.info.map(Into::into),
             exp: c.exp,
             ends: UNIX_EPOCH + Duration::from_secs(c.exp) + self.rules.leeway,
             subscribe: patterns(c.subscribe),

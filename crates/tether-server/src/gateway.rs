@@ -181,6 +181,7 @@ impl Gateway {
                 park_after,
                 tracker: TaskTracker::new(),
                 next_conn_id: AtomicU64::new(1),
+                client_prefix: format!("{:012x}", rand::random::<u64>() >> 16),
                 stats: Arc::default(),
                 background_started: Default::default(),
                 loopback_only: Default::default(),
@@ -207,7 +208,8 @@ impl Gateway {
         self.shared.broker.readiness()
     }
 
-    /// The gateway's routes: `GET /ws`, `POST /api/publish`, `GET /healthz`, `GET /metrics`
+    /// The gateway's routes: `GET /ws`, `POST /api/{method}` (publish, presence, ...),
+    /// `GET /healthz`, `GET /metrics`
     /// (and `GET /echo` with `conformance_echo`).
     /// Merge or nest them into your own axum `Router`.
     pub fn router(&self) -> Router {
@@ -218,10 +220,7 @@ impl Gateway {
         }
         router
             .route("/ws", get(crate::upgrade::ws_handler))
-            .route(
-                "/api/publish",
-                post(crate::api::publish).fallback(crate::api::method_not_allowed),
-            )
+            .route("/api/{method}", post(crate::api::call).fallback(crate::api::method_not_allowed))
             .route("/healthz", get(crate::api::healthz))
             .route("/readyz", get(crate::api::readyz))
             .route("/metrics", get(crate::api::metrics))
@@ -311,6 +310,7 @@ impl Gateway {
                         if let Some(n) = held.idempotency_keys {
                             m.idempotency_keys.set(n as i64);
                         }
+                        m.presence_entries.set(shared.broker.presence_entries() as i64);
                         shared.per_ip.sweep_now(shared.now_ms());
                     }
                 }

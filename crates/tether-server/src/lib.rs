@@ -9,7 +9,7 @@
 //! `tether-core/tests/layers.rs`, which reads this list); docs/architecture.md walks through them.
 //! 1. `sys`, `sync`, `svg_chart`, `tls`, `web`, `forwarded`, `origin`, `publication`
 //! 2. `metrics`, `config`, `per_ip`, `stats`
-//! 3. `auth`, `pending`, `mailbox`, `handshake`
+//! 3. `auth`, `pending`, `mailbox`, `handshake`, `presence`
 //! 4. `parking`, `hub`, `broker`
 //! 5. `transport`, `dashboard`, `session`
 //! 6. `gate`, `node`
@@ -26,11 +26,13 @@
 //!   origins may connect.
 //! - `publication` — a publication as it goes out: rendered, framed once (plain and
 //!   compressed), fragmented.
-//! - [`metrics`] — the Prometheus registry; [`config`] — [`GatewayConfig`], every setting, and the `[[channel]]` blocks that decide each channel's options;
+//! - [`metrics`] — the Prometheus registry; [`config`] — [`GatewayConfig`], every setting, and
+//!   the `[[channel]]` blocks that decide each channel's options;
 //!   [`per_ip`] — per-client limits; [`stats`] — round trips and closes for the dashboard.
 //! - [`auth`] — JWT verification; `pending` — connections not yet WebSockets, capped;
 //!   `mailbox` — a connection's outbound queue, and the direct-write handle publishers write
 //!   through (`mailbox::direct`, which states its invariant).
+//! - `presence` — who is subscribed to presence channels on this node (the broker shares it).
 //! - `parking` — where idle connections wait without WebSocket state or timers of their own;
 //!   [`hub`] — which connection listens to which channel; one-encode fan-out, sweeps.
 //! - [`broker`] — the [`Broker`] seam (memory, Redis), delivering to this node's subscribers
@@ -72,6 +74,7 @@ pub mod origin;
 mod parking;
 mod pending;
 pub mod per_ip;
+pub mod presence;
 mod publication;
 mod session;
 pub mod stats;

@@ -78,6 +78,8 @@ pub struct Metrics {
     /// remembered; refreshed by the once-a-second housekeeping.
     pub broker_streams: Gauge,
     pub idempotency_keys: Gauge,
+    /// Presence entries of this node's subscriptions (refreshed by the housekeeping).
+    pub presence_entries: Gauge,
 }
 
 impl Default for Metrics {
@@ -139,6 +141,7 @@ impl Metrics {
             cpu_seconds: Gauge::default(),
             broker_streams: Gauge::default(),
             idempotency_keys: Gauge::default(),
+            presence_entries: Gauge::default(),
         };
         {
             let mut r = crate::sync::lock(&m.registry);
@@ -323,6 +326,11 @@ impl Metrics {
                 "tether_idempotency_keys",
                 "Idempotency keys the memory broker remembers (forgotten after idempotency_window by its housekeeping)",
                 m.idempotency_keys.clone(),
+            );
+            t.register(
+                "tether_presence_entries",
+                "Presence entries of this node's subscriptions to presence channels (one per subscription; bounded by max_connections × max_subscriptions)",
+                m.presence_entries.clone(),
             );
             t.register(
                 "process_cpu_seconds",

@@ -51,6 +51,9 @@ pub(crate) struct Node {
     /// Checks JWTs when `jwt_secret` or `jwt_public_key` is set.
     pub auth: Option<crate::auth::Verifier>,
     pub next_conn_id: AtomicU64,
+    /// Random per node process: with a connection's number, its client id, unique across
+    /// nodes and restarts without a string per connection.
+    pub client_prefix: String,
     /// Figures for the dashboard beyond the Prometheus counters.
     pub stats: Arc<crate::stats::Stats>,
     /// Set once the background tasks (broker housekeeping, dashboard sampler) run.
@@ -78,6 +81,24 @@ pub enum PublishError {
 }
 
 impl Node {
+    /// Connection `conn`'s client id (what presence shows and the first reply carries).
+    pub fn client_id(&self, conn: u64) -> String {
+        format!("{}-{conn:x}", self.client_prefix)
+    }
+
+    /// Whether `channel` keeps presence.
+    pub fn presence_on(&self, channel: &str) -> bool {
+        crate::config::channel_option(&self.config.channel, channel, |r| r.presence)
+            .unwrap_or(false)
+    }
+
+    /// Connection `conn` no longer subscribes to `channel`: out of its presence, if it keeps one.
+    pub fn left(&self, channel: &str, conn: u64) {
+        if self.presence_on(channel) {
+            self.broker.presence_leave(channel, &self.client_id(conn));
+        }
+    }
+
     /// Graceful shutdown has begun.
     pub fn stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::Acquire)

@@ -216,6 +216,25 @@ pub fn text(out: &std::process::Output) -> (String, String) {
     )
 }
 
+/// `POST /api/{method}` with a JSON body and, if given, an API key; (status, JSON body or Null).
+pub fn api_call(
+    server: &Server,
+    key: Option<&str>,
+    method: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut req = agent()
+        .post(&server.http(&format!("/api/{method}")))
+        .header("content-type", "application/json");
+    if let Some(key) = key {
+        req = req.header("authorization", &format!("Bearer {key}"));
+    }
+    let mut resp = req.send(body).expect("HTTP request");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
 /// A plain HTTP request; returns (status, JSON body or Null).
 pub fn http_request(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
     let agent = agent();

@@ -20,6 +20,7 @@ use super::{
 };
 use crate::config::ChannelRule;
 use crate::metrics::Metrics;
+use crate::presence::{LocalPresence, Member};
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
@@ -84,6 +85,7 @@ pub struct RedisBroker {
     /// run_id get a new epoch (see the scripts).
     run_id: Mutex<String>,
     metrics: Arc<BrokerMetrics>,
+    presence: LocalPresence,
 }
 
 impl RedisBroker {
@@ -155,6 +157,7 @@ impl RedisBroker {
             last_error: Arc::new(Mutex::new(None)),
             run_id: Mutex::new(String::new()),
             metrics: broker_metrics,
+            presence: LocalPresence::default(),
         });
         broker.refresh_run_id().await.map_err(unreachable)?;
         // Subscribe before returning: a node must not serve a recovering subscribe before its
@@ -394,6 +397,25 @@ impl Broker for RedisBroker {
                 .clone()
                 .unwrap_or_else(|| "Redis is unreachable".into()))
         }
+    }
+
+    fn presence_join(&self, channel: &str, member: Arc<Member>) {
+        self.presence.join(channel, member);
+    }
+
+    fn presence_leave(&self, channel: &str, client: &str) {
+        self.presence.leave(channel, client);
+    }
+
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Arc<Member>>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(self.presence.members(channel))))
+    }
+
+    fn presence_entries(&self) -> usize {
+        self.presence.entries()
     }
 
     fn name(&self) -> &'static str {

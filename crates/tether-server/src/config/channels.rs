@@ -25,7 +25,8 @@ pub struct ChannelRule {
     /// Publications kept for recovery, `SIZE/TTL` (e.g. `1000/10m`), or `off`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<HistorySetting>,
-    /// Who is subscribed is kept and can be asked for (issue 20; not served yet).
+    /// Who is subscribed is kept and can be asked for: `presence` and `presence_stats` by the
+    /// channel's subscribers and through the HTTP API (default: no).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<bool>,
     /// Subscribers are told when others join and leave (issue 20; not served yet).
@@ -179,7 +180,7 @@ pub(super) fn fold(
 }
 
 /// A block's values out of range, as (field, problem).
-pub(super) fn check(rules: &[ChannelRule]) -> Result<(), (&'static str, String)> {
+pub(super) fn check(rules: &[ChannelRule], broker: &str) -> Result<(), (&'static str, String)> {
     for rule in rules {
         let name = rule.pattern.as_str();
         if name.is_empty() || name.len() > 1024 {
@@ -193,10 +194,16 @@ pub(super) fn check(rules: &[ChannelRule]) -> Result<(), (&'static str, String)>
                 ));
             }
         }
-        if rule.presence == Some(true) || rule.join_leave == Some(true) {
+        if rule.presence == Some(true) && broker != "memory" {
             return Err((
-                "channel.presence/join_leave",
-                format!("`{name}`: presence and join/leave are not served yet (issue 20)"),
+                "channel.presence",
+                format!("`{name}`: presence across nodes (the Redis broker) is not served yet"),
+            ));
+        }
+        if rule.join_leave == Some(true) {
+            return Err((
+                "channel.join_leave",
+                format!("`{name}`: join/leave events are not served yet"),
             ));
         }
     }

@@ -472,7 +472,7 @@ impl GatewayConfig {
                 );
             }
         }
-        if let Err((field, problem)) = channels::check(&self.channel) {
+        if let Err((field, problem)) = channels::check(&self.channel, &self.broker) {
             return Err(ConfigError { field, problem });
         }
         if self.close_timeout > self.drain_timeout {

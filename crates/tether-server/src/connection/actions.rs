@@ -21,7 +21,7 @@ impl Connection {
         // subscribe's broker call and replay made an active connection's state 6.9 KB. The
         // per-message paths (replies, raw pong) stay inline.
         match action {
-            Action::Reply(reply) => self.reply(ws, &reply).await,
+            Action::Reply(reply) => self.reply(ws, reply).await,
             Action::Pong => self.raw_pong(ws).await,
             Action::Echo => Box::pin(self.echo(ws, msg)).await,
             Action::Ignore => None,
@@ -30,10 +30,13 @@ impl Connection {
             }
             Action::Unsubscribe { id, channel } => {
                 self.leave(&channel);
-                self.reply(ws, &Session::ok(id)).await
+                self.reply(ws, Session::ok(id)).await
             }
             Action::Publish { id, channel, data } => {
                 Box::pin(self.publish(ws, id, channel, data)).await
+            }
+            Action::Presence { id, channel, stats } => {
+                Box::pin(self.presence(ws, id, channel, stats)).await
             }
             Action::Close(close) => Some(Box::pin(self.close(ws, close)).await),
         }
@@ -49,7 +52,20 @@ impl Connection {
     ) -> Option<Ending> {
         let receipt = self.shared.publish_once(&channel, &data, None).await;
         let reply = crate::session::published(rules(&self.shared), id, receipt);
-        self.reply(ws, &reply).await
+        self.reply(ws, reply).await
+    }
+
+    /// `presence` / `presence_stats`, answered with what the broker holds.
+    async fn presence(
+        &mut self,
+        ws: &mut Ws,
+        id: u64,
+        channel: String,
+        stats: bool,
+    ) -> Option<Ending> {
+        let members = self.shared.broker.presence(&channel).await;
+        let reply = crate::session::presence_reply(rules(&self.shared), id, stats, members);
+        self.reply(ws, reply).await
     }
 
     /// Raw mode's pong. Its frame is built once: straight to the socket when nothing is queued
@@ -99,8 +115,11 @@ impl Connection {
         }
     }
 
-    pub(super) async fn reply(&mut self, ws: &mut Ws, reply: &ServerMessage) -> Option<Ending> {
-        self.enqueue(ws, Message::Text(codec::encode(reply).into())).await
+    /// Send a reply (the first successful one carries the client id).
+    pub(super) async fn reply(&mut self, ws: &mut Ws, mut reply: ServerMessage) -> Option<Ending> {
+        let (shared, id) = (&self.shared, self.id);
+        self.session.introduce(&mut reply, || shared.client_id(id));
+        self.enqueue(ws, Message::Text(codec::encode(&reply).into())).await
     }
 
     /// Queue a reply. Replies share the outbound queue with publications, so the order the peer
@@ -134,13 +153,28 @@ impl Connection {
         self.queue.with_subscriptions(|s| s.insert(Arc::from(channel)));
         if let Some(name) = self.shared.hub.subscribe(channel, self.id, sub) {
             self.queue.with_subscriptions(|s| s.adopt(name));
+            if self.shared.presence_on(channel) {
+                let member = self.member();
+                self.shared.broker.presence_join(channel, member);
+            }
         }
     }
 
     fn leave(&mut self, channel: &str) {
         if self.queue.with_subscriptions(|s| s.remove(channel)) {
             self.shared.hub.unsubscribe(channel, self.id);
+            self.shared.left(channel, self.id);
         }
+    }
+
+    /// This connection as a presence entry.
+    fn member(&self) -> Arc<crate::presence::Member> {
+        let grant = self.session.grant();
+        Arc::new(crate::presence::Member {
+            client: self.shared.client_id(self.id).into(),
+            user: grant.and_then(|g| g.sub.as_deref()).map(Arc::from),
+            info: grant.and_then(|g| g.info.clone()),
+        })
     }
 
     /// `subscribe`, as the session allowed it: register in the hub first (live publications
@@ -159,10 +193,12 @@ impl Connection {
         match self.session.answer(rules(&self.shared), id, channel, recover, history, room) {
             Answer::Refuse(reply) => {
                 self.leave(channel);
-                self.reply(ws, &reply).await
+                self.reply(ws, reply).await
             }
             Answer::Close(close) => Some(self.close(ws, close).await),
-            Answer::Replay { reply, epoch, top, replay } => {
+            Answer::Replay { mut reply, epoch, top, replay } => {
+                let (shared, conn) = (&self.shared, self.id);
+                self.session.introduce(&mut reply, || shared.client_id(conn));
                 // Queued live publications at or below the watermark are in the replay.
                 self.queue.with_subscriptions(|s| {
                     if let Some(w) = s.get_mut(channel) {

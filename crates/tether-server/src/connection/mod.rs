@@ -136,6 +136,7 @@ impl Drop for Connection {
         let channels: Vec<_> = self.queue.with_subscriptions(|s| s.take_channels().collect());
         for channel in channels {
             self.shared.hub.unsubscribe(&channel, self.id);
+            self.shared.left(&channel, self.id);
         }
         self.shared.metrics.connections_open.dec();
         // The slot taken (and forgotten) at the handshake: cheaper to hold than a permit.

@@ -1,5 +1,5 @@
 //! The answer to a `subscribe` once the broker has said where the channel stands (and, for a
-//! recovery, what the client missed), and the reply to a client's `publish`.
+//! recovery, what the client missed), and the replies to a client's `publish` and `presence`.
 //!
 //! A replay counts against `outbound_queue_bytes`: the publications it would send, as rendered,
 //! must fit in what the budget leaves beside what is queued for the connection now (`room`).
@@ -12,6 +12,7 @@
 use super::{count_error, Close, Rules, Session};
 use crate::broker::{BrokerError, History, NotRecovered, PublishReceipt, MAX_REPLAY};
 use crate::metrics::OutcomeLabels;
+use crate::presence::Member;
 use crate::publication::Mode;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -118,6 +119,36 @@ pub(crate) fn published<E: std::fmt::Display>(
         Err(e) => {
             let reply =
                 ServerMessage::err(Some(id), ErrorBody::new(ErrorCode::Unavailable, e.to_string()));
+            count_error(rules.metrics, &reply);
+            reply
+        }
+    }
+}
+
+/// The reply to `presence` (`stats`: `presence_stats`) with what the broker answered.
+pub(crate) fn presence_reply<E: std::fmt::Display>(
+    rules: Rules,
+    id: u64,
+    stats: bool,
+    members: Result<Vec<Arc<Member>>, E>,
+) -> ServerMessage {
+    match members {
+        Ok(members) if stats => {
+            let (clients, users) = crate::presence::stats(&members);
+            let result = ReplyResult {
+                num_clients: Some(clients),
+                num_users: Some(users),
+                ..Default::default()
+            };
+            ServerMessage::ok(id, result)
+        }
+        Ok(members) => {
+            let clients = members.iter().map(|m| (m.client.to_string(), m.to_info())).collect();
+            ServerMessage::ok(id, ReplyResult { clients: Some(clients), ..Default::default() })
+        }
+        Err(e) => {
+            let error = ErrorBody::new(ErrorCode::Unavailable, e.to_string());
+            let reply = ServerMessage::err(Some(id), error);
             count_error(rules.metrics, &reply);
             reply
         }

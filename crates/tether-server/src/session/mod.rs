@@ -20,7 +20,7 @@ mod tests;
 
 #[cfg(test)]
 pub(crate) use answer::weight;
-pub(crate) use answer::{published, Answer};
+pub(crate) use answer::{presence_reply, published, Answer};
 pub(crate) use ending::{Close, Ending};
 
 use crate::auth::{Access, Grant, TokenError, Verifier};
@@ -90,6 +90,13 @@ pub(crate) enum Action {
         channel: String,
         data: Box<RawValue>,
     },
+    /// Ask the broker who is in the channel (a subscribed presence channel), then reply with
+    /// [`presence_reply`]: the entries, or with `stats` their counts.
+    Presence {
+        id: u64,
+        channel: String,
+        stats: bool,
+    },
     Close(Close),
 }
 
@@ -113,6 +120,8 @@ pub(crate) struct Session {
     inbound: TokenBucket,
     /// What the connection's token allows (JWT on, and a token given).
     grant: Option<Arc<Grant>>,
+    /// A successful reply has carried the connection's client id.
+    introduced: bool,
 }
 
 impl Session {
@@ -127,11 +136,27 @@ impl Session {
     ) -> Self {
         let heartbeat = Heartbeat::new(config.ping_interval, config.pong_timeout, now);
         let inbound = TokenBucket::full(config.max_inbound_rate as f32, ticks);
-        Session { mode, heartbeat, inbound, grant }
+        Session { mode, heartbeat, inbound, grant, introduced: false }
     }
 
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// What the connection's token allows, if it gave one.
+    pub fn grant(&self) -> Option<&Grant> {
+        self.grant.as_deref()
+    }
+
+    /// Put the connection's client id into the first successful reply (see
+    /// `ReplyResult::client`).
+    pub fn introduce(&mut self, reply: &mut ServerMessage, client: impl FnOnce() -> String) {
+        if let ServerMessage::Reply { result: Some(result), .. } = reply {
+            if !self.introduced {
+                result.client = Some(client());
+                self.introduced = true;
+            }
+        }
     }
 
     /// A frame arrived at `now` (any frame: it proves the peer alive). `counted`: a data message
@@ -262,6 +287,10 @@ impl Session {
                 Ok(()) => Action::Publish { id, channel, data },
                 Err(error) => reply(rules, ServerMessage::err(Some(id), error)),
             },
+            ClientCommand::Presence { id, channel } => presence(rules, held, id, channel, false),
+            ClientCommand::PresenceStats { id, channel } => {
+                presence(rules, held, id, channel, true)
+            }
         }
     }
 
@@ -340,6 +369,23 @@ pub(crate) fn subscribable(
         ));
     }
     Ok(())
+}
+
+/// `presence` / `presence_stats`: only on a channel with presence, by a subscriber of it (who
+/// sees its members anyway, as they publish and join).
+fn presence(rules: Rules, held: &dyn Held, id: u64, channel: String, stats: bool) -> Action {
+    let refuse =
+        |code, why: String| reply(rules, ServerMessage::err(Some(id), ErrorBody::new(code, why)));
+    if !channel_option(&rules.config.channel, &channel, |r| r.presence).unwrap_or(false) {
+        let why =
+            format!("`{channel}` keeps no presence; see the `presence` option of `[[channel]]`");
+        return refuse(ErrorCode::PresenceDisabled, why);
+    }
+    if !held.holds(&channel) {
+        let why = format!("subscribe to `{channel}` to see who is in it");
+        return refuse(ErrorCode::NotSubscribed, why);
+    }
+    Action::Presence { id, channel, stats }
 }
 
 /// A reply, counted when it is an error (`tether_command_errors_total{reason}`).

@@ -1,32 +1,21 @@
-//! The HTTP API beside the WebSocket endpoint: publish, health and metrics. Every error is a
-//! JSON body `{"error": "..."}` that names the problem.
+//! The HTTP API beside the WebSocket endpoint: the server API's methods (`methods`), health,
+//! metrics and heap profiles. Every error is a JSON body `{"error": "..."}` that names the
+//! problem.
+
+mod methods;
+pub(crate) use methods::call;
 
 use crate::metrics::ReasonLabels;
-use crate::node::{Node, PublishError};
-use axum::body::{to_bytes, Body};
+use crate::node::Node;
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use std::sync::Arc;
 
 pub(crate) fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishBody {
-    channel: String,
-    data: Box<RawValue>,
-    /// Makes retries safe: the same key within `idempotency_window` publishes once.
-    #[serde(default)]
-    idempotency_key: Option<String>,
-}
-
-/// Longest idempotency key accepted.
-const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// The API key a request carries: `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
@@ -42,7 +31,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 
 /// Refuse a request to the HTTP API unless it carries one of the configured keys (when any
 /// is configured): 401 without a key, 403 with a wrong one. Compared in constant time.
-fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Box<Response>> {
+pub(crate) fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let keys = &node.config().api_keys;
     if keys.is_empty() {
         return Ok(());
@@ -74,7 +63,7 @@ fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), Box<Response>> {
 /// `Content-Type: application/json` (any parameters). Required: a web page can send a
 /// cross-site `no-cors` POST only as a "simple" type (text/plain, forms), never as JSON, so
 /// this keeps any page a visitor opens from publishing through a server they can reach.
-fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -96,93 +85,6 @@ fn authorize_profiling(node: &Node, headers: &HeaderMap) -> Result<(), Box<Respo
     authorize(node, headers)
 }
 
-/// `POST /api/publish` with `{"channel": "...", "data": <any JSON>}`.
-pub(crate) async fn publish(State(node): State<Arc<Node>>, req: Request<Body>) -> Response {
-    if let Err(refused) = authorize(&node, req.headers()) {
-        return *refused;
-    }
-    if !is_json(req.headers()) {
-        node.metrics.api_refused.get_or_create(&ReasonLabels { reason: "content_type" }).inc();
-        return json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send the body as JSON with `Content-Type: application/json`",
-        );
-    }
-    // The body limit is the largest message a client could receive, plus the envelope.
-    let limit = node.config().max_message_size.as_u64() as usize + 1024;
-    let bytes = match to_bytes(req.into_body(), limit).await {
-        Ok(b) => b,
-        Err(_) => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body larger than {limit} bytes (max_message_size plus envelope)"),
-            )
-        }
-    };
-    if bytes.is_empty() {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            r#"empty body; send {"channel": "...", "data": ...}"#,
-        );
-    }
-    let max_depth = node.config().max_json_depth;
-    let too_deep = std::str::from_utf8(&bytes)
-        .is_ok_and(|text| tether_core::codec::json_depth(text, max_depth).is_err());
-    if too_deep {
-        node.metrics.json_too_deep.inc();
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            format!("JSON nested deeper than {max_depth} levels (max_json_depth)"),
-        );
-    }
-    let body: PublishBody = match serde_json::from_slice(&bytes) {
-        Ok(b) => b,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    r#"body must be {{"channel": "...", "data": <any JSON>, "idempotency_key": "optional"}}: {e}"#
-                ),
-            )
-        }
-    };
-    if let Some(key) = &body.idempotency_key {
-        let printable = key.bytes().all(|b| b.is_ascii_graphic());
-        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !printable {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces"
-                ),
-            );
-        }
-    }
-    let key = body.idempotency_key.as_deref();
-    match node.publish_once(&body.channel, &body.data, key).await {
-        Ok(receipt) => {
-            let mut reply = serde_json::json!({
-                "channel": body.channel,
-                "epoch": &*receipt.epoch,
-                "offset": receipt.offset,
-                "delivered": receipt.delivered,
-            });
-            if receipt.duplicate {
-                reply["duplicate"] = serde_json::Value::Bool(true);
-            }
-            axum::Json(reply).into_response()
-        }
-        Err(PublishError::BadChannel(e)) => {
-            json_error(StatusCode::BAD_REQUEST, format!("bad channel: {e}"))
-        }
-        Err(e @ PublishError::Reserved) => json_error(StatusCode::FORBIDDEN, e.to_string()),
-        Err(PublishError::Broker(e)) => {
-            let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            resp
-        }
-    }
-}
-
 pub(crate) async fn method_not_allowed() -> Response {
     json_error(StatusCode::METHOD_NOT_ALLOWED, "use POST with a JSON body")
 }
@@ -191,7 +93,7 @@ pub(crate) async fn not_found(req: Request<Body>) -> Response {
     json_error(
         StatusCode::NOT_FOUND,
         format!(
-            "no route for {}; try /, /ws, /api/publish, /healthz, /metrics or /tether.js",
+            "no route for {}; try /, /ws, /api/publish (and the other /api/ methods), /healthz, /metrics or /tether.js",
             req.uri().path()
         ),
     )
