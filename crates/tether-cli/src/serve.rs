@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// How long a publication's idempotency_key is remembered (retries within it publish once) [default: 5m]
     #[arg(long, env = "TETHER_IDEMPOTENCY_WINDOW", value_parser = units::duration)]
     idempotency_window: Option<Duration>,
+    /// With the Redis broker: how long a dead node's presence entries linger before every node stops showing them [default: 15s]
+    #[arg(long, env = "TETHER_PRESENCE_TTL", value_parser = units::duration)]
+    presence_ttl: Option<Duration>,
     /// Apply the per-address limits to loopback clients too (off: a local proxy is one address)
     #[arg(long)]
     limit_loopback: bool,
@@ -236,6 +239,7 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         max_handshake_rate,
         storm_retry_hint,
         idempotency_window,
+        presence_ttl,
         max_inbound_rate,
         ipv6_prefix,
         trusted_proxies,

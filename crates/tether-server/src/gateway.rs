@@ -1,6 +1,7 @@
 //! The gateway: owner of the hub, broker, metrics and shutdown signal, and the axum routes that
 //! expose them. Mount [`Gateway::router`] into any axum app, or run it alone with [`Gateway::serve`].
 
+use crate::broker::redis::PresenceNode;
 use crate::broker::{Broker, BrokerError, MemoryBroker, PublishReceipt};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::hub::Hub;
@@ -29,6 +30,20 @@ fn hub_for(config: &GatewayConfig, metrics: &Arc<Metrics>) -> Hub {
         }
         false => hub,
     }
+}
+
+/// This node's id: random per process, the prefix of its client ids (12 hex digits, no `-`).
+fn node_id() -> String {
+    format!("{:012x}", rand::random::<u64>() >> 16)
+}
+
+/// What a gateway is assembled from besides its configuration.
+struct Parts {
+    hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+    shutdown: CancellationToken,
+    resync: watch::Sender<u64>,
+    parking: Arc<crate::parking::ParkingLot>,
 }
 
 /// A Tether gateway. Cheap to clone; all clones are the same gateway.
@@ -75,7 +90,8 @@ impl Gateway {
             Arc::new(MemoryBroker::new(hub.clone(), config.channel.clone(), config.max_channels));
         let (resync, _) = watch::channel(0);
         let parking = Self::parking_lot(&config);
-        Self::assemble(config, metrics, hub, broker, CancellationToken::new(), resync, parking)
+        let parts = Parts { hub, broker, shutdown: CancellationToken::new(), resync, parking };
+        Self::assemble(config, metrics, node_id(), parts)
     }
 
     /// A gateway with the broker `config.broker` names: `memory`, or a `redis://` URL (Redis
@@ -98,16 +114,18 @@ impl Gateway {
                 parking.wake_all(); // parked connections do not watch `resync` themselves
             })
         };
+        let node = node_id();
         let broker = crate::broker::redis::RedisBroker::connect(
             &config.broker,
             hub.clone(),
             config.channel.clone(),
             &metrics,
             resync_hook,
+            PresenceNode { node: node.clone(), ttl: config.presence_ttl },
             shutdown.clone(),
         )
         .await?;
-        Self::assemble(config, metrics, hub, broker, shutdown, resync, parking)
+        Self::assemble(config, metrics, node, Parts { hub, broker, shutdown, resync, parking })
     }
 
     fn parking_lot(config: &GatewayConfig) -> Arc<crate::parking::ParkingLot> {
@@ -118,12 +136,10 @@ impl Gateway {
     fn assemble(
         config: GatewayConfig,
         metrics: Arc<Metrics>,
-        hub: Arc<Hub>,
-        broker: Arc<dyn Broker>,
-        shutdown: CancellationToken,
-        resync: watch::Sender<u64>,
-        parking: Arc<crate::parking::ParkingLot>,
+        node: String,
+        parts: Parts,
     ) -> Result<Gateway, GatewayError> {
+        let Parts { hub, broker, shutdown, resync, parking } = parts;
         let max = config.max_message_size.as_u64() as usize;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer_size.as_u64() as usize)
@@ -181,7 +197,7 @@ impl Gateway {
                 park_after,
                 tracker: TaskTracker::new(),
                 next_conn_id: AtomicU64::new(1),
-                client_prefix: format!("{:012x}", rand::random::<u64>() >> 16),
+                client_prefix: node,
                 stats: Arc::default(),
                 background_started: Default::default(),
                 loopback_only: Default::default(),
@@ -360,6 +376,9 @@ impl Gateway {
             tokio::time::timeout(self.shared.config.drain_timeout, self.shared.tracker.wait())
                 .await;
         let unfinished = if drained.is_ok() { 0 } else { self.shared.tracker.len() };
+        // What this node left in a shared backplane (its presence) goes now.
+        let _ = tokio::time::timeout(self.shared.config.close_timeout, self.shared.broker.close())
+            .await;
         DrainReport { connections, unfinished }
     }
 

@@ -480,6 +480,24 @@ impl Redis {
             && &buf == b"+PONG\r\n"
     }
 
+    /// Commands Redis has processed since it started (`INFO stats`), for traffic measurements.
+    pub fn commands_processed(&self) -> u64 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::io::Write::write_all(&mut s, b"INFO stats\r\n").unwrap();
+        let (mut text, mut buf) = (String::new(), [0u8; 4096]);
+        loop {
+            let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+            assert!(n > 0, "Redis closed the INFO connection");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if let Some(v) = text.split("total_commands_processed:").nth(1) {
+                if let Some(line) = v.split("\r\n").next().filter(|_| v.contains("\r\n")) {
+                    return line.trim().parse().unwrap();
+                }
+            }
+        }
+    }
+
     /// kill -9: Redis loses everything (no persistence).
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

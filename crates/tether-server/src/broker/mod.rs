@@ -19,6 +19,7 @@
 
 mod memory;
 pub mod redis;
+mod redis_presence;
 mod redis_scripts;
 
 pub use memory::MemoryBroker;
@@ -176,6 +177,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Presence entries this node holds (its own subscriptions).
     fn presence_entries(&self) -> usize;
+
+    /// A clean shutdown, after the connections have closed: what this node left in a shared
+    /// backplane (its presence) goes now.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// Periodic housekeeping (expire history and idempotency keys, drop idle streams). Called
     /// about once a second.

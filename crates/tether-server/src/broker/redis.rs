@@ -20,7 +20,7 @@ use super::{
 };
 use crate::config::ChannelRule;
 use crate::metrics::Metrics;
-use crate::presence::{LocalPresence, Member};
+use crate::presence::Member;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
@@ -63,6 +63,13 @@ fn parse_message(payload: &str) -> Option<(u64, &str, &str)> {
     Some((offset.parse().ok()?, epoch, data))
 }
 
+/// This node as presence knows it: its id (the prefix of its client ids) and how long its
+/// entries outlive it if it dies (`presence_ttl`).
+pub struct PresenceNode {
+    pub node: String,
+    pub ttl: Duration,
+}
+
 struct BrokerMetrics {
     publish_seconds: Histogram,
     reconnects: Counter,
@@ -85,7 +92,7 @@ pub struct RedisBroker {
     /// run_id get a new epoch (see the scripts).
     run_id: Mutex<String>,
     metrics: Arc<BrokerMetrics>,
-    presence: LocalPresence,
+    presence: Arc<super::redis_presence::RedisPresence>,
 }
 
 impl RedisBroker {
@@ -97,6 +104,7 @@ impl RedisBroker {
         rules: Vec<ChannelRule>,
         metrics: &Metrics,
         resync: Arc<dyn Fn() + Send + Sync>,
+        presence: PresenceNode,
         stop: CancellationToken,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
         let unreachable = |e: redis::RedisError| {
@@ -157,12 +165,16 @@ impl RedisBroker {
             last_error: Arc::new(Mutex::new(None)),
             run_id: Mutex::new(String::new()),
             metrics: broker_metrics,
-            presence: LocalPresence::default(),
+            presence: Arc::new(super::redis_presence::RedisPresence::new(
+                presence.node,
+                presence.ttl,
+            )),
         });
         broker.refresh_run_id().await.map_err(unreachable)?;
         // Subscribe before returning: a node must not serve a recovering subscribe before its
         // live feed is in place.
         let first = Self::open_link(&client).await.map_err(unreachable)?;
+        tokio::spawn(broker.presence.clone().run(broker.commands.clone(), stop.clone()));
         tokio::spawn(broker.clone().run_link(client, first, resync, stop));
         Ok(broker)
     }
@@ -411,7 +423,19 @@ impl Broker for RedisBroker {
         &'a self,
         channel: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Arc<Member>>, BrokerError>> {
-        Box::pin(std::future::ready(Ok(self.presence.members(channel))))
+        Box::pin(async move {
+            let mut commands = self.commands.clone();
+            self.presence.members(&mut commands, channel).await.map_err(Self::unavailable)
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut commands = self.commands.clone();
+            if let Err(e) = self.presence.close(&mut commands).await {
+                tracing::warn!(error = %e, "could not remove this node's presence from Redis; it expires within presence_ttl");
+            }
+        })
     }
 
     fn presence_entries(&self) -> usize {

@@ -180,7 +180,7 @@ pub(super) fn fold(
 }
 
 /// A block's values out of range, as (field, problem).
-pub(super) fn check(rules: &[ChannelRule], broker: &str) -> Result<(), (&'static str, String)> {
+pub(super) fn check(rules: &[ChannelRule]) -> Result<(), (&'static str, String)> {
     for rule in rules {
         let name = rule.pattern.as_str();
         if name.is_empty() || name.len() > 1024 {
@@ -193,12 +193,6 @@ pub(super) fn check(rules: &[ChannelRule], broker: &str) -> Result<(), (&'static
                     format!("`{name}`: needs 1 <= SIZE <= 100000 and a TTL of at least 1s"),
                 ));
             }
-        }
-        if rule.presence == Some(true) && broker != "memory" {
-            return Err((
-                "channel.presence",
-                format!("`{name}`: presence across nodes (the Redis broker) is not served yet"),
-            ));
         }
         if rule.join_leave == Some(true) {
             return Err((

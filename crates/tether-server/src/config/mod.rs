@@ -247,6 +247,10 @@ pub struct GatewayConfig {
     /// How long a closing handshake may take before the socket is dropped.
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
+    /// With the Redis broker: how long a node's presence entries outlive it when it dies
+    /// without a clean shutdown (its liveness key is set again every third of this).
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
     /// Options per channel name pattern (`[[channel]]` blocks): history, presence, join/leave,
     /// client publishing, anonymous access, compression. For each option the first matching
     /// block that sets it decides (`config/channels.rs`). Last, so that TOML prints it last.
@@ -310,6 +314,7 @@ impl Default for GatewayConfig {
             restart_retry_hint: d::RESTART_RETRY_HINT,
             drain_timeout: d::DRAIN_TIMEOUT,
             close_timeout: d::CLOSE_TIMEOUT,
+            presence_ttl: Duration::from_secs(15),
             channel: Vec::new(),
         }
     }
@@ -472,7 +477,10 @@ impl GatewayConfig {
                 );
             }
         }
-        if let Err((field, problem)) = channels::check(&self.channel, &self.broker) {
+        if self.presence_ttl < ms(300) || self.presence_ttl > Duration::from_secs(3600) {
+            return err("presence_ttl", "must be between 300ms and 1h");
+        }
+        if let Err((field, problem)) = channels::check(&self.channel) {
             return Err(ConfigError { field, problem });
         }
         if self.close_timeout > self.drain_timeout {

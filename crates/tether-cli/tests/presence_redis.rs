@@ -1,0 +1,156 @@
+//! Presence across nodes on a real Redis: every node answers with the union of all nodes'
+//! entries; a node killed with `kill -9` vanishes within `presence_ttl`; a node shut down
+//! cleanly takes its entries with it at once; and keeping presence alive costs Redis a few
+//! commands per node, not a write per client, before and after a restart.
+
+mod common;
+use common::json_ws::*;
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "presence-api-key-0123456789";
+const T: Duration = Duration::from_secs(10);
+const BLOCKS: &str = "[[channel]]\npattern = \"room:*\"\npresence = true\n";
+
+struct Nodes {
+    dir: std::path::PathBuf,
+    file: String,
+}
+
+impl Nodes {
+    fn new(name: &str) -> Nodes {
+        let dir = std::env::temp_dir()
+            .join(format!("tether-presence-redis-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tether.toml");
+        std::fs::write(&file, BLOCKS).unwrap();
+        Nodes { file: file.to_str().unwrap().to_owned(), dir }
+    }
+
+    fn start(&self, redis: &Redis, ttl: &str) -> Server {
+        let url = redis.url();
+        Server::start(&[
+            "--config",
+            &self.file,
+            "--broker",
+            &url,
+            "--presence-ttl",
+            ttl,
+            "--api-key",
+            KEY,
+        ])
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A subscriber of `room:1` on `server`; its connection and client id.
+fn member(server: &Server) -> (JsonWs, String) {
+    let mut ws = json_client(server, "");
+    let reply = call(&mut ws, json!({"id": 1, "cmd": "subscribe", "channel": "room:1"}));
+    let client = reply["result"]["client"].as_str().unwrap_or_else(|| panic!("{reply}"));
+    (ws, client.to_owned())
+}
+
+/// The client ids `server` sees in `room:1`, sorted.
+fn present(server: &Server) -> Vec<String> {
+    let (status, body) = api_call(server, Some(KEY), "presence", r#"{"channel":"room:1"}"#);
+    assert_eq!(status, 200, "{body}");
+    let mut ids: Vec<String> = body["clients"].as_object().unwrap().keys().cloned().collect();
+    ids.sort();
+    ids
+}
+
+fn sorted(ids: &[&String]) -> Vec<String> {
+    let mut v: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_node_sees_every_nodes_entries_and_a_killed_node_vanishes_within_presence_ttl() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes = Nodes::new("kill");
+    let (a, mut b) = (nodes.start(&redis, "1s"), nodes.start(&redis, "1s"));
+    let (_a1, a1) = member(&a);
+    let (a2_ws, a2) = member(&a);
+    let (_b1, b1) = member(&b);
+    let all = sorted(&[&a1, &a2, &b1]);
+    assert!(
+        wait_until(T, || present(&a) == all && present(&b) == all),
+        "{:?} {:?}",
+        present(&a),
+        present(&b)
+    );
+    let (_, stats) = api_call(&b, Some(KEY), "presence_stats", r#"{"channel":"room:1"}"#);
+    assert_eq!((stats["num_clients"].as_u64(), stats["num_users"].as_u64()), (Some(3), Some(3)));
+
+    // A subscription that ends on one node is gone on the other.
+    drop(a2_ws);
+    let left = sorted(&[&a1, &b1]);
+    assert!(wait_until(T, || present(&b) == left), "{:?}", present(&b));
+
+    // kill -9: no goodbye. Node A stops showing B's entry within presence_ttl (1 s) plus a
+    // refresh period's slack.
+    b.kill9();
+    let killed = Instant::now();
+    assert!(wait_until(T, || present(&a) == [a1.clone()]), "{:?}", present(&a));
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_millis(1_800), "B's entry outlived it by {took:?}");
+    eprintln!("a killed node's entries vanished after {took:?} (presence_ttl 1s)");
+}
+
+#[test]
+fn a_clean_shutdown_takes_its_entries_with_it_long_before_presence_ttl() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes = Nodes::new("clean");
+    // A long ttl: what disappears within seconds below was removed, not expired.
+    let (a, mut b) = (nodes.start(&redis, "30s"), nodes.start(&redis, "30s"));
+    let (_a1, a1) = member(&a);
+    const N: usize = 200;
+    let held: Vec<JsonWs> = (0..N).map(|_| member(&b).0).collect();
+    assert!(wait_until(T, || present(&a).len() == N + 1), "{}", present(&a).len());
+    let stopping = Instant::now();
+    let status = b.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(wait_until(T, || present(&a) == [a1.clone()]), "{}", present(&a).len());
+    let took = stopping.elapsed();
+    eprintln!("a cleanly stopped node's {N} entries were gone {took:?} after SIGTERM");
+    assert!(took < Duration::from_secs(10), "{took:?}: expired rather than removed");
+    drop(held);
+}
+
+#[test]
+fn presence_costs_redis_per_node_not_per_client_and_a_restart_brings_no_resync_burst() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes = Nodes::new("restart");
+    let mut a = nodes.start(&redis, "900ms");
+    const N: usize = 200;
+    let clients: Vec<(JsonWs, String)> = (0..N).map(|_| member(&a)).collect();
+    assert!(wait_until(T, || present(&a).len() == N), "{}", present(&a).len());
+    let quiet = |redis: &Redis| {
+        let before = redis.commands_processed();
+        std::thread::sleep(Duration::from_secs(2)); // a measurement window
+        (redis.commands_processed() - before) as f64 / 2.0
+    };
+    // Steady state: the node's entries stay alive with its liveness key and one extension per
+    // channel every 300 ms (plus the pub/sub link's pings): not N writes each time, which
+    // would be ~670 commands/s here.
+    let before = quiet(&redis);
+    assert!(before < 40.0, "{before:.1} commands/s: presence traffic grows with clients");
+    // The node is killed and started again; 50 clients join the new process. The old
+    // process's entries stop counting when its liveness key expires.
+    a.kill9();
+    drop(clients);
+    let a = a.restart();
+    let _again: Vec<(JsonWs, String)> = (0..N).map(|_| member(&a)).collect();
+    assert!(wait_until(T, || present(&a).len() == N), "{}", present(&a).len());
+    let after = quiet(&redis);
+    eprintln!("Redis commands/s with {N} presence entries (900ms ttl): {before:.1} before a restart, {after:.1} after");
+    assert!(after <= before * 1.5 + 5.0, "{before:.1} → {after:.1} commands/s after the restart");
+}

@@ -1,0 +1,259 @@
+//! Presence across nodes, in Redis.
+//!
+//! Keys: `tether:pr:{CH}`, a hash with one field per subscription (client id → its
+//! `ClientInfo` JSON), and `tether:node:ID`, a node's liveness (`PX presence_ttl`, set again
+//! every third of it). A client id begins with its node's id (`ID-n`), so a reader keeps only
+//! the entries of live nodes and deletes the others as it reads (one script). A node killed
+//! with `kill -9` thus vanishes from every answer within `presence_ttl`, at the cost of one
+//! `SET` per node per `presence_ttl / 3`, not a write per client (the per-client refresh that
+//! makes presence traffic grow with the audience elsewhere). A hash expires `presence_ttl`
+//! after the last refresh by a live node with entries in it, so a channel whose every node
+//! died is gone even if nobody asks.
+//!
+//! Writes never wait: a join or leave is recorded in this node's [`LocalPresence`] and in a
+//! map of pending writes keyed by (channel, client) — a join and a leave of the same
+//! subscription between two flushes cancel out to the last — which one task writes with one
+//! script call (per 500 changes) as soon as it can. The map is bounded by this node's
+//! subscriptions. Expiry is only ever extended, never shortened, so nodes with different
+//! `presence_ttl`s do not cut each other's entries short.
+//!
+//! A node whose liveness key had vanished when it sets it again (Redis restarted without its
+//! data, or the node could not reach Redis for `presence_ttl`, so readers deleted its entries)
+//! writes all its entries again. A clean shutdown deletes the node's entries and key at once.
+//! (The read script touches keys it is not given, as a standalone Redis allows; Redis Cluster
+//! needs another layout.)
+
+use crate::presence::{LocalPresence, Member};
+use redis::aio::ConnectionManager;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+fn presence_key(channel: &str) -> String {
+    format!("tether:pr:{{{channel}}}")
+}
+
+const NODE_PREFIX: &str = "tether:node:";
+
+/// KEYS: the presence hash. ARGV: the node-key prefix. Returns the live entries' JSON, and
+/// deletes the entries of nodes whose key is gone.
+const READ: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+local alive = {}
+local out = {}
+for i = 1, #all, 2 do
+  local client = all[i]
+  local node = string.match(client, '^([^-]+)-') or ''
+  local live = alive[node]
+  if live == nil then
+    live = node ~= '' and redis.call('EXISTS', ARGV[1] .. node) == 1
+    alive[node] = live
+  end
+  if live then out[#out + 1] = all[i + 1] else redis.call('HDEL', KEYS[1], client) end
+end
+return out
+"#;
+
+/// Give a key at least `ttl` ms to live (never shorten it: nodes may differ in
+/// `presence_ttl`). PTTL is -1 for a key without expiry, -2 for none.
+const EXTEND: &str = r#"
+local function extend(k, ttl)
+  local t = redis.call('PTTL', k)
+  if t ~= -2 and t < ttl then redis.call('PEXPIRE', k, ttl) end
+end
+"#;
+
+/// KEYS: presence hashes. ARGV[1]: ttl ms, then per change: the index of its key, the client,
+/// its JSON (empty: a leave).
+const WRITE: &str = r#"
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 3 do
+  local k = KEYS[tonumber(ARGV[i])]
+  if ARGV[i + 2] == '' then
+    redis.call('HDEL', k, ARGV[i + 1])
+  else
+    redis.call('HSET', k, ARGV[i + 1], ARGV[i + 2])
+    extend(k, ttl)
+  end
+end
+"#;
+
+/// KEYS[1]: the node's liveness key, then its channels' presence hashes. ARGV[1]: ttl ms.
+/// Returns whether the liveness key still existed.
+const REFRESH: &str = r#"
+local ttl = tonumber(ARGV[1])
+local was = redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], '1', 'PX', ttl)
+for i = 2, #KEYS do extend(KEYS[i], ttl) end
+return was
+"#;
+
+/// Changes written per script call at most (each call holds Redis for its duration).
+const WRITE_BATCH: usize = 500;
+
+/// A pending write: the entry's JSON (join), or `None` (leave).
+type Pending = HashMap<(Arc<str>, Arc<str>), Option<String>>;
+
+pub(super) struct RedisPresence {
+    node: String,
+    ttl: Duration,
+    local: LocalPresence,
+    pending: Mutex<Pending>,
+    wake: Notify,
+    read: redis::Script,
+    write: redis::Script,
+    refresh: redis::Script,
+}
+
+#[derive(Deserialize)]
+struct Stored {
+    client: String,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    info: Option<Box<RawValue>>,
+}
+
+impl RedisPresence {
+    pub(super) fn new(node: String, ttl: Duration) -> Self {
+        RedisPresence {
+            node,
+            ttl,
+            local: LocalPresence::default(),
+            pending: Mutex::default(),
+            wake: Notify::new(),
+            read: redis::Script::new(READ),
+            write: redis::Script::new(&format!("{EXTEND}{WRITE}")),
+            refresh: redis::Script::new(&format!("{EXTEND}{REFRESH}")),
+        }
+    }
+
+    pub(super) fn join(&self, channel: &str, member: Arc<Member>) {
+        let (client, json) = (member.client.clone(), member.to_json());
+        if self.local.join(channel, member).changed {
+            crate::sync::lock(&self.pending).insert((channel.into(), client), Some(json));
+            self.wake.notify_one();
+        }
+    }
+
+    pub(super) fn leave(&self, channel: &str, client: &str) {
+        if let Some((member, _)) = self.local.leave(channel, client) {
+            crate::sync::lock(&self.pending).insert((channel.into(), member.client.clone()), None);
+            self.wake.notify_one();
+        }
+    }
+
+    pub(super) fn entries(&self) -> usize {
+        self.local.entries()
+    }
+
+    /// Every live entry of `channel`, on every node.
+    pub(super) async fn members(
+        &self,
+        commands: &mut ConnectionManager,
+        channel: &str,
+    ) -> redis::RedisResult<Vec<Arc<Member>>> {
+        let stored: Vec<String> =
+            self.read.key(presence_key(channel)).arg(NODE_PREFIX).invoke_async(commands).await?;
+        Ok(stored
+            .iter()
+            .filter_map(|json| serde_json::from_str::<Stored>(json).ok())
+            .map(|s| {
+                Arc::new(Member {
+                    client: s.client.into(),
+                    user: s.user.map(Into::into),
+                    info: s.info.map(Into::into),
+                })
+            })
+            .collect())
+    }
+
+    /// Write pending joins and leaves as they come, and keep this node alive, until `stop`.
+    pub(super) async fn run(self: Arc<Self>, commands: ConnectionManager, stop: CancellationToken) {
+        let mut commands = commands;
+        let mut refresh = tokio::time::interval(self.ttl / 3);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = refresh.tick() => {
+                    if let Err(e) = self.refresh(&mut commands).await {
+                        tracing::warn!(error = %e, "cannot refresh this node's presence in Redis; retrying");
+                    }
+                }
+            }
+            if let Err(e) = self.flush(&mut commands).await {
+                tracing::warn!(error = %e, "cannot write presence changes to Redis; retrying");
+                // Not at once: Redis is failing. The next tick or change tries again.
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+
+    /// Write what is pending, a script call per [`WRITE_BATCH`]. What fails stays pending
+    /// (unless a newer change to the same entry came meanwhile).
+    async fn flush(&self, commands: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let batch = std::mem::take(&mut *crate::sync::lock(&self.pending));
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let mut batch: Vec<_> = batch.into_iter().collect();
+        while !batch.is_empty() {
+            let chunk: Vec<_> = batch.drain(..batch.len().min(WRITE_BATCH)).collect();
+            let mut call = self.write.prepare_invoke();
+            call.arg(ttl_ms);
+            for (i, ((channel, client), json)) in chunk.iter().enumerate() {
+                call.key(presence_key(channel));
+                call.arg(i + 1).arg(&**client).arg(json.as_deref().unwrap_or(""));
+            }
+            if let Err(e) = call.invoke_async::<()>(commands).await {
+                let mut pending = crate::sync::lock(&self.pending);
+                for (key, op) in chunk.into_iter().chain(batch) {
+                    pending.entry(key).or_insert(op);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Set this node's liveness key again and extend its channels' hashes; if the key had
+    /// vanished, write every entry again (see the module docs).
+    async fn refresh(&self, commands: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let all = self.local.all();
+        let mut call = self.refresh.prepare_invoke();
+        call.key(format!("{NODE_PREFIX}{}", self.node)).arg(self.ttl.as_millis() as u64);
+        for (channel, _) in &all {
+            call.key(presence_key(channel));
+        }
+        let existed: bool = call.invoke_async(commands).await?;
+        if !existed {
+            let mut pending = crate::sync::lock(&self.pending);
+            for (channel, members) in &all {
+                for m in members {
+                    let key = (Arc::from(channel.as_str()), m.client.clone());
+                    pending.entry(key).or_insert_with(|| Some(m.to_json()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A clean shutdown: this node's entries and liveness key go now, not at `presence_ttl`.
+    pub(super) async fn close(&self, commands: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let _ = self.flush(commands).await;
+        let mut pipe = redis::pipe();
+        for (channel, members) in self.local.all() {
+            let clients: Vec<&str> = members.iter().map(|m| &*m.client).collect();
+            pipe.hdel(presence_key(&channel), clients).ignore();
+        }
+        pipe.del(format!("{NODE_PREFIX}{}", self.node)).ignore();
+        pipe.query_async::<()>(commands).await
+    }
+}
