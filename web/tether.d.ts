@@ -131,6 +131,15 @@ export interface Publication<T = unknown> {
   data: T;
 }
 
+/** One subscription in a presence channel. */
+export interface PresenceEntry {
+  client: string;
+  /** The connection's JWT `sub`, if any. */
+  user?: string;
+  /** The token's `info` claim, as given. */
+  info?: unknown;
+}
+
 export interface TetherEvents {
   state: { state: State };
   open: { reconnected: boolean };
@@ -141,6 +150,8 @@ export interface TetherEvents {
   /** `recovered`: after a resubscribe, whether every missed publication was replayed (null: no recovery asked); `reason`: why not, with `recovered: false`. */
   subscribed: { channel: string; resubscribe: boolean; recovered: boolean | null; reason: string | null };
   rtt: { ms: number };
+  /** The id the server gave this connection (its first reply carries it). */
+  identified: { clientId: string };
   error: { id: number | null; code: string; message: string };
   /**
    * Emitted once when the client stops (until the next `connect()`): 'closed by the
@@ -158,6 +169,8 @@ export declare class TetherClient extends EventTarget {
   /** Extensions agreed on the current connection (e.g. permessage-deflate), '' when none. */
   readonly extensions: string;
   rtt: number | null;
+  /** The current connection's id as others see it in presence (JSON mode); null until known. */
+  clientId: string | null;
   nextRetryAt: number | null;
   lastClose: CloseDetail | null;
   stats: { connectAttempts: number; opens: number; heartbeatTimeouts: number };
@@ -175,6 +188,10 @@ export declare class TetherClient extends EventTarget {
   subscribe<T = unknown>(channel: string, handler?: (data: T, publication: Publication<T>) => void): Promise<void>;
   unsubscribe(channel: string, handler?: (data: any, publication: Publication) => void): void;
   publish(channel: string, data: unknown): Promise<{ offset?: number; delivered?: number }>;
+  /** Who is in a presence channel this client subscribes to, by client id. */
+  presence(channel: string): Promise<Record<string, PresenceEntry>>;
+  /** How many clients and distinct users are in a presence channel. */
+  presenceStats(channel: string): Promise<{ numClients: number; numUsers: number }>;
   /**
    * Send as is: a string as a text frame, binary data as a binary frame (anything else as its
    * String() text). Queued while disconnected and while the socket is over `maxBufferedAmount`

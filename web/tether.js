@@ -250,7 +250,8 @@ const isOffline = () => typeof navigator !== 'undefined' && navigator.onLine ===
  * Events (use `client.on(type, fn)` or `addEventListener`; the payload is `event.detail`):
  * state {state}, open {reconnected}, close {code, reason, wasClean, initiator, willReconnect,
  * retryIn, attempt}, publication {channel, offset, data}, message {data} (a string, or an
- * ArrayBuffer for a binary message), subscribed {channel, resubscribe}, rtt {ms}, error {code,
+ * ArrayBuffer for a binary message), subscribed {channel, resubscribe}, identified {clientId}
+ * (the id the server gave this connection, with its first reply), rtt {ms}, error {code,
  * message, id}, stopped {reason}.
  */
 export class TetherClient extends EventTarget {
@@ -284,6 +285,11 @@ export class TetherClient extends EventTarget {
 
   /** Round trip of the latest heartbeat, in ms (null before the first). */
   rtt = null;
+  /**
+   * The id the server gave the current connection (JSON mode): how others see this client in
+   * presence. Null until the first reply on a connection (sent right after it opens).
+   */
+  clientId = null;
   /** When the next reconnect attempt starts (ms since epoch), for countdowns; null otherwise. */
   nextRetryAt = null;
   /** The latest close's details (the `close` event's payload), or null. */
@@ -406,6 +412,21 @@ export class TetherClient extends EventTarget {
   }
 
   /**
+   * Who is in a presence channel this client subscribes to: {clientId: {client, user, info}}.
+   * Rejects (error.code 'not_subscribed', 'presence_disabled') when the server refuses.
+   */
+  presence(channel) {
+    this.#requireJson('presence');
+    return this.#command({ cmd: 'presence', channel }).then((r) => r.clients || {});
+  }
+
+  /** How many clients and distinct users are in a presence channel: {numClients, numUsers}. */
+  presenceStats(channel) {
+    this.#requireJson('presenceStats');
+    return this.#command({ cmd: 'presence_stats', channel }).then((r) => ({ numClients: r.num_clients ?? 0, numUsers: r.num_users ?? 0 }));
+  }
+
+  /**
    * Send a message as is: a string as text; an ArrayBuffer, typed array, DataView or Blob as
    * binary (anything else is sent as its String() text). Queued while disconnected, and while
    * the socket holds more than maxBufferedAmount unsent bytes (a queued buffer is copied, so it
@@ -487,6 +508,8 @@ export class TetherClient extends EventTarget {
       entry.confirmed = false;
       this.#sendSubscribe(channel, reconnected);
     }
+    // Some command, so that the first reply tells this connection's client id.
+    if (this.#opts.protocol === 'json' && !this.#token && this.#channels.size === 0) this.#sendPing();
     this.#drain();
     this.#armHeartbeat();
     this.#emit('open', { reconnected });
@@ -539,6 +562,10 @@ export class TetherClient extends EventTarget {
   }
 
   #onReply(msg, now) {
+    if (msg.result && typeof msg.result.client === 'string') {
+      this.clientId = msg.result.client;
+      this.#emit('identified', { clientId: this.clientId });
+    }
     const pending = this.#pending.get(msg.id);
     if (!pending) return;
     this.#pending.delete(msg.id);
@@ -582,6 +609,7 @@ export class TetherClient extends EventTarget {
     this.#stopHeartbeat();
     this.#stopDrain(); // what waits to be sent stays queued for the next connection
     this.#rejectPending('the connection closed');
+    this.clientId = null; // a new connection gets a new id
     for (const [, entry] of this.#channels) entry.confirmed = false;
     const advice = this.#advice;
     this.#advice = null;

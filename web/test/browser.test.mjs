@@ -358,3 +358,28 @@ test('behind nginx (proxy_read_timeout 3s) without heartbeats: tether.js reports
     await nginx.stop();
   }
 });
+
+test('tether.js knows its client id and asks who is in a presence channel', { skip: req.skip }, async () => {
+  const { writeFileSync } = await import('node:fs');
+  const config = join(ensureOutputDir(), `presence-${process.pid}.toml`);
+  writeFileSync(config, '[[channel]]\npattern = "room:*"\npresence = true\n');
+  const server = await start(['--config', config, '--ping-interval', '100ms']);
+  const [a, b] = [await pageWithClient(ctx, server, FAST, ['room:1']), await pageWithClient(ctx, server, FAST, ['room:1'])];
+  const idOf = (page) => page.evaluate(() => window.client.clientId);
+  await waitFor('both client ids', async () => (await idOf(a)) && (await idOf(b)));
+  const [idA, idB] = [await idOf(a), await idOf(b)];
+  assert.notEqual(idA, idB);
+  const present = await a.evaluate(() => window.client.presence('room:1'));
+  assert.deepEqual(Object.keys(present).sort(), [idA, idB].sort());
+  assert.deepEqual(present[idB], { client: idB });
+  assert.deepEqual(await a.evaluate(() => window.client.presenceStats('room:1')), { numClients: 2, numUsers: 2 });
+  const refused = await a.evaluate(() => window.client.presence('room:2').then(() => null, (e) => e.code));
+  assert.equal(refused, 'not_subscribed');
+  // The other page goes away: its entry with it.
+  await b.close();
+  await waitFor('the closed page gone from presence', async () => {
+    const now = await a.evaluate(() => window.client.presence('room:1'));
+    return Object.keys(now).length === 1 && now[idA];
+  });
+  await a.close();
+});

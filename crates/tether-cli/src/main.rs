@@ -3,18 +3,21 @@
 //! - `tether serve` — run the gateway (config file, `TETHER_*` environment, flags; flags win).
 //! - `tether connect URL` — an interactive client that explains every close and reconnects.
 //! - `tether publish CHANNEL DATA` — publish through the HTTP API.
+//! - `tether api METHOD PARAMS`, `tether presence CHANNEL` — the rest of the server API.
 //!
 //! Errors reach the user as one `error: …` line that says what to do, and a non-zero exit.
 //!
 //! ## Layers
 //! Bottom up; a module imports only those of lower layers (checked by
 //! `tether-core/tests/layers.rs`):
-//! 1. `units`, `lean_ws`, `probe`, `progress`
-//! 2. `connect`, `publish`, `serve`, `token`, `storm`, `soak`
+//! 1. `units`, `lean_ws`, `probe`, `progress`, `http_api`
+//! 2. `connect`, `publish`, `api`, `serve`, `token`, `storm`, `soak`
 //! 3. `bench`
 
+mod api;
 mod bench;
 mod connect;
+mod http_api;
 mod lean_ws;
 mod probe;
 mod progress;
@@ -47,6 +50,10 @@ enum Command {
     Connect(connect::ConnectArgs),
     /// Publish DATA to CHANNEL through a gateway's HTTP API.
     Publish(publish::PublishArgs),
+    /// Call a method of a gateway's server API (POST /api/METHOD) and print its JSON answer.
+    Api(api::ApiArgs),
+    /// Who is in a presence channel (one line per client: id, user, info), or --stats.
+    Presence(api::PresenceArgs),
     /// Measure a running gateway from the outside (fan-out throughput, latency, loss).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -86,6 +93,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(*args).await,
             Command::Connect(args) => connect::run(args).await,
             Command::Publish(args) => publish::run(args).await,
+            Command::Api(args) => api::run_api(args).await,
+            Command::Presence(args) => api::run_presence(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Soak(args) => soak::run(args).await,
             Command::Token(args) => token::run(args),

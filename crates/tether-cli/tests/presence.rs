@@ -139,3 +139,78 @@ fn the_api_refuses_unknown_methods_bad_params_and_missing_keys_by_name() {
     assert_eq!((status, body["offset"].as_u64()), (200, Some(1)), "{body}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_knows_its_client_id_and_asks_for_presence() {
+    let (server, dir) = start("rust-client");
+    let config =
+        fast_client(server.ws_url("")).token(token(json!({"sub": "ada", "info": {"n": 1}})));
+    let (client, mut events) = tether_client::connect(config);
+    // The id arrives with the server's first reply, right after the connection opens.
+    let deadline = std::time::Instant::now() + T;
+    while client.client_id().is_none() {
+        assert!(std::time::Instant::now() < deadline, "no client id");
+        tokio::time::sleep(Duration::from_millis(10)).await; // polling a value, with a deadline
+    }
+    let id = client.client_id().unwrap();
+    client.subscribe("room:7").await.unwrap();
+    next_event(&mut events, T, "subscribed", |e| {
+        matches!(e, tether_client::Event::Subscribed { .. })
+    })
+    .await;
+    let present = client.presence("room:7").await.unwrap();
+    assert_eq!(present.keys().collect::<Vec<_>>(), [&id]);
+    assert_eq!(present[&id].user.as_deref(), Some("ada"));
+    assert_eq!(present[&id].info, Some(json!({"n": 1})));
+    let stats = client.presence_stats("room:7").await.unwrap();
+    assert_eq!((stats.num_clients, stats.num_users), (1, 1));
+    match client.presence("room:8").await {
+        Err(tether_client::ClientError::Refused(e)) => {
+            assert_eq!(e.code.as_str(), "not_subscribed")
+        }
+        other => panic!("{other:?}"),
+    }
+    client.close().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn tether_api_and_tether_presence_call_the_server_api_from_the_shell() {
+    let (server, dir) = start("cli");
+    let (_ws, id) = member(&server, Some(json!({"sub": "ada", "info": {"name": "Ada"}})));
+    let base = server.http("");
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", &base, "--api-key", KEY]);
+        let out = tether(&all, &[]);
+        let (stdout, stderr) = text(&out);
+        (out.status.success(), stdout, stderr)
+    };
+    let (ok, stdout, stderr) = run(&["presence", "room:1"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), format!("{id}\tada\t{{\"name\":\"Ada\"}}"));
+    assert!(stderr.contains("1 client(s) in `room:1`"), "{stderr}");
+    let (ok, stdout, _) = run(&["presence", "--stats", "room:1"]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap(),
+        json!({"num_clients": 1, "num_users": 1})
+    );
+    let (ok, stdout, _) = run(&["api", "presence_stats", r#"{"channel":"room:1"}"#]);
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["num_clients"], 1);
+    // What is wrong, said plainly, and a failing exit.
+    for (args, needle) in [
+        (vec!["api", "nope"], "no API method `nope`"),
+        (vec!["api", "presence", "not json"], "PARAMS must be a JSON object"),
+        (vec!["api", "presence", "{}"], "missing field `channel`"),
+        (vec!["presence", "news"], "keeps no presence"),
+    ] {
+        let (ok, _, stderr) = run(&args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(stderr.contains(needle), "{args:?}: expected {needle:?} in {stderr}");
+    }
+    let out = tether(&["presence", "--server", &base, "room:1"], &[]);
+    assert!(text(&out).1.contains("needs an API key"), "{}", text(&out).1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

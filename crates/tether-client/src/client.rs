@@ -6,7 +6,9 @@ use crate::event::Event;
 use crate::stats::ClientStats;
 use crate::supervisor::{Request, Supervisor};
 use serde_json::value::RawValue;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use tether_core::protocol::ClientInfo;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Bytes;
 
@@ -16,6 +18,15 @@ use tokio_tungstenite::tungstenite::Bytes;
 pub struct Client {
     requests: mpsc::Sender<Request>,
     stats: Arc<ClientStats>,
+    client_id: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// How many are in a presence channel ([`Client::presence_stats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PresenceStats {
+    pub num_clients: u64,
+    /// Distinct users; a client without a user counts as one of its own.
+    pub num_users: u64,
 }
 
 /// The stream of [`Event`]s. Read it: when its buffer is full the client stops reading the socket.
@@ -36,8 +47,11 @@ pub fn connect(config: ClientConfig) -> (Client, Events) {
     let (requests, requests_rx) = mpsc::channel(64);
     let (events_tx, rx) = mpsc::channel(config.event_buffer.max(1));
     let stats = Arc::new(ClientStats::default());
-    tokio::spawn(Supervisor::new(config, requests_rx, events_tx, stats.clone()).run());
-    (Client { requests, stats }, Events { rx })
+    let client_id = Arc::new(std::sync::Mutex::new(None));
+    let supervisor =
+        Supervisor::new(config, requests_rx, events_tx, stats.clone(), client_id.clone());
+    tokio::spawn(supervisor.run());
+    (Client { requests, stats, client_id }, Events { rx })
 }
 
 impl Client {
@@ -88,5 +102,34 @@ impl Client {
 
     pub fn stats(&self) -> &Arc<ClientStats> {
         &self.stats
+    }
+
+    /// The id the server gave the current connection — how other clients see this one in
+    /// presence. `None` until the server's first reply on a connection (sent right after it
+    /// opens), and again while disconnected; a new connection has a new id.
+    pub fn client_id(&self) -> Option<String> {
+        self.client_id.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Who is in a presence channel this client is subscribed to, by client id (JSON mode,
+    /// connected). Refused ([`ClientError::Refused`]) when not subscribed or the channel keeps
+    /// no presence.
+    pub async fn presence(
+        &self,
+        channel: &str,
+    ) -> Result<BTreeMap<String, ClientInfo>, ClientError> {
+        let channel = channel.to_owned();
+        let result = self.request(|done| Request::Presence { channel, stats: false, done }).await?;
+        Ok(result.clients.unwrap_or_default())
+    }
+
+    /// How many clients and distinct users are in a presence channel (as [`Client::presence`]).
+    pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, ClientError> {
+        let channel = channel.to_owned();
+        let result = self.request(|done| Request::Presence { channel, stats: true, done }).await?;
+        Ok(PresenceStats {
+            num_clients: result.num_clients.unwrap_or_default(),
+            num_users: result.num_users.unwrap_or_default(),
+        })
     }
 }

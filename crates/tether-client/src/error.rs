@@ -12,4 +12,11 @@ pub enum ClientError {
     /// The request does not apply in this mode (e.g. publish in raw mode).
     #[error("{0}")]
     WrongMode(&'static str),
+    /// A query (presence) needs an open connection, and there is none now (or it ended
+    /// before the answer came). Retry after [`crate::Event::Open`].
+    #[error("not connected: a query needs an open connection; retry once it is open")]
+    NotConnected,
+    /// The server refused the command.
+    #[error("the server refused: {}: {}", .0.code, .0.message)]
+    Refused(tether_core::protocol::ErrorBody),
 }

@@ -18,7 +18,7 @@ use tether_core::close_code::{CloseCode, Initiator};
 use tether_core::codec;
 use tether_core::defaults::SUBPROTOCOL_JSON;
 use tether_core::heartbeat::{Action, Heartbeat};
-use tether_core::protocol::{ClientCommand, ServerMessage, StreamPosition};
+use tether_core::protocol::{ClientCommand, ReplyResult, ServerMessage, StreamPosition};
 use tether_core::reconnect::{Decision, Ended, Reconnector};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -41,12 +41,36 @@ type Ws = WebSocketStream<InflatingStream<MaybeTlsStream<TcpStream>>>;
 type Done<T> = oneshot::Sender<Result<T, ClientError>>;
 
 pub(crate) enum Request {
-    Subscribe { channel: String, done: Done<()> },
-    Unsubscribe { channel: String, done: Done<()> },
-    Publish { channel: String, data: Box<RawValue>, done: Done<()> },
-    SendText { text: String, done: Done<()> },
-    SendBinary { data: Bytes, done: Done<()> },
-    Close { done: Done<()> },
+    Subscribe {
+        channel: String,
+        done: Done<()>,
+    },
+    Unsubscribe {
+        channel: String,
+        done: Done<()>,
+    },
+    Publish {
+        channel: String,
+        data: Box<RawValue>,
+        done: Done<()>,
+    },
+    SendText {
+        text: String,
+        done: Done<()>,
+    },
+    SendBinary {
+        data: Bytes,
+        done: Done<()>,
+    },
+    Close {
+        done: Done<()>,
+    },
+    /// `presence` (or with `stats`, `presence_stats`): answered with the reply's result.
+    Presence {
+        channel: String,
+        stats: bool,
+        done: Done<ReplyResult>,
+    },
 }
 
 /// How one session (or connect attempt) ended.
@@ -97,6 +121,11 @@ pub(crate) struct Supervisor {
     next_id: u64,
     /// Command ids of subscribes in flight → (channel, is a resubscribe). Cleared per session.
     pending_subscribes: HashMap<u64, (String, bool)>,
+    /// Queries in flight → who waits for the answer. Failed (`NotConnected`) when the session
+    /// they were sent on ends.
+    pending_queries: HashMap<u64, Done<ReplyResult>>,
+    /// The id the server gave the current connection (see `ReplyResult::client`).
+    client_id: Arc<std::sync::Mutex<Option<String>>>,
     /// The server's `disconnect` advice in this session, if any: (reconnect, retry_after).
     advice: (Option<bool>, Option<Duration>),
     /// On a connection that agreed to permessage-deflate, with `compress_sends` set: the window
@@ -110,6 +139,7 @@ impl Supervisor {
         requests: mpsc::Receiver<Request>,
         events: mpsc::Sender<Event>,
         stats: Arc<ClientStats>,
+        client_id: Arc<std::sync::Mutex<Option<String>>>,
     ) -> Self {
         Supervisor {
             config,
@@ -120,6 +150,8 @@ impl Supervisor {
             offline: VecDeque::new(),
             next_id: 1,
             pending_subscribes: HashMap::new(),
+            pending_queries: HashMap::new(),
+            client_id,
             advice: (None, None),
             send_window: None,
         }
@@ -289,6 +321,9 @@ impl Supervisor {
             Request::Close { done } => {
                 let _ = done.send(Ok(()));
             }
+            Request::Presence { done, .. } => {
+                let _ = done.send(Err(ClientError::NotConnected));
+            }
         }
     }
 
@@ -304,6 +339,10 @@ impl Supervisor {
 
 fn reject(req: Request, e: ClientError) {
     let done = match req {
+        Request::Presence { done, .. } => {
+            let _ = done.send(Err(e));
+            return;
+        }
         Request::Subscribe { done, .. }
         | Request::Unsubscribe { done, .. }
         | Request::Publish { done, .. }

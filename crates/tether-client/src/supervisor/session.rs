@@ -4,6 +4,12 @@
 use super::dial::{describe, failure_code};
 use super::*;
 
+/// The client id's lock: a poisoned one (a panic elsewhere while holding it) still holds a
+/// usable value.
+pub(super) fn crate_lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Supervisor {
     /// How long one write may block: a server that does not read for a whole heartbeat
     /// period is as good as dead.
@@ -47,6 +53,10 @@ impl Supervisor {
     /// Run one open connection until it ends.
     pub(super) async fn session(&mut self, ws: &mut Ws, resubscribe: bool) -> SessionEnd {
         self.pending_subscribes.clear();
+        for (_, done) in self.pending_queries.drain() {
+            let _ = done.send(Err(ClientError::NotConnected));
+        }
+        *crate_lock(&self.client_id) = None;
         // Re-establish what the application asked for, then flush what waited offline. Queued
         // messages leave the queue only once they are written.
         let channels: Vec<(String, Option<StreamPosition>)> =
@@ -64,6 +74,11 @@ impl Supervisor {
                 recover,
             });
             self.pending_subscribes.insert(id, (channel, resubscribe));
+            batch.push(msg);
+        }
+        // Some command, so that the first reply tells this connection's client id.
+        if self.config.mode == Mode::Json && batch.is_empty() {
+            let (_, msg) = self.command_text(|id| ClientCommand::Ping { id });
             batch.push(msg);
         }
         batch.extend(self.offline.iter().cloned());
@@ -171,6 +186,13 @@ impl Supervisor {
                 }
                 self.emit(Event::Publication { channel, offset, epoch, data }).await
             }
+            Ok(ServerMessage::Reply { id, error: Some(error), .. })
+                if self.pending_queries.contains_key(&id) =>
+            {
+                if let Some(done) = self.pending_queries.remove(&id) {
+                    let _ = done.send(Err(ClientError::Refused(error)));
+                }
+            }
             Ok(ServerMessage::Reply { id, error: Some(error), .. }) => {
                 // A refused subscribe is forgotten: re-sending it after every reconnect would
                 // only be refused again.
@@ -180,7 +202,12 @@ impl Supervisor {
                 self.emit(Event::CommandError { id: Some(id), error }).await
             }
             Ok(ServerMessage::Reply { id, result, .. }) => {
-                if let Some((channel, resubscribe)) = self.pending_subscribes.remove(&id) {
+                if let Some(client) = result.as_ref().and_then(|r| r.client.clone()) {
+                    *crate_lock(&self.client_id) = Some(client);
+                }
+                if let Some(done) = self.pending_queries.remove(&id) {
+                    let _ = done.send(Ok(result.unwrap_or_default()));
+                } else if let Some((channel, resubscribe)) = self.pending_subscribes.remove(&id) {
                     let result = result.unwrap_or_default();
                     // Recovered: the replay that follows moves the position along. Otherwise
                     // start from the server's current top (the application refetches its state).
@@ -245,6 +272,19 @@ impl Supervisor {
             }
             Request::SendText { text, done } => (Message::Text(text.into()), done),
             Request::SendBinary { data, done } => (Message::Binary(data), done),
+            Request::Presence { channel, stats, done } => {
+                if let Err(e) = self.check_json_mode() {
+                    let _ = done.send(Err(e));
+                    return None;
+                }
+                let (id, msg) = self.command_text(|id| match stats {
+                    true => ClientCommand::PresenceStats { id, channel },
+                    false => ClientCommand::Presence { id, channel },
+                });
+                // Answered when the reply comes (or failed when the session ends first).
+                self.pending_queries.insert(id, done);
+                return self.write(ws, msg).await.err();
+            }
         };
         // Answered Ok either way: a frame handed to a connection that then fails is lost with
         // it, like any frame in flight (recovery from history covers publications later).
