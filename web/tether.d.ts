@@ -152,6 +152,13 @@ export interface TetherEvents {
   rtt: { ms: number };
   /** The id the server gave this connection (its first reply carries it). */
   identified: { clientId: string };
+  /** Membership changes of channels with `join_leave` (a busy channel's come in batches, one event each). */
+  join: { channel: string; info: PresenceEntry };
+  leave: { channel: string; info: PresenceEntry };
+  /** A user's first subscription to the channel began (on any node). */
+  user_join: { channel: string; info: PresenceEntry };
+  /** A user's last subscription to the channel ended. */
+  user_leave: { channel: string; info: PresenceEntry };
   error: { id: number | null; code: string; message: string };
   /**
    * Emitted once when the client stops (until the next `connect()`): 'closed by the

@@ -251,8 +251,9 @@ const isOffline = () => typeof navigator !== 'undefined' && navigator.onLine ===
  * state {state}, open {reconnected}, close {code, reason, wasClean, initiator, willReconnect,
  * retryIn, attempt}, publication {channel, offset, data}, message {data} (a string, or an
  * ArrayBuffer for a binary message), subscribed {channel, resubscribe}, identified {clientId}
- * (the id the server gave this connection, with its first reply), rtt {ms}, error {code,
- * message, id}, stopped {reason}.
+ * (the id the server gave this connection, with its first reply), join / leave / user_join /
+ * user_leave {channel, info: {client, user, info}} (channels with join_leave), rtt {ms}, error
+ * {code, message, id}, stopped {reason}.
  */
 export class TetherClient extends EventTarget {
   #opts;
@@ -555,6 +556,16 @@ export class TetherClient extends EventTarget {
         break;
       case 'disconnect':
         this.#advice = msg;
+        break;
+      case 'join':
+      case 'leave':
+      case 'user_join':
+      case 'user_leave':
+        this.#emit(msg.type, { channel: msg.channel, info: msg.info });
+        break;
+      case 'presence_batch':
+        // A busy channel's changes, gathered by the server: one event each, in order.
+        for (const e of msg.events || []) this.#emit(e.type, { channel: msg.channel, info: e.info });
         break;
       default:
         this.#emit('message', { data });

@@ -383,3 +383,33 @@ test('tether.js knows its client id and asks who is in a presence channel', { sk
   });
   await a.close();
 });
+
+test('tether.js reports joins and leaves, batches unpacked into one event per change', { skip: req.skip }, async () => {
+  const { writeFileSync } = await import('node:fs');
+  const config = join(ensureOutputDir(), `join-leave-${process.pid}.toml`);
+  writeFileSync(config, '[[channel]]\npattern = "room:*"\njoin_leave = true\n');
+  // Batches from the third local subscriber on: the last joins and the leaves come batched.
+  const server = await start(['--config', config, '--ping-interval', '100ms', '--join-leave-batch-above', '2', '--join-leave-interval', '100ms']);
+  const a = await pageWithClient(ctx, server, FAST, ['room:1']);
+  await a.evaluate(() => {
+    window.changes = [];
+    for (const type of ['join', 'leave', 'user_join', 'user_leave']) {
+      window.client.on(type, (d) => window.changes.push(`${type} ${d.info.client}`));
+    }
+  });
+  const others = [];
+  for (let i = 0; i < 3; i++) others.push(await pageWithClient(ctx, server, FAST, ['room:1']));
+  const ids = [];
+  for (const p of others) {
+    await waitFor('a client id', async () => await p.evaluate(() => window.client.clientId));
+    ids.push(await p.evaluate(() => window.client.clientId));
+  }
+  const changes = () => a.evaluate(() => window.changes);
+  await waitFor('three joins', async () => (await changes()).filter((c) => c.startsWith('join ')).length === 3);
+  for (const p of others) await p.close();
+  await waitFor('three leaves', async () => (await changes()).filter((c) => c.startsWith('leave ')).length === 3);
+  const seen = await changes();
+  assert.deepEqual(seen.filter((c) => c.startsWith('join ')).map((c) => c.slice(5)), ids, 'joins in order');
+  assert.deepEqual(seen.filter((c) => c.startsWith('leave ')).map((c) => c.slice(6)).sort(), [...ids].sort());
+  await a.close();
+});

@@ -244,6 +244,13 @@ fn describe(event: Event) -> (Option<String>, Option<StopReason>) {
         Event::Publication { channel, offset, data, .. } => {
             format!("< [{channel} #{offset}] {}", data.get())
         }
+        Event::Presence { channel, change, info } => {
+            let who = match &info.user {
+                Some(user) => format!("{} ({user})", info.client),
+                None => info.client.clone(),
+            };
+            format!("* [{channel}] {} {who}", change.as_str())
+        }
         Event::Message(text) => format!("< {text}"),
         Event::Binary(bytes) => format!("< ({} bytes of binary)", bytes.len()),
         Event::CommandError { id, error } => match id {

@@ -62,6 +62,12 @@ pub struct ServeArgs {
     /// With the Redis broker: how long a dead node's presence entries linger before every node stops showing them [default: 15s]
     #[arg(long, env = "TETHER_PRESENCE_TTL", value_parser = units::duration)]
     presence_ttl: Option<Duration>,
+    /// Channels with more local subscribers than this get join/leave changes batched, one message per --join-leave-interval [default: 100]
+    #[arg(long, env = "TETHER_JOIN_LEAVE_BATCH_ABOVE")]
+    join_leave_batch_above: Option<usize>,
+    /// How often a busy channel's batch of join/leave changes goes out [default: 1s]
+    #[arg(long, env = "TETHER_JOIN_LEAVE_INTERVAL", value_parser = units::duration)]
+    join_leave_interval: Option<Duration>,
     /// Apply the per-address limits to loopback clients too (off: a local proxy is one address)
     #[arg(long)]
     limit_loopback: bool,
@@ -240,6 +246,8 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         storm_retry_hint,
         idempotency_window,
         presence_ttl,
+        join_leave_batch_above,
+        join_leave_interval,
         max_inbound_rate,
         ipv6_prefix,
         trusted_proxies,

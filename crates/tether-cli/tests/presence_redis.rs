@@ -1,7 +1,9 @@
 //! Presence across nodes on a real Redis: every node answers with the union of all nodes'
 //! entries; a node killed with `kill -9` vanishes within `presence_ttl`; a node shut down
-//! cleanly takes its entries with it at once; and keeping presence alive costs Redis a few
-//! commands per node, not a write per client, before and after a restart.
+//! cleanly takes its entries with it at once; keeping presence alive costs Redis a few
+//! commands per node, not a write per client, before and after a restart; and joins and
+//! leaves (with each user's first and last) reach subscribers on every node, a killed node's
+//! leaves included.
 
 mod common;
 use common::json_ws::*;
@@ -11,7 +13,8 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "presence-api-key-0123456789";
 const T: Duration = Duration::from_secs(10);
-const BLOCKS: &str = "[[channel]]\npattern = \"room:*\"\npresence = true\n";
+const BLOCKS: &str = "[[channel]]\npattern = \"room:*\"\npresence = true\n\
+                      [[channel]]\npattern = \"talk:*\"\njoin_leave = true\n";
 
 struct Nodes {
     dir: std::path::PathBuf,
@@ -153,4 +156,41 @@ fn presence_costs_redis_per_node_not_per_client_and_a_restart_brings_no_resync_b
     let after = quiet(&redis);
     eprintln!("Redis commands/s with {N} presence entries (900ms ttl): {before:.1} before a restart, {after:.1} after");
     assert!(after <= before * 1.5 + 5.0, "{before:.1} → {after:.1} commands/s after the restart");
+}
+
+/// Read until a message of `kind` about `client` comes; panics after 10 s (the read timeout).
+fn heard(ws: &mut JsonWs, kind: &str, client: &str) -> Instant {
+    loop {
+        let msg = next_json(ws);
+        if msg["type"] == kind && msg["info"]["client"] == client {
+            return Instant::now();
+        }
+    }
+}
+
+#[test]
+fn joins_and_leaves_cross_nodes_and_a_killed_nodes_members_leave_within_presence_ttl() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes = Nodes::new("join-leave");
+    let (a, mut b) = (nodes.start(&redis, "1s"), nodes.start(&redis, "1s"));
+    let mut observer = json_client(&a, "");
+    let reply = call(&mut observer, json!({"id": 1, "cmd": "subscribe", "channel": "talk:1"}));
+    assert!(reply["error"].is_null() || reply["type"] == "join", "{reply}");
+    // A member on node B: the observer on node A hears it join.
+    let mut far = json_client(&b, "");
+    send(&mut far, json!({"id": 1, "cmd": "subscribe", "channel": "talk:1"}));
+    let far_id = loop {
+        let msg = next_json(&mut far);
+        if msg["type"] == "reply" {
+            break msg["result"]["client"].as_str().unwrap().to_owned();
+        }
+    };
+    heard(&mut observer, "join", &far_id);
+    // Node B dies without a goodbye: A's subscribers hear the leave once B's liveness lapses.
+    b.kill9();
+    let killed = Instant::now();
+    let at = heard(&mut observer, "leave", &far_id);
+    let took = at - killed;
+    eprintln!("a killed node's member was announced as left after {took:?} (presence_ttl 1s)");
+    assert!(took <= Duration::from_millis(2_500), "{took:?}");
 }

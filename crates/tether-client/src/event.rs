@@ -4,7 +4,7 @@ use serde_json::value::RawValue;
 use std::fmt;
 use std::time::Duration;
 use tether_core::close_code::{CloseCode, Initiator};
-use tether_core::protocol::ErrorBody;
+use tether_core::protocol::{ClientInfo, ErrorBody, PresenceChange};
 use tether_core::reconnect::StopReason;
 use tokio_tungstenite::tungstenite::Bytes;
 
@@ -64,6 +64,10 @@ pub enum Event {
     },
     /// A publication on a subscribed channel (JSON mode).
     Publication { channel: String, offset: u64, epoch: String, data: Box<RawValue> },
+    /// A change to a `join_leave` channel's membership: a subscription began (`Join`) or ended
+    /// (`Leave`), or a user's first began (`UserJoin`) or last ended (`UserLeave`). A busy
+    /// channel's changes come in batches, once per server interval; each is its own event.
+    Presence { channel: String, change: PresenceChange, info: ClientInfo },
     /// A text message that is not a publication (raw mode: every text message).
     Message(String),
     /// A binary message, its bytes exactly as received (after inflating, when the server

@@ -46,7 +46,7 @@ pub use error::ClientError;
 pub use event::{CloseInfo, Event};
 pub use stats::ClientStats;
 pub use tether_core::close_code::Initiator;
-pub use tether_core::protocol::ClientInfo;
+pub use tether_core::protocol::{ClientInfo, PresenceChange};
 pub use tether_core::reconnect::{ReconnectPolicy, StopReason};
 /// The byte buffer of binary messages ([`Event::Binary`], [`Client::send_binary`]): the
 /// `bytes` crate's, as tungstenite uses it, so a received message is echoed without a copy.

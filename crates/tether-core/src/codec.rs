@@ -3,8 +3,8 @@
 
 use crate::close_code::CloseCode;
 use crate::protocol::{
-    ClientCommand, CommandId, Disconnect, ErrorBody, ErrorCode, ReplyResult, ServerMessage,
-    StreamPosition,
+    ClientCommand, ClientInfo, CommandId, Disconnect, ErrorBody, ErrorCode, PresenceChange,
+    ReplyResult, ServerMessage, StreamPosition,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -165,7 +165,14 @@ pub fn decode_command_limited(text: &str, max_depth: usize) -> Result<ClientComm
 
 /// Encode a server message as the text of one frame.
 pub fn encode(message: &ServerMessage) -> String {
-    // Serializing these types cannot fail: no maps with non-string keys, no failing Serialize impls.
+    if let ServerMessage::Presence { channel, events } = message {
+        let infos: Vec<String> =
+            events.iter().map(|(_, i)| serde_json::to_string(i).unwrap_or_default()).collect();
+        let changes = events.iter().map(|(c, _)| *c).zip(infos.iter().map(String::as_str));
+        return encode_presence_batch(channel, changes);
+    }
+    // Serializing these types cannot fail: no maps with non-string keys, no failing Serialize
+    // impls, and the one variant serde skips is written above.
     serde_json::to_string(message).expect("server messages always serialize")
 }
 
@@ -228,6 +235,16 @@ struct WireServerMessage {
     reason: Option<String>,
     reconnect: Option<bool>,
     retry_after_ms: Option<u64>,
+    info: Option<ClientInfo>,
+    events: Option<Vec<WireEvent>>,
+}
+
+/// One event of a `presence_batch`.
+#[derive(Deserialize)]
+struct WireEvent {
+    #[serde(rename = "type")]
+    kind: PresenceChange,
+    info: ClientInfo,
 }
 
 /// A server message that does not fit the protocol.
@@ -264,8 +281,58 @@ pub fn decode_server_message(text: &str) -> Result<ServerMessage, ServerDecodeEr
             reconnect: w.reconnect.ok_or_else(|| missing("reconnect"))?,
             retry_after_ms: w.retry_after_ms,
         }),
+        kind @ ("join" | "leave" | "user_join" | "user_leave") => {
+            let change = match kind {
+                "join" => PresenceChange::Join,
+                "leave" => PresenceChange::Leave,
+                "user_join" => PresenceChange::UserJoin,
+                _ => PresenceChange::UserLeave,
+            };
+            ServerMessage::Presence {
+                channel: w.channel.ok_or_else(|| missing("channel"))?,
+                events: vec![(change, w.info.ok_or_else(|| missing("info"))?)],
+            }
+        }
+        "presence_batch" => ServerMessage::Presence {
+            channel: w.channel.ok_or_else(|| missing("channel"))?,
+            events: w
+                .events
+                .ok_or_else(|| missing("events"))?
+                .into_iter()
+                .map(|e| (e.kind, e.info))
+                .collect(),
+        },
         other => return Err(ServerDecodeError::UnknownType(other.to_owned())),
     })
+}
+
+/// A presence event as the server sends it alone: `{"type": "join", "channel": C, "info": I}`.
+pub fn encode_presence_event(channel: &str, change: PresenceChange, info: &str) -> String {
+    format!(
+        r#"{{"type":"{}","channel":{},"info":{info}}}"#,
+        change.as_str(),
+        serde_json::Value::String(channel.to_owned())
+    )
+}
+
+/// Presence events as the server sends them together, in order:
+/// `{"type": "presence_batch", "channel": C, "events": [{"type": "leave", "info": I}, …]}`.
+pub fn encode_presence_batch<'a>(
+    channel: &str,
+    events: impl IntoIterator<Item = (PresenceChange, &'a str)>,
+) -> String {
+    let mut out = format!(
+        r#"{{"type":"presence_batch","channel":{},"events":["#,
+        serde_json::Value::String(channel.to_owned())
+    );
+    for (i, (change, info)) in events.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(r#"{{"type":"{}","info":{info}}}"#, change.as_str()));
+    }
+    out.push_str("]}");
+    out
 }
 
 /// The text a raw-mode client receives for a publication: a JSON string as its plain text,
@@ -430,6 +497,41 @@ mod tests {
         }
         let missing = decode_command(r#"{"id":6,"cmd":"presence"}"#).unwrap_err();
         assert_eq!((missing.id, missing.error.code), (Some(6), ErrorCode::InvalidCommand));
+    }
+
+    #[test]
+    fn presence_events_decode_alone_and_in_batches_in_order() {
+        let info = r#"{"client":"n-1","user":"ada"}"#;
+        let one = encode_presence_event("room", PresenceChange::UserJoin, info);
+        let ServerMessage::Presence { channel, events } = decode_server_message(&one).unwrap()
+        else {
+            panic!("{one}")
+        };
+        assert_eq!((channel.as_str(), events.len()), ("room", 1));
+        assert_eq!(
+            (events[0].0, events[0].1.user.as_deref()),
+            (PresenceChange::UserJoin, Some("ada"))
+        );
+        let batch = encode_presence_batch(
+            "room",
+            [
+                (PresenceChange::Leave, info),
+                (PresenceChange::UserLeave, info),
+                (PresenceChange::Join, r#"{"client":"n-2"}"#),
+            ],
+        );
+        let ServerMessage::Presence { events, .. } = decode_server_message(&batch).unwrap() else {
+            panic!("{batch}")
+        };
+        let kinds: Vec<_> = events.iter().map(|(k, i)| (*k, i.client.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (PresenceChange::Leave, "n-1"),
+                (PresenceChange::UserLeave, "n-1"),
+                (PresenceChange::Join, "n-2")
+            ]
+        );
     }
 
     #[test]

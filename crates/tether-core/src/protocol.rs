@@ -222,6 +222,31 @@ pub struct ClientInfo {
     pub info: Option<serde_json::Value>,
 }
 
+/// A change to a channel's membership, sent to its subscribers on channels with `join_leave`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceChange {
+    /// A subscription began.
+    Join,
+    /// A subscription ended.
+    Leave,
+    /// A user's first subscription to the channel began (on any node).
+    UserJoin,
+    /// A user's last subscription to the channel ended.
+    UserLeave,
+}
+
+impl PresenceChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceChange::Join => "join",
+            PresenceChange::Leave => "leave",
+            PresenceChange::UserJoin => "user_join",
+            PresenceChange::UserLeave => "user_leave",
+        }
+    }
+}
+
 /// The advice sent before the server closes a `tether.v1.json` connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disconnect {
@@ -256,6 +281,14 @@ pub enum ServerMessage {
         data: Box<RawValue>,
     },
     Disconnect(Disconnect),
+    /// Membership changes of one channel, in order: one (`"type": "join"` etc., with `info`)
+    /// or a batch (`"type": "presence_batch"`, with `events`), which a busy channel sends at
+    /// most once per interval. (The server writes these itself; decoded for the Rust client.)
+    #[serde(skip)]
+    Presence {
+        channel: String,
+        events: Vec<(PresenceChange, ClientInfo)>,
+    },
 }
 
 impl ServerMessage {

@@ -23,7 +23,8 @@ use tokio_util::task::TaskTracker;
 fn hub_for(config: &GatewayConfig, metrics: &Arc<Metrics>) -> Hub {
     let hub = Hub::new(metrics.clone())
         .direct_delivery(config.direct_delivery)
-        .fanout_sweep(config.fanout_sweep);
+        .fanout_sweep(config.fanout_sweep)
+        .join_leave_batch_above(config.join_leave_batch_above);
     match config.compression {
         true => {
             hub.compression(config.compression_min_size.as_u64() as usize, config.channel.clone())
@@ -310,6 +311,18 @@ impl Gateway {
             self.shared.hub.clone(),
             self.shared.shutdown.clone(),
         ));
+        // Busy channels' join/leave changes, one batch per channel per interval.
+        let (hub, stop) = (self.shared.hub.clone(), self.shared.shutdown.clone());
+        let every = self.shared.config.join_leave_interval;
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => hub.flush_announcements(),
+                }
+            }
+        });
         let (shared, stop) = (self.shared.clone(), self.shared.shutdown.clone());
         runtime.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

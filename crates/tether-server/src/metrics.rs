@@ -80,6 +80,11 @@ pub struct Metrics {
     pub idempotency_keys: Gauge,
     /// Presence entries of this node's subscriptions (refreshed by the housekeeping).
     pub presence_entries: Gauge,
+    /// Join/leave changes announced on this node, messages that carried them to subscribers,
+    /// and changes dropped from an over-full batch.
+    pub presence_events: Counter,
+    pub presence_messages: Counter,
+    pub presence_events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -142,6 +147,9 @@ impl Metrics {
             broker_streams: Gauge::default(),
             idempotency_keys: Gauge::default(),
             presence_entries: Gauge::default(),
+            presence_events: Counter::default(),
+            presence_messages: Counter::default(),
+            presence_events_dropped: Counter::default(),
         };
         {
             let mut r = crate::sync::lock(&m.registry);
@@ -331,6 +339,21 @@ impl Metrics {
                 "tether_presence_entries",
                 "Presence entries of this node's subscriptions to presence channels (one per subscription; bounded by max_connections × max_subscriptions)",
                 m.presence_entries.clone(),
+            );
+            t.register(
+                "tether_presence_events",
+                "Join/leave changes announced to this node's subscribers (channels with join_leave)",
+                m.presence_events.clone(),
+            );
+            t.register(
+                "tether_presence_messages",
+                "Messages that carried join/leave changes to subscribers: one per change in small channels, one per batch in busy ones",
+                m.presence_messages.clone(),
+            );
+            t.register(
+                "tether_presence_events_dropped",
+                "Join/leave changes dropped because a channel's batch held 10,000 already",
+                m.presence_events_dropped.clone(),
             );
             t.register(
                 "process_cpu_seconds",

@@ -86,10 +86,9 @@ impl Node {
         format!("{}-{conn:x}", self.client_prefix)
     }
 
-    /// Whether `channel` keeps presence.
+    /// Whether `channel` keeps presence (`join_leave` needs it, so it turns it on too).
     pub fn presence_on(&self, channel: &str) -> bool {
-        crate::config::channel_option(&self.config.channel, channel, |r| r.presence)
-            .unwrap_or(false)
+        crate::config::presence_on(&self.config.channel, channel)
     }
 
     /// Connection `conn` no longer subscribes to `channel`: out of its presence, if it keeps one.
@@ -175,5 +174,9 @@ impl crate::broker::LocalSubscribers for Hub {
 
     fn count(&self, channel: &str) -> usize {
         self.subscriber_count(channel)
+    }
+
+    fn announce(&self, channel: &str, changes: Vec<crate::presence::Announcement>) {
+        Hub::announce(self, channel, changes)
     }
 }

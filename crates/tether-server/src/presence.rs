@@ -40,6 +40,9 @@ impl Member {
     }
 }
 
+/// A membership change to announce (`join_leave`) and the member's `ClientInfo` JSON.
+pub type Announcement = (tether_core::protocol::PresenceChange, Arc<str>);
+
 /// How many clients, and distinct users among them, a channel has. A client without a user
 /// counts as a user of its own.
 pub fn stats(members: &[Arc<Member>]) -> (u64, u64) {

@@ -225,6 +225,11 @@ impl Supervisor {
             Ok(ServerMessage::Error { error }) => {
                 self.emit(Event::CommandError { id: None, error }).await
             }
+            Ok(ServerMessage::Presence { channel, events }) => {
+                for (change, info) in events {
+                    self.emit(Event::Presence { channel: channel.clone(), change, info }).await;
+                }
+            }
             Ok(ServerMessage::Disconnect(d)) => {
                 self.advice = (Some(d.reconnect), d.retry_after_ms.map(Duration::from_millis));
             }

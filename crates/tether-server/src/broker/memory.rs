@@ -9,7 +9,27 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
+use tether_core::protocol::PresenceChange;
 use tether_core::stream::{Recovery, Stream};
+
+/// A join or leave, followed by the user's `user_join` / `user_leave` when it was the user's
+/// first or last subscription to the channel.
+fn changes(
+    change: PresenceChange,
+    member: &Member,
+    user_edge: bool,
+) -> Vec<crate::presence::Announcement> {
+    let info: Arc<str> = member.to_json().into();
+    let mut out = vec![(change, info.clone())];
+    if user_edge && member.user.is_some() {
+        let user_change = match change {
+            PresenceChange::Join => PresenceChange::UserJoin,
+            _ => PresenceChange::UserLeave,
+        };
+        out.push((user_change, info));
+    }
+    out
+}
 
 /// A channel in the memory broker: an entry of its own, so that a shard's lock is held only to
 /// find it (or make it).
@@ -287,11 +307,17 @@ impl Broker for MemoryBroker {
     }
 
     fn presence_join(&self, channel: &str, member: Arc<Member>) {
-        self.presence.join(channel, member);
+        let change = self.presence.join(channel, member.clone());
+        if change.changed && crate::config::join_leave_on(&self.rules, channel) {
+            self.hub.announce(channel, changes(PresenceChange::Join, &member, change.user_edge));
+        }
     }
 
     fn presence_leave(&self, channel: &str, client: &str) {
-        self.presence.leave(channel, client);
+        let Some((member, change)) = self.presence.leave(channel, client) else { return };
+        if crate::config::join_leave_on(&self.rules, channel) {
+            self.hub.announce(channel, changes(PresenceChange::Leave, &member, change.user_edge));
+        }
     }
 
     fn presence<'a>(
@@ -533,6 +559,8 @@ mod tests {
         fn count(&self, _: &str) -> usize {
             0
         }
+
+        fn announce(&self, _: &str, _: Vec<crate::presence::Announcement>) {}
     }
 
     impl Recorder {

@@ -140,6 +140,8 @@ pub trait LocalSubscribers: Send + Sync + 'static {
     fn deliver(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: &RawValue) -> u64;
     /// This node's subscribers of `channel`.
     fn count(&self, channel: &str) -> usize;
+    /// Tell this node's subscribers of `channel` about membership changes (`join_leave`).
+    fn announce(&self, channel: &str, changes: Vec<crate::presence::Announcement>);
 }
 
 pub trait Broker: Send + Sync + 'static {

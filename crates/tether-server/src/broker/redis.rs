@@ -42,6 +42,8 @@ const PUBSUB_PATTERN: &str = "tether:p:*";
 /// How often the pub/sub link is pinged to prove it alive.
 const LINK_PING_EVERY: Duration = Duration::from_secs(1);
 const PUBSUB_PREFIX: &str = "tether:p:";
+/// Join/leave changes of every node (see `redis_presence`).
+const EVENTS_PATTERN: &str = "tether:e:*";
 
 fn state_key(channel: &str) -> String {
     format!("tether:s:{{{channel}}}")
@@ -152,7 +154,7 @@ impl RedisBroker {
         );
         let broker = Arc::new(RedisBroker {
             hub,
-            rules,
+            rules: rules.clone(),
             url: url.to_owned(),
             commands,
             publish: redis::Script::new(&super::redis_scripts::with_helpers(
@@ -168,6 +170,7 @@ impl RedisBroker {
             presence: Arc::new(super::redis_presence::RedisPresence::new(
                 presence.node,
                 presence.ttl,
+                rules,
             )),
         });
         broker.refresh_run_id().await.map_err(unreachable)?;
@@ -183,6 +186,7 @@ impl RedisBroker {
         let connect = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.psubscribe(PUBSUB_PATTERN).await?;
+            pubsub.psubscribe(EVENTS_PATTERN).await?;
             Ok(pubsub)
         };
         tokio::time::timeout(RESPONSE_TIMEOUT, connect).await.unwrap_or_else(|_| {
@@ -292,7 +296,11 @@ impl RedisBroker {
     }
 
     fn deliver(&self, msg: redis::Msg) {
-        let Some(channel) = msg.get_channel_name().strip_prefix(PUBSUB_PREFIX) else { return };
+        let name = msg.get_channel_name();
+        if let Some(channel) = name.strip_prefix(super::redis_presence::EVENTS_PREFIX) {
+            return self.announce(channel, msg.get_payload_bytes());
+        }
+        let Some(channel) = name.strip_prefix(PUBSUB_PREFIX) else { return };
         let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else { return };
         let Some((offset, epoch, data)) = parse_message(payload) else {
             tracing::warn!(channel, "malformed message on the Redis backplane; dropped");
@@ -300,6 +308,26 @@ impl RedisBroker {
         };
         let Ok(data) = RawValue::from_string(data.to_owned()) else { return };
         self.hub.deliver(channel, &Arc::from(epoch), offset, &data);
+    }
+
+    /// A join/leave change from some node (`TYPE INFO-JSON`), for this node's subscribers.
+    fn announce(&self, channel: &str, payload: &[u8]) {
+        use tether_core::protocol::PresenceChange;
+        let Some((kind, info)) = std::str::from_utf8(payload).ok().and_then(|p| p.split_once(' '))
+        else {
+            return tracing::warn!(
+                channel,
+                "malformed presence change on the Redis backplane; dropped"
+            );
+        };
+        let change = match kind {
+            "join" => PresenceChange::Join,
+            "leave" => PresenceChange::Leave,
+            "user_join" => PresenceChange::UserJoin,
+            "user_leave" => PresenceChange::UserLeave,
+            _ => return,
+        };
+        self.hub.announce(channel, vec![(change, Arc::from(info))]);
     }
 
     fn unavailable(e: redis::RedisError) -> BrokerError {

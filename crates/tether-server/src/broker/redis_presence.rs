@@ -23,6 +23,7 @@
 //! (The read script touches keys it is not given, as a standalone Redis allows; Redis Cluster
 //! needs another layout.)
 
+use crate::config::ChannelRule;
 use crate::presence::{LocalPresence, Member};
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
@@ -37,10 +38,35 @@ fn presence_key(channel: &str) -> String {
     format!("tether:pr:{{{channel}}}")
 }
 
+/// Per channel: how many entries each user has, across nodes (for `user_join` / `user_leave`).
+fn users_key(channel: &str) -> String {
+    format!("tether:pu:{{{channel}}}")
+}
+
 const NODE_PREFIX: &str = "tether:node:";
 
-/// KEYS: the presence hash. ARGV: the node-key prefix. Returns the live entries' JSON, and
-/// deletes the entries of nodes whose key is gone.
+/// Where join/leave changes go out to every node: `tether:e:CH`, as `TYPE INFO-JSON`.
+pub(super) const EVENTS_PREFIX: &str = "tether:e:";
+
+/// Lua: count a user's entries up or down; publish a change (and the user's edge) to every
+/// node when the channel announces them.
+const CHANGES: &str = r#"
+local function counted(u, user, by, ttl)
+  if user == '' then return false end
+  local n = redis.call('HINCRBY', u, user, by)
+  if n <= 0 then redis.call('HDEL', u, user) return by < 0 end
+  extend(u, ttl)
+  return by > 0 and n == 1
+end
+local function announce(chan, kind, user_kind, edge, json)
+  redis.call('PUBLISH', 'tether:e:' .. chan, kind .. ' ' .. json)
+  if edge then redis.call('PUBLISH', 'tether:e:' .. chan, user_kind .. ' ' .. json) end
+end
+"#;
+
+/// KEYS: the presence hash, the user counts. ARGV: the node-key prefix, the ttl in ms, the
+/// channel, whether it announces changes (1/0). Returns the live entries' JSON; deletes the
+/// entries of nodes whose key is gone (announcing their leaves).
 const READ: &str = r#"
 local all = redis.call('HGETALL', KEYS[1])
 local alive = {}
@@ -53,7 +79,15 @@ for i = 1, #all, 2 do
     live = node ~= '' and redis.call('EXISTS', ARGV[1] .. node) == 1
     alive[node] = live
   end
-  if live then out[#out + 1] = all[i + 1] else redis.call('HDEL', KEYS[1], client) end
+  if live then
+    out[#out + 1] = all[i + 1]
+  else
+    redis.call('HDEL', KEYS[1], client)
+    local ok, entry = pcall(cjson.decode, all[i + 1])
+    local user = (ok and type(entry.user) == 'string') and entry.user or ''
+    local edge = counted(KEYS[2], user, -1, tonumber(ARGV[2]))
+    if ARGV[4] == '1' then announce(ARGV[3], 'leave', 'user_leave', edge, all[i + 1]) end
+  end
 end
 return out
 "#;
@@ -67,17 +101,30 @@ local function extend(k, ttl)
 end
 "#;
 
-/// KEYS: presence hashes. ARGV[1]: ttl ms, then per change: the index of its key, the client,
-/// its JSON (empty: a leave).
+/// KEYS: per change, its channel's presence hash and user counts. ARGV[1]: ttl ms, then per
+/// change: the index of its presence hash, the client, its JSON (empty: a leave), its user
+/// (empty: none), whether the channel announces changes (1/0), the channel.
 const WRITE: &str = r#"
 local ttl = tonumber(ARGV[1])
-for i = 2, #ARGV, 3 do
+for i = 2, #ARGV, 6 do
   local k = KEYS[tonumber(ARGV[i])]
-  if ARGV[i + 2] == '' then
-    redis.call('HDEL', k, ARGV[i + 1])
+  local u = KEYS[tonumber(ARGV[i]) + 1]
+  local client, json, user = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local tell, chan = ARGV[i + 4] == '1', ARGV[i + 5]
+  if json == '' then
+    local old = redis.call('HGET', k, client)
+    if old then
+      redis.call('HDEL', k, client)
+      local edge = counted(u, user, -1, ttl)
+      if tell then announce(chan, 'leave', 'user_leave', edge, old) end
+    end
   else
-    redis.call('HSET', k, ARGV[i + 1], ARGV[i + 2])
+    local added = redis.call('HSET', k, client, json) == 1
     extend(k, ttl)
+    if added then
+      local edge = counted(u, user, 1, ttl)
+      if tell then announce(chan, 'join', 'user_join', edge, json) end
+    end
   end
 end
 "#;
@@ -95,12 +142,21 @@ return was
 /// Changes written per script call at most (each call holds Redis for its duration).
 const WRITE_BATCH: usize = 500;
 
-/// A pending write: the entry's JSON (join), or `None` (leave).
-type Pending = HashMap<(Arc<str>, Arc<str>), Option<String>>;
+/// A pending write: the entry's JSON (a join) or `None` (a leave), and its user.
+#[derive(Clone)]
+struct Op {
+    json: Option<String>,
+    user: Option<Arc<str>>,
+}
+
+/// Pending writes by (channel, client).
+type Pending = HashMap<(Arc<str>, Arc<str>), Op>;
 
 pub(super) struct RedisPresence {
     node: String,
     ttl: Duration,
+    /// The channel blocks: which channels announce joins and leaves.
+    rules: Vec<ChannelRule>,
     local: LocalPresence,
     pending: Mutex<Pending>,
     wake: Notify,
@@ -119,31 +175,41 @@ struct Stored {
 }
 
 impl RedisPresence {
-    pub(super) fn new(node: String, ttl: Duration) -> Self {
+    pub(super) fn new(node: String, ttl: Duration, rules: Vec<ChannelRule>) -> Self {
         RedisPresence {
             node,
             ttl,
+            rules,
             local: LocalPresence::default(),
             pending: Mutex::default(),
             wake: Notify::new(),
-            read: redis::Script::new(READ),
-            write: redis::Script::new(&format!("{EXTEND}{WRITE}")),
+            read: redis::Script::new(&format!("{EXTEND}{CHANGES}{READ}")),
+            write: redis::Script::new(&format!("{EXTEND}{CHANGES}{WRITE}")),
             refresh: redis::Script::new(&format!("{EXTEND}{REFRESH}")),
         }
     }
 
     pub(super) fn join(&self, channel: &str, member: Arc<Member>) {
-        let (client, json) = (member.client.clone(), member.to_json());
+        let (client, user, json) = (member.client.clone(), member.user.clone(), member.to_json());
         if self.local.join(channel, member).changed {
-            crate::sync::lock(&self.pending).insert((channel.into(), client), Some(json));
+            let op = Op { json: Some(json), user };
+            crate::sync::lock(&self.pending).insert((channel.into(), client), op);
             self.wake.notify_one();
         }
     }
 
     pub(super) fn leave(&self, channel: &str, client: &str) {
         if let Some((member, _)) = self.local.leave(channel, client) {
-            crate::sync::lock(&self.pending).insert((channel.into(), member.client.clone()), None);
+            let op = Op { json: None, user: member.user.clone() };
+            crate::sync::lock(&self.pending).insert((channel.into(), member.client.clone()), op);
             self.wake.notify_one();
+        }
+    }
+
+    fn announces(&self, channel: &str) -> &'static str {
+        match crate::config::join_leave_on(&self.rules, channel) {
+            true => "1",
+            false => "0",
         }
     }
 
@@ -157,8 +223,16 @@ impl RedisPresence {
         commands: &mut ConnectionManager,
         channel: &str,
     ) -> redis::RedisResult<Vec<Arc<Member>>> {
-        let stored: Vec<String> =
-            self.read.key(presence_key(channel)).arg(NODE_PREFIX).invoke_async(commands).await?;
+        let stored: Vec<String> = self
+            .read
+            .key(presence_key(channel))
+            .key(users_key(channel))
+            .arg(NODE_PREFIX)
+            .arg(self.ttl.as_millis() as u64)
+            .arg(channel)
+            .arg(self.announces(channel))
+            .invoke_async(commands)
+            .await?;
         Ok(stored
             .iter()
             .filter_map(|json| serde_json::from_str::<Stored>(json).ok())
@@ -208,9 +282,12 @@ impl RedisPresence {
             let chunk: Vec<_> = batch.drain(..batch.len().min(WRITE_BATCH)).collect();
             let mut call = self.write.prepare_invoke();
             call.arg(ttl_ms);
-            for (i, ((channel, client), json)) in chunk.iter().enumerate() {
-                call.key(presence_key(channel));
-                call.arg(i + 1).arg(&**client).arg(json.as_deref().unwrap_or(""));
+            for (i, ((channel, client), op)) in chunk.iter().enumerate() {
+                call.key(presence_key(channel)).key(users_key(channel));
+                call.arg(2 * i + 1).arg(&**client).arg(op.json.as_deref().unwrap_or(""));
+                call.arg(op.user.as_deref().unwrap_or(""))
+                    .arg(self.announces(channel))
+                    .arg(&**channel);
             }
             if let Err(e) = call.invoke_async::<()>(commands).await {
                 let mut pending = crate::sync::lock(&self.pending);
@@ -230,7 +307,7 @@ impl RedisPresence {
         let mut call = self.refresh.prepare_invoke();
         call.key(format!("{NODE_PREFIX}{}", self.node)).arg(self.ttl.as_millis() as u64);
         for (channel, _) in &all {
-            call.key(presence_key(channel));
+            call.key(presence_key(channel)).key(users_key(channel));
         }
         let existed: bool = call.invoke_async(commands).await?;
         if !existed {
@@ -238,9 +315,15 @@ impl RedisPresence {
             for (channel, members) in &all {
                 for m in members {
                     let key = (Arc::from(channel.as_str()), m.client.clone());
-                    pending.entry(key).or_insert_with(|| Some(m.to_json()));
+                    let op = || Op { json: Some(m.to_json()), user: m.user.clone() };
+                    pending.entry(key).or_insert_with(op);
                 }
             }
+        }
+        // A dead node says no goodbye: in channels that announce leaves, reading clears its
+        // entries and announces them, within `presence_ttl` plus this period.
+        for (channel, _) in all.iter().filter(|(c, _)| self.announces(c) == "1") {
+            self.members(commands, channel).await?;
         }
         Ok(())
     }
@@ -253,6 +336,8 @@ impl RedisPresence {
             let clients: Vec<&str> = members.iter().map(|m| &*m.client).collect();
             pipe.hdel(presence_key(&channel), clients).ignore();
         }
+        // (A clean shutdown's entries went with its connections, through `flush` above, with
+        // their leaves announced; what is left here is only what the drain did not close.)
         pipe.del(format!("{NODE_PREFIX}{}", self.node)).ignore();
         pipe.query_async::<()>(commands).await
     }

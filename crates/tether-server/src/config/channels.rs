@@ -29,7 +29,8 @@ pub struct ChannelRule {
     /// channel's subscribers and through the HTTP API (default: no).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<bool>,
-    /// Subscribers are told when others join and leave (issue 20; not served yet).
+    /// Subscribers are told when others join and leave, and when a user's first subscription
+    /// arrives or last one goes (default: no). Keeps presence on the channel too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join_leave: Option<bool>,
     /// Clients may publish to these channels over the WebSocket (default: no).
@@ -140,6 +141,17 @@ pub fn history_policy(rules: &[ChannelRule], channel: &str) -> Option<HistoryPol
     }
 }
 
+/// Whether `channel` keeps presence: `presence`, or `join_leave`, which needs it.
+pub fn presence_on(rules: &[ChannelRule], channel: &str) -> bool {
+    channel_option(rules, channel, |r| r.presence).unwrap_or(false)
+        || channel_option(rules, channel, |r| r.join_leave).unwrap_or(false)
+}
+
+/// Whether `channel`'s subscribers are told of joins and leaves.
+pub fn join_leave_on(rules: &[ChannelRule], channel: &str) -> bool {
+    channel_option(rules, channel, |r| r.join_leave).unwrap_or(false)
+}
+
 /// Every option for `channel`.
 pub fn channel_options(rules: &[ChannelRule], channel: &str) -> ChannelOptions {
     let flag = |pick: fn(&ChannelRule) -> Option<bool>, default| {
@@ -193,12 +205,6 @@ pub(super) fn check(rules: &[ChannelRule]) -> Result<(), (&'static str, String)>
                     format!("`{name}`: needs 1 <= SIZE <= 100000 and a TTL of at least 1s"),
                 ));
             }
-        }
-        if rule.join_leave == Some(true) {
-            return Err((
-                "channel.join_leave",
-                format!("`{name}`: join/leave events are not served yet"),
-            ));
         }
     }
     Ok(())

@@ -10,7 +10,8 @@ use tether_core::defaults as d;
 
 mod channels;
 pub use channels::{
-    channel_option, channel_options, history_policy, ChannelOptions, ChannelRule, HistorySetting,
+    channel_option, channel_options, history_policy, join_leave_on, presence_on, ChannelOptions,
+    ChannelRule, HistorySetting,
 };
 
 /// History kept for channels matching `pattern` (the first matching rule wins). The flat form
@@ -251,6 +252,12 @@ pub struct GatewayConfig {
     /// without a clean shutdown (its liveness key is set again every third of this).
     #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
+    /// Channels with more local subscribers than this get join/leave changes in batches, one
+    /// per `join_leave_interval`, rather than a message per change.
+    pub join_leave_batch_above: usize,
+    /// How often a busy channel's batch of join/leave changes goes out.
+    #[serde(with = "humantime_serde")]
+    pub join_leave_interval: Duration,
     /// Options per channel name pattern (`[[channel]]` blocks): history, presence, join/leave,
     /// client publishing, anonymous access, compression. For each option the first matching
     /// block that sets it decides (`config/channels.rs`). Last, so that TOML prints it last.
@@ -315,6 +322,8 @@ impl Default for GatewayConfig {
             drain_timeout: d::DRAIN_TIMEOUT,
             close_timeout: d::CLOSE_TIMEOUT,
             presence_ttl: Duration::from_secs(15),
+            join_leave_batch_above: 100,
+            join_leave_interval: Duration::from_secs(1),
             channel: Vec::new(),
         }
     }
@@ -479,6 +488,9 @@ impl GatewayConfig {
         }
         if self.presence_ttl < ms(300) || self.presence_ttl > Duration::from_secs(3600) {
             return err("presence_ttl", "must be between 300ms and 1h");
+        }
+        if self.join_leave_interval < ms(10) || self.join_leave_interval > Duration::from_secs(60) {
+            return err("join_leave_interval", "must be between 10ms and 1m");
         }
         if let Err((field, problem)) = channels::check(&self.channel) {
             return Err(ConfigError { field, problem });

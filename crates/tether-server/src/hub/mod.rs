@@ -23,6 +23,7 @@
 //! blocks the publisher: a subscriber whose bounded queue is full is flagged as a slow consumer
 //! and its connection task closes it (1013, "slow consumer").
 
+pub mod announce;
 mod pace;
 mod sweep;
 
@@ -123,6 +124,8 @@ pub struct Hub {
     compression: Option<(usize, Vec<crate::config::ChannelRule>)>,
     /// Where sweeps run: the gateway's runtime (see [`Hub::run_sweeps_on`]).
     runtime: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Join/leave announcements waiting for their channel's next batch.
+    announcements: announce::Announcements,
 }
 
 impl Hub {
@@ -137,6 +140,7 @@ impl Hub {
             sweep: FanoutSweep::Auto,
             compression: None,
             runtime: std::sync::OnceLock::new(),
+            announcements: announce::Announcements::default(),
         }
     }
 

@@ -376,7 +376,7 @@ pub(crate) fn subscribable(
 fn presence(rules: Rules, held: &dyn Held, id: u64, channel: String, stats: bool) -> Action {
     let refuse =
         |code, why: String| reply(rules, ServerMessage::err(Some(id), ErrorBody::new(code, why)));
-    if !channel_option(&rules.config.channel, &channel, |r| r.presence).unwrap_or(false) {
+    if !crate::config::presence_on(&rules.config.channel, &channel) {
         let why =
             format!("`{channel}` keeps no presence; see the `presence` option of `[[channel]]`");
         return refuse(ErrorCode::PresenceDisabled, why);
