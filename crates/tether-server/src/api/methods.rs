@@ -1,40 +1,41 @@
 //! The server API: `POST /api/<method>` with a JSON body of parameters, behind the API keys.
-//! Methods: `publish`, `presence`, `presence_stats` (docs/protocol.md has an example of each).
-//! An unknown method is a 404, parameters that do not fit a 400 that names the field, and
-//! every error a JSON body `{"error": "..."}`.
+//! Methods: `publish`, `broadcast`, `presence`, `presence_stats`, `history`, `info`, `batch`
+//! (docs/protocol.md has an example of each). An unknown method is a 404, parameters that do
+//! not fit a 400 that names the field, and every error a JSON body `{"error": "..."}`.
 
 use super::{authorize, is_json, json_error};
+use crate::broker::NotRecovered;
 use crate::metrics::ReasonLabels;
 use crate::node::{Node, PublishError};
 use axum::body::{to_bytes, Body};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::{json, Value};
 use std::sync::Arc;
+use tether_core::protocol::StreamPosition;
 
 /// The methods, as the 404 lists them.
-const METHODS: &str = "publish, presence, presence_stats";
+const METHODS: &[&str] =
+    &["publish", "broadcast", "presence", "presence_stats", "history", "info", "batch"];
 
 /// Longest idempotency key accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// Channels one `broadcast` may name, and commands one `batch` may hold.
+const MAX_FAN: usize = 1000;
+/// Publications one `history` answer holds at most, and their data's bytes.
+const MAX_HISTORY: u64 = 10_000;
+const MAX_HISTORY_BYTES: u64 = 16 << 20;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishParams {
-    channel: String,
-    data: Box<RawValue>,
-    /// Makes retries safe: the same key within `idempotency_window` publishes once.
-    #[serde(default)]
-    idempotency_key: Option<String>,
-}
+/// What a method answers: a JSON body, or a status and what went wrong.
+type Answer = Result<Value, (StatusCode, String)>;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChannelParams {
-    channel: String,
+fn bad(why: impl Into<String>) -> (StatusCode, String) {
+    (StatusCode::BAD_REQUEST, why.into())
 }
 
 /// `POST /api/{method}`.
@@ -46,21 +47,42 @@ pub(crate) async fn call(
     if let Err(refused) = authorize(&node, req.headers()) {
         return *refused;
     }
-    if !matches!(method.as_str(), "publish" | "presence" | "presence_stats") {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            format!("no API method `{method}`; the methods are: {METHODS}"),
-        );
+    if !METHODS.contains(&method.as_str()) {
+        return json_error(StatusCode::NOT_FOUND, unknown(&method));
     }
     let bytes = match body(&node, req).await {
         Ok(bytes) => bytes,
         Err(refused) => return *refused,
     };
-    match method.as_str() {
-        "publish" => publish(&node, &bytes).await,
-        "presence" => presence(&node, &bytes, false).await,
-        _ => presence(&node, &bytes, true).await,
+    match dispatch(&node, &method, &bytes).await {
+        Ok(body) => axum::Json(body).into_response(),
+        Err((status, why)) if status == StatusCode::SERVICE_UNAVAILABLE => {
+            let mut resp = json_error(status, why);
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
+        Err((status, why)) => json_error(status, why),
     }
+}
+
+fn unknown(method: &str) -> String {
+    format!("no API method `{method}`; the methods are: {}", METHODS.join(", "))
+}
+
+/// One method with its parameters (boxed: `batch` calls back into it).
+fn dispatch<'a>(node: &'a Node, method: &'a str, params: &'a [u8]) -> BoxFuture<'a, Answer> {
+    Box::pin(async move {
+        match method {
+            "publish" => publish(node, params).await,
+            "broadcast" => broadcast(node, params).await,
+            "presence" => presence(node, params, false).await,
+            "presence_stats" => presence(node, params, true).await,
+            "history" => history(node, params).await,
+            "info" => Ok(info(node)),
+            "batch" => batch(node, params).await,
+            other => Err((StatusCode::NOT_FOUND, unknown(other))),
+        }
+    })
 }
 
 /// The request's JSON body, checked: content type, size, nesting.
@@ -101,88 +123,244 @@ async fn body(node: &Node, req: Request<Body>) -> Result<axum::body::Bytes, Box<
 
 /// The parameters, or a 400 that shows their shape and names what is wrong (serde names the
 /// missing, unknown or mistyped field).
-fn params<T: DeserializeOwned>(bytes: &[u8], shape: &str) -> Result<T, Box<Response>> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        Box::new(json_error(StatusCode::BAD_REQUEST, format!("body must be {shape}: {e}")))
-    })
+fn params<T: DeserializeOwned>(bytes: &[u8], shape: &str) -> Result<T, (StatusCode, String)> {
+    serde_json::from_slice(bytes).map_err(|e| bad(format!("body must be {shape}: {e}")))
 }
 
-/// `publish` `{"channel": "...", "data": <any JSON>, "idempotency_key": "optional"}`.
-async fn publish(node: &Node, bytes: &[u8]) -> Response {
-    let shape = r#"{"channel": "...", "data": <any JSON>, "idempotency_key": "optional"}"#;
-    let body: PublishParams = match params(bytes, shape) {
-        Ok(body) => body,
-        Err(refused) => return *refused,
-    };
-    if let Some(key) = &body.idempotency_key {
-        let printable = key.bytes().all(|b| b.is_ascii_graphic());
-        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !printable {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces"
-                ),
-            );
-        }
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishParams {
+    channel: String,
+    data: Box<RawValue>,
+    /// Makes retries safe: the same key within `idempotency_window` publishes once.
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+fn check_key(key: Option<&str>) -> Result<(), (StatusCode, String)> {
+    let Some(key) = key else { return Ok(()) };
+    let printable = key.bytes().all(|b| b.is_ascii_graphic());
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !printable {
+        return Err(bad(format!(
+            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces"
+        )));
     }
-    let key = body.idempotency_key.as_deref();
-    match node.publish_once(&body.channel, &body.data, key).await {
+    Ok(())
+}
+
+/// One publication's receipt, as `publish` answers it.
+async fn publish_one(node: &Node, channel: &str, data: &RawValue, key: Option<&str>) -> Answer {
+    match node.publish_once(channel, data, key).await {
         Ok(receipt) => {
-            let mut reply = serde_json::json!({
-                "channel": body.channel,
+            let mut reply = json!({
+                "channel": channel,
                 "epoch": &*receipt.epoch,
                 "offset": receipt.offset,
                 "delivered": receipt.delivered,
             });
             if receipt.duplicate {
-                reply["duplicate"] = serde_json::Value::Bool(true);
+                reply["duplicate"] = Value::Bool(true);
             }
-            axum::Json(reply).into_response()
+            Ok(reply)
         }
-        Err(PublishError::BadChannel(e)) => {
-            json_error(StatusCode::BAD_REQUEST, format!("bad channel: {e}"))
-        }
-        Err(e @ PublishError::Reserved) => json_error(StatusCode::FORBIDDEN, e.to_string()),
-        Err(PublishError::Broker(e)) => unavailable(e),
+        Err(PublishError::BadChannel(e)) => Err(bad(format!("bad channel: {e}"))),
+        Err(e @ PublishError::Reserved) => Err((StatusCode::FORBIDDEN, e.to_string())),
+        Err(PublishError::Broker(e)) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     }
+}
+
+/// `publish` `{"channel": "...", "data": <any JSON>, "idempotency_key": "optional"}`.
+async fn publish(node: &Node, bytes: &[u8]) -> Answer {
+    let shape = r#"{"channel": "...", "data": <any JSON>, "idempotency_key": "optional"}"#;
+    let p: PublishParams = params(bytes, shape)?;
+    check_key(p.idempotency_key.as_deref())?;
+    publish_one(node, &p.channel, &p.data, p.idempotency_key.as_deref()).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastParams {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// `broadcast` `{"channels": [...], "data": …}`: one answer per channel, in order; a channel
+/// that fails says why and does not stop the others.
+async fn broadcast(node: &Node, bytes: &[u8]) -> Answer {
+    let shape = r#"{"channels": ["...", ...], "data": <any JSON>, "idempotency_key": "optional"}"#;
+    let p: BroadcastParams = params(bytes, shape)?;
+    check_key(p.idempotency_key.as_deref())?;
+    if p.channels.is_empty() || p.channels.len() > MAX_FAN {
+        return Err(bad(format!("`channels` must name 1 to {MAX_FAN} channels")));
+    }
+    let mut responses = Vec::with_capacity(p.channels.len());
+    for channel in &p.channels {
+        responses.push(
+            match publish_one(node, channel, &p.data, p.idempotency_key.as_deref()).await {
+                Ok(receipt) => receipt,
+                Err((status, why)) => {
+                    json!({"channel": channel, "status": status.as_u16(), "error": why})
+                }
+            },
+        );
+    }
+    Ok(json!({ "responses": responses }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelParams {
+    channel: String,
 }
 
 /// `presence` / `presence_stats` `{"channel": "..."}`.
-async fn presence(node: &Node, bytes: &[u8], stats: bool) -> Response {
-    let body: ChannelParams = match params(bytes, r#"{"channel": "..."}"#) {
-        Ok(body) => body,
-        Err(refused) => return *refused,
-    };
-    let channel = &body.channel;
-    if let Err(e) = tether_core::channel::validate(channel, node.config().max_channel_name_len) {
-        return json_error(StatusCode::BAD_REQUEST, format!("bad channel: {e}"));
-    }
+async fn presence(node: &Node, bytes: &[u8], stats: bool) -> Answer {
+    let p: ChannelParams = params(bytes, r#"{"channel": "..."}"#)?;
+    let channel = &p.channel;
+    tether_core::channel::validate(channel, node.config().max_channel_name_len)
+        .map_err(|e| bad(format!("bad channel: {e}")))?;
     if !node.presence_on(channel) {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            format!("`{channel}` keeps no presence; set `presence = true` in a [[channel]] block that matches it"),
-        );
+        return Err(bad(format!(
+            "`{channel}` keeps no presence; set `presence = true` in a [[channel]] block that matches it"
+        )));
     }
-    let members = match node.broker.presence(channel).await {
-        Ok(members) => members,
-        Err(e) => return unavailable(e),
-    };
-    let reply = if stats {
+    let members = node
+        .broker
+        .presence(channel)
+        .await
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(if stats {
         let (clients, users) = crate::presence::stats(&members);
-        serde_json::json!({"num_clients": clients, "num_users": users})
+        json!({"num_clients": clients, "num_users": users})
     } else {
-        let clients: serde_json::Map<String, serde_json::Value> = members
+        let clients: serde_json::Map<String, Value> = members
             .iter()
             .map(|m| (m.client.to_string(), serde_json::to_value(m.to_info()).unwrap_or_default()))
             .collect();
-        serde_json::json!({ "clients": clients })
-    };
-    axum::Json(reply).into_response()
+        json!({ "clients": clients })
+    })
 }
 
-/// The broker cannot answer now: 503, retry in a second.
-fn unavailable(e: impl std::fmt::Display) -> Response {
-    let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    channel: String,
+    #[serde(default = "default_limit")]
+    limit: u64,
+    #[serde(default)]
+    since: Option<StreamPosition>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+fn default_limit() -> u64 {
+    100
+}
+
+/// `history` `{"channel": C, "limit": N, "since": {"epoch": E, "offset": O}, "reverse": bool}`:
+/// with `since`, the first `limit` publications after it; without, the latest `limit`
+/// (`limit` 0: only where the channel stands). Oldest first unless `reverse`.
+async fn history(node: &Node, bytes: &[u8]) -> Answer {
+    let shape = r#"{"channel": "...", "limit": 100, "since": {"epoch": "...", "offset": 0}, "reverse": false}"#;
+    let p: HistoryParams = params(bytes, shape)?;
+    tether_core::channel::validate(&p.channel, node.config().max_channel_name_len)
+        .map_err(|e| bad(format!("bad channel: {e}")))?;
+    if p.limit > MAX_HISTORY {
+        return Err(bad(format!("`limit` must be at most {MAX_HISTORY}")));
+    }
+    let unavailable =
+        |e: crate::broker::BrokerError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    let broker = &node.broker;
+    let now =
+        broker.history(&p.channel, None, MAX_HISTORY_BYTES).await.map_err(unavailable)?.position;
+    // Without `since`: the latest `limit`, as far as the channel's history reaches.
+    let kept = crate::config::history_policy(&node.config().channel, &p.channel)
+        .map_or(0, |h| h.size as u64);
+    let since = p.since.clone().unwrap_or_else(|| StreamPosition {
+        epoch: now.epoch.clone(),
+        offset: now.offset.saturating_sub(p.limit.min(kept)),
+    });
+    let mut answer = json!({"epoch": now.epoch, "offset": now.offset, "publications": []});
+    if p.limit == 0 || (p.since.is_none() && since.offset == now.offset) {
+        return Ok(answer);
+    }
+    let got =
+        broker.history(&p.channel, Some(&since), MAX_HISTORY_BYTES).await.map_err(unavailable)?;
+    if got.recovered != Some(true) {
+        let why = match got.not_recovered {
+            Some(NotRecovered::OverBudget { bytes }) => format!(
+                "the publications after that position weigh {bytes} bytes or more, over {MAX_HISTORY_BYTES}: ask from a later position"
+            ),
+            Some(NotRecovered::TooFarBehind) => "more than 10,000 publications after that position".into(),
+            _ => "history no longer holds every publication after that position (or the epoch changed)".into(),
+        };
+        answer["complete"] = Value::Bool(false);
+        answer["reason"] = Value::String(why);
+        return Ok(answer);
+    }
+    let mut publications: Vec<Value> = got
+        .publications
+        .iter()
+        .take(p.limit as usize)
+        .map(|(offset, data)| json!({"offset": offset, "data": serde_json::from_str::<Value>(data.get()).unwrap_or(Value::Null)}))
+        .collect();
+    if p.reverse {
+        publications.reverse();
+    }
+    answer["publications"] = Value::Array(publications);
+    Ok(answer)
+}
+
+/// `info` `{}`: this node — its name (the prefix of its client ids), version, uptime,
+/// connections and subscriptions.
+fn info(node: &Node) -> Value {
+    json!({"nodes": [{
+        "name": node.client_prefix,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": node.now_ms() / 1000,
+        "connections": node.open_connections(),
+        "subscriptions": node.metrics.subscriptions.get(),
+        "broker": node.broker_name(),
+    }]})
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Command {
+    method: String,
+    #[serde(default)]
+    params: Option<Box<RawValue>>,
+}
+
+/// `batch` `{"commands": [{"method": …, "params": …}, …]}`: each in order; one answer each,
+/// `{"status": 200, "result": …}` or `{"status": 4xx/5xx, "error": "…"}`. No batch inside a batch.
+async fn batch(node: &Node, bytes: &[u8]) -> Answer {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct BatchParams {
+        commands: Vec<Command>,
+    }
+    let p: BatchParams =
+        params(bytes, r#"{"commands": [{"method": "...", "params": {...}}, ...]}"#)?;
+    if p.commands.len() > MAX_FAN {
+        return Err(bad(format!("`commands` may hold at most {MAX_FAN}")));
+    }
+    let mut replies = Vec::with_capacity(p.commands.len());
+    for c in &p.commands {
+        let answer = match c.method.as_str() {
+            "batch" => Err(bad("a batch cannot hold a batch")),
+            m if !METHODS.contains(&m) => Err((StatusCode::NOT_FOUND, unknown(m))),
+            m => {
+                let params = c.params.as_ref().map_or("{}", |p| p.get());
+                dispatch(node, m, params.as_bytes()).await
+            }
+        };
+        replies.push(match answer {
+            Ok(result) => json!({"status": 200, "result": result}),
+            Err((status, why)) => json!({"status": status.as_u16(), "error": why}),
+        });
+    }
+    Ok(json!({ "replies": replies }))
 }
