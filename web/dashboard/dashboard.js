@@ -42,6 +42,33 @@ function render(s) {
   $('chart-rtt').innerHTML = s.charts.rtt;
   $('chart-memory').innerHTML = s.charts.memory;
   renderCloses(s.closes);
+  renderChannels(s.channels || []);
+}
+
+function renderChannels(channels) {
+  const body = $('channels');
+  if (!channels.length) return;
+  const max = Math.max(...channels.map((c) => c.subscribers));
+  body.replaceChildren(
+    ...channels.map((c) => {
+      const tr = document.createElement('tr');
+      // Presence: every subscription there is an entry; join/leave: subscribers hear changes.
+      const kind = c.join_leave ? 'presence, join/leave' : c.presence ? 'presence' : '–';
+      for (const [i, text] of [c.name, String(c.subscribers), kind].entries()) {
+        const td = document.createElement('td');
+        td.textContent = text;
+        if (i === 1) td.className = 'num';
+        tr.append(td);
+      }
+      const bar = document.createElement('td');
+      bar.className = 'bar';
+      const span = document.createElement('span');
+      span.style.width = `${Math.max(4, (100 * c.subscribers) / max)}%`;
+      bar.append(span);
+      tr.append(bar);
+      return tr;
+    }),
+  );
 }
 
 function renderCloses(closes) {

@@ -196,6 +196,8 @@ test('the dashboard loads and shows live values; screenshot', { skip: req.skip }
   assert.equal(shown.lines[3], 2, `the memory chart shows heap beside resident: ${JSON.stringify(shown)}`);
   assert.match(shown.heap, /^heap .*(KiB|MiB)/);
   assert.ok(shown.closes >= 1);
+  // The playground's subscription is listed with its channel.
+  await page.waitForFunction(() => [...document.querySelectorAll('#channels tr td:first-child')].some((td) => td.textContent === 'demo'));
   const file = join(ensureOutputDir(), 'dashboard.png');
   await page.screenshot({ path: file, fullPage: true });
   console.log(`dashboard screenshot: ${file}`);

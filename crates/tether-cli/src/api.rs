@@ -11,8 +11,8 @@ use std::process::ExitCode;
 pub struct ApiArgs {
     #[command(flatten)]
     target: ApiTarget,
-    /// The method: publish, broadcast, presence, presence_stats, history, info, batch (the
-    /// server's 404 lists what it has)
+    /// The method: publish, broadcast, presence, presence_stats, history, channels, info,
+    /// batch (the server's 404 lists what it has)
     method: String,
     /// Its parameters, a JSON object, e.g. '{"channel": "room:1"}'
     #[arg(default_value = "{}")]

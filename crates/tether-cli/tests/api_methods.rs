@@ -71,12 +71,32 @@ fn broadcast_history_info_and_batch_answer_and_refuse_by_name() {
         assert!(body["error"].as_str().unwrap().contains(needle), "{params}: {body}");
     }
 
+    // channels: this node's, with subscribers, most subscribed first; a pattern narrows them.
+    let _subscribers: Vec<_> = ["feed:a", "feed:a", "other"]
+        .iter()
+        .map(|c| {
+            let mut ws = common::json_ws::json_client(&server, "");
+            let reply =
+                common::json_ws::call(&mut ws, json!({"id": 1, "cmd": "subscribe", "channel": c}));
+            assert!(reply["error"].is_null(), "{reply}");
+            ws
+        })
+        .collect();
+    let (status, listed) = api(&server, "channels", json!({}));
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(
+        listed["channels"],
+        json!({"feed:a": {"num_clients": 2}, "other": {"num_clients": 1}})
+    );
+    let (_, narrowed) = api(&server, "channels", json!({"pattern": "feed:*"}));
+    assert_eq!(narrowed["channels"], json!({"feed:a": {"num_clients": 2}}));
+
     // info: this node.
     let (status, info) = api(&server, "info", json!({}));
     assert_eq!(status, 200, "{info}");
     let node = &info["nodes"][0];
     assert!(node["name"].as_str().is_some_and(|n| n.len() == 12), "{info}");
-    assert_eq!((node["broker"].as_str(), node["connections"].as_u64()), (Some("memory"), Some(0)));
+    assert_eq!((node["broker"].as_str(), node["connections"].as_u64()), (Some("memory"), Some(3)));
 
     // batch: each command in order, each with its own status.
     let (status, body) = api(

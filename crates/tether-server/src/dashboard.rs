@@ -48,8 +48,23 @@ struct Snapshot {
     publications: u64,
     heartbeat_timeouts: u64,
     closes: Vec<CloseCount>,
+    /// The most subscribed channels on this node.
+    channels: Vec<ChannelRow>,
     charts: Charts,
 }
+
+/// A channel as the dashboard lists it.
+#[derive(Serialize)]
+struct ChannelRow {
+    name: String,
+    /// Subscribers on this node (each one a presence entry when `presence` is on).
+    subscribers: usize,
+    presence: bool,
+    join_leave: bool,
+}
+
+/// Channels the dashboard lists at most.
+const CHANNELS_SHOWN: usize = 20;
 
 #[derive(Clone, Copy)]
 struct Sample {
@@ -71,6 +86,7 @@ pub async fn run_sampler(
     metrics: Arc<Metrics>,
     stats: Arc<Stats>,
     hub: Arc<Hub>,
+    rules: Vec<crate::config::ChannelRule>,
     stop: CancellationToken,
 ) {
     // The dashboard channel is the node's own: its stream lives here, not in the broker.
@@ -108,7 +124,18 @@ pub async fn run_sampler(
         if !hub.has_subscribers(DASHBOARD_CHANNEL) {
             continue;
         }
-        let snapshot = snapshot(&metrics, &stats, &ring, rate, rtt, (rss, heap));
+        let mut snapshot = snapshot(&metrics, &stats, &ring, rate, rtt, (rss, heap));
+        let listed =
+            hub.channels(|n| !n.starts_with(tether_core::channel::RESERVED_PREFIX), CHANNELS_SHOWN);
+        snapshot.channels = listed
+            .into_iter()
+            .map(|(name, subscribers)| ChannelRow {
+                presence: crate::config::presence_on(&rules, &name),
+                join_leave: crate::config::join_leave_on(&rules, &name),
+                name: name.to_string(),
+                subscribers,
+            })
+            .collect();
         match serde_json::value::to_raw_value(&snapshot) {
             Ok(data) => {
                 offset += 1;
@@ -191,6 +218,7 @@ fn snapshot(
         publications: metrics.publications.get(),
         heartbeat_timeouts: metrics.heartbeat_timeouts.get(),
         closes,
+        channels: Vec::new(),
         charts,
     }
 }

@@ -309,6 +309,7 @@ impl Gateway {
             self.shared.metrics.clone(),
             self.shared.stats.clone(),
             self.shared.hub.clone(),
+            self.shared.config.channel.clone(),
             self.shared.shutdown.clone(),
         ));
         // Busy channels' join/leave changes, one batch per channel per interval.

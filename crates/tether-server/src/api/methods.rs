@@ -1,5 +1,6 @@
 //! The server API: `POST /api/<method>` with a JSON body of parameters, behind the API keys.
-//! Methods: `publish`, `broadcast`, `presence`, `presence_stats`, `history`, `info`, `batch`
+//! Methods: `publish`, `broadcast`, `presence`, `presence_stats`, `history`, `channels`,
+//! `info`, `batch`
 //! (docs/protocol.md has an example of each). An unknown method is a 404, parameters that do
 //! not fit a 400 that names the field, and every error a JSON body `{"error": "..."}`.
 
@@ -21,7 +22,7 @@ use tether_core::protocol::StreamPosition;
 
 /// The methods, as the 404 lists them.
 const METHODS: &[&str] =
-    &["publish", "broadcast", "presence", "presence_stats", "history", "info", "batch"];
+    &["publish", "broadcast", "presence", "presence_stats", "history", "channels", "info", "batch"];
 
 /// Longest idempotency key accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 128;
@@ -78,6 +79,7 @@ fn dispatch<'a>(node: &'a Node, method: &'a str, params: &'a [u8]) -> BoxFuture<
             "presence" => presence(node, params, false).await,
             "presence_stats" => presence(node, params, true).await,
             "history" => history(node, params).await,
+            "channels" => channels(node, params),
             "info" => Ok(info(node)),
             "batch" => batch(node, params).await,
             other => Err((StatusCode::NOT_FOUND, unknown(other))),
@@ -311,6 +313,29 @@ async fn history(node: &Node, bytes: &[u8]) -> Answer {
     }
     answer["publications"] = Value::Array(publications);
     Ok(answer)
+}
+
+/// Channels one `channels` answer lists at most.
+const MAX_CHANNELS_LISTED: usize = 10_000;
+
+/// `channels` `{"pattern": "chat:*"}`: this node's channels with subscribers (matching the
+/// pattern, if given), with their counts, most subscribed first.
+fn channels(node: &Node, bytes: &[u8]) -> Answer {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ChannelsParams {
+        #[serde(default)]
+        pattern: Option<String>,
+    }
+    let p: ChannelsParams = params(bytes, r#"{"pattern": "chat:*"} (or {})"#)?;
+    let pattern = tether_core::channel::ChannelPattern::new(p.pattern.as_deref().unwrap_or("*"));
+    let keep = |name: &str| {
+        pattern.matches(name) && !name.starts_with(tether_core::channel::RESERVED_PREFIX)
+    };
+    let listed = node.hub.channels(keep, MAX_CHANNELS_LISTED);
+    let channels: serde_json::Map<String, Value> =
+        listed.iter().map(|(name, n)| (name.to_string(), json!({"num_clients": n}))).collect();
+    Ok(json!({ "channels": channels }))
 }
 
 /// `info` `{}`: this node — its name (the prefix of its client ids), version, uptime,

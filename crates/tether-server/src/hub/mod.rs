@@ -409,6 +409,19 @@ impl Hub {
         crate::sync::lock(self.shard(channel)).contains_key(channel)
     }
 
+    /// Channels with local subscribers that `keep` accepts, with their counts, the most
+    /// subscribed first; at most `limit`.
+    pub fn channels(&self, keep: impl Fn(&str) -> bool, limit: usize) -> Vec<(Arc<str>, usize)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = crate::sync::lock(shard);
+            all.extend(shard.iter().filter(|(n, _)| keep(n)).map(|(n, c)| (n.clone(), c.len())));
+        }
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(limit);
+        all
+    }
+
     /// Channels with at least one local subscriber.
     pub fn channel_count(&self) -> usize {
         self.shards.iter().map(|s| crate::sync::lock(s).len()).sum()
