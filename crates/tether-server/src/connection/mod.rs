@@ -70,6 +70,7 @@ mod task;
 
 use output::{feed, within, write_frame};
 pub(crate) use task::ConnectionTask;
+#[cfg(test)]
 use task::Parked;
 
 pub(crate) type Ws = WebSocketStream<Gate>;
@@ -148,18 +149,18 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// A connection on an upgraded socket: registered, subscribed to its `?channel=`s, and
-    /// parked (the task parks it until its first heartbeat or anything else).
-    /// `window`: the permessage-deflate window agreed for what it is sent, 0 without it.
+    /// A connection for a handshake being answered: registered and subscribed to its
+    /// `?channel=`s (publications queue in its mailbox until its socket is there), with the
+    /// resync generation it has seen. `window`: the permessage-deflate window agreed for what
+    /// it is sent, 0 without it.
     fn open(
         shared: Arc<Node>,
-        transport: Transport,
         peer: Option<SocketAddr>,
         mode: Mode,
         channels: Vec<String>,
         grant: Option<Arc<Grant>>,
         window: u8,
-    ) -> Parked {
+    ) -> (Connection, u64) {
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let cfg = &shared.config;
         let queue = Arc::new(
@@ -186,7 +187,7 @@ impl Connection {
                 conn.join(&channel, None);
             }
         }
-        Parked { direct: DirectWindow::closed(), conn, transport, resync_seen }
+        (conn, resync_seen)
     }
 
     /// The connection has ended (its socket is closed or aborted): leave the hub, count and

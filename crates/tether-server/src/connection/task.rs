@@ -39,7 +39,11 @@ pub(crate) struct Parked {
 }
 
 impl ConnectionTask {
-    /// The task for a handshake just answered with 101: wait for hyper's upgrade, then serve.
+    /// The task for a handshake about to be answered with 101: wait for hyper's upgrade, then
+    /// serve. The connection is made here, before the 101 goes out, so that its `?channel=`
+    /// subscriptions exist by the time the client can see the WebSocket open: a publication
+    /// made right after the handshake is queued for it rather than missed. Should the upgrade
+    /// not complete, dropping the connection gives everything back (`Drop for Connection`).
     pub(crate) fn new(
         shared: Arc<Node>,
         on_upgrade: hyper::upgrade::OnUpgrade,
@@ -49,26 +53,24 @@ impl ConnectionTask {
         grant: Option<Arc<Grant>>,
         deflate: Option<u8>,
     ) -> Self {
+        let window = deflate.unwrap_or(0);
+        let (conn, resync_seen) = Connection::open(shared, peer, mode, channels, grant, window);
         let start = async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => {
                     tracing::debug!(peer = ?peer, error = %e, "upgrade did not complete");
-                    shared.connection_slots.add_permits(1); // no connection will give it back
-                    if let Some(peer) = peer {
-                        shared.per_ip.release(peer.ip(), shared.now_ms());
-                    }
                     return None;
                 }
             };
             // No inflater yet: the connection makes one when it first reads (`Connection::active`
             // sees the window in its mailbox).
             let transport = Transport::new(upgraded);
-            let window = deflate.unwrap_or(0);
-            let parked = Connection::open(shared, transport, peer, mode, channels, grant, window);
+            let parked = Parked { direct: DirectWindow::closed(), conn, transport, resync_seen };
             // Parked from the start: the server has nothing to say until the first heartbeat, so
             // a new connection holds no WebSocket state until its peer or a publication needs
-            // it. (Anything the peer sent already wakes it at once.)
+            // it. (Anything the peer sent already wakes it at once; so does a publication queued
+            // before the upgrade completed.)
             let wake_at = parked.conn.session.wake_at(std::time::Instant::now());
             Some((parked, Instant::from_std(wake_at), false))
         };
