@@ -197,6 +197,11 @@ export declare class TetherClient extends EventTarget {
   publish(channel: string, data: unknown): Promise<{ offset?: number; delivered?: number }>;
   /** Who is in a presence channel this client subscribes to, by client id. */
   presence(channel: string): Promise<Record<string, PresenceEntry>>;
+  /** A page of a subscribed channel's history: the latest `limit`, or the first `limit` after `since`. */
+  history(
+    channel: string,
+    options?: { limit?: number; since?: { epoch: string; offset: number }; reverse?: boolean },
+  ): Promise<{ publications: { offset: number; data: unknown }[]; epoch: string; offset: number; recovered?: false; reason?: string }>;
   /** How many clients and distinct users are in a presence channel. */
   presenceStats(channel: string): Promise<{ numClients: number; numUsers: number }>;
   /**

@@ -421,6 +421,17 @@ export class TetherClient extends EventTarget {
     return this.#command({ cmd: 'presence', channel }).then((r) => r.clients || {});
   }
 
+  /**
+   * A page of a subscribed channel's history: {publications: [{offset, data}], epoch, offset}.
+   * The latest `limit` (default 100), or with `since` ({epoch, offset}) the first `limit` after
+   * it; newest first with `reverse`. `recovered: false` and a `reason` when history no longer
+   * covers `since`.
+   */
+  history(channel, { limit = 100, since = undefined, reverse = false } = {}) {
+    this.#requireJson('history');
+    return this.#command({ cmd: 'history', channel, limit, since, reverse });
+  }
+
   /** How many clients and distinct users are in a presence channel: {numClients, numUsers}. */
   presenceStats(channel) {
     this.#requireJson('presenceStats');

@@ -364,7 +364,7 @@ test('behind nginx (proxy_read_timeout 3s) without heartbeats: tether.js reports
 test('tether.js knows its client id and asks who is in a presence channel', { skip: req.skip }, async () => {
   const { writeFileSync } = await import('node:fs');
   const config = join(ensureOutputDir(), `presence-${process.pid}.toml`);
-  writeFileSync(config, '[[channel]]\npattern = "room:*"\npresence = true\n');
+  writeFileSync(config, '[[channel]]\npattern = "room:*"\npresence = true\nhistory = "10/1m"\n');
   const server = await start(['--config', config, '--ping-interval', '100ms']);
   const [a, b] = [await pageWithClient(ctx, server, FAST, ['room:1']), await pageWithClient(ctx, server, FAST, ['room:1'])];
   const idOf = (page) => page.evaluate(() => window.client.clientId);
@@ -377,6 +377,12 @@ test('tether.js knows its client id and asks who is in a presence channel', { sk
   assert.deepEqual(await a.evaluate(() => window.client.presenceStats('room:1')), { numClients: 2, numUsers: 2 });
   const refused = await a.evaluate(() => window.client.presence('room:2').then(() => null, (e) => e.code));
   assert.equal(refused, 'not_subscribed');
+  // History over the WebSocket, for a subscriber.
+  await server.publish('room:1', 'one');
+  await server.publish('room:1', 'two');
+  const page = await a.evaluate(() => window.client.history('room:1', { limit: 5, reverse: true }));
+  assert.equal(page.offset, 2);
+  assert.deepEqual(page.publications.map((p) => p.data), ['two', 'one']);
   // The other page goes away: its entry with it.
   await b.close();
   await waitFor('the closed page gone from presence', async () => {

@@ -116,4 +116,22 @@ fn broadcast_history_info_and_batch_answer_and_refuse_by_name() {
     assert_eq!(statuses, [200, 200, 404, 400, 400], "{body}");
     assert_eq!(replies[1]["result"]["publications"][0]["data"], "x");
     assert!(replies[4]["error"].as_str().unwrap().contains("`channel`"), "{body}");
+
+    // The `history` command: a subscriber reads the channel's history over its WebSocket.
+    let mut reader = common::json_ws::json_client(&server, "");
+    common::json_ws::call(&mut reader, json!({"id": 1, "cmd": "subscribe", "channel": "feed:a"}));
+    let page = common::json_ws::call(
+        &mut reader,
+        json!({"id": 2, "cmd": "history", "channel": "feed:a", "limit": 2, "reverse": true}),
+    );
+    assert_eq!(offsets(&page["result"]), vec![8, 7], "{page}");
+    assert_eq!(page["result"]["offset"], 8, "{page}");
+    let refused =
+        common::json_ws::call(&mut reader, json!({"id": 3, "cmd": "history", "channel": "feed:b"}));
+    assert_eq!(refused["error"]["code"], "not_subscribed", "{refused}");
+    let refused = common::json_ws::call(
+        &mut reader,
+        json!({"id": 4, "cmd": "history", "channel": "feed:a", "limit": 20000}),
+    );
+    assert_eq!(refused["error"]["code"], "invalid_command", "{refused}");
 }

@@ -164,6 +164,9 @@ async fn the_rust_client_knows_its_client_id_and_asks_for_presence() {
     assert_eq!(present[&id].info, Some(json!({"n": 1})));
     let stats = client.presence_stats("room:7").await.unwrap();
     assert_eq!((stats.num_clients, stats.num_users), (1, 1));
+    // History through the client: room:* keeps none here, so only where the channel stands.
+    let page = client.history("room:7", 10, None, false).await.unwrap();
+    assert_eq!((page.offset, page.publications.map(|p| p.len())), (Some(0), Some(0)));
     match client.presence("room:8").await {
         Err(tether_client::ClientError::Refused(e)) => {
             assert_eq!(e.code.as_str(), "not_subscribed")

@@ -8,7 +8,7 @@ use crate::supervisor::{Request, Supervisor};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tether_core::protocol::ClientInfo;
+use tether_core::protocol::{ClientCommand, ClientInfo, ReplyResult, StreamPosition};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Bytes;
 
@@ -119,14 +119,38 @@ impl Client {
         channel: &str,
     ) -> Result<BTreeMap<String, ClientInfo>, ClientError> {
         let channel = channel.to_owned();
-        let result = self.request(|done| Request::Presence { channel, stats: false, done }).await?;
+        let command = Box::new(move |id| ClientCommand::Presence { id, channel });
+        let result = self.request(|done| Request::Query { command, done }).await?;
         Ok(result.clients.unwrap_or_default())
+    }
+
+    /// A page of a subscribed channel's history (JSON mode, connected): the latest `limit`, or
+    /// with `since` the first `limit` after it, newest first with `reverse`. The result's
+    /// `publications`, `epoch` and `offset` (the channel's top); `recovered: Some(false)` with a
+    /// `reason` when history no longer covers `since`.
+    pub async fn history(
+        &self,
+        channel: &str,
+        limit: u64,
+        since: Option<StreamPosition>,
+        reverse: bool,
+    ) -> Result<ReplyResult, ClientError> {
+        let channel = channel.to_owned();
+        let command = Box::new(move |id| ClientCommand::History {
+            id,
+            channel,
+            limit: Some(limit),
+            since,
+            reverse,
+        });
+        self.request(|done| Request::Query { command, done }).await
     }
 
     /// How many clients and distinct users are in a presence channel (as [`Client::presence`]).
     pub async fn presence_stats(&self, channel: &str) -> Result<PresenceStats, ClientError> {
         let channel = channel.to_owned();
-        let result = self.request(|done| Request::Presence { channel, stats: true, done }).await?;
+        let command = Box::new(move |id| ClientCommand::PresenceStats { id, channel });
+        let result = self.request(|done| Request::Query { command, done }).await?;
         Ok(PresenceStats {
             num_clients: result.num_clients.unwrap_or_default(),
             num_users: result.num_users.unwrap_or_default(),

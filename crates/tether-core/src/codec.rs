@@ -45,6 +45,12 @@ struct WireCommand<'a> {
     recover: Option<StreamPosition>,
     #[serde(default)]
     token: Option<String>,
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    since: Option<StreamPosition>,
+    #[serde(default)]
+    reverse: Option<bool>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
@@ -143,6 +149,13 @@ pub fn decode_command_limited(text: &str, max_depth: usize) -> Result<ClientComm
         }
         "ping" => Ok(ClientCommand::Ping { id }),
         "presence" => Ok(ClientCommand::Presence { id, channel: channel(wire.channel)? }),
+        "history" => Ok(ClientCommand::History {
+            id,
+            channel: channel(wire.channel)?,
+            limit: wire.limit,
+            since: wire.since,
+            reverse: wire.reverse.unwrap_or(false),
+        }),
         "presence_stats" => {
             Ok(ClientCommand::PresenceStats { id, channel: channel(wire.channel)? })
         }
@@ -157,7 +170,7 @@ pub fn decode_command_limited(text: &str, max_depth: usize) -> Result<ClientComm
             ErrorCode::UnknownCommand,
             format!(
                 "unknown command `{other}`; known: connect, subscribe, unsubscribe, publish, ping, \
-                 presence, presence_stats"
+                 presence, presence_stats, history"
             ),
         )),
     }
@@ -190,6 +203,12 @@ struct OutCommand<'a> {
     recover: Option<&'a StreamPosition>,
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    since: Option<&'a StreamPosition>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reverse: Option<bool>,
 }
 
 /// Encode a command the way the Rust client sends it.
@@ -210,12 +229,20 @@ pub fn encode_command(command: &ClientCommand) -> String {
         ClientCommand::PresenceStats { channel, .. } => {
             ("presence_stats", Some(channel.as_str()), None)
         }
+        ClientCommand::History { channel, .. } => ("history", Some(channel.as_str()), None),
     };
     let token = match command {
         ClientCommand::Connect { token, .. } => Some(token.as_str()),
         _ => None,
     };
-    let out = OutCommand { id: command.id(), cmd, channel, data, recover, token };
+    let (limit, since, reverse) = match command {
+        ClientCommand::History { limit, since, reverse, .. } => {
+            (*limit, since.as_ref(), reverse.then_some(true))
+        }
+        _ => (None, None, None),
+    };
+    let out =
+        OutCommand { id: command.id(), cmd, channel, data, recover, token, limit, since, reverse };
     serde_json::to_string(&out).expect("commands always serialize")
 }
 
@@ -489,7 +516,22 @@ mod tests {
         let ping = encode_command(&ClientCommand::Ping { id: 9 });
         assert_eq!(ping, r#"{"id":9,"cmd":"ping"}"#);
         assert_eq!(decode_command(&ping).unwrap(), ClientCommand::Ping { id: 9 });
+        let since = Some(StreamPosition { epoch: "e".into(), offset: 3 });
         for cmd in [
+            ClientCommand::History {
+                id: 7,
+                channel: "c".into(),
+                limit: Some(2),
+                since,
+                reverse: true,
+            },
+            ClientCommand::History {
+                id: 8,
+                channel: "c".into(),
+                limit: None,
+                since: None,
+                reverse: false,
+            },
             ClientCommand::Presence { id: 4, channel: "room".into() },
             ClientCommand::PresenceStats { id: 5, channel: "room".into() },
         ] {

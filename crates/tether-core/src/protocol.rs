@@ -60,6 +60,15 @@ pub enum ClientCommand {
         id: CommandId,
         channel: String,
     },
+    /// Publications kept in a subscribed channel's history: the latest `limit`, or the first
+    /// `limit` after `since`; newest first with `reverse`.
+    History {
+        id: CommandId,
+        channel: String,
+        limit: Option<u64>,
+        since: Option<StreamPosition>,
+        reverse: bool,
+    },
 }
 
 impl PartialEq for ClientCommand {
@@ -78,6 +87,10 @@ impl PartialEq for ClientCommand {
             }
             (Ping { id: a }, Ping { id: b }) => a == b,
             (Connect { id: a, token: x }, Connect { id: b, token: y }) => a == b && x == y,
+            (
+                History { id: a, channel: c, limit: l, since: s, reverse: r },
+                History { id: b, channel: d, limit: m, since: t, reverse: q },
+            ) => a == b && c == d && l == m && s == t && r == q,
             (Presence { id: a, channel: c }, Presence { id: b, channel: d })
             | (PresenceStats { id: a, channel: c }, PresenceStats { id: b, channel: d }) => {
                 a == b && c == d
@@ -96,7 +109,8 @@ impl ClientCommand {
             | ClientCommand::Ping { id }
             | ClientCommand::Connect { id, .. }
             | ClientCommand::Presence { id, .. }
-            | ClientCommand::PresenceStats { id, .. } => *id,
+            | ClientCommand::PresenceStats { id, .. }
+            | ClientCommand::History { id, .. } => *id,
         }
     }
 }
@@ -207,6 +221,17 @@ pub struct ReplyResult {
     /// ...and distinct users among them (clients without a user count once each).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_users: Option<u64>,
+    /// `history`: the publications, with `epoch` and `offset` (the channel's top). With
+    /// `recovered: false` and a `reason`, history no longer covers the position asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publications: Option<Vec<HistoryEntry>>,
+}
+
+/// One publication of a `history` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub offset: u64,
+    pub data: serde_json::Value,
 }
 
 /// One client in a channel's presence.

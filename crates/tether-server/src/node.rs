@@ -69,6 +69,8 @@ pub(crate) struct Node {
     pub warned_no_peer: std::sync::atomic::AtomicBool,
 }
 
+pub use crate::broker::{HistoryPage, MAX_HISTORY, MAX_HISTORY_BYTES};
+
 /// Why a publication was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -145,6 +147,54 @@ impl Node {
             self.metrics.publications.inc();
         }
         Ok(receipt)
+    }
+
+    /// A page of `channel`'s history: with `since`, the first `limit` publications after it;
+    /// without, the latest `limit` as far as the channel's history reaches (`limit` 0: only
+    /// where the channel stands). `limit` must be at most [`MAX_HISTORY`].
+    pub async fn history_page(
+        &self,
+        channel: &str,
+        limit: u64,
+        since: Option<&tether_core::protocol::StreamPosition>,
+        reverse: bool,
+    ) -> Result<HistoryPage, BrokerError> {
+        use crate::broker::NotRecovered;
+        let now = self.broker.history(channel, None, MAX_HISTORY_BYTES).await?.position;
+        let kept = crate::config::history_policy(&self.config.channel, channel)
+            .map_or(0, |h| h.size as u64);
+        let latest = tether_core::protocol::StreamPosition {
+            epoch: now.epoch.clone(),
+            offset: now.offset.saturating_sub(limit.min(kept)),
+        };
+        let mut page = HistoryPage {
+            epoch: now.epoch,
+            top: now.offset,
+            publications: Vec::new(),
+            incomplete: None,
+        };
+        let since = since.unwrap_or(&latest);
+        if limit == 0 || since.offset >= page.top && since.epoch == page.epoch {
+            return Ok(page);
+        }
+        let got = self.broker.history(channel, Some(since), MAX_HISTORY_BYTES).await?;
+        if got.recovered != Some(true) {
+            page.incomplete = Some(match got.not_recovered {
+                Some(NotRecovered::OverBudget { bytes }) => format!(
+                    "the publications after that position weigh {bytes} bytes or more, over {MAX_HISTORY_BYTES}: ask from a later position"
+                ),
+                Some(NotRecovered::TooFarBehind) => {
+                    "more than 10,000 publications after that position".into()
+                }
+                _ => "history no longer holds every publication after that position (or the epoch changed)".into(),
+            });
+            return Ok(page);
+        }
+        page.publications = got.publications.into_iter().take(limit as usize).collect();
+        if reverse {
+            page.publications.reverse();
+        }
+        Ok(page)
     }
 
     /// Open WebSocket connections right now.

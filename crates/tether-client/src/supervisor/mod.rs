@@ -65,10 +65,10 @@ pub(crate) enum Request {
     Close {
         done: Done<()>,
     },
-    /// `presence` (or with `stats`, `presence_stats`): answered with the reply's result.
-    Presence {
-        channel: String,
-        stats: bool,
+    /// A query (`presence`, `presence_stats`, `history`): the command, made with its id;
+    /// answered with the reply's result.
+    Query {
+        command: Box<dyn FnOnce(u64) -> ClientCommand + Send>,
         done: Done<ReplyResult>,
     },
 }
@@ -321,7 +321,7 @@ impl Supervisor {
             Request::Close { done } => {
                 let _ = done.send(Ok(()));
             }
-            Request::Presence { done, .. } => {
+            Request::Query { done, .. } => {
                 let _ = done.send(Err(ClientError::NotConnected));
             }
         }
@@ -339,7 +339,7 @@ impl Supervisor {
 
 fn reject(req: Request, e: ClientError) {
     let done = match req {
-        Request::Presence { done, .. } => {
+        Request::Query { done, .. } => {
             let _ = done.send(Err(e));
             return;
         }

@@ -277,15 +277,12 @@ impl Supervisor {
             }
             Request::SendText { text, done } => (Message::Text(text.into()), done),
             Request::SendBinary { data, done } => (Message::Binary(data), done),
-            Request::Presence { channel, stats, done } => {
+            Request::Query { command, done } => {
                 if let Err(e) = self.check_json_mode() {
                     let _ = done.send(Err(e));
                     return None;
                 }
-                let (id, msg) = self.command_text(|id| match stats {
-                    true => ClientCommand::PresenceStats { id, channel },
-                    false => ClientCommand::Presence { id, channel },
-                });
+                let (id, msg) = self.command_text(command);
                 // Answered when the reply comes (or failed when the session ends first).
                 self.pending_queries.insert(id, done);
                 return self.write(ws, msg).await.err();

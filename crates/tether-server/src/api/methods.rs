@@ -5,9 +5,8 @@
 //! not fit a 400 that names the field, and every error a JSON body `{"error": "..."}`.
 
 use super::{authorize, is_json, json_error};
-use crate::broker::NotRecovered;
 use crate::metrics::ReasonLabels;
-use crate::node::{Node, PublishError};
+use crate::node::{Node, PublishError, MAX_HISTORY};
 use axum::body::{to_bytes, Body};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -28,9 +27,6 @@ const METHODS: &[&str] =
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Channels one `broadcast` may name, and commands one `batch` may hold.
 const MAX_FAN: usize = 1000;
-/// Publications one `history` answer holds at most, and their data's bytes.
-const MAX_HISTORY: u64 = 10_000;
-const MAX_HISTORY_BYTES: u64 = 16 << 20;
 
 /// What a method answers: a JSON body, or a status and what went wrong.
 type Answer = Result<Value, (StatusCode, String)>;
@@ -274,44 +270,19 @@ async fn history(node: &Node, bytes: &[u8]) -> Answer {
     }
     let unavailable =
         |e: crate::broker::BrokerError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-    let broker = &node.broker;
-    let now =
-        broker.history(&p.channel, None, MAX_HISTORY_BYTES).await.map_err(unavailable)?.position;
-    // Without `since`: the latest `limit`, as far as the channel's history reaches.
-    let kept = crate::config::history_policy(&node.config().channel, &p.channel)
-        .map_or(0, |h| h.size as u64);
-    let since = p.since.clone().unwrap_or_else(|| StreamPosition {
-        epoch: now.epoch.clone(),
-        offset: now.offset.saturating_sub(p.limit.min(kept)),
+    let page = node
+        .history_page(&p.channel, p.limit, p.since.as_ref(), p.reverse)
+        .await
+        .map_err(unavailable)?;
+    let mut answer = json!({
+        "epoch": page.epoch,
+        "offset": page.top,
+        "publications": crate::session::history_entries(&page.publications),
     });
-    let mut answer = json!({"epoch": now.epoch, "offset": now.offset, "publications": []});
-    if p.limit == 0 || (p.since.is_none() && since.offset == now.offset) {
-        return Ok(answer);
-    }
-    let got =
-        broker.history(&p.channel, Some(&since), MAX_HISTORY_BYTES).await.map_err(unavailable)?;
-    if got.recovered != Some(true) {
-        let why = match got.not_recovered {
-            Some(NotRecovered::OverBudget { bytes }) => format!(
-                "the publications after that position weigh {bytes} bytes or more, over {MAX_HISTORY_BYTES}: ask from a later position"
-            ),
-            Some(NotRecovered::TooFarBehind) => "more than 10,000 publications after that position".into(),
-            _ => "history no longer holds every publication after that position (or the epoch changed)".into(),
-        };
+    if let Some(why) = page.incomplete {
         answer["complete"] = Value::Bool(false);
         answer["reason"] = Value::String(why);
-        return Ok(answer);
     }
-    let mut publications: Vec<Value> = got
-        .publications
-        .iter()
-        .take(p.limit as usize)
-        .map(|(offset, data)| json!({"offset": offset, "data": serde_json::from_str::<Value>(data.get()).unwrap_or(Value::Null)}))
-        .collect();
-    if p.reverse {
-        publications.reverse();
-    }
-    answer["publications"] = Value::Array(publications);
     Ok(answer)
 }
 

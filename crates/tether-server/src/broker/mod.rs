@@ -218,6 +218,22 @@ pub const MAX_REPLAY: u64 = 10_000;
 
 pub use crate::config::history_policy;
 
+/// Publications one history page holds at most (the API's `history`, the `history` command).
+pub const MAX_HISTORY: u64 = 10_000;
+/// The data of one history page, in bytes at most.
+pub const MAX_HISTORY_BYTES: u64 = 16 << 20;
+
+/// A page of a channel's history, as the API's `history` and the `history` command answer.
+pub struct HistoryPage {
+    pub epoch: String,
+    /// The channel's top offset.
+    pub top: u64,
+    /// Oldest first, or newest first when asked `reverse`.
+    pub publications: Vec<(u64, Arc<RawValue>)>,
+    /// Why the page is not what was asked for: history no longer covers the position.
+    pub incomplete: Option<String>,
+}
+
 /// A fresh epoch: random, so that a restarted node never reuses one.
 pub fn new_epoch() -> String {
     tether_core::stream::epoch_from(rand::random())

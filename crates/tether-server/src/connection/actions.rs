@@ -38,6 +38,12 @@ impl Connection {
             Action::Presence { id, channel, stats } => {
                 Box::pin(self.presence(ws, id, channel, stats)).await
             }
+            Action::History { id, channel, limit, since, reverse } => {
+                let page = self.shared.history_page(&channel, limit, since.as_ref(), reverse);
+                let page = Box::pin(page).await;
+                let reply = crate::session::history_reply(rules(&self.shared), id, page);
+                self.reply(ws, reply).await
+            }
             Action::Close(close) => Some(Box::pin(self.close(ws, close)).await),
         }
     }

@@ -16,7 +16,9 @@ use crate::presence::Member;
 use crate::publication::Mode;
 use serde_json::value::RawValue;
 use std::sync::Arc;
-use tether_core::protocol::{ErrorBody, ErrorCode, ReplyResult, ServerMessage, StreamPosition};
+use tether_core::protocol::{
+    ErrorBody, ErrorCode, HistoryEntry, ReplyResult, ServerMessage, StreamPosition,
+};
 
 /// Missed publications, oldest first, with their offsets.
 pub(crate) type Publications = Vec<(u64, Arc<RawValue>)>;
@@ -119,6 +121,44 @@ pub(crate) fn published<E: std::fmt::Display>(
         Err(e) => {
             let reply =
                 ServerMessage::err(Some(id), ErrorBody::new(ErrorCode::Unavailable, e.to_string()));
+            count_error(rules.metrics, &reply);
+            reply
+        }
+    }
+}
+
+/// A history page's publications as the protocol shows them.
+pub(crate) fn history_entries(publications: &[(u64, Arc<RawValue>)]) -> Vec<HistoryEntry> {
+    publications
+        .iter()
+        .map(|(offset, data)| HistoryEntry {
+            offset: *offset,
+            data: serde_json::from_str(data.get()).unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// The reply to `history` with the page the node read.
+pub(crate) fn history_reply<E: std::fmt::Display>(
+    rules: Rules,
+    id: u64,
+    page: Result<crate::broker::HistoryPage, E>,
+) -> ServerMessage {
+    match page {
+        Ok(page) => ServerMessage::ok(
+            id,
+            ReplyResult {
+                epoch: Some(page.epoch),
+                offset: Some(page.top),
+                publications: Some(history_entries(&page.publications)),
+                recovered: page.incomplete.is_some().then_some(false),
+                reason: page.incomplete,
+                ..ReplyResult::default()
+            },
+        ),
+        Err(e) => {
+            let error = ErrorBody::new(ErrorCode::Unavailable, e.to_string());
+            let reply = ServerMessage::err(Some(id), error);
             count_error(rules.metrics, &reply);
             reply
         }

@@ -20,7 +20,7 @@ mod tests;
 
 #[cfg(test)]
 pub(crate) use answer::weight;
-pub(crate) use answer::{presence_reply, published, Answer};
+pub(crate) use answer::{history_entries, history_reply, presence_reply, published, Answer};
 pub(crate) use ending::{Close, Ending};
 
 use crate::auth::{Access, Grant, TokenError, Verifier};
@@ -89,6 +89,15 @@ pub(crate) enum Action {
         id: u64,
         channel: String,
         data: Box<RawValue>,
+    },
+    /// Read a page of the channel's history (a subscribed channel), then reply with
+    /// [`history_reply`].
+    History {
+        id: u64,
+        channel: String,
+        limit: u64,
+        since: Option<StreamPosition>,
+        reverse: bool,
     },
     /// Ask the broker who is in the channel (a subscribed presence channel), then reply with
     /// [`presence_reply`]: the entries, or with `stats` their counts.
@@ -290,6 +299,23 @@ impl Session {
             ClientCommand::Presence { id, channel } => presence(rules, held, id, channel, false),
             ClientCommand::PresenceStats { id, channel } => {
                 presence(rules, held, id, channel, true)
+            }
+            ClientCommand::History { id, channel, limit, since, reverse } => {
+                let limit = limit.unwrap_or(100);
+                let refuse = |code, why: String| {
+                    reply(rules, ServerMessage::err(Some(id), ErrorBody::new(code, why)))
+                };
+                if limit > crate::broker::MAX_HISTORY {
+                    let why = format!("`limit` must be at most {}", crate::broker::MAX_HISTORY);
+                    return refuse(ErrorCode::InvalidCommand, why);
+                }
+                if !held.holds(&channel) {
+                    return refuse(
+                        ErrorCode::NotSubscribed,
+                        format!("subscribe to `{channel}` to read its history"),
+                    );
+                }
+                Action::History { id, channel, limit, since, reverse }
             }
         }
     }
