@@ -49,26 +49,9 @@ function renderChannels(channels) {
   const body = $('channels');
   if (!channels.length) return;
   const max = Math.max(...channels.map((c) => c.subscribers));
-  body.replaceChildren(
-    ...channels.map((c) => {
-      const tr = document.createElement('tr');
-      // Presence: every subscription there is an entry; join/leave: subscribers hear changes.
-      const kind = c.join_leave ? 'presence, join/leave' : c.presence ? 'presence' : '–';
-      for (const [i, text] of [c.name, String(c.subscribers), kind].entries()) {
-        const td = document.createElement('td');
-        td.textContent = text;
-        if (i === 1) td.className = 'num';
-        tr.append(td);
-      }
-      const bar = document.createElement('td');
-      bar.className = 'bar';
-      const span = document.createElement('span');
-      span.style.width = `${Math.max(4, (100 * c.subscribers) / max)}%`;
-      bar.append(span);
-      tr.append(bar);
-      return tr;
-    }),
-  );
+  // Presence: every subscription there is an entry; join/leave: subscribers hear changes.
+  const kind = (c) => (c.join_leave ? 'presence, join/leave' : c.presence ? 'presence' : '–');
+  body.replaceChildren(...channels.map((c) => barRow([c.name, String(c.subscribers), kind(c)], 1, c.subscribers / max)));
 }
 
 function renderCloses(closes) {
@@ -80,24 +63,29 @@ function renderCloses(closes) {
       .slice()
       .sort((a, b) => b.count - a.count)
       .map((c) => {
-        const tr = document.createElement('tr');
+        const tr = barRow([c.code, c.name, c.initiator, String(c.count)], 3, c.count / max);
         tr.className = c.code === '1006' || c.code === '4000' ? 'abnormal' : c.code === '1000' || c.code === '1001' ? 'clean' : '';
-        const cells = [c.code, c.name, c.initiator, String(c.count)];
-        for (const [i, text] of cells.entries()) {
-          const td = document.createElement('td');
-          td.textContent = text;
-          if (i === 3) td.className = 'num';
-          tr.append(td);
-        }
-        const bar = document.createElement('td');
-        bar.className = 'bar';
-        const span = document.createElement('span');
-        span.style.width = `${Math.max(4, (100 * c.count) / max)}%`;
-        bar.append(span);
-        tr.append(bar);
         return tr;
       }),
   );
+}
+
+/** A table row of `cells` (the one at `numIndex` right-aligned) and a bar `share` (0–1) wide. */
+function barRow(cells, numIndex, share) {
+  const tr = document.createElement('tr');
+  for (const [i, text] of cells.entries()) {
+    const td = document.createElement('td');
+    td.textContent = text;
+    if (i === numIndex) td.className = 'num';
+    tr.append(td);
+  }
+  const bar = document.createElement('td');
+  bar.className = 'bar';
+  const span = document.createElement('span');
+  span.style.width = `${Math.max(4, 100 * share)}%`;
+  bar.append(span);
+  tr.append(bar);
+  return tr;
 }
 
 // --- playground -------------------------------------------------------------------------------
