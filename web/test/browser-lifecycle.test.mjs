@@ -121,8 +121,11 @@ test('connect() while getToken is in flight waits for it: one socket, with the f
   });
   assert.deepEqual(during, { sockets: 1, state: 'connecting' }, 'no socket opens while getToken is in flight');
   const fresh = token('1h');
+  // The first connection may have subscribed already (its token is good for jwt_leeway, 5 s,
+  // before the 4002): wait for the new connection's own confirmation.
+  const before = (await events(page, 'subscribed')).length;
   await page.evaluate((t) => window.tokenCalls[0](t), fresh);
-  await waitEvents(page, 'subscribed');
+  await waitEvents(page, 'subscribed', before + 1);
   const sent = await page.evaluate(() => ({ sockets: window.sockets.length, first: JSON.parse(window.sockets[1].sent[0]), calls: window.tokenCalls.length }));
   assert.deepEqual(sent, { sockets: 2, first: { id: sent.first.id, cmd: 'connect', token: fresh }, calls: 1 });
   assert.deepEqual((await events(page, 'close')).map((e) => e.detail.code), [4002]);
