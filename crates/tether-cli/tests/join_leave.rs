@@ -5,7 +5,7 @@
 mod common;
 use common::json_ws::*;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const SECRET: &str = "join-leave-secret-0123456789";
@@ -30,19 +30,6 @@ fn start(name: &str, extra: &[&str]) -> (Server, std::path::PathBuf) {
     (Server::start(&args), dir)
 }
 
-/// Subscribe to `room:1` and read until the reply; what came before it (its own join).
-fn subscribe(ws: &mut JsonWs) -> (String, Vec<Value>) {
-    send(ws, json!({"id": 1, "cmd": "subscribe", "channel": "room:1"}));
-    let mut before = Vec::new();
-    loop {
-        let msg = next_json(ws);
-        if msg["type"] == "reply" {
-            return (msg["result"]["client"].as_str().unwrap().to_owned(), before);
-        }
-        before.push(msg);
-    }
-}
-
 /// The next change the observer is told of: (type, client, user).
 fn change(ws: &mut JsonWs) -> (String, String, Option<String>) {
     let msg = next_json(ws);
@@ -59,18 +46,18 @@ fn c(kind: &str, client: &str, user: &str) -> (String, String, Option<String>) {
 fn subscribers_hear_joins_leaves_and_each_users_first_and_last_in_order() {
     let (server, dir) = start("order", &[]);
     let mut observer = json_client(&server, &format!("?token={}", token("obs")));
-    let (me, _) = subscribe(&mut observer);
+    let me = subscribe_reply(&mut observer, "room:1");
     // A subscriber hears its own join, after its subscribe's reply.
     assert_eq!(change(&mut observer), c("join", &me, "obs"));
     assert_eq!(change(&mut observer), c("user_join", &me, "obs"));
 
     let ada_token = format!("?token={}", token("ada"));
     let mut ada1 = json_client(&server, &ada_token);
-    let (id1, _) = subscribe(&mut ada1);
+    let id1 = subscribe_reply(&mut ada1, "room:1");
     assert_eq!(change(&mut observer), c("join", &id1, "ada"));
     assert_eq!(change(&mut observer), c("user_join", &id1, "ada"), "ada's first connection");
     let mut ada2 = json_client(&server, &ada_token);
-    let (id2, _) = subscribe(&mut ada2);
+    let id2 = subscribe_reply(&mut ada2, "room:1");
     assert_eq!(change(&mut observer), c("join", &id2, "ada"), "ada's second: no user_join");
 
     let reply = call(&mut ada1, json!({"id": 2, "cmd": "unsubscribe", "channel": "room:1"}));
@@ -82,7 +69,7 @@ fn subscribers_hear_joins_leaves_and_each_users_first_and_last_in_order() {
 
     // An anonymous subscriber has no user: join and leave only.
     let mut anon = json_client(&server, "");
-    let (anon_id, _) = subscribe(&mut anon);
+    let anon_id = subscribe_reply(&mut anon, "room:1");
     let msg = next_json(&mut observer);
     assert_eq!(
         (msg["type"].as_str(), msg["info"].clone()),
@@ -98,11 +85,11 @@ fn subscribers_hear_joins_leaves_and_each_users_first_and_last_in_order() {
 /// observer got for the `n` leaves.
 fn mass_leave(server: &Server, n: usize) -> (f64, f64, usize) {
     let mut observer = json_client(server, "");
-    subscribe(&mut observer);
+    subscribe_reply(&mut observer, "room:1");
     let mut members: Vec<JsonWs> = Vec::with_capacity(n);
     for _ in 0..n {
         let mut ws = json_client(server, "");
-        subscribe(&mut ws);
+        subscribe_reply(&mut ws, "room:1");
         members.push(ws);
     }
     // Every join (the observer's own too) has reached the observer, alone or in batches,

@@ -174,17 +174,10 @@ fn joins_and_leaves_cross_nodes_and_a_killed_nodes_members_leave_within_presence
     let nodes = Nodes::new("join-leave");
     let (a, mut b) = (nodes.start(&redis, "1s"), nodes.start(&redis, "1s"));
     let mut observer = json_client(&a, "");
-    let reply = call(&mut observer, json!({"id": 1, "cmd": "subscribe", "channel": "talk:1"}));
-    assert!(reply["error"].is_null() || reply["type"] == "join", "{reply}");
+    subscribe_reply(&mut observer, "talk:1");
     // A member on node B: the observer on node A hears it join.
     let mut far = json_client(&b, "");
-    send(&mut far, json!({"id": 1, "cmd": "subscribe", "channel": "talk:1"}));
-    let far_id = loop {
-        let msg = next_json(&mut far);
-        if msg["type"] == "reply" {
-            break msg["result"]["client"].as_str().unwrap().to_owned();
-        }
-    };
+    let far_id = subscribe_reply(&mut far, "talk:1");
     heard(&mut observer, "join", &far_id);
     // Node B dies without a goodbye: A's subscribers hear the leave once B's liveness lapses.
     b.kill9();

@@ -160,24 +160,29 @@ impl Node {
         reverse: bool,
     ) -> Result<HistoryPage, BrokerError> {
         use crate::broker::NotRecovered;
-        let now = self.broker.history(channel, None, MAX_HISTORY_BYTES).await?.position;
-        let kept = crate::config::history_policy(&self.config.channel, channel)
-            .map_or(0, |h| h.size as u64);
-        let latest = tether_core::protocol::StreamPosition {
-            epoch: now.epoch.clone(),
-            offset: now.offset.saturating_sub(limit.min(kept)),
+        use tether_core::protocol::StreamPosition;
+        // With `since`, one read answers both the page and where the channel stands; without,
+        // where it stands comes first, to know where the latest `limit` begin.
+        let latest;
+        let since = match since {
+            Some(since) => since,
+            None => {
+                let now = self.broker.history(channel, None, MAX_HISTORY_BYTES).await?.position;
+                let kept = crate::config::history_policy(&self.config.channel, channel)
+                    .map_or(0, |h| h.size as u64);
+                let from = now.offset.saturating_sub(limit.min(kept));
+                if limit == 0 || from == now.offset {
+                    return Ok(HistoryPage::empty(now));
+                }
+                latest = StreamPosition { epoch: now.epoch, offset: from };
+                &latest
+            }
         };
-        let mut page = HistoryPage {
-            epoch: now.epoch,
-            top: now.offset,
-            publications: Vec::new(),
-            incomplete: None,
-        };
-        let since = since.unwrap_or(&latest);
-        if limit == 0 || since.offset >= page.top && since.epoch == page.epoch {
+        let got = self.broker.history(channel, Some(since), MAX_HISTORY_BYTES).await?;
+        let mut page = HistoryPage::empty(got.position);
+        if limit == 0 {
             return Ok(page);
         }
-        let got = self.broker.history(channel, Some(since), MAX_HISTORY_BYTES).await?;
         if got.recovered != Some(true) {
             page.incomplete = Some(match got.not_recovered {
                 Some(NotRecovered::OverBudget { bytes }) => format!(

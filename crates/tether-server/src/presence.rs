@@ -147,6 +147,15 @@ impl LocalPresence {
         shard.get(channel).map(|ch| ch.members.values().cloned().collect()).unwrap_or_default()
     }
 
+    /// Every channel with entries here.
+    pub fn channels(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(crate::sync::lock(shard).keys().map(|name| name.to_string()));
+        }
+        out
+    }
+
     /// Every channel with entries here, with its members (for a full resync to a backplane).
     pub fn all(&self) -> Vec<(String, Vec<Arc<Member>>)> {
         let mut out = Vec::new();

@@ -50,6 +50,19 @@ pub fn next_json(ws: &mut JsonWs) -> Value {
     }
 }
 
+/// Subscribe to `channel` and read until the reply (skipping whatever comes before it, such as
+/// membership changes); the client id the first reply carries, or empty on later replies.
+pub fn subscribe_reply(ws: &mut JsonWs, channel: &str) -> String {
+    send(ws, serde_json::json!({"id": 1, "cmd": "subscribe", "channel": channel}));
+    loop {
+        let msg = next_json(ws);
+        if msg["type"] == "reply" {
+            assert!(msg["error"].is_null(), "subscribe to {channel}: {msg}");
+            return msg["result"]["client"].as_str().unwrap_or_default().to_owned();
+        }
+    }
+}
+
 /// The server's `disconnect` advice, then its close frame's code.
 pub fn advice_and_close(ws: &mut JsonWs) -> (Value, u16) {
     let advice = next_json(ws);

@@ -234,6 +234,18 @@ pub struct HistoryPage {
     pub incomplete: Option<String>,
 }
 
+impl HistoryPage {
+    /// No publications: only where the channel stands.
+    pub fn empty(position: StreamPosition) -> Self {
+        HistoryPage {
+            epoch: position.epoch,
+            top: position.offset,
+            publications: Vec::new(),
+            incomplete: None,
+        }
+    }
+}
+
 /// A fresh epoch: random, so that a restarted node never reuses one.
 pub fn new_epoch() -> String {
     tether_core::stream::epoch_from(rand::random())

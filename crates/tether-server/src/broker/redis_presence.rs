@@ -152,6 +152,18 @@ struct Op {
 /// Pending writes by (channel, client).
 type Pending = HashMap<(Arc<str>, Arc<str>), Op>;
 
+/// Log the start and the end of an outage of one kind of write, not every failed retry.
+fn outage(failing: &mut bool, what: &str, error: Option<redis::RedisError>) {
+    match error {
+        Some(e) if !std::mem::replace(failing, true) => {
+            tracing::warn!(error = %e, "cannot {what} in Redis; retrying until it works");
+        }
+        Some(_) => {}
+        None if std::mem::take(failing) => tracing::info!("can {what} in Redis again"),
+        None => {}
+    }
+}
+
 pub(super) struct RedisPresence {
     node: String,
     ttl: Duration,
@@ -251,18 +263,22 @@ impl RedisPresence {
         let mut commands = commands;
         let mut refresh = tokio::time::interval(self.ttl / 3);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Each failure is warned once per outage, not on every retry (a failed flush keeps its
+        // batch pending, so its next success has really written).
+        let (mut refresh_failing, mut flush_failing) = (false, false);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = refresh.tick() => {
-                    if let Err(e) = self.refresh(&mut commands).await {
-                        tracing::warn!(error = %e, "cannot refresh this node's presence in Redis; retrying");
-                    }
+                    let refreshed = self.refresh(&mut commands).await;
+                    outage(&mut refresh_failing, "refresh this node's presence", refreshed.err());
                 }
             }
-            if let Err(e) = self.flush(&mut commands).await {
-                tracing::warn!(error = %e, "cannot write presence changes to Redis; retrying");
+            let flushed = self.flush(&mut commands).await;
+            let failed = flushed.is_err();
+            outage(&mut flush_failing, "write presence changes", flushed.err());
+            if failed {
                 // Not at once: Redis is failing. The next tick or change tries again.
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -303,16 +319,17 @@ impl RedisPresence {
     /// Set this node's liveness key again and extend its channels' hashes; if the key had
     /// vanished, write every entry again (see the module docs).
     async fn refresh(&self, commands: &mut ConnectionManager) -> redis::RedisResult<()> {
-        let all = self.local.all();
+        let channels = self.local.channels();
         let mut call = self.refresh.prepare_invoke();
         call.key(format!("{NODE_PREFIX}{}", self.node)).arg(self.ttl.as_millis() as u64);
-        for (channel, _) in &all {
+        for channel in &channels {
             call.key(presence_key(channel)).key(users_key(channel));
         }
         let existed: bool = call.invoke_async(commands).await?;
         if !existed {
+            // Rare (a restart of Redis, or of this node): only then every member is copied.
             let mut pending = crate::sync::lock(&self.pending);
-            for (channel, members) in &all {
+            for (channel, members) in &self.local.all() {
                 for m in members {
                     let key = (Arc::from(channel.as_str()), m.client.clone());
                     let op = || Op { json: Some(m.to_json()), user: m.user.clone() };
@@ -322,7 +339,7 @@ impl RedisPresence {
         }
         // A dead node says no goodbye: in channels that announce leaves, reading clears its
         // entries and announces them, within `presence_ttl` plus this period.
-        for (channel, _) in all.iter().filter(|(c, _)| self.announces(c) == "1") {
+        for channel in channels.iter().filter(|c| self.announces(c) == "1") {
             self.members(commands, channel).await?;
         }
         Ok(())

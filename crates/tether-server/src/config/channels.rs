@@ -113,17 +113,6 @@ impl<'de> Deserialize<'de> for HistorySetting {
     }
 }
 
-/// Everything the blocks decide for one channel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChannelOptions {
-    pub history: Option<HistoryPolicy>,
-    pub presence: bool,
-    pub join_leave: bool,
-    pub client_publish: bool,
-    pub anonymous: bool,
-    pub compression: bool,
-}
-
 /// The first matching block's value for one option.
 pub fn channel_option<T>(
     rules: &[ChannelRule],
@@ -150,21 +139,6 @@ pub fn presence_on(rules: &[ChannelRule], channel: &str) -> bool {
 /// Whether `channel`'s subscribers are told of joins and leaves.
 pub fn join_leave_on(rules: &[ChannelRule], channel: &str) -> bool {
     channel_option(rules, channel, |r| r.join_leave).unwrap_or(false)
-}
-
-/// Every option for `channel`.
-pub fn channel_options(rules: &[ChannelRule], channel: &str) -> ChannelOptions {
-    let flag = |pick: fn(&ChannelRule) -> Option<bool>, default| {
-        channel_option(rules, channel, pick).unwrap_or(default)
-    };
-    ChannelOptions {
-        history: history_policy(rules, channel),
-        presence: flag(|r| r.presence, false),
-        join_leave: flag(|r| r.join_leave, false),
-        client_publish: flag(|r| r.client_publish, false),
-        anonymous: flag(|r| r.anonymous, false),
-        compression: flag(|r| r.compression, true),
-    }
 }
 
 /// The flat settings as blocks, in the order they decide: history rules, then the pattern
@@ -213,6 +187,33 @@ pub(super) fn check(rules: &[ChannelRule]) -> Result<(), (&'static str, String)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Every option at once, to compare channels whole (the server asks one option at a time).
+    /// Everything the blocks decide for one channel.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct ChannelOptions {
+        pub history: Option<HistoryPolicy>,
+        pub presence: bool,
+        pub join_leave: bool,
+        pub client_publish: bool,
+        pub anonymous: bool,
+        pub compression: bool,
+    }
+
+    /// Every option for `channel`.
+    pub fn channel_options(rules: &[ChannelRule], channel: &str) -> ChannelOptions {
+        let flag = |pick: fn(&ChannelRule) -> Option<bool>, default| {
+            channel_option(rules, channel, pick).unwrap_or(default)
+        };
+        ChannelOptions {
+            history: history_policy(rules, channel),
+            presence: flag(|r| r.presence, false),
+            join_leave: flag(|r| r.join_leave, false),
+            client_publish: flag(|r| r.client_publish, false),
+            anonymous: flag(|r| r.anonymous, false),
+            compression: flag(|r| r.compression, true),
+        }
+    }
 
     fn parse(toml: &str) -> Vec<ChannelRule> {
         #[derive(Deserialize)]

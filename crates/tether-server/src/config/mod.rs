@@ -10,8 +10,7 @@ use tether_core::defaults as d;
 
 mod channels;
 pub use channels::{
-    channel_option, channel_options, history_policy, join_leave_on, presence_on, ChannelOptions,
-    ChannelRule, HistorySetting,
+    channel_option, history_policy, join_leave_on, presence_on, ChannelRule, HistorySetting,
 };
 
 /// History kept for channels matching `pattern` (the first matching rule wins). The flat form
