@@ -147,8 +147,10 @@ export interface TetherEvents {
   publication: Publication;
   /** A message that is not the protocol's: text as a string, binary as an ArrayBuffer. */
   message: { data: string | ArrayBuffer };
-  /** `recovered`: after a resubscribe, whether every missed publication was replayed (null: no recovery asked); `reason`: why not, with `recovered: false`. */
-  subscribed: { channel: string; resubscribe: boolean; recovered: boolean | null; reason: string | null };
+  /** `server: true`: a subscription the server made (the token's user channel and `channels` claim, recovered after a reconnect; or the server API's). `recovered`: after a resubscribe, whether every missed publication was replayed (null: no recovery asked); `reason`: why not, with `recovered: false`. */
+  subscribed: { channel: string; resubscribe: boolean; recovered: boolean | null; reason: string | null; server?: boolean };
+  /** The server API ended a subscription the server had made (`POST /api/unsubscribe`). */
+  unsubscribed: { channel: string };
   rtt: { ms: number };
   /** The id the server gave this connection (its first reply carries it). */
   identified: { clientId: string };

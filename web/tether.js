@@ -250,7 +250,10 @@ const isOffline = () => typeof navigator !== 'undefined' && navigator.onLine ===
  * Events (use `client.on(type, fn)` or `addEventListener`; the payload is `event.detail`):
  * state {state}, open {reconnected}, close {code, reason, wasClean, initiator, willReconnect,
  * retryIn, attempt}, publication {channel, offset, data}, message {data} (a string, or an
- * ArrayBuffer for a binary message), subscribed {channel, resubscribe}, identified {clientId}
+ * ArrayBuffer for a binary message), subscribed {channel, resubscribe, recovered, reason, server}
+ * (`server: true`: a subscription the server made — the token's user channel and `channels`
+ * claim at `connect`, recovered after a reconnect; or the server API's), unsubscribed {channel}
+ * (the server API ended one), identified {clientId}
  * (the id the server gave this connection, with its first reply), join / leave / user_join /
  * user_leave {channel, info: {client, user, info}} (channels with join_leave), rtt {ms}, error
  * {code, message, id}, stopped {reason}.
@@ -267,6 +270,9 @@ export class TetherClient extends EventTarget {
   #waitingForOnline = false;
   #reconnector;
   #channels = new Map(); // channel → {handlers: Set, waiters: [{resolve, reject}], confirmed, position}
+  // Channels the server subscribed this client to (the token's at `connect`, the server API's):
+  // channel → last position seen; sent with `connect` after a reconnect so the server recovers them.
+  #serverChannels = new Map();
   #pending = new Map(); // command id → {resolve, reject, kind, channel, resubscribe, sentAt}
   #rawPingAt = null;
   #attempts = 0; // connect attempts since connect(): the first is 'connecting', later ones 'reconnecting'
@@ -513,8 +519,12 @@ export class TetherClient extends EventTarget {
     if (this.#opts.protocol === 'json' && this.#token) {
       // Authenticate first: the server handles commands in order.
       const id = this.#nextId++;
-      this.#pending.set(id, { kind: 'connect', resolve() {}, reject() {} });
-      ws.send(JSON.stringify({ id, cmd: 'connect', token: this.#token }));
+      this.#pending.set(id, { kind: 'connect', resubscribe: reconnected, resolve() {}, reject() {} });
+      const subs = {};
+      for (const [channel, position] of this.#serverChannels) if (position) subs[channel] = position;
+      const command = { id, cmd: 'connect', token: this.#token };
+      if (Object.keys(subs).length > 0) command.subs = subs;
+      ws.send(JSON.stringify(command));
     }
     for (const [channel, entry] of this.#channels) {
       entry.confirmed = false;
@@ -555,6 +565,7 @@ export class TetherClient extends EventTarget {
         const entry = this.#channels.get(msg.channel);
         const publication = { channel: msg.channel, offset: msg.offset, epoch: msg.epoch, data: msg.data };
         if (entry) entry.position = { epoch: msg.epoch, offset: msg.offset };
+        else if (this.#serverChannels.has(msg.channel)) this.#serverChannels.set(msg.channel, { epoch: msg.epoch, offset: msg.offset });
         if (entry) for (const h of entry.handlers) this.#safely(() => h(msg.data, publication));
         this.#emit('publication', publication);
         break;
@@ -567,6 +578,15 @@ export class TetherClient extends EventTarget {
         break;
       case 'disconnect':
         this.#advice = msg;
+        break;
+      case 'subscribed':
+        // The server API subscribed this client: its publications follow.
+        this.#serverChannels.set(msg.channel, { epoch: msg.epoch, offset: msg.offset });
+        this.#emit('subscribed', { channel: msg.channel, resubscribe: false, recovered: null, reason: null, server: true });
+        break;
+      case 'unsubscribed':
+        this.#serverChannels.delete(msg.channel);
+        this.#emit('unsubscribed', { channel: msg.channel });
         break;
       case 'join':
       case 'leave':
@@ -608,6 +628,7 @@ export class TetherClient extends EventTarget {
       pending.reject(err);
       return;
     }
+    if (pending.kind === 'connect') this.#serverMade((msg.result || {}).subscriptions || {}, pending.resubscribe);
     if (pending.kind === 'subscribe') {
       const entry = this.#channels.get(pending.channel);
       const result = msg.result || {};
@@ -621,6 +642,20 @@ export class TetherClient extends EventTarget {
       this.#emit('subscribed', { channel: pending.channel, resubscribe: pending.resubscribe, recovered: result.recovered ?? null, reason: result.reason ?? null });
     }
     pending.resolve(msg.result || {});
+  }
+
+  /**
+   * The server-side subscriptions `connect` made replace those held before. A recovered one keeps
+   * its position (the replay after the reply moves it on); any other starts from the server's top.
+   */
+  #serverMade(made, resubscribe) {
+    const before = this.#serverChannels;
+    this.#serverChannels = new Map();
+    for (const [channel, sub] of Object.entries(made)) {
+      const kept = sub.recovered === true ? before.get(channel) : null;
+      this.#serverChannels.set(channel, kept || { epoch: sub.epoch, offset: sub.offset });
+      this.#emit('subscribed', { channel, resubscribe, recovered: sub.recovered ?? null, reason: sub.reason ?? null, server: true });
+    }
   }
 
   /** The socket ended (or never opened): report once, then stop or schedule one reconnect. */

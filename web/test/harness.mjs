@@ -72,8 +72,8 @@ export function track(promise) {
 export const JWT_SECRET = 'browser-test-secret-0123456789';
 
 /** A JWT from `tether token` (the binary signs it; no JWT code in the tests). */
-export function token(ttl, subscribe = 'news:*') {
-  const args = ['token', '--secret', JWT_SECRET, '--subscribe', subscribe, '--ttl', ttl];
+export function token(ttl, subscribe = 'news:*', more = []) {
+  const args = ['token', '--secret', JWT_SECRET, '--subscribe', subscribe, '--ttl', ttl, ...more];
   return execFileSync(TETHER_BIN, args).toString().trim();
 }
 

@@ -15,7 +15,7 @@ const FAST = { WebSocket, pingInterval: 100, pongTimeout: 200, backoffInitial: 1
 function client(url, options = {}) {
   const c = new TetherClient(url, { ...FAST, ...options });
   c.seen = [];
-  for (const type of ['open', 'close', 'subscribed', 'publication', 'rtt', 'stopped']) {
+  for (const type of ['open', 'close', 'subscribed', 'unsubscribed', 'publication', 'rtt', 'stopped']) {
     c.on(type, (detail) => c.seen.push({ type, detail, at: Date.now() }));
   }
   c.events = (type) => c.seen.filter((e) => e.type === type).map((e) => e.detail);
@@ -164,6 +164,51 @@ test('in Node: heartbeats, publications, recovery after a network cut', async ()
     await c.waitFor('publication', 4);
     assert.deepEqual(c.events('publication').map((p) => p.data.n), [1, 2, 3, 4]);
     assert.equal(c.stats.opens, 2, 'one reconnect');
+  } finally {
+    c.close();
+    await relay.close();
+    await server.stop();
+  }
+});
+
+test('in Node: the server subscribes the token\'s user channel, recovers it after a cut, and the API subscribes and unsubscribes', async () => {
+  const server = await Server.start([
+    '--ping-interval', '100ms', '--jwt-secret', JWT_SECRET, '--user-channel', 'user:{sub}',
+    '--history', 'user:*=100/5m', '--api-key', 'node-test-api-key-0123456789',
+  ]);
+  const relay = await Relay.start(server.addr);
+  const c = client(`ws://${relay.addr}/ws`, { token: token('1h', 'news:*', ['--sub', 'ada']) });
+  const api = async (method, params) => {
+    const res = await fetch(`${server.http}/api/${method}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: 'Bearer node-test-api-key-0123456789' },
+      body: JSON.stringify(params),
+    });
+    assert.equal(res.status, 200, await res.text());
+  };
+  try {
+    await c.waitFor('subscribed');
+    assert.deepEqual(c.events('subscribed')[0], { channel: 'user:ada', resubscribe: false, recovered: null, reason: null, server: true });
+    await api('publish', { channel: 'user:ada', data: { n: 1 } });
+    await c.waitFor('publication');
+
+    relay.cut();
+    await c.waitFor('close');
+    for (let n = 2; n <= 3; n++) await api('publish', { channel: 'user:ada', data: { n } });
+    relay.unblock();
+    const resubscribed = () => c.events('subscribed').find((s) => s.resubscribe);
+    await waitFor('the server-side resubscribe', resubscribed, 10000);
+    assert.equal(resubscribed().recovered, true);
+    await c.waitFor('publication', 3);
+    assert.deepEqual(c.events('publication').map((p) => p.data.n), [1, 2, 3]);
+
+    await api('subscribe', { user: 'ada', channel: 'extra' });
+    await waitFor('the API subscription', () => c.events('subscribed').find((s) => s.channel === 'extra'), 10000);
+    await api('publish', { channel: 'extra', data: { n: 4 } });
+    await c.waitFor('publication', 4);
+    await api('unsubscribe', { user: 'ada', channel: 'extra' });
+    await c.waitFor('unsubscribed');
+    assert.deepEqual(c.events('unsubscribed'), [{ channel: 'extra' }]);
   } finally {
     c.close();
     await relay.close();

@@ -244,6 +244,7 @@ fn describe(event: Event) -> (Option<String>, Option<StopReason>) {
         Event::Publication { channel, offset, data, .. } => {
             format!("< [{channel} #{offset}] {}", data.get())
         }
+        Event::Unsubscribed { channel } => format!("* unsubscribed from {channel} by the server"),
         Event::Presence { channel, change, info } => {
             let who = match &info.user {
                 Some(user) => format!("{} ({user})", info.client),

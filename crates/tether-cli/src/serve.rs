@@ -141,6 +141,9 @@ pub struct ServeArgs {
     /// Clock skew tolerated for a token's exp and nbf, on connect and during the connection (closed with 4002 at exp plus this); whole seconds [default: 5s]
     #[arg(long, env = "TETHER_JWT_LEEWAY", value_parser = units::duration)]
     jwt_leeway: Option<Duration>,
+    /// With JWT on: the personal channel every connection whose token has a `sub` is subscribed to by the server, `{sub}` standing for it, e.g. 'user:{sub}' [default: off]
+    #[arg(long, env = "TETHER_USER_CHANNEL")]
+    user_channel: Option<String>,
     /// With JWT on: channel pattern anyone may subscribe to without a token, e.g. 'public:*' (repeatable)
     #[arg(long = "anonymous-channel", env = "TETHER_ANONYMOUS_CHANNELS", value_delimiter = ',')]
     anonymous_channels: Option<Vec<String>>,
@@ -267,6 +270,9 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
     }
     if let Some(issuer) = &args.jwt_issuer {
         cfg.jwt_issuer = issuer.clone();
+    }
+    if args.user_channel.is_some() {
+        cfg.user_channel = args.user_channel.clone();
     }
     if let Some(leeway) = args.jwt_leeway {
         cfg.jwt_leeway = leeway;

@@ -24,6 +24,9 @@ pub struct TokenArgs {
     /// Channel pattern the token may publish to (repeatable)
     #[arg(long = "publish")]
     publish: Vec<String>,
+    /// Channel the server subscribes the connection to itself (the `channels` claim) (repeatable)
+    #[arg(long = "channel")]
+    channels: Vec<String>,
     /// Lifetime from now (negative lifetimes are not possible: use --ttl 0s for an expired one)
     #[arg(long, default_value = "1h", value_parser = units::duration)]
     ttl: Duration,
@@ -47,6 +50,9 @@ pub fn run(args: TokenArgs) -> Result<ExitCode> {
     });
     if let Some(sub) = &args.sub {
         claims["sub"] = sub.clone().into();
+    }
+    if !args.channels.is_empty() {
+        claims["channels"] = args.channels.clone().into();
     }
     match args.aud.as_slice() {
         [] => {}

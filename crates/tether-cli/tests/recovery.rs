@@ -1,5 +1,6 @@
 //! Recovery across reconnects on one node (memory broker): a client that misses publications
-//! gets exactly those, in order, then live ones; with too little history it is told so.
+//! gets exactly those, in order, then live ones; with too little history it is told so. The
+//! same holds for the subscriptions the server makes from the token (the user's channel).
 
 mod common;
 use common::*;
@@ -125,4 +126,43 @@ async fn racing_publications_and_reconnects_never_gap_or_duplicate() {
     let recovered = server.metric("tether_recoveries_total{outcome=\"recovered\"}");
     assert!(recovered >= CLIENTS as f64, "clients recovered after cuts ({recovered})");
     assert_eq!(server.metric("tether_recoveries_total{outcome=\"not_recovered\"}"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_users_own_channel_is_made_by_the_server_and_recovered_through_connect() {
+    const SECRET: &str = "recovery-secret-0123456789";
+    let server = Server::start(&[
+        "--jwt-secret",
+        SECRET,
+        "--user-channel",
+        "user:{sub}",
+        "--history",
+        "user:*=100/1m",
+    ]);
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({"sub": "eve", "exp": exp + 600});
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+    let relay = Relay::start(server.addr).await;
+    let config = fast_client(format!("ws://{}/ws", relay.addr)).token(token);
+    // No subscribe: the server makes the subscription when the token is checked.
+    let (_client, mut events) = tether_client::connect(config);
+    let made = next_event(&mut events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. }));
+    match made.await {
+        Event::Subscribed { channel, resubscribe: false, .. } => assert_eq!(channel, "user:eve"),
+        other => panic!("{other:?}"),
+    }
+    server.publish("user:eve", "1");
+    assert_eq!(publications(&mut events, 1).await, [(1, "1".to_owned())]);
+
+    relay.cut();
+    next_event(&mut events, T, "close", |e| matches!(e, Event::Closed(_))).await;
+    for n in 2..=6 {
+        server.publish("user:eve", &n.to_string());
+    }
+    relay.unblock();
+    assert_eq!(resubscribed(&mut events).await, Some(true));
+    server.publish("user:eve", "7");
+    let got: Vec<u64> = publications(&mut events, 6).await.iter().map(|p| p.0).collect();
+    assert_eq!(got, [2, 3, 4, 5, 6, 7], "exactly the missed ones, in order, then live");
 }

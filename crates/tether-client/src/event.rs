@@ -52,7 +52,9 @@ pub enum Event {
     Connecting { attempt: u32 },
     /// The WebSocket is open. `reconnected` is false only for the very first connection.
     Open { reconnected: bool },
-    /// The server confirmed a subscription (`resubscribe` after a reconnect).
+    /// The server confirmed a subscription (`resubscribe` after a reconnect), or made one
+    /// itself: the token's (`user_channel`, the `channels` claim), once `connect` is answered,
+    /// or the server API's.
     /// `recovered`: after a resubscribe that asked to recover, whether every missed publication
     /// was replayed (they arrive as `Publication` events); `Some(false)`: refetch your state,
     /// and `reason` says why it was not recovered.
@@ -62,6 +64,8 @@ pub enum Event {
         recovered: Option<bool>,
         reason: Option<String>,
     },
+    /// The server ended a subscription it had made (the server API's `unsubscribe`).
+    Unsubscribed { channel: String },
     /// A publication on a subscribed channel (JSON mode).
     Publication { channel: String, offset: u64, epoch: String, data: Box<RawValue> },
     /// A change to a `join_leave` channel's membership: a subscription began (`Join`) or ended

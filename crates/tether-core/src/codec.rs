@@ -51,6 +51,8 @@ struct WireCommand<'a> {
     since: Option<StreamPosition>,
     #[serde(default)]
     reverse: Option<bool>,
+    #[serde(default)]
+    subs: Option<std::collections::BTreeMap<String, StreamPosition>>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
@@ -163,7 +165,7 @@ pub fn decode_command_limited(text: &str, max_depth: usize) -> Result<ClientComm
             let token = wire.token.ok_or_else(|| {
                 DecodeError::new(Some(id), ErrorCode::InvalidCommand, "`connect` needs a `token`")
             })?;
-            Ok(ClientCommand::Connect { id, token })
+            Ok(ClientCommand::Connect { id, token, subs: wire.subs.unwrap_or_default() })
         }
         other => Err(DecodeError::new(
             Some(id),
@@ -209,6 +211,8 @@ struct OutCommand<'a> {
     since: Option<&'a StreamPosition>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reverse: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subs: Option<&'a std::collections::BTreeMap<String, StreamPosition>>,
 }
 
 /// Encode a command the way the Rust client sends it.
@@ -241,8 +245,22 @@ pub fn encode_command(command: &ClientCommand) -> String {
         }
         _ => (None, None, None),
     };
-    let out =
-        OutCommand { id: command.id(), cmd, channel, data, recover, token, limit, since, reverse };
+    let subs = match command {
+        ClientCommand::Connect { subs, .. } if !subs.is_empty() => Some(subs),
+        _ => None,
+    };
+    let out = OutCommand {
+        id: command.id(),
+        cmd,
+        channel,
+        data,
+        recover,
+        token,
+        limit,
+        since,
+        reverse,
+        subs,
+    };
     serde_json::to_string(&out).expect("commands always serialize")
 }
 
@@ -308,6 +326,14 @@ pub fn decode_server_message(text: &str) -> Result<ServerMessage, ServerDecodeEr
             reconnect: w.reconnect.ok_or_else(|| missing("reconnect"))?,
             retry_after_ms: w.retry_after_ms,
         }),
+        "subscribed" => ServerMessage::Subscribed {
+            channel: w.channel.ok_or_else(|| missing("channel"))?,
+            epoch: w.epoch.ok_or_else(|| missing("epoch"))?,
+            offset: w.offset.ok_or_else(|| missing("offset"))?,
+        },
+        "unsubscribed" => {
+            ServerMessage::Unsubscribed { channel: w.channel.ok_or_else(|| missing("channel"))? }
+        }
         kind @ ("join" | "leave" | "user_join" | "user_leave") => {
             let change = match kind {
                 "join" => PresenceChange::Join,

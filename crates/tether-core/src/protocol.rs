@@ -45,10 +45,14 @@ pub enum ClientCommand {
     Ping {
         id: CommandId,
     },
-    /// Authenticate this connection with a JWT (kept out of URLs and their logs).
+    /// Authenticate this connection with a JWT (kept out of URLs and their logs). The server
+    /// then subscribes it to the channels the token makes server-side (the user's channel, the
+    /// `channels` claim); `subs` holds the last position seen on those of them the client held
+    /// before a reconnect, to recover from.
     Connect {
         id: CommandId,
         token: String,
+        subs: std::collections::BTreeMap<String, StreamPosition>,
     },
     /// Who is subscribed to a presence channel (the asker must be subscribed to it).
     Presence {
@@ -86,7 +90,9 @@ impl PartialEq for ClientCommand {
                 a == b && c == d && x.get() == y.get()
             }
             (Ping { id: a }, Ping { id: b }) => a == b,
-            (Connect { id: a, token: x }, Connect { id: b, token: y }) => a == b && x == y,
+            (Connect { id: a, token: x, subs: s }, Connect { id: b, token: y, subs: t }) => {
+                a == b && x == y && s == t
+            }
             (
                 History { id: a, channel: c, limit: l, since: s, reverse: r },
                 History { id: b, channel: d, limit: m, since: t, reverse: q },
@@ -225,6 +231,23 @@ pub struct ReplyResult {
     /// `recovered: false` and a `reason`, history no longer covers the position asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publications: Option<Vec<HistoryEntry>>,
+    /// `connect`: the server-side subscriptions it made, by channel (their recoveries' replays
+    /// follow the reply, in this order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<std::collections::BTreeMap<String, ServerSubscription>>,
+}
+
+/// A subscription the server made for the connection (`connect`, or the API's `subscribe`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSubscription {
+    /// The channel's epoch and top offset when it was made.
+    pub epoch: String,
+    pub offset: u64,
+    /// As for `subscribe` with `recover`: present when `connect` gave a position for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One publication of a `history` answer.
@@ -306,6 +329,17 @@ pub enum ServerMessage {
         data: Box<RawValue>,
     },
     Disconnect(Disconnect),
+    /// The server subscribed this connection to `channel` (the API's `subscribe`): its
+    /// publications follow, after `offset`.
+    Subscribed {
+        channel: String,
+        epoch: String,
+        offset: u64,
+    },
+    /// The server ended this connection's subscription to `channel` (the API's `unsubscribe`).
+    Unsubscribed {
+        channel: String,
+    },
     /// Membership changes of one channel, in order: one (`"type": "join"` etc., with `info`)
     /// or a batch (`"type": "presence_batch"`, with `events`), which a busy channel sends at
     /// most once per interval. (The server writes these itself; decoded for the Rust client.)

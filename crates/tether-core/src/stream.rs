@@ -114,6 +114,13 @@ impl<T: Clone> Stream<T> {
     pub fn history_len(&self) -> usize {
         self.history.len()
     }
+
+    /// Forget every publication kept (the API's `history_remove`); the position stays, so a
+    /// recovery from before it is answered "not recovered" and later publications go on from
+    /// the same offset.
+    pub fn clear_history(&mut self) {
+        self.history = VecDeque::new();
+    }
 }
 
 #[cfg(test)]

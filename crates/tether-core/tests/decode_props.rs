@@ -44,7 +44,11 @@ fn command() -> impl Strategy<Value = ClientCommand> {
     let channel = "[a-z][a-z0-9:._-]{0,20}";
     prop_oneof![
         any::<u64>().prop_map(|id| ClientCommand::Ping { id }),
-        (any::<u64>(), ".{0,40}").prop_map(|(id, token)| ClientCommand::Connect { id, token }),
+        (any::<u64>(), ".{0,40}").prop_map(|(id, token)| ClientCommand::Connect {
+            id,
+            token,
+            subs: Default::default()
+        }),
         (any::<u64>(), channel)
             .prop_map(|(id, channel)| ClientCommand::Unsubscribe { id, channel }),
         (any::<u64>(), channel, proptest::option::of((".{0,10}", any::<u64>()))).prop_map(

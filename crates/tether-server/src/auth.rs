@@ -10,6 +10,9 @@
 //!   audience is refused (it was made for someone, and this server does not know it is for it).
 //! - `iss`: with `jwt_issuer` set, required and one of those.
 //! - `sub` (optional): the user id, logged with the connection.
+//! - `channels` (optional): channel names the server subscribes the connection to itself when it
+//!   authenticates (server-side subscriptions, with recovery through `connect`'s `subs`),
+//!   beside the user's own channel (`user_channel`).
 //! - `subscribe`, `publish` (optional): channel patterns (`*` wildcards) the user may subscribe
 //!   and publish to. Absent: none. Channels whose `[[channel]]` block sets `anonymous` (or listed in
 //!   `anonymous_channels`) need no token to subscribe.
@@ -36,6 +39,8 @@ struct Claims {
     subscribe: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
+    #[serde(default)]
+    channels: Vec<String>,
     /// Shown to the channel's other subscribers in presence.
     #[serde(default)]
     info: Option<Box<serde_json::value::RawValue>>,
@@ -49,6 +54,9 @@ pub struct Grant {
     pub info: Option<std::sync::Arc<serde_json::value::RawValue>>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// The channels the server subscribes the connection to when it authenticates: the user's
+    /// own (`user_channel`), then the `channels` claim's, without repeats.
+    pub server_channels: Vec<String>,
     /// When the connection must end: `exp` plus the leeway.
     ends: SystemTime,
     subscribe: Vec<ChannelPattern>,
@@ -92,12 +100,32 @@ pub struct ClaimRules {
     pub issuer: Vec<String>,
     /// Clock skew tolerated for `exp` and `nbf`, whole seconds.
     pub leeway: Duration,
+    /// `user_channel`: the personal channel of a token's `sub` (`{sub}` stands for it).
+    pub user_channel: Option<String>,
 }
 
 impl Default for ClaimRules {
     fn default() -> Self {
-        ClaimRules { audience: Vec::new(), issuer: Vec::new(), leeway: Duration::from_secs(5) }
+        ClaimRules {
+            audience: Vec::new(),
+            issuer: Vec::new(),
+            leeway: Duration::from_secs(5),
+            user_channel: None,
+        }
     }
+}
+
+/// The user's channel, then the claim's, once each (what the connection may not subscribe to
+/// is dropped when it subscribes: a bad name, over `max_subscriptions`).
+fn server_channels(rules: &ClaimRules, sub: Option<&str>, claim: Vec<String>) -> Vec<String> {
+    let own = rules.user_channel.as_deref().zip(sub).map(|(t, sub)| t.replace("{sub}", sub));
+    let mut out: Vec<String> = Vec::with_capacity(claim.len() + 1);
+    for channel in own.into_iter().chain(claim) {
+        if !out.contains(&channel) {
+            out.push(channel);
+        }
+    }
+    out
 }
 
 /// Checks tokens against the configured key.
@@ -115,6 +143,7 @@ impl Verifier {
             audience: config.jwt_audience.clone(),
             issuer: config.jwt_issuer.clone(),
             leeway: config.jwt_leeway,
+            user_channel: config.user_channel.clone(),
         };
         match (&config.jwt_secret, &config.jwt_public_key) {
             (Some(secret), _) => Ok(Some(Self::hs256(secret, rules))),
@@ -178,10 +207,12 @@ impl Verifier {
         )?;
         let c = data.claims;
         let patterns = |list: Vec<String>| list.into_iter().map(ChannelPattern::new).collect();
+        let server_channels = server_channels(&self.rules, c.sub.as_deref(), c.channels);
         Ok(Grant {
             sub: c.sub,
             info: c.info.map(Into::into),
             exp: c.exp,
+            server_channels,
             ends: UNIX_EPOCH + Duration::from_secs(c.exp) + self.rules.leeway,
             subscribe: patterns(c.subscribe),
             publish: patterns(c.publish),
@@ -248,7 +279,11 @@ pub fn access(
     if grant.expired() {
         return Access::TokenExpired;
     }
-    let allowed = if publish { grant.may_publish(channel) } else { grant.may_subscribe(channel) };
+    let allowed = if publish {
+        grant.may_publish(channel)
+    } else {
+        grant.may_subscribe(channel) || grant.server_channels.iter().any(|c| c == channel)
+    };
     if allowed {
         Access::Allowed
     } else {

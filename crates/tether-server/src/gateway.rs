@@ -141,6 +141,7 @@ impl Gateway {
         parts: Parts,
     ) -> Result<Gateway, GatewayError> {
         let Parts { hub, broker, shutdown, resync, parking } = parts;
+        hub.set_name(&node);
         let max = config.max_message_size.as_u64() as usize;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(config.read_buffer_size.as_u64() as usize)

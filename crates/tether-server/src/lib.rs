@@ -9,7 +9,7 @@
 //! `tether-core/tests/layers.rs`, which reads this list); docs/architecture.md walks through them.
 //! 1. `sys`, `sync`, `svg_chart`, `tls`, `web`, `forwarded`, `origin`, `publication`
 //! 2. `metrics`, `config`, `per_ip`, `stats`
-//! 3. `auth`, `pending`, `mailbox`, `handshake`, `presence`
+//! 3. `auth`, `pending`, `mailbox`, `handshake`, `presence`, `control`
 //! 4. `parking`, `hub`, `broker`
 //! 5. `transport`, `dashboard`, `session`
 //! 6. `gate`, `node`
@@ -32,7 +32,9 @@
 //! - [`auth`] — JWT verification; `pending` — connections not yet WebSockets, capped;
 //!   `mailbox` — a connection's outbound queue, and the direct-write handle publishers write
 //!   through (`mailbox::direct`, which states its invariant).
-//! - `presence` — who is subscribed to presence channels on this node (the broker shares it).
+//! - `presence` — who is subscribed to presence channels on this node (the broker shares it);
+//!   `control` — what the server API orders a user's connections to do (subscribe,
+//!   unsubscribe, disconnect), as data every node's broker link carries.
 //! - `parking` — where idle connections wait without WebSocket state or timers of their own;
 //!   [`hub`] — which connection listens to which channel; one-encode fan-out, sweeps.
 //! - [`broker`] — the [`Broker`] seam (memory, Redis), delivering to this node's subscribers
@@ -59,6 +61,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 mod connection;
+pub mod control;
 mod dashboard;
 pub mod forwarded;
 mod gate;

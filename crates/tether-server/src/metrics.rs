@@ -85,6 +85,10 @@ pub struct Metrics {
     pub presence_events: Counter,
     pub presence_messages: Counter,
     pub presence_events_dropped: Counter,
+    /// API orders (subscribe, unsubscribe, disconnect a user) handed to connections here, and
+    /// those dropped because a connection had `MAX_PENDING_ORDERS` waiting.
+    pub user_orders: Counter,
+    pub user_orders_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -150,6 +154,8 @@ impl Metrics {
             presence_events: Counter::default(),
             presence_messages: Counter::default(),
             presence_events_dropped: Counter::default(),
+            user_orders: Counter::default(),
+            user_orders_dropped: Counter::default(),
         };
         {
             let mut r = crate::sync::lock(&m.registry);
@@ -354,6 +360,16 @@ impl Metrics {
                 "tether_presence_events_dropped",
                 "Join/leave changes dropped because a channel's batch held 10,000 already",
                 m.presence_events_dropped.clone(),
+            );
+            t.register(
+                "tether_user_orders",
+                "Server API orders (subscribe, unsubscribe, disconnect a user) handed to this node's connections of that user",
+                m.user_orders.clone(),
+            );
+            t.register(
+                "tether_user_orders_dropped",
+                "Server API orders dropped because the connection had 64 waiting already",
+                m.user_orders_dropped.clone(),
             );
             t.register(
                 "process_cpu_seconds",

@@ -234,4 +234,12 @@ impl crate::broker::LocalSubscribers for Hub {
     fn announce(&self, channel: &str, changes: Vec<crate::presence::Announcement>) {
         Hub::announce(self, channel, changes)
     }
+
+    fn order(&self, order: crate::control::UserOrder) -> usize {
+        Hub::order(self, order)
+    }
+
+    fn answer(&self, question: &crate::control::Question) -> serde_json::Value {
+        Hub::answer(self, question)
+    }
 }

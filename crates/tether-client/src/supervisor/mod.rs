@@ -116,6 +116,12 @@ pub(crate) struct Supervisor {
     /// Channels the application wants, each with the last stream position seen on it;
     /// re-subscribed after every open, asking the server to replay what came after it.
     channels: BTreeMap<String, Option<StreamPosition>>,
+    /// Channels the server subscribed this client to (its token's, at `connect`; the server
+    /// API's), with the last position seen: sent with `connect` after a reconnect, for the
+    /// server to recover them. The connect reply says which it made again.
+    server_channels: BTreeMap<String, Option<StreamPosition>>,
+    /// The id of this session's `connect`, until its reply (is it a reconnect).
+    pending_connect: Option<(u64, bool)>,
     /// Messages waiting for a connection, bounded by `config.offline_queue`.
     offline: VecDeque<Message>,
     next_id: u64,
@@ -147,6 +153,8 @@ impl Supervisor {
             events,
             stats,
             channels: BTreeMap::new(),
+            server_channels: BTreeMap::new(),
+            pending_connect: None,
             offline: VecDeque::new(),
             next_id: 1,
             pending_subscribes: HashMap::new(),

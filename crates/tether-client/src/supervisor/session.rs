@@ -53,6 +53,7 @@ impl Supervisor {
     /// Run one open connection until it ends.
     pub(super) async fn session(&mut self, ws: &mut Ws, resubscribe: bool) -> SessionEnd {
         self.pending_subscribes.clear();
+        self.pending_connect = None;
         for (_, done) in self.pending_queries.drain() {
             let _ = done.send(Err(ClientError::NotConnected));
         }
@@ -64,7 +65,13 @@ impl Supervisor {
         let mut batch = Vec::with_capacity(channels.len() + self.offline.len() + 1);
         // Authenticate first: the server handles commands in order.
         if let (Mode::Json, Some(token)) = (self.config.mode, self.config.token.clone()) {
-            let (_, msg) = self.command_text(|id| ClientCommand::Connect { id, token });
+            let subs = self
+                .server_channels
+                .iter()
+                .filter_map(|(c, p)| Some((c.clone(), p.clone()?)))
+                .collect();
+            let (id, msg) = self.command_text(|id| ClientCommand::Connect { id, token, subs });
+            self.pending_connect = Some((id, resubscribe));
             batch.push(msg);
         }
         for (channel, recover) in channels {
@@ -181,7 +188,8 @@ impl Supervisor {
         }
         match codec::decode_server_message(text) {
             Ok(ServerMessage::Publication { channel, offset, epoch, data }) => {
-                if let Some(position) = self.channels.get_mut(&channel) {
+                let held = self.channels.get_mut(&channel);
+                if let Some(position) = held.or(self.server_channels.get_mut(&channel)) {
                     *position = Some(StreamPosition { epoch: epoch.clone(), offset });
                 }
                 self.emit(Event::Publication { channel, offset, epoch, data }).await
@@ -207,6 +215,10 @@ impl Supervisor {
                 }
                 if let Some(done) = self.pending_queries.remove(&id) {
                     let _ = done.send(Ok(result.unwrap_or_default()));
+                } else if self.pending_connect.is_some_and(|(c, _)| c == id) {
+                    let (_, resubscribe) = self.pending_connect.take().expect("checked");
+                    let made = result.and_then(|r| r.subscriptions).unwrap_or_default();
+                    self.server_made(made, resubscribe).await
                 } else if let Some((channel, resubscribe)) = self.pending_subscribes.remove(&id) {
                     let result = result.unwrap_or_default();
                     // Recovered: the replay that follows moves the position along. Otherwise
@@ -225,6 +237,17 @@ impl Supervisor {
             Ok(ServerMessage::Error { error }) => {
                 self.emit(Event::CommandError { id: None, error }).await
             }
+            Ok(ServerMessage::Subscribed { channel, epoch, offset }) => {
+                let position = Some(StreamPosition { epoch, offset });
+                self.server_channels.insert(channel.clone(), position);
+                let (resubscribe, recovered, reason) = (false, None, None);
+                self.emit(Event::Subscribed { channel, resubscribe, recovered, reason }).await
+            }
+            Ok(ServerMessage::Unsubscribed { channel }) => {
+                self.server_channels.remove(&channel);
+                self.channels.remove(&channel);
+                self.emit(Event::Unsubscribed { channel }).await
+            }
             Ok(ServerMessage::Presence { channel, events }) => {
                 for (change, info) in events {
                     self.emit(Event::Presence { channel: channel.clone(), change, info }).await;
@@ -234,6 +257,27 @@ impl Supervisor {
                 self.advice = (Some(d.reconnect), d.retry_after_ms.map(Duration::from_millis));
             }
             Err(_) => self.emit(Event::Message(text.to_owned())).await,
+        }
+    }
+
+    /// The server-side subscriptions `connect` made: they replace those held before (a
+    /// channel the token no longer gives, or one the API had added, is gone). A recovered one
+    /// keeps its position (the replay after the reply moves it on); any other starts from the
+    /// server's top.
+    async fn server_made(
+        &mut self,
+        made: BTreeMap<String, tether_core::protocol::ServerSubscription>,
+        resubscribe: bool,
+    ) {
+        let before = std::mem::take(&mut self.server_channels);
+        for (channel, sub) in made {
+            let position = match (sub.recovered, before.get(&channel)) {
+                (Some(true), Some(Some(p))) => p.clone(),
+                _ => StreamPosition { epoch: sub.epoch, offset: sub.offset },
+            };
+            self.server_channels.insert(channel.clone(), Some(position));
+            let (recovered, reason) = (sub.recovered, sub.reason);
+            self.emit(Event::Subscribed { channel, resubscribe, recovered, reason }).await;
         }
     }
 

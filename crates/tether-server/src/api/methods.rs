@@ -1,10 +1,12 @@
 //! The server API: `POST /api/<method>` with a JSON body of parameters, behind the API keys.
-//! Methods: `publish`, `broadcast`, `presence`, `presence_stats`, `history`, `channels`,
-//! `info`, `batch`
+//! Methods: `publish`, `broadcast`, `subscribe`, `unsubscribe`, `disconnect` (in `orders`),
+//! `presence`, `presence_stats`, `history`, `history_remove`, `channels`, `info`, `batch`
 //! (docs/protocol.md has an example of each). An unknown method is a 404, parameters that do
 //! not fit a 400 that names the field, and every error a JSON body `{"error": "..."}`.
 
 use super::{authorize, is_json, json_error};
+use crate::control::Question;
+use crate::hub::MAX_CHANNELS_LISTED;
 use crate::metrics::ReasonLabels;
 use crate::node::{Node, PublishError, MAX_HISTORY};
 use axum::body::{to_bytes, Body};
@@ -16,12 +18,25 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tether_core::protocol::StreamPosition;
 
 /// The methods, as the 404 lists them.
-const METHODS: &[&str] =
-    &["publish", "broadcast", "presence", "presence_stats", "history", "channels", "info", "batch"];
+const METHODS: &[&str] = &[
+    "publish",
+    "broadcast",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "presence",
+    "presence_stats",
+    "history",
+    "history_remove",
+    "channels",
+    "info",
+    "batch",
+];
 
 /// Longest idempotency key accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 128;
@@ -29,9 +44,9 @@ const MAX_IDEMPOTENCY_KEY: usize = 128;
 const MAX_FAN: usize = 1000;
 
 /// What a method answers: a JSON body, or a status and what went wrong.
-type Answer = Result<Value, (StatusCode, String)>;
+pub(super) type Answer = Result<Value, (StatusCode, String)>;
 
-fn bad(why: impl Into<String>) -> (StatusCode, String) {
+pub(super) fn bad(why: impl Into<String>) -> (StatusCode, String) {
     (StatusCode::BAD_REQUEST, why.into())
 }
 
@@ -72,11 +87,15 @@ fn dispatch<'a>(node: &'a Node, method: &'a str, params: &'a [u8]) -> BoxFuture<
         match method {
             "publish" => publish(node, params).await,
             "broadcast" => broadcast(node, params).await,
+            "subscribe" => super::orders::subscription(node, params, true).await,
+            "unsubscribe" => super::orders::subscription(node, params, false).await,
+            "disconnect" => super::orders::disconnect(node, params).await,
+            "history_remove" => history_remove(node, params).await,
             "presence" => presence(node, params, false).await,
             "presence_stats" => presence(node, params, true).await,
             "history" => history(node, params).await,
-            "channels" => channels(node, params),
-            "info" => Ok(info(node)),
+            "channels" => channels(node, params).await,
+            "info" => info(node).await,
             "batch" => batch(node, params).await,
             other => Err((StatusCode::NOT_FOUND, unknown(other))),
         }
@@ -121,7 +140,10 @@ async fn body(node: &Node, req: Request<Body>) -> Result<axum::body::Bytes, Box<
 
 /// The parameters, or a 400 that shows their shape and names what is wrong (serde names the
 /// missing, unknown or mistyped field).
-fn params<T: DeserializeOwned>(bytes: &[u8], shape: &str) -> Result<T, (StatusCode, String)> {
+pub(super) fn params<T: DeserializeOwned>(
+    bytes: &[u8],
+    shape: &str,
+) -> Result<T, (StatusCode, String)> {
     serde_json::from_slice(bytes).map_err(|e| bad(format!("body must be {shape}: {e}")))
 }
 
@@ -286,12 +308,27 @@ async fn history(node: &Node, bytes: &[u8]) -> Answer {
     Ok(answer)
 }
 
-/// Channels one `channels` answer lists at most.
-const MAX_CHANNELS_LISTED: usize = 10_000;
+/// `history_remove` `{"channel": C}`: forget C's history (its position stays).
+pub(super) async fn history_remove(node: &Node, bytes: &[u8]) -> Answer {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ChannelOnly {
+        channel: String,
+    }
+    let p: ChannelOnly = params(bytes, r#"{"channel": "..."}"#)?;
+    tether_core::channel::validate(&p.channel, node.config().max_channel_name_len)
+        .map_err(|e| bad(format!("bad channel: {e}")))?;
+    node.broker
+        .history_remove(&p.channel)
+        .await
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(Value::Object(Default::default()))
+}
 
-/// `channels` `{"pattern": "chat:*"}`: this node's channels with subscribers (matching the
-/// pattern, if given), with their counts, most subscribed first.
-fn channels(node: &Node, bytes: &[u8]) -> Answer {
+/// `channels` `{"pattern": "chat:*"}`: the channels with subscribers on any node (matching the
+/// pattern, if given), with their subscriber counts summed over the nodes, most subscribed
+/// first; `missing_nodes` when some node did not answer in time.
+async fn channels(node: &Node, bytes: &[u8]) -> Answer {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct ChannelsParams {
@@ -299,27 +336,48 @@ fn channels(node: &Node, bytes: &[u8]) -> Answer {
         pattern: Option<String>,
     }
     let p: ChannelsParams = params(bytes, r#"{"pattern": "chat:*"} (or {})"#)?;
-    let pattern = tether_core::channel::ChannelPattern::new(p.pattern.as_deref().unwrap_or("*"));
-    let keep = |name: &str| {
-        pattern.matches(name) && !name.starts_with(tether_core::channel::RESERVED_PREFIX)
-    };
-    let listed = node.hub.channels(keep, MAX_CHANNELS_LISTED);
+    let got =
+        node.broker.survey(Question::Channels { pattern: p.pattern }).await.map_err(refused)?;
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for answer in &got.answers {
+        for (name, n) in answer["channels"].as_object().into_iter().flatten() {
+            *counts.entry(name.clone()).or_default() += n.as_u64().unwrap_or(0);
+        }
+    }
+    let mut listed: Vec<(String, u64)> = counts.into_iter().collect();
+    listed.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    listed.truncate(MAX_CHANNELS_LISTED);
     let channels: serde_json::Map<String, Value> =
-        listed.iter().map(|(name, n)| (name.to_string(), json!({"num_clients": n}))).collect();
-    Ok(json!({ "channels": channels }))
+        listed.into_iter().map(|(name, n)| (name, json!({"num_clients": n}))).collect();
+    let mut out = json!({ "channels": channels });
+    if got.missing > 0 {
+        out["missing_nodes"] = json!(got.missing);
+    }
+    Ok(out)
 }
 
-/// `info` `{}`: this node — its name (the prefix of its client ids), version, uptime,
-/// connections and subscriptions.
-fn info(node: &Node) -> Value {
-    json!({"nodes": [{
-        "name": node.client_prefix,
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_s": node.now_ms() / 1000,
-        "connections": node.open_connections(),
-        "subscriptions": node.metrics.subscriptions.get(),
-        "broker": node.broker_name(),
-    }]})
+/// `info` `{}`: every node — its name (the prefix of its client ids), version, uptime,
+/// connections and subscriptions; `missing_nodes` when some node did not answer in time.
+async fn info(node: &Node) -> Answer {
+    let got = node.broker.survey(Question::Info).await.map_err(refused)?;
+    let mut nodes = got.answers;
+    for n in &mut nodes {
+        n["broker"] = json!(node.broker_name());
+    }
+    nodes.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let mut out = json!({ "nodes": nodes });
+    if got.missing > 0 {
+        out["missing_nodes"] = json!(got.missing);
+    }
+    Ok(out)
+}
+
+/// A broker error as the API answers it: a limit is 429-like (try later), the rest 503.
+fn refused(e: crate::broker::BrokerError) -> (StatusCode, String) {
+    match e {
+        crate::broker::BrokerError::Limit(_) => (StatusCode::TOO_MANY_REQUESTS, e.to_string()),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }
 
 #[derive(Deserialize)]

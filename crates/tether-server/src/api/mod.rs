@@ -3,6 +3,7 @@
 //! problem.
 
 mod methods;
+mod orders;
 pub(crate) use methods::call;
 
 use crate::metrics::ReasonLabels;

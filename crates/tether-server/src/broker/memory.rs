@@ -331,6 +331,27 @@ impl Broker for MemoryBroker {
         self.presence.entries()
     }
 
+    fn order(&self, order: UserOrder) -> BoxFuture<'_, Result<Reach, BrokerError>> {
+        let reached = self.hub.order(order);
+        Box::pin(std::future::ready(Ok(Reach::Connections(reached))))
+    }
+
+    fn survey(
+        &self,
+        question: crate::control::Question,
+    ) -> BoxFuture<'_, Result<crate::control::Answers, BrokerError>> {
+        let answers = vec![self.hub.answer(&question)];
+        Box::pin(std::future::ready(Ok(crate::control::Answers { answers, missing: 0 })))
+    }
+
+    fn history_remove<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let ch = crate::sync::lock(self.shard(channel)).get(channel).cloned();
+        if let Some(ch) = ch {
+            crate::sync::lock(&ch.state).stream.clear_history();
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     fn name(&self) -> &'static str {
         "memory"
     }
@@ -561,6 +582,14 @@ mod tests {
         }
 
         fn announce(&self, _: &str, _: Vec<crate::presence::Announcement>) {}
+
+        fn order(&self, _: crate::control::UserOrder) -> usize {
+            0
+        }
+
+        fn answer(&self, _: &crate::control::Question) -> serde_json::Value {
+            serde_json::Value::Null
+        }
     }
 
     impl Recorder {

@@ -19,11 +19,13 @@
 
 mod memory;
 pub mod redis;
+mod redis_control;
 mod redis_presence;
 mod redis_scripts;
 
 pub use memory::MemoryBroker;
 
+use crate::control::{Answers, Question, UserOrder};
 use crate::presence::Member;
 use futures_util::future::BoxFuture;
 use serde_json::value::RawValue;
@@ -142,6 +144,11 @@ pub trait LocalSubscribers: Send + Sync + 'static {
     fn count(&self, channel: &str) -> usize;
     /// Tell this node's subscribers of `channel` about membership changes (`join_leave`).
     fn announce(&self, channel: &str, changes: Vec<crate::presence::Announcement>);
+    /// Hand an API order to this node's connections of its user (see `control`); returns how
+    /// many took it.
+    fn order(&self, order: UserOrder) -> usize;
+    /// This node's answer to a cluster-wide question (see `control::Question`).
+    fn answer(&self, question: &Question) -> serde_json::Value;
 }
 
 pub trait Broker: Send + Sync + 'static {
@@ -180,6 +187,17 @@ pub trait Broker: Send + Sync + 'static {
     /// Presence entries this node holds (its own subscriptions).
     fn presence_entries(&self) -> usize;
 
+    /// Hand `order` to its user's connections on every node (this one included). Answers with
+    /// the connections this node handed it to, or, for a backplane, the nodes it reached.
+    fn order(&self, order: UserOrder) -> BoxFuture<'_, Result<Reach, BrokerError>>;
+
+    /// Ask every node (this one included) `question`; their answers.
+    fn survey(&self, question: Question) -> BoxFuture<'_, Result<Answers, BrokerError>>;
+
+    /// Forget `channel`'s history (its position stays: recovering from before now fails, and
+    /// offsets go on).
+    fn history_remove<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+
     /// A clean shutdown, after the connections have closed: what this node left in a shared
     /// backplane (its presence) goes now.
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -203,6 +221,15 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A short name for logs and `/healthz`.
     fn name(&self) -> &'static str;
+}
+
+/// How far an order went (see [`Broker::order`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// The memory broker: this many connections (this node is the only one).
+    Connections(usize),
+    /// A backplane: this many nodes received it (each hands it to its own connections).
+    Nodes(usize),
 }
 
 /// What a broker holds in this process (see [`Broker::held`]), for the gauges.

@@ -15,10 +15,12 @@
 //!   they resubscribe and recover from history. A Redis that lost its data gives every channel a
 //!   new epoch on first use, and clients are told `recovered: false` — never a silent gap.
 
+use super::Reach;
 use super::{
     history_policy, new_epoch, Broker, BrokerError, History, LocalSubscribers, Once, PublishReceipt,
 };
 use crate::config::ChannelRule;
+use crate::control::{Answers, Question, UserOrder};
 use crate::metrics::Metrics;
 use crate::presence::Member;
 use futures_util::future::BoxFuture;
@@ -95,6 +97,8 @@ pub struct RedisBroker {
     run_id: Mutex<String>,
     metrics: Arc<BrokerMetrics>,
     presence: Arc<super::redis_presence::RedisPresence>,
+    /// Orders and questions for every node (see `redis_control`).
+    control: super::redis_control::Control,
 }
 
 impl RedisBroker {
@@ -167,6 +171,7 @@ impl RedisBroker {
             last_error: Arc::new(Mutex::new(None)),
             run_id: Mutex::new(String::new()),
             metrics: broker_metrics,
+            control: super::redis_control::Control::new(presence.node.clone()),
             presence: Arc::new(super::redis_presence::RedisPresence::new(
                 presence.node,
                 presence.ttl,
@@ -176,17 +181,25 @@ impl RedisBroker {
         broker.refresh_run_id().await.map_err(unreachable)?;
         // Subscribe before returning: a node must not serve a recovering subscribe before its
         // live feed is in place.
-        let first = Self::open_link(&client).await.map_err(unreachable)?;
+        let answers = broker.control.answers_channel();
+        let first = Self::open_link(&client, &answers).await.map_err(unreachable)?;
         tokio::spawn(broker.presence.clone().run(broker.commands.clone(), stop.clone()));
         tokio::spawn(broker.clone().run_link(client, first, resync, stop));
         Ok(broker)
     }
 
-    async fn open_link(client: &redis::Client) -> redis::RedisResult<redis::aio::PubSub> {
+    /// `answers`: this node's own channel for answers to its questions.
+    async fn open_link(
+        client: &redis::Client,
+        answers: &str,
+    ) -> redis::RedisResult<redis::aio::PubSub> {
         let connect = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.psubscribe(PUBSUB_PATTERN).await?;
             pubsub.psubscribe(EVENTS_PATTERN).await?;
+            pubsub.subscribe(super::redis_control::ORDERS).await?;
+            pubsub.subscribe(super::redis_control::SURVEYS).await?;
+            pubsub.subscribe(answers).await?;
             Ok(pubsub)
         };
         tokio::time::timeout(RESPONSE_TIMEOUT, connect).await.unwrap_or_else(|_| {
@@ -209,7 +222,7 @@ impl RedisBroker {
         loop {
             let link = match next.take() {
                 Some(link) => Ok(link),
-                None => Self::open_link(&client).await,
+                None => Self::open_link(&client, &self.control.answers_channel()).await,
             };
             match link {
                 Ok(pubsub) => {
@@ -299,6 +312,9 @@ impl RedisBroker {
         let name = msg.get_channel_name();
         if let Some(channel) = name.strip_prefix(super::redis_presence::EVENTS_PREFIX) {
             return self.announce(channel, msg.get_payload_bytes());
+        }
+        if self.control.on_message(name, msg.get_payload_bytes(), &self.hub, &self.commands) {
+            return;
         }
         let Some(channel) = name.strip_prefix(PUBSUB_PREFIX) else { return };
         let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else { return };
@@ -468,6 +484,27 @@ impl Broker for RedisBroker {
 
     fn presence_entries(&self) -> usize {
         self.presence.entries()
+    }
+
+    fn order(&self, order: UserOrder) -> BoxFuture<'_, Result<Reach, BrokerError>> {
+        Box::pin(async move {
+            let mut commands = self.commands.clone();
+            self.control.order(&mut commands, &order).await.map_err(Self::unavailable)
+        })
+    }
+
+    fn survey(&self, question: Question) -> BoxFuture<'_, Result<Answers, BrokerError>> {
+        Box::pin(async move { self.control.ask(&mut self.commands.clone(), question).await })
+    }
+
+    fn history_remove<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let mut del = redis::cmd("DEL");
+            del.arg(history_key(channel));
+            let _: u64 =
+                del.query_async(&mut self.commands.clone()).await.map_err(Self::unavailable)?;
+            Ok(())
+        })
     }
 
     fn name(&self) -> &'static str {

@@ -212,6 +212,9 @@ pub struct GatewayConfig {
     /// JWT audiences accepted: with any set, a token's `aud` must name one of them. Empty: a
     /// token that names an audience is refused (set this to accept an identity provider's).
     pub jwt_audience: Vec<String>,
+    /// With JWT on: the personal channel the server subscribes each connection whose token
+    /// has a `sub` to, `{sub}` standing for it (e.g. `user:{sub}`). Off when unset.
+    pub user_channel: Option<String>,
     /// JWT issuers accepted: with any set, a token's `iss` must be one of them. Empty: not checked.
     pub jwt_issuer: Vec<String>,
     /// Clock skew tolerated for a token's `exp` and `nbf` (whole seconds): on connect, and for the
@@ -307,6 +310,7 @@ impl Default for GatewayConfig {
             insecure: false,
             jwt_secret: None,
             jwt_public_key: None,
+            user_channel: None,
             jwt_audience: Vec::new(),
             jwt_issuer: Vec::new(),
             jwt_leeway: Duration::from_secs(5),
@@ -403,6 +407,15 @@ impl GatewayConfig {
         }
         if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
             return err("jwt_secret/jwt_public_key", "choose one: a shared secret or a public key");
+        }
+        if let Some(template) = &self.user_channel {
+            let example = template.replace("{sub}", "ada");
+            if !template.contains("{sub}") {
+                return err("user_channel", "must contain `{sub}`, e.g. \"user:{sub}\"");
+            }
+            if let Err(e) = tether_core::channel::validate(&example, self.max_channel_name_len) {
+                return err("user_channel", &format!("gives no valid channel name: {e}"));
+            }
         }
         if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return err("jwt_secret", "must be at least 16 characters");

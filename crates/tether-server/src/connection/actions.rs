@@ -28,6 +28,9 @@ impl Connection {
             Action::Subscribe { id, channel, recover } => {
                 Box::pin(self.subscribe(ws, id, &channel, recover.as_ref())).await
             }
+            Action::Connect { id, subs, previous } => {
+                Box::pin(self.connected(ws, id, subs, previous)).await
+            }
             Action::Unsubscribe { id, channel } => {
                 self.leave(&channel);
                 self.reply(ws, Session::ok(id)).await
@@ -166,7 +169,7 @@ impl Connection {
         }
     }
 
-    fn leave(&mut self, channel: &str) {
+    pub(super) fn leave(&mut self, channel: &str) {
         if self.queue.with_subscriptions(|s| s.remove(channel)) {
             self.shared.hub.unsubscribe(channel, self.id);
             self.shared.left(channel, self.id);

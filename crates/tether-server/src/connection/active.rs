@@ -89,6 +89,12 @@ impl Connection {
                 let close = Close::resync(&self.shared.config);
                 return Some(Box::pin(self.close(ws, close)).await);
             }
+            // The server API's orders (subscribe, unsubscribe, disconnect this user).
+            if queue.take_ordered() {
+                if let Some(ending) = Box::pin(self.obey(ws)).await {
+                    return Some(ending);
+                }
+            }
             let now = clock.take().unwrap_or_else(Instant::now);
             let wake_at = match self.session.tick(rules(&self.shared), now.into_std()) {
                 Tick::SendPing => {

@@ -25,6 +25,8 @@
 //! - `active` — an active phase: the select loop over socket, mailbox and timer;
 //! - `actions` — the session's decisions carried out: replies, subscribe, publish, echo;
 //! - `replay` — writing a subscribe's reply and recovery replay, chunk by chunk;
+//! - `orders` — subscriptions the server makes (the token's, at `connect`) and the API's orders
+//!   to a user's connections;
 //! - `close` — every way it ends: the peer's close, read and write failures, our close;
 //! - `output` — every write of the task, and the window for publishers' direct writes.
 
@@ -64,6 +66,7 @@ use tokio_tungstenite::WebSocketStream;
 mod actions;
 mod active;
 mod close;
+mod orders;
 mod output;
 mod replay;
 mod task;
@@ -133,6 +136,9 @@ impl Drop for Connection {
         let missed = self.queue.close();
         self.shared.metrics.deliveries_dropped.inc_by(missed);
         self.shared.parking.unregister(self.lot_key);
+        if let Some(user) = self.user() {
+            self.shared.hub.users.remove(user, self.id);
+        }
         // Taken out first: the hub's lock is never taken while holding the mailbox's.
         let channels: Vec<_> = self.queue.with_subscriptions(|s| s.take_channels().collect());
         for channel in channels {
@@ -181,6 +187,7 @@ impl Connection {
         let opened = shared.parking.ticks(now);
         let session = Session::new(&shared.config, mode, grant, now.into_std(), opened);
         let mut conn = Connection { id, shared, queue, lot_key, peer, opened, session };
+        conn.adopt_grant();
         for channel in channels {
             // Validated at the handshake; a duplicate `?channel=` is simply ignored here.
             if crate::session::subscribable(&conn.shared.config, &*conn.queue, &channel).is_ok() {

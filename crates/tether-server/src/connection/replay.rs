@@ -26,7 +26,7 @@ impl Connection {
     pub(super) async fn write_replay(
         &self,
         ws: &mut Ws,
-        replay: Chunks<'_>,
+        replay: impl Iterator<Item = Vec<Message>>,
     ) -> Result<(), WriteFailed> {
         ws.get_mut().hold();
         let write_timeout = self.shared.config.write_timeout;
@@ -66,10 +66,10 @@ impl<'a> Chunks<'a> {
         mode: Mode,
         channel: &'a str,
         epoch: &'a str,
-        reply: Message,
+        reply: impl Into<Option<Message>>,
         publications: &'a Publications,
     ) -> Self {
-        Chunks { mode, channel, epoch, reply: Some(reply), rest: publications.iter() }
+        Chunks { mode, channel, epoch, reply: reply.into(), rest: publications.iter() }
     }
 }
 

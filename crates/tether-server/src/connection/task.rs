@@ -139,6 +139,7 @@ impl Parked {
         let shared = &self.conn.shared;
         if self.conn.queue.poll_ready(cx).is_ready()
             || self.conn.queue.socket_ready()
+            || self.conn.queue.ordered()
             || shared.parking.ticks(Instant::now()) >= self.conn.queue.deadline()
             || shared.stopping()
             || *shared.resync.borrow() != self.resync_seen

@@ -24,8 +24,10 @@
 //! and its connection task closes it (1013, "slow consumer").
 
 pub mod announce;
+mod answers;
 mod pace;
 mod sweep;
+mod users;
 
 use crate::config::FanoutSweep;
 pub use crate::mailbox::{Delivery, Outbound, OutboundQueue, PushError};
@@ -39,8 +41,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
+pub use answers::MAX_CHANNELS_LISTED;
 use pace::{Pace, SAMPLE};
 use sweep::{Entry, Sweep, SweepRun, LAG_SAMPLE, MAX_SWEEP_BACKLOG};
+pub use users::{Ordered, Users};
 /// The hub's handle on one subscribed connection.
 #[derive(Clone)]
 pub struct Subscriber {
@@ -126,6 +130,11 @@ pub struct Hub {
     runtime: std::sync::OnceLock<tokio::runtime::Handle>,
     /// Join/leave announcements waiting for their channel's next batch.
     announcements: announce::Announcements,
+    /// Which connections here belong to which user, and the API's orders waiting for them.
+    pub users: Users,
+    /// This node's name (see [`Hub::set_name`]) and when it started, for its answers.
+    name: std::sync::OnceLock<String>,
+    born: Instant,
 }
 
 impl Hub {
@@ -141,6 +150,9 @@ impl Hub {
             compression: None,
             runtime: std::sync::OnceLock::new(),
             announcements: announce::Announcements::default(),
+            users: Users::default(),
+            name: std::sync::OnceLock::new(),
+            born: Instant::now(),
         }
     }
 

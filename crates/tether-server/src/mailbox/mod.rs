@@ -129,8 +129,8 @@ pub struct OutboundQueue {
     capacity: u16,
     /// ...and KiB queued at most (`outbound_queue_bytes`).
     max_kib: u16,
-    /// [`CLOSED`], [`OVERFLOWED`], [`SOCKET_READY`], [`SIGNALLED`], [`PENDING`]: one byte
-    /// (five `AtomicBool`s would push the mailbox past jemalloc's 128-byte class).
+    /// [`CLOSED`], [`OVERFLOWED`], [`SOCKET_READY`], [`SIGNALLED`], [`PENDING`], [`ORDERED`]:
+    /// one byte (six `AtomicBool`s would push the mailbox past jemalloc's 128-byte class).
     state: AtomicU8,
     /// When the connection wants the lot's shared timer to signal it, in the lot's ticks:
     /// while parked, its next heartbeat; while active, when to consider parking.
@@ -149,6 +149,8 @@ const SIGNALLED: u8 = 8;
 /// Something is queued: mirrors `!items.is_empty()`, changed under the lock, so that the task
 /// can see an empty queue without taking the lock (once per pass of its loop).
 const PENDING: u8 = 16;
+/// Orders from the server API wait for this connection (`hub::users`).
+const ORDERED: u8 = 32;
 
 /// Why a push was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -420,6 +422,22 @@ impl OutboundQueue {
     pub fn signal(&self) {
         self.raise(SIGNALLED);
         self.waker.wake();
+    }
+
+    /// Orders wait for the connection (see `hub::users`): wake it, and make a pending
+    /// [`OutboundQueue::next`] return `None` so that its loop takes them.
+    pub(crate) fn order(&self) {
+        self.raise(ORDERED | SIGNALLED);
+        self.waker.wake();
+    }
+
+    /// Whether orders wait; lowers the flag.
+    pub(crate) fn take_ordered(&self) -> bool {
+        self.state.fetch_and(!ORDERED, Ordering::AcqRel) & ORDERED != 0
+    }
+
+    pub(crate) fn ordered(&self) -> bool {
+        self.is(ORDERED)
     }
 
     /// The parked socket became readable (or failed): wake the connection.

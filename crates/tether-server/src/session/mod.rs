@@ -79,6 +79,14 @@ pub(crate) enum Action {
         channel: String,
         recover: Option<StreamPosition>,
     },
+    /// The connection authenticated (`connect`): it now belongs to the token's user (before:
+    /// `previous`); make the token's server-side subscriptions (recovering those in `subs`),
+    /// then reply with them.
+    Connect {
+        id: u64,
+        subs: std::collections::BTreeMap<String, StreamPosition>,
+        previous: Option<String>,
+    },
     /// Drop the subscription and reply ok ([`Session::ok`]).
     Unsubscribe {
         id: u64,
@@ -262,7 +270,7 @@ impl Session {
 
     fn command(&mut self, rules: Rules, held: &dyn Held, command: ClientCommand) -> Action {
         match command {
-            ClientCommand::Connect { id, token } => self.connect(rules, id, &token),
+            ClientCommand::Connect { id, token, subs } => self.connect(rules, id, &token, subs),
             ClientCommand::Ping { id } => Action::Reply(Session::ok(id)),
             ClientCommand::Subscribe { id, channel, recover } => {
                 match self.access(rules, &channel, false) {
@@ -323,14 +331,21 @@ impl Session {
     /// The `connect` command: verify the token and keep what it allows. A token that cannot
     /// work closes the connection with advice not to retry (4502); an expired one with advice
     /// to fetch a fresh one and reconnect (4002).
-    fn connect(&mut self, rules: Rules, id: u64, token: &str) -> Action {
+    fn connect(
+        &mut self,
+        rules: Rules,
+        id: u64,
+        token: &str,
+        subs: std::collections::BTreeMap<String, StreamPosition>,
+    ) -> Action {
         // No JWT configured: nothing to check, the connection may do what anyone may.
         let Some(verifier) = rules.verifier else { return Action::Reply(Session::ok(id)) };
         match verifier.verify(token) {
             Ok(grant) => {
                 tracing::debug!(sub = ?grant.sub, "authenticated");
+                let previous = self.grant.as_ref().and_then(|g| g.sub.clone());
                 self.grant = Some(Arc::new(grant));
-                Action::Reply(Session::ok(id))
+                Action::Connect { id, subs, previous }
             }
             Err(TokenError::Expired) => Action::Close(Close::token_expired()),
             Err(TokenError::Invalid(why)) => Action::Close(Close::token_invalid(&why)),

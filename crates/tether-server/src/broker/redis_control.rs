@@ -1,0 +1,151 @@
+//! The server API's reach across nodes over Redis pub/sub: orders to a user's connections go
+//! to every node on one channel (`tether:control`), and questions every node answers (the
+//! cluster-wide `channels` and `info`) on another (`tether:survey`); each node answers on its
+//! own channel (`tether:answer:NODE`). The asker learns from PUBLISH how many nodes heard the
+//! question and waits, bounded, for that many answers.
+
+use super::{BrokerError, LocalSubscribers, Reach};
+use crate::control::{Answers, Question, UserOrder};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Orders for every node's connections.
+pub const ORDERS: &str = "tether:control";
+/// Questions for every node.
+pub const SURVEYS: &str = "tether:survey";
+const ANSWERS_PREFIX: &str = "tether:answer:";
+/// How long an asker waits for the nodes' answers.
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+/// Questions this node may have in flight at once (each holds a channel until answered).
+const MAX_IN_FLIGHT: usize = 64;
+
+#[derive(Serialize, Deserialize)]
+struct Asked {
+    id: u64,
+    /// The asking node: where the answer goes.
+    from: String,
+    question: Question,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Answered {
+    id: u64,
+    answer: serde_json::Value,
+}
+
+/// This node's side of the surveys.
+pub struct Control {
+    node: String,
+    waiting: Mutex<HashMap<u64, mpsc::Sender<serde_json::Value>>>,
+}
+
+impl Control {
+    pub fn new(node: String) -> Self {
+        Control { node, waiting: Mutex::new(HashMap::new()) }
+    }
+
+    /// The channel this node's answers come in on.
+    pub fn answers_channel(&self) -> String {
+        format!("{ANSWERS_PREFIX}{}", self.node)
+    }
+
+    /// Send `order` to every node.
+    pub async fn order(
+        &self,
+        commands: &mut ConnectionManager,
+        order: &UserOrder,
+    ) -> redis::RedisResult<Reach> {
+        let text = serde_json::to_string(order).expect("orders always serialize");
+        let nodes: usize =
+            redis::cmd("PUBLISH").arg(ORDERS).arg(text).query_async(commands).await?;
+        Ok(Reach::Nodes(nodes))
+    }
+
+    /// Ask every node (this one too) and gather their answers.
+    pub async fn ask(
+        &self,
+        commands: &mut ConnectionManager,
+        question: Question,
+    ) -> Result<Answers, BrokerError> {
+        let id = rand::random::<u64>();
+        let (tx, mut rx) = mpsc::channel(1024);
+        {
+            let mut waiting = crate::sync::lock(&self.waiting);
+            if waiting.len() >= MAX_IN_FLIGHT {
+                return Err(BrokerError::Limit(format!(
+                    "{MAX_IN_FLIGHT} cluster-wide questions are in flight on this node; retry shortly"
+                )));
+            }
+            waiting.insert(id, tx);
+        }
+        let asked = Asked { id, from: self.node.clone(), question };
+        let text = serde_json::to_string(&asked).expect("questions always serialize");
+        let sent =
+            redis::cmd("PUBLISH").arg(SURVEYS).arg(text).query_async::<usize>(commands).await;
+        let result = match sent {
+            Ok(nodes) => {
+                let mut answers = Vec::with_capacity(nodes);
+                let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
+                while answers.len() < nodes {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(answer)) => answers.push(answer),
+                        _ => break,
+                    }
+                }
+                let missing = nodes - answers.len();
+                Ok(Answers { answers, missing })
+            }
+            Err(e) => Err(BrokerError::Unavailable(format!("Redis: {e}"))),
+        };
+        crate::sync::lock(&self.waiting).remove(&id);
+        result
+    }
+
+    /// A message on one of the control channels: carry out an order, answer a question (in the
+    /// background: the pub/sub task never waits on Redis), or take an answer.
+    pub fn on_message(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        hub: &Arc<dyn LocalSubscribers>,
+        commands: &ConnectionManager,
+    ) -> bool {
+        if channel == ORDERS {
+            match serde_json::from_slice::<UserOrder>(payload) {
+                Ok(order) => _ = hub.order(order),
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed order on the Redis backplane; dropped")
+                }
+            }
+        } else if channel == SURVEYS {
+            let Ok(asked) = serde_json::from_slice::<Asked>(payload) else {
+                tracing::warn!("malformed question on the Redis backplane; dropped");
+                return true;
+            };
+            let answer = Answered { id: asked.id, answer: hub.answer(&asked.question) };
+            let text = serde_json::to_string(&answer).expect("answers always serialize");
+            let mut commands = commands.clone();
+            tokio::spawn(async move {
+                let to = format!("{ANSWERS_PREFIX}{}", asked.from);
+                let sent: redis::RedisResult<u64> =
+                    redis::cmd("PUBLISH").arg(to).arg(text).query_async(&mut commands).await;
+                if let Err(e) = sent {
+                    tracing::debug!(error = %e, "could not answer a cluster-wide question");
+                }
+            });
+        } else if channel.strip_prefix(ANSWERS_PREFIX) == Some(self.node.as_str()) {
+            let Ok(answered) = serde_json::from_slice::<Answered>(payload) else { return true };
+            let waiting = crate::sync::lock(&self.waiting).get(&answered.id).cloned();
+            if let Some(tx) = waiting {
+                let _ = tx.try_send(answered.answer);
+            }
+        } else {
+            return false;
+        }
+        true
+    }
+}
