@@ -564,8 +564,10 @@ export class TetherClient extends EventTarget {
       case 'publication': {
         const entry = this.#channels.get(msg.channel);
         const publication = { channel: msg.channel, offset: msg.offset, epoch: msg.epoch, data: msg.data };
+        // A channel can be both the application's and the server's (a subscribe() to the user's
+        // own channel): both positions move, so whichever is sent after a reconnect is current.
         if (entry) entry.position = { epoch: msg.epoch, offset: msg.offset };
-        else if (this.#serverChannels.has(msg.channel)) this.#serverChannels.set(msg.channel, { epoch: msg.epoch, offset: msg.offset });
+        if (this.#serverChannels.has(msg.channel)) this.#serverChannels.set(msg.channel, { epoch: msg.epoch, offset: msg.offset });
         if (entry) for (const h of entry.handlers) this.#safely(() => h(msg.data, publication));
         this.#emit('publication', publication);
         break;
@@ -585,7 +587,9 @@ export class TetherClient extends EventTarget {
         this.#emit('subscribed', { channel: msg.channel, resubscribe: false, recovered: null, reason: null, server: true });
         break;
       case 'unsubscribed':
+        // Ended by the server: not re-sent after a reconnect, whoever made it.
         this.#serverChannels.delete(msg.channel);
+        this.#channels.delete(msg.channel);
         this.#emit('unsubscribed', { channel: msg.channel });
         break;
       case 'join':

@@ -71,7 +71,7 @@ fn broadcast_history_info_and_batch_answer_and_refuse_by_name() {
         assert!(body["error"].as_str().unwrap().contains(needle), "{params}: {body}");
     }
 
-    // channels: this node's, with subscribers, most subscribed first; a pattern narrows them.
+    // channels: those with subscribers, by name; a pattern narrows them.
     let _subscribers: Vec<_> = ["feed:a", "feed:a", "other"]
         .iter()
         .map(|c| {

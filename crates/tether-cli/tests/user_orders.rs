@@ -8,7 +8,7 @@ mod common;
 use common::json_ws::*;
 use common::*;
 use serde_json::{json, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const SECRET: &str = "user-orders-secret-0123456789";
 const KEY: &str = "user-orders-api-key-0123456789";
@@ -140,9 +140,14 @@ fn server_side_subscriptions(nodes: &Nodes) {
     assert_eq!(subs["user:ada"]["offset"].as_u64(), Some(offset), "{again}");
     assert!(subs["team:red"].is_object() && subs["user:ada"]["recovered"].is_null(), "{again}");
 
-    // A client may subscribe to its own channel itself too (already held here).
+    // A client may attach to its own channel like to any other: a plain ok, no second
+    // subscription (one publication, one delivery).
     let again = call(&mut ada_a, json!({"id": 5, "cmd": "subscribe", "channel": "user:ada"}));
-    assert_eq!(again["error"]["code"], "already_subscribed", "{again}");
+    assert!(again["error"].is_null() && again["result"]["epoch"].is_null(), "{again}");
+    let offset = publish(&nodes.a, "user:ada", json!("once"));
+    assert_eq!(next_push(&mut ada_a)["offset"].as_u64(), Some(offset));
+    quiet(&mut ada_a);
+    next_push(&mut ada_b);
     let other = call(&mut ada_a, json!({"id": 6, "cmd": "subscribe", "channel": "user:bob"}));
     assert_eq!(other["error"]["code"], "forbidden", "{other}");
 }
@@ -303,6 +308,7 @@ fn the_user_methods_refuse_what_does_not_fit() {
     bad("subscribe", json!({"user": "ada", "channel": "bad channel"}), "channel");
     bad("unsubscribe", json!({"user": "", "channel": "news"}), "user");
     bad("disconnect", json!({"user": "ada", "code": 1000}), "code");
+    bad("disconnect", json!({"user": "ada", "code": 4000}), "code");
     bad("disconnect", json!({"user": "ada", "code": 4500, "reconnect": true}), "reconnect");
     bad("disconnect", json!({"user": "ada", "code": 4001, "reconnect": false}), "reconnect");
     bad("disconnect", json!({"user": "ada", "reason": "x".repeat(200)}), "reason");
@@ -398,4 +404,79 @@ fn a_users_first_join_and_last_leave_are_told_once_across_nodes() {
     user_edges(&Nodes::start("edges-memory", None));
     let Some(redis) = redis_or_skip() else { return };
     user_edges(&Nodes::start("edges-redis", redis));
+}
+
+#[test]
+fn a_new_token_for_someone_else_ends_the_previous_users_channel() {
+    let nodes = Nodes::start("switch", None);
+    let (mut ws, _) = connected(&nodes.a, "ada", &["team:red"], json!({}));
+    // Bob's token on the same connection: Ada's channel (and a claim Bob lacks) end, said so.
+    let cmd = json!({"id": 2, "cmd": "connect", "token": token("bob", &[])});
+    send(&mut ws, cmd);
+    let mut ended = [next_json(&mut ws), next_json(&mut ws)];
+    ended.sort_by_key(|m| m["channel"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(ended[0], json!({"type": "unsubscribed", "channel": "team:red"}));
+    assert_eq!(ended[1], json!({"type": "unsubscribed", "channel": "user:ada"}));
+    let reply = next_json(&mut ws);
+    let subs = reply["result"]["subscriptions"].as_object().unwrap();
+    assert_eq!(subs.keys().collect::<Vec<_>>(), ["user:bob"], "{reply}");
+    publish(&nodes.a, "user:ada", json!("for ada"));
+    quiet(&mut ws);
+    // And orders for Ada no longer reach it; Bob's do.
+    let (_, body) = api(&nodes.a, "disconnect", json!({"user": "ada"}));
+    assert_eq!(body, json!({"connections": 0}));
+    quiet(&mut ws);
+}
+
+#[test]
+fn handshake_channels_keep_their_place_before_the_tokens_own() {
+    // One subscription allowed: the `?channel=` the client asked for wins over the user's
+    // channel (which is skipped and logged).
+    let server = Server::start(&[
+        "--jwt-secret",
+        SECRET,
+        "--user-channel",
+        "user:{sub}",
+        "--max-subscriptions",
+        "1",
+        "--anonymous-channel",
+        "feed",
+    ]);
+    let query = format!("?token={}&channel=feed", token("ada", &[]));
+    let mut ws = json_client(&server, &query);
+    quiet(&mut ws);
+    let offset = server.publish("feed", "\"hello\"")["offset"].as_u64();
+    let p = next_push(&mut ws);
+    assert_eq!((p["channel"].as_str(), p["offset"].as_u64()), (Some("feed"), offset), "{p}");
+}
+
+#[test]
+fn questions_whose_asker_hangs_up_stop_waiting_at_once() {
+    use std::io::Write;
+    let Some(redis) = redis_or_skip() else { return };
+    let nodes = Nodes::start("hang-up", redis);
+    let waiting = || nodes.a.metric("tether_cluster_questions_waiting");
+    // Node B hears questions but cannot answer while stopped: node A's `info` waits 2 s for it.
+    nodes.b().signal(nix::sys::signal::Signal::SIGSTOP);
+    let asked = std::time::Instant::now();
+    let request = format!(
+        "POST /api/info HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {KEY}\r\n\
+         content-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+    );
+    let askers: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(nodes.a.addr).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || waiting() == 20.0), "{}", waiting());
+    // They hang up: their questions are forgotten now, not when the 2 s are up.
+    drop(askers);
+    assert!(wait_until(Duration::from_secs(10), || waiting() == 0.0), "{}", waiting());
+    let took = asked.elapsed();
+    assert!(took < Duration::from_millis(1900), "too slow to tell ({took:?}): rerun");
+    nodes.b().signal(nix::sys::signal::Signal::SIGCONT);
+    let (status, info) = api(&nodes.a, "info", json!({}));
+    assert_eq!((status, info["nodes"].as_array().map(Vec::len)), (200, Some(2)), "{info}");
 }

@@ -342,6 +342,7 @@ impl Gateway {
                             m.idempotency_keys.set(n as i64);
                         }
                         m.presence_entries.set(shared.broker.presence_entries() as i64);
+                        m.users.set(shared.hub.users.user_count() as i64);
                         shared.per_ip.sweep_now(shared.now_ms());
                     }
                 }

@@ -89,6 +89,8 @@ pub struct Metrics {
     /// those dropped because a connection had `MAX_PENDING_ORDERS` waiting.
     pub user_orders: Counter,
     pub user_orders_dropped: Counter,
+    /// Users (JWT `sub`) with a connection on this node (refreshed by the housekeeping).
+    pub users: Gauge,
 }
 
 impl Default for Metrics {
@@ -156,6 +158,7 @@ impl Metrics {
             presence_events_dropped: Counter::default(),
             user_orders: Counter::default(),
             user_orders_dropped: Counter::default(),
+            users: Gauge::default(),
         };
         {
             let mut r = crate::sync::lock(&m.registry);
@@ -370,6 +373,11 @@ impl Metrics {
                 "tether_user_orders_dropped",
                 "Server API orders dropped because the connection had 64 waiting already",
                 m.user_orders_dropped.clone(),
+            );
+            t.register(
+                "tether_users",
+                "Users (a token's sub) with at least one connection on this node",
+                m.users.clone(),
             );
             t.register(
                 "process_cpu_seconds",

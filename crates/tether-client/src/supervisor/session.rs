@@ -188,9 +188,14 @@ impl Supervisor {
         }
         match codec::decode_server_message(text) {
             Ok(ServerMessage::Publication { channel, offset, epoch, data }) => {
-                let held = self.channels.get_mut(&channel);
-                if let Some(position) = held.or(self.server_channels.get_mut(&channel)) {
-                    *position = Some(StreamPosition { epoch: epoch.clone(), offset });
+                // A channel can be both the application's and the server's (a subscribe to the
+                // user's own channel): both positions move.
+                let now = StreamPosition { epoch: epoch.clone(), offset };
+                if let Some(position) = self.channels.get_mut(&channel) {
+                    *position = Some(now.clone());
+                }
+                if let Some(position) = self.server_channels.get_mut(&channel) {
+                    *position = Some(now);
                 }
                 self.emit(Event::Publication { channel, offset, epoch, data }).await
             }

@@ -326,8 +326,9 @@ pub(super) async fn history_remove(node: &Node, bytes: &[u8]) -> Answer {
 }
 
 /// `channels` `{"pattern": "chat:*"}`: the channels with subscribers on any node (matching the
-/// pattern, if given), with their subscriber counts summed over the nodes, most subscribed
-/// first; `missing_nodes` when some node did not answer in time.
+/// pattern, if given), with their subscriber counts summed over the nodes: the 10,000 most
+/// subscribed, listed by name (a JSON object); `missing_nodes` when some node did not answer
+/// in time.
 async fn channels(node: &Node, bytes: &[u8]) -> Answer {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -70,15 +70,18 @@ struct DisconnectParams {
 
 /// `disconnect` `{"user": U, "code": 4xxx, "reason": "…", "reconnect": bool}`: every
 /// connection of U closes with the code and reason. The code says whether its client comes
-/// back (4000–4499 reconnect, 4500–4999 stop); `reconnect` alone picks 4001 or 4500, and
+/// back (4001–4499 reconnect, 4500–4999 stop; 4000 is what a client reports for its own
+/// heartbeat timeout, never sent); `reconnect` alone picks 4001 or 4500, and
 /// with a code it must agree with it.
 pub(super) async fn disconnect(node: &Node, bytes: &[u8]) -> Answer {
     let shape = r#"{"user": "...", "code": 4500, "reason": "...", "reconnect": false}"#;
     let p: DisconnectParams = params(bytes, shape)?;
     check_user(&p.user)?;
     let code = match (p.code, p.reconnect) {
-        (Some(code), _) if !(4000..=4999).contains(&code) => {
-            return Err(bad("`code` must be 4000-4999: 4000-4499 reconnect, 4500-4999 stop"))
+        (Some(code), _) if !(4001..=4999).contains(&code) => {
+            return Err(bad(
+                "`code` must be 4001-4999 (4000 is a client's own heartbeat timeout): 4001-4499 reconnect, 4500-4999 stop",
+            ))
         }
         (Some(code), Some(again))
             if (CloseCode(code).advice() != RetryAdvice::Stop) != again =>

@@ -151,6 +151,12 @@ impl RedisBroker {
             "1 while the broker's pub/sub link is up",
             broker_metrics.up.clone(),
         );
+        let control = super::redis_control::Control::new(presence.node.clone());
+        metrics.register(
+            "tether_cluster_questions_waiting",
+            "Cluster-wide questions (the API's channels and info) this node waits on answers for (at most 64)",
+            control.waiting_gauge.clone(),
+        );
         metrics.register(
             "tether_broker_link_pings",
             "Keepalive pings answered on the pub/sub link",
@@ -171,7 +177,7 @@ impl RedisBroker {
             last_error: Arc::new(Mutex::new(None)),
             run_id: Mutex::new(String::new()),
             metrics: broker_metrics,
-            control: super::redis_control::Control::new(presence.node.clone()),
+            control,
             presence: Arc::new(super::redis_presence::RedisPresence::new(
                 presence.node,
                 presence.ttl,

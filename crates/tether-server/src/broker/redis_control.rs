@@ -6,6 +6,7 @@
 
 use super::{BrokerError, LocalSubscribers, Reach};
 use crate::control::{Answers, Question, UserOrder};
+use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -41,11 +42,25 @@ struct Answered {
 pub struct Control {
     node: String,
     waiting: Mutex<HashMap<u64, mpsc::Sender<serde_json::Value>>>,
+    /// `waiting.len()`, as `tether_cluster_questions_waiting`.
+    pub waiting_gauge: Gauge,
+}
+
+/// Takes a question's waiter out of the map however its asker ends (answered, timed out, or
+/// dropped when the HTTP client goes away mid-wait).
+struct Waiting<'a>(&'a Control, u64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut waiting = crate::sync::lock(&self.0.waiting);
+        waiting.remove(&self.1);
+        self.0.waiting_gauge.set(waiting.len() as i64);
+    }
 }
 
 impl Control {
     pub fn new(node: String) -> Self {
-        Control { node, waiting: Mutex::new(HashMap::new()) }
+        Control { node, waiting: Mutex::new(HashMap::new()), waiting_gauge: Gauge::default() }
     }
 
     /// The channel this node's answers come in on.
@@ -81,12 +96,14 @@ impl Control {
                 )));
             }
             waiting.insert(id, tx);
+            self.waiting_gauge.set(waiting.len() as i64);
         }
+        let _waiting = Waiting(self, id);
         let asked = Asked { id, from: self.node.clone(), question };
         let text = serde_json::to_string(&asked).expect("questions always serialize");
         let sent =
             redis::cmd("PUBLISH").arg(SURVEYS).arg(text).query_async::<usize>(commands).await;
-        let result = match sent {
+        match sent {
             Ok(nodes) => {
                 let mut answers = Vec::with_capacity(nodes);
                 let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
@@ -100,9 +117,7 @@ impl Control {
                 Ok(Answers { answers, missing })
             }
             Err(e) => Err(BrokerError::Unavailable(format!("Redis: {e}"))),
-        };
-        crate::sync::lock(&self.waiting).remove(&id);
-        result
+        }
     }
 
     /// A message on one of the control channels: carry out an order, answer a question (in the

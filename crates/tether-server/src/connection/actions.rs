@@ -28,9 +28,10 @@ impl Connection {
             Action::Subscribe { id, channel, recover } => {
                 Box::pin(self.subscribe(ws, id, &channel, recover.as_ref())).await
             }
-            Action::Connect { id, subs, previous } => {
-                Box::pin(self.connected(ws, id, subs, previous)).await
+            Action::Connect { id, subs, previous, dropped } => {
+                Box::pin(self.connected(ws, id, subs, previous, dropped)).await
             }
+            Action::Held { id } => self.reply(ws, Session::ok(id)).await,
             Action::Unsubscribe { id, channel } => {
                 self.leave(&channel);
                 self.reply(ws, Session::ok(id)).await

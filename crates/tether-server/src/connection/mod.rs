@@ -187,13 +187,15 @@ impl Connection {
         let opened = shared.parking.ticks(now);
         let session = Session::new(&shared.config, mode, grant, now.into_std(), opened);
         let mut conn = Connection { id, shared, queue, lot_key, peer, opened, session };
-        conn.adopt_grant();
         for channel in channels {
             // Validated at the handshake; a duplicate `?channel=` is simply ignored here.
             if crate::session::subscribable(&conn.shared.config, &*conn.queue, &channel).is_ok() {
                 conn.join(&channel, None);
             }
         }
+        // After the `?channel=`s, which the handshake counted against `max_subscriptions`:
+        // a server-side subscription that no longer fits is the one skipped (and logged).
+        conn.adopt_grant();
         (conn, resync_seen)
     }
 

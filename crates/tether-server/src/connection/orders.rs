@@ -79,7 +79,14 @@ impl Connection {
         id: u64,
         subs: BTreeMap<String, StreamPosition>,
         previous: Option<String>,
+        dropped: Vec<String>,
     ) -> Option<Ending> {
+        // The previous token's, which this one neither makes nor allows: ended, and said so.
+        for channel in dropped {
+            if let Some(ending) = self.unsubscribed(ws, &channel).await {
+                return Some(ending);
+            }
+        }
         if let Some(previous) = previous.filter(|p| Some(p.as_str()) != self.user()) {
             self.shared.hub.users.remove(&previous, self.id);
         }
@@ -174,6 +181,7 @@ impl Connection {
             return None;
         }
         if self.session.mode() != Mode::Json {
+            // No recovery, no message in raw mode: no watermark to set first, nothing to hold.
             self.join(channel, None);
             return None;
         }
@@ -200,7 +208,7 @@ impl Connection {
         self.write_replay(ws, told.into_iter()).await.err().map(|e| self.write_failed(e))
     }
 
-    /// The API unsubscribed this connection from `channel`.
+    /// The API (or a new token) ended this connection's subscription to `channel`.
     async fn unsubscribed(&mut self, ws: &mut Ws, channel: &str) -> Option<Ending> {
         if !self.queue.with_subscriptions(|s| s.contains(channel)) {
             return None;

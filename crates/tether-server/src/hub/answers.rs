@@ -15,7 +15,7 @@ impl Hub {
         let _ = self.name.set(name.to_owned());
     }
 
-    /// `Channels`: `{"channels": {NAME: subscribers}}`, most subscribed first, reserved
+    /// `Channels`: `{"channels": {NAME: subscribers}}` (the 10,000 most subscribed), reserved
     /// channels left out. `Info`: name, version, uptime, connections, subscriptions.
     pub fn answer(&self, question: &Question) -> Value {
         match question {

@@ -80,12 +80,19 @@ pub(crate) enum Action {
         recover: Option<StreamPosition>,
     },
     /// The connection authenticated (`connect`): it now belongs to the token's user (before:
-    /// `previous`); make the token's server-side subscriptions (recovering those in `subs`),
-    /// then reply with them.
+    /// `previous`); end the previous token's server-side subscriptions the new one neither
+    /// makes nor allows (`dropped`), make the new one's (recovering those in `subs`), then
+    /// reply with them.
     Connect {
         id: u64,
         subs: std::collections::BTreeMap<String, StreamPosition>,
         previous: Option<String>,
+        dropped: Vec<String>,
+    },
+    /// A `subscribe` to a channel the server already subscribed this connection to (its
+    /// token's): a plain ok, so that a client may attach to it like to any other.
+    Held {
+        id: u64,
     },
     /// Drop the subscription and reply ok ([`Session::ok`]).
     Unsubscribe {
@@ -285,6 +292,11 @@ impl Session {
                     Access::TokenRequired => return Action::Close(Close::token_required(&channel)),
                     Access::TokenExpired => return Action::Close(Close::token_expired()),
                 }
+                let server_side =
+                    self.grant.as_ref().is_some_and(|g| g.server_channels.contains(&channel));
+                if server_side && held.holds(&channel) {
+                    return Action::Held { id };
+                }
                 match subscribable(rules.config, held, &channel) {
                     Ok(()) => Action::Subscribe { id, channel, recover },
                     Err(error) => reply(rules, ServerMessage::err(Some(id), error)),
@@ -344,8 +356,17 @@ impl Session {
             Ok(grant) => {
                 tracing::debug!(sub = ?grant.sub, "authenticated");
                 let previous = self.grant.as_ref().and_then(|g| g.sub.clone());
+                let dropped = match &self.grant {
+                    Some(old) => old
+                        .server_channels
+                        .iter()
+                        .filter(|c| !grant.server_channels.contains(c) && !grant.may_subscribe(c))
+                        .cloned()
+                        .collect(),
+                    None => Vec::new(),
+                };
                 self.grant = Some(Arc::new(grant));
-                Action::Connect { id, subs, previous }
+                Action::Connect { id, subs, previous, dropped }
             }
             Err(TokenError::Expired) => Action::Close(Close::token_expired()),
             Err(TokenError::Invalid(why)) => Action::Close(Close::token_invalid(&why)),

@@ -216,7 +216,9 @@ fn tokens_decide_access_and_bad_ones_close() {
     let claims = serde_json::json!({"sub": "ada", "exp": exp, "subscribe": ["news:*"], "publish": ["chat:ada"]});
     let connect = format!(r#"{{"id":2,"cmd":"connect","token":"{}"}}"#, token(claims));
     match json(&mut s, &w, &held, &connect) {
-        Action::Connect { id: 2, subs, previous: None } => assert!(subs.is_empty()),
+        Action::Connect { id: 2, subs, previous: None, dropped } => {
+            assert!(subs.is_empty() && dropped.is_empty())
+        }
         other => panic!("expected the connect to be carried out, got {other:?}"),
     }
     assert!(matches!(json(&mut s, &w, &held, &sub("news:eu")), Action::Subscribe { .. }));
