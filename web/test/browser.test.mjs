@@ -4,7 +4,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import {
-  JWT_SECRET, Relay, Server, browser, ensureOutputDir, events, pageWithClient, requirements, token, waitEvents, waitFor,
+  JWT_SECRET, Redis, Relay, Server, browser, ensureOutputDir, events, pageWithClient, requirements, token, waitEvents, waitFor,
 } from './harness.mjs';
 
 const req = await requirements();
@@ -420,4 +420,42 @@ test('tether.js reports joins and leaves, batches unpacked into one event per ch
   assert.deepEqual(seen.filter((c) => c.startsWith('join ')).map((c) => c.slice(5)), ids, 'joins in order');
   assert.deepEqual(seen.filter((c) => c.startsWith('leave ')).map((c) => c.slice(6)).sort(), [...ids].sort());
   await a.close();
+});
+
+test('a plain EventSource on /sse recovers with Last-Event-ID across a kill -9 and restart of its node (Redis history)', { skip: req.skip }, async () => {
+  const redis = await Redis.start();
+  if (!redis) return;
+  try {
+    const args = ['--broker', redis.url, '--history', 'feed=100/5m'];
+    let a = await start(args);
+    const b = await start(args);
+    const page = await ctx.newPage();
+    await page.goto(`${a.http}/healthz`); // any page of the node's origin
+    await page.evaluate(() => {
+      window.seen = [];
+      window.hello = [];
+      const es = new EventSource('/sse?channel=feed');
+      es.onmessage = (e) => window.seen.push({ n: JSON.parse(e.data).data.n, id: e.lastEventId });
+      es.addEventListener('subscribed', (e) => window.hello.push(JSON.parse(e.data).feed));
+    });
+    await page.waitForFunction(() => window.hello.length === 1);
+    // Published on the other node: the stream gets them through Redis.
+    for (let n = 1; n <= 2; n++) await b.publish('feed', { n });
+    await page.waitForFunction(() => window.seen.length === 2);
+    await a.kill9();
+    for (let n = 3; n <= 5; n++) await b.publish('feed', { n });
+    a = await restart(a);
+    // The browser reconnects by itself, with the last id it saw.
+    await page.waitForFunction(() => window.hello.length === 2, null, { timeout: 15000 });
+    const hello = await page.evaluate(() => window.hello);
+    assert.equal(hello[1].recovered, true, JSON.stringify(hello));
+    await b.publish('feed', { n: 6 });
+    await page.waitForFunction(() => window.seen.length >= 6);
+    const seen = await page.evaluate(() => window.seen);
+    assert.deepEqual(seen.map((e) => e.n), [1, 2, 3, 4, 5, 6], 'exactly the missed ones, in order, then live');
+    assert.match(seen[5].id, /^[0-9a-f]+:6$/);
+    await page.close();
+  } finally {
+    await redis.stop();
+  }
 });

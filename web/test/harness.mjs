@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
+import net from 'node:net';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const repo = join(here, '..', '..');
@@ -343,6 +344,57 @@ export async function waitEvents(page, type, count = 1, ms = 10000) {
 export function ensureOutputDir() {
   mkdirSync(outputDir, { recursive: true });
   return outputDir;
+}
+
+/**
+ * A real `redis-server` on a free loopback port, without persistence, in a temp dir; stopped by
+ * PID. Missing: the test fails under CI and is skipped (loudly) otherwise, like the browser.
+ */
+export class Redis {
+  static bin() {
+    for (const dir of ['/usr/bin', '/usr/local/bin', '/usr/sbin']) {
+      if (existsSync(join(dir, 'redis-server'))) return join(dir, 'redis-server');
+    }
+    return null;
+  }
+
+  static async start() {
+    const bin = Redis.bin();
+    if (!bin) {
+      const why = 'redis-server is missing (apt-get install redis-server; scripts/test does)';
+      if (underCI()) throw new Error(why);
+      console.error(`\n!!!!!!!! SKIPPED: ${why} !!!!!!!!\n`);
+      return null;
+    }
+    const r = new Redis();
+    const probe = net.createServer();
+    await new Promise((resolve) => probe.listen(0, '127.0.0.1', resolve));
+    r.port = probe.address().port;
+    await new Promise((resolve) => probe.close(resolve));
+    r.dir = mkdtempSync(join(tmpdir(), 'tether-redis-'));
+    r.child = spawn(bin, ['--port', String(r.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', r.dir], {
+      stdio: 'ignore',
+    });
+    r.exited = new Promise((resolve) => r.child.on('exit', resolve));
+    await waitFor('redis-server to accept connections', () => new Promise((resolve) => {
+      const c = net.connect(r.port, '127.0.0.1', () => {
+        c.end();
+        resolve(true);
+      });
+      c.on('error', () => resolve(false));
+    }));
+    return r;
+  }
+
+  get url() {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  async stop() {
+    process.kill(this.child.pid, 'SIGKILL');
+    await this.exited;
+    rmSync(this.dir, { recursive: true, force: true });
+  }
 }
 
 /**

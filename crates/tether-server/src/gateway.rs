@@ -238,6 +238,7 @@ impl Gateway {
         }
         router
             .route("/ws", get(crate::upgrade::ws_handler))
+            .route("/sse", get(crate::sse::sse_handler))
             .route("/api/{method}", post(crate::api::call).fallback(crate::api::method_not_allowed))
             .route("/healthz", get(crate::api::healthz))
             .route("/readyz", get(crate::api::readyz))

@@ -13,8 +13,8 @@
 //! 4. `parking`, `hub`, `broker`
 //! 5. `transport`, `dashboard`, `session`
 //! 6. `gate`, `node`
-//! 7. `connection`, `api`
-//! 8. `host`, `upgrade`, `listener`
+//! 7. `connection`, `api`, `admission`
+//! 8. `host`, `upgrade`, `sse`, `listener`
 //! 9. `gateway`
 //!
 //! What each holds:
@@ -46,8 +46,11 @@
 //! - `gate` — the one way out to an active connection's socket; `node` — the state every
 //!   route and connection task shares.
 //! - `connection` — one task per connection: heartbeat, commands, close diagnostics; `api` —
-//!   `POST /api/publish`, health, metrics, heap profiles.
+//!   `POST /api/publish`, health, metrics, heap profiles; `admission` — what every connection
+//!   must pass first (per-address limits, token, a slot), WebSocket or SSE.
 //! - `handshake` (layer 3) — the WebSocket handshake as data: validation and answers.
+//! - `sse` — `GET /sse?channel=`: a channel's publications as Server-Sent Events for any
+//!   `EventSource`, recovered from `Last-Event-ID`.
 //! - [`host`] — the DNS-rebinding guard in front of every route; `upgrade` — the HTTP →
 //!   WebSocket upgrade: admission order, hand-over to a connection task; `listener` — `tether serve`'s own HTTP
 //!   server: accept loop, pending-handshake cap, TLS, hyper.
@@ -56,6 +59,7 @@
 //! The protocol itself (commands, codec, close codes, heartbeat and reconnect state machines)
 //! lives in `tether-core`, with no I/O.
 
+mod admission;
 mod api;
 pub mod auth;
 pub mod broker;
@@ -80,6 +84,7 @@ pub mod per_ip;
 pub mod presence;
 mod publication;
 mod session;
+mod sse;
 pub mod stats;
 pub mod svg_chart;
 mod sync;

@@ -6,122 +6,17 @@
 //! rather than through axum's `WebSocketUpgrade`, to set tungstenite's buffer sizes and to map its
 //! typed errors (capacity, UTF-8, protocol) to the right close codes.
 
+use crate::admission::{admit, refused, release_client, Admitted, Denied};
 use crate::api::json_error;
-use crate::config::channel_option;
 use crate::connection::ConnectionTask;
 use crate::handshake::{check_handshake, switching_protocols, Accepted, Refusal};
 use crate::metrics::ReasonLabels;
 use crate::node::Node;
 use crate::publication::Mode;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use std::net::{IpAddr, SocketAddr};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
 use std::sync::Arc;
-
-/// `?token=` (raw mode, or any client that cannot send `connect`), checked before the upgrade,
-/// and the `?channel=`s it must cover. Browsers cannot read an HTTP refusal, so they should
-/// authenticate with the `connect` command instead, which answers with a close code.
-fn check_token(
-    shared: &crate::node::Node,
-    query: Option<&str>,
-    channels: &[String],
-) -> Result<Option<std::sync::Arc<crate::auth::Grant>>, Refusal> {
-    use crate::auth::{Access, TokenError};
-    let Some(verifier) = shared.auth.as_ref() else { return Ok(None) };
-    let token = form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .find(|(k, _)| k == "token")
-        .map(|(_, v)| v.into_owned());
-    let grant = match token.map(|t| verifier.verify(&t)) {
-        None => None,
-        Some(Ok(grant)) => Some(std::sync::Arc::new(grant)),
-        Some(Err(TokenError::Expired)) => return Err(token_expired()),
-        Some(Err(TokenError::Invalid(why))) => {
-            return Err(Refusal::new(
-                "token_invalid",
-                StatusCode::UNAUTHORIZED,
-                format!("token not accepted: {why}"),
-            ))
-        }
-    };
-    for channel in channels {
-        let anonymous = channel_option(&shared.config.channel, channel, |r| r.anonymous);
-        let anonymous = anonymous.unwrap_or(false);
-        match crate::auth::access(Some(verifier), anonymous, grant.as_deref(), channel, false) {
-            Access::Allowed => {}
-            Access::Forbidden => {
-                return Err(Refusal::new(
-                    "forbidden",
-                    StatusCode::FORBIDDEN,
-                    format!("the token does not allow subscribing to `{channel}`"),
-                ))
-            }
-            Access::TokenExpired => return Err(token_expired()),
-            Access::TokenRequired => {
-                return Err(Refusal::new(
-                    "token_required",
-                    StatusCode::UNAUTHORIZED,
-                    format!("`{channel}` needs a token: add ?token=JWT to the URL"),
-                ))
-            }
-        }
-    }
-    Ok(grant)
-}
-
-fn token_expired() -> Refusal {
-    Refusal::new(
-        "token_expired",
-        StatusCode::UNAUTHORIZED,
-        "token expired: fetch a fresh one and reconnect",
-    )
-}
-
-/// The per-address limits, for the client this request comes from: 429 when over them.
-/// `Ok`: one connection is counted for `client` until released.
-fn admit_client(shared: &crate::node::Node, client: IpAddr) -> Result<(), Refusal> {
-    use crate::per_ip::Refused;
-    match shared.per_ip.admit(client, shared.now_ms()) {
-        Ok(()) => Ok(()),
-        Err(Refused::Rate) => Err(Refusal::new(
-            "handshake_rate",
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "more than {} handshakes per second from {client}; slow down",
-                shared.config.handshake_rate_per_ip
-            ),
-        )
-        .with_header(header::RETRY_AFTER, "1")),
-        Err(Refused::Connections) => Err(Refusal::new(
-            "per_ip_connections",
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "{} connections already open from {client} (max_connections_per_ip)",
-                shared.config.max_connections_per_ip
-            ),
-        )
-        .with_header(header::RETRY_AFTER, "5")),
-    }
-}
-
-/// Who the request comes from: the peer, or the client a trusted proxy names. `None` when
-/// the host application serves the router without peer addresses (then there are no
-/// per-address limits, which is said once in the log).
-fn client_of(shared: &crate::node::Node, req: &Request) -> Option<SocketAddr> {
-    let Some(peer) = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0) else {
-        use std::sync::atomic::Ordering;
-        if !shared.warned_no_peer.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "the HTTP server gives no peer addresses (serve the router with \
-                 into_make_service_with_connect_info::<SocketAddr>()): per-address limits are off"
-            );
-        }
-        return None;
-    };
-    let trusted = &shared.config.trusted_proxies;
-    let client = crate::forwarded::client_address(peer.ip(), req.headers(), trusted);
-    Some(if client == peer.ip() { peer } else { SocketAddr::new(client, 0) })
-}
 
 pub(crate) async fn ws_handler(State(node): State<Arc<Node>>, req: Request) -> Response {
     upgrade(node, req, false).await
@@ -138,18 +33,8 @@ async fn upgrade(node: Arc<Node>, mut req: Request, echo: bool) -> Response {
     // Held from before the shutdown check until the connection task ends, so that shutdown
     // waits for a handshake racing it instead of missing it.
     let tracked = shared.tracker.token();
-    let refuse = |r: Refusal| {
-        shared.metrics.handshakes_refused.get_or_create(&ReasonLabels { reason: r.reason }).inc();
-        let mut resp = (r.status, axum::Json(r.body)).into_response();
-        if let Some((name, value)) = r.header {
-            resp.headers_mut().insert(name, HeaderValue::from_static(value));
-        }
-        resp
-    };
-    // Admission, cheapest and most specific first (decision 0009): the request's own shape,
-    // then this client's limits, then the server-wide budget, and only then the token
-    // (a signature check), so that neither a flood from one address nor forged tokens can
-    // spend what everyone shares.
+    let refuse = |r: Refusal| refused(shared, r);
+    // The request's own shape first, then admission (see `admission::admit`).
     let Accepted { accept_key: accept, mut mode, channels, deflate } =
         match check_handshake(req.headers(), req.uri().query(), &shared.config, &shared.origins) {
             Ok(a) => a,
@@ -162,55 +47,15 @@ async fn upgrade(node: Arc<Node>, mut req: Request, echo: bool) -> Response {
         }
         mode = Mode::Echo;
     }
-    if shared.stopping() {
-        return refuse(
-            Refusal::new(
-                "shutting_down",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server is shutting down; reconnect shortly",
-            )
-            .with_header(header::RETRY_AFTER, "1"),
-        );
-    }
-    let peer = client_of(shared, &req);
-    if let Some(peer) = peer {
-        if let Err(r) = admit_client(shared, peer.ip()) {
-            return refuse(r);
+    let Admitted { peer, grant, slot } = match admit(shared, &req, &channels) {
+        Ok(a) => a,
+        Err(Denied::Refused(r)) => return refuse(r),
+        Err(Denied::OverBudget) => {
+            return over_budget(&node, &mut req, &accept, mode, tracked, refuse);
         }
-    }
-    // From here on, every way out gives the client's connection back.
-    let release = || {
-        if let Some(peer) = peer {
-            shared.per_ip.release(peer.ip(), shared.now_ms());
-        }
-    };
-    if !shared.admit_handshake() {
-        release();
-        return over_budget(&node, &mut req, &accept, mode, tracked, refuse);
-    }
-    let grant = match check_token(shared, req.uri().query(), &channels) {
-        Ok(grant) => grant,
-        Err(r) => {
-            release();
-            return refuse(r);
-        }
-    };
-    let Ok(slot) = shared.connection_slots.clone().try_acquire_owned() else {
-        release();
-        return refuse(
-            Refusal::new(
-                "max_connections",
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "connection limit reached ({} open); retry later",
-                    shared.config.max_connections
-                ),
-            )
-            .with_header(header::RETRY_AFTER, "5"),
-        );
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
-        release();
+        release_client(shared, peer);
         return json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "this HTTP connection cannot be upgraded (is the app served over HTTP/1.1 by hyper?)",
