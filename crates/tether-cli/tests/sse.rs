@@ -37,14 +37,26 @@ struct Stream {
 }
 
 fn open(url: &str, last_event_id: Option<&str>) -> Stream {
+    let headers: Vec<(&str, &str)> =
+        last_event_id.map(|id| ("last-event-id", id)).into_iter().collect();
+    open_with(url, &headers).0
+}
+
+/// A stream with these request headers; also the response's `Access-Control-Allow-Origin`.
+fn open_with(url: &str, headers: &[(&str, &str)]) -> (Stream, Option<String>) {
     let agent: ureq::Agent =
         ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let mut req = agent.get(url);
-    if let Some(id) = last_event_id {
-        req = req.header("last-event-id", id);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let resp = req.call().expect("GET /sse");
     let status = resp.status().as_u16();
+    let allow = resp
+        .headers()
+        .get("access-control-allow-origin")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let content_type = resp
         .headers()
         .get("content-type")
@@ -87,10 +99,20 @@ fn open(url: &str, last_event_id: Option<&str>) -> Stream {
             }
         }
     });
-    Stream { events, status, content_type }
+    (Stream { events, status, content_type }, allow)
 }
 
 impl Stream {
+    /// The next event, a `disconnect` with `code` that says to come back; with its advice.
+    fn disconnect(&self, code: u64) -> (Event, serde_json::Value) {
+        let bye = self.next();
+        assert_eq!(bye.event, "disconnect", "{bye:?}");
+        let advice = bye.json();
+        let said = (advice["code"].as_u64(), advice["reconnect"].as_bool());
+        assert_eq!(said, (Some(code), Some(true)), "{advice}");
+        (bye, advice)
+    }
+
     /// The next event that is not a heartbeat comment.
     fn next(&self) -> Event {
         loop {
@@ -172,14 +194,7 @@ fn several_channels_share_one_id_and_shutdown_says_when_to_come_back() {
 
     // Graceful shutdown: the stream is told to come back (1012, with the hint), then ends.
     server.signal(nix::sys::signal::Signal::SIGTERM);
-    let bye = s.next();
-    assert_eq!(bye.event, "disconnect", "{bye:?}");
-    let advice = bye.json();
-    assert_eq!(
-        (advice["code"].as_u64(), advice["reconnect"].as_bool()),
-        (Some(1012), Some(true)),
-        "{advice}"
-    );
+    let (bye, advice) = s.disconnect(1012);
     assert_eq!(advice["retry_after_ms"], 500, "{advice}");
     let retry = bye.retry.expect("a retry line");
     assert!((500..=1000).contains(&retry), "the hint to twice it: {retry}");
@@ -224,4 +239,73 @@ fn events_get_through_nginx_as_they_come() {
     assert_eq!((s.status, s.next().event.as_str()), (200, "subscribed"));
     server.publish("news", "\"through nginx\"");
     assert_eq!(s.next().json()["data"], "through nginx");
+}
+
+#[test]
+fn a_stream_does_not_count_as_an_unfinished_handshake() {
+    // Two unfinished connections at most: the oldest gives way to a new one (slowloris
+    // defence). An open stream is established, not unfinished: it must not be the one cut.
+    let server = Server::start(&["--max-pending-handshakes", "2"]);
+    let s = open(&server.http("/sse?channel=news"), None);
+    assert_eq!(s.next().event, "subscribed");
+    let idle: Vec<std::net::TcpStream> =
+        (0..4).map(|_| std::net::TcpStream::connect(server.addr).unwrap()).collect();
+    assert!(wait_until(T, || server.metric("tether_pending_handshakes_evicted_total") >= 2.0));
+    server.publish("news", "\"still here\"");
+    assert_eq!(s.next().json()["data"], "still here");
+    drop(idle);
+}
+
+#[test]
+fn over_a_limit_the_reader_is_told_when_to_come_back_not_refused() {
+    // An EventSource gives up for good on any answer but 200: a limit it can wait out comes
+    // as a stream of one `disconnect` event with a `retry:`.
+    let server = Server::start(&["--max-connections", "1"]);
+    let first = open(&server.http("/sse?channel=news"), None);
+    assert_eq!(first.next().event, "subscribed");
+    let second = open(&server.http("/sse?channel=news"), None);
+    assert_eq!(second.status, 200);
+    let (bye, _) = second.disconnect(1013);
+    let retry = bye.retry.expect("a retry line");
+    assert!((5000..=10000).contains(&retry), "Retry-After 5 s to twice it: {retry}");
+}
+
+#[test]
+fn odd_input_is_told_not_mangled() {
+    let server =
+        Server::start(&["--history", "feed=10/1m", "--allowed-origin", "https://app.example"]);
+    // A Last-Event-ID that names no position: a gap on every channel, then live.
+    let s = open(&server.http("/sse?channel=feed&channel=other"), Some("garbage"));
+    for channel in ["feed", "other"] {
+        let gap = s.next();
+        assert_eq!((gap.event.as_str(), gap.json()["channel"].as_str()), ("gap", Some(channel)));
+    }
+    assert_eq!(s.next().event, "subscribed");
+    // A lone CR between JSON tokens (valid JSON whitespace) must not end the SSE line.
+    let (status, body) = server.post_publish("{\"channel\":\"feed\",\"data\":{\"a\":1,\r\"b\":2}}");
+    assert_eq!(status, 200, "{body}");
+    let p = s.next().json();
+    assert_eq!((p["data"]["a"].as_u64(), p["data"]["b"].as_u64()), (Some(1), Some(2)), "{p}");
+    // A page of an allowed origin may read the stream.
+    let (s, allow) =
+        open_with(&server.http("/sse?channel=feed"), &[("origin", "https://app.example")]);
+    assert_eq!((s.status, allow.as_deref()), (200, Some("https://app.example")));
+}
+
+#[test]
+fn the_apis_disconnect_reaches_a_users_streams() {
+    const SECRET: &str = "sse-secret-0123456789";
+    const KEY: &str = "sse-api-key-0123456789";
+    let server = Server::start(&["--jwt-secret", SECRET, "--api-key", KEY]);
+    let token = tether(&["token", "--secret", SECRET, "--sub", "ada", "--subscribe", "news"], &[]);
+    let token = String::from_utf8(token.stdout).unwrap();
+    let s = open(&server.http(&format!("/sse?channel=news&token={}", token.trim())), None);
+    assert_eq!(s.next().event, "subscribed");
+    let body = r#"{"user": "ada", "code": 4321, "reason": "moved"}"#;
+    let (status, answer) = api_call(&server, Some(KEY), "disconnect", body);
+    assert_eq!((status, answer["connections"].as_u64()), (200, Some(1)), "{answer}");
+    let bye = s.next();
+    assert_eq!(bye.event, "disconnect");
+    assert_eq!(bye.json()["code"], 4321);
+    assert_eq!(bye.json()["reason"], "moved");
 }

@@ -9,6 +9,7 @@
 use crate::node::Node;
 use axum::Router;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,8 +54,11 @@ pub(crate) async fn run<R>(
         let _ = tcp.set_nodelay(true);
         // Counted from accept until the connection upgrades or ends.
         let place = node.pending.enter();
+        let evicted = place.eviction();
+        let place = crate::pending::Held(Arc::new(std::sync::Mutex::new(Some(place))));
         let service = app.clone().map_request(move |mut req: axum::extract::Request<_>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(place.clone());
             req
         });
         let service = hyper_util::service::TowerToHyperService::new(service);
@@ -75,7 +79,7 @@ pub(crate) async fn run<R>(
             };
             tokio::select! {
                 _ = served => {}
-                _ = place.evicted() => {
+                _ = evicted.cancelled() => {
                     tracing::debug!(%peer, "closed unfinished: max_pending_handshakes")
                 }
             }

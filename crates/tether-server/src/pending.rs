@@ -31,9 +31,22 @@ pub(crate) struct Place {
 }
 
 impl Place {
-    /// Resolves when the connection was closed to make room for a newer one.
-    pub async fn evicted(&self) {
-        self.evicted.cancelled().await
+    /// Cancelled when the connection was closed to make room for a newer one.
+    pub fn eviction(&self) -> CancellationToken {
+        self.evicted.clone()
+    }
+}
+
+/// A connection's place, for the request it carries: a response that will stream for long
+/// (SSE) gives it back once it is established, as an upgrade does, so that long-lived streams
+/// neither count as unfinished handshakes nor get evicted as the oldest of them.
+#[derive(Clone)]
+pub(crate) struct Held(pub Arc<std::sync::Mutex<Option<Place>>>);
+
+impl Held {
+    /// The connection is established: no longer pending.
+    pub fn settle(&self) {
+        drop(crate::sync::lock(&self.0).take());
     }
 }
 

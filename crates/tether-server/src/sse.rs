@@ -23,6 +23,7 @@ use crate::admission::{admit, refused, Admitted, Denied};
 use crate::handshake::{channels_from_query, Refusal};
 use crate::hub::{Outbound, OutboundQueue, Subscriber};
 use crate::mailbox::Admission;
+use crate::metrics::ReasonLabels;
 use crate::node::Node;
 use crate::publication::{ConnId, Mode};
 use axum::body::Body;
@@ -60,8 +61,14 @@ pub(crate) async fn sse_handler(State(node): State<Arc<Node>>, req: Request) -> 
     if let Err(e) = crate::origin::check(text(header::ORIGIN), text(header::HOST), &node.origins) {
         return refuse(Refusal::new("origin", StatusCode::FORBIDDEN, e));
     }
+    // Allowed above: a page of another origin may read the stream (a plain `EventSource`
+    // sends no credentials; the token, if any, is in the URL).
+    let origin = text(header::ORIGIN).and_then(|o| HeaderValue::from_str(o).ok());
     let Admitted { peer, grant, slot } = match admit(&node, &req, &channels) {
         Ok(a) => a,
+        Err(Denied::Refused(r)) if matches!(r.status.as_u16(), 429 | 503) => {
+            return come_back_later(&node, r, origin)
+        }
         Err(Denied::Refused(r)) => return refuse(r),
         Err(Denied::OverBudget) => {
             let busy = Refusal::new(
@@ -69,12 +76,16 @@ pub(crate) async fn sse_handler(State(node): State<Arc<Node>>, req: Request) -> 
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server busy (max_handshake_rate); retry later",
             );
-            return refuse(busy.with_header(header::RETRY_AFTER, "1"));
+            return come_back_later(&node, busy.with_header(header::RETRY_AFTER, "1"), origin);
         }
     };
     slot.forget(); // given back by `Drop for Stream`
-    let since = last_event_id(text(header::HeaderName::from_static("last-event-id")), query)
-        .and_then(|ids| parse_positions(&ids, channels.len()));
+                   // Established: a stream is not an unfinished handshake (see `pending::Held`).
+    if let Some(place) = req.extensions().get::<crate::pending::Held>() {
+        place.settle();
+    }
+    let asked = last_event_id(text(header::HeaderName::from_static("last-event-id")), query);
+    let since = asked.map(|ids| parse_positions(&ids, channels.len()).ok_or(ids));
     let (tx, rx) = mpsc::channel::<Bytes>(BODY_CHUNKS);
     let stream = Stream::open(node.clone(), peer, channels, grant.as_deref());
     node.tracker.spawn(async move {
@@ -84,12 +95,40 @@ pub(crate) async fn sse_handler(State(node): State<Arc<Node>>, req: Request) -> 
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
     });
-    let mut resp = Response::new(Body::from_stream(body));
+    event_stream(Body::from_stream(body), origin)
+}
+
+/// A `200 text/event-stream` answer with `body`.
+fn event_stream(body: Body, origin: Option<HeaderValue>) -> Response {
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(origin) = origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(header::VARY, HeaderValue::from_static("origin"));
+    }
     resp
+}
+
+/// A refusal that retrying can cure (shutting down, over a limit), for a reader that would
+/// give up for good on any answer but 200: an `EventSource`. Told as a stream of one
+/// `disconnect` event instead, with `retry:` set to the hint (jittered), the SSE form of a
+/// WebSocket's 101-then-1013.
+fn come_back_later(node: &Node, r: Refusal, origin: Option<HeaderValue>) -> Response {
+    node.metrics.handshakes_refused.get_or_create(&ReasonLabels { reason: r.reason }).inc();
+    let code = match r.reason {
+        "shutting_down" => CloseCode::SERVICE_RESTART,
+        _ => CloseCode::TRY_AGAIN_LATER,
+    };
+    let secs = r.header.and_then(|(_, v)| v.parse::<u64>().ok()).unwrap_or(1);
+    let hint = Duration::from_secs(secs);
+    let reason = r.body["error"].as_str().unwrap_or("try again later");
+    let advice = serde_json::json!({"code": code.0, "reason": reason, "reconnect": true, "retry_after_ms": hint.as_millis() as u64});
+    let retry = jittered(hint).as_millis();
+    let text = format!("retry: {retry}\nevent: disconnect\ndata: {advice}\n\n");
+    event_stream(Body::from(text), origin)
 }
 
 /// The position the browser asks to continue from: `Last-Event-ID`, or `?last_event_id=` for
@@ -127,6 +166,8 @@ struct Stream {
     positions: Vec<(Arc<str>, u64)>,
     /// When the token ends the stream (`exp` plus the leeway).
     expires: Option<tokio::time::Instant>,
+    /// The token's user: the API's `disconnect` reaches the stream (see `hub::users`).
+    user: Option<String>,
     resync_seen: u64,
 }
 
@@ -149,11 +190,21 @@ impl Stream {
         let expires = grant.map(|g| tokio::time::Instant::now() + g.remaining());
         let resync_seen = *node.resync.borrow();
         let positions = channels.iter().map(|_| (Arc::from(""), 0)).collect();
-        Stream { node, id, queue, lot_key, peer, channels, positions, expires, resync_seen }
+        let user = grant.and_then(|g| g.sub.clone());
+        if let Some(user) = &user {
+            node.hub.users.add(user, id, queue.clone());
+        }
+        Stream { node, id, queue, lot_key, peer, channels, positions, expires, user, resync_seen }
     }
 
     /// Subscribe, recover, then stream until the reader goes or the server ends it.
-    async fn run(mut self, tx: mpsc::Sender<Bytes>, since: Option<Vec<StreamPosition>>) {
+    /// `since`: the positions the reader asked to continue from (`Err`: an id that names
+    /// none, which is reported as a gap on every channel).
+    async fn run(
+        mut self,
+        tx: mpsc::Sender<Bytes>,
+        since: Option<Result<Vec<StreamPosition>, String>>,
+    ) {
         let (code, reason) = match self.stream(&tx, since).await {
             Ok(()) => (CloseCode::ABNORMAL, "the reader went away".to_owned()),
             Err(Ended::Told(code, reason)) => (code, reason),
@@ -170,9 +221,21 @@ impl Stream {
     async fn stream(
         &mut self,
         tx: &mpsc::Sender<Bytes>,
-        since: Option<Vec<StreamPosition>>,
+        since: Option<Result<Vec<StreamPosition>, String>>,
     ) -> Result<(), Ended> {
         let node = self.node.clone();
+        let since = match since {
+            Some(Err(ids)) => {
+                let why = format!("Last-Event-ID `{ids}` does not give a position (EPOCH:OFFSET) for each of the {} channels: refetch your state", self.channels.len());
+                for channel in &self.channels {
+                    let gap = serde_json::json!({"channel": channel, "reason": why});
+                    self.send(tx, format!("event: gap\ndata: {gap}\n\n")).await?;
+                }
+                None
+            }
+            Some(Ok(positions)) => Some(positions),
+            None => None,
+        };
         // Joined first, so that nothing published from here on falls between history and live.
         for channel in &self.channels {
             self.queue.with_subscriptions(|s| s.insert(Arc::from(channel.as_str())));
@@ -278,6 +341,16 @@ impl Stream {
                 let why = "message backplane reconnected: reconnect to recover";
                 return Err(self.disconnect(tx, CloseCode::SERVICE_RESTART, why, hint).await);
             }
+            // The API's orders for this stream's user: `disconnect` ends it. (Its channels are
+            // its URL's: subscribe and unsubscribe orders do not apply to a stream.)
+            if queue.take_ordered() {
+                let orders = self.user.as_deref().map(|u| node.hub.users.take(u, self.id));
+                for order in orders.into_iter().flatten() {
+                    if let crate::control::Act::Disconnect { code, reason } = &order.act {
+                        return Err(self.disconnect(tx, CloseCode(*code), reason, None).await);
+                    }
+                }
+            }
             if queue.overflowed() {
                 node.metrics.slow_consumers.inc();
                 let why = "slow consumer: outbound queue full";
@@ -327,9 +400,13 @@ impl Stream {
     /// becomes a `data:` line (the browser joins them with `\n`).
     fn event(&self, json: &str) -> String {
         let mut out = format!("id: {}\n", self.ids());
+        // A lone CR ends an SSE line too: outside strings it is JSON whitespace, so a space
+        // does as well (inside strings JSON has no raw CR or LF).
+        let json: std::borrow::Cow<str> =
+            if json.contains('\r') { json.replace('\r', " ").into() } else { json.into() };
         for line in json.split('\n') {
             out.push_str("data: ");
-            out.push_str(line.trim_end_matches('\r'));
+            out.push_str(line);
             out.push('\n');
         }
         out.push('\n');
@@ -386,6 +463,9 @@ impl Drop for Stream {
         let missed = self.queue.close();
         self.node.metrics.deliveries_dropped.inc_by(missed);
         self.node.parking.unregister(self.lot_key);
+        if let Some(user) = &self.user {
+            self.node.hub.users.remove(user, self.id);
+        }
         let channels: Vec<_> = self.queue.with_subscriptions(|s| s.take_channels().collect());
         for channel in channels {
             self.node.hub.unsubscribe(&channel, self.id);
