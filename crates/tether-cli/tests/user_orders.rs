@@ -451,31 +451,31 @@ fn handshake_channels_keep_their_place_before_the_tokens_own() {
 }
 
 #[test]
-fn questions_whose_asker_hangs_up_stop_waiting_at_once() {
+fn questions_whose_asker_hangs_up_do_not_use_up_the_node() {
     use std::io::Write;
     let Some(redis) = redis_or_skip() else { return };
     let nodes = Nodes::start("hang-up", redis);
     let waiting = || nodes.a.metric("tether_cluster_questions_waiting");
-    // Node B hears questions but cannot answer while stopped: node A's `info` waits 2 s for it.
+    // Node B hears questions but cannot answer while stopped: node A's `info` waits 2 s for
+    // it, at most 64 at once (the rest get 429).
     nodes.b().signal(nix::sys::signal::Signal::SIGSTOP);
-    let asked = std::time::Instant::now();
     let request = format!(
         "POST /api/info HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {KEY}\r\n\
          content-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
     );
-    let askers: Vec<std::net::TcpStream> = (0..20)
+    let askers: Vec<std::net::TcpStream> = (0..70)
         .map(|_| {
             let mut s = std::net::TcpStream::connect(nodes.a.addr).unwrap();
             s.write_all(request.as_bytes()).unwrap();
             s
         })
         .collect();
-    assert!(wait_until(Duration::from_secs(10), || waiting() == 20.0), "{}", waiting());
-    // They hang up: their questions are forgotten now, not when the 2 s are up.
+    assert!(wait_until(Duration::from_secs(10), || waiting() >= 1.0), "{}", waiting());
+    // They hang up while waiting: however each question ends (forgotten with its asker, or
+    // its 2 s up), none stays waiting...
     drop(askers);
     assert!(wait_until(Duration::from_secs(10), || waiting() == 0.0), "{}", waiting());
-    let took = asked.elapsed();
-    assert!(took < Duration::from_millis(1900), "too slow to tell ({took:?}): rerun");
+    // ...so the node still asks (a leaked 64 would make every question a 429).
     nodes.b().signal(nix::sys::signal::Signal::SIGCONT);
     let (status, info) = api(&nodes.a, "info", json!({}));
     assert_eq!((status, info["nodes"].as_array().map(Vec::len)), (200, Some(2)), "{info}");
