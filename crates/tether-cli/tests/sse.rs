@@ -309,3 +309,29 @@ fn the_apis_disconnect_reaches_a_users_streams() {
     assert_eq!(bye.json()["code"], 4321);
     assert_eq!(bye.json()["reason"], "moved");
 }
+
+#[test]
+fn a_reader_cut_off_without_a_word_is_dropped_within_the_heartbeat_bound() {
+    use common::netns::{Pair, SERVER_IP};
+    // Server and reader in two network namespaces; then every packet between them vanishes
+    // (no FIN, no RST). The stream's heartbeat comments go unacknowledged, and the socket's
+    // TCP_USER_TIMEOUT (ping_interval + pong_timeout = 600 ms) gives it up.
+    let Some(pair) = Pair::create() else { return };
+    let server = Pair::run_in(&pair.server_ns, || {
+        let args = ["--insecure", "--ping-interval", "300ms", "--pong-timeout", "300ms"];
+        Server::start_on(&format!("{SERVER_IP}:0"), &args)
+    });
+    let url = server.http("/sse?channel=news");
+    let s = Pair::run_in(&pair.client_ns, || open(&url, None));
+    assert_eq!(s.next().event, "subscribed");
+    let ns = pair.server_ns.clone();
+    let streams = || Pair::run_in(&ns, || server.metric("tether_connections_open"));
+    assert_eq!(streams(), 1.0);
+    pair.partition();
+    let cut = std::time::Instant::now();
+    assert!(wait_until(Duration::from_secs(20), || streams() == 0.0), "still open");
+    let took = cut.elapsed();
+    eprintln!("a vanished SSE reader was dropped {took:?} after the cut");
+    // A ping within 300 ms, unacknowledged for 600 ms, then the kernel's next retransmission.
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}

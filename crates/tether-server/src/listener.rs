@@ -56,9 +56,11 @@ pub(crate) async fn run<R>(
         let place = node.pending.enter();
         let evicted = place.eviction();
         let place = crate::pending::Held(Arc::new(std::sync::Mutex::new(Some(place))));
+        let fd = crate::sys::SocketFd(std::os::fd::AsRawFd::as_raw_fd(&tcp));
         let service = app.clone().map_request(move |mut req: axum::extract::Request<_>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(place.clone());
+            req.extensions_mut().insert(fd);
             req
         });
         let service = hyper_util::service::TowerToHyperService::new(service);

@@ -12,9 +12,11 @@
 //!   when it reconnects by itself, and the server replays what came after it;
 //! - `event: gap` when that cannot be done (`{"channel", "reason"}`: refetch your state);
 //! - a comment (`: ping`) every `ping_interval`, which keeps proxies from cutting an idle
-//!   stream and lets a reader's watchdog see the server alive. A reader that vanishes is
-//!   dropped when hyper's write fails or stalls for `write_timeout` (the stream has no way back
-//!   from the reader: the HTTP-streaming transport, with its commands, is what bounds that);
+//!   stream and lets a reader's watchdog see the server alive. The stream never hears back
+//!   from its reader, so a reader that vanishes without a FIN is found by TCP: the socket gets
+//!   `TCP_USER_TIMEOUT` = `ping_interval + pong_timeout` (the WebSocket heartbeat's bound),
+//!   and the unacknowledged pings make the kernel give it up (when `tether serve`'s own
+//!   listener serves it; a host application's server gives no socket to set it on);
 //! - `event: disconnect` (`{code, reason, reconnect, retry_after_ms}`) before the server ends
 //!   the stream: shutdown or resync (1012, with `retry:` set between the hint and twice it), a slow reader
 //!   (1013), a gap in the live feed (1012), an expired token (4002).
@@ -83,6 +85,15 @@ pub(crate) async fn sse_handler(State(node): State<Arc<Node>>, req: Request) -> 
                    // Established: a stream is not an unfinished handshake (see `pending::Held`).
     if let Some(place) = req.extensions().get::<crate::pending::Held>() {
         place.settle();
+    }
+    // A stream never hears back from its reader: one that vanishes without a FIN leaves the
+    // heartbeat comments unacknowledged, and the kernel gives the connection up after the
+    // WebSocket heartbeat's bound.
+    if let Some(fd) = req.extensions().get::<crate::sys::SocketFd>() {
+        let bound = cfg.ping_interval + cfg.pong_timeout;
+        if let Err(e) = crate::sys::set_user_timeout(*fd, bound) {
+            tracing::debug!(error = %e, "no TCP_USER_TIMEOUT on an SSE stream");
+        }
     }
     let asked = last_event_id(text(header::HeaderName::from_static("last-event-id")), query);
     let since = asked.map(|ids| parse_positions(&ids, channels.len()).ok_or(ids));

@@ -12,6 +12,10 @@
 //!   the flag, its `write_vectored` — a plain `writev` — cannot).
 //! - The parking lot's epoll set is registered with tokio by descriptor while `mio::Poll` owns
 //!   it (see [`register_epoll`]).
+//! - A request's own socket is known to its handler by descriptor ([`SocketFd`], put there by
+//!   `listener` for the connection hyper serves the request on): hyper keeps that connection,
+//!   and so the descriptor, open while the handler runs, and [`set_user_timeout`] is only
+//!   called from a handler.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{BorrowedFd, RawFd};
@@ -35,6 +39,21 @@ pub(crate) fn writev_now(fd: RawFd, bufs: &[IoSlice<'_>]) -> usize {
 /// owns or borrows.
 pub(crate) fn send_vectored(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     socket2::SockRef::from(&fd).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
+}
+
+/// The socket a request came on (a request extension, from `listener`; absent when a host
+/// application serves the router itself).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SocketFd(pub RawFd);
+
+/// Give the connection up when data it sent stays unacknowledged for `timeout`
+/// (`TCP_USER_TIMEOUT`): the bound on a reader that vanished without a FIN, for a response
+/// that never hears back from it (SSE).
+pub(crate) fn set_user_timeout(fd: SocketFd, timeout: std::time::Duration) -> io::Result<()> {
+    // SAFETY: a `SocketFd` is the socket of the request being handled, open while its handler
+    // runs (module docs), and this is called from the handler.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd.0) };
+    socket2::SockRef::from(&fd).set_tcp_user_timeout(Some(timeout))
 }
 
 /// The parking lot's epoll set, watched for readability by tokio's reactor.
