@@ -79,6 +79,12 @@ fn fanout_pingpong_and_idle_report_sane_figures() {
     assert_eq!((w["connected"].as_u64(), w["drops"].as_u64()), (Some(20), Some(0)), "{w}");
     assert_eq!(w["ping_every_ms"].as_u64(), Some(50), "{w}");
 
+    // SSE streams instead of WebSockets (an http:// URL): held and counted the same way.
+    let sse = server.http("/sse?channel=idle");
+    let e = bench(&["idle", "--url", &sse, "--conns", "20", "--hold", "300ms"]);
+    assert_eq!((e["connected"].as_u64(), e["drops"].as_u64()), (Some(20), Some(0)), "{e}");
+    assert_eq!(server.metric("tether_connections_accepted_total{mode=\"sse\"}"), 20.0);
+
     // A period under a millisecond is refused with a clear error, not a panic in the timer.
     for bad in ["0s", "500us"] {
         let out = Command::new(BIN)

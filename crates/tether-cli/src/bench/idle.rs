@@ -4,7 +4,8 @@ use super::*;
 
 #[derive(Args, Debug)]
 pub struct IdleArgs {
-    /// WebSocket URL (raw mode; add ?channel=… to subscribe every connection)
+    /// WebSocket URL (raw mode; add ?channel=… to subscribe every connection), or an
+    /// http:// SSE URL (http://HOST/sse?channel=…) to hold Server-Sent Events streams instead
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws?channel=idle")]
     url: String,
     /// Connections to open and hold
@@ -43,6 +44,11 @@ pub(super) async fn open_idle(
     ping_every: Option<Duration>,
 ) -> Result<(Vec<tokio::task::JoinHandle<bool>>, usize)> {
     let parsed: tokio_tungstenite::tungstenite::http::Uri = url.parse().context("bad --url")?;
+    let sse = parsed.scheme_str() == Some("http");
+    if sse && (deflate || ping_every.is_some()) {
+        bail!("--deflate and --ping-every are for WebSocket URLs; an SSE stream only listens");
+    }
+    let path = parsed.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let host = parsed.host().unwrap_or("127.0.0.1").to_owned();
     let port = parsed.port_u16().unwrap_or(80);
     let target: std::net::SocketAddr = tokio::net::lookup_host((host.as_str(), port))
@@ -57,6 +63,7 @@ pub(super) async fn open_idle(
     for i in 0..n {
         let (url, semaphore, opened, failed) =
             (url.to_owned(), semaphore.clone(), opened_tx.clone(), failed.clone());
+        let (path, host) = (path.clone(), host.clone());
         let source =
             loopback.then(|| std::net::Ipv4Addr::new(127, 0, 0, 2 + ((offset + i) % 250) as u8));
         handles.push(tokio::spawn(async move {
@@ -67,7 +74,10 @@ pub(super) async fn open_idle(
                 if let Some(ip) = source {
                     socket.bind((ip, 0).into()).ok()?;
                 }
-                let stream = socket.connect(target).await.ok()?;
+                let mut stream = socket.connect(target).await.ok()?;
+                if sse {
+                    return sse_open(&mut stream, &host, &path).await.map(|()| Held::Sse(stream));
+                }
                 let mut request =
                     tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
                         url.as_str(),
@@ -79,14 +89,28 @@ pub(super) async fn open_idle(
                         tether_core::permessage_deflate::CLIENT_OFFER.parse().ok()?,
                     );
                 }
-                tokio_tungstenite::client_async(request, stream).await.ok().map(|(ws, _)| ws)
+                let ws = tokio_tungstenite::client_async(request, stream).await.ok()?.0;
+                Some(Held::Ws(Box::new(ws)))
             }
             .await;
             drop(permit);
-            let Some(mut ws) = connected else {
-                failed.fetch_add(1, Ordering::Relaxed);
-                let _ = opened.send(false).await;
-                return false;
+            let mut ws = match connected {
+                Some(Held::Ws(ws)) => ws,
+                Some(Held::Sse(mut stream)) => {
+                    let _ = opened.send(true).await;
+                    // Hold: read (and drop) the stream's events until it ends.
+                    let mut scratch = [0u8; 4096];
+                    while let Ok(1..) =
+                        tokio::io::AsyncReadExt::read(&mut stream, &mut scratch).await
+                    {
+                    }
+                    return true;
+                }
+                None => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    let _ = opened.send(false).await;
+                    return false;
+                }
             };
             let _ = opened.send(true).await;
             // Hold: read (which answers the server's pings) until the connection ends, and
@@ -121,6 +145,29 @@ pub(super) async fn open_idle(
     }
     bar.finish_and_clear();
     Ok((handles, connected))
+}
+
+/// A held connection: a WebSocket, or an SSE stream's socket.
+enum Held {
+    Ws(Box<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>>),
+    Sse(tokio::net::TcpStream),
+}
+
+/// Ask for an SSE stream on `stream` and read its answer's head: `Some` on a 200.
+async fn sse_open(stream: &mut tokio::net::TcpStream, host: &str, path: &str) -> Option<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = Vec::with_capacity(512);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+        if stream.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    head.starts_with(b"HTTP/1.1 200").then_some(())
 }
 
 /// Wait `hold`, with a progress bar when it is long enough to wonder.
