@@ -467,7 +467,17 @@ impl OutboundQueue {
     pub fn close(&self) -> u64 {
         self.raise(CLOSED);
         let mut mail = self.lock();
-        let missed = mail.items.iter().filter(|i| !matches!(i, Outbound::Reply(_))).count();
+        // Queued duplicates (a replay delivered them; they would be skipped when popped) are
+        // not missed.
+        let missed = mail
+            .items
+            .iter()
+            .filter(|i| match i {
+                Outbound::Reply(_) => false,
+                Outbound::Publication(p) => mail.subscriptions.is_news(p),
+                Outbound::Admitted { .. } => true,
+            })
+            .count();
         mail.items.clear();
         mail.queued_kib = 0;
         self.lower(PENDING);
@@ -477,6 +487,26 @@ impl OutboundQueue {
 
 #[cfg(test)]
 mod size_tests {
+    use super::*;
+
+    #[test]
+    fn a_closing_connection_has_missed_only_what_it_was_not_delivered() {
+        // Delivered up to offset 5 (a replay); live publications 4 and 5 still queued are
+        // duplicates it would have skipped, 6 is news.
+        let queue = OutboundQueue::new(16, 1 << 20);
+        let channel: Arc<str> = Arc::from("feed");
+        queue.with_subscriptions(|s| {
+            s.insert(channel.clone());
+            let w = s.get_mut("feed").unwrap();
+            (w.epoch, w.offset) = (Some(Arc::from("e")), 5);
+        });
+        for offset in [4, 5, 6] {
+            let p = Published::new("x".into(), channel.clone(), Arc::from("e"), offset);
+            queue.push(Outbound::Publication(Arc::new(p))).unwrap();
+        }
+        assert_eq!(queue.close(), 1);
+    }
+
     #[test]
     fn a_mailbox_fits_jemallocs_128_byte_class() {
         // One per connection, in an `Arc` (two counters, 16 bytes).

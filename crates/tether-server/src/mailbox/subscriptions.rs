@@ -96,6 +96,18 @@ impl Subscriptions {
     /// is a gap: nothing more may be delivered on this connection, or the client's position
     /// would jump over the hole and a later recovery would miss it. A message in no stream
     /// (an empty channel: the conformance echo) always goes out.
+    /// Whether `tag` would still be news to this connection (not a duplicate of what it was
+    /// delivered): what a connection that closes with it queued has missed.
+    pub(super) fn is_news(&self, tag: &Published) -> bool {
+        if tag.channel.is_empty() {
+            return true;
+        }
+        let Ok(i) = self.find(&tag.channel) else { return false };
+        let w = &self.0[i].1;
+        let same_epoch = w.epoch.as_ref().is_some_and(|e| *e == tag.epoch);
+        !same_epoch || tag.offset > w.offset
+    }
+
     pub(super) fn admit(&mut self, tag: &Published, overflowed: bool) -> Admission {
         if overflowed {
             return Admission::Gap;
