@@ -73,11 +73,18 @@ async fn a_busy_channel_is_swept_and_everyone_gets_every_publication_once_in_ord
     // Concurrent publishers, as fast as the server answers: far denser than one direct
     // fan-out to 150 subscribers per publication, so the channel goes by sweep.
     let published = Arc::new(AtomicU64::new(0));
+    // The latecomers must join before the last publication: on a slow machine they could take
+    // longer than the whole run, so publishers hold their last quarter until they have.
+    let joined = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
-        let (server, published) = (server.clone(), published.clone());
+        let (server, published, joined) = (server.clone(), published.clone(), joined.clone());
         publishers.push(tokio::task::spawn_blocking(move || {
             for i in 0..EACH {
+                if i == EACH * 3 / 4 {
+                    let late = || joined.load(Ordering::Acquire);
+                    assert!(wait_until(Duration::from_secs(60), late), "latecomers never joined");
+                }
                 server.publish("feed", &format!(r#"{{"p":{p},"i":{i}}}"#));
                 published.fetch_add(1, Ordering::Relaxed);
             }
@@ -94,6 +101,7 @@ async fn a_busy_channel_is_swept_and_everyone_gets_every_publication_once_in_ord
         assert!(from > 0 && from < TOTAL, "joined mid-stream at {from}");
         readers.push(tokio::spawn(every_publication_in_order(ws, from)));
     }
+    joined.store(true, Ordering::Release);
     for p in publishers {
         p.await.unwrap();
     }
