@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
 /// Publications to push through; the test ends earlier only at its time limit.
 const PUBLICATIONS: u64 = 400_000;
-const TIME_LIMIT: Duration = Duration::from_secs(60);
+const TIME_LIMIT: Duration = Duration::from_secs(120);
 /// The run goes on until this many direct writes went out in part (checked on the server's
 /// metrics every second), past at least MIN_PUBLICATIONS: each is a chance for a splice.
 const PARTIAL_WRITES: f64 = 8.0;
