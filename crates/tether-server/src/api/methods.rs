@@ -246,11 +246,7 @@ async fn presence(node: &Node, bytes: &[u8], stats: bool) -> Answer {
             "`{channel}` keeps no presence; set `presence = true` in a [[channel]] block that matches it"
         )));
     }
-    let members = node
-        .broker
-        .presence(channel)
-        .await
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let members = node.broker.presence(channel).await.map_err(refused)?;
     Ok(if stats {
         let (clients, users) = crate::presence::stats(&members);
         json!({"num_clients": clients, "num_users": users})
@@ -290,12 +286,10 @@ async fn history(node: &Node, bytes: &[u8]) -> Answer {
     if p.limit > MAX_HISTORY {
         return Err(bad(format!("`limit` must be at most {MAX_HISTORY}")));
     }
-    let unavailable =
-        |e: crate::broker::BrokerError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     let page = node
         .history_page(&p.channel, p.limit, p.since.as_ref(), p.reverse)
         .await
-        .map_err(unavailable)?;
+        .map_err(refused)?;
     let mut answer = json!({
         "epoch": page.epoch,
         "offset": page.top,
@@ -318,10 +312,7 @@ pub(super) async fn history_remove(node: &Node, bytes: &[u8]) -> Answer {
     let p: ChannelOnly = params(bytes, r#"{"channel": "..."}"#)?;
     tether_core::channel::validate(&p.channel, node.config().max_channel_name_len)
         .map_err(|e| bad(format!("bad channel: {e}")))?;
-    node.broker
-        .history_remove(&p.channel)
-        .await
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    node.broker.history_remove(&p.channel).await.map_err(refused)?;
     Ok(Value::Object(Default::default()))
 }
 
@@ -373,8 +364,9 @@ async fn info(node: &Node) -> Answer {
     Ok(out)
 }
 
-/// A broker error as the API answers it: a limit is 429-like (try later), the rest 503.
-fn refused(e: crate::broker::BrokerError) -> (StatusCode, String) {
+/// A broker error as the API's read and order methods answer it: a limit is 429 (try
+/// later), the rest 503. (`publish` answers both with 503, as documented.)
+pub(super) fn refused(e: crate::broker::BrokerError) -> (StatusCode, String) {
     match e {
         crate::broker::BrokerError::Limit(_) => (StatusCode::TOO_MANY_REQUESTS, e.to_string()),
         _ => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),

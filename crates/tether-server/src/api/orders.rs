@@ -2,7 +2,7 @@
 //! `unsubscribe`, `disconnect` (see `control`). The broker carries the order to every node;
 //! each connection carries it out itself.
 
-use super::methods::{bad, params, Answer};
+use super::methods::{bad, params, refused, Answer};
 use crate::broker::Reach;
 use crate::control::{Act, UserOrder};
 use crate::node::Node;
@@ -23,11 +23,7 @@ fn check_user(user: &str) -> Result<(), (StatusCode, String)> {
 
 /// Send the order; answer how far it went.
 async fn send(node: &Node, order: UserOrder) -> Answer {
-    let reach = node
-        .broker
-        .order(order)
-        .await
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let reach = node.broker.order(order).await.map_err(refused)?;
     Ok(match reach {
         Reach::Connections(n) => json!({"connections": n}),
         Reach::Nodes(n) => json!({"nodes": n}),
