@@ -282,6 +282,9 @@ struct WireServerMessage {
     retry_after_ms: Option<u64>,
     info: Option<ClientInfo>,
     events: Option<Vec<WireEvent>>,
+    session: Option<String>,
+    ping_interval_ms: Option<u64>,
+    pong_timeout_ms: Option<u64>,
 }
 
 /// One event of a `presence_batch`.
@@ -346,6 +349,12 @@ pub fn decode_server_message(text: &str) -> Result<ServerMessage, ServerDecodeEr
                 events: vec![(change, w.info.ok_or_else(|| missing("info"))?)],
             }
         }
+        "session" => ServerMessage::Session {
+            session: w.session.ok_or_else(|| missing("session"))?,
+            ping_interval_ms: w.ping_interval_ms.ok_or_else(|| missing("ping_interval_ms"))?,
+            pong_timeout_ms: w.pong_timeout_ms.ok_or_else(|| missing("pong_timeout_ms"))?,
+        },
+        "ping" => ServerMessage::Ping,
         "presence_batch" => ServerMessage::Presence {
             channel: w.channel.ok_or_else(|| missing("channel"))?,
             events: w

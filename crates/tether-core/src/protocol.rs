@@ -340,6 +340,17 @@ pub enum ServerMessage {
     Unsubscribed {
         channel: String,
     },
+    /// The first message of a streaming session (HTTP-streaming or SSE, where the client has
+    /// no socket to write to): the id its commands name when they are `POST`ed to
+    /// `/stream/send`, and the heartbeat it must keep.
+    Session {
+        session: String,
+        ping_interval_ms: u64,
+        pong_timeout_ms: u64,
+    },
+    /// A streaming session's heartbeat: answer within `pong_timeout_ms` with any command (a
+    /// `ping` does), or the server ends the session as dead.
+    Ping,
     /// Membership changes of one channel, in order: one (`"type": "join"` etc., with `info`)
     /// or a batch (`"type": "presence_batch"`, with `events`), which a busy channel sends at
     /// most once per interval. (The server writes these itself; decoded for the Rust client.)

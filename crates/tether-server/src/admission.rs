@@ -1,16 +1,20 @@
 //! What every connection must pass before it exists, WebSocket or SSE (decision 0009): this
 //! client's limits, the token and what it covers, a connection slot. Answers are `Refusal`s:
-//! an HTTP status with a JSON body that says what to do.
+//! an HTTP status with a JSON body that says what to do — or, for an `EventSource`, which gives
+//! up for good on anything but 200, a stream of one `disconnect` event (`come_back_later`).
 
 use crate::config::channel_option;
 use crate::handshake::Refusal;
 use crate::metrics::ReasonLabels;
 use crate::node::Node;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+use tether_core::close_code::CloseCode;
 
 /// What admission gives a connection about to be made.
 pub(crate) struct Admitted {
@@ -197,4 +201,43 @@ fn no_slot(shared: &crate::node::Node) -> Refusal {
         format!("connection limit reached ({} open); retry later", shared.config.max_connections),
     )
     .with_header(header::RETRY_AFTER, "5")
+}
+
+/// A `200 text/event-stream` answer with `body`.
+pub(crate) fn event_stream(body: Body, origin: Option<HeaderValue>) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(origin) = origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(header::VARY, HeaderValue::from_static("origin"));
+    }
+    resp
+}
+
+/// A refusal that retrying can cure (shutting down, over a limit), for a reader that would
+/// give up for good on any answer but 200: an `EventSource`. Told as a stream of one
+/// `disconnect` event instead, with `retry:` set to the hint (jittered), the SSE form of a
+/// WebSocket's 101-then-1013.
+pub(crate) fn come_back_later(node: &Node, r: Refusal, origin: Option<HeaderValue>) -> Response {
+    node.metrics.handshakes_refused.get_or_create(&ReasonLabels { reason: r.reason }).inc();
+    let code = match r.reason {
+        "shutting_down" => CloseCode::SERVICE_RESTART,
+        _ => CloseCode::TRY_AGAIN_LATER,
+    };
+    let secs = r.header.and_then(|(_, v)| v.parse::<u64>().ok()).unwrap_or(1);
+    let hint = Duration::from_secs(secs);
+    let reason = r.body["error"].as_str().unwrap_or("try again later");
+    let advice = serde_json::json!({"code": code.0, "reason": reason, "reconnect": true, "retry_after_ms": hint.as_millis() as u64});
+    let retry = jittered(hint).as_millis();
+    let text = format!("retry: {retry}\nevent: disconnect\ndata: {advice}\n\n");
+    event_stream(Body::from(text), origin)
+}
+
+/// Between `d` and twice `d` (at least 1 ms), at random.
+pub(crate) fn jittered(d: Duration) -> Duration {
+    let d = d.max(Duration::from_millis(1));
+    d + d.mul_f64(rand::random::<f64>())
 }

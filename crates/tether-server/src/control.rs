@@ -4,8 +4,10 @@
 //! user it holds (`hub::users`), and each connection's own task carries it out, the one writer
 //! of its socket.
 //!
-//! Also here: the questions the API's cluster-wide `channels` and `info` ask every node.
+//! Also here: the questions the API's cluster-wide `channels` and `info` ask every node, and
+//! the ids of streaming sessions, whose commands the broker carries to the node holding them.
 
+use crate::publication::ConnId;
 use serde::{Deserialize, Serialize};
 
 /// One order for every connection of `user`, on every node.
@@ -66,5 +68,39 @@ mod tests {
         let text = serde_json::to_string(&order).unwrap();
         assert_eq!(text, r#"{"user":"ada","op":"disconnect","code":4500,"reason":"bye"}"#);
         assert_eq!(serde_json::from_str::<UserOrder>(&text).unwrap(), order);
+    }
+}
+
+/// What became of a batch of commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handed {
+    /// In the session's inbox (or, through Redis, on its way to the node that holds it).
+    Delivered,
+    /// No such session here (it ended, or never was), or its node is gone.
+    Unknown,
+    /// Its inbox is full: the session is not keeping up with its own client.
+    Full,
+}
+
+/// A session id, taken apart.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SessionId<'a> {
+    pub node: &'a str,
+    pub conn: ConnId,
+    pub secret: u64,
+}
+
+impl<'a> SessionId<'a> {
+    /// The id of connection `conn` of node `node` (`client` is its client id, `NODE-CONN`).
+    pub fn format(client: &str, secret: u64) -> String {
+        format!("{client}.{secret:016x}")
+    }
+
+    pub fn parse(id: &'a str) -> Option<Self> {
+        let (client, secret) = id.split_once('.')?;
+        let (node, conn) = client.rsplit_once('-')?;
+        let conn = ConnId::from_str_radix(conn, 16).ok()?;
+        let secret = u64::from_str_radix(secret, 16).ok().filter(|_| secret.len() == 16)?;
+        Some(SessionId { node, conn, secret })
     }
 }

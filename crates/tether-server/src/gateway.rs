@@ -239,6 +239,9 @@ impl Gateway {
         router
             .route("/ws", get(crate::upgrade::ws_handler))
             .route("/sse", get(crate::sse::sse_handler))
+            .route("/stream", axum::routing::post(crate::stream::open_lines))
+            .route("/stream/sse", get(crate::stream::open_events))
+            .route("/stream/send", axum::routing::post(crate::stream::send))
             .route("/api/{method}", post(crate::api::call).fallback(crate::api::method_not_allowed))
             .route("/healthz", get(crate::api::healthz))
             .route("/readyz", get(crate::api::readyz))

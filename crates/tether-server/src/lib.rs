@@ -14,7 +14,7 @@
 //! 5. `transport`, `dashboard`, `session`
 //! 6. `gate`, `node`
 //! 7. `connection`, `api`, `admission`
-//! 8. `host`, `upgrade`, `sse`, `listener`
+//! 8. `host`, `upgrade`, `sse`, `stream`, `listener`
 //! 9. `gateway`
 //!
 //! What each holds:
@@ -50,7 +50,8 @@
 //!   must pass first (per-address limits, token, a slot), WebSocket or SSE.
 //! - `handshake` (layer 3) — the WebSocket handshake as data: validation and answers.
 //! - `sse` — `GET /sse?channel=`: a channel's publications as Server-Sent Events for any
-//!   `EventSource`, recovered from `Last-Event-ID`.
+//!   `EventSource`, recovered from `Last-Event-ID`; `stream` — sessions over plain HTTP
+//!   (`POST /stream`, `GET /stream/sse`) and `POST /stream/send`, which any node takes.
 //! - [`host`] — the DNS-rebinding guard in front of every route; `upgrade` — the HTTP →
 //!   WebSocket upgrade: admission order, hand-over to a connection task; `listener` — `tether serve`'s own HTTP
 //!   server: accept loop, pending-handshake cap, TLS, hyper.
@@ -86,6 +87,7 @@ mod publication;
 mod session;
 mod sse;
 pub mod stats;
+mod stream;
 pub mod svg_chart;
 mod sync;
 mod sys;

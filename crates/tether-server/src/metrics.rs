@@ -40,6 +40,8 @@ pub struct Metrics {
     pub connection_wakeups: Counter,
     pub connections_accepted: Family<ModeLabels, Counter>,
     pub handshakes_refused: Family<ReasonLabels, Counter>,
+    /// Command batches `POST`ed to `/stream/send`, by what became of them.
+    pub stream_batches: Family<ReasonLabels, Counter>,
     pub api_refused: Family<ReasonLabels, Counter>,
     pub pending_handshakes: Gauge,
     pub pending_handshakes_evicted: Counter,
@@ -108,6 +110,7 @@ impl Metrics {
             connection_wakeups: Counter::default(),
             connections_accepted: Family::default(),
             handshakes_refused: Family::default(),
+            stream_batches: Family::default(),
             api_refused: Family::default(),
             pending_handshakes: Gauge::default(),
             pending_handshakes_evicted: Counter::default(),
@@ -180,13 +183,18 @@ impl Metrics {
             );
             t.register(
                 "tether_connections_accepted",
-                "WebSocket handshakes accepted, by mode",
+                "Connections accepted, by mode (json, raw, echo) or transport (sse, http_stream, sse_session)",
                 m.connections_accepted.clone(),
             );
             t.register(
                 "tether_handshakes_refused",
                 "WebSocket handshakes refused, by reason",
                 m.handshakes_refused.clone(),
+            );
+            t.register(
+                "tether_stream_batches",
+                "Command batches POSTed to /stream/send, by outcome (delivered, unknown, busy, unavailable, bad_request)",
+                m.stream_batches.clone(),
             );
             t.register(
                 "tether_api_refused",

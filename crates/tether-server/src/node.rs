@@ -242,4 +242,11 @@ impl crate::broker::LocalSubscribers for Hub {
     fn answer(&self, question: &crate::control::Question) -> serde_json::Value {
         Hub::answer(self, question)
     }
+
+    fn hand(&self, session: &str, batch: bytes::Bytes) -> crate::hub::Handed {
+        match crate::hub::SessionId::parse(session) {
+            Some(id) => self.sessions.hand(&id, batch),
+            None => crate::hub::Handed::Unknown,
+        }
+    }
 }

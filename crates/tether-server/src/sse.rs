@@ -21,11 +21,10 @@
 //!   the stream: shutdown or resync (1012, with `retry:` set between the hint and twice it), a slow reader
 //!   (1013), a gap in the live feed (1012), an expired token (4002).
 
-use crate::admission::{admit, refused, Admitted, Denied};
+use crate::admission::{admit, come_back_later, event_stream, jittered, refused, Admitted, Denied};
 use crate::handshake::{channels_from_query, Refusal};
 use crate::hub::{Outbound, OutboundQueue, Subscriber};
 use crate::mailbox::Admission;
-use crate::metrics::ReasonLabels;
 use crate::node::Node;
 use crate::publication::{ConnId, Mode};
 use axum::body::Body;
@@ -107,39 +106,6 @@ pub(crate) async fn sse_handler(State(node): State<Arc<Node>>, req: Request) -> 
         rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
     });
     event_stream(Body::from_stream(body), origin)
-}
-
-/// A `200 text/event-stream` answer with `body`.
-fn event_stream(body: Body, origin: Option<HeaderValue>) -> Response {
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Some(origin) = origin {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        h.insert(header::VARY, HeaderValue::from_static("origin"));
-    }
-    resp
-}
-
-/// A refusal that retrying can cure (shutting down, over a limit), for a reader that would
-/// give up for good on any answer but 200: an `EventSource`. Told as a stream of one
-/// `disconnect` event instead, with `retry:` set to the hint (jittered), the SSE form of a
-/// WebSocket's 101-then-1013.
-fn come_back_later(node: &Node, r: Refusal, origin: Option<HeaderValue>) -> Response {
-    node.metrics.handshakes_refused.get_or_create(&ReasonLabels { reason: r.reason }).inc();
-    let code = match r.reason {
-        "shutting_down" => CloseCode::SERVICE_RESTART,
-        _ => CloseCode::TRY_AGAIN_LATER,
-    };
-    let secs = r.header.and_then(|(_, v)| v.parse::<u64>().ok()).unwrap_or(1);
-    let hint = Duration::from_secs(secs);
-    let reason = r.body["error"].as_str().unwrap_or("try again later");
-    let advice = serde_json::json!({"code": code.0, "reason": reason, "reconnect": true, "retry_after_ms": hint.as_millis() as u64});
-    let retry = jittered(hint).as_millis();
-    let text = format!("retry: {retry}\nevent: disconnect\ndata: {advice}\n\n");
-    event_stream(Body::from(text), origin)
 }
 
 /// The position the browser asks to continue from: `Last-Event-ID`, or `?last_event_id=` for
@@ -453,12 +419,6 @@ impl Stream {
         let _ = self.send(tx, chunk).await;
         Ended::Told(code, reason.to_owned())
     }
-}
-
-/// Between `d` and twice `d` (at least 1 ms), at random.
-fn jittered(d: Duration) -> Duration {
-    let d = d.max(Duration::from_millis(1));
-    d + d.mul_f64(rand::random::<f64>())
 }
 
 /// Why a stream ended.

@@ -261,6 +261,8 @@ impl Supervisor {
             Ok(ServerMessage::Disconnect(d)) => {
                 self.advice = (Some(d.reconnect), d.retry_after_ms.map(Duration::from_millis));
             }
+            // Streaming sessions' own messages; a WebSocket never carries them.
+            Ok(ServerMessage::Session { .. } | ServerMessage::Ping) => {}
             Err(_) => self.emit(Event::Message(text.to_owned())).await,
         }
     }

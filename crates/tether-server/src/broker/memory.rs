@@ -590,6 +590,10 @@ mod tests {
         fn answer(&self, _: &crate::control::Question) -> serde_json::Value {
             serde_json::Value::Null
         }
+
+        fn hand(&self, _: &str, _: bytes::Bytes) -> crate::control::Handed {
+            crate::control::Handed::Unknown
+        }
     }
 
     impl Recorder {

@@ -149,6 +149,9 @@ pub trait LocalSubscribers: Send + Sync + 'static {
     fn order(&self, order: UserOrder) -> usize;
     /// This node's answer to a cluster-wide question (see `control::Question`).
     fn answer(&self, question: &Question) -> serde_json::Value;
+    /// Hand a batch of commands to streaming session `session` of this node (see
+    /// `hub::Sessions`).
+    fn hand(&self, session: &str, batch: bytes::Bytes) -> crate::control::Handed;
 }
 
 pub trait Broker: Send + Sync + 'static {
@@ -190,6 +193,18 @@ pub trait Broker: Send + Sync + 'static {
     /// Hand `order` to its user's connections on every node (this one included). Answers with
     /// the connections this node handed it to, or, for a backplane, the nodes it reached.
     fn order(&self, order: UserOrder) -> BoxFuture<'_, Result<Reach, BrokerError>>;
+
+    /// Hand a batch of commands to streaming session `session` held by node `node` (another
+    /// node: a session's own node hands them itself). Without a backplane there is no other
+    /// node: `Unknown`.
+    fn hand<'a>(
+        &'a self,
+        _node: &'a str,
+        _session: &'a str,
+        _batch: bytes::Bytes,
+    ) -> BoxFuture<'a, Result<crate::control::Handed, BrokerError>> {
+        Box::pin(std::future::ready(Ok(crate::control::Handed::Unknown)))
+    }
 
     /// Ask every node (this one included) `question`; their answers.
     fn survey(&self, question: Question) -> BoxFuture<'_, Result<Answers, BrokerError>>;

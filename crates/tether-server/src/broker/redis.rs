@@ -187,17 +187,16 @@ impl RedisBroker {
         broker.refresh_run_id().await.map_err(unreachable)?;
         // Subscribe before returning: a node must not serve a recovering subscribe before its
         // live feed is in place.
-        let answers = broker.control.answers_channel();
-        let first = Self::open_link(&client, &answers).await.map_err(unreachable)?;
+        let first = Self::open_link(&client, &broker.control).await.map_err(unreachable)?;
         tokio::spawn(broker.presence.clone().run(broker.commands.clone(), stop.clone()));
         tokio::spawn(broker.clone().run_link(client, first, resync, stop));
         Ok(broker)
     }
 
-    /// `answers`: this node's own channel for answers to its questions.
+    /// `control`: this node's own channels (answers to its questions, its sessions' commands).
     async fn open_link(
         client: &redis::Client,
-        answers: &str,
+        control: &super::redis_control::Control,
     ) -> redis::RedisResult<redis::aio::PubSub> {
         let connect = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -205,7 +204,8 @@ impl RedisBroker {
             pubsub.psubscribe(EVENTS_PATTERN).await?;
             pubsub.subscribe(super::redis_control::ORDERS).await?;
             pubsub.subscribe(super::redis_control::SURVEYS).await?;
-            pubsub.subscribe(answers).await?;
+            pubsub.subscribe(control.answers_channel()).await?;
+            pubsub.subscribe(control.sessions_channel()).await?;
             Ok(pubsub)
         };
         tokio::time::timeout(RESPONSE_TIMEOUT, connect).await.unwrap_or_else(|_| {
@@ -228,7 +228,7 @@ impl RedisBroker {
         loop {
             let link = match next.take() {
                 Some(link) => Ok(link),
-                None => Self::open_link(&client, &self.control.answers_channel()).await,
+                None => Self::open_link(&client, &self.control).await,
             };
             match link {
                 Ok(pubsub) => {
@@ -496,6 +496,18 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let mut commands = self.commands.clone();
             self.control.order(&mut commands, &order).await.map_err(Self::unavailable)
+        })
+    }
+
+    fn hand<'a>(
+        &'a self,
+        node: &'a str,
+        session: &'a str,
+        batch: bytes::Bytes,
+    ) -> BoxFuture<'a, Result<crate::control::Handed, BrokerError>> {
+        Box::pin(async move {
+            let mut commands = self.commands.clone();
+            self.control.hand(&mut commands, node, session, &batch).await.map_err(Self::unavailable)
         })
     }
 

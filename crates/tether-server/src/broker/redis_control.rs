@@ -2,10 +2,12 @@
 //! to every node on one channel (`tether:control`), and questions every node answers (the
 //! cluster-wide `channels` and `info`) on another (`tether:survey`); each node answers on its
 //! own channel (`tether:answer:NODE`). The asker learns from PUBLISH how many nodes heard the
-//! question and waits, bounded, for that many answers.
+//! question and waits, bounded, for that many answers. Commands for a streaming session held
+//! by another node go to that node's own channel (`tether:session:NODE`): PUBLISH says
+//! whether the node is there to take them.
 
 use super::{BrokerError, LocalSubscribers, Reach};
-use crate::control::{Answers, Question, UserOrder};
+use crate::control::{Answers, Handed, Question, UserOrder};
 use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,7 @@ pub const ORDERS: &str = "tether:control";
 /// Questions for every node.
 pub const SURVEYS: &str = "tether:survey";
 const ANSWERS_PREFIX: &str = "tether:answer:";
+const SESSIONS_PREFIX: &str = "tether:session:";
 /// How long an asker waits for the nodes' answers.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 /// Questions this node may have in flight at once (each holds a channel until answered).
@@ -66,6 +69,29 @@ impl Control {
     /// The channel this node's answers come in on.
     pub fn answers_channel(&self) -> String {
         format!("{ANSWERS_PREFIX}{}", self.node)
+    }
+
+    /// The channel commands for this node's streaming sessions come in on.
+    pub fn sessions_channel(&self) -> String {
+        format!("{SESSIONS_PREFIX}{}", self.node)
+    }
+
+    /// Hand a batch of commands to `session` on `node`: `Unknown` when no node listens there
+    /// (it is gone). Carried as the session id, a line break, then the batch.
+    pub async fn hand(
+        &self,
+        commands: &mut ConnectionManager,
+        node: &str,
+        session: &str,
+        batch: &[u8],
+    ) -> redis::RedisResult<Handed> {
+        let mut payload = Vec::with_capacity(session.len() + 1 + batch.len());
+        payload.extend_from_slice(session.as_bytes());
+        payload.push(b'\n');
+        payload.extend_from_slice(batch);
+        let to = format!("{SESSIONS_PREFIX}{node}");
+        let nodes: usize = redis::cmd("PUBLISH").arg(to).arg(payload).query_async(commands).await?;
+        Ok(if nodes == 0 { Handed::Unknown } else { Handed::Delivered })
     }
 
     /// Send `order` to every node.
@@ -152,6 +178,14 @@ impl Control {
                     tracing::debug!(error = %e, "could not answer a cluster-wide question");
                 }
             });
+        } else if channel.strip_prefix(SESSIONS_PREFIX) == Some(self.node.as_str()) {
+            let Some(cut) = payload.iter().position(|&b| b == b'\n') else { return true };
+            let session = String::from_utf8_lossy(&payload[..cut]);
+            let batch = bytes::Bytes::copy_from_slice(&payload[cut + 1..]);
+            let handed = hub.hand(&session, batch);
+            if handed != Handed::Delivered {
+                tracing::debug!(%session, ?handed, "commands for a streaming session not taken");
+            }
         } else if channel.strip_prefix(ANSWERS_PREFIX) == Some(self.node.as_str()) {
             let Ok(answered) = serde_json::from_slice::<Answered>(payload) else { return true };
             let waiting = crate::sync::lock(&self.waiting).get(&answered.id).cloned();

@@ -16,66 +16,73 @@ impl Connection {
             _ => return None,
         };
         let action = self.session.message(rules(&self.shared), &*self.queue, input);
-        // Subscribe, publish, echo and close are boxed: this future lives inline in every
-        // active connection's, which is as large as its largest await point; inline, a
-        // subscribe's broker call and replay made an active connection's state 6.9 KB. The
-        // per-message paths (replies, raw pong) stay inline.
         match action {
-            Action::Reply(reply) => self.reply(ws, reply).await,
             Action::Pong => self.raw_pong(ws).await,
             Action::Echo => Box::pin(self.echo(ws, msg)).await,
-            Action::Ignore => None,
+            action => self.carry_out(ws, action).await,
+        }
+    }
+
+    /// Carry out the session's decision about a message, over either wire. Subscribe, publish
+    /// and close are boxed: this future lives inline in every active connection's, which is as
+    /// large as its largest await point; inline, a subscribe's broker call and replay made an
+    /// active connection's state 6.9 KB. The per-message paths (replies) stay inline.
+    pub(super) async fn carry_out<W: Wire>(&mut self, w: &mut W, action: Action) -> Option<Ending> {
+        match action {
+            Action::Reply(reply) => self.reply(w, reply).await,
+            // Raw mode and the echo exist on WebSockets only (see `on_message`).
+            Action::Pong | Action::Echo | Action::Ignore => None,
             Action::Subscribe { id, channel, recover } => {
-                Box::pin(self.subscribe(ws, id, &channel, recover.as_ref())).await
+                Box::pin(self.subscribe(w, id, &channel, recover.as_ref())).await
             }
             Action::Connect { id, subs, previous, dropped } => {
-                Box::pin(self.connected(ws, id, subs, previous, dropped)).await
+                Box::pin(self.connected(w, id, subs, previous, dropped)).await
             }
-            Action::Held { id } => self.reply(ws, Session::ok(id)).await,
+            Action::Held { id } => self.reply(w, Session::ok(id)).await,
             Action::Unsubscribe { id, channel } => {
                 self.leave(&channel);
-                self.reply(ws, Session::ok(id)).await
+                self.reply(w, Session::ok(id)).await
             }
             Action::Publish { id, channel, data } => {
-                Box::pin(self.publish(ws, id, channel, data)).await
+                Box::pin(self.publish(w, id, channel, data)).await
             }
             Action::Presence { id, channel, stats } => {
-                Box::pin(self.presence(ws, id, channel, stats)).await
+                Box::pin(self.presence(w, id, channel, stats)).await
             }
             Action::History { id, channel, limit, since, reverse } => {
                 let page = self.shared.history_page(&channel, limit, since.as_ref(), reverse);
                 let page = Box::pin(page).await;
                 let reply = crate::session::history_reply(rules(&self.shared), id, page);
-                self.reply(ws, reply).await
+                self.reply(w, reply).await
             }
-            Action::Close(close) => Some(Box::pin(self.close(ws, close)).await),
+            Action::Close(close) => Some(Box::pin(w.close(self, close)).await),
         }
     }
 
     /// A client's publish, answered with its receipt or error.
-    async fn publish(
+    async fn publish<W: Wire>(
         &mut self,
-        ws: &mut Ws,
+        w: &mut W,
         id: u64,
         channel: String,
         data: Box<serde_json::value::RawValue>,
     ) -> Option<Ending> {
         let receipt = self.shared.publish_once(&channel, &data, None).await;
         let reply = crate::session::published(rules(&self.shared), id, receipt);
-        self.reply(ws, reply).await
+        self.reply(w, reply).await
     }
 
     /// `presence` / `presence_stats`, answered with what the broker holds.
-    async fn presence(
+    async fn presence<W: Wire>(
         &mut self,
-        ws: &mut Ws,
+        w: &mut W,
         id: u64,
         channel: String,
         stats: bool,
     ) -> Option<Ending> {
         let members = self.shared.broker.presence(&channel).await;
         let reply = crate::session::presence_reply(rules(&self.shared), id, stats, members);
-        self.reply(ws, reply).await
+        self.reply(w, reply).await
     }
 
     /// Raw mode's pong. Its frame is built once: straight to the socket when nothing is queued
@@ -126,38 +133,39 @@ impl Connection {
     }
 
     /// Send a reply (the first successful one carries the client id).
-    pub(super) async fn reply(&mut self, ws: &mut Ws, mut reply: ServerMessage) -> Option<Ending> {
+    pub(super) async fn reply<W: Wire>(
+        &mut self,
+        w: &mut W,
+        mut reply: ServerMessage,
+    ) -> Option<Ending> {
         let (shared, id) = (&self.shared, self.id);
         self.session.introduce(&mut reply, || shared.client_id(id));
-        self.enqueue(ws, Message::Text(codec::encode(&reply).into())).await
+        self.enqueue(w, Message::Text(codec::encode(&reply).into())).await
     }
 
-    /// Queue a reply. Replies share the outbound queue with publications, so the order the peer
-    /// sees is the order things happened.
-    pub(super) async fn enqueue(&mut self, ws: &mut Ws, reply: Message) -> Option<Ending> {
-        if ws.get_mut().hold_if_idle() {
-            // Nothing is waiting to go out before it: write it now (a ping-pong round trip
-            // then costs one pass of the loop, not two).
-            return self.write_one(ws, reply).await.err().map(|e| self.write_failed(e));
-        }
+    /// Send a reply now, or queue it behind what is queued. Replies share the outbound queue
+    /// with publications, so the order the peer sees is the order things happened.
+    pub(super) async fn enqueue<W: Wire>(&mut self, w: &mut W, reply: Message) -> Option<Ending> {
+        let reply = match w.send_now(self, reply).await {
+            Ok(None) => return None,
+            Ok(Some(reply)) => reply,
+            Err(e) => return Some(self.write_failed(e)),
+        };
         match self.queue.push(Outbound::Reply(reply)) {
             Ok(()) => None,
             Err(_) => {
                 self.shared.metrics.slow_consumers.inc();
-                Some(Box::pin(self.close(ws, Close::slow_consumer())).await)
+                Some(Box::pin(w.close(self, Close::slow_consumer())).await)
             }
         }
     }
 
-    /// Register a subscription the session allowed. With `gate` (an active connection),
-    /// publishers queue from here until the reply that follows is written: they must not meet
-    /// the subscription before its watermark exists (a recovery sets it later). A parked
-    /// connection has no direct writers to stop.
-    pub(super) fn join(&mut self, channel: &str, gate: Option<&mut Gate>) {
+    /// Register a subscription the session allowed. An active connection first holds its
+    /// wire (`Wire::hold`): publishers queue from there until the reply that follows is
+    /// written, as they must not meet the subscription before its watermark exists (a recovery
+    /// sets it later). A parked connection has no direct writers to stop.
+    pub(super) fn join(&mut self, channel: &str) {
         let sub = Subscriber::new(self.queue.clone(), self.session.mode());
-        if let Some(gate) = gate {
-            gate.hold();
-        }
         // The watermark exists before the hub knows the subscription: a sweep passes over a
         // connection without one, and would not come back for what it passed over.
         self.queue.with_subscriptions(|s| s.insert(Arc::from(channel)));
@@ -190,22 +198,23 @@ impl Connection {
     /// `subscribe`, as the session allowed it: register in the hub first (live publications
     /// start queueing), ask the broker where the channel stands and what was missed, and carry
     /// out the session's answer: the reply and the replay (see `replay`), no gap, no duplicate.
-    async fn subscribe(
+    async fn subscribe<W: Wire>(
         &mut self,
-        ws: &mut Ws,
+        w: &mut W,
         id: u64,
         channel: &str,
         recover: Option<&tether_core::protocol::StreamPosition>,
     ) -> Option<Ending> {
-        self.join(channel, Some(ws.get_mut()));
+        w.hold();
+        self.join(channel);
         let room = self.queue.room_bytes();
         let history = self.shared.broker.history(channel, recover, room).await;
         match self.session.answer(rules(&self.shared), id, channel, recover, history, room) {
             Answer::Refuse(reply) => {
                 self.leave(channel);
-                self.reply(ws, reply).await
+                self.reply(w, reply).await
             }
-            Answer::Close(close) => Some(self.close(ws, close).await),
+            Answer::Close(close) => Some(w.close(self, close).await),
             Answer::Replay { mut reply, epoch, top, replay } => {
                 let (shared, conn) = (&self.shared, self.id);
                 self.session.introduce(&mut reply, || shared.client_id(conn));
@@ -217,8 +226,8 @@ impl Connection {
                 });
                 let reply = Message::Text(codec::encode(&reply).into());
                 let mode = self.session.mode();
-                let chunks = replay::Chunks::new(mode, channel, &epoch, reply, &replay);
-                self.write_replay(ws, chunks).await.err().map(|e| self.write_failed(e))
+                let mut chunks = replay::Chunks::new(mode, channel, &epoch, reply, &replay);
+                w.write_chunks(self, &mut chunks).await.err().map(|e| self.write_failed(e))
             }
         }
     }

@@ -60,6 +60,7 @@ impl Connection {
                 Ending::server(CloseCode::SLOW_CONSUMER, reason)
             }
             WriteFailed::Transport(e) => Ending::network(format!("write failed: {e}")),
+            WriteFailed::Gone => Ending::network("the reader went away"),
         }
     }
 

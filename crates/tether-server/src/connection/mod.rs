@@ -69,12 +69,16 @@ mod close;
 mod orders;
 mod output;
 mod replay;
+mod streaming;
 mod task;
+mod wire;
 
 use output::{feed, within, write_frame};
+pub(crate) use streaming::{parse_event_id, Format, Opening, Streaming, BODY_CHUNKS};
 pub(crate) use task::ConnectionTask;
 #[cfg(test)]
 use task::Parked;
+use wire::Wire;
 
 pub(crate) type Ws = WebSocketStream<Gate>;
 
@@ -97,6 +101,8 @@ enum WriteFailed {
     /// The outbound queue overflowed while a write was blocked.
     Overflowed,
     Transport(WsError),
+    /// A stream's reader went away (the response body was dropped).
+    Gone,
 }
 
 pub(crate) struct Connection {
@@ -163,6 +169,7 @@ impl Connection {
         shared: Arc<Node>,
         peer: Option<SocketAddr>,
         mode: Mode,
+        transport: &'static str,
         channels: Vec<String>,
         grant: Option<Arc<Grant>>,
         window: u8,
@@ -179,9 +186,9 @@ impl Connection {
         shared
             .metrics
             .connections_accepted
-            .get_or_create(&crate::metrics::ModeLabels { mode: mode.as_str() })
+            .get_or_create(&crate::metrics::ModeLabels { mode: transport })
             .inc();
-        tracing::debug!(conn = id, peer = ?peer, mode = mode.as_str(), "connection open");
+        tracing::debug!(conn = id, peer = ?peer, mode = mode.as_str(), transport, "connection open");
         let now = Instant::now();
         let resync_seen = *shared.resync.borrow();
         let opened = shared.parking.ticks(now);
@@ -190,7 +197,7 @@ impl Connection {
         for channel in channels {
             // Validated at the handshake; a duplicate `?channel=` is simply ignored here.
             if crate::session::subscribable(&conn.shared.config, &*conn.queue, &channel).is_ok() {
-                conn.join(&channel, None);
+                conn.join(&channel);
             }
         }
         // After the `?channel=`s, which the handshake counted against `max_subscriptions`:
@@ -200,8 +207,8 @@ impl Connection {
     }
 
     /// The connection has ended (its socket is closed or aborted): leave the hub, count and
-    /// log the ending.
-    fn finish(self, ending: Ending) {
+    /// log the ending (`transport`: which wire it had).
+    fn finish(self, ending: Ending, transport: &'static str) {
         let (shared, id, peer, mode) =
             (self.shared.clone(), self.id, self.peer, self.session.mode());
         let duration_ms = shared.parking.ticks(Instant::now()).saturating_sub(self.opened);
@@ -220,6 +227,7 @@ impl Connection {
             conn = id,
             peer = %peer.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
             mode = mode.as_str(),
+            transport,
             duration_ms,
             code = ending.code.0,
             reason = %ending.reason,

@@ -66,16 +66,16 @@ impl Connection {
             self.shared.hub.users.add(user, self.id, self.queue.clone());
         }
         for channel in self.server_channels() {
-            self.join(&channel, None);
+            self.join(&channel);
         }
     }
 
     /// `connect` succeeded: move to the token's user, make its server-side subscriptions
     /// (recovering from the positions in `subs`), and reply with them, each one's replay
     /// following the reply in the reply's order, with nothing between.
-    pub(super) async fn connected(
+    pub(super) async fn connected<W: Wire>(
         &mut self,
-        ws: &mut Ws,
+        w: &mut W,
         id: u64,
         subs: BTreeMap<String, StreamPosition>,
         previous: Option<String>,
@@ -83,7 +83,7 @@ impl Connection {
     ) -> Option<Ending> {
         // The previous token's, which this one neither makes nor allows: ended, and said so.
         for channel in dropped {
-            if let Some(ending) = self.unsubscribed(ws, &channel).await {
+            if let Some(ending) = self.unsubscribed(w, &channel).await {
                 return Some(ending);
             }
         }
@@ -98,10 +98,11 @@ impl Connection {
         // stand, so that the reply always names every server-side subscription.
         let mut made = self.held_server_channels();
         if channels.is_empty() && made.is_empty() {
-            return self.reply(ws, Session::ok(id)).await;
+            return self.reply(w, Session::ok(id)).await;
         }
+        w.hold();
         for channel in &channels {
-            self.join(channel, Some(ws.get_mut()));
+            self.join(channel);
         }
         // The replays share the connection's outbound budget.
         let room = self.queue.room_bytes() / channels.len().max(1) as u64;
@@ -119,7 +120,7 @@ impl Connection {
                     );
                     self.leave(&channel);
                 }
-                Answer::Close(close) => return Some(self.close(ws, close).await),
+                Answer::Close(close) => return Some(w.close(self, close).await),
                 Answer::Replay { reply, epoch, top, replay } => {
                     self.queue.with_subscriptions(|s| {
                         if let Some(w) = s.get_mut(&channel) {
@@ -149,21 +150,21 @@ impl Connection {
         let replays = replays.iter().flat_map(|(channel, epoch, replay)| {
             replay::Chunks::new(mode, channel, epoch, None, replay)
         });
-        let chunks = std::iter::once(reply).chain(replays);
-        self.write_replay(ws, chunks).await.err().map(|e| self.write_failed(e))
+        let mut chunks = std::iter::once(reply).chain(replays);
+        w.write_chunks(self, &mut chunks).await.err().map(|e| self.write_failed(e))
     }
 
     /// Carry out the API's orders waiting for this connection, oldest first.
-    pub(super) async fn obey(&mut self, ws: &mut Ws) -> Option<Ending> {
+    pub(super) async fn obey<W: Wire>(&mut self, w: &mut W) -> Option<Ending> {
         let user = self.user()?;
         let orders = self.shared.hub.users.take(user, self.id);
         for order in orders {
             let ending = match &order.act {
-                Act::Subscribe { channel } => self.subscribed(ws, channel).await,
-                Act::Unsubscribe { channel } => self.unsubscribed(ws, channel).await,
+                Act::Subscribe { channel } => self.subscribed(w, channel).await,
+                Act::Unsubscribe { channel } => self.unsubscribed(w, channel).await,
                 Act::Disconnect { code, reason } => {
                     let close = Close::new(CloseCode(*code), reason.clone());
-                    Some(self.close(ws, close).await)
+                    Some(w.close(self, close).await)
                 }
             };
             if ending.is_some() {
@@ -175,22 +176,23 @@ impl Connection {
 
     /// The API subscribed this connection to `channel`: join, and tell a JSON client where
     /// the channel stands (its publications follow). Held already: nothing to do.
-    async fn subscribed(&mut self, ws: &mut Ws, channel: &str) -> Option<Ending> {
+    async fn subscribed<W: Wire>(&mut self, w: &mut W, channel: &str) -> Option<Ending> {
         if let Err(e) = crate::session::subscribable(&self.shared.config, &*self.queue, channel) {
             tracing::debug!(conn = self.id, channel, error = %e.message, "ordered subscription not made");
             return None;
         }
         if self.session.mode() != Mode::Json {
             // No recovery, no message in raw mode: no watermark to set first, nothing to hold.
-            self.join(channel, None);
+            self.join(channel);
             return None;
         }
-        self.join(channel, Some(ws.get_mut()));
+        w.hold();
+        self.join(channel);
         let position = match self.shared.broker.history(channel, None, 0).await {
             Ok(history) => history.position,
             Err(e) => {
                 tracing::warn!(channel, error = %e, "ordered subscription failed: broker unavailable");
-                return Some(self.close(ws, Close::broker_unavailable()).await);
+                return Some(w.close(self, Close::broker_unavailable()).await);
             }
         };
         let epoch: Arc<str> = Arc::from(position.epoch.as_str());
@@ -205,11 +207,11 @@ impl Connection {
             offset: position.offset,
         };
         let told = vec![vec![Message::Text(codec::encode(&told).into())]];
-        self.write_replay(ws, told.into_iter()).await.err().map(|e| self.write_failed(e))
+        w.write_chunks(self, &mut told.into_iter()).await.err().map(|e| self.write_failed(e))
     }
 
     /// The API (or a new token) ended this connection's subscription to `channel`.
-    async fn unsubscribed(&mut self, ws: &mut Ws, channel: &str) -> Option<Ending> {
+    async fn unsubscribed<W: Wire>(&mut self, w: &mut W, channel: &str) -> Option<Ending> {
         if !self.queue.with_subscriptions(|s| s.contains(channel)) {
             return None;
         }
@@ -218,6 +220,6 @@ impl Connection {
             return None;
         }
         let told = ServerMessage::Unsubscribed { channel: channel.to_owned() };
-        self.enqueue(ws, Message::Text(codec::encode(&told).into())).await
+        self.enqueue(w, Message::Text(codec::encode(&told).into())).await
     }
 }

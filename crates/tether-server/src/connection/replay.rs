@@ -26,7 +26,7 @@ impl Connection {
     pub(super) async fn write_replay(
         &self,
         ws: &mut Ws,
-        replay: impl Iterator<Item = Vec<Message>>,
+        replay: &mut (dyn Iterator<Item = Vec<Message>> + Send),
     ) -> Result<(), WriteFailed> {
         ws.get_mut().hold();
         let write_timeout = self.shared.config.write_timeout;

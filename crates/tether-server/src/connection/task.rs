@@ -54,7 +54,8 @@ impl ConnectionTask {
         deflate: Option<u8>,
     ) -> Self {
         let window = deflate.unwrap_or(0);
-        let (conn, resync_seen) = Connection::open(shared, peer, mode, channels, grant, window);
+        let (conn, resync_seen) =
+            Connection::open(shared, peer, mode, mode.as_str(), channels, grant, window);
         let start = async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
@@ -159,7 +160,7 @@ impl Parked {
         let missed_resync = *resync.borrow_and_update() != resync_seen;
         match conn.active(transport, &mut resync, missed_resync).await {
             Phase::Ended(ending) => {
-                conn.finish(ending);
+                conn.finish(ending, "websocket");
                 None
             }
             Phase::Idle { mut transport, wake_at, chatty } => {

@@ -26,6 +26,7 @@
 pub mod announce;
 mod answers;
 mod pace;
+mod sessions;
 mod sweep;
 mod users;
 
@@ -43,6 +44,7 @@ use tokio::runtime::Handle;
 
 pub use answers::MAX_CHANNELS_LISTED;
 use pace::{Pace, SAMPLE};
+pub use sessions::{Handed, SessionId, Sessions, INBOX_BATCHES};
 use sweep::{Entry, Sweep, SweepRun, LAG_SAMPLE, MAX_SWEEP_BACKLOG};
 pub use users::{Ordered, Users};
 /// The hub's handle on one subscribed connection.
@@ -132,6 +134,8 @@ pub struct Hub {
     announcements: announce::Announcements,
     /// Which connections here belong to which user, and the API's orders waiting for them.
     pub users: Users,
+    /// The streaming sessions here, and the inboxes their commands are handed to.
+    pub sessions: Sessions,
     /// This node's name (see [`Hub::set_name`]) and when it started, for its answers.
     name: std::sync::OnceLock<String>,
     born: Instant,
@@ -151,6 +155,7 @@ impl Hub {
             runtime: std::sync::OnceLock::new(),
             announcements: announce::Announcements::default(),
             users: Users::default(),
+            sessions: Sessions::default(),
             name: std::sync::OnceLock::new(),
             born: Instant::now(),
         }
