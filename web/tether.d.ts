@@ -62,9 +62,30 @@ export interface TetherOptions {
    * of its own, pass a subclass that adds them.
    */
   WebSocket?: unknown;
+  /**
+   * JSON mode: the transports to try, in order. Default ['websocket', 'http_stream', 'sse']:
+   * sessions over plain HTTP (`POST /stream`, `GET /stream/sse`) where WebSocket cannot get
+   * through. Raw mode is WebSocket only.
+   */
+  transports?: Transport[];
+  /** Attempts of a transport that fail before `open`, after which the next is tried. Default 2. */
+  fallbackAfter?: number;
+  /** An attempt not open within this many ms counts as failed (0: no limit). Default 10000. */
+  openTimeout?: number;
+  /** On a fallback, try WebSocket again this often (ms, jittered ×0.5–1.5; 0: never). Default 30000. */
+  upgradeProbe?: number;
+  /** A fetch implementation for the HTTP transports (default: the global one). */
+  fetch?: typeof fetch;
+  /** An EventSource implementation for the SSE transport (default: the global one). */
+  EventSource?: unknown;
 }
 
-export declare const DEFAULTS: Readonly<Required<Omit<TetherOptions, 'WebSocket'>>>;
+export type Transport = 'websocket' | 'http_stream' | 'sse';
+
+/** Where a WebSocket URL's streaming endpoints are (`ws://h/p/ws?q` → `http://h/p/stream?q`, …). */
+export declare function streamEndpoints(url: string | URL): { open: string; sse: string; send: string };
+
+export declare const DEFAULTS: Readonly<Required<Omit<TetherOptions, 'WebSocket' | 'fetch' | 'EventSource'>>>;
 
 export type CloseAdvice = 'reconnect' | 'hint' | 'stop';
 export declare const CLOSE_CODES: Readonly<Record<number, [string, CloseAdvice]>>;
@@ -121,6 +142,8 @@ export interface CloseDetail {
   /** ms until the next attempt; null when stopping or waiting for the browser to go online. */
   retryIn: number | null;
   attempt: number;
+  /** The transport the connection (or attempt) had. */
+  transport: Transport;
 }
 
 export interface Publication<T = unknown> {
@@ -152,6 +175,8 @@ export interface TetherEvents {
   /** The server API ended a subscription the server had made (`POST /api/unsubscribe`). */
   unsubscribed: { channel: string };
   rtt: { ms: number };
+  /** The client moved to another transport: after failures of `from`, or back to WebSocket once it gets through. */
+  transport: { transport: Transport; from: Transport; reason: string };
   /** The id the server gave this connection (its first reply carries it). */
   identified: { clientId: string };
   /** Membership changes of channels with `join_leave` (a busy channel's come in batches, one event each). */
@@ -173,6 +198,8 @@ export declare class TetherClient extends EventTarget {
   constructor(url: string | URL, options?: TetherOptions);
   readonly url: string;
   readonly state: State;
+  /** The transport of the current (or next) connection. */
+  readonly transport: Transport;
   /** True while a reconnect waits for the browser's `online` event. */
   readonly waitingForOnline: boolean;
   /** Extensions agreed on the current connection (e.g. permessage-deflate), '' when none. */

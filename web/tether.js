@@ -24,10 +24,25 @@
 // both, in raw mode, the client is a plain WebSocket that sends nothing it was not asked to
 // (how web/test/autobahn-client.mjs runs the Autobahn conformance cases through it).
 //
+// When WebSocket cannot get through (a proxy strips `Upgrade`, a balancer answers 403), JSON
+// mode falls back by itself to a session over plain HTTP (`transports`, tether-fallback.js):
+// after `fallbackAfter` WebSocket attempts that failed before `open` (or did not open within
+// `openTimeout`), it tries HTTP-streaming, then SSE; what worked is remembered for the page's
+// lifetime, and while on a fallback it probes WebSocket every `upgradeProbe` ms (jittered) and
+// moves back once one opens. Backoff and jitter apply to every transport; every close says
+// which transport it happened on.
+//
 // The pure parts (backoff, heartbeat, reconnect policy, close codes) are exported and mirror
 // tether-core's Rust types, with the same defaults and semantics.
 
+import { HttpStreamSocket, SseSocket } from './tether-fallback.js';
+
+export { HttpStreamSocket, SseSocket, streamEndpoints } from './tether-fallback.js';
+
 export const SUBPROTOCOL = 'tether.v1.json';
+
+/** The transport that last opened, per URL, for the page's lifetime. */
+const workedFor = new Map();
 
 /** How long `getToken` may take before the client gives up (and stops, saying why). */
 const TOKEN_TIMEOUT_MS = 10000;
@@ -61,6 +76,11 @@ export const DEFAULTS = Object.freeze({
   autoConnect: true,
   token: null, // JWT sent with `connect` first on every connection (JSON mode)
   getToken: null, // async () => fresh JWT, called after a 4002 (token expired) before reconnecting
+  // JSON mode: tried in this order; raw mode is WebSocket only.
+  transports: Object.freeze(['websocket', 'http_stream', 'sse']),
+  fallbackAfter: 2, // attempts of a transport that fail before `open`, then the next transport
+  openTimeout: 10000, // an attempt not open by then counts as failed (0: no limit)
+  upgradeProbe: 30000, // on a fallback, try WebSocket again this often, jittered (0: never)
 });
 
 /**
@@ -289,6 +309,12 @@ export class TetherClient extends EventTarget {
   #openedBefore = false;
   #stopped = false;
   #listeners = [];
+  #transport; // the transport the next (or current) attempt uses
+  #failedHere = 0; // attempts of #transport that failed before `open`
+  #opened = false; // the current attempt opened
+  #openTimer = null;
+  #probeTimer = null;
+  #probe = null; // a WebSocket trying whether upgrades get through again
 
   /** Round trip of the latest heartbeat, in ms (null before the first). */
   rtt = null;
@@ -315,6 +341,12 @@ export class TetherClient extends EventTarget {
     if (this.#opts.protocol !== 'json' && this.#opts.protocol !== 'raw') {
       throw new TypeError(`protocol must be 'json' or 'raw', not ${this.#opts.protocol}`);
     }
+    const known = ['websocket', 'http_stream', 'sse'];
+    const transports = this.#transports();
+    if (transports.length === 0 || transports.some((t) => !known.includes(t))) {
+      throw new TypeError(`transports must be some of ${known.join(', ')}, not ${JSON.stringify(this.#opts.transports)}`);
+    }
+    this.#transport = transports.includes(workedFor.get(this.url)) ? workedFor.get(this.url) : transports[0];
     this.#token = this.#opts.token || null;
     this.#reconnector = new Reconnector(this.#opts);
     if (hasWindow) {
@@ -336,6 +368,11 @@ export class TetherClient extends EventTarget {
    * e.g. 'permessage-deflate; server_no_context_takeover; client_no_context_takeover'. */
   get extensions() {
     return this.#ws?.extensions ?? '';
+  }
+
+  /** The transport of the current (or next) connection: 'websocket' | 'http_stream' | 'sse'. */
+  get transport() {
+    return this.#transport;
   }
 
   /** 'connecting' | 'open' | 'reconnecting' | 'closed'. */
@@ -465,9 +502,13 @@ export class TetherClient extends EventTarget {
     this.#attempts += 1;
     this.#setState(this.#attempts === 1 ? 'connecting' : 'reconnecting');
     const generation = ++this.#generation;
+    this.#opened = false;
     let ws;
     try {
-      ws = this.#opts.protocol === 'json' ? new this.#WebSocket(this.url, [SUBPROTOCOL]) : new this.#WebSocket(this.url);
+      const impl = { fetch: this.#opts.fetch, EventSource: this.#opts.EventSource };
+      if (this.#transport === 'http_stream') ws = new HttpStreamSocket(this.url, impl);
+      else if (this.#transport === 'sse') ws = new SseSocket(this.url, impl);
+      else ws = this.#opts.protocol === 'json' ? new this.#WebSocket(this.url, [SUBPROTOCOL]) : new this.#WebSocket(this.url);
     } catch (e) {
       // A malformed URL throws synchronously; retrying cannot fix it.
       this.#ended({ code: 1006, reason: String(e && e.message ? e.message : e), wasClean: false, initiator: 'client', fatal: 'bad URL' });
@@ -487,6 +528,101 @@ export class TetherClient extends EventTarget {
       const initiator = e.code === 1006 ? 'network' : 'server';
       this.#ended({ code: e.code, reason: e.reason, wasClean: e.wasClean, initiator });
     };
+    const { openTimeout } = this.#opts;
+    if (openTimeout > 0) {
+      this.#openTimer = setTimeout(() => {
+        this.#openTimer = null;
+        if (!current() || this.#opened) return;
+        // Some proxies hold an upgrade (or a stream) without answering: do not wait forever.
+        this.#detach(ws);
+        try {
+          ws.close();
+        } catch {
+          /* already closing */
+        }
+        this.#ended({ code: 1006, reason: `${this.#transport} did not open within ${openTimeout} ms (openTimeout)`, wasClean: false, initiator: 'client' });
+      }, openTimeout);
+    }
+  }
+
+  /** The transports this client may use, in order (raw mode: WebSocket only). */
+  #transports() {
+    if (this.#opts.protocol !== 'json') return ['websocket'];
+    return [...(this.#opts.transports || ['websocket'])];
+  }
+
+  #clearOpenTimer() {
+    if (this.#openTimer) clearTimeout(this.#openTimer);
+    this.#openTimer = null;
+  }
+
+  /** On a fallback, try a WebSocket now and then; once one opens, move back to it. */
+  #scheduleProbe() {
+    this.#stopProbe();
+    const every = this.#opts.upgradeProbe;
+    if (!(every > 0) || this.#transport === 'websocket' || !this.#transports().includes('websocket')) return;
+    const delay = every * (0.5 + Math.random());
+    this.#probeTimer = setTimeout(() => {
+      this.#probeTimer = null;
+      let probe;
+      try {
+        probe = new this.#WebSocket(this.url, [SUBPROTOCOL]);
+      } catch {
+        return;
+      }
+      this.#probe = probe;
+      const done = (upgraded) => {
+        if (this.#probe !== probe) return;
+        this.#probe = null;
+        probe.onopen = probe.onclose = null;
+        probe.onerror = () => {};
+        if (upgraded) this.#upgrade();
+        else this.#scheduleProbe();
+      };
+      probe.onopen = () => {
+        try {
+          probe.close(1000, 'probe');
+        } catch {
+          /* closing anyway */
+        }
+        done(probe.protocol === SUBPROTOCOL);
+      };
+      probe.onerror = () => {};
+      probe.onclose = () => done(false);
+    }, delay);
+  }
+
+  #stopProbe() {
+    if (this.#probeTimer) clearTimeout(this.#probeTimer);
+    this.#probeTimer = null;
+    const probe = this.#probe;
+    this.#probe = null;
+    if (probe) {
+      probe.onopen = probe.onclose = null;
+      probe.onerror = () => {};
+      try {
+        probe.close();
+      } catch {
+        /* closing anyway */
+      }
+    }
+  }
+
+  /** WebSocket gets through again: leave the fallback for it at once (recovering, as always). */
+  #upgrade() {
+    const ws = this.#ws;
+    if (!ws || this.#stopped || this.#state !== 'open') return;
+    const from = this.#transport;
+    this.#detach(ws);
+    try {
+      ws.close(1000, 'moving to WebSocket');
+    } catch {
+      /* closing anyway */
+    }
+    this.#transport = 'websocket';
+    this.#failedHere = 0;
+    this.#emit('transport', { transport: 'websocket', from, reason: 'WebSocket gets through again' });
+    this.#ended({ code: 1000, reason: `moving from ${from} to WebSocket`, wasClean: true, initiator: 'client', upgrade: true, transport: from });
   }
 
   #onOpen(ws) {
@@ -503,6 +639,11 @@ export class TetherClient extends EventTarget {
       return;
     }
     const now = Date.now();
+    this.#clearOpenTimer();
+    this.#opened = true;
+    this.#failedHere = 0;
+    workedFor.set(this.url, this.#transport);
+    this.#scheduleProbe();
     this.#reconnector.onOpen(now);
     this.stats.opens += 1;
     const reconnected = this.#openedBefore;
@@ -667,6 +808,10 @@ export class TetherClient extends EventTarget {
     const ws = this.#ws;
     if (ws) this.#detach(ws);
     this.#ws = null;
+    this.#clearOpenTimer();
+    const transport = info.transport || this.#transport; // the one it happened on
+    if (!info.upgrade) this.#stopProbe();
+    if (!this.#opened && !info.fatal) this.#fellShort(info);
     this.#stopHeartbeat();
     this.#stopDrain(); // what waits to be sent stays queued for the next connection
     this.#rejectPending('the connection closed');
@@ -674,16 +819,14 @@ export class TetherClient extends EventTarget {
     for (const [, entry] of this.#channels) entry.confirmed = false;
     const advice = this.#advice;
     this.#advice = null;
-    let decision = this.#reconnector.onClose(
-      Date.now(),
-      {
-        code: info.code,
-        fatal: info.fatal,
-        adviceReconnect: advice ? advice.reconnect : undefined,
-        adviceRetryAfter: advice && advice.retry_after_ms != null ? advice.retry_after_ms : undefined,
-      },
-      Math.random(),
-    );
+    const ended = {
+      code: info.code,
+      fatal: info.fatal,
+      adviceReconnect: advice ? advice.reconnect : undefined,
+      adviceRetryAfter: advice && advice.retry_after_ms != null ? advice.retry_after_ms : undefined,
+    };
+    // Moving back to WebSocket is no failure: at once, without counting an attempt.
+    let decision = info.upgrade ? { retry: true, attempt: 0, delay: 0 } : this.#reconnector.onClose(Date.now(), ended, Math.random());
     if (decision.retry && info.code === 4002) {
       // The token expired: reconnecting with it cannot work. Fetch a fresh one meanwhile.
       if (typeof this.#opts.getToken !== 'function') {
@@ -701,6 +844,7 @@ export class TetherClient extends EventTarget {
       willReconnect: decision.retry,
       retryIn: decision.retry && !offline ? Math.round(decision.delay) : null,
       attempt: decision.retry ? decision.attempt : 0,
+      transport,
     };
     this.lastClose = detail;
     if (!detail.willReconnect) {
@@ -730,6 +874,20 @@ export class TetherClient extends EventTarget {
       }
       this.#openWithToken();
     }, detail.retryIn);
+  }
+
+  /** An attempt ended before `open`: after `fallbackAfter` of them, the next transport. */
+  #fellShort(info) {
+    this.#failedHere += 1;
+    const transports = this.#transports();
+    // After the last, the first again: a network that blocked WebSocket may let it through now.
+    const next = transports[(transports.indexOf(this.#transport) + 1) % transports.length];
+    if (next !== this.#transport && this.#failedHere >= this.#opts.fallbackAfter) {
+      const from = this.#transport;
+      this.#transport = next;
+      this.#failedHere = 0;
+      this.#emit('transport', { transport: next, from, reason: `${from} failed ${this.#opts.fallbackAfter} times before opening (last: ${info.code} ${info.reason || ''})`.trim() });
+    }
   }
 
   /**
@@ -786,6 +944,8 @@ export class TetherClient extends EventTarget {
     this.#stopped = true;
     this.#openAfterRefresh = false; // a refresh in flight still stores its token for connect()
     this.#clearRetry();
+    this.#clearOpenTimer();
+    this.#stopProbe();
     this.#stopHeartbeat();
     this.#stopDrain();
     const ws = this.#ws;
@@ -809,7 +969,7 @@ export class TetherClient extends EventTarget {
     this.#setState('closed');
     if (ws) {
       // wasClean: the socket was open, so its closing handshake has begun (and ends unobserved).
-      const detail = { code, reason, wasClean: wasOpen, initiator: 'client', willReconnect: false, retryIn: null, attempt: 0 };
+      const detail = { code, reason, wasClean: wasOpen, initiator: 'client', willReconnect: false, retryIn: null, attempt: 0, transport: this.#transport };
       this.lastClose = detail;
       this.#emit('close', detail);
     }

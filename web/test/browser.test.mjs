@@ -361,6 +361,75 @@ test('behind nginx (proxy_read_timeout 3s) without heartbeats: tether.js reports
   }
 });
 
+test('behind nginx that refuses upgrades: tether.js falls back to HTTP-streaming, recovers after kill -9, and moves back to WebSocket', { skip: req.skip }, async () => {
+  const { Nginx } = await import('./harness.mjs');
+  const redis = await Redis.start();
+  if (!redis) return;
+  const args = ['--broker', redis.url, '--history', 'news=100/5m', '--client-publish', 'news', '--ping-interval', '200ms', '--pong-timeout', '400ms'];
+  let a = await start(args);
+  const b = await start(args);
+  const nginx = await Nginx.start(a.addr, '60s', { refuseUpgrades: true });
+  if (!nginx) return;
+  try {
+    const options = { ...FAST, pingInterval: 200, pongTimeout: 400, fallbackAfter: 2, openTimeout: 3000, upgradeProbe: 300 };
+    const origin = { http: `http://${nginx.addr}` };
+    const started = Date.now();
+    const page = await pageWithClient(ctx, origin, options, ['news'], nginx.ws);
+    const transport = () => page.evaluate(() => window.client.transport);
+    assert.equal(await transport(), 'http_stream');
+    assert.ok(Date.now() - started < 8000, `subscribed on the fallback after ${Date.now() - started} ms`);
+    const refused = (await events(page, 'close')).map((e) => e.detail);
+    assert.deepEqual(refused.map((e) => e.transport), ['websocket', 'websocket'], JSON.stringify(refused));
+    await b.publish('news', { n: 1 });
+    await page.evaluate(() => window.client.publish('news', { n: 2 }));
+    await waitEvents(page, 'publication', 2);
+    await waitEvents(page, 'rtt', 2); // heartbeats, answered over the stream
+
+    await a.kill9();
+    for (let n = 3; n <= 5; n++) await b.publish('news', { n });
+    a = await restart(a);
+    const recovered = async () => (await events(page, 'subscribed')).some((e) => e.detail.resubscribe && e.detail.recovered === true);
+    await waitFor('the recovering resubscribe', recovered, 15000);
+    assert.equal(await transport(), 'http_stream');
+
+    await nginx.setUpgrades(true);
+    await waitFor('the move back to WebSocket', async () => (await transport()) === 'websocket' && (await page.evaluate(() => window.client.state)) === 'open', 15000);
+    const moved = (await events(page, 'close')).at(-1).detail;
+    assert.equal(moved.transport, 'http_stream');
+    assert.equal(moved.code, 1000);
+    await waitFor('the second recovering resubscribe', async () => (await events(page, 'subscribed')).filter((e) => e.detail.resubscribe && e.detail.recovered === true).length >= 2, 15000);
+    await b.publish('news', { n: 6 });
+    const seen = (await waitEvents(page, 'publication', 6)).map((e) => e.detail.data.n);
+    assert.deepEqual(seen, [1, 2, 3, 4, 5, 6], 'none lost, none twice, in order');
+    await page.close();
+  } finally {
+    await nginx.stop();
+    await redis.stop();
+  }
+});
+
+test('behind nginx that refuses upgrades: an SSE session carries commands, publications and heartbeats', { skip: req.skip }, async () => {
+  const { Nginx } = await import('./harness.mjs');
+  const server = await start(['--history', 'news=100/5m', '--client-publish', 'news', '--ping-interval', '200ms', '--pong-timeout', '400ms']);
+  const nginx = await Nginx.start(server.addr, '60s', { refuseUpgrades: true });
+  if (!nginx) return;
+  try {
+    const options = { ...FAST, pingInterval: 200, pongTimeout: 400, fallbackAfter: 1, transports: ['websocket', 'sse'], upgradeProbe: 0 };
+    const page = await pageWithClient(ctx, { http: `http://${nginx.addr}` }, options, ['news'], nginx.ws);
+    assert.equal(await page.evaluate(() => window.client.transport), 'sse');
+    await server.publish('news', { n: 1 });
+    await page.evaluate(() => window.client.publish('news', { n: 2 }));
+    const seen = (await waitEvents(page, 'publication', 2)).map((e) => e.detail.data.n);
+    assert.deepEqual(seen, [1, 2]);
+    // Alive well past the server's ping + pong bound: its pings are answered.
+    await waitEvents(page, 'rtt', 6);
+    assert.equal((await events(page, 'close')).length, 1, 'only the refused WebSocket closed');
+    await page.close();
+  } finally {
+    await nginx.stop();
+  }
+});
+
 test('tether.js knows its client id and asks who is in a presence channel', { skip: req.skip }, async () => {
   const { writeFileSync } = await import('node:fs');
   const config = join(ensureOutputDir(), `presence-${process.pid}.toml`);

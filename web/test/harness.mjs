@@ -269,9 +269,10 @@ function checkMetricName(text, name) {
  */
 export async function browser(chromium, { bfcache = false } = {}) {
   const ctx = await launch(chromium, bfcache);
-  await ctx.route(/\/tether\.js$/, (route) =>
-    route.fulfill({ path: join(here, '..', 'tether.js'), contentType: 'text/javascript; charset=utf-8' }),
-  );
+  for (const file of ['tether.js', 'tether-fallback.js']) {
+    const name = new RegExp(`/${file.replace('.', '\\.')}$`);
+    await ctx.route(name, (route) => route.fulfill({ path: join(here, '..', file), contentType: 'text/javascript; charset=utf-8' }));
+  }
   return ctx;
 }
 
@@ -451,7 +452,11 @@ export class Relay {
  * PID. `Nginx.start` returns null when nginx is missing (an error under CI).
  */
 export class Nginx {
-  static async start(target, readTimeout) {
+  /**
+   * `refuseUpgrades`: answer every WebSocket upgrade with 403, as some corporate proxies and
+   * balancers do (plain HTTP still passes); `setUpgrades(true)` lets them through again.
+   */
+  static async start(target, readTimeout, { refuseUpgrades = false } = {}) {
     const { existsSync, writeFileSync } = await import('node:fs');
     const bin = ['/usr/sbin/nginx', '/usr/bin/nginx'].find((p) => existsSync(p));
     if (!bin) {
@@ -467,7 +472,8 @@ export class Nginx {
       });
     });
     const dir = mkdtempSync(join(tmpdir(), 'tether-nginx-'));
-    const conf = `daemon off;
+    const n = new Nginx();
+    n.conf = (refuse) => `daemon off;
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log info;
 events {}
@@ -479,6 +485,7 @@ http {
   server {
     listen 127.0.0.1:${port};
     location / {
+      ${refuse ? 'if ($http_upgrade != "") { return 403; }' : ''}
       proxy_pass http://${target};
       proxy_http_version 1.1;
       proxy_set_header Upgrade $http_upgrade;
@@ -488,8 +495,7 @@ http {
   }
 }
 `;
-    writeFileSync(join(dir, 'nginx.conf'), conf);
-    const n = new Nginx();
+    writeFileSync(join(dir, 'nginx.conf'), n.conf(refuseUpgrades));
     n.addr = `127.0.0.1:${port}`;
     n.dir = dir;
     n.child = spawn(bin, ['-p', dir, '-e', join(dir, 'error.log'), '-c', join(dir, 'nginx.conf')], { stdio: 'ignore' });
@@ -503,6 +509,20 @@ http {
 
   get ws() {
     return `ws://${this.addr}/ws`;
+  }
+
+  /** Let WebSocket upgrades through (`true`) or refuse them with 403; returns once in force. */
+  async setUpgrades(allowed) {
+    const { writeFileSync } = await import('node:fs');
+    const { default: WebSocket } = await import('ws');
+    writeFileSync(join(this.dir, 'nginx.conf'), this.conf(!allowed));
+    process.kill(this.child.pid, 'SIGHUP'); // reload
+    const opens = () => new Promise((resolve) => {
+      const ws = new WebSocket(this.ws, ['tether.v1.json']);
+      ws.on('open', () => { ws.terminate(); resolve(true); });
+      ws.on('error', () => resolve(false));
+    });
+    await waitFor(`nginx ${allowed ? 'allowing' : 'refusing'} upgrades`, async () => (await opens()) === allowed);
   }
 
   async stop() {

@@ -249,6 +249,7 @@ impl Gateway {
             .route("/debug/pprof/heap", get(crate::api::heap_profile))
             .route("/debug/pprof/heap/{action}", post(crate::api::heap_profiling))
             .route("/tether.js", get(crate::web::tether_js))
+            .route("/tether-fallback.js", get(crate::web::tether_fallback_js))
             .layer(axum::middleware::from_fn_with_state(self.shared.clone(), crate::host::guard))
             .with_state(self.shared.clone())
     }

@@ -8,6 +8,8 @@ use axum::routing::get;
 use axum::Router;
 
 const TETHER_JS: &str = include_str!("../../../web/tether.js");
+/// Imported by `tether.js` (`./tether-fallback.js`): sessions over plain HTTP.
+const TETHER_FALLBACK_JS: &str = include_str!("../../../web/tether-fallback.js");
 const DASHBOARD_HTML: &str = include_str!("../../../web/dashboard/index.html");
 const DASHBOARD_JS: &str = include_str!("../../../web/dashboard/dashboard.js");
 const DASHBOARD_CSS: &str = include_str!("../../../web/dashboard/dashboard.css");
@@ -19,6 +21,10 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 
 pub(crate) async fn tether_js() -> impl IntoResponse {
     asset("text/javascript; charset=utf-8", TETHER_JS)
+}
+
+pub(crate) async fn tether_fallback_js() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", TETHER_FALLBACK_JS)
 }
 
 pub(crate) fn dashboard_routes() -> Router {
