@@ -22,6 +22,12 @@ const OWN_IDS = Number.MAX_SAFE_INTEGER;
 const SEND_TRIES = 5;
 
 /**
+ * After a node says the session is unknown, how long its stream may take to end and say why
+ * (a restarting node's `disconnect` carries 1012 and a hint) before the session is given up.
+ */
+const ORPHAN_WAIT_MS = 2000;
+
+/**
  * Where a WebSocket URL's streaming endpoints are: `ws://host/prefix/ws?q` gives
  * `http://host/prefix/stream?q` (and `/stream/sse`, `/stream/send`). `wss` maps to `https`.
  */
@@ -62,6 +68,7 @@ class StreamingSocket {
   #advice = null;
   #ownPing = OWN_IDS;
   #ended = false;
+  #orphaned = null;
 
   constructor(url, transport, options = {}) {
     this.#endpoints = streamEndpoints(url);
@@ -79,7 +86,9 @@ class StreamingSocket {
 
   /** Queue `data` (a command) for the next `/stream/send`. */
   send(data) {
-    if (this.readyState !== 1) throw new Error(`cannot send: the ${this.transport} session is not open`);
+    // As a WebSocket: an error before open, silence once closing.
+    if (this.readyState === 0) throw new Error(`cannot send: the ${this.transport} session is not open yet`);
+    if (this.readyState !== 1) return;
     const text = String(data);
     this.#outbox.push(text);
     this.bufferedAmount += text.length;
@@ -127,6 +136,7 @@ class StreamingSocket {
   finish(fallback) {
     if (this.#ended) return;
     this.#ended = true;
+    if (this.#orphaned) clearTimeout(this.#orphaned);
     this.readyState = 3;
     this.abort();
     const advice = this.#advice;
@@ -164,8 +174,13 @@ class StreamingSocket {
           continue;
         }
         if (res.status === 404) {
-          // The session ended, or its node is gone: a new session recovers.
-          this.finish({ code: 1006, reason: 'the server no longer knows this session (its node restarted or it ended)', wasClean: false });
+          // The session ended, or its node is gone: a new session recovers. Its stream, if
+          // its node is shutting down, says why (1012 and a hint): wait for that, bounded.
+          this.#outbox = [];
+          this.bufferedAmount = 0;
+          this.readyState = 2;
+          const why = 'the server no longer knows this session (its node restarted or it ended)';
+          this.#orphaned = setTimeout(() => this.finish({ code: 1006, reason: why, wasClean: false }), ORPHAN_WAIT_MS);
           return;
         }
         if (res.status === 429 || res.status === 503) {

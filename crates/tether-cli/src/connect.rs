@@ -54,6 +54,18 @@ pub struct ConnectArgs {
     /// has a fresh token. A command that fails or prints nothing stops the client and says why
     #[arg(long, value_name = "CMD", conflicts_with_all = ["token", "raw"])]
     token_command: Option<String>,
+    /// How to reach the server: websocket; http-stream (a session over plain HTTP, for
+    /// networks that let no WebSocket through); or auto (WebSocket, falling back to
+    /// HTTP-streaming when it cannot get through)
+    #[arg(long, value_enum, default_value_t = TransportArg::Websocket, conflicts_with = "raw")]
+    transport: TransportArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum TransportArg {
+    Websocket,
+    HttpStream,
+    Auto,
 }
 
 /// How long `--token-command` may take (as long as a connect attempt may).
@@ -133,6 +145,11 @@ fn build_config(args: &ConnectArgs) -> Result<ClientConfig> {
             .token_refresh_on_reconnect(true);
     }
     cfg.url = url;
+    cfg = match args.transport {
+        TransportArg::Websocket => cfg,
+        TransportArg::HttpStream => cfg.transports(vec![tether_client::Transport::HttpStream]),
+        TransportArg::Auto => cfg.with_fallback(),
+    };
     if let Some(path) = &args.ca_cert {
         cfg = cfg.with_ca_file(path).map_err(|e| anyhow::anyhow!("--ca-cert: {e}"))?;
     }

@@ -9,7 +9,7 @@ use common::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tether_client::{Event, Initiator};
+use tether_client::{Event, Initiator, Transport};
 
 const CLIENTS: usize = 40;
 /// At least this many publications, and the publisher keeps going until the roll is done.
@@ -38,10 +38,23 @@ struct Seen {
     restarts: Vec<(tether_client::CloseInfo, Option<Duration>)>,
     /// Resubscribes that did not recover everything.
     unrecovered: usize,
+    /// Every other close, for the failure message.
+    others: Vec<tether_client::CloseInfo>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_behind_nginx_loses_and_duplicates_nothing() {
+    rolling_restart(Transport::WebSocket).await;
+}
+
+/// The same over HTTP-streaming sessions (issue 21): each client's commands go to whichever
+/// node nginx picks, not only to the one holding its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_loses_and_duplicates_nothing_over_http_streaming_too() {
+    rolling_restart(Transport::HttpStream).await;
+}
+
+async fn rolling_restart(transport: Transport) {
     let Some(redis) = Redis::start() else { return };
     let (mut a, mut b) = (node(&redis), node(&redis));
     let Some(nginx) = Nginx::start_group(&[a.addr, b.addr], "60s") else { return };
@@ -50,7 +63,8 @@ async fn a_rolling_restart_behind_nginx_loses_and_duplicates_nothing() {
     let mut clients = Vec::new();
     let mut seen = Vec::new();
     for _ in 0..CLIENTS {
-        let (client, mut events) = tether_client::connect(fast_client(nginx.ws_url()));
+        let config = fast_client(nginx.ws_url()).transports(vec![transport]);
+        let (client, mut events) = tether_client::connect(config);
         client.subscribe("feed").await.unwrap();
         next_event(&mut events, Duration::from_secs(10), "subscribed", |e| {
             matches!(e, Event::Subscribed { .. })
@@ -67,9 +81,11 @@ async fn a_rolling_restart_behind_nginx_loses_and_duplicates_nothing() {
                         seen.publications.push((offset, data.get().parse().unwrap()));
                     }
                     Event::Closed(info) if info.code == 1012 => {
+                        assert_eq!(info.transport, transport, "{info:?}");
                         closed_at = Some(Instant::now());
                         seen.restarts.push((info, None));
                     }
+                    Event::Closed(info) => seen.others.push(info),
                     Event::Subscribed { resubscribe: true, recovered, .. } => {
                         if recovered != Some(true) {
                             seen.unrecovered += 1;
@@ -185,7 +201,7 @@ async fn a_rolling_restart_behind_nginx_loses_and_duplicates_nothing() {
         assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "client {i}: offsets with a gap");
         assert_eq!(s.unrecovered, 0, "client {i}: a resubscribe did not recover everything");
         // Everyone was on B when B restarted, so everyone heard 1012 at least once.
-        assert!(!s.restarts.is_empty(), "client {i} never heard 1012");
+        assert!(!s.restarts.is_empty(), "client {i} never heard 1012: {:?}", s.others);
         for (info, back) in &s.restarts {
             assert_eq!(info.initiator, Initiator::Server, "client {i}: {info:?}");
             assert!(info.was_clean && info.will_reconnect, "client {i}: {info:?}");

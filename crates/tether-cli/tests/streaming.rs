@@ -304,3 +304,101 @@ fn commands_reach_a_session_held_by_another_node_and_through_a_round_robin_balan
     a.kill9();
     assert!(wait_until(T, || on_a.send(&[json!({"id": 1, "cmd": "ping"})]).0 == 404));
 }
+
+// --- the Rust client over HTTP-streaming ---------------------------------------------------
+
+use tether_client::{ClientConfig, Event, Initiator, Transport};
+
+/// A client with a 200 ms heartbeat (400 ms of silence tolerated) and quick reconnects.
+fn rust_client(url: String) -> ClientConfig {
+    fast_client(url).heartbeat(Duration::from_millis(200), Duration::from_millis(400))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_falls_back_to_http_streaming_behind_a_proxy_that_refuses_upgrades() {
+    let args = [
+        "--history",
+        "feed=100/5m",
+        "--client-publish",
+        "feed",
+        "--ping-interval",
+        "200ms",
+        "--pong-timeout",
+        "400ms",
+    ];
+    let server = Server::start(&args);
+    let Some(nginx) = Nginx::start_with(&[server.addr], "60s", true) else { return };
+    let (client, mut events) = tether_client::connect(rust_client(nginx.ws_url()).with_fallback());
+    client.subscribe("feed").await.unwrap();
+    let refused =
+        next_event(&mut events, T, "the refused upgrade", |e| matches!(e, Event::Closed(_))).await;
+    let Event::Closed(refused) = refused else { unreachable!() };
+    assert_eq!(refused.transport, Transport::WebSocket, "{refused:?}");
+    assert!(refused.reason.contains("403") && refused.will_reconnect, "{refused:?}");
+    next_event(&mut events, T, "open", |e| matches!(e, Event::Open { .. })).await;
+    next_event(&mut events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
+    server.publish("feed", r#"{"n": 1}"#);
+    client
+        .publish("feed", serde_json::value::RawValue::from_string(r#"{"n": 2}"#.into()).unwrap())
+        .await
+        .unwrap();
+    for n in 1..=2 {
+        let p =
+            next_event(&mut events, T, "a publication", |e| matches!(e, Event::Publication { .. }))
+                .await;
+        let Event::Publication { data, .. } = p else { unreachable!() };
+        assert_eq!(data.get().replace(' ', ""), format!(r#"{{"n":{n}}}"#));
+    }
+    // Heartbeats both ways keep it open, well past ping + pong timeout, with no other close.
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), async {
+        loop {
+            if let Some(Event::Closed(info)) = events.next().await {
+                return info;
+            }
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "the session closed: {quiet:?}");
+    client.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_peer_of_a_streaming_session_is_found_within_the_heartbeat_bound() {
+    // A frozen client process (SIGSTOP): the server ends its session after ping + pong timeout.
+    let server = Server::start(&["--ping-interval", "200ms", "--pong-timeout", "300ms"]);
+    let mut child = std::process::Command::new(BIN)
+        .args(["connect", &server.ws_url(""), "--transport", "http-stream", "--channel", "feed"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = LineReader::new(child.stdout.take().unwrap());
+    lines.expect_line(T, "subscribed", |l| l.contains("subscribed"));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let stopped = Instant::now();
+    assert!(wait_until(T, || server.closed("4000", "server") >= 1.0), "{}", server.metrics());
+    let took = stopped.elapsed();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let _ = child.wait();
+    assert!(took < Duration::from_millis(1500), "found dead after {took:?}; bound 200 + 300 ms");
+
+    // A frozen server (SIGSTOP): the Rust client's watchdog ends the session.
+    let (client, mut events) = tether_client::connect(
+        rust_client(server.ws_url("")).transports(vec![Transport::HttpStream]),
+    );
+    next_event(&mut events, T, "open", |e| matches!(e, Event::Open { .. })).await;
+    server.signal(nix::sys::signal::Signal::SIGSTOP);
+    let frozen = Instant::now();
+    let ended = next_event(&mut events, T, "a close", |e| matches!(e, Event::Closed(_))).await;
+    let took = frozen.elapsed();
+    server.signal(nix::sys::signal::Signal::SIGCONT);
+    let Event::Closed(info) = ended else { unreachable!() };
+    assert_eq!(
+        (info.code, info.initiator, info.transport),
+        (4000, Initiator::Client, Transport::HttpStream),
+        "{info:?}"
+    );
+    assert!(took < Duration::from_millis(1500), "found dead after {took:?}; bound 200 + 400 ms");
+    client.close().await;
+}

@@ -14,6 +14,25 @@ pub enum Mode {
     Raw,
 }
 
+/// How the client reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    /// A session over plain HTTP (JSON mode): `POST /stream` streams the server's messages,
+    /// one per line; commands go as `POST /stream/send`. For networks that let no WebSocket
+    /// through.
+    HttpStream,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::HttpStream => "http_stream",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     /// `ws://` URL of the endpoint.
@@ -58,6 +77,13 @@ pub struct ClientConfig {
     /// each new connection starts with a fresh one. A refresh that fails stops the client with
     /// its reason. Off by default.
     pub token_refresh_on_reconnect: bool,
+    /// The transports to try, in order (JSON mode; raw mode is WebSocket only). Default:
+    /// WebSocket alone; [`ClientConfig::with_fallback`] adds HTTP-streaming.
+    pub transports: Vec<Transport>,
+    /// Attempts of a transport that fail before opening, after which the next is tried (after
+    /// the last, the first again). A handshake the way refuses (an HTTP error to the upgrade,
+    /// as from a proxy that strips or forbids it) moves on at once.
+    pub fallback_after: u32,
 }
 
 /// A token being fetched: a fresh token, or why there is none.
@@ -94,7 +120,22 @@ impl ClientConfig {
             token: None,
             token_refresh: None,
             token_refresh_on_reconnect: false,
+            transports: vec![Transport::WebSocket],
+            fallback_after: 2,
         }
+    }
+
+    /// Fall back to HTTP-streaming when WebSocket cannot get through (see
+    /// [`ClientConfig::transports`]).
+    pub fn with_fallback(mut self) -> Self {
+        self.transports = vec![Transport::WebSocket, Transport::HttpStream];
+        self
+    }
+
+    /// Use these transports, in this order.
+    pub fn transports(mut self, transports: Vec<Transport>) -> Self {
+        self.transports = transports;
+        self
     }
 
     /// Authenticate every connection with this JWT (JSON mode).

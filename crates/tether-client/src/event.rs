@@ -24,6 +24,8 @@ pub struct CloseInfo {
     /// The number of the reconnect attempt that comes next (1 = first retry after a healthy
     /// connection); 0 when the client stops.
     pub attempt: u32,
+    /// The transport the connection (or attempt) had.
+    pub transport: crate::config::Transport,
 }
 
 impl fmt::Display for CloseInfo {
@@ -37,6 +39,9 @@ impl fmt::Display for CloseInfo {
             self.was_clean,
             self.initiator
         )?;
+        if self.transport != crate::config::Transport::WebSocket {
+            write!(f, " transport={}", self.transport.as_str())?;
+        }
         match self.retry_in {
             Some(d) if self.will_reconnect => {
                 write!(f, "; reconnecting in {:.3}s (attempt {})", d.as_secs_f64(), self.attempt)

@@ -16,21 +16,23 @@
 //! ```
 //!
 //! A map of the modules:
-//! - [`config`] — [`ClientConfig`]: URL, mode, heartbeat, reconnect policy, compression, queue
-//!   sizes.
+//! - [`config`] — [`ClientConfig`]: URL, mode, transports, heartbeat, reconnect policy,
+//!   compression, queue sizes.
 //! - [`event`] — [`Event`] and [`CloseInfo`]: everything the application is told.
 //! - [`client`] — [`Client`], the cheap handle the application calls (subscribe, publish, send
 //!   text or binary, close).
-//! - `supervisor` — the one task that owns the connection: connect, run a session, decide
+//! - `supervisor` — the one task that owns the connection (a WebSocket, or an HTTP-streaming
+//!   session where WebSocket cannot get through): connect, run a session, decide
 //!   (with `tether_core::reconnect`) whether and when to reconnect. One task, so one reconnect
 //!   in flight, however many errors and closes fire together.
 //!
 //! ## Layers
 //! Bottom up; a module imports only those of lower layers (checked by
 //! `tether-core/tests/layers.rs`):
-//! 1. `config`, `event`, `error`, `stats`, `inflating_stream`
-//! 2. `supervisor`
-//! 3. `client`
+//! 1. `config`, `error`, `stats`, `inflating_stream`
+//! 2. `event`
+//! 3. `supervisor`
+//! 4. `client`
 
 pub mod client;
 pub mod config;
@@ -41,7 +43,7 @@ pub mod stats;
 mod supervisor;
 
 pub use client::{connect, Client, Events, PresenceStats};
-pub use config::{ClientConfig, Mode};
+pub use config::{ClientConfig, Mode, Transport};
 pub use error::ClientError;
 pub use event::{CloseInfo, Event};
 pub use stats::ClientStats;

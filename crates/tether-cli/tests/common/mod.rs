@@ -565,6 +565,16 @@ impl Nginx {
     }
 
     pub fn start_group(upstreams: &[SocketAddr], read_timeout: &str) -> Option<Nginx> {
+        Self::start_with(upstreams, read_timeout, false)
+    }
+
+    /// `refuse_upgrades`: answer every WebSocket upgrade with 403, as some corporate proxies
+    /// and balancers do; plain HTTP still passes.
+    pub fn start_with(
+        upstreams: &[SocketAddr],
+        read_timeout: &str,
+        refuse_upgrades: bool,
+    ) -> Option<Nginx> {
         let bin = which("nginx").or_else(|| {
             let sbin = PathBuf::from("/usr/sbin/nginx");
             sbin.exists().then_some(sbin)
@@ -574,6 +584,8 @@ impl Nginx {
         let dir = std::env::temp_dir().join(format!("tether-nginx-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.display();
+        let refuse =
+            if refuse_upgrades { "if ($http_upgrade != \"\") { return 403; }\n" } else { "" };
         let servers: String =
             upstreams.iter().map(|a| format!("server {a} max_fails=0;\n")).collect();
         let conf = format!(
@@ -582,7 +594,7 @@ impl Nginx {
              fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
              map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
              upstream tether {{\n{servers}}}\n\
-             server {{\nlisten 127.0.0.1:{port};\nlocation / {{\nproxy_pass http://tether;\n\
+             server {{\nlisten 127.0.0.1:{port};\nlocation / {{\n{refuse}proxy_pass http://tether;\n\
              proxy_http_version 1.1;\nproxy_set_header Host $host;\nproxy_set_header Upgrade $http_upgrade;\n\
              proxy_set_header Connection $connection_upgrade;\nproxy_read_timeout {read_timeout};\n\
              proxy_next_upstream error timeout http_503;\n}}\n}}\n}}\n"

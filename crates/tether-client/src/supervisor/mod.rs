@@ -3,7 +3,7 @@
 //! While disconnected it keeps serving the application's requests (sends go to the bounded
 //! offline queue, subscriptions are remembered and re-sent after the next open).
 
-use crate::config::{ClientConfig, Mode};
+use crate::config::{ClientConfig, Mode, Transport};
 use crate::error::ClientError;
 use crate::event::{CloseInfo, Event};
 use crate::inflating_stream::InflatingStream;
@@ -35,7 +35,11 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod dial;
+mod http_stream;
+mod link;
 mod session;
+
+use link::Link;
 
 type Ws = WebSocketStream<InflatingStream<MaybeTlsStream<TcpStream>>>;
 type Done<T> = oneshot::Sender<Result<T, ClientError>>;
@@ -175,20 +179,49 @@ impl Supervisor {
         let mut reconnector = Reconnector::new(self.config.reconnect);
         let mut attempt = 0u32;
         let mut opened_before = false;
+        let transports = match self.config.mode {
+            Mode::Json if !self.config.transports.is_empty() => self.config.transports.clone(),
+            _ => vec![Transport::WebSocket],
+        };
+        let (mut current, mut failed_here) = (0usize, 0u32);
         loop {
+            let transport = transports[current];
             self.emit(Event::Connecting { attempt }).await;
             self.stats.connect_attempts.fetch_add(1, Ordering::Relaxed);
-            let end = match self.connect().await {
-                Ok(mut ws) => {
+            let opened = match transport {
+                Transport::WebSocket => self.connect().await.map(|ws| Link::Ws(Box::new(ws))),
+                Transport::HttpStream => http_stream::HttpStream::open(&self.config)
+                    .await
+                    .map(|s| Link::Stream(Box::new(s))),
+            };
+            let was_open = opened.is_ok();
+            let mut end = match opened {
+                Ok(mut link) => {
+                    failed_here = 0;
                     reconnector.on_open(Instant::now().into_std());
                     self.stats.opened.fetch_add(1, Ordering::Relaxed);
                     self.emit(Event::Open { reconnected: opened_before }).await;
                     let resubscribe = opened_before;
                     opened_before = true;
-                    self.session(&mut ws, resubscribe).await
+                    self.session(&mut link, resubscribe).await
                 }
                 Err(end) => end,
             };
+            if !was_open && transports.len() > 1 {
+                // A proxy that forbids WebSocket answers the upgrade with an HTTP error: that
+                // is what the next transport is for, not a reason to stop. Move on at once.
+                let refused = transport == Transport::WebSocket
+                    && end.reason.starts_with("handshake refused");
+                failed_here += 1;
+                if refused || failed_here >= self.config.fallback_after {
+                    if refused {
+                        end.fatal = None;
+                    }
+                    current = (current + 1) % transports.len();
+                    failed_here = 0;
+                    tracing::info!(from = transport.as_str(), to = transports[current].as_str(), why = %end.reason, "trying another transport");
+                }
+            }
             // Advice received before the end counts whatever way the session ended.
             let advice = std::mem::take(&mut self.advice);
             let ended = Ended {
@@ -225,6 +258,7 @@ impl Supervisor {
                 will_reconnect,
                 retry_in,
                 attempt: next_attempt,
+                transport,
             }))
             .await;
             match decision {

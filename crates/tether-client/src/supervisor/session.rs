@@ -38,7 +38,7 @@ impl Supervisor {
     }
 
     /// Write with the liveness deadline; a blocked or failed write ends the session.
-    pub(super) async fn write(&self, ws: &mut Ws, msg: Message) -> Result<(), SessionEnd> {
+    pub(super) async fn write(&self, ws: &mut Link, msg: Message) -> Result<(), SessionEnd> {
         let msg = self.outbound(msg);
         match tokio::time::timeout(self.write_timeout(), ws.send(msg)).await {
             Ok(Ok(())) => Ok(()),
@@ -51,7 +51,7 @@ impl Supervisor {
     }
 
     /// Run one open connection until it ends.
-    pub(super) async fn session(&mut self, ws: &mut Ws, resubscribe: bool) -> SessionEnd {
+    pub(super) async fn session(&mut self, ws: &mut Link, resubscribe: bool) -> SessionEnd {
         self.pending_subscribes.clear();
         self.pending_connect = None;
         for (_, done) in self.pending_queries.drain() {
@@ -289,7 +289,11 @@ impl Supervisor {
     }
 
     /// A request while connected. Returns an ending when the session must end.
-    pub(super) async fn handle_online(&mut self, ws: &mut Ws, req: Request) -> Option<SessionEnd> {
+    pub(super) async fn handle_online(
+        &mut self,
+        ws: &mut Link,
+        req: Request,
+    ) -> Option<SessionEnd> {
         let (msg, done) = match req {
             Request::Close { done } => return Some(self.close_by_user(ws, Some(done)).await),
             Request::Subscribe { channel, done } => {
@@ -350,10 +354,19 @@ impl Supervisor {
     /// connection as RFC 6455 §7.1.7 asks: a close frame whose code says why (1002, 1007,
     /// 1009), then wait, bounded, for the server to close TCP (the server closes first, §7.1.1).
     /// A transport error leaves no one to tell.
-    pub(super) async fn fail(&self, ws: &mut Ws, error: WsError) -> SessionEnd {
+    pub(super) async fn fail(&self, ws: &mut Link, error: WsError) -> SessionEnd {
         let reason = describe(&error);
         let Some((code, said)) = failure_code(&error) else {
             return SessionEnd::network(reason);
+        };
+        let Link::Ws(ws) = ws else {
+            // A stream has no closing handshake: dropping it ends the session.
+            return SessionEnd {
+                code,
+                reason,
+                initiator: Initiator::Client,
+                ..SessionEnd::network("")
+            };
         };
         let frame = CloseFrame { code: WireCode::from(code.0), reason: said.into() };
         // tungstenite reads nothing more after an error: drain the raw stream to its end.
@@ -369,11 +382,15 @@ impl Supervisor {
 
     pub(super) async fn close_by_user(
         &mut self,
-        ws: &mut Ws,
+        ws: &mut Link,
         done: Option<Done<()>>,
     ) -> SessionEnd {
         let frame = CloseFrame { code: WireCode::Normal, reason: "client closing".into() };
         let clean = tokio::time::timeout(self.config.close_timeout, async {
+            // A stream's session ends when its response is dropped: nothing to say first.
+            if matches!(ws, Link::Stream(_)) {
+                return Ok(());
+            }
             ws.send(Message::Close(Some(frame))).await?;
             while let Some(msg) = ws.next().await {
                 msg?;
