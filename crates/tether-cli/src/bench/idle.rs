@@ -5,7 +5,10 @@ use super::*;
 #[derive(Args, Debug)]
 pub struct IdleArgs {
     /// WebSocket URL (raw mode; add ?channel=… to subscribe every connection), or an
-    /// http:// SSE URL (http://HOST/sse?channel=…) to hold Server-Sent Events streams instead
+    /// http:// SSE URL (http://HOST/sse?channel=…) to hold Server-Sent Events streams instead,
+    /// or http://HOST/stream?channel=… to hold HTTP-streaming sessions (each subscribed with
+    /// its first command; they answer no pings, so hold them less than the server's
+    /// ping_interval + pong_timeout)
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws?channel=idle")]
     url: String,
     /// Connections to open and hold
@@ -46,7 +49,7 @@ pub(super) async fn open_idle(
     let parsed: tokio_tungstenite::tungstenite::http::Uri = url.parse().context("bad --url")?;
     let sse = parsed.scheme_str() == Some("http");
     if sse && (deflate || ping_every.is_some()) {
-        bail!("--deflate and --ping-every are for WebSocket URLs; an SSE stream only listens");
+        bail!("--deflate and --ping-every are for WebSocket URLs; a stream only listens");
     }
     let path = parsed.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let host = parsed.host().unwrap_or("127.0.0.1").to_owned();
@@ -76,7 +79,7 @@ pub(super) async fn open_idle(
                 }
                 let mut stream = socket.connect(target).await.ok()?;
                 if sse {
-                    return sse_open(&mut stream, &host, &path).await.map(|()| Held::Sse(stream));
+                    return http_open(&mut stream, &host, &path).await.map(|()| Held::Sse(stream));
                 }
                 let mut request =
                     tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
@@ -147,17 +150,29 @@ pub(super) async fn open_idle(
     Ok((handles, connected))
 }
 
-/// A held connection: a WebSocket, or an SSE stream's socket.
+/// A held connection: a WebSocket, or an SSE stream's or HTTP-streaming session's socket.
 enum Held {
     Ws(Box<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>>),
     Sse(tokio::net::TcpStream),
 }
 
-/// Ask for an SSE stream on `stream` and read its answer's head: `Some` on a 200.
-async fn sse_open(stream: &mut tokio::net::TcpStream, host: &str, path: &str) -> Option<()> {
+/// Ask for an SSE stream (or, for a `/stream` path, open an HTTP-streaming session whose first
+/// command subscribes to `?channel=`) on `stream`, and read the answer's head: `Some` on a 200.
+async fn http_open(stream: &mut tokio::net::TcpStream, host: &str, path: &str) -> Option<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
+    let (route, query) = path.split_once('?').unwrap_or((path, ""));
+    let request = if route.ends_with("/stream") {
+        let channel = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "channel");
+        let body = channel
+            .map(|(_, c)| serde_json::json!({"id": 1, "cmd": "subscribe", "channel": c}).to_string())
+            .unwrap_or_default();
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n")
+    };
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut head = Vec::with_capacity(512);
     let mut byte = [0u8; 1];
