@@ -189,6 +189,8 @@ fn serves_its_browser_assets_and_reserves_its_channels() {
         ureq::Agent::config_builder().http_status_as_error(false).build().into();
     for (path, content_type, needle) in [
         ("/tether.js", "text/javascript", "export class TetherClient"),
+        // tether.js imports it (`./tether-fallback.js`): the transports over plain HTTP.
+        ("/tether-fallback.js", "text/javascript", "export class HttpStreamSocket"),
         ("/", "text/html", "<title>Tether"),
         ("/dashboard.js", "text/javascript", "_tether:dashboard"),
         ("/dashboard.css", "text/css", "svg.chart"),

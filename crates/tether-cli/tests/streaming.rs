@@ -402,3 +402,24 @@ async fn a_frozen_peer_of_a_streaming_session_is_found_within_the_heartbeat_boun
     assert!(took < Duration::from_millis(1500), "found dead after {took:?}; bound 200 + 400 ms");
     client.close().await;
 }
+
+#[test]
+fn sessions_are_admitted_like_websockets_origin_and_max_connections() {
+    let server =
+        Server::start(&["--max-connections", "1", "--allowed-origin", "https://app.example"]);
+    let url = server.http("/stream");
+    let foreign = agent().post(&url).header("origin", "https://evil.example").send("").unwrap();
+    assert_eq!(foreign.status().as_u16(), 403);
+    // The allowed origin may read the stream (CORS), and holds the one connection there is.
+    let held = agent().post(&url).header("origin", "https://app.example").send("").unwrap();
+    assert_eq!(held.status().as_u16(), 200);
+    let allow = held.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap());
+    assert_eq!(allow, Some("https://app.example"));
+    let mut over = agent().post(&url).send("").unwrap();
+    let body = over.body_mut().read_to_string().unwrap_or_default();
+    assert_eq!(over.status().as_u16(), 503, "{body}");
+    assert!(body.contains("connection limit"), "{body}");
+    drop(held);
+    // Its slot comes back when the session ends.
+    assert!(wait_until(T, || agent().post(&url).send("").unwrap().status().as_u16() == 200));
+}

@@ -164,7 +164,9 @@ async fn http_open(stream: &mut tokio::net::TcpStream, host: &str, path: &str) -
     let request = if route.ends_with("/stream") {
         let channel = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "channel");
         let body = channel
-            .map(|(_, c)| serde_json::json!({"id": 1, "cmd": "subscribe", "channel": c}).to_string())
+            .map(|(_, c)| {
+                serde_json::json!({"id": 1, "cmd": "subscribe", "channel": c}).to_string()
+            })
             .unwrap_or_default();
         format!(
             "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
