@@ -43,6 +43,10 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const PUBSUB_PATTERN: &str = "tether:p:*";
 /// How often the pub/sub link is pinged to prove it alive.
 const LINK_PING_EVERY: Duration = Duration::from_secs(1);
+/// A ping unanswered this long means the link is lost. Several response timeouts: one late
+/// answer (Redis stalled by a fork for BGSAVE, a page swapped in) is not a lost link, and
+/// taking it for one would close or resync every connection of the node at once.
+const LINK_SILENCE: Duration = Duration::from_secs(6);
 const PUBSUB_PREFIX: &str = "tether:p:";
 /// Join/leave changes of every node (see `redis_presence`).
 const EVENTS_PATTERN: &str = "tether:e:*";
@@ -248,9 +252,12 @@ impl RedisBroker {
                     }
                     // A link can die without the socket noticing (a partition, a NAT timeout):
                     // ping it, and count a ping unanswered within the response timeout as lost.
-                    let (mut sink, mut messages) = pubsub.split();
+                    let (sink, mut messages) = pubsub.split();
                     let mut keepalive = tokio::time::interval(LINK_PING_EVERY);
                     keepalive.tick().await;
+                    // One ping in flight at a time, kept until answered (a late answer still
+                    // counts), with when it was sent.
+                    let mut ping = None;
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => return,
@@ -258,16 +265,28 @@ impl RedisBroker {
                                 Some(msg) => self.deliver(msg),
                                 None => break,
                             },
-                            _ = keepalive.tick() => {
-                                // In subscribed mode Redis answers PING with ["pong", ""]: any
-                                // answer will do.
-                                let ping = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await;
-                                if !matches!(ping, Ok(Ok(_))) {
-                                    tracing::warn!(url = %self.url, "the Redis pub/sub link did not answer a ping");
+                            // In subscribed mode Redis answers PING with ["pong", ""]: any
+                            // answer will do.
+                            answer = async { ping.as_mut().map(|(_, p): &mut (Instant, _)| p).expect("guarded").await }, if ping.is_some() => {
+                                ping = None;
+                                if let Err(e) = answer {
+                                    tracing::warn!(url = %self.url, error = %e, "the Redis pub/sub link failed a ping");
                                     break;
                                 }
                                 self.metrics.link_pings.inc();
                             }
+                            _ = keepalive.tick() => match &ping {
+                                None => {
+                                    let mut sink = sink.clone();
+                                    let answer = async move { sink.ping::<redis::Value>().await };
+                                    ping = Some((Instant::now(), Box::pin(answer)));
+                                }
+                                Some((sent, _)) if sent.elapsed() >= LINK_SILENCE => {
+                                    tracing::warn!(url = %self.url, "the Redis pub/sub link answered no ping for {LINK_SILENCE:?}");
+                                    break;
+                                }
+                                Some(_) => {}
+                            },
                         }
                     }
                     tracing::warn!(url = %self.url, "lost the Redis pub/sub link; reconnecting");
