@@ -215,6 +215,15 @@ pub(crate) fn parse_event_id(id: &str) -> BTreeMap<String, StreamPosition> {
     out
 }
 
+/// A session's place in `hub::Sessions`, given back when dropped.
+struct Registered(Arc<Node>, ConnId);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.hub.sessions.remove(self.1);
+    }
+}
+
 /// A streaming session: what it starts with and where its commands come from.
 pub(crate) struct Opening {
     pub wire: Streaming,
@@ -246,8 +255,9 @@ impl Connection {
     /// Serve the session until it ends; the ending is logged and counted once.
     pub(crate) async fn serve_streaming(mut self, mut opening: Opening) {
         let transport = opening.wire.format.transport();
+        // Out of the registry however the task ends (even cancelled), so no inbox outlives it.
+        let _registered = Registered(self.shared.clone(), self.id);
         let ending = self.streaming(&mut opening).await;
-        self.shared.hub.sessions.remove(self.id);
         self.finish(ending, transport);
     }
 
