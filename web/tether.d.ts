@@ -82,6 +82,36 @@ export interface TetherOptions {
 
 export type Transport = 'websocket' | 'http_stream' | 'sse';
 
+/**
+ * A session over plain HTTP that looks like a WebSocket to TetherClient (readyState, send,
+ * close, onopen/onmessage/onclose): `POST /stream` (HttpStreamSocket) or `GET /stream/sse`
+ * through an EventSource (SseSocket), commands as `POST /stream/send`.
+ */
+export declare class HttpStreamSocket {
+  constructor(url: string | URL, options?: { fetch?: typeof fetch });
+  readonly readyState: number;
+  readonly session: string | null;
+  readonly transport: 'http_stream';
+  bufferedAmount: number;
+  onopen: ((e: { type: 'open' }) => void) | null;
+  onmessage: ((e: { type: 'message'; data: string }) => void) | null;
+  onclose: ((e: { type: 'close'; code: number; reason: string; wasClean: boolean }) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+export declare class SseSocket {
+  constructor(url: string | URL, options?: { fetch?: typeof fetch; EventSource?: unknown });
+  readonly readyState: number;
+  readonly session: string | null;
+  readonly transport: 'sse';
+  bufferedAmount: number;
+  onopen: ((e: { type: 'open' }) => void) | null;
+  onmessage: ((e: { type: 'message'; data: string }) => void) | null;
+  onclose: ((e: { type: 'close'; code: number; reason: string; wasClean: boolean }) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
 /** Where a WebSocket URL's streaming endpoints are (`ws://h/p/ws?q` → `http://h/p/stream?q`, …). */
 export declare function streamEndpoints(url: string | URL): { open: string; sse: string; send: string };
 
