@@ -69,6 +69,7 @@ class StreamingSocket {
   #ownPing = OWN_IDS;
   #ended = false;
   #orphaned = null;
+  #maxBatch = 64 * 1024; // the server's max_batch_bytes, from its session message
 
   constructor(url, transport, options = {}) {
     this.#endpoints = streamEndpoints(url);
@@ -117,6 +118,7 @@ class StreamingSocket {
     }
     if (msg && msg.type === 'session') {
       this.session = msg.session;
+      if (msg.max_batch_bytes > 0) this.#maxBatch = msg.max_batch_bytes;
       this.readyState = 1;
       this.protocol = 'tether.v1.json';
       if (this.onopen) this.onopen({ type: 'open' });
@@ -154,7 +156,15 @@ class StreamingSocket {
     try {
       let tries = 0;
       while (this.#outbox.length > 0 && this.readyState === 1) {
-        const batch = this.#outbox.slice();
+        // What waits, within the server's limit on one request (at least one command: one over
+        // the limit alone is refused, as a WebSocket message over it would be).
+        const batch = [this.#outbox[0]];
+        let size = batch[0].length;
+        for (const more of this.#outbox.slice(1)) {
+          if (size + 1 + more.length > this.#maxBatch) break;
+          batch.push(more);
+          size += 1 + more.length;
+        }
         const body = batch.join('\n');
         let res;
         try {
@@ -193,7 +203,11 @@ class StreamingSocket {
         }
         if (res.status !== 202) {
           const why = await res.text().catch(() => '');
-          this.finish({ code: 1008, reason: `commands refused: HTTP ${res.status} ${why}`.slice(0, 200), wasClean: false });
+          // 400/403: retrying cannot help (1008 stops the client); 413: a command over the
+          // server's max_message_size (1009, as on a WebSocket); anything else (a proxy's 502,
+          // a 500): end this session, and the client reconnects (1011).
+          const code = res.status === 400 || res.status === 403 ? 1008 : res.status === 413 ? 1009 : 1011;
+          this.finish({ code, reason: `commands refused: HTTP ${res.status} ${why}`.slice(0, 200), wasClean: false });
           return;
         }
         tries = 0;

@@ -21,7 +21,7 @@ async fn a_redis_stall_longer_than_one_ping_timeout_closes_nobody() {
     // Redis stalls for 3 s: the link's ping waits longer than its 2 s response timeout, then
     // is answered. The stall's length is the scenario, not a synchronisation.
     redis.signal(nix::sys::signal::Signal::SIGSTOP);
-    std::thread::sleep(Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_secs(3)).await;
     redis.signal(nix::sys::signal::Signal::SIGCONT);
     let pings = server.metric("tether_broker_link_pings_total");
     assert!(wait_until(T, || server.metric("tether_broker_link_pings_total") > pings));

@@ -128,7 +128,10 @@ fn a_session_subscribes_publishes_and_recovers_over_http_streaming() {
     assert_eq!(again.publication()["offset"], 6);
 
     // Commands for a session that does not exist, or do not name one.
-    let gone = Session { id: format!("{}0", &s.id[..s.id.len() - 1]), ..open(&base, &[]) };
+    // (`s`'s id with its secret's last digit changed: another secret, always.)
+    let last = if s.id.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &s.id[..s.id.len() - 1]);
+    let gone = Session { id: forged, ..open(&base, &[]) };
     let (status, body) = gone.send(&[json!({"id": 1, "cmd": "ping"})]);
     assert_eq!((status, body["error"].as_str()), (404, Some("session_unknown")), "{body}");
     let (status, body) = Session { id: "nonsense".into(), ..open(&base, &[]) }.send(&[]);

@@ -285,6 +285,7 @@ struct WireServerMessage {
     session: Option<String>,
     ping_interval_ms: Option<u64>,
     pong_timeout_ms: Option<u64>,
+    max_batch_bytes: Option<u64>,
 }
 
 /// One event of a `presence_batch`.
@@ -353,6 +354,7 @@ pub fn decode_server_message(text: &str) -> Result<ServerMessage, ServerDecodeEr
             session: w.session.ok_or_else(|| missing("session"))?,
             ping_interval_ms: w.ping_interval_ms.ok_or_else(|| missing("ping_interval_ms"))?,
             pong_timeout_ms: w.pong_timeout_ms.ok_or_else(|| missing("pong_timeout_ms"))?,
+            max_batch_bytes: w.max_batch_bytes.ok_or_else(|| missing("max_batch_bytes"))?,
         },
         "ping" => ServerMessage::Ping,
         "presence_batch" => ServerMessage::Presence {

@@ -347,6 +347,9 @@ pub enum ServerMessage {
         session: String,
         ping_interval_ms: u64,
         pong_timeout_ms: u64,
+        /// The largest body a `POST /stream/send` may have (the server's `max_message_size`):
+        /// clients split what waits into batches of at most this.
+        max_batch_bytes: u64,
     },
     /// A streaming session's heartbeat: answer within `pong_timeout_ms` with any command (a
     /// `ping` does), or the server ends the session as dead.

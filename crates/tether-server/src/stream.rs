@@ -17,7 +17,9 @@
 //! handshake budget, `?token=`, a connection slot): a session is a connection.
 
 use crate::admission::{admit, come_back_later, event_stream, refused, Admitted, Denied};
-use crate::connection::{parse_event_id, Connection, Format, Opening, Streaming, BODY_CHUNKS};
+use crate::connection::{
+    parse_event_id, Connection, Format, Opening, Registered, Streaming, BODY_CHUNKS,
+};
 use crate::control::{Handed, SessionId};
 use crate::handshake::Refusal;
 use crate::metrics::ReasonLabels;
@@ -123,17 +125,19 @@ async fn open(node: Arc<Node>, req: Request, format: Format) -> Response {
             tracing::debug!(error = %e, "no TCP_USER_TIMEOUT on a streaming session");
         }
     }
-    let conn = Connection::open_streaming(node.clone(), peer, grant, format.transport());
+    let (conn, resync_seen) =
+        Connection::open_streaming(node.clone(), peer, grant, format.transport());
     let secret = rand::random::<u64>();
     let session = SessionId::format(&node.client_id(conn.conn_id()), secret);
     let inbox = node.hub.sessions.add(conn.conn_id(), secret);
+    let registered = Some(Registered(node.clone(), conn.conn_id()));
     let resume = match (format, last_event_id) {
         (Format::Events, Some(id)) => parse_event_id(&id),
         _ => BTreeMap::new(),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(BODY_CHUNKS);
     let wire = Streaming::new(tx, format, node.config.write_timeout);
-    let opening = Opening { wire, inbox, session, first, resume };
+    let opening = Opening { wire, inbox, session, first, resume, resync_seen, registered };
     node.tracker.spawn(async move {
         conn.serve_streaming(opening).await;
         drop(tracked);
@@ -213,7 +217,11 @@ async fn handing(node: &Node, req: Request) -> Result<Handed, Failed> {
             return Err((StatusCode::PAYLOAD_TOO_LARGE, "bad_request", why));
         }
     };
-    if id.node == node.client_prefix {
+    // With a backplane, every batch goes through it, the session's own node's too: Redis then
+    // orders them (a client sends the next after this one's answer, so PUBLISH 2 runs after
+    // PUBLISH 1), where handing one straight to the inbox could overtake one still on the
+    // holder's pub/sub link.
+    if id.node == node.client_prefix && node.broker.name() == "memory" {
         return Ok(node.hub.sessions.hand(&id, batch));
     }
     node.broker.hand(id.node, &session, batch).await.map_err(|e| {

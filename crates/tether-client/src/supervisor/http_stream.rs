@@ -208,12 +208,13 @@ impl HttpStream {
                 _ => return Err(SessionEnd::network("the HTTP stream ended before its session")),
             };
             match codec::decode_server_message(first.as_str()) {
-                Ok(ServerMessage::Session { session, .. }) => {
+                Ok(ServerMessage::Session { session, max_batch_bytes, .. }) => {
                     let sending = Commands {
                         target,
                         path: format!("/stream/send?session={session}"),
                         sender: None,
                         timeout: config.connect_timeout,
+                        max_batch: max_batch_bytes as usize,
                     };
                     stream.sending = tokio::spawn(sending.run(batches, report));
                     stream.session = session;
@@ -398,6 +399,8 @@ struct Commands {
     path: String,
     sender: Option<(Sender, tokio::task::JoinHandle<()>)>,
     timeout: Duration,
+    /// The server's limit on one request's body (`max_batch_bytes`).
+    max_batch: usize,
 }
 
 impl Drop for Commands {
@@ -410,9 +413,23 @@ impl Drop for Commands {
 
 impl Commands {
     async fn run(mut self, mut batches: mpsc::Receiver<String>, report: mpsc::Sender<SendFailed>) {
-        while let Some(first) = batches.recv().await {
+        let mut next = None;
+        loop {
+            let first = match next.take() {
+                Some(batch) => batch,
+                None => match batches.recv().await {
+                    Some(batch) => batch,
+                    None => return,
+                },
+            };
+            // Gather what waits, within the server's limit (a batch over it alone is sent
+            // alone, and refused as a WebSocket message over it would be).
             let mut body = first;
             while let Ok(more) = batches.try_recv() {
+                if body.len() + 1 + more.len() > self.max_batch {
+                    next = Some(more);
+                    break;
+                }
                 body.push('\n');
                 body.push_str(&more);
             }

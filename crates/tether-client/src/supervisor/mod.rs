@@ -210,7 +210,10 @@ impl Supervisor {
             if !was_open && transports.len() > 1 {
                 // A proxy that forbids WebSocket answers the upgrade with an HTTP error: that
                 // is what the next transport is for, not a reason to stop. Move on at once.
+                // (A 4xx other than 408 and 429, which dial.rs makes fatal: a 5xx or a busy
+                // node is no reason to move on at once.)
                 let refused = transport == Transport::WebSocket
+                    && end.fatal.is_some()
                     && end.reason.starts_with("handshake refused");
                 failed_here += 1;
                 if refused || failed_here >= self.config.fallback_after {

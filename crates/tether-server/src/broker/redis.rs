@@ -251,7 +251,7 @@ impl RedisBroker {
                         resync();
                     }
                     // A link can die without the socket noticing (a partition, a NAT timeout):
-                    // ping it, and count a ping unanswered within the response timeout as lost.
+                    // ping it, and count a ping unanswered for `LINK_SILENCE` as lost.
                     let (sink, mut messages) = pubsub.split();
                     let mut keepalive = tokio::time::interval(LINK_PING_EVERY);
                     keepalive.tick().await;

@@ -74,7 +74,7 @@ mod task;
 mod wire;
 
 use output::{feed, within, write_frame};
-pub(crate) use streaming::{parse_event_id, Format, Opening, Streaming, BODY_CHUNKS};
+pub(crate) use streaming::{parse_event_id, Format, Opening, Registered, Streaming, BODY_CHUNKS};
 pub(crate) use task::ConnectionTask;
 #[cfg(test)]
 use task::Parked;

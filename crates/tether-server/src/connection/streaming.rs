@@ -215,8 +215,9 @@ pub(crate) fn parse_event_id(id: &str) -> BTreeMap<String, StreamPosition> {
     out
 }
 
-/// A session's place in `hub::Sessions`, given back when dropped.
-struct Registered(Arc<Node>, ConnId);
+/// A session's place in `hub::Sessions`, given back when dropped: however the session ends,
+/// even if its task is dropped before it ever ran, no inbox outlives it.
+pub(crate) struct Registered(pub Arc<Node>, pub ConnId);
 
 impl Drop for Registered {
     fn drop(&mut self) {
@@ -234,17 +235,21 @@ pub(crate) struct Opening {
     pub first: Bytes,
     /// SSE: the positions `Last-Event-ID` names, which its subscribes recover from.
     pub resume: BTreeMap<String, StreamPosition>,
+    /// The resync generation the connection was opened with (see `Node::resync`).
+    pub resync_seen: u64,
+    pub registered: Option<Registered>,
 }
 
 impl Connection {
     /// A connection for a streaming session (JSON mode; no socket, no compression).
+    /// With the resync generation it has seen.
     pub(crate) fn open_streaming(
         shared: Arc<Node>,
         peer: Option<SocketAddr>,
         grant: Option<Arc<Grant>>,
         transport: &'static str,
-    ) -> Self {
-        Connection::open(shared, peer, Mode::Json, transport, Vec::new(), grant, 0).0
+    ) -> (Self, u64) {
+        Connection::open(shared, peer, Mode::Json, transport, Vec::new(), grant, 0)
     }
 
     /// Client id, for the session id and the hub's registry.
@@ -255,9 +260,8 @@ impl Connection {
     /// Serve the session until it ends; the ending is logged and counted once.
     pub(crate) async fn serve_streaming(mut self, mut opening: Opening) {
         let transport = opening.wire.format.transport();
-        // Out of the registry however the task ends (even cancelled), so no inbox outlives it.
-        let _registered = Registered(self.shared.clone(), self.id);
         let ending = self.streaming(&mut opening).await;
+        drop(opening.registered.take());
         self.finish(ending, transport);
     }
 
@@ -267,6 +271,7 @@ impl Connection {
             session: o.session.clone(),
             ping_interval_ms: cfg.ping_interval.as_millis() as u64,
             pong_timeout_ms: cfg.pong_timeout.as_millis() as u64,
+            max_batch_bytes: cfg.max_message_size.as_u64(),
         };
         let hello = Message::Text(codec::encode(&hello).into());
         if let Err(e) = o.wire.send_message(self, &hello).await {
@@ -277,6 +282,11 @@ impl Connection {
         }
         let queue = self.queue.clone();
         let resync = self.shared.resync.subscribe();
+        // A resync between the opening and now (the first commands may have waited on the
+        // broker) is one this session missed: it must recover too.
+        if *resync.borrow() != o.resync_seen {
+            return o.wire.close(self, Close::resync(&self.shared.config)).await;
+        }
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         loop {
@@ -327,6 +337,14 @@ impl Connection {
                     if let Some(ending) = self.commands(o, batch).await {
                         return ending;
                     }
+                    // A batch that found the inbox full was lost (through the broker the
+                    // sender was already answered): end the session so that its client
+                    // reconnects and recovers, rather than miss commands silently.
+                    if self.shared.hub.sessions.overrun(self.id) {
+                        let why = "commands arrived faster than the session took them: reconnect";
+                        let close = Close::new(CloseCode::TRY_AGAIN_LATER, why);
+                        return o.wire.close(self, close).await;
+                    }
                 }
                 item = queue.next() => {
                     let Some(item) = item else { continue };
@@ -367,8 +385,10 @@ impl Connection {
                     }
                 }
                 Action::Connect { subs, .. } => {
-                    for (channel, at) in std::mem::take(&mut o.resume) {
-                        subs.insert(channel, at);
+                    // `connect` recovers the token's channels from these; the subscribes that
+                    // follow still find theirs.
+                    for (channel, at) in &o.resume {
+                        subs.insert(channel.clone(), at.clone());
                     }
                 }
                 _ => {}

@@ -21,6 +21,8 @@ pub const INBOX_BATCHES: usize = 16;
 struct Inbox {
     secret: u64,
     tx: mpsc::Sender<Bytes>,
+    /// A batch found the inbox full and was dropped (see [`Sessions::overrun`]).
+    overrun: bool,
 }
 
 #[derive(Default)]
@@ -32,7 +34,7 @@ impl Sessions {
     /// Session `conn` opened; its commands come out of the returned inbox.
     pub fn add(&self, conn: ConnId, secret: u64) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(INBOX_BATCHES);
-        crate::sync::lock(&self.map).insert(conn, Inbox { secret, tx });
+        crate::sync::lock(&self.map).insert(conn, Inbox { secret, tx, overrun: false });
         rx
     }
 
@@ -48,17 +50,27 @@ impl Sessions {
         self.len() == 0
     }
 
-    /// Hand a batch of commands to session `id` of this node.
+    /// Hand a batch of commands to session `id` of this node. A batch that finds the inbox full
+    /// is dropped and the session marked: it must end, since its client may already have been
+    /// told the batch was taken (through the broker, answers come before the hand-over).
     pub fn hand(&self, id: &SessionId, batch: Bytes) -> Handed {
-        let map = crate::sync::lock(&self.map);
-        let Some(inbox) = map.get(&id.conn).filter(|i| i.secret == id.secret) else {
+        let mut map = crate::sync::lock(&self.map);
+        let Some(inbox) = map.get_mut(&id.conn).filter(|i| i.secret == id.secret) else {
             return Handed::Unknown;
         };
         match inbox.tx.try_send(batch) {
             Ok(()) => Handed::Delivered,
-            Err(mpsc::error::TrySendError::Full(_)) => Handed::Full,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                inbox.overrun = true;
+                Handed::Full
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => Handed::Unknown,
         }
+    }
+
+    /// Whether a batch for session `conn` was dropped because its inbox was full.
+    pub fn overrun(&self, conn: ConnId) -> bool {
+        crate::sync::lock(&self.map).get(&conn).is_some_and(|i| i.overrun)
     }
 }
 
@@ -88,7 +100,9 @@ mod tests {
         for _ in 0..INBOX_BATCHES {
             assert_eq!(sessions.hand(&good, Bytes::from_static(b"x")), Handed::Delivered);
         }
+        assert!(!sessions.overrun(7));
         assert_eq!(sessions.hand(&good, Bytes::from_static(b"x")), Handed::Full);
+        assert!(sessions.overrun(7), "the session must end: a batch was lost");
         assert_eq!(rx.try_recv().unwrap(), Bytes::from_static(b"x"));
         sessions.remove(7);
         assert_eq!(sessions.hand(&good, Bytes::from_static(b"x")), Handed::Unknown);
