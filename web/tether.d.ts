@@ -87,30 +87,26 @@ export type Transport = 'websocket' | 'http_stream' | 'sse';
  * close, onopen/onmessage/onclose): `POST /stream` (HttpStreamSocket) or `GET /stream/sse`
  * through an EventSource (SseSocket), commands as `POST /stream/send`.
  */
-export declare class HttpStreamSocket {
+interface StreamingSocket {
+  readonly readyState: number;
+  readonly session: string | null;
+  bufferedAmount: number;
+  onopen: ((e: { type: 'open' }) => void) | null;
+  onmessage: ((e: { type: 'message'; data: string }) => void) | null;
+  onclose: ((e: { type: 'close'; code: number; reason: string; wasClean: boolean }) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+export declare class HttpStreamSocket implements StreamingSocket {
   constructor(url: string | URL, options?: { fetch?: typeof fetch });
-  readonly readyState: number;
-  readonly session: string | null;
   readonly transport: 'http_stream';
-  bufferedAmount: number;
-  onopen: ((e: { type: 'open' }) => void) | null;
-  onmessage: ((e: { type: 'message'; data: string }) => void) | null;
-  onclose: ((e: { type: 'close'; code: number; reason: string; wasClean: boolean }) => void) | null;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
 }
-export declare class SseSocket {
+export interface HttpStreamSocket extends StreamingSocket {}
+export declare class SseSocket implements StreamingSocket {
   constructor(url: string | URL, options?: { fetch?: typeof fetch; EventSource?: unknown });
-  readonly readyState: number;
-  readonly session: string | null;
   readonly transport: 'sse';
-  bufferedAmount: number;
-  onopen: ((e: { type: 'open' }) => void) | null;
-  onmessage: ((e: { type: 'message'; data: string }) => void) | null;
-  onclose: ((e: { type: 'close'; code: number; reason: string; wasClean: boolean }) => void) | null;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
 }
+export interface SseSocket extends StreamingSocket {}
 
 /** Where a WebSocket URL's streaming endpoints are (`ws://h/p/ws?q` → `http://h/p/stream?q`, …). */
 export declare function streamEndpoints(url: string | URL): { open: string; sse: string; send: string };

@@ -11,12 +11,7 @@ const T: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_stall_longer_than_one_ping_timeout_closes_nobody() {
-    let Some(redis) = Redis::start() else { return };
-    let server = Server::start(&["--broker", &redis.url(), "--history", "feed=100/5m"]);
-    let (client, mut events) = tether_client::connect(fast_client(server.ws_url("")));
-    client.subscribe("feed").await.unwrap();
-    next_event(&mut events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
-    assert!(wait_until(T, || server.metric("tether_broker_link_pings_total") >= 1.0));
+    let Some((redis, server, client, mut events)) = subscribed_node().await else { return };
 
     // Redis stalls for 3 s: the link's ping waits longer than its 2 s response timeout, then
     // is answered. The stall's length is the scenario, not a synchronisation.
@@ -39,12 +34,7 @@ async fn a_redis_stall_longer_than_one_ping_timeout_closes_nobody() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_silent_past_the_link_timeout_is_a_lost_link_and_clients_recover() {
-    let Some(redis) = Redis::start() else { return };
-    let server = Server::start(&["--broker", &redis.url(), "--history", "feed=100/5m"]);
-    let (client, mut events) = tether_client::connect(fast_client(server.ws_url("")));
-    client.subscribe("feed").await.unwrap();
-    next_event(&mut events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
-    assert!(wait_until(T, || server.metric("tether_broker_link_pings_total") >= 1.0));
+    let Some((redis, server, client, mut events)) = subscribed_node().await else { return };
     // Silent for longer than the link's 6 s: lost, and the node's clients told to recover.
     redis.signal(nix::sys::signal::Signal::SIGSTOP);
     let lost = wait_until(Duration::from_secs(15), || server.metric("tether_broker_up") == 0.0);
@@ -62,4 +52,17 @@ async fn a_redis_silent_past_the_link_timeout_is_a_lost_link_and_clients_recover
     .await;
     assert!(matches!(back, Event::Subscribed { recovered: Some(true), .. }), "{back:?}");
     client.close().await;
+}
+
+/// Redis, a node on it whose link has answered a ping, and a client subscribed to `feed`
+/// (which has history); `None` when redis-server is missing (an error under CI).
+async fn subscribed_node() -> Option<(Redis, Server, tether_client::Client, tether_client::Events)>
+{
+    let redis = Redis::start()?;
+    let server = Server::start(&["--broker", &redis.url(), "--history", "feed=100/5m"]);
+    let (client, mut events) = tether_client::connect(fast_client(server.ws_url("")));
+    client.subscribe("feed").await.unwrap();
+    next_event(&mut events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
+    assert!(wait_until(T, || server.metric("tether_broker_link_pings_total") >= 1.0));
+    Some((redis, server, client, events))
 }

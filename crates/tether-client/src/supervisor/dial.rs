@@ -68,20 +68,7 @@ impl Supervisor {
                     .unwrap_or_default();
                 let status = resp.status();
                 let reason = format!("handshake refused: HTTP {} {}", status, body.trim());
-                // 4xx (but 408 and 429) will be refused again; 5xx and those two are transient.
-                if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
-                    return Err(SessionEnd::fatal(reason));
-                }
-                let retry_after = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                return Err(SessionEnd {
-                    advice_retry_after: retry_after,
-                    ..SessionEnd::network(reason)
-                });
+                return Err(refused(status, resp.headers(), reason));
             }
             Ok(Err(e)) if untrusted_certificate(&e) => {
                 // Retrying cannot help until the configuration changes.
@@ -124,6 +111,25 @@ impl Supervisor {
             agreed.unwrap_or_default();
         Ok(ws)
     }
+}
+
+/// An HTTP answer other than the one asked for (a refused upgrade or stream): 4xx (but 408 and
+/// 429) will be refused again, so retrying cannot help; 5xx and those two are transient, and
+/// a `Retry-After` says when to come back.
+pub(super) fn refused(
+    status: tokio_tungstenite::tungstenite::http::StatusCode,
+    headers: &tokio_tungstenite::tungstenite::http::HeaderMap,
+    reason: String,
+) -> SessionEnd {
+    if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
+        return SessionEnd::fatal(reason);
+    }
+    let retry_after = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    SessionEnd { advice_retry_after: retry_after, ..SessionEnd::network(reason) }
 }
 
 /// The close code (and the short reason put on the wire) for a read error caused by what the

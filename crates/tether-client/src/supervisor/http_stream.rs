@@ -14,7 +14,7 @@
 //! goes as a `ping` command whose reply comes out as a pong; the server's `disconnect` advice is
 //! followed, when the response ends, by a close with its code.
 
-use super::dial::{connect_tcp, describe, tls_config};
+use super::dial::{connect_tcp, describe, refused, tls_config};
 use super::*;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
@@ -164,23 +164,12 @@ impl HttpStream {
                 .map_err(|e| SessionEnd::network(format!("HTTP stream failed: {e}")))?;
             let status = resp.status();
             if status != StatusCode::OK {
-                let retry_after = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                let headers = resp.headers().clone();
                 let body = resp.into_body().collect().await.map(|b| b.to_bytes());
                 let body = body.map(|b| String::from_utf8_lossy(&b).into_owned());
                 let reason =
                     format!("HTTP stream refused: HTTP {status} {}", body.unwrap_or_default());
-                if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
-                    return Err(SessionEnd::fatal(reason));
-                }
-                return Err(SessionEnd {
-                    advice_retry_after: retry_after,
-                    ..SessionEnd::network(reason)
-                });
+                return Err(refused(status, &headers, reason));
             }
             let (commands, batches) = mpsc::channel(COMMANDS_WAITING);
             let (report, failed) = mpsc::channel(1);
