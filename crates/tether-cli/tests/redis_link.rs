@@ -66,3 +66,74 @@ async fn subscribed_node() -> Option<(Redis, Server, tether_client::Client, teth
     assert!(wait_until(T, || server.metric("tether_broker_link_pings_total") >= 1.0));
     Some((redis, server, client, events))
 }
+
+/// ACL rules that let a user do everything but `INFO` (what a node reads Redis's run id with).
+const NO_INFO: [&str; 8] = ["--user", "default", "on", "nopass", "~*", "&*", "+@all", "-info"];
+const USER_B: [&str; 8] = ["--user", "b", "on", ">pw", "~*", "&*", "+@all", "-debug"];
+
+/// Two nodes that disagree on which Redis dataset they write to (one could not read the new
+/// process's run id after a restart) must not reset a channel's stream on each other's
+/// publishes: every publication accepted is in one stream, and history keeps them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_disagree_on_the_redis_run_id_never_reset_each_others_streams() {
+    let Some(mut redis) = Redis::start_with(&USER_B) else { return };
+    let history = ["--history", "feed=100/5m"];
+    let a = Server::start(&[&["--broker", &redis.url()][..], &history].concat());
+    let b = Server::start(&[&["--broker", &redis.url_as("b", "pw")][..], &history].concat());
+    a.publish("feed", "0");
+    // Redis restarts empty; A's user may no longer read INFO, so A cannot learn it is another
+    // Redis process than the one it knew.
+    redis.kill9();
+    redis.restart_with(&[&NO_INFO[..], &USER_B].concat());
+    for node in [&a, &b] {
+        let relinked = || node.metric("tether_broker_reconnects_total") >= 1.0;
+        assert!(wait_until(T, relinked), "no relink: {}", node.log());
+    }
+    // Alternate publishes. A node may refuse (503) while it cannot tell which dataset it
+    // writes to; what is accepted must form one stream.
+    let mut accepted = Vec::new();
+    for i in 1..=6 {
+        let node = if i % 2 == 1 { &a } else { &b };
+        let (status, body) = node.post_publish(&format!(r#"{{"channel":"feed","data":{i}}}"#));
+        match status {
+            200 => accepted.push((
+                i,
+                body["epoch"].as_str().unwrap().to_owned(),
+                body["offset"].as_u64().unwrap(),
+            )),
+            503 => assert_eq!(i % 2, 1, "B knows its Redis and must publish: {body}"),
+            _ => panic!("publish {i}: {status} {body}"),
+        }
+    }
+    assert!(accepted.len() >= 3, "{accepted:?}");
+    let epoch = &accepted[0].1;
+    for (n, (i, e, offset)) in accepted.iter().enumerate() {
+        assert_eq!(
+            (e, *offset),
+            (epoch, n as u64 + 1),
+            "publication {i} broke the stream: {accepted:?}"
+        );
+    }
+    let (_, page) = api_call(&b, None, "history", r#"{"channel":"feed"}"#);
+    let kept: Vec<u64> = page["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["data"].as_u64().unwrap())
+        .collect();
+    let sent: Vec<u64> = accepted.iter().map(|(i, _, _)| *i as u64).collect();
+    assert_eq!(kept, sent, "history lost publications: {page}");
+
+    // Once A may read INFO again, it publishes into the same stream.
+    let grant = redis.command(&["ACL", "SETUSER", "default", "+info"]);
+    assert!(grant.starts_with("+OK"), "{grant}");
+    let last = accepted.last().unwrap().2;
+    let publishes = || a.post_publish(r#"{"channel":"feed","data":7}"#).0 == 200;
+    assert!(wait_until(T, publishes), "A never published again: {}", a.log());
+    let (_, page) = api_call(&b, None, "history", r#"{"channel":"feed"}"#);
+    let top = page["offset"].as_u64().unwrap();
+    assert!(
+        top > last && page["epoch"].as_str() == Some(epoch.as_str()),
+        "{page} after {accepted:?}"
+    );
+}

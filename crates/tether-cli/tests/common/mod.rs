@@ -431,15 +431,20 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Option<Redis> {
+        Self::start_with(&[])
+    }
+
+    /// As [`Redis::start`], with more configuration (`--user b on >pw ~* &* +@all`).
+    pub fn start_with(extra: &[&str]) -> Option<Redis> {
         let bin = which("redis-server");
         let bin = require("redis-server (apt-get install redis-server)", bin)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = std::env::temp_dir().join(format!("tether-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        Some(Self::spawn(&bin, port, dir))
+        Some(Self::spawn(&bin, port, dir, extra))
     }
 
-    fn spawn(bin: &std::path::Path, port: u16, dir: PathBuf) -> Redis {
+    fn spawn(bin: &std::path::Path, port: u16, dir: PathBuf, extra: &[&str]) -> Redis {
         let child = Command::new(bin)
             .args([
                 "--port",
@@ -453,6 +458,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -467,6 +473,25 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL for ACL user `user` with password `password`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// Run one command as the default user; its reply, as RESP text.
+    pub fn command(&self, args: &[&str]) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
     /// Send `sig` to the redis-server process (SIGSTOP/SIGCONT: a stall, as during a fork).
@@ -512,8 +537,13 @@ impl Redis {
 
     /// A fresh, empty Redis on the same port.
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// As [`Redis::restart`], with more configuration.
+    pub fn restart_with(&mut self, extra: &[&str]) {
         let bin = which("redis-server").unwrap();
-        let fresh = Self::spawn(&bin, self.port, self.dir.clone());
+        let fresh = Self::spawn(&bin, self.port, self.dir.clone(), extra);
         let old = std::mem::replace(self, fresh);
         std::mem::forget(old); // its process is already gone; keep the dir for the new one
     }

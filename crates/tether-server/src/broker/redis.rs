@@ -96,9 +96,6 @@ pub struct RedisBroker {
     linked: Arc<AtomicBool>,
     /// Why the broker is not ready, when it is not.
     last_error: Arc<Mutex<Option<String>>>,
-    /// The Redis process's run_id, refreshed on every (re)link; streams written under another
-    /// run_id get a new epoch (see the scripts).
-    run_id: Mutex<String>,
     metrics: Arc<BrokerMetrics>,
     presence: Arc<super::redis_presence::RedisPresence>,
     /// Orders and questions for every node (see `redis_control`).
@@ -179,7 +176,6 @@ impl RedisBroker {
             )),
             linked: Arc::new(AtomicBool::new(false)),
             last_error: Arc::new(Mutex::new(None)),
-            run_id: Mutex::new(String::new()),
             metrics: broker_metrics,
             control,
             presence: Arc::new(super::redis_presence::RedisPresence::new(
@@ -188,7 +184,15 @@ impl RedisBroker {
                 rules,
             )),
         });
-        broker.refresh_run_id().await.map_err(unreachable)?;
+        // The scripts read Redis's run id with INFO: a user that may not is refused now, not
+        // on every publish.
+        let info: redis::RedisResult<String> =
+            redis::cmd("INFO").arg("server").query_async(&mut broker.commands.clone()).await;
+        if let Err(e) = info {
+            return Err(BrokerError::Unavailable(format!(
+                "Redis at {url} refused INFO ({e}): Tether's Redis user must be allowed INFO, which tells a restarted Redis from the one before"
+            )));
+        }
         // Subscribe before returning: a node must not serve a recovering subscribe before its
         // live feed is in place.
         let first = Self::open_link(&client, &broker.control).await.map_err(unreachable)?;
@@ -243,7 +247,8 @@ impl RedisBroker {
                         // The command connection may still hold the dead socket; a PING makes the
                         // manager notice and reconnect now, not on the next client's request.
                         for _ in 0..2 {
-                            if self.refresh_run_id().await.is_ok() {
+                            let ping = redis::cmd("PING");
+                            if ping.query_async::<()>(&mut self.commands.clone()).await.is_ok() {
                                 break;
                             }
                         }
@@ -308,23 +313,6 @@ impl RedisBroker {
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
-    }
-
-    /// Read the Redis process's run_id (`INFO server`).
-    async fn refresh_run_id(&self) -> redis::RedisResult<()> {
-        let info: String =
-            redis::cmd("INFO").arg("server").query_async(&mut self.commands.clone()).await?;
-        let run_id = info
-            .lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default();
-        *crate::sync::lock(&self.run_id) = run_id;
-        Ok(())
-    }
-
-    fn run_id(&self) -> String {
-        crate::sync::lock(&self.run_id).clone()
     }
 
     fn set_linked(&self, up: bool, error: Option<String>) {
@@ -399,7 +387,6 @@ impl Broker for RedisBroker {
                 .arg(new_epoch())
                 .arg(format!("{PUBSUB_PREFIX}{channel}"))
                 .arg(STATE_TTL.max(ttl).as_millis() as u64)
-                .arg(self.run_id())
                 .arg(window.as_millis() as u64)
                 .invoke_async(&mut self.commands.clone())
                 .await
@@ -434,7 +421,6 @@ impl Broker for RedisBroker {
                 .arg(STATE_TTL.max(ttl).as_millis() as u64)
                 .arg(ttl.as_millis() as u64)
                 .arg(from)
-                .arg(self.run_id())
                 .arg(super::MAX_REPLAY)
                 .arg(max_bytes)
                 .invoke_async(&mut self.commands.clone())

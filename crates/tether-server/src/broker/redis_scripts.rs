@@ -19,12 +19,20 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- Which Redis process this is. Read here, on every call, rather than passed in by a node: a node's
+-- idea of it can be stale (it read it before a restart, or could not read it after one), and two
+-- nodes with different ideas would each take the other's writes for another process's and reset
+-- the stream on alternate publishes. (INFO server costs about 2.4 us inside a script.)
+local function run_id()
+  return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+end
 -- A stream seen for the first time, or again after its state expired, or written by another
 -- Redis process than the one that made it (a restart from a snapshot or a failover may have lost
 -- its latest publications while keeping its epoch), gets the candidate epoch; history left from
--- an earlier incarnation is dropped. `run` is the Redis run_id the node last saw.
-local function epoch_of(meta, hist, candidate, meta_ttl, run)
+-- an earlier incarnation is dropped.
+local function epoch_of(meta, hist, candidate, meta_ttl)
   local epoch = redis.call('HGET', meta, 'epoch')
+  local run = run_id()
   if (not epoch) or redis.call('HGET', meta, 'run') ~= run then
     epoch = candidate
     redis.call('DEL', hist)
@@ -35,12 +43,12 @@ local function epoch_of(meta, hist, candidate, meta_ttl, run)
 end
 "#;
 
-/// KEYS: state, history, idempotency key (`tether:i:{CH}:KEY`, unused when ARGV[8] is 0).
+/// KEYS: state, history, idempotency key (`tether:i:{CH}:KEY`, unused when ARGV[7] is 0).
 /// ARGV: data, history size (0: none), ttl ms, epoch candidate, pub/sub channel, state ttl ms,
-/// Redis run_id, idempotency window ms (0: none). Returns {epoch, offset, duplicate (0/1)}: a
+/// idempotency window ms (0: none). Returns {epoch, offset, duplicate (0/1)}: a
 /// key seen within its window publishes nothing and returns the first publication's position.
 pub const PUBLISH: &str = r#"
-local window = tonumber(ARGV[8])
+local window = tonumber(ARGV[7])
 if window > 0 then
   local seen = redis.call('GET', KEYS[3])
   if seen then
@@ -48,7 +56,7 @@ if window > 0 then
     return {string.sub(seen, 1, space - 1), tonumber(string.sub(seen, space + 1)), 1}
   end
 end
-local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[4], ARGV[6], ARGV[7])
+local epoch = epoch_of(KEYS[1], KEYS[2], ARGV[4], ARGV[6])
 local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 'top', 1))
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 local size = tonumber(ARGV[2])
@@ -66,7 +74,7 @@ return {epoch, tonumber(offset), 0}
 "#;
 
 /// KEYS: state, history. ARGV: (unused), state ttl ms, history ttl ms (0: none), first offset
-/// wanted (0: none), Redis run_id, most entries to return, most data bytes to return. Returns
+/// wanted (0: none), most entries to return, most data bytes to return. Returns
 /// {epoch, top, entries, over}: `over` is 0, or the data bytes read when they passed the limit
 /// (entries are then empty): entries are read in pages, so that a replay too large for the
 /// connection asking is never gathered whole, in Redis or in the node.
@@ -74,7 +82,7 @@ return {epoch, tonumber(offset), 0}
 /// (epoch "" and top 0 until the first publish).
 pub const HISTORY: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if (not epoch) or redis.call('HGET', KEYS[1], 'run') ~= ARGV[5] then
+if (not epoch) or redis.call('HGET', KEYS[1], 'run') ~= run_id() then
   return {'', 0, {}, 0}
 end
 local top = tonumber(redis.call('HGET', KEYS[1], 'top') or '0')
@@ -83,7 +91,7 @@ if ttl > 0 then trim(KEYS[2], ttl, now_ms()) end
 local from = tonumber(ARGV[4])
 local entries = {}
 if from > 0 and from <= top then
-  local limit, budget, used = tonumber(ARGV[6]), tonumber(ARGV[7]), 0
+  local limit, budget, used = tonumber(ARGV[5]), tonumber(ARGV[6]), 0
   while #entries < limit do
     local page = redis.call('XRANGE', KEYS[2], string.format('%d', from) .. '-0', '+',
       'COUNT', math.min(256, limit - #entries))
