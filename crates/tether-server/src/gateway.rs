@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,7 +43,6 @@ struct Parts {
     hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
     shutdown: CancellationToken,
-    resync: watch::Sender<u64>,
     parking: Arc<crate::parking::ParkingLot>,
 }
 
@@ -89,9 +88,8 @@ impl Gateway {
         let hub = Arc::new(hub_for(&config, &metrics));
         let broker =
             Arc::new(MemoryBroker::new(hub.clone(), config.channel.clone(), config.max_channels));
-        let (resync, _) = watch::channel(0);
         let parking = Self::parking_lot(&config);
-        let parts = Parts { hub, broker, shutdown: CancellationToken::new(), resync, parking };
+        let parts = Parts { hub, broker, shutdown: CancellationToken::new(), parking };
         Self::assemble(config, metrics, node_id(), parts)
     }
 
@@ -106,27 +104,18 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(hub_for(&config, &metrics));
         let shutdown = CancellationToken::new();
-        let (resync, _) = watch::channel(0u64);
         let parking = Self::parking_lot(&config);
-        let resync_hook = {
-            let (resync, parking) = (resync.clone(), parking.clone());
-            Arc::new(move || {
-                resync.send_modify(|generation| *generation += 1);
-                parking.wake_all(); // parked connections do not watch `resync` themselves
-            })
-        };
         let node = node_id();
         let broker = crate::broker::redis::RedisBroker::connect(
             &config.broker,
             hub.clone(),
             config.channel.clone(),
             &metrics,
-            resync_hook,
             PresenceNode { node: node.clone(), ttl: config.presence_ttl },
             shutdown.clone(),
         )
         .await?;
-        Self::assemble(config, metrics, node, Parts { hub, broker, shutdown, resync, parking })
+        Self::assemble(config, metrics, node, Parts { hub, broker, shutdown, parking })
     }
 
     fn parking_lot(config: &GatewayConfig) -> Arc<crate::parking::ParkingLot> {
@@ -140,7 +129,7 @@ impl Gateway {
         node: String,
         parts: Parts,
     ) -> Result<Gateway, GatewayError> {
-        let Parts { hub, broker, shutdown, resync, parking } = parts;
+        let Parts { hub, broker, shutdown, parking } = parts;
         hub.set_name(&node);
         let max = config.max_message_size.as_u64() as usize;
         let ws_config = WebSocketConfig::default()
@@ -192,7 +181,6 @@ impl Gateway {
                 metrics,
                 shutdown,
                 stopping: std::sync::atomic::AtomicBool::new(false),
-                resync,
                 parking,
                 // Long enough not to park and unpark between the messages of a busy connection,
                 // short enough that an idle one spends almost all its life parked.

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tether_core::channel::{self, ChannelError};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,9 +27,6 @@ pub(crate) struct Node {
     /// Set just before `shutdown` is cancelled: what connections check on every pass of their
     /// loop. (`CancellationToken::is_cancelled` takes a mutex that every connection shares.)
     pub stopping: std::sync::atomic::AtomicBool,
-    /// Bumped when the broker's live feed was interrupted (a Redis pub/sub link restored):
-    /// every connection closes with 1012 so that its client resubscribes and recovers.
-    pub resync: watch::Sender<u64>,
     /// The raw-mode answer to a text ping, encoded once.
     pub raw_pong: tokio_tungstenite::tungstenite::Utf8Bytes,
     /// `raw_pong` as a complete frame, written straight to the socket.
@@ -38,7 +35,7 @@ pub(crate) struct Node {
     pub origins: Vec<crate::origin::OriginPattern>,
     /// How long a connection must be idle before it parks (see `connection.rs`).
     pub park_after: std::time::Duration,
-    /// Where idle connections wait; also how shutdown and resync reach every connection.
+    /// Where idle connections wait; also how shutdown reaches every connection.
     pub parking: Arc<crate::parking::ParkingLot>,
     /// Tracks connection tasks so shutdown can wait for them (they outlive the HTTP server).
     pub tracker: TaskTracker,
@@ -229,6 +226,21 @@ impl crate::broker::LocalSubscribers for Hub {
 
     fn count(&self, channel: &str) -> usize {
         self.subscriber_count(channel)
+    }
+
+    fn positions(
+        &self,
+        only: Option<&[Arc<str>]>,
+    ) -> Vec<(Arc<str>, Vec<tether_core::protocol::StreamPosition>)> {
+        Hub::positions(self, only)
+    }
+
+    fn lost(
+        &self,
+        channel: &str,
+        position: Option<&tether_core::protocol::StreamPosition>,
+    ) -> usize {
+        Hub::lost(self, channel, position)
     }
 
     fn announce(&self, channel: &str, changes: Vec<crate::presence::Announcement>) {

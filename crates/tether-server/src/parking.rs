@@ -4,8 +4,8 @@
 //! socket and its mailbox (the outbound queue) and drops everything else. What it would
 //! otherwise need a per-connection timer for is written into its mailbox as a deadline — for a
 //! parked connection its next heartbeat, for an active one when to consider parking — and one
-//! shared timer task scans the lot and signals the connections that are due. Shutdown and a
-//! backplane resync signal everyone through the lot too.
+//! shared timer task scans the lot and signals the connections that are due. Shutdown signals
+//! everyone through the lot too.
 //!
 //! A parked plain TCP socket also leaves tokio's reactor: tokio keeps a 256-byte, cache-line
 //! aligned record per registered socket, so the lot watches parked sockets in an epoll set of
@@ -71,7 +71,7 @@ impl ParkingLot {
         crate::sync::lock(&self.mailboxes).try_remove(key);
     }
 
-    /// Signal every connection (shutdown, resync): each checks what happened.
+    /// Signal every connection (shutdown): each checks what happened.
     pub fn wake_all(&self) {
         for (_, mailbox) in crate::sync::lock(&self.mailboxes).iter() {
             mailbox.signal();

@@ -100,6 +100,8 @@ pub struct Published {
     /// With [`Compress::Always`], the frame for subscribers whose window it is longer than
     /// (stored blocks: compressed in form, not in size).
     stored: std::sync::OnceLock<Bytes>,
+    /// Not a message but news of a loss (see [`Published::loss`]): never written.
+    pub loss: bool,
 }
 
 /// When a message goes out compressed to a connection that agreed to permessage-deflate.
@@ -174,7 +176,17 @@ impl Published {
             (payload, None)
         };
         let (deflated, stored) = (std::sync::OnceLock::new(), std::sync::OnceLock::new());
-        Published { payload, wire, channel, epoch, offset, compress, deflated, stored }
+        Published { payload, wire, channel, epoch, offset, compress, deflated, stored, loss: false }
+    }
+
+    /// Not a message: the news that this node missed publications of `channel` up to `offset`
+    /// of `epoch` that cannot be replayed (`None`: up to an unknown point). A subscriber behind
+    /// it meets a gap (its connection ends and recovers, told `recovered: false`); one at or
+    /// past it passes it by. Queued behind what the subscriber already has, never written.
+    pub fn loss(channel: Arc<str>, position: Option<(Arc<str>, u64)>) -> Self {
+        let (epoch, offset) = position.unwrap_or_else(|| (Arc::from(""), u64::MAX));
+        let text = Payload::Text(Utf8Bytes::from_static(""));
+        Published { loss: true, ..Self::framed(text, channel, epoch, offset, Compress::Never) }
     }
 
     /// Whether a compressed frame was built (and was smaller than the plain one).

@@ -18,7 +18,7 @@
 //!   and the unacknowledged pings make the kernel give it up (when `tether serve`'s own
 //!   listener serves it; a host application's server gives no socket to set it on);
 //! - `event: disconnect` (`{code, reason, reconnect, retry_after_ms}`) before the server ends
-//!   the stream: shutdown or resync (1012, with `retry:` set between the hint and twice it), a slow reader
+//!   the stream: shutdown (1012, with `retry:` set between the hint and twice it), a slow reader
 //!   (1013), a gap in the live feed (1012), an expired token (4002).
 
 use crate::admission::{admit, come_back_later, event_stream, jittered, refused, Admitted, Denied};
@@ -145,7 +145,6 @@ struct Stream {
     expires: Option<tokio::time::Instant>,
     /// The token's user: the API's `disconnect` reaches the stream (see `hub::users`).
     user: Option<String>,
-    resync_seen: u64,
 }
 
 impl Stream {
@@ -162,16 +161,15 @@ impl Stream {
         node.metrics.connections_open.inc(); // decremented by `Drop for Stream`
         let labels = crate::metrics::ModeLabels { mode: "sse" };
         node.metrics.connections_accepted.get_or_create(&labels).inc();
-        // In the lot so that shutdown and resync signal it; it never parks.
+        // In the lot so that shutdown signals it; it never parks.
         let lot_key = node.parking.register(queue.clone());
         let expires = grant.map(|g| tokio::time::Instant::now() + g.remaining());
-        let resync_seen = *node.resync.borrow();
         let positions = channels.iter().map(|_| (Arc::from(""), 0)).collect();
         let user = grant.and_then(|g| g.sub.clone());
         if let Some(user) = &user {
             node.hub.users.add(user, id, queue.clone());
         }
-        Stream { node, id, queue, lot_key, peer, channels, positions, expires, user, resync_seen }
+        Stream { node, id, queue, lot_key, peer, channels, positions, expires, user }
     }
 
     /// Subscribe, recover, then stream until the reader goes or the server ends it.
@@ -312,11 +310,6 @@ impl Stream {
                 return Err(self
                     .disconnect(tx, close.code, &close.reason, close.retry_after)
                     .await);
-            }
-            if *node.resync.borrow() != self.resync_seen {
-                let hint = Some(node.config.restart_retry_hint);
-                let why = "message backplane reconnected: reconnect to recover";
-                return Err(self.disconnect(tx, CloseCode::SERVICE_RESTART, why, hint).await);
             }
             // The API's orders for this stream's user: `disconnect` ends it. (Its channels are
             // its URL's: subscribe and unsubscribe orders do not apply to a stream.)

@@ -125,8 +125,7 @@ async fn open(node: Arc<Node>, req: Request, format: Format) -> Response {
             tracing::debug!(error = %e, "no TCP_USER_TIMEOUT on a streaming session");
         }
     }
-    let (conn, resync_seen) =
-        Connection::open_streaming(node.clone(), peer, grant, format.transport());
+    let conn = Connection::open_streaming(node.clone(), peer, grant, format.transport());
     let secret = rand::random::<u64>();
     let session = SessionId::format(&node.client_id(conn.conn_id()), secret);
     let inbox = node.hub.sessions.add(conn.conn_id(), secret);
@@ -137,7 +136,7 @@ async fn open(node: Arc<Node>, req: Request, format: Format) -> Response {
     };
     let (tx, rx) = mpsc::channel::<Bytes>(BODY_CHUNKS);
     let wire = Streaming::new(tx, format, node.config.write_timeout);
-    let opening = Opening { wire, inbox, session, first, resume, resync_seen, registered };
+    let opening = Opening { wire, inbox, session, first, resume, registered };
     node.tracker.spawn(async move {
         conn.serve_streaming(opening).await;
         drop(tracked);

@@ -581,6 +581,14 @@ mod tests {
             0
         }
 
+        fn positions(&self, _: Option<&[Arc<str>]>) -> Vec<(Arc<str>, Vec<StreamPosition>)> {
+            Vec::new()
+        }
+
+        fn lost(&self, _: &str, _: Option<&StreamPosition>) -> usize {
+            0
+        }
+
         fn announce(&self, _: &str, _: Vec<crate::presence::Announcement>) {}
 
         fn order(&self, _: crate::control::UserOrder) -> usize {

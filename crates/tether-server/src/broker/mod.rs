@@ -20,6 +20,7 @@
 mod memory;
 pub mod redis;
 mod redis_control;
+mod redis_fanout;
 mod redis_presence;
 mod redis_scripts;
 
@@ -142,6 +143,14 @@ pub trait LocalSubscribers: Send + Sync + 'static {
     fn deliver(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: &RawValue) -> u64;
     /// This node's subscribers of `channel`.
     fn count(&self, channel: &str) -> usize;
+    /// Channels with subscribers on this node (`only`: those of them), each with the lowest
+    /// position per epoch among its subscribers: where a backplane that may have missed
+    /// publications replays from.
+    fn positions(&self, only: Option<&[Arc<str>]>) -> Vec<(Arc<str>, Vec<StreamPosition>)>;
+    /// Publications of `channel` up to `position` (`None`: an unknown point) were missed here
+    /// and cannot be replayed: tell its subscribers behind it (they end, and recover told
+    /// `recovered: false`). Returns how many were told.
+    fn lost(&self, channel: &str, position: Option<&StreamPosition>) -> usize;
     /// Tell this node's subscribers of `channel` about membership changes (`join_leave`).
     fn announce(&self, channel: &str, changes: Vec<crate::presence::Announcement>);
     /// Hand an API order to this node's connections of its user (see `control`); returns how

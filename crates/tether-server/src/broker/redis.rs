@@ -3,18 +3,22 @@
 //! - **Publish** runs one Lua script: assign the next offset (per-channel hash), append to the
 //!   history (a Redis Stream bounded by size and age) and PUBLISH to the channel's pub/sub
 //!   channel — atomically, so offsets, history and fan-out order always agree.
-//! - **Fan-out**: every node holds one pub/sub connection subscribed to `tether:p:*` and hands
-//!   what arrives to its hub, in the order Redis delivers it (offset order per channel). That
-//!   one task is what orders deliveries; it holds no lock while it delivers (publishing only
-//!   runs the script, and its receipt counts the local subscribers the publication is headed to).
+//! - **Fan-out**: every node holds one pub/sub connection subscribed to `tether:p:*`; its reader
+//!   queues what arrives (bounded) for one fan-out task, which hands it to the hub in the order
+//!   Redis delivered it (offset order per channel; see `redis_fanout`). That task is what
+//!   orders deliveries; it holds no lock while it delivers (publishing only runs the script,
+//!   and its receipt counts the local subscribers the publication is headed to).
 //! - **History** for a recovering subscribe is read by a second script (epoch, top, entries).
 //! - **Failure**: commands go through a `ConnectionManager` that reconnects by itself; while
 //!   Redis is unreachable, publishes fail with `Unavailable` (HTTP 503) and `/readyz` says
 //!   not-ready. Publications sent while this node's pub/sub link was down never reached its
-//!   subscribers, so when the link comes back the node asks its clients to reconnect (1012);
-//!   they resubscribe and recover from history. A Redis that lost its data gives every channel a
-//!   new epoch on first use, and clients are told `recovered: false` — never a silent gap.
+//!   subscribers: when the link comes back the node repairs every channel from history, and
+//!   tells (1012) only the subscribers whose missed publications history cannot give back. A
+//!   Redis that lost its data (the scripts compare its run id with the one each stream was
+//!   made under) gives the channel a new epoch, and clients are told `recovered: false` —
+//!   never a silent gap.
 
+use super::redis_fanout::{Fanout, Incoming};
 use super::Reach;
 use super::{
     history_policy, new_epoch, Broker, BrokerError, History, LocalSubscribers, Once, PublishReceipt,
@@ -45,7 +49,7 @@ const PUBSUB_PATTERN: &str = "tether:p:*";
 const LINK_PING_EVERY: Duration = Duration::from_secs(1);
 /// A ping unanswered this long means the link is lost. Several response timeouts: one late
 /// answer (Redis stalled by a fork for BGSAVE, a page swapped in) is not a lost link, and
-/// taking it for one would close or resync every connection of the node at once.
+/// taking it for one would make the node repair every channel at once.
 const LINK_SILENCE: Duration = Duration::from_secs(6);
 const PUBSUB_PREFIX: &str = "tether:p:";
 /// Join/leave changes of every node (see `redis_presence`).
@@ -100,17 +104,18 @@ pub struct RedisBroker {
     presence: Arc<super::redis_presence::RedisPresence>,
     /// Orders and questions for every node (see `redis_control`).
     control: super::redis_control::Control,
+    /// Publications from the link, waiting for the fan-out task (see `redis_fanout`).
+    fanout: Arc<Fanout>,
 }
 
 impl RedisBroker {
     /// Connect to Redis (it must be reachable now), start the pub/sub link, and return the
-    /// broker. `resync` is called when the link comes back after a loss.
+    /// broker.
     pub async fn connect(
         url: &str,
         hub: Arc<dyn LocalSubscribers>,
         rules: Vec<ChannelRule>,
         metrics: &Metrics,
-        resync: Arc<dyn Fn() + Send + Sync>,
         presence: PresenceNode,
         stop: CancellationToken,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
@@ -178,6 +183,7 @@ impl RedisBroker {
             last_error: Arc::new(Mutex::new(None)),
             metrics: broker_metrics,
             control,
+            fanout: Fanout::new(metrics),
             presence: Arc::new(super::redis_presence::RedisPresence::new(
                 presence.node,
                 presence.ttl,
@@ -197,7 +203,9 @@ impl RedisBroker {
         // live feed is in place.
         let first = Self::open_link(&client, &broker.control).await.map_err(unreachable)?;
         tokio::spawn(broker.presence.clone().run(broker.commands.clone(), stop.clone()));
-        tokio::spawn(broker.clone().run_link(client, first, resync, stop));
+        let fan_out = broker.fanout.clone().run(broker.clone(), broker.hub.clone(), stop.clone());
+        tokio::spawn(fan_out);
+        tokio::spawn(broker.clone().run_link(client, first, stop));
         Ok(broker)
     }
 
@@ -226,12 +234,11 @@ impl RedisBroker {
         self: Arc<Self>,
         client: redis::Client,
         first: redis::aio::PubSub,
-        resync: Arc<dyn Fn() + Send + Sync>,
         stop: CancellationToken,
     ) {
         let mut next = Some(first);
         let mut backoff = Duration::from_millis(100);
-        // Set once the link was lost: the next link must resync this node's clients.
+        // Set once the link was lost: what came meanwhile must be repaired.
         let mut lost = false;
         loop {
             let link = match next.take() {
@@ -252,8 +259,8 @@ impl RedisBroker {
                                 break;
                             }
                         }
-                        tracing::warn!(url = %self.url, "Redis pub/sub link restored; asking clients to resubscribe and recover");
-                        resync();
+                        tracing::warn!(url = %self.url, "Redis pub/sub link restored; repairing what this node missed");
+                        self.fanout.relinked();
                     }
                     // A link can die without the socket noticing (a partition, a NAT timeout):
                     // ping it, and count a ping unanswered for `LINK_SILENCE` as lost.
@@ -336,7 +343,8 @@ impl RedisBroker {
             return;
         };
         let Ok(data) = RawValue::from_string(data.to_owned()) else { return };
-        self.hub.deliver(channel, &Arc::from(epoch), offset, &data);
+        let (channel, epoch) = (Arc::from(channel), Arc::from(epoch));
+        self.fanout.push(Incoming { channel, epoch, offset, data });
     }
 
     /// A join/leave change from some node (`TYPE INFO-JSON`), for this node's subscribers.

@@ -12,12 +12,7 @@ const PARK_AT_ONCE_AFTER: Duration = Duration::from_millis(100);
 
 impl Connection {
     /// One active phase: a WebSocket over `transport` until the connection ends or idles.
-    pub(super) async fn active(
-        &mut self,
-        mut transport: Transport,
-        resync: &mut watch::Receiver<u64>,
-        missed_resync: bool,
-    ) -> Phase {
+    pub(super) async fn active(&mut self, mut transport: Transport) -> Phase {
         if self.queue.window() != 0 && !transport.inflates() {
             // Dropped while parked (see `Transport::shrink`): the mailbox remembers the deal.
             transport.inflate(self.shared.config.max_message_size.as_u64() as usize);
@@ -31,12 +26,7 @@ impl Connection {
         let direct = DirectWindow::open(&self.queue, socket);
         // Dropping `ws` on the way out aborts the TCP connection if the ending was not a clean close.
         let mut chatty = false;
-        let ended = if missed_resync {
-            Some(Box::pin(self.close(&mut ws, Close::resync(&self.shared.config))).await)
-        } else {
-            self.active_loop(&mut ws, resync, &mut chatty).await
-        };
-        match ended {
+        match self.active_loop(&mut ws, &mut chatty).await {
             Some(ending) => Phase::Ended(ending),
             None => {
                 let wake_at = Instant::from_std(self.session.wake_at(std::time::Instant::now()));
@@ -48,12 +38,7 @@ impl Connection {
 
     /// The select loop. `None`: idle with nothing in flight, time to park (`chatty`: right
     /// after a message from a peer that talks often).
-    pub(super) async fn active_loop(
-        &mut self,
-        ws: &mut Ws,
-        resync: &mut watch::Receiver<u64>,
-        chatty: &mut bool,
-    ) -> Option<Ending> {
+    pub(super) async fn active_loop(&mut self, ws: &mut Ws, chatty: &mut bool) -> Option<Ending> {
         let queue = self.queue.clone();
         let lot = self.shared.parking.clone();
         let park_after = self.shared.park_after;
@@ -77,16 +62,11 @@ impl Connection {
         // instead of two (the pass follows at once; its checks do not need the microseconds).
         let mut clock: Option<Instant> = None;
         loop {
-            // Shutdown and resync are flags, checked here: the gateway raises them and then wakes
+            // Shutdown is a flag, checked here: the gateway raises it and then wakes
             // every mailbox through the parking lot, which ends the select below. (Two more
             // futures in the select, polled on every message, showed in profiles.)
             if self.shared.stopping() {
                 let close = Close::shutdown(&self.shared.config);
-                return Some(Box::pin(self.close(ws, close)).await);
-            }
-            // (An error would mean the gateway is gone: closing is right then too.)
-            if resync.has_changed().unwrap_or(true) {
-                let close = Close::resync(&self.shared.config);
                 return Some(Box::pin(self.close(ws, close)).await);
             }
             // The server API's orders (subscribe, unsubscribe, disconnect this user).
@@ -183,7 +163,7 @@ impl Connection {
                     }
                 }
                 out = queue.next() => {
-                    // `None`: woken by the gateway (shutdown, resync); the loop's top checks.
+                    // `None`: woken by the gateway (shutdown); the loop's top checks.
                     let Some(out) = out else { continue };
                     park_check(Instant::now());
                     match Box::pin(self.write_batch(ws, out, &queue)).await {

@@ -2,7 +2,7 @@
 //!
 //! A single task per connection owns the socket. While active it selects over: the heartbeat
 //! timer, inbound frames, and its mailbox (the bounded outbound queue the hub fills, which also
-//! carries the slow-consumer flag and signals from the gateway: shutdown, resync, "consider
+//! carries the slow-consumer flag and signals from the gateway: shutdown, "consider
 //! parking"). Protocol decisions come from the session (`crate::session`, over `tether-core`'s
 //! codec, heartbeat and close codes); this module moves frames and enforces time limits.
 //!
@@ -55,7 +55,6 @@ use tether_core::close_code::{CloseCode, Initiator};
 use tether_core::codec;
 use tether_core::protocol::ServerMessage;
 use tokio::io::AsyncWrite;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WireCode;
@@ -162,8 +161,8 @@ impl Drop for Connection {
 
 impl Connection {
     /// A connection for a handshake being answered: registered and subscribed to its
-    /// `?channel=`s (publications queue in its mailbox until its socket is there), with the
-    /// resync generation it has seen. `window`: the permessage-deflate window agreed for what
+    /// `?channel=`s (publications queue in its mailbox until its socket is there).
+    /// `window`: the permessage-deflate window agreed for what
     /// it is sent, 0 without it.
     fn open(
         shared: Arc<Node>,
@@ -173,7 +172,7 @@ impl Connection {
         channels: Vec<String>,
         grant: Option<Arc<Grant>>,
         window: u8,
-    ) -> (Connection, u64) {
+    ) -> Connection {
         let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let cfg = &shared.config;
         let queue = Arc::new(
@@ -190,7 +189,6 @@ impl Connection {
             .inc();
         tracing::debug!(conn = id, peer = ?peer, mode = mode.as_str(), transport, "connection open");
         let now = Instant::now();
-        let resync_seen = *shared.resync.borrow();
         let opened = shared.parking.ticks(now);
         let session = Session::new(&shared.config, mode, grant, now.into_std(), opened);
         let mut conn = Connection { id, shared, queue, lot_key, peer, opened, session };
@@ -203,7 +201,7 @@ impl Connection {
         // After the `?channel=`s, which the handshake counted against `max_subscriptions`:
         // a server-side subscription that no longer fits is the one skipped (and logged).
         conn.adopt_grant();
-        (conn, resync_seen)
+        conn
     }
 
     /// The connection has ended (its socket is closed or aborted): leave the hub, count and

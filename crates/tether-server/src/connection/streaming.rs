@@ -235,20 +235,17 @@ pub(crate) struct Opening {
     pub first: Bytes,
     /// SSE: the positions `Last-Event-ID` names, which its subscribes recover from.
     pub resume: BTreeMap<String, StreamPosition>,
-    /// The resync generation the connection was opened with (see `Node::resync`).
-    pub resync_seen: u64,
     pub registered: Option<Registered>,
 }
 
 impl Connection {
     /// A connection for a streaming session (JSON mode; no socket, no compression).
-    /// With the resync generation it has seen.
     pub(crate) fn open_streaming(
         shared: Arc<Node>,
         peer: Option<SocketAddr>,
         grant: Option<Arc<Grant>>,
         transport: &'static str,
-    ) -> (Self, u64) {
+    ) -> Self {
         Connection::open(shared, peer, Mode::Json, transport, Vec::new(), grant, 0)
     }
 
@@ -281,19 +278,11 @@ impl Connection {
             return ending;
         }
         let queue = self.queue.clone();
-        let resync = self.shared.resync.subscribe();
-        // A resync between the opening and now (the first commands may have waited on the
-        // broker) is one this session missed: it must recover too.
-        if *resync.borrow() != o.resync_seen {
-            return o.wire.close(self, Close::resync(&self.shared.config)).await;
-        }
         let sleep = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(sleep);
         loop {
             let close = if self.shared.stopping() {
                 Some(Close::shutdown(&self.shared.config))
-            } else if resync.has_changed().unwrap_or(true) {
-                Some(Close::resync(&self.shared.config))
             } else if queue.overflowed() {
                 self.shared.metrics.slow_consumers.inc();
                 Some(Close::slow_consumer())

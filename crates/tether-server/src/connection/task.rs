@@ -34,8 +34,6 @@ pub(crate) struct Parked {
     pub(super) direct: DirectWindow,
     pub(super) conn: Connection,
     pub(super) transport: Transport,
-    /// The resync generation this connection has seen (see `Node::resync`).
-    pub(super) resync_seen: u64,
 }
 
 impl ConnectionTask {
@@ -54,8 +52,7 @@ impl ConnectionTask {
         deflate: Option<u8>,
     ) -> Self {
         let window = deflate.unwrap_or(0);
-        let (conn, resync_seen) =
-            Connection::open(shared, peer, mode, mode.as_str(), channels, grant, window);
+        let conn = Connection::open(shared, peer, mode, mode.as_str(), channels, grant, window);
         let start = async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
@@ -67,7 +64,7 @@ impl ConnectionTask {
             // No inflater yet: the connection makes one when it first reads (`Connection::active`
             // sees the window in its mailbox).
             let transport = Transport::new(upgraded);
-            let parked = Parked { direct: DirectWindow::closed(), conn, transport, resync_seen };
+            let parked = Parked { direct: DirectWindow::closed(), conn, transport };
             // Parked from the start: the server has nothing to say until the first heartbeat, so
             // a new connection holds no WebSocket state until its peer or a publication needs
             // it. (Anything the peer sent already wakes it at once; so does a publication queued
@@ -134,7 +131,7 @@ impl Future for ConnectionTask {
 
 impl Parked {
     /// Ready when the socket is readable (data, end, error), the mailbox has something, the
-    /// heartbeat is due, or shutdown/resync began. Registers the task's waker with the mailbox
+    /// heartbeat is due, or shutdown began. Registers the task's waker with the mailbox
     /// (which the hub, the shared timer and shutdown wake) and with the socket.
     pub(super) fn poll_wake(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let shared = &self.conn.shared;
@@ -143,7 +140,6 @@ impl Parked {
             || self.conn.queue.ordered()
             || shared.parking.ticks(Instant::now()) >= self.conn.queue.deadline()
             || shared.stopping()
-            || *shared.resync.borrow() != self.resync_seen
             || self.transport.poll_activity(cx).is_ready()
         {
             Poll::Ready(())
@@ -154,20 +150,17 @@ impl Parked {
 
     /// Run active again until the connection parks again (`Some`) or ends (`None`, logged).
     pub(super) async fn resume(self) -> Option<(Parked, Instant, bool)> {
-        let Parked { direct, mut conn, transport, resync_seen } = self;
+        let Parked { direct, mut conn, transport } = self;
         drop(direct); // closed already (see `poll`)
-        let mut resync = conn.shared.resync.subscribe();
-        let missed_resync = *resync.borrow_and_update() != resync_seen;
-        match conn.active(transport, &mut resync, missed_resync).await {
+        match conn.active(transport).await {
             Phase::Ended(ending) => {
                 conn.finish(ending, "websocket");
                 None
             }
             Phase::Idle { mut transport, wake_at, chatty } => {
                 transport.shrink();
-                let resync_seen = *resync.borrow();
                 let direct = DirectWindow::closed(); // opened once the socket has moved
-                Some((Parked { direct, conn, transport, resync_seen }, wake_at, chatty))
+                Some((Parked { direct, conn, transport }, wake_at, chatty))
             }
         }
     }

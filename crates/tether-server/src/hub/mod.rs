@@ -25,6 +25,7 @@
 
 pub mod announce;
 mod answers;
+mod losses;
 mod pace;
 mod sessions;
 mod sweep;

@@ -144,7 +144,7 @@ const CLOSED: u8 = 1;
 const OVERFLOWED: u8 = 2;
 /// Set by the parking lot's reactor: the parked connection's socket has something.
 const SOCKET_READY: u8 = 4;
-/// Set by the gateway (shutdown, resync): the connection must look at the gateway's state.
+/// Set by the gateway (shutdown): the connection must look at the gateway's state.
 const SIGNALLED: u8 = 8;
 /// Something is queued: mirrors `!items.is_empty()`, changed under the lock, so that the task
 /// can see an empty queue without taking the lock (once per pass of its loop).
@@ -301,6 +301,11 @@ impl OutboundQueue {
         self.lock().subscriptions.admit(publication, overflowed)
     }
 
+    /// The last publication delivered on `channel` (see [`Subscriptions::position`]).
+    pub fn position(&self, channel: &str) -> Option<(Arc<str>, u64)> {
+        self.lock().subscriptions.position(channel)
+    }
+
     pub(crate) fn with_subscriptions<R>(&self, f: impl FnOnce(&mut Subscriptions) -> R) -> R {
         f(&mut self.lock().subscriptions)
     }
@@ -418,7 +423,7 @@ impl OutboundQueue {
     }
 
     /// Wake the connection task and make a pending [`OutboundQueue::next`] return `None`, so
-    /// that it looks at the gateway's state (shutdown, resync).
+    /// that it looks at the gateway's state (shutdown).
     pub fn signal(&self) {
         self.raise(SIGNALLED);
         self.waker.wake();

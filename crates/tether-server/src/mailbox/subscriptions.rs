@@ -85,6 +85,13 @@ impl Subscriptions {
     pub fn len(&self) -> usize {
         self.0.len()
     }
+
+    /// The last publication delivered on `channel` (epoch and offset), once there is one or
+    /// the subscription's starting position is set.
+    pub fn position(&self, channel: &str) -> Option<(Arc<str>, u64)> {
+        let w = &self.0[self.find(channel).ok()?].1;
+        Some((w.epoch.clone()?, w.offset))
+    }
     pub fn take_channels(&mut self) -> impl Iterator<Item = Arc<str>> {
         std::mem::take(&mut self.0).into_iter().map(|(c, _)| c)
     }
@@ -99,6 +106,9 @@ impl Subscriptions {
     /// Whether `tag` would still be news to this connection (not a duplicate of what it was
     /// delivered): what a connection that closes with it queued has missed.
     pub(super) fn is_news(&self, tag: &Published) -> bool {
+        if tag.loss {
+            return false;
+        }
         if tag.channel.is_empty() {
             return true;
         }
@@ -111,6 +121,12 @@ impl Subscriptions {
     pub(super) fn admit(&mut self, tag: &Published, overflowed: bool) -> Admission {
         if overflowed {
             return Admission::Gap;
+        }
+        if tag.loss {
+            // News of publications this node missed: a gap for a subscription behind them.
+            let Some(w) = self.for_tag(&tag.channel) else { return Admission::Skip };
+            let past = w.epoch.as_ref().is_some_and(|e| *e == tag.epoch) && w.offset >= tag.offset;
+            return if past { Admission::Skip } else { Admission::Gap };
         }
         if tag.channel.is_empty() {
             // In no stream (the conformance echo): nothing to skip, no gap to see.

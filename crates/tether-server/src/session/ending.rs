@@ -80,12 +80,6 @@ impl Close {
         }
     }
 
-    /// The broker's live feed had a hole: the client resubscribes and recovers.
-    pub fn resync(config: &GatewayConfig) -> Self {
-        let reason = "message backplane reconnected: resubscribe to recover";
-        Close::new(CloseCode::SERVICE_RESTART, reason).retry_after(config.restart_retry_hint)
-    }
-
     /// A publication is missing from this connection's live feed.
     pub fn gap(config: &GatewayConfig) -> Self {
         let reason = "gap in the live feed: resubscribe to recover";
