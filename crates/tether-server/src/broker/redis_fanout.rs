@@ -142,22 +142,25 @@ impl Fanout {
     /// of its channels, which are then passed by), else the oldest publication.
     async fn next(&self) -> Job {
         loop {
-            {
-                let mut w = crate::sync::lock(&self.waiting);
-                let repair = std::mem::take(&mut w.repair);
-                if !matches!(repair, Repair::Nothing) {
-                    return Job::Repair(repair);
-                }
-                if let Some(item) = w.items.pop_front() {
-                    w.bytes -= item.data.get().len();
-                    self.queued.set(w.items.len() as i64);
-                    return Job::Deliver(item);
-                }
+            if let Some(job) = self.try_next() {
+                return job;
             }
             // `notify_one` keeps a permit when nobody waits: a push between the look and
             // here is not missed.
             self.more.notified().await;
         }
+    }
+
+    fn try_next(&self) -> Option<Job> {
+        let mut w = crate::sync::lock(&self.waiting);
+        let repair = std::mem::take(&mut w.repair);
+        if !matches!(repair, Repair::Nothing) {
+            return Some(Job::Repair(repair));
+        }
+        let item = w.items.pop_front()?;
+        w.bytes -= item.data.get().len();
+        self.queued.set(w.items.len() as i64);
+        Some(Job::Deliver(item))
     }
 
     /// Fan out what the link queues, in order, and repair what it marks, until `stop`.
@@ -172,12 +175,16 @@ impl Fanout {
                 _ = stop.cancelled() => return,
                 job = self.next() => job,
             };
-            match job {
-                Job::Deliver(p) => {
-                    hub.deliver(&p.channel, &p.epoch, p.offset, &p.data);
-                }
-                Job::Repair(repair) => self.repair(repair, &*broker, &*hub).await,
+            self.handle(job, &*broker, &*hub).await;
+        }
+    }
+
+    async fn handle(&self, job: Job, broker: &dyn Broker, hub: &dyn LocalSubscribers) {
+        match job {
+            Job::Deliver(p) => {
+                hub.deliver(&p.channel, &p.epoch, p.offset, &p.data);
             }
+            Job::Repair(repair) => self.repair(repair, broker, hub).await,
         }
     }
 
@@ -256,4 +263,89 @@ async fn catch_up(
         }
         _ => CatchUp::Lost(history.position),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::MemoryBroker;
+    use crate::config::HistoryRule;
+    use crate::hub::{Hub, Mode, Outbound, OutboundQueue, Subscriber};
+    use crate::mailbox::Admission;
+    use crate::metrics::Metrics;
+    use std::time::Duration;
+    use tether_core::channel::ChannelPattern;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    /// A subscriber of `channel` on `hub`, subscribed before the channel's first publication.
+    fn subscriber(hub: &Hub, conn: u64, channel: &str) -> Arc<OutboundQueue> {
+        let queue = Arc::new(OutboundQueue::new(1024, 1 << 20));
+        queue.with_subscriptions(|s| s.insert(Arc::from(channel)));
+        queue.with_subscriptions(|s| s.get_mut(channel).unwrap().epoch = Some(Arc::from("")));
+        hub.subscribe(channel, conn, Subscriber::new(queue.clone(), Mode::Json)).unwrap();
+        queue
+    }
+
+    /// What the subscriber's connection would send: offsets, then `Err` at a gap.
+    fn sent(queue: &OutboundQueue) -> Result<Vec<u64>, Vec<u64>> {
+        let mut offsets = Vec::new();
+        while let Some(item) = queue.pop() {
+            let Outbound::Publication(p) = item else { continue };
+            match queue.admit(&p) {
+                Admission::Send => offsets.push(p.offset),
+                Admission::Skip => {}
+                Admission::Gap => return Err(offsets),
+            }
+        }
+        Ok(offsets)
+    }
+
+    #[tokio::test]
+    async fn what_a_full_queue_drops_is_replayed_from_history_in_order_or_told() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let history = HistoryRule {
+            pattern: ChannelPattern::new("h"),
+            size: 100,
+            ttl: Duration::from_secs(60),
+        };
+        // The broker as another node sees it: its own deliveries go elsewhere.
+        let elsewhere = Arc::new(Hub::new(Arc::default()));
+        let broker = MemoryBroker::new(elsewhere, vec![history.into()], 10);
+        let (h, n) = (subscriber(&hub, 1, "h"), subscriber(&hub, 2, "n"));
+        let fanout = Fanout::new(&metrics);
+        let mut epochs = Vec::new();
+        for channel in ["h", "h", "h", "n", "n"] {
+            epochs.push(broker.publish(channel, &raw("1"), None).await.unwrap());
+        }
+        let incoming = |channel: &str, i: usize| Incoming {
+            channel: Arc::from(channel),
+            epoch: epochs[i].epoch.clone(),
+            offset: epochs[i].offset,
+            data: raw("1"),
+        };
+        // h:1 and n:1 are queued; the queue fills; h:2, h:3 and n:2 are dropped.
+        fanout.push(incoming("h", 0));
+        fanout.push(incoming("n", 3));
+        for _ in 2..MAX_QUEUED {
+            fanout.push(Incoming { channel: Arc::from("elsewhere"), ..incoming("h", 0) });
+        }
+        for (channel, i) in [("h", 1), ("h", 2), ("n", 4)] {
+            fanout.push(incoming(channel, i));
+        }
+        assert_eq!(fanout.dropped.get(), 3);
+        while let Some(job) = fanout.try_next() {
+            fanout.handle(job, &broker, &*hub).await;
+        }
+        // h: replayed from history before its queued h:1, which is then passed by.
+        assert_eq!(sent(&h), Ok(vec![1, 2, 3]));
+        // n has no history: its subscriber is told at once (the repair goes first, and n:1
+        // and n:2 are both behind the notice), and meets the gap.
+        assert_eq!(sent(&n), Err(vec![]));
+        let repairs = |outcome| fanout.repairs.get_or_create(&OutcomeLabels { outcome }).get();
+        assert_eq!((repairs("replayed"), repairs("told")), (1, 1));
+    }
 }
