@@ -140,3 +140,40 @@ async fn a_redis_outage_is_reported_survived_and_never_a_silent_gap() {
     assert!(!a.log().contains("panicked"), "{}", a.log());
     a.kill9();
 }
+
+/// A node subscribes in Redis only to the channels it has subscribers for: publications to
+/// channels it has none for never reach it, and a channel left by its last subscriber is
+/// unsubscribed (after a linger of 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_receives_from_redis_only_the_channels_it_has_subscribers_for() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    let (on_a, mut a_events) = tether_client::connect(fast_client(a.ws_url("")));
+    let (on_b, mut b_events) = tether_client::connect(fast_client(b.ws_url("")));
+    on_a.subscribe("room:a").await.unwrap();
+    on_b.subscribe("room:b").await.unwrap();
+    for events in [&mut a_events, &mut b_events] {
+        next_event(events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
+    }
+    let numsub = |channel: &str| {
+        let reply = redis.command(&["PUBSUB", "NUMSUB", &format!("tether:p:{channel}")]);
+        reply.trim_end().rsplit("\r\n").next().unwrap().trim_start_matches(':').to_owned()
+    };
+    assert_eq!((numsub("room:a"), numsub("room:b")), ("1".to_owned(), "1".to_owned()));
+    for i in 0..50 {
+        b.publish("room:b", &i.to_string());
+    }
+    a.publish("room:a", "0");
+    assert_eq!(publications(&mut b_events, 50).await.len(), 50);
+    assert_eq!(publications(&mut a_events, 1).await.len(), 1);
+    // A got room:a's one publication and none of room:b's fifty.
+    assert_eq!(a.metric("tether_broker_publications_received_total"), 1.0);
+    assert_eq!(b.metric("tether_broker_publications_received_total"), 50.0);
+
+    // The last subscriber leaves: unsubscribed in Redis after the linger.
+    on_a.unsubscribe("room:a").await.unwrap();
+    assert!(wait_until(T, || numsub("room:a") == "0"), "{}", a.log());
+    assert_eq!(a.metric("tether_broker_channels_subscribed"), 0.0);
+    on_a.close().await;
+    on_b.close().await;
+}

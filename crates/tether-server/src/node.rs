@@ -228,6 +228,14 @@ impl crate::broker::LocalSubscribers for Hub {
         self.subscriber_count(channel)
     }
 
+    fn channels(&self) -> Vec<Arc<str>> {
+        Hub::channels(self, |_| true, usize::MAX).into_iter().map(|(c, _)| c).collect()
+    }
+
+    fn watch_interest(&self, hook: crate::hub::ChannelHook) {
+        Hub::watch_interest(self, hook)
+    }
+
     fn positions(
         &self,
         only: Option<&[Arc<str>]>,

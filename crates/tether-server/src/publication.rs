@@ -15,6 +15,10 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 /// Identifies a connection within this process.
 pub type ConnId = u64;
 
+/// Told a channel's name when it gains its first or loses its last subscriber on this node:
+/// how a backplane learns what to subscribe to (see `broker::LocalSubscribers::watch_interest`).
+pub type ChannelHook = Arc<dyn Fn(&Arc<str>) + Send + Sync>;
+
 /// How a connection wants publications rendered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

@@ -581,6 +581,12 @@ mod tests {
             0
         }
 
+        fn channels(&self) -> Vec<Arc<str>> {
+            Vec::new()
+        }
+
+        fn watch_interest(&self, _: crate::publication::ChannelHook) {}
+
         fn positions(&self, _: Option<&[Arc<str>]>) -> Vec<(Arc<str>, Vec<StreamPosition>)> {
             Vec::new()
         }

@@ -21,6 +21,7 @@ mod memory;
 pub mod redis;
 mod redis_control;
 mod redis_fanout;
+mod redis_interest;
 mod redis_presence;
 mod redis_scripts;
 
@@ -143,6 +144,11 @@ pub trait LocalSubscribers: Send + Sync + 'static {
     fn deliver(&self, channel: &str, epoch: &Arc<str>, offset: u64, data: &RawValue) -> u64;
     /// This node's subscribers of `channel`.
     fn count(&self, channel: &str) -> usize;
+    /// Every channel with subscribers on this node.
+    fn channels(&self) -> Vec<Arc<str>>;
+    /// Call `hook` whenever a channel may have gained its first or lost its last subscriber
+    /// on this node (under the hub's lock: it must only record it). Set once.
+    fn watch_interest(&self, hook: crate::publication::ChannelHook);
     /// Channels with subscribers on this node (`only`: those of them), each with the lowest
     /// position per epoch among its subscribers: where a backplane that may have missed
     /// publications replays from.

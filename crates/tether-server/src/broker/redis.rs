@@ -3,7 +3,9 @@
 //! - **Publish** runs one Lua script: assign the next offset (per-channel hash), append to the
 //!   history (a Redis Stream bounded by size and age) and PUBLISH to the channel's pub/sub
 //!   channel — atomically, so offsets, history and fan-out order always agree.
-//! - **Fan-out**: every node holds one pub/sub connection subscribed to `tether:p:*`; its reader
+//! - **Fan-out**: every node holds one pub/sub connection, subscribed to `tether:p:CH` (and
+//!   `tether:e:CH` for join/leave) only for the channels it has subscribers for (see
+//!   `redis_interest`), so it receives only what it will deliver; its reader
 //!   queues what arrives (bounded) for one fan-out task, which hands it to the hub in the order
 //!   Redis delivered it (offset order per channel; see `redis_fanout`). That task is what
 //!   orders deliveries; it holds no lock while it delivers (publishing only runs the script,
@@ -19,6 +21,7 @@
 //!   never a silent gap.
 
 use super::redis_fanout::{Fanout, Incoming};
+use super::redis_interest::Interest;
 use super::Reach;
 use super::{
     history_policy, new_epoch, Broker, BrokerError, History, LocalSubscribers, Once, PublishReceipt,
@@ -43,17 +46,14 @@ use tokio_util::sync::CancellationToken;
 /// How long a channel's offset state outlives its last use when it has no (longer) history.
 const STATE_TTL: Duration = Duration::from_secs(3600);
 /// Redis round trips slower than this fail (and surface as 503), rather than hang a request.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-const PUBSUB_PATTERN: &str = "tether:p:*";
+pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the pub/sub link is pinged to prove it alive.
 const LINK_PING_EVERY: Duration = Duration::from_secs(1);
 /// A ping unanswered this long means the link is lost. Several response timeouts: one late
 /// answer (Redis stalled by a fork for BGSAVE, a page swapped in) is not a lost link, and
 /// taking it for one would make the node repair every channel at once.
 const LINK_SILENCE: Duration = Duration::from_secs(6);
-const PUBSUB_PREFIX: &str = "tether:p:";
-/// Join/leave changes of every node (see `redis_presence`).
-const EVENTS_PATTERN: &str = "tether:e:*";
+pub(super) const PUBSUB_PREFIX: &str = "tether:p:";
 
 fn state_key(channel: &str) -> String {
     format!("tether:s:{{{channel}}}")
@@ -106,6 +106,8 @@ pub struct RedisBroker {
     control: super::redis_control::Control,
     /// Publications from the link, waiting for the fan-out task (see `redis_fanout`).
     fanout: Arc<Fanout>,
+    /// Which channels the link is subscribed to (see `redis_interest`).
+    interest: Arc<Interest>,
 }
 
 impl RedisBroker {
@@ -184,6 +186,7 @@ impl RedisBroker {
             metrics: broker_metrics,
             control,
             fanout: Fanout::new(metrics),
+            interest: Interest::new(rules.clone(), metrics),
             presence: Arc::new(super::redis_presence::RedisPresence::new(
                 presence.node,
                 presence.ttl,
@@ -199,13 +202,19 @@ impl RedisBroker {
                 "Redis at {url} refused INFO ({e}): Tether's Redis user must be allowed INFO, which tells a restarted Redis from the one before"
             )));
         }
-        // Subscribe before returning: a node must not serve a recovering subscribe before its
-        // live feed is in place.
+        // Linked before returning: a node must not serve a recovering subscribe before its
+        // live feed can be in place (see `Interest::ready`).
         let first = Self::open_link(&client, &broker.control).await.map_err(unreachable)?;
+        let (sink, messages) = first.split();
+        broker.interest.linked(sink.clone(), false);
+        let interest = broker.interest.clone();
+        broker.hub.watch_interest(Arc::new(move |channel| interest.changed(channel)));
         tokio::spawn(broker.presence.clone().run(broker.commands.clone(), stop.clone()));
         let fan_out = broker.fanout.clone().run(broker.clone(), broker.hub.clone(), stop.clone());
         tokio::spawn(fan_out);
-        tokio::spawn(broker.clone().run_link(client, first, stop));
+        let interest = broker.interest.clone();
+        tokio::spawn(interest.run(broker.hub.clone(), broker.fanout.clone(), stop.clone()));
+        tokio::spawn(broker.clone().run_link(client, (sink, messages), stop));
         Ok(broker)
     }
 
@@ -216,8 +225,6 @@ impl RedisBroker {
     ) -> redis::RedisResult<redis::aio::PubSub> {
         let connect = async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.psubscribe(PUBSUB_PATTERN).await?;
-            pubsub.psubscribe(EVENTS_PATTERN).await?;
             pubsub.subscribe(super::redis_control::ORDERS).await?;
             pubsub.subscribe(super::redis_control::SURVEYS).await?;
             pubsub.subscribe(control.answers_channel()).await?;
@@ -233,7 +240,7 @@ impl RedisBroker {
     async fn run_link(
         self: Arc<Self>,
         client: redis::Client,
-        first: redis::aio::PubSub,
+        first: (redis::aio::PubSubSink, redis::aio::PubSubStream),
         stop: CancellationToken,
     ) {
         let mut next = Some(first);
@@ -243,10 +250,10 @@ impl RedisBroker {
         loop {
             let link = match next.take() {
                 Some(link) => Ok(link),
-                None => Self::open_link(&client, &self.control).await,
+                None => Self::open_link(&client, &self.control).await.map(|p| p.split()),
             };
             match link {
-                Ok(pubsub) => {
+                Ok((sink, mut messages)) => {
                     self.set_linked(true, None);
                     backoff = Duration::from_millis(100);
                     if std::mem::take(&mut lost) {
@@ -259,12 +266,12 @@ impl RedisBroker {
                                 break;
                             }
                         }
-                        tracing::warn!(url = %self.url, "Redis pub/sub link restored; repairing what this node missed");
-                        self.fanout.relinked();
+                        tracing::warn!(url = %self.url, "Redis pub/sub link restored; resubscribing and repairing what this node missed");
+                        // Subscribes every channel with local subscribers, then repairs.
+                        self.interest.linked(sink.clone(), true);
                     }
                     // A link can die without the socket noticing (a partition, a NAT timeout):
                     // ping it, and count a ping unanswered for `LINK_SILENCE` as lost.
-                    let (sink, mut messages) = pubsub.split();
                     let mut keepalive = tokio::time::interval(LINK_PING_EVERY);
                     keepalive.tick().await;
                     // One ping in flight at a time, kept until answered (a late answer still
@@ -302,6 +309,7 @@ impl RedisBroker {
                         }
                     }
                     tracing::warn!(url = %self.url, "lost the Redis pub/sub link; reconnecting");
+                    self.interest.unlinked();
                     self.set_linked(false, Some("the Redis pub/sub link is down".into()));
                     lost = true;
                 }
@@ -418,6 +426,8 @@ impl Broker for RedisBroker {
         max_bytes: u64,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
         Box::pin(async move {
+            // A subscribe reads history only once its live feed is in place.
+            self.interest.ready(channel, &*self.hub).await?;
             let ttl = history_policy(&self.rules, channel).map(|p| p.ttl).unwrap_or(Duration::ZERO);
             let from = since.map(|s| s.offset.saturating_add(1)).unwrap_or(0);
             type Entry = (String, Vec<(String, String)>);

@@ -83,6 +83,7 @@ pub struct Fanout {
     waiting: Mutex<Waiting>,
     more: Notify,
     queued: Gauge,
+    received: Counter,
     dropped: Counter,
     repairs: Family<OutcomeLabels, Counter>,
 }
@@ -93,6 +94,7 @@ impl Fanout {
             waiting: Mutex::default(),
             more: Notify::new(),
             queued: Gauge::default(),
+            received: Counter::default(),
             dropped: Counter::default(),
             repairs: Family::default(),
         });
@@ -100,6 +102,11 @@ impl Fanout {
             "tether_broker_fanout_queue",
             "Publications from Redis waiting for this node's fan-out (at most 65536, 64 MiB)",
             fanout.queued.clone(),
+        );
+        metrics.register(
+            "tether_broker_publications_received",
+            "Publications this node received from Redis (only for channels it has subscribers for)",
+            fanout.received.clone(),
         );
         metrics.register(
             "tether_broker_fanout_dropped",
@@ -118,6 +125,7 @@ impl Fanout {
     /// channel for repair.
     pub fn push(&self, incoming: Incoming) {
         let size = incoming.data.get().len();
+        self.received.inc();
         let mut w = crate::sync::lock(&self.waiting);
         if w.items.len() >= MAX_QUEUED || w.bytes + size > MAX_QUEUED_BYTES {
             w.repair.mark(&incoming.channel);

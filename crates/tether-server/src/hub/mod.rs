@@ -34,7 +34,9 @@ mod users;
 use crate::config::FanoutSweep;
 pub use crate::mailbox::{Delivery, Outbound, OutboundQueue, PushError};
 use crate::metrics::Metrics;
-pub use crate::publication::{render, text_frame, Compress, ConnId, Mode, Payload, Published};
+pub use crate::publication::{
+    render, text_frame, ChannelHook, Compress, ConnId, Mode, Payload, Published,
+};
 use serde_json::value::RawValue;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -137,6 +139,9 @@ pub struct Hub {
     pub users: Users,
     /// The streaming sessions here, and the inboxes their commands are handed to.
     pub sessions: Sessions,
+    /// Told when a channel gains its first or loses its last subscriber (a backplane
+    /// subscribes in Redis only to what it will deliver; see `Hub::watch_interest`).
+    interest: std::sync::OnceLock<ChannelHook>,
     /// This node's name (see [`Hub::set_name`]) and when it started, for its answers.
     name: std::sync::OnceLock<String>,
     born: Instant,
@@ -157,6 +162,7 @@ impl Hub {
             announcements: announce::Announcements::default(),
             users: Users::default(),
             sessions: Sessions::default(),
+            interest: std::sync::OnceLock::new(),
             name: std::sync::OnceLock::new(),
             born: Instant::now(),
         }
@@ -263,6 +269,11 @@ impl Hub {
         if ch.subscribers.contains_key(&conn) {
             return None;
         }
+        if ch.subscribers.is_empty() {
+            if let Some(hook) = self.interest.get() {
+                hook(&key);
+            }
+        }
         ch.subscribers.insert(conn, sub);
         ch.roster = None;
         self.metrics.subscriptions.inc();
@@ -279,7 +290,11 @@ impl Hub {
             subscribers.roster = None;
         }
         if subscribers.is_empty() {
-            shard.remove(channel);
+            if let Some((name, _)) = shard.remove_entry(channel) {
+                if let Some(hook) = self.interest.get() {
+                    hook(&name);
+                }
+            }
         }
         removed
     }
@@ -415,6 +430,12 @@ impl Hub {
         m.messages_out.inc_by(written);
         m.bytes_out.inc_by(written_bytes);
         (delivered, took)
+    }
+
+    /// Call `hook` (under the shard lock) whenever a channel gains its first or loses its last
+    /// subscriber. Set once; a second call is ignored.
+    pub fn watch_interest(&self, hook: ChannelHook) {
+        let _ = self.interest.set(hook);
     }
 
     /// Local subscribers of `channel`.

@@ -1,0 +1,296 @@
+//! Interest: the node subscribes in Redis only to the channels it has local subscribers for,
+//! so it receives only what it will deliver (issue 22, point 1). Adding nodes then adds
+//! fan-out capacity instead of multiplying every publication by the number of nodes.
+//!
+//! - The hub says when a channel may have gained its first or lost its last subscriber
+//!   ([`Interest::changed`], never waiting); one task ([`Interest::run`]) asks the hub what is
+//!   true now and sends `SUBSCRIBE`/`UNSUBSCRIBE` in batches of up to 1,000 channels.
+//! - A channel left by its last subscriber is unsubscribed after [`LINGER`], not at once, so a
+//!   client that reconnects or resubscribes soon costs Redis nothing: churn is bounded by one
+//!   command pair per channel per `LINGER`, and counted (`tether_broker_subscription_commands`).
+//! - A subscribe reads history only after Redis confirmed the `SUBSCRIBE`
+//!   ([`Interest::ready`]): a publication can then be missed by neither.
+//! - A new link subscribes everything the hub has, then (after a loss) repairs what was missed
+//!   (`redis_fanout`).
+
+use super::redis_fanout::Fanout;
+use super::{BrokerError, LocalSubscribers};
+use crate::config::ChannelRule;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use redis::aio::PubSubSink;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How long a channel without local subscribers stays subscribed in Redis.
+pub const LINGER: Duration = Duration::from_secs(1);
+/// Channels per `SUBSCRIBE` or `UNSUBSCRIBE`.
+const BATCH: usize = 1_000;
+
+/// The pub/sub channel a channel's publications go out on.
+pub fn publications_channel(channel: &str) -> String {
+    format!("{}{channel}", super::redis::PUBSUB_PREFIX)
+}
+
+/// The pub/sub channel a channel's join/leave changes go out on.
+fn events_channel(channel: &str) -> String {
+    format!("{}{channel}", super::redis_presence::EVENTS_PREFIX)
+}
+
+#[derive(Default)]
+struct State {
+    /// The current link's sink; `None` while the link is down.
+    sink: Option<PubSubSink>,
+    /// Counts links: a batch confirmed on an earlier link does not count on this one.
+    link: u64,
+    /// A new link: subscribe everything the hub has, then repair if it follows a loss.
+    fresh: Option<bool>,
+    /// Channels whose local subscribers may have changed since the task last looked.
+    dirty: HashSet<Arc<str>>,
+    /// Subscribed in Redis on the current link.
+    subscribed: HashSet<Arc<str>>,
+    /// Subscribed, without local subscribers since then.
+    leaving: HashMap<Arc<str>, Instant>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct CommandLabels {
+    command: &'static str,
+}
+
+pub struct Interest {
+    state: Mutex<State>,
+    /// Something for the task to look at.
+    wake: Notify,
+    /// A batch was confirmed (or the link changed): [`Interest::ready`] looks again.
+    confirmed: Notify,
+    rules: Vec<ChannelRule>,
+    channels: Gauge,
+    commands: Family<CommandLabels, Counter>,
+}
+
+impl Interest {
+    pub fn new(rules: Vec<ChannelRule>, metrics: &crate::metrics::Metrics) -> Arc<Interest> {
+        let interest = Arc::new(Interest {
+            state: Mutex::default(),
+            wake: Notify::new(),
+            confirmed: Notify::new(),
+            rules,
+            channels: Gauge::default(),
+            commands: Family::default(),
+        });
+        metrics.register(
+            "tether_broker_channels_subscribed",
+            "Channels this node is subscribed to in Redis (those with local subscribers, and for 1 s after the last leaves)",
+            interest.channels.clone(),
+        );
+        metrics.register(
+            "tether_broker_subscription_commands",
+            "SUBSCRIBE and UNSUBSCRIBE commands sent to Redis (up to 1,000 channels each)",
+            interest.commands.clone(),
+        );
+        interest
+    }
+
+    /// `channel` may have gained its first or lost its last local subscriber. Called by the
+    /// hub under its lock: only records it.
+    pub fn changed(&self, channel: &Arc<str>) {
+        crate::sync::lock(&self.state).dirty.insert(channel.clone());
+        self.wake.notify_one();
+    }
+
+    /// A new link is up (`repair`: it follows a loss).
+    pub fn linked(&self, sink: PubSubSink, repair: bool) {
+        let mut s = crate::sync::lock(&self.state);
+        s.sink = Some(sink);
+        s.link += 1;
+        s.fresh = Some(repair);
+        s.subscribed.clear();
+        s.leaving.clear();
+        drop(s);
+        self.channels.set(0);
+        self.wake.notify_one();
+    }
+
+    /// The link is down: nothing is subscribed until the next one.
+    pub fn unlinked(&self) {
+        let mut s = crate::sync::lock(&self.state);
+        s.sink = None;
+        s.link += 1;
+        s.subscribed.clear();
+        drop(s);
+        self.channels.set(0);
+        self.confirmed.notify_waiters();
+    }
+
+    /// Wait until Redis has confirmed the subscription to `channel`, if this node has local
+    /// subscribers for it and a link (without a link, the next one subscribes it and repairs
+    /// what was missed). Called before a subscribe reads history.
+    pub async fn ready(
+        &self,
+        channel: &str,
+        hub: &dyn LocalSubscribers,
+    ) -> Result<(), BrokerError> {
+        let deadline = Instant::now() + super::redis::RESPONSE_TIMEOUT;
+        loop {
+            let confirmed = self.confirmed.notified();
+            tokio::pin!(confirmed);
+            confirmed.as_mut().enable();
+            {
+                let s = crate::sync::lock(&self.state);
+                if s.sink.is_none() || s.subscribed.contains(channel) {
+                    return Ok(());
+                }
+            }
+            if hub.count(channel) == 0 {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, confirmed).await.is_err() {
+                return Err(BrokerError::Unavailable(format!(
+                    "Redis did not confirm the subscription to {channel} within {:?}; retry",
+                    super::redis::RESPONSE_TIMEOUT
+                )));
+            }
+        }
+    }
+
+    /// Keep Redis's subscriptions in step with the hub's channels, until `stop`.
+    pub async fn run(
+        self: Arc<Self>,
+        hub: Arc<dyn LocalSubscribers>,
+        fanout: Arc<Fanout>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let next_leave = {
+                let s = crate::sync::lock(&self.state);
+                s.leaving.values().min().map(|since| *since + LINGER)
+            };
+            let linger = async {
+                match next_leave {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = linger => {}
+            }
+            self.step(&*hub, &fanout).await;
+        }
+    }
+
+    /// One look: what to subscribe and unsubscribe, sent in batches.
+    async fn step(&self, hub: &dyn LocalSubscribers, fanout: &Fanout) {
+        let (sink, link, fresh, dirty) = {
+            let mut s = crate::sync::lock(&self.state);
+            let Some(sink) = s.sink.clone() else { return };
+            (sink, s.link, s.fresh.take(), std::mem::take(&mut s.dirty))
+        };
+        // The hub is asked with no lock of ours held (it calls `changed` under its own).
+        let candidates: Vec<Arc<str>> = match fresh {
+            Some(_) => hub.channels(),
+            None => dirty.into_iter().collect(),
+        };
+        let wanted: Vec<(Arc<str>, bool)> =
+            candidates.into_iter().map(|c| (c.clone(), hub.count(&c) > 0)).collect();
+        let now = Instant::now();
+        let (subscribe, unsubscribe) = {
+            let mut s = crate::sync::lock(&self.state);
+            let mut subscribe = Vec::new();
+            for (channel, wanted) in wanted {
+                match (wanted, s.subscribed.contains(&channel)) {
+                    (true, true) => {
+                        s.leaving.remove(&channel);
+                    }
+                    (true, false) => subscribe.push(channel),
+                    (false, true) => {
+                        s.leaving.entry(channel).or_insert(now);
+                    }
+                    (false, false) => {}
+                }
+            }
+            let due: Vec<Arc<str>> = s
+                .leaving
+                .iter()
+                .filter(|(_, since)| now.duration_since(**since) >= LINGER)
+                .map(|(c, _)| c.clone())
+                .collect();
+            (subscribe, due)
+        };
+        // Still without subscribers? (One may have come back within the linger.)
+        let unsubscribe: Vec<Arc<str>> =
+            unsubscribe.into_iter().filter(|c| hub.count(c) == 0).collect();
+        let mut sent_all = true;
+        for batch in subscribe.chunks(BATCH) {
+            sent_all &= self.send(&sink, link, batch, true).await;
+        }
+        for batch in unsubscribe.chunks(BATCH) {
+            sent_all &= self.send(&sink, link, batch, false).await;
+        }
+        {
+            let mut s = crate::sync::lock(&self.state);
+            for c in &unsubscribe {
+                s.leaving.remove(c);
+            }
+        }
+        if fresh == Some(true) && sent_all {
+            fanout.relinked();
+        } else if fresh == Some(true) {
+            // The link failed meanwhile: the next one repairs.
+            tracing::debug!("the Redis link failed while resubscribing");
+        }
+        // Anything left dirty by a failed batch is looked at again.
+        if !sent_all {
+            let mut s = crate::sync::lock(&self.state);
+            s.dirty.extend(subscribe.iter().cloned());
+        }
+    }
+
+    /// Send one batch; false when the link failed (the link task relinks).
+    async fn send(
+        &self,
+        sink: &PubSubSink,
+        link: u64,
+        batch: &[Arc<str>],
+        subscribe: bool,
+    ) -> bool {
+        let mut names = Vec::with_capacity(batch.len() * 2);
+        for channel in batch {
+            names.push(publications_channel(channel));
+            if crate::config::join_leave_on(&self.rules, channel) {
+                names.push(events_channel(channel));
+            }
+        }
+        let mut sink = sink.clone();
+        let (result, command) = match subscribe {
+            true => (sink.subscribe(&names).await, "subscribe"),
+            false => (sink.unsubscribe(&names).await, "unsubscribe"),
+        };
+        self.commands.get_or_create(&CommandLabels { command }).inc();
+        if let Err(e) = result {
+            tracing::warn!(error = %e, command, "a Redis subscription command failed");
+            return false;
+        }
+        let mut s = crate::sync::lock(&self.state);
+        if s.link != link {
+            return false; // another link by now: it subscribes everything itself
+        }
+        for channel in batch {
+            if subscribe {
+                s.subscribed.insert(channel.clone());
+            } else {
+                s.subscribed.remove(channel);
+            }
+        }
+        self.channels.set(s.subscribed.len() as i64);
+        drop(s);
+        self.confirmed.notify_waiters();
+        true
+    }
+}
