@@ -9,6 +9,7 @@ pub mod json_ws;
 pub mod metrics;
 pub mod netns;
 pub mod release;
+pub mod sentinel;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -482,16 +483,7 @@ impl Redis {
 
     /// Run one command as the default user; its reply, as RESP text.
     pub fn command(&self, args: &[&str]) -> String {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
-        let mut buf = [0u8; 4096];
-        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        redis_command(self.port, args)
     }
 
     /// Send `sig` to the redis-server process (SIGSTOP/SIGCONT: a stall, as during a fork).
@@ -555,6 +547,21 @@ impl Drop for Redis {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Run one command on the Redis (or Sentinel) at `port`; its reply, as RESP text (what one
+/// read returns: enough for short replies).
+pub fn redis_command(port: u16, args: &[&str]) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = std::io::Read::read(&mut s, &mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// A program on PATH.

@@ -20,6 +20,7 @@
 mod memory;
 pub mod redis;
 mod redis_control;
+mod redis_endpoint;
 mod redis_fanout;
 mod redis_interest;
 mod redis_presence;

@@ -11,7 +11,8 @@
 //!   orders deliveries; it holds no lock while it delivers (publishing only runs the script,
 //!   and its receipt counts the local subscribers the publication is headed to).
 //! - **History** for a recovering subscribe is read by a second script (epoch, top, entries).
-//! - **Failure**: commands go through a `ConnectionManager` that reconnects by itself; while
+//! - **Failure**: commands go through a `ConnectionManager` that reconnects by itself (with
+//!   Sentinel, it is replaced when the master moves: `redis_endpoint`); while
 //!   Redis is unreachable, publishes fail with `Unavailable` (HTTP 503) and `/readyz` says
 //!   not-ready. Publications sent while this node's pub/sub link was down never reached its
 //!   subscribers: when the link comes back the node repairs every channel from history, and
@@ -20,6 +21,7 @@
 //!   made under) gives the channel a new epoch, and clients are told `recovered: false` —
 //!   never a silent gap.
 
+use super::redis_endpoint::{Commands, Endpoint};
 use super::redis_fanout::{Fanout, Incoming};
 use super::redis_interest::Interest;
 use super::Reach;
@@ -35,7 +37,6 @@ use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use redis::aio::ConnectionManager;
 use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -93,7 +94,9 @@ pub struct RedisBroker {
     hub: Arc<dyn LocalSubscribers>,
     rules: Vec<ChannelRule>,
     url: String,
-    commands: ConnectionManager,
+    /// Where Redis is (an address, or the master Sentinels name).
+    endpoint: Endpoint,
+    commands: Arc<Commands>,
     publish: redis::Script,
     history: redis::Script,
     /// True while the pub/sub link is up (commands reconnect on their own).
@@ -126,18 +129,9 @@ impl RedisBroker {
                 "cannot reach Redis at {url}: {e}; start it, or fix --broker"
             ))
         };
-        let client = redis::Client::open(url).map_err(|e| {
-            BrokerError::Unavailable(format!(
-                "`{url}` is not a Redis URL ({e}); write redis://HOST:PORT"
-            ))
-        })?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let commands =
-            client.get_connection_manager_with_config(config).await.map_err(unreachable)?;
+        let endpoint = Endpoint::parse(url)?;
+        let client = endpoint.client().await.map_err(unreachable)?;
+        let commands = Arc::new(Commands::connect(&client).await.map_err(unreachable)?);
         let broker_metrics = Arc::new(BrokerMetrics {
             publish_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             reconnects: Counter::default(),
@@ -175,6 +169,7 @@ impl RedisBroker {
             rules: rules.clone(),
             url: url.to_owned(),
             commands,
+            endpoint,
             publish: redis::Script::new(&super::redis_scripts::with_helpers(
                 super::redis_scripts::PUBLISH,
             )),
@@ -196,7 +191,7 @@ impl RedisBroker {
         // The scripts read Redis's run id with INFO: a user that may not is refused now, not
         // on every publish.
         let info: redis::RedisResult<String> =
-            redis::cmd("INFO").arg("server").query_async(&mut broker.commands.clone()).await;
+            redis::cmd("INFO").arg("server").query_async(&mut broker.commands.get()).await;
         if let Err(e) = info {
             return Err(BrokerError::Unavailable(format!(
                 "Redis at {url} refused INFO ({e}): Tether's Redis user must be allowed INFO, which tells a restarted Redis from the one before"
@@ -214,7 +209,7 @@ impl RedisBroker {
         tokio::spawn(fan_out);
         let interest = broker.interest.clone();
         tokio::spawn(interest.run(broker.hub.clone(), broker.fanout.clone(), stop.clone()));
-        tokio::spawn(broker.clone().run_link(client, (sink, messages), stop));
+        tokio::spawn(broker.clone().run_link((sink, messages), stop));
         Ok(broker)
     }
 
@@ -236,10 +231,22 @@ impl RedisBroker {
         })
     }
 
+    /// Open the pub/sub link again: with Sentinel, to the master as the Sentinels name it now
+    /// (and the command connection follows it there).
+    async fn relink(
+        &self,
+    ) -> redis::RedisResult<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
+        let client = self.endpoint.client().await?;
+        let link = Self::open_link(&client, &self.control).await?;
+        if self.endpoint.moves() {
+            self.commands.follow(&client).await?;
+        }
+        Ok(link.split())
+    }
+
     /// Keep the pub/sub link up: deliver what arrives; on loss, reconnect with backoff.
     async fn run_link(
         self: Arc<Self>,
-        client: redis::Client,
         first: (redis::aio::PubSubSink, redis::aio::PubSubStream),
         stop: CancellationToken,
     ) {
@@ -250,7 +257,7 @@ impl RedisBroker {
         loop {
             let link = match next.take() {
                 Some(link) => Ok(link),
-                None => Self::open_link(&client, &self.control).await.map(|p| p.split()),
+                None => self.relink().await,
             };
             match link {
                 Ok((sink, mut messages)) => {
@@ -262,7 +269,7 @@ impl RedisBroker {
                         // manager notice and reconnect now, not on the next client's request.
                         for _ in 0..2 {
                             let ping = redis::cmd("PING");
-                            if ping.query_async::<()>(&mut self.commands.clone()).await.is_ok() {
+                            if ping.query_async::<()>(&mut self.commands.get()).await.is_ok() {
                                 break;
                             }
                         }
@@ -341,7 +348,7 @@ impl RedisBroker {
         if let Some(channel) = name.strip_prefix(super::redis_presence::EVENTS_PREFIX) {
             return self.announce(channel, msg.get_payload_bytes());
         }
-        if self.control.on_message(name, msg.get_payload_bytes(), &self.hub, &self.commands) {
+        if self.control.on_message(name, msg.get_payload_bytes(), &self.hub, &self.commands.get()) {
             return;
         }
         let Some(channel) = name.strip_prefix(PUBSUB_PREFIX) else { return };
@@ -404,7 +411,7 @@ impl Broker for RedisBroker {
                 .arg(format!("{PUBSUB_PREFIX}{channel}"))
                 .arg(STATE_TTL.max(ttl).as_millis() as u64)
                 .arg(window.as_millis() as u64)
-                .invoke_async(&mut self.commands.clone())
+                .invoke_async(&mut self.commands.get())
                 .await
                 .map_err(Self::unavailable)?;
             self.metrics.publish_seconds.observe(started.elapsed().as_secs_f64());
@@ -441,7 +448,7 @@ impl Broker for RedisBroker {
                 .arg(from)
                 .arg(super::MAX_REPLAY)
                 .arg(max_bytes)
-                .invoke_async(&mut self.commands.clone())
+                .invoke_async(&mut self.commands.get())
                 .await
                 .map_err(Self::unavailable)?;
             let position = StreamPosition { epoch, offset: top };
@@ -497,14 +504,14 @@ impl Broker for RedisBroker {
         channel: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Arc<Member>>, BrokerError>> {
         Box::pin(async move {
-            let mut commands = self.commands.clone();
+            let mut commands = self.commands.get();
             self.presence.members(&mut commands, channel).await.map_err(Self::unavailable)
         })
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let mut commands = self.commands.clone();
+            let mut commands = self.commands.get();
             if let Err(e) = self.presence.close(&mut commands).await {
                 tracing::warn!(error = %e, "could not remove this node's presence from Redis; it expires within presence_ttl");
             }
@@ -517,7 +524,7 @@ impl Broker for RedisBroker {
 
     fn order(&self, order: UserOrder) -> BoxFuture<'_, Result<Reach, BrokerError>> {
         Box::pin(async move {
-            let mut commands = self.commands.clone();
+            let mut commands = self.commands.get();
             self.control.order(&mut commands, &order).await.map_err(Self::unavailable)
         })
     }
@@ -529,13 +536,13 @@ impl Broker for RedisBroker {
         batch: bytes::Bytes,
     ) -> BoxFuture<'a, Result<crate::control::Handed, BrokerError>> {
         Box::pin(async move {
-            let mut commands = self.commands.clone();
+            let mut commands = self.commands.get();
             self.control.hand(&mut commands, node, session, &batch).await.map_err(Self::unavailable)
         })
     }
 
     fn survey(&self, question: Question) -> BoxFuture<'_, Result<Answers, BrokerError>> {
-        Box::pin(async move { self.control.ask(&mut self.commands.clone(), question).await })
+        Box::pin(async move { self.control.ask(&mut self.commands.get(), question).await })
     }
 
     fn history_remove<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
@@ -543,7 +550,7 @@ impl Broker for RedisBroker {
             let mut del = redis::cmd("DEL");
             del.arg(history_key(channel));
             let _: u64 =
-                del.query_async(&mut self.commands.clone()).await.map_err(Self::unavailable)?;
+                del.query_async(&mut self.commands.get()).await.map_err(Self::unavailable)?;
             Ok(())
         })
     }

@@ -259,8 +259,11 @@ impl RedisPresence {
     }
 
     /// Write pending joins and leaves as they come, and keep this node alive, until `stop`.
-    pub(super) async fn run(self: Arc<Self>, commands: ConnectionManager, stop: CancellationToken) {
-        let mut commands = commands;
+    pub(super) async fn run(
+        self: Arc<Self>,
+        connection: Arc<super::redis_endpoint::Commands>,
+        stop: CancellationToken,
+    ) {
         let mut refresh = tokio::time::interval(self.ttl / 3);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Each failure is warned once per outage, not on every retry (a failed flush keeps its
@@ -271,11 +274,11 @@ impl RedisPresence {
                 _ = stop.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = refresh.tick() => {
-                    let refreshed = self.refresh(&mut commands).await;
+                    let refreshed = self.refresh(&mut connection.get()).await;
                     outage(&mut refresh_failing, "refresh this node's presence", refreshed.err());
                 }
             }
-            let flushed = self.flush(&mut commands).await;
+            let flushed = self.flush(&mut connection.get()).await;
             let failed = flushed.is_err();
             outage(&mut flush_failing, "write presence changes", flushed.err());
             if failed {

@@ -92,7 +92,8 @@ pub struct GatewayConfig {
     /// A second address serving only `/healthz`, `/readyz` and `/metrics`, from a thread of its
     /// own, so that health checks do not queue behind a reconnect storm (`tether serve` only).
     pub health_listen: Option<SocketAddr>,
-    /// `memory` (one node), or a Redis URL (`redis://127.0.0.1:6379`) shared by several nodes.
+    /// `memory` (one node), or a Redis URL (`redis://127.0.0.1:6379`) shared by several nodes,
+    /// or Sentinels and the master they watch (`redis-sentinel://HOST:PORT,HOST:PORT/MASTER`).
     pub broker: String,
     /// Protocol Ping cadence. Keep it under the smallest idle timeout on the path (nginx 60 s).
     #[serde(with = "humantime_serde")]
@@ -465,8 +466,12 @@ impl GatewayConfig {
         if self.broker != "memory"
             && !self.broker.starts_with("redis://")
             && !self.broker.starts_with("rediss://")
+            && !self.broker.starts_with("redis-sentinel://")
         {
-            return err("broker", "must be `memory` or a redis:// URL");
+            return err(
+                "broker",
+                "must be `memory`, a redis:// URL, or redis-sentinel://HOST:PORT,…/MASTER",
+            );
         }
         if !(32..=128).contains(&self.ipv6_prefix) {
             return err("ipv6_prefix", "must be between 32 and 128 (64 is one IPv6 subnet)");
