@@ -4,6 +4,7 @@
 
 pub mod autobahn;
 pub mod ci;
+pub mod cluster;
 pub mod interop;
 pub mod json_ws;
 pub mod metrics;

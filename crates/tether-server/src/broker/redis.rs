@@ -21,9 +21,11 @@
 //!   made under) gives the channel a new epoch, and clients are told `recovered: false` —
 //!   never a silent gap.
 
-use super::redis_endpoint::{Commands, Endpoint};
+use super::redis_endpoint::Conn;
+use super::redis_endpoint::RESPONSE_TIMEOUT;
+use super::redis_endpoint::{channel_of, publications_channel, Commands, Endpoint};
 use super::redis_fanout::{Fanout, Incoming};
-use super::redis_interest::Interest;
+use super::redis_interest::{Interest, Link};
 use super::Reach;
 use super::{
     history_policy, new_epoch, Broker, BrokerError, History, LocalSubscribers, Once, PublishReceipt,
@@ -37,6 +39,7 @@ use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use redis::cluster_async::ClusterConnection;
 use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,15 +49,12 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a channel's offset state outlives its last use when it has no (longer) history.
 const STATE_TTL: Duration = Duration::from_secs(3600);
-/// Redis round trips slower than this fail (and surface as 503), rather than hang a request.
-pub(super) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the pub/sub link is pinged to prove it alive.
 const LINK_PING_EVERY: Duration = Duration::from_secs(1);
 /// A ping unanswered this long means the link is lost. Several response timeouts: one late
 /// answer (Redis stalled by a fork for BGSAVE, a page swapped in) is not a lost link, and
 /// taking it for one would make the node repair every channel at once.
 const LINK_SILENCE: Duration = Duration::from_secs(6);
-pub(super) const PUBSUB_PREFIX: &str = "tether:p:";
 
 fn state_key(channel: &str) -> String {
     format!("tether:s:{{{channel}}}")
@@ -111,6 +111,8 @@ pub struct RedisBroker {
     fanout: Arc<Fanout>,
     /// Which channels the link is subscribed to (see `redis_interest`).
     interest: Arc<Interest>,
+    /// Cluster: where the cluster connection's pushes go (kept for a connection made afresh).
+    on_push: Option<super::redis_endpoint::OnPush>,
 }
 
 impl RedisBroker {
@@ -130,8 +132,35 @@ impl RedisBroker {
             ))
         };
         let endpoint = Endpoint::parse(url)?;
-        let client = endpoint.client().await.map_err(unreachable)?;
-        let commands = Arc::new(Commands::connect(&client).await.map_err(unreachable)?);
+        // A cluster's pushes (publications, confirmations) reach the broker once it exists.
+        let pushed: Arc<std::sync::OnceLock<std::sync::Weak<RedisBroker>>> = Arc::default();
+        let mut on_push_for_rebuilds = None;
+        let (client, commands) = match &endpoint {
+            Endpoint::Cluster(nodes) => {
+                if let Some(rule) =
+                    rules.iter().find(|r| r.presence == Some(true) || r.join_leave == Some(true))
+                {
+                    return Err(BrokerError::Unavailable(format!(
+                        "presence and join_leave (channel block `{}`) are not available on Redis Cluster yet; use redis:// or redis-sentinel://, or turn them off",
+                        rule.pattern.as_str()
+                    )));
+                }
+                let to = pushed.clone();
+                let on_push: super::redis_endpoint::OnPush = Arc::new(move |push| {
+                    if let Some(broker) = to.get().and_then(std::sync::Weak::upgrade) {
+                        broker.on_push(push);
+                    }
+                });
+                on_push_for_rebuilds = Some(on_push.clone());
+                (None, Commands::cluster(nodes, on_push).await.map_err(unreachable)?)
+            }
+            _ => {
+                let client = endpoint.client().await.map_err(unreachable)?;
+                let commands = Commands::connect(&client).await.map_err(unreachable)?;
+                (Some(client), commands)
+            }
+        };
+        let commands = Arc::new(commands);
         let broker_metrics = Arc::new(BrokerMetrics {
             publish_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             reconnects: Counter::default(),
@@ -180,6 +209,7 @@ impl RedisBroker {
             last_error: Arc::new(Mutex::new(None)),
             metrics: broker_metrics,
             control,
+            on_push: on_push_for_rebuilds,
             fanout: Fanout::new(metrics),
             interest: Interest::new(rules.clone(), metrics),
             presence: Arc::new(super::redis_presence::RedisPresence::new(
@@ -190,7 +220,7 @@ impl RedisBroker {
         });
         // The scripts read Redis's run id with INFO: a user that may not is refused now, not
         // on every publish.
-        let info: redis::RedisResult<String> =
+        let info: redis::RedisResult<redis::Value> =
             redis::cmd("INFO").arg("server").query_async(&mut broker.commands.get()).await;
         if let Err(e) = info {
             return Err(BrokerError::Unavailable(format!(
@@ -199,9 +229,22 @@ impl RedisBroker {
         }
         // Linked before returning: a node must not serve a recovering subscribe before its
         // live feed can be in place (see `Interest::ready`).
-        let first = Self::open_link(&client, &broker.control).await.map_err(unreachable)?;
-        let (sink, messages) = first.split();
-        broker.interest.linked(sink.clone(), false);
+        let first = match &client {
+            Some(client) => {
+                let first = Self::open_link(client, &broker.control).await.map_err(unreachable)?;
+                let (sink, messages) = first.split();
+                broker.interest.linked(Link::PubSub(sink.clone()), false);
+                Some((sink, messages))
+            }
+            None => {
+                let _ = pushed.set(Arc::downgrade(&broker));
+                let Conn::Cluster(conn) = broker.commands.get() else { unreachable!() };
+                broker.subscribe_control(&conn).await.map_err(unreachable)?;
+                broker.interest.linked(Link::Cluster(conn), false);
+                broker.set_linked(true, None);
+                None
+            }
+        };
         let interest = broker.interest.clone();
         broker.hub.watch_interest(Arc::new(move |channel| interest.changed(channel)));
         tokio::spawn(broker.presence.clone().run(broker.commands.clone(), stop.clone()));
@@ -209,8 +252,114 @@ impl RedisBroker {
         tokio::spawn(fan_out);
         let interest = broker.interest.clone();
         tokio::spawn(interest.run(broker.hub.clone(), broker.fanout.clone(), stop.clone()));
-        tokio::spawn(broker.clone().run_link((sink, messages), stop));
+        match first {
+            Some(first) => tokio::spawn(broker.clone().run_link(first, stop)),
+            None => tokio::spawn(broker.clone().watch_cluster(stop)),
+        };
         Ok(broker)
+    }
+
+    /// Cluster: this node's control channels, each a sharded channel of its own slot.
+    async fn subscribe_control(&self, conn: &ClusterConnection) -> redis::RedisResult<()> {
+        let channels = [
+            super::redis_control::ORDERS.to_owned(),
+            super::redis_control::SURVEYS.to_owned(),
+            self.control.answers_channel(),
+            self.control.sessions_channel(),
+        ];
+        for channel in channels {
+            conn.clone().ssubscribe(channel).await?;
+        }
+        Ok(())
+    }
+
+    /// Cluster: what the cluster connection pushes. Runs on the connection's own task: parses
+    /// and queues only.
+    fn on_push(&self, push: redis::PushInfo) {
+        use redis::{PushKind, Value};
+        let text = |v: &Value| match v {
+            Value::BulkString(b) => Some(b.clone()),
+            Value::SimpleString(s) => Some(s.clone().into_bytes()),
+            _ => None,
+        };
+        match push.kind {
+            PushKind::SMessage | PushKind::Message => {
+                let [.., name, payload] = &push.data[..] else { return };
+                let (Some(name), Some(payload)) = (text(name), text(payload)) else { return };
+                self.on_message(&String::from_utf8_lossy(&name), &payload);
+            }
+            PushKind::SSubscribe => {
+                let Some(name) = push.data.first().and_then(text) else { return };
+                let name = String::from_utf8_lossy(&name);
+                if let Some(channel) = channel_of(&name, true) {
+                    if self.interest.confirmed(channel) {
+                        // Subscribed again by the cluster client: the feed had a hole.
+                        self.metrics.reconnects.inc();
+                        self.fanout.resubscribed(&Arc::from(channel));
+                    }
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!(url = %self.url, "a Redis Cluster node's connection was lost; subscribing again where the slots are now, then repairing");
+                self.metrics.reconnects.inc();
+                self.interest.resubscribe_all();
+            }
+            _ => {}
+        }
+    }
+
+    /// Cluster: whether every primary answers, for `/readyz` and `tether_broker_up`. The
+    /// cluster client reconnects and resubscribes by itself, but learns a new slot map only
+    /// when a command meets a moved slot; after a failover it may keep knocking at the dead
+    /// master. So once the cluster stops answering, a connection is made afresh (a new slot
+    /// map from the seed nodes) until one answers; it then subscribes everything again and
+    /// repairs, as a single Redis's relink does.
+    async fn watch_cluster(self: Arc<Self>, stop: CancellationToken) {
+        let mut every = tokio::time::interval(LINK_PING_EVERY);
+        let mut lost = false;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            match Self::ping_all(self.commands.get()).await {
+                Ok(()) => {
+                    self.metrics.link_pings.inc();
+                    self.set_linked(true, None);
+                    continue;
+                }
+                Err(e) => self.set_linked(false, Some(format!("Redis Cluster: {e}"))),
+            }
+            if !std::mem::replace(&mut lost, true) {
+                tracing::warn!(url = %self.url, "the Redis Cluster stopped answering; reconnecting with a fresh slot map");
+            }
+            let (Endpoint::Cluster(nodes), Some(on_push)) = (&self.endpoint, &self.on_push) else {
+                continue;
+            };
+            let Ok(conn) = Commands::cluster_connection(nodes, on_push.clone()).await else {
+                continue;
+            };
+            if Self::ping_all(Conn::Cluster(conn.clone())).await.is_err()
+                || self.subscribe_control(&conn).await.is_err()
+            {
+                continue;
+            }
+            self.commands.set(Conn::Cluster(conn.clone()));
+            self.interest.linked(Link::Cluster(conn), true);
+            self.metrics.reconnects.inc();
+            self.set_linked(true, None);
+            lost = false;
+            tracing::warn!(url = %self.url, "the Redis Cluster answers again; resubscribing and repairing what this node missed");
+        }
+    }
+
+    async fn ping_all(mut conn: Conn) -> redis::RedisResult<()> {
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<redis::Value>(&mut conn);
+        tokio::time::timeout(RESPONSE_TIMEOUT, ping).await.unwrap_or_else(|_| {
+            Err(redis::RedisError::from((redis::ErrorKind::Io, "a PING timed out")))
+        })?;
+        Ok(())
     }
 
     /// `control`: this node's own channels (answers to its questions, its sessions' commands).
@@ -275,7 +424,7 @@ impl RedisBroker {
                         }
                         tracing::warn!(url = %self.url, "Redis pub/sub link restored; resubscribing and repairing what this node missed");
                         // Subscribes every channel with local subscribers, then repairs.
-                        self.interest.linked(sink.clone(), true);
+                        self.interest.linked(Link::PubSub(sink.clone()), true);
                     }
                     // A link can die without the socket noticing (a partition, a NAT timeout):
                     // ping it, and count a ping unanswered for `LINK_SILENCE` as lost.
@@ -344,15 +493,19 @@ impl RedisBroker {
     }
 
     fn deliver(&self, msg: redis::Msg) {
-        let name = msg.get_channel_name();
+        self.on_message(msg.get_channel_name(), msg.get_payload_bytes());
+    }
+
+    /// A message on pub/sub channel `name`: a publication, a join/leave change, or control.
+    fn on_message(&self, name: &str, payload: &[u8]) {
         if let Some(channel) = name.strip_prefix(super::redis_presence::EVENTS_PREFIX) {
-            return self.announce(channel, msg.get_payload_bytes());
+            return self.announce(channel, payload);
         }
-        if self.control.on_message(name, msg.get_payload_bytes(), &self.hub, &self.commands.get()) {
+        if self.control.on_message(name, payload, &self.hub, &self.commands.get()) {
             return;
         }
-        let Some(channel) = name.strip_prefix(PUBSUB_PREFIX) else { return };
-        let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else { return };
+        let Some(channel) = channel_of(name, self.endpoint.sharded()) else { return };
+        let Ok(payload) = std::str::from_utf8(payload) else { return };
         let Some((offset, epoch, data)) = parse_message(payload) else {
             tracing::warn!(channel, "malformed message on the Redis backplane; dropped");
             return;
@@ -408,9 +561,10 @@ impl Broker for RedisBroker {
                 .arg(size)
                 .arg(ttl.as_millis() as u64)
                 .arg(new_epoch())
-                .arg(format!("{PUBSUB_PREFIX}{channel}"))
+                .arg(publications_channel(channel, self.endpoint.sharded()))
                 .arg(STATE_TTL.max(ttl).as_millis() as u64)
                 .arg(window.as_millis() as u64)
+                .arg(if self.endpoint.sharded() { "SPUBLISH" } else { "PUBLISH" })
                 .invoke_async(&mut self.commands.get())
                 .await
                 .map_err(Self::unavailable)?;

@@ -4,12 +4,14 @@
 //! own channel (`tether:answer:NODE`). The asker learns from PUBLISH how many nodes heard the
 //! question and waits, bounded, for that many answers. Commands for a streaming session held
 //! by another node go to that node's own channel (`tether:session:NODE`): PUBLISH says
-//! whether the node is there to take them.
+//! whether the node is there to take them. On a cluster all of these are sharded channels
+//! (`SPUBLISH`/`SSUBSCRIBE`): a classic `PUBLISH` there counts only the receiving node's
+//! subscribers, which would break those counts.
 
+use super::redis_endpoint::Conn as ConnectionManager;
 use super::{BrokerError, LocalSubscribers, Reach};
 use crate::control::{Answers, Handed, Question, UserOrder};
 use prometheus_client::metrics::gauge::Gauge;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -90,7 +92,7 @@ impl Control {
         payload.push(b'\n');
         payload.extend_from_slice(batch);
         let to = format!("{SESSIONS_PREFIX}{node}");
-        let nodes: usize = redis::cmd("PUBLISH").arg(to).arg(payload).query_async(commands).await?;
+        let nodes: usize = commands.publish().arg(to).arg(payload).query_async(commands).await?;
         Ok(if nodes == 0 { Handed::Unknown } else { Handed::Delivered })
     }
 
@@ -101,8 +103,7 @@ impl Control {
         order: &UserOrder,
     ) -> redis::RedisResult<Reach> {
         let text = serde_json::to_string(order).expect("orders always serialize");
-        let nodes: usize =
-            redis::cmd("PUBLISH").arg(ORDERS).arg(text).query_async(commands).await?;
+        let nodes: usize = commands.publish().arg(ORDERS).arg(text).query_async(commands).await?;
         Ok(Reach::Nodes(nodes))
     }
 
@@ -127,8 +128,7 @@ impl Control {
         let _waiting = Waiting(self, id);
         let asked = Asked { id, from: self.node.clone(), question };
         let text = serde_json::to_string(&asked).expect("questions always serialize");
-        let sent =
-            redis::cmd("PUBLISH").arg(SURVEYS).arg(text).query_async::<usize>(commands).await;
+        let sent = commands.publish().arg(SURVEYS).arg(text).query_async::<usize>(commands).await;
         match sent {
             Ok(nodes) => {
                 let mut answers = Vec::with_capacity(nodes);
@@ -173,7 +173,7 @@ impl Control {
             tokio::spawn(async move {
                 let to = format!("{ANSWERS_PREFIX}{}", asked.from);
                 let sent: redis::RedisResult<u64> =
-                    redis::cmd("PUBLISH").arg(to).arg(text).query_async(&mut commands).await;
+                    commands.publish().arg(to).arg(text).query_async(&mut commands).await;
                 if let Err(e) = sent {
                     tracing::debug!(error = %e, "could not answer a cluster-wide question");
                 }

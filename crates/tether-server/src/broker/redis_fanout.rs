@@ -261,6 +261,7 @@ impl Fanout {
                     "failed"
                 }
             };
+            tracing::debug!(%channel, outcome, "repaired");
             self.repairs.get_or_create(&OutcomeLabels { outcome }).inc();
         }
     }

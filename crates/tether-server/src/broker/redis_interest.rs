@@ -13,13 +13,16 @@
 //! - A new link subscribes everything the hub has, then (after a loss) repairs what was missed
 //!   (`redis_fanout`).
 
+use super::redis_endpoint::{publications_channel, RESPONSE_TIMEOUT};
 use super::redis_fanout::Fanout;
 use super::{BrokerError, LocalSubscribers};
 use crate::config::ChannelRule;
+use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::PubSubSink;
+use redis::cluster_async::ClusterConnection;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,27 +31,40 @@ use tokio::time::Instant;
 
 /// How long a channel without local subscribers stays subscribed in Redis.
 pub const LINGER: Duration = Duration::from_secs(1);
+/// How soon a subscription that failed is tried again.
+const RETRY: Duration = Duration::from_millis(500);
 /// Channels per `SUBSCRIBE` or `UNSUBSCRIBE`.
 const BATCH: usize = 1_000;
-
-/// The pub/sub channel a channel's publications go out on.
-pub fn publications_channel(channel: &str) -> String {
-    format!("{}{channel}", super::redis::PUBSUB_PREFIX)
-}
 
 /// The pub/sub channel a channel's join/leave changes go out on.
 fn events_channel(channel: &str) -> String {
     format!("{}{channel}", super::redis_presence::EVENTS_PREFIX)
 }
 
+/// What subscriptions are made on: a pub/sub link, or a cluster connection (`SSUBSCRIBE`, one
+/// channel per command: channels of different slots may not share one).
+#[derive(Clone)]
+pub enum Link {
+    PubSub(PubSubSink),
+    Cluster(ClusterConnection),
+}
+
+/// `SSUBSCRIBE`s one cluster step keeps in flight.
+const CLUSTER_IN_FLIGHT: usize = 64;
+
 #[derive(Default)]
 struct State {
-    /// The current link's sink; `None` while the link is down.
-    sink: Option<PubSubSink>,
+    /// The current link; `None` while it is down.
+    sink: Option<Link>,
+    /// Cluster: sent, not yet confirmed by a push. A confirmation of a channel not in here is
+    /// the cluster client subscribing again by itself (after a reconnect or a slot move).
+    requested: HashSet<Arc<str>>,
     /// Counts links: a batch confirmed on an earlier link does not count on this one.
     link: u64,
     /// A new link: subscribe everything the hub has, then repair if it follows a loss.
     fresh: Option<bool>,
+    /// When to try again what failed (a cluster shard not reachable yet).
+    retry: Option<Instant>,
     /// Channels whose local subscribers may have changed since the task last looked.
     dirty: HashSet<Arc<str>>,
     /// Subscribed in Redis on the current link.
@@ -104,7 +120,7 @@ impl Interest {
     }
 
     /// A new link is up (`repair`: it follows a loss).
-    pub fn linked(&self, sink: PubSubSink, repair: bool) {
+    pub fn linked(&self, sink: Link, repair: bool) {
         let mut s = crate::sync::lock(&self.state);
         s.sink = Some(sink);
         s.link += 1;
@@ -113,6 +129,21 @@ impl Interest {
         s.leaving.clear();
         drop(s);
         self.channels.set(0);
+        self.wake.notify_one();
+    }
+
+    /// Subscribe everything again on the current link and then repair: a cluster connection
+    /// lost a node (its client's own resubscription cannot be relied on to reach a replica
+    /// promoted meanwhile; subscribing again is harmless where it did).
+    pub fn resubscribe_all(&self) {
+        let mut s = crate::sync::lock(&self.state);
+        if s.sink.is_none() {
+            return;
+        }
+        s.link += 1;
+        s.fresh = Some(true);
+        s.subscribed.clear();
+        drop(s);
         self.wake.notify_one();
     }
 
@@ -135,7 +166,7 @@ impl Interest {
         channel: &str,
         hub: &dyn LocalSubscribers,
     ) -> Result<(), BrokerError> {
-        let deadline = Instant::now() + super::redis::RESPONSE_TIMEOUT;
+        let deadline = Instant::now() + RESPONSE_TIMEOUT;
         loop {
             let confirmed = self.confirmed.notified();
             tokio::pin!(confirmed);
@@ -152,7 +183,7 @@ impl Interest {
             if tokio::time::timeout_at(deadline, confirmed).await.is_err() {
                 return Err(BrokerError::Unavailable(format!(
                     "Redis did not confirm the subscription to {channel} within {:?}; retry",
-                    super::redis::RESPONSE_TIMEOUT
+                    RESPONSE_TIMEOUT
                 )));
             }
         }
@@ -168,7 +199,11 @@ impl Interest {
         loop {
             let next_leave = {
                 let s = crate::sync::lock(&self.state);
-                s.leaving.values().min().map(|since| *since + LINGER)
+                let leave = s.leaving.values().min().map(|since| *since + LINGER);
+                match (leave, s.retry) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             };
             let linger = async {
                 match next_leave {
@@ -190,6 +225,7 @@ impl Interest {
         let (sink, link, fresh, dirty) = {
             let mut s = crate::sync::lock(&self.state);
             let Some(sink) = s.sink.clone() else { return };
+            s.retry = None;
             (sink, s.link, s.fresh.take(), std::mem::take(&mut s.dirty))
         };
         // The hub is asked with no lock of ours held (it calls `changed` under its own).
@@ -241,40 +277,89 @@ impl Interest {
         }
         if fresh == Some(true) && sent_all {
             fanout.relinked();
-        } else if fresh == Some(true) {
-            // The link failed meanwhile: the next one repairs.
-            tracing::debug!("the Redis link failed while resubscribing");
         }
-        // Anything left dirty by a failed batch is looked at again.
+        // What failed is tried again shortly (a new link starts over by itself): a fresh
+        // start whole, so that its repair follows every subscription.
         if !sent_all {
             let mut s = crate::sync::lock(&self.state);
-            s.dirty.extend(subscribe.iter().cloned());
+            if s.link == link {
+                s.dirty.extend(subscribe.iter().cloned());
+                if fresh.is_some() && s.fresh.is_none() {
+                    s.fresh = fresh;
+                }
+                s.retry = Some(Instant::now() + RETRY);
+            }
         }
     }
 
-    /// Send one batch; false when the link failed (the link task relinks).
-    async fn send(
+    async fn send_pubsub(
         &self,
         sink: &PubSubSink,
-        link: u64,
         batch: &[Arc<str>],
         subscribe: bool,
-    ) -> bool {
+    ) -> redis::RedisResult<()> {
         let mut names = Vec::with_capacity(batch.len() * 2);
         for channel in batch {
-            names.push(publications_channel(channel));
+            names.push(publications_channel(channel, false));
             if crate::config::join_leave_on(&self.rules, channel) {
                 names.push(events_channel(channel));
             }
         }
         let mut sink = sink.clone();
-        let (result, command) = match subscribe {
-            true => (sink.subscribe(&names).await, "subscribe"),
-            false => (sink.unsubscribe(&names).await, "unsubscribe"),
-        };
+        let command = if subscribe { "subscribe" } else { "unsubscribe" };
         self.commands.get_or_create(&CommandLabels { command }).inc();
+        match subscribe {
+            true => sink.subscribe(&names).await,
+            false => sink.unsubscribe(&names).await,
+        }
+    }
+
+    async fn send_cluster(
+        &self,
+        conn: &ClusterConnection,
+        batch: &[Arc<str>],
+        subscribe: bool,
+    ) -> redis::RedisResult<()> {
+        if subscribe {
+            crate::sync::lock(&self.state).requested.extend(batch.iter().cloned());
+        }
+        let command = if subscribe { "ssubscribe" } else { "sunsubscribe" };
+        let counter = self.commands.get_or_create(&CommandLabels { command }).clone();
+        let results: Vec<redis::RedisResult<()>> =
+            futures_util::stream::iter(batch.iter().cloned())
+                .map(|channel: Arc<str>| {
+                    let mut conn = conn.clone();
+                    counter.inc();
+                    async move {
+                        let name = publications_channel(&channel, true);
+                        match subscribe {
+                            true => conn.ssubscribe(&name).await,
+                            false => conn.sunsubscribe(&name).await,
+                        }
+                    }
+                })
+                .buffer_unordered(CLUSTER_IN_FLIGHT)
+                .collect()
+                .await;
+        results.into_iter().collect()
+    }
+
+    /// A cluster's confirmation of `channel`'s subscription: `true` when the cluster client
+    /// made it again by itself (after a reconnect or a slot move), so publications may have
+    /// been missed meanwhile.
+    pub fn confirmed(&self, channel: &str) -> bool {
+        let mut s = crate::sync::lock(&self.state);
+        !s.requested.remove(channel) && s.subscribed.contains(channel)
+    }
+
+    /// Send one batch; false when the link failed (the link task relinks).
+    async fn send(&self, sink: &Link, link: u64, batch: &[Arc<str>], subscribe: bool) -> bool {
+        let result = match sink {
+            Link::PubSub(sink) => self.send_pubsub(sink, batch, subscribe).await,
+            Link::Cluster(conn) => self.send_cluster(conn, batch, subscribe).await,
+        };
         if let Err(e) = result {
-            tracing::warn!(error = %e, command, "a Redis subscription command failed");
+            tracing::warn!(error = %e, "a Redis subscription command failed");
             return false;
         }
         let mut s = crate::sync::lock(&self.state);

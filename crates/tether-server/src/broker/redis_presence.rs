@@ -23,9 +23,9 @@
 //! (The read script touches keys it is not given, as a standalone Redis allows; Redis Cluster
 //! needs another layout.)
 
+use super::redis_endpoint::Conn as ConnectionManager;
 use crate::config::ChannelRule;
 use crate::presence::{LocalPresence, Member};
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;

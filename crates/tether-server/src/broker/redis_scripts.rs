@@ -45,7 +45,8 @@ end
 
 /// KEYS: state, history, idempotency key (`tether:i:{CH}:KEY`, unused when ARGV[7] is 0).
 /// ARGV: data, history size (0: none), ttl ms, epoch candidate, pub/sub channel, state ttl ms,
-/// idempotency window ms (0: none). Returns {epoch, offset, duplicate (0/1)}: a
+/// idempotency window ms (0: none), the publish command (`PUBLISH`; on a cluster `SPUBLISH`,
+/// with the channel in the keys' slot). Returns {epoch, offset, duplicate (0/1)}: a
 /// key seen within its window publishes nothing and returns the first publication's position.
 pub const PUBLISH: &str = r#"
 local window = tonumber(ARGV[7])
@@ -66,7 +67,7 @@ if size > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
   trim(KEYS[2], tonumber(ARGV[3]), now)
 end
-redis.call('PUBLISH', ARGV[5], offset .. ' ' .. epoch .. ' ' .. ARGV[1])
+redis.call(ARGV[8], ARGV[5], offset .. ' ' .. epoch .. ' ' .. ARGV[1])
 if window > 0 then
   redis.call('SET', KEYS[3], epoch .. ' ' .. offset, 'PX', window)
 end

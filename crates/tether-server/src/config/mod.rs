@@ -93,7 +93,8 @@ pub struct GatewayConfig {
     /// own, so that health checks do not queue behind a reconnect storm (`tether serve` only).
     pub health_listen: Option<SocketAddr>,
     /// `memory` (one node), or a Redis URL (`redis://127.0.0.1:6379`) shared by several nodes,
-    /// or Sentinels and the master they watch (`redis-sentinel://HOST:PORT,HOST:PORT/MASTER`).
+    /// or Sentinels and the master they watch (`redis-sentinel://HOST:PORT,HOST:PORT/MASTER`),
+    /// or a Redis Cluster's seed nodes (`redis-cluster://HOST:PORT,HOST:PORT`).
     pub broker: String,
     /// Protocol Ping cadence. Keep it under the smallest idle timeout on the path (nginx 60 s).
     #[serde(with = "humantime_serde")]
@@ -467,10 +468,11 @@ impl GatewayConfig {
             && !self.broker.starts_with("redis://")
             && !self.broker.starts_with("rediss://")
             && !self.broker.starts_with("redis-sentinel://")
+            && !self.broker.starts_with("redis-cluster://")
         {
             return err(
                 "broker",
-                "must be `memory`, a redis:// URL, or redis-sentinel://HOST:PORT,…/MASTER",
+                "must be `memory`, a redis:// URL, redis-sentinel://HOST:PORT,…/MASTER or redis-cluster://HOST:PORT,…",
             );
         }
         if !(32..=128).contains(&self.ipv6_prefix) {
