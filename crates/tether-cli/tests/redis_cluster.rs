@@ -109,3 +109,64 @@ async fn a_killed_master_is_replaced_and_its_channels_subscribers_are_told() {
         client.close().await;
     }
 }
+
+/// A channel's slot migrated to another master (the steps `redis-cli --cluster reshard`
+/// takes): the cluster takes the node's subscription away, the node subscribes again where the
+/// slot is now and repairs. The migrated state was made by another Redis process, so the
+/// channel starts a new epoch there and its subscriber is told — never left on a dead feed,
+/// never handed a gap (decision 0025 says why history is not yet carried across).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrated_slot_moves_the_subscription_and_its_subscriber_is_told() {
+    let Some(cluster) = Cluster::start() else { return };
+    let (a, b) = nodes(&cluster);
+    let src = cluster.owner("{c0}");
+    let dst = (1..10).map(|i| cluster.owner(&format!("{{c{i}}}"))).find(|o| *o != src).unwrap();
+    let (client, mut events) = tether_client::connect(fast_client(a.ws_url("")));
+    client.subscribe("c0").await.unwrap();
+    next_event(&mut events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
+    for i in 1..=3 {
+        b.publish("c0", &i.to_string());
+    }
+    assert_eq!(publications(&mut events, 3).await.len(), 3);
+
+    let port = |i: usize| cluster.nodes[i].port;
+    let id = |i: usize| {
+        let reply = redis_command(port(i), &["CLUSTER", "MYID"]);
+        reply.lines().nth(1).unwrap().to_owned()
+    };
+    let (src_id, dst_id) = (id(src), id(dst));
+    let slot = redis_command(port(src), &["CLUSTER", "KEYSLOT", "{c0}"]);
+    let slot = slot.trim().trim_start_matches(':').to_owned();
+    let ok = |reply: String| assert!(reply.starts_with("+OK"), "{reply}");
+    ok(redis_command(port(dst), &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id]));
+    ok(redis_command(port(src), &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id]));
+    let keys = redis_command(port(src), &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+    let keys: Vec<&str> = keys.lines().filter(|l| !l.starts_with(['*', '$'])).collect();
+    assert!(!keys.is_empty(), "the channel's keys are in its slot");
+    let dst_port = port(dst).to_string();
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", &dst_port, "", "0", "5000", "KEYS"];
+    migrate.extend(keys.iter().copied());
+    ok(redis_command(port(src), &migrate));
+    for master in [src, dst] {
+        ok(redis_command(port(master), &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]));
+    }
+    assert_eq!(cluster.owner("{c0}"), dst);
+
+    // Told (a new epoch on the new master), resubscribed, and fed from the new master.
+    let next = |e: &Event| matches!(e, Event::Publication { .. } | Event::Closed(_));
+    let publishes = || b.post_publish(r#"{"channel":"c0","data":4}"#).0 == 200;
+    assert!(wait_until(T, publishes), "{}", b.log());
+    let got = next_event(&mut events, Duration::from_secs(20), "told of the move", next).await;
+    let Event::Closed(info) = &got else { panic!("a silent continuation: {got:?}") };
+    assert_eq!(info.code, 1012, "{info:?}");
+    let back = next_event(&mut events, T, "resubscribed", |e| {
+        matches!(e, Event::Subscribed { resubscribe: true, .. })
+    })
+    .await;
+    assert!(matches!(back, Event::Subscribed { recovered: Some(false), .. }), "{back:?}");
+    let receipt = b.publish("c0", "5");
+    let got = next_event(&mut events, T, "a publication from the new master", next).await;
+    let Event::Publication { offset, .. } = got else { panic!("{got:?}") };
+    assert_eq!(Some(offset), receipt["offset"].as_u64());
+    client.close().await;
+}

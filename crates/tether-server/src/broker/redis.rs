@@ -299,6 +299,15 @@ impl RedisBroker {
                     }
                 }
             }
+            PushKind::SUnsubscribe => {
+                let Some(name) = push.data.first().and_then(text) else { return };
+                let name = String::from_utf8_lossy(&name);
+                if let Some(channel) = channel_of(&name, true) {
+                    if self.interest.taken_away(channel) {
+                        tracing::info!(channel, "the cluster moved a subscribed channel's slot; subscribing again where it is now");
+                    }
+                }
+            }
             PushKind::Disconnection => {
                 tracing::warn!(url = %self.url, "a Redis Cluster node's connection was lost; subscribing again where the slots are now, then repairing");
                 self.metrics.reconnects.inc();

@@ -59,6 +59,11 @@ struct State {
     /// Cluster: sent, not yet confirmed by a push. A confirmation of a channel not in here is
     /// the cluster client subscribing again by itself (after a reconnect or a slot move).
     requested: HashSet<Arc<str>>,
+    /// Cluster: unsubscribes sent, not yet confirmed; any other `sunsubscribe` is the cluster
+    /// taking a subscription away (its slot moved).
+    unsubscribing: HashSet<Arc<str>>,
+    /// Subscriptions taken away: once made again, the channel is repaired.
+    taken: HashSet<Arc<str>>,
     /// Counts links: a batch confirmed on an earlier link does not count on this one.
     link: u64,
     /// A new link: subscribe everything the hub has, then repair if it follows a loss.
@@ -264,7 +269,18 @@ impl Interest {
             unsubscribe.into_iter().filter(|c| hub.count(c) == 0).collect();
         let mut sent_all = true;
         for batch in subscribe.chunks(BATCH) {
-            sent_all &= self.send(&sink, link, batch, true).await;
+            let sent = self.send(&sink, link, batch, true).await;
+            if sent {
+                // Subscribed again after the cluster took it away: repair what came between.
+                let again: Vec<Arc<str>> = {
+                    let mut s = crate::sync::lock(&self.state);
+                    batch.iter().filter(|c| s.taken.remove(*c)).cloned().collect()
+                };
+                for channel in again {
+                    fanout.resubscribed(&channel);
+                }
+            }
+            sent_all &= sent;
         }
         for batch in unsubscribe.chunks(BATCH) {
             sent_all &= self.send(&sink, link, batch, false).await;
@@ -320,8 +336,12 @@ impl Interest {
         batch: &[Arc<str>],
         subscribe: bool,
     ) -> redis::RedisResult<()> {
-        if subscribe {
-            crate::sync::lock(&self.state).requested.extend(batch.iter().cloned());
+        {
+            let mut s = crate::sync::lock(&self.state);
+            match subscribe {
+                true => s.requested.extend(batch.iter().cloned()),
+                false => s.unsubscribing.extend(batch.iter().cloned()),
+            }
         }
         let command = if subscribe { "ssubscribe" } else { "sunsubscribe" };
         let counter = self.commands.get_or_create(&CommandLabels { command }).clone();
@@ -350,6 +370,22 @@ impl Interest {
     pub fn confirmed(&self, channel: &str) -> bool {
         let mut s = crate::sync::lock(&self.state);
         !s.requested.remove(channel) && s.subscribed.contains(channel)
+    }
+
+    /// A cluster's `sunsubscribe` of `channel`: `true` when the cluster took the subscription
+    /// away (its slot moved to another master); it is made again where the slot is now, and
+    /// the channel then repaired.
+    pub fn taken_away(&self, channel: &str) -> bool {
+        let mut s = crate::sync::lock(&self.state);
+        if s.unsubscribing.remove(channel) {
+            return false;
+        }
+        let Some(channel) = s.subscribed.take(channel) else { return false };
+        s.taken.insert(channel.clone());
+        s.dirty.insert(channel);
+        drop(s);
+        self.wake.notify_one();
+        true
     }
 
     /// Send one batch; false when the link failed (the link task relinks).
