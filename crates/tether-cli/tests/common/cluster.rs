@@ -16,7 +16,12 @@ impl Cluster {
         let cli = require("redis-cli (apt-get install redis-tools)", which("redis-cli"))?;
         let mut nodes = Vec::new();
         for _ in 0..6 {
+            // The cluster bus port is PORT+10000 unless given: above 55535 that is no port.
+            let bus = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            let bus = bus.port().to_string();
             let args = [
+                "--cluster-port",
+                &bus,
                 "--cluster-enabled",
                 "yes",
                 "--cluster-node-timeout",
