@@ -150,7 +150,8 @@ async fn a_migrated_slot_moves_the_subscription_and_its_subscriber_is_told() {
     for master in [src, dst] {
         ok(redis_command(port(master), &["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id]));
     }
-    assert_eq!(cluster.owner("{c0}"), dst);
+    // Every node learns the new owner by gossip.
+    assert!(wait_until(T, || cluster.owner("{c0}") == dst), "the slot did not move");
 
     // Told (a new epoch on the new master), resubscribed, and fed from the new master.
     let next = |e: &Event| matches!(e, Event::Publication { .. } | Event::Closed(_));

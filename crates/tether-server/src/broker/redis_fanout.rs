@@ -77,15 +77,23 @@ struct Waiting {
     taken: u64,
     repair: Repair,
     repair_after: u64,
+    /// From a link's loss until its repair is asked for: publications queued from here on
+    /// (the new link's) wait, so that none overtakes the replay of what came before it.
+    held_from: Option<u64>,
 }
 
 impl Waiting {
     fn mark(&mut self, channel: Option<&Arc<str>>) {
+        // The first mark sets when the repair may run: moving it on with every later mark
+        // would let a marked channel's newer publications overtake its repair (a gap), or
+        // put the repair off for as long as drops go on.
+        if matches!(self.repair, Repair::Nothing) {
+            self.repair_after = self.pushed;
+        }
         match channel {
             Some(channel) => self.repair.mark(channel),
             None => self.repair = Repair::Every,
         }
-        self.repair_after = self.pushed;
     }
 }
 
@@ -160,8 +168,23 @@ impl Fanout {
     /// The link came back after a loss: whatever was published meanwhile never arrived, on any
     /// channel. Called once the new link is subscribed, before it delivers anything.
     pub fn relinked(&self) {
-        crate::sync::lock(&self.waiting).mark(None);
+        let mut w = crate::sync::lock(&self.waiting);
+        w.repair = Repair::Every;
+        w.repair_after = match w.held_from.take() {
+            Some(held) => held,
+            None => w.pushed,
+        };
+        drop(w);
         self.more.notify_one();
+    }
+
+    /// The link was lost (or a cluster node was): what comes from here on waits for the
+    /// repair that [`Fanout::relinked`] asks for once everything is subscribed again.
+    pub fn hold(&self) {
+        let mut w = crate::sync::lock(&self.waiting);
+        if w.held_from.is_none() {
+            w.held_from = Some(w.pushed);
+        }
     }
 
     /// `channel`'s feed was interrupted (its subscription in Redis was made again): repair it
@@ -189,6 +212,9 @@ impl Fanout {
         let mut w = crate::sync::lock(&self.waiting);
         if !matches!(w.repair, Repair::Nothing) && w.taken >= w.repair_after {
             return Some(Job::Repair(std::mem::take(&mut w.repair)));
+        }
+        if w.held_from.is_some_and(|held| w.taken >= held) {
+            return None; // until the repair is asked for (`relinked`)
         }
         let item = w.items.pop_front()?;
         w.taken += 1;
@@ -381,5 +407,85 @@ mod tests {
         assert_eq!(sent(&n), Err(vec![1]));
         let repairs = |outcome| fanout.repairs.get_or_create(&OutcomeLabels { outcome }).get();
         assert_eq!((repairs("replayed"), repairs("told")), (1, 1));
+    }
+
+    /// A later drop (of another channel) must not move the repair past a marked channel's
+    /// newer publications: h:3, queued after h:2 was dropped, would meet h's subscriber before
+    /// h:2's replay — a gap.
+    #[tokio::test]
+    async fn a_later_drop_does_not_let_a_marked_channels_publications_overtake_its_repair() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let history = HistoryRule {
+            pattern: ChannelPattern::new("h"),
+            size: 100,
+            ttl: Duration::from_secs(60),
+        };
+        let elsewhere = Arc::new(Hub::new(Arc::default()));
+        let broker = MemoryBroker::new(elsewhere, vec![history.into()], 10);
+        let h = subscriber(&hub, 1, "h");
+        let fanout = Fanout::new(&metrics);
+        let mut receipts = Vec::new();
+        for _ in 0..3 {
+            receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
+        }
+        let incoming = |channel: &str, i: usize| Incoming {
+            channel: Arc::from(channel),
+            epoch: receipts[i].epoch.clone(),
+            offset: receipts[i].offset,
+            data: raw("1"),
+        };
+        fanout.push(incoming("h", 0));
+        for _ in 1..MAX_QUEUED {
+            fanout.push(Incoming { channel: Arc::from("elsewhere"), ..incoming("h", 0) });
+        }
+        fanout.push(incoming("h", 1)); // dropped: h marked
+        let first = fanout.try_next().unwrap(); // h:1 delivered; a slot frees
+        fanout.handle(first, &broker, &*hub).await;
+        fanout.push(incoming("h", 2)); // queued behind the mark
+        fanout.push(Incoming { channel: Arc::from("x"), ..incoming("h", 0) }); // dropped
+        while let Some(job) = fanout.try_next() {
+            fanout.handle(job, &broker, &*hub).await;
+        }
+        assert_eq!(sent(&h), Ok(vec![1, 2, 3]));
+    }
+
+    /// After a lost link, the new link's publications arrive while the node is still
+    /// subscribing everything again: they wait for the repair instead of overtaking the replay
+    /// of what was missed meanwhile (h:3 before h:2 would be a gap).
+    #[tokio::test]
+    async fn a_new_links_publications_wait_for_the_repair_of_what_the_old_one_missed() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let history = HistoryRule {
+            pattern: ChannelPattern::new("h"),
+            size: 100,
+            ttl: Duration::from_secs(60),
+        };
+        let broker =
+            MemoryBroker::new(Arc::new(Hub::new(Arc::default())), vec![history.into()], 10);
+        let h = subscriber(&hub, 1, "h");
+        let fanout = Fanout::new(&metrics);
+        let mut receipts = Vec::new();
+        for _ in 0..3 {
+            receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
+        }
+        let incoming = |i: usize| Incoming {
+            channel: Arc::from("h"),
+            epoch: receipts[i].epoch.clone(),
+            offset: receipts[i].offset,
+            data: raw("1"),
+        };
+        fanout.push(incoming(0));
+        fanout.hold(); // the link is lost; h:2 is never received
+        fanout.push(incoming(2)); // the new link's first publication
+        while let Some(job) = fanout.try_next() {
+            fanout.handle(job, &broker, &*hub).await;
+        }
+        fanout.relinked(); // everything subscribed again
+        while let Some(job) = fanout.try_next() {
+            fanout.handle(job, &broker, &*hub).await;
+        }
+        assert_eq!(sent(&h), Ok(vec![1, 2, 3]));
     }
 }

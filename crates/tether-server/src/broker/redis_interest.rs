@@ -33,6 +33,10 @@ use tokio::time::Instant;
 pub const LINGER: Duration = Duration::from_secs(1);
 /// How soon a subscription that failed is tried again.
 const RETRY: Duration = Duration::from_millis(500);
+/// How long the repair after a new link waits for every channel's subscription: past this,
+/// it goes ahead (the channels still failing are told, and repaired once subscribed), rather
+/// than hold every channel's fan-out for one unreachable shard.
+const GIVE_UP_WAITING: Duration = Duration::from_secs(5);
 /// Channels per `SUBSCRIBE` or `UNSUBSCRIBE`.
 const BATCH: usize = 1_000;
 
@@ -64,6 +68,10 @@ struct State {
     unsubscribing: HashSet<Arc<str>>,
     /// Subscriptions taken away: once made again, the channel is repaired.
     taken: HashSet<Arc<str>>,
+    /// From a new link (or a cluster's lost node) until its repair is asked for.
+    starting_over: bool,
+    /// When subscribing everything again first failed in part (a shard still unreachable).
+    failing_since: Option<Instant>,
     /// Counts links: a batch confirmed on an earlier link does not count on this one.
     link: u64,
     /// A new link: subscribe everything the hub has, then repair if it follows a loss.
@@ -76,6 +84,23 @@ struct State {
     subscribed: HashSet<Arc<str>>,
     /// Subscribed, without local subscribers since then.
     leaving: HashMap<Arc<str>, Instant>,
+}
+
+impl State {
+    /// Everything subscribed is forgotten (a new link, or none): `fresh` says what the next
+    /// step does (subscribe all, then repair if `Some(true)`).
+    fn start_over(&mut self, fresh: Option<bool>) {
+        self.link += 1;
+        self.fresh = fresh;
+        self.starting_over = fresh.is_some();
+        self.subscribed.clear();
+        self.leaving.clear();
+        self.requested.clear();
+        self.unsubscribing.clear();
+        self.taken.clear();
+        self.retry = None;
+        self.failing_since = None;
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -128,10 +153,7 @@ impl Interest {
     pub fn linked(&self, sink: Link, repair: bool) {
         let mut s = crate::sync::lock(&self.state);
         s.sink = Some(sink);
-        s.link += 1;
-        s.fresh = Some(repair);
-        s.subscribed.clear();
-        s.leaving.clear();
+        s.start_over(Some(repair));
         drop(s);
         self.channels.set(0);
         self.wake.notify_one();
@@ -145,10 +167,9 @@ impl Interest {
         if s.sink.is_none() {
             return;
         }
-        s.link += 1;
-        s.fresh = Some(true);
-        s.subscribed.clear();
+        s.start_over(Some(true));
         drop(s);
+        self.channels.set(0);
         self.wake.notify_one();
     }
 
@@ -156,8 +177,8 @@ impl Interest {
     pub fn unlinked(&self) {
         let mut s = crate::sync::lock(&self.state);
         s.sink = None;
-        s.link += 1;
-        s.subscribed.clear();
+        // Nothing to time while there is no link (the next one starts over).
+        s.start_over(None);
         drop(s);
         self.channels.set(0);
         self.confirmed.notify_waiters();
@@ -178,7 +199,10 @@ impl Interest {
             confirmed.as_mut().enable();
             {
                 let s = crate::sync::lock(&self.state);
-                if s.sink.is_none() || s.subscribed.contains(channel) {
+                // Without a link, or while a link subscribes everything again, the repair
+                // that follows covers this subscriber too (from its position): waiting would
+                // only hold up that repair's own history reads.
+                if s.sink.is_none() || s.starting_over || s.subscribed.contains(channel) {
                     return Ok(());
                 }
             }
@@ -204,7 +228,9 @@ impl Interest {
         loop {
             let next_leave = {
                 let s = crate::sync::lock(&self.state);
+                // No timers without a link: the next link starts over (and wakes the task).
                 let leave = s.leaving.values().min().map(|since| *since + LINGER);
+                let leave = leave.filter(|_| s.sink.is_some());
                 match (leave, s.retry) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -241,7 +267,7 @@ impl Interest {
         let wanted: Vec<(Arc<str>, bool)> =
             candidates.into_iter().map(|c| (c.clone(), hub.count(&c) > 0)).collect();
         let now = Instant::now();
-        let (subscribe, unsubscribe) = {
+        let (subscribe, due) = {
             let mut s = crate::sync::lock(&self.state);
             let mut subscribe = Vec::new();
             for (channel, wanted) in wanted {
@@ -253,24 +279,42 @@ impl Interest {
                     (false, true) => {
                         s.leaving.entry(channel).or_insert(now);
                     }
-                    (false, false) => {}
+                    (false, false) => {
+                        // Nothing to make again for a channel nobody wants.
+                        s.taken.remove(&channel);
+                    }
                 }
             }
+            // Out of `subscribed` before the last look at the hub: a subscriber that comes
+            // back from here on waits in `ready` for a subscription made again, instead of
+            // reading history while the unsubscribe is on its way.
             let due: Vec<Arc<str>> = s
                 .leaving
                 .iter()
                 .filter(|(_, since)| now.duration_since(**since) >= LINGER)
                 .map(|(c, _)| c.clone())
                 .collect();
+            for c in &due {
+                s.leaving.remove(c);
+                s.subscribed.remove(c);
+            }
             (subscribe, due)
         };
-        // Still without subscribers? (One may have come back within the linger.)
-        let unsubscribe: Vec<Arc<str>> =
-            unsubscribe.into_iter().filter(|c| hub.count(c) == 0).collect();
-        let mut sent_all = true;
+        // Still without subscribers? One that came back within the linger keeps the
+        // subscription, which never stopped.
+        let (unsubscribe, kept): (Vec<Arc<str>>, Vec<Arc<str>>) =
+            due.into_iter().partition(|c| hub.count(c) == 0);
+        if !kept.is_empty() {
+            let mut s = crate::sync::lock(&self.state);
+            if s.link == link {
+                s.subscribed.extend(kept);
+            }
+            drop(s);
+            self.confirmed.notify_waiters();
+        }
+        let mut failed: Vec<Arc<str>> = Vec::new();
         for batch in subscribe.chunks(BATCH) {
-            let sent = self.send(&sink, link, batch, true).await;
-            if sent {
+            if self.send(&sink, link, batch, true).await {
                 // Subscribed again after the cluster took it away: repair what came between.
                 let again: Vec<Arc<str>> = {
                     let mut s = crate::sync::lock(&self.state);
@@ -279,31 +323,50 @@ impl Interest {
                 for channel in again {
                     fanout.resubscribed(&channel);
                 }
+            } else {
+                failed.extend(batch.iter().cloned());
             }
-            sent_all &= sent;
         }
+        let sent_all = failed.is_empty();
         for batch in unsubscribe.chunks(BATCH) {
-            sent_all &= self.send(&sink, link, batch, false).await;
-        }
-        {
-            let mut s = crate::sync::lock(&self.state);
-            for c in &unsubscribe {
-                s.leaving.remove(c);
+            if !self.send(&sink, link, batch, false).await {
+                // Not confirmed: no push will clear these, and the subscription may remain in
+                // Redis (what it brings finds no subscriber here).
+                let mut s = crate::sync::lock(&self.state);
+                for c in batch {
+                    s.unsubscribing.remove(c);
+                }
             }
         }
+        // A channel that gained a subscriber while its unsubscribe was on its way is
+        // subscribed again by the next step (the hub's hook marked it).
         if fresh == Some(true) && sent_all {
+            let mut s = crate::sync::lock(&self.state);
+            s.starting_over = false;
+            s.failing_since = None;
+            drop(s);
             fanout.relinked();
         }
         // What failed is tried again shortly (a new link starts over by itself): a fresh
-        // start whole, so that its repair follows every subscription.
+        // start whole, so that its repair follows every subscription — for a while.
         if !sent_all {
             let mut s = crate::sync::lock(&self.state);
-            if s.link == link {
-                s.dirty.extend(subscribe.iter().cloned());
-                if fresh.is_some() && s.fresh.is_none() {
-                    s.fresh = fresh;
-                }
-                s.retry = Some(Instant::now() + RETRY);
+            if s.link != link {
+                return;
+            }
+            s.dirty.extend(failed.iter().cloned());
+            s.retry = Some(Instant::now() + RETRY);
+            let waited = now.duration_since(*s.failing_since.get_or_insert(now));
+            if fresh == Some(true) && waited >= GIVE_UP_WAITING {
+                // Repair now; the channels still failing are repaired once subscribed.
+                s.taken.extend(failed);
+                s.starting_over = false;
+                s.failing_since = None;
+                drop(s);
+                tracing::warn!("some channels could not be subscribed again in Redis for {GIVE_UP_WAITING:?}; repairing the others now");
+                fanout.relinked();
+            } else if fresh.is_some() && s.fresh.is_none() {
+                s.fresh = fresh;
             }
         }
     }

@@ -72,6 +72,7 @@ impl RedisBroker {
             PushKind::Disconnection => {
                 tracing::warn!(url = %self.url, "a Redis Cluster node's connection was lost; subscribing again where the slots are now, then repairing");
                 self.metrics.reconnects.inc();
+                self.fanout.hold();
                 self.interest.resubscribe_all();
             }
             _ => {}
@@ -115,6 +116,7 @@ impl RedisBroker {
                 continue;
             }
             self.commands.set(Conn::Cluster(conn.clone()));
+            self.fanout.hold();
             self.interest.linked(Link::Cluster(conn), true);
             self.metrics.reconnects.inc();
             self.set_linked(true, None);
@@ -194,6 +196,7 @@ impl RedisBroker {
                         }
                         tracing::warn!(url = %self.url, "Redis pub/sub link restored; resubscribing and repairing what this node missed");
                         // Subscribes every channel with local subscribers, then repairs.
+                        self.fanout.hold();
                         self.interest.linked(Link::PubSub(sink.clone()), true);
                     }
                     // A link can die without the socket noticing (a partition, a NAT timeout):
