@@ -341,6 +341,26 @@ mod tests {
         RawValue::from_string(s.to_owned()).unwrap()
     }
 
+    struct Setup {
+        hub: Arc<Hub>,
+        broker: MemoryBroker,
+        fanout: Arc<Fanout>,
+    }
+
+    /// A hub, the broker as another node sees it (history on `h`; its own deliveries go
+    /// elsewhere), and a fan-out queue between them.
+    fn setup() -> Setup {
+        let metrics = Arc::new(Metrics::new());
+        let history = HistoryRule {
+            pattern: ChannelPattern::new("h"),
+            size: 100,
+            ttl: Duration::from_secs(60),
+        };
+        let elsewhere = Arc::new(Hub::new(Arc::default()));
+        let broker = MemoryBroker::new(elsewhere, vec![history.into()], 10);
+        Setup { hub: Arc::new(Hub::new(metrics.clone())), broker, fanout: Fanout::new(&metrics) }
+    }
+
     /// A subscriber of `channel` on `hub`, subscribed before the channel's first publication.
     fn subscriber(hub: &Hub, conn: u64, channel: &str) -> Arc<OutboundQueue> {
         let queue = Arc::new(OutboundQueue::new(1024, 1 << 20));
@@ -366,18 +386,8 @@ mod tests {
 
     #[tokio::test]
     async fn what_a_full_queue_drops_is_replayed_from_history_in_order_or_told() {
-        let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(metrics.clone()));
-        let history = HistoryRule {
-            pattern: ChannelPattern::new("h"),
-            size: 100,
-            ttl: Duration::from_secs(60),
-        };
-        // The broker as another node sees it: its own deliveries go elsewhere.
-        let elsewhere = Arc::new(Hub::new(Arc::default()));
-        let broker = MemoryBroker::new(elsewhere, vec![history.into()], 10);
+        let Setup { hub, broker, fanout } = setup();
         let (h, n) = (subscriber(&hub, 1, "h"), subscriber(&hub, 2, "n"));
-        let fanout = Fanout::new(&metrics);
         let mut epochs = Vec::new();
         for channel in ["h", "h", "h", "n", "n"] {
             epochs.push(broker.publish(channel, &raw("1"), None).await.unwrap());
@@ -414,17 +424,8 @@ mod tests {
     /// h:2's replay — a gap.
     #[tokio::test]
     async fn a_later_drop_does_not_let_a_marked_channels_publications_overtake_its_repair() {
-        let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(metrics.clone()));
-        let history = HistoryRule {
-            pattern: ChannelPattern::new("h"),
-            size: 100,
-            ttl: Duration::from_secs(60),
-        };
-        let elsewhere = Arc::new(Hub::new(Arc::default()));
-        let broker = MemoryBroker::new(elsewhere, vec![history.into()], 10);
+        let Setup { hub, broker, fanout } = setup();
         let h = subscriber(&hub, 1, "h");
-        let fanout = Fanout::new(&metrics);
         let mut receipts = Vec::new();
         for _ in 0..3 {
             receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
@@ -455,17 +456,8 @@ mod tests {
     /// of what was missed meanwhile (h:3 before h:2 would be a gap).
     #[tokio::test]
     async fn a_new_links_publications_wait_for_the_repair_of_what_the_old_one_missed() {
-        let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(metrics.clone()));
-        let history = HistoryRule {
-            pattern: ChannelPattern::new("h"),
-            size: 100,
-            ttl: Duration::from_secs(60),
-        };
-        let broker =
-            MemoryBroker::new(Arc::new(Hub::new(Arc::default())), vec![history.into()], 10);
+        let Setup { hub, broker, fanout } = setup();
         let h = subscriber(&hub, 1, "h");
-        let fanout = Fanout::new(&metrics);
         let mut receipts = Vec::new();
         for _ in 0..3 {
             receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
