@@ -153,7 +153,11 @@ async fn a_migrated_slot_moves_the_subscription_and_its_subscriber_is_told() {
     // Every node learns the new owner by gossip.
     assert!(wait_until(T, || cluster.owner("{c0}") == dst), "the slot did not move");
 
-    // Told (a new epoch on the new master), resubscribed, and fed from the new master.
+    // Told (a new epoch on the new master), resubscribed, and fed from the new master. The
+    // next publication waits for A's repair: one that reached A first would carry the new
+    // epoch on the live feed, which clients follow (see the note on issue 22).
+    let told = || a.metric(r#"tether_broker_repairs_total{outcome="told"}"#) >= 1.0;
+    assert!(wait_until(Duration::from_secs(20), told), "{}", a.log());
     let next = |e: &Event| matches!(e, Event::Publication { .. } | Event::Closed(_));
     let publishes = || b.post_publish(r#"{"channel":"c0","data":4}"#).0 == 200;
     assert!(wait_until(T, publishes), "{}", b.log());

@@ -38,20 +38,23 @@ impl RedisBroker {
     /// and queues only.
     pub(super) fn on_push(&self, push: redis::PushInfo) {
         use redis::{PushKind, Value};
-        let text = |v: &Value| match v {
-            Value::BulkString(b) => Some(b.clone()),
-            Value::SimpleString(s) => Some(s.clone().into_bytes()),
-            _ => None,
-        };
+        // Borrowed, not copied: a publication's payload is copied once, into the queue.
+        fn text(v: &Value) -> Option<&[u8]> {
+            match v {
+                Value::BulkString(b) => Some(b),
+                Value::SimpleString(s) => Some(s.as_bytes()),
+                _ => None,
+            }
+        }
         match push.kind {
             PushKind::SMessage | PushKind::Message => {
                 let [.., name, payload] = &push.data[..] else { return };
                 let (Some(name), Some(payload)) = (text(name), text(payload)) else { return };
-                self.on_message(&String::from_utf8_lossy(&name), &payload);
+                self.on_message(&String::from_utf8_lossy(name), payload);
             }
             PushKind::SSubscribe => {
                 let Some(name) = push.data.first().and_then(text) else { return };
-                let name = String::from_utf8_lossy(&name);
+                let name = String::from_utf8_lossy(name);
                 if let Some(channel) = channel_of(&name, true) {
                     if self.interest.confirmed(channel) {
                         // Subscribed again by the cluster client: the feed had a hole.
@@ -62,7 +65,7 @@ impl RedisBroker {
             }
             PushKind::SUnsubscribe => {
                 let Some(name) = push.data.first().and_then(text) else { return };
-                let name = String::from_utf8_lossy(&name);
+                let name = String::from_utf8_lossy(name);
                 if let Some(channel) = channel_of(&name, true) {
                     if self.interest.taken_away(channel) {
                         tracing::info!(channel, "the cluster moved a subscribed channel's slot; subscribing again where it is now");
