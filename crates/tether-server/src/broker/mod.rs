@@ -23,6 +23,7 @@ mod redis_control;
 mod redis_endpoint;
 mod redis_fanout;
 mod redis_interest;
+mod redis_lineage;
 mod redis_presence;
 mod redis_scripts;
 

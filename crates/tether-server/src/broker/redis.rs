@@ -26,6 +26,7 @@ use super::redis_endpoint::{channel_of, publications_channel, Commands, Endpoint
 use super::redis_fanout::{Fanout, Incoming};
 
 mod link;
+mod streams;
 use super::redis_interest::{Interest, Link};
 use super::Reach;
 use super::{
@@ -319,22 +320,8 @@ impl Broker for RedisBroker {
             let (key, window) = once.map(|o| (o.key, o.window)).unwrap_or(("", Duration::ZERO));
             let (size, ttl) = policy.map(|p| (p.size, p.ttl)).unwrap_or((0, Duration::ZERO));
             let started = Instant::now();
-            let (epoch, offset, duplicate): (String, u64, u8) = self
-                .publish
-                .key(state_key(channel))
-                .key(history_key(channel))
-                .key(idempotency_key(channel, key))
-                .arg(data.get())
-                .arg(size)
-                .arg(ttl.as_millis() as u64)
-                .arg(new_epoch())
-                .arg(publications_channel(channel, self.endpoint.sharded()))
-                .arg(STATE_TTL.max(ttl).as_millis() as u64)
-                .arg(window.as_millis() as u64)
-                .arg(if self.endpoint.sharded() { "SPUBLISH" } else { "PUBLISH" })
-                .invoke_async(&mut self.commands.get())
-                .await
-                .map_err(Self::unavailable)?;
+            let (epoch, offset, duplicate) =
+                self.run_publish(channel, data, (size, ttl), (key, window)).await?;
             self.metrics.publish_seconds.observe(started.elapsed().as_secs_f64());
             // Local delivery happens when the publication comes back over pub/sub; report the
             // local subscribers it is headed to.
@@ -356,22 +343,8 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             // A subscribe reads history only once its live feed is in place.
             self.interest.ready(channel, &*self.hub).await?;
-            let ttl = history_policy(&self.rules, channel).map(|p| p.ttl).unwrap_or(Duration::ZERO);
             let from = since.map(|s| s.offset.saturating_add(1)).unwrap_or(0);
-            type Entry = (String, Vec<(String, String)>);
-            let (epoch, top, entries, over): (String, u64, Vec<Entry>, u64) = self
-                .history
-                .key(state_key(channel))
-                .key(history_key(channel))
-                .arg(new_epoch())
-                .arg(STATE_TTL.max(ttl).as_millis() as u64)
-                .arg(ttl.as_millis() as u64)
-                .arg(from)
-                .arg(super::MAX_REPLAY)
-                .arg(max_bytes)
-                .invoke_async(&mut self.commands.get())
-                .await
-                .map_err(Self::unavailable)?;
+            let (epoch, top, entries, over) = self.run_history(channel, from, max_bytes).await?;
             let position = StreamPosition { epoch, offset: top };
             let Some(since) = since else { return Ok(History::current(position)) };
             if let Some(why) = super::NotRecovered::check(since, &position) {
@@ -381,16 +354,7 @@ impl Broker for RedisBroker {
                 let why = super::NotRecovered::OverBudget { bytes: over };
                 return Ok(History::not_recovered(position, why));
             }
-            let mut publications = Vec::with_capacity(entries.len());
-            for (id, fields) in entries {
-                let offset = id.split('-').next().and_then(|o| o.parse::<u64>().ok());
-                let data = fields.into_iter().find(|(k, _)| k == "d").map(|(_, v)| v);
-                if let (Some(offset), Some(data)) = (offset, data) {
-                    if let Ok(raw) = RawValue::from_string(data) {
-                        publications.push((offset, Arc::<RawValue>::from(raw)));
-                    }
-                }
-            }
+            let publications = streams::entries(entries);
             let contiguous = publications
                 .iter()
                 .enumerate()

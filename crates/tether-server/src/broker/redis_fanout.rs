@@ -22,10 +22,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::value::RawValue;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tether_core::protocol::StreamPosition;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Publications waiting for the fan-out, at most...
 pub const MAX_QUEUED: usize = 65_536;
@@ -35,6 +37,9 @@ pub const MAX_QUEUED_BYTES: usize = 64 << 20;
 const MAX_MARKED: usize = 10_000;
 /// History reads one repair keeps in flight.
 const REPAIR_READS: usize = 16;
+/// A channel paused this long without its repair being asked for (its subscription could not
+/// be made again, or nobody wants it now) is repaired anyway, which releases it.
+const PAUSE_LIMIT: Duration = Duration::from_secs(5);
 
 /// A publication as it came over the link.
 pub struct Incoming {
@@ -80,6 +85,48 @@ struct Waiting {
     /// From a link's loss until its repair is asked for: publications queued from here on
     /// (the new link's) wait, so that none overtakes the replay of what came before it.
     held_from: Option<u64>,
+    /// Channels whose subscription the cluster took away (their slot moved), since when: their
+    /// publications wait aside until the channel's repair has run, so that none from the
+    /// subscription made again overtakes the replay of what was missed in between. Other
+    /// channels go on.
+    paused: HashMap<Arc<str>, Instant>,
+    aside: VecDeque<Incoming>,
+}
+
+impl Waiting {
+    fn len(&self) -> usize {
+        self.items.len() + self.aside.len()
+    }
+
+    /// Paused channels given up on (see [`PAUSE_LIMIT`]) are marked for repair.
+    fn overdue(&mut self, now: Instant) {
+        let overdue: Vec<Arc<str>> = self
+            .paused
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= PAUSE_LIMIT)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in overdue {
+            self.mark(Some(&channel));
+            // Released by that repair; not marked again meanwhile.
+            self.paused.insert(channel, now + PAUSE_LIMIT * 1000);
+        }
+    }
+
+    /// The paused channels `repair` covers, and what waits aside for them (in order).
+    fn release(&mut self, repair: &Repair) -> Vec<Incoming> {
+        let covered = |c: &Arc<str>| match repair {
+            Repair::Nothing => false,
+            Repair::Channels(set) => set.contains(c),
+            Repair::Every => true,
+        };
+        self.paused.retain(|c, _| !covered(c));
+        let (released, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.aside)
+            .into_iter()
+            .partition(|p| !self.paused.contains_key(&p.channel));
+        self.aside = kept;
+        released.into()
+    }
 }
 
 impl Waiting {
@@ -152,14 +199,18 @@ impl Fanout {
         let size = incoming.data.get().len();
         self.received.inc();
         let mut w = crate::sync::lock(&self.waiting);
-        if w.items.len() >= MAX_QUEUED || w.bytes + size > MAX_QUEUED_BYTES {
+        if w.len() >= MAX_QUEUED || w.bytes + size > MAX_QUEUED_BYTES {
             w.mark(Some(&incoming.channel));
             self.dropped.inc();
         } else {
             w.bytes += size;
-            w.pushed += 1;
-            w.items.push_back(incoming);
-            self.queued.set(w.items.len() as i64);
+            if w.paused.contains_key(&incoming.channel) {
+                w.aside.push_back(incoming);
+            } else {
+                w.pushed += 1;
+                w.items.push_back(incoming);
+            }
+            self.queued.set(w.len() as i64);
         }
         drop(w);
         self.more.notify_one();
@@ -187,6 +238,13 @@ impl Fanout {
         }
     }
 
+    /// The cluster took `channel`'s subscription away (its slot moved): what comes for it
+    /// from now on waits until [`Fanout::resubscribed`]'s repair has run.
+    pub fn pause(&self, channel: &Arc<str>) {
+        let mut w = crate::sync::lock(&self.waiting);
+        w.paused.entry(channel.clone()).or_insert_with(Instant::now);
+    }
+
     /// `channel`'s feed was interrupted (its subscription in Redis was made again): repair it
     /// once what is queued has been delivered.
     pub fn resubscribed(&self, channel: &Arc<str>) {
@@ -203,13 +261,21 @@ impl Fanout {
                 return job;
             }
             // `notify_one` keeps a permit when nobody waits: a push between the look and
-            // here is not missed.
-            self.more.notified().await;
+            // here is not missed. A paused channel is looked at again now and then (it may be
+            // overdue).
+            let paused = !crate::sync::lock(&self.waiting).paused.is_empty();
+            match paused {
+                true => drop(tokio::time::timeout(PAUSE_LIMIT / 5, self.more.notified()).await),
+                false => self.more.notified().await,
+            }
         }
     }
 
     fn try_next(&self) -> Option<Job> {
         let mut w = crate::sync::lock(&self.waiting);
+        if !w.paused.is_empty() {
+            w.overdue(Instant::now());
+        }
         if !matches!(w.repair, Repair::Nothing) && w.taken >= w.repair_after {
             return Some(Job::Repair(std::mem::take(&mut w.repair)));
         }
@@ -219,7 +285,7 @@ impl Fanout {
         let item = w.items.pop_front()?;
         w.taken += 1;
         w.bytes -= item.data.get().len();
-        self.queued.set(w.items.len() as i64);
+        self.queued.set(w.len() as i64);
         Some(Job::Deliver(item))
     }
 
@@ -244,7 +310,36 @@ impl Fanout {
             Job::Deliver(p) => {
                 hub.deliver(&p.channel, &p.epoch, p.offset, &p.data);
             }
-            Job::Repair(repair) => self.repair(repair, broker, hub).await,
+            Job::Repair(repair) => {
+                let released = match crate::sync::lock(&self.waiting).paused.is_empty() {
+                    true => None,
+                    false => Some(Self::covers(&repair)),
+                };
+                self.repair(repair, broker, hub).await;
+                // What waited aside for the repaired channels follows their replay (passed
+                // by where the replay covered it), before anything queued after.
+                if let Some(covered) = released {
+                    let released = {
+                        let mut w = crate::sync::lock(&self.waiting);
+                        let released = w.release(&covered);
+                        w.bytes -= released.iter().map(|p| p.data.get().len()).sum::<usize>();
+                        self.queued.set(w.len() as i64);
+                        released
+                    };
+                    for p in released {
+                        hub.deliver(&p.channel, &p.epoch, p.offset, &p.data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A copy of what `repair` covers.
+    fn covers(repair: &Repair) -> Repair {
+        match repair {
+            Repair::Nothing => Repair::Nothing,
+            Repair::Channels(set) => Repair::Channels(set.clone()),
+            Repair::Every => Repair::Every,
         }
     }
 
@@ -327,157 +422,4 @@ async fn catch_up(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::broker::MemoryBroker;
-    use crate::config::HistoryRule;
-    use crate::hub::{Hub, Mode, Outbound, OutboundQueue, Subscriber};
-    use crate::mailbox::Admission;
-    use crate::metrics::Metrics;
-    use std::time::Duration;
-    use tether_core::channel::ChannelPattern;
-
-    fn raw(s: &str) -> Box<RawValue> {
-        RawValue::from_string(s.to_owned()).unwrap()
-    }
-
-    struct Setup {
-        hub: Arc<Hub>,
-        broker: MemoryBroker,
-        fanout: Arc<Fanout>,
-    }
-
-    /// A hub, the broker as another node sees it (history on `h`; its own deliveries go
-    /// elsewhere), and a fan-out queue between them.
-    fn setup() -> Setup {
-        let metrics = Arc::new(Metrics::new());
-        let history = HistoryRule {
-            pattern: ChannelPattern::new("h"),
-            size: 100,
-            ttl: Duration::from_secs(60),
-        };
-        let elsewhere = Arc::new(Hub::new(Arc::default()));
-        let broker = MemoryBroker::new(elsewhere, vec![history.into()], 10);
-        Setup { hub: Arc::new(Hub::new(metrics.clone())), broker, fanout: Fanout::new(&metrics) }
-    }
-
-    /// A subscriber of `channel` on `hub`, subscribed before the channel's first publication.
-    fn subscriber(hub: &Hub, conn: u64, channel: &str) -> Arc<OutboundQueue> {
-        let queue = Arc::new(OutboundQueue::new(1024, 1 << 20));
-        queue.with_subscriptions(|s| s.insert(Arc::from(channel)));
-        queue.with_subscriptions(|s| s.get_mut(channel).unwrap().epoch = Some(Arc::from("")));
-        hub.subscribe(channel, conn, Subscriber::new(queue.clone(), Mode::Json)).unwrap();
-        queue
-    }
-
-    /// What the subscriber's connection would send: offsets, then `Err` at a gap.
-    fn sent(queue: &OutboundQueue) -> Result<Vec<u64>, Vec<u64>> {
-        let mut offsets = Vec::new();
-        while let Some(item) = queue.pop() {
-            let Outbound::Publication(p) = item else { continue };
-            match queue.admit(&p) {
-                Admission::Send => offsets.push(p.offset),
-                Admission::Skip => {}
-                Admission::Gap => return Err(offsets),
-            }
-        }
-        Ok(offsets)
-    }
-
-    #[tokio::test]
-    async fn what_a_full_queue_drops_is_replayed_from_history_in_order_or_told() {
-        let Setup { hub, broker, fanout } = setup();
-        let (h, n) = (subscriber(&hub, 1, "h"), subscriber(&hub, 2, "n"));
-        let mut epochs = Vec::new();
-        for channel in ["h", "h", "h", "n", "n"] {
-            epochs.push(broker.publish(channel, &raw("1"), None).await.unwrap());
-        }
-        let incoming = |channel: &str, i: usize| Incoming {
-            channel: Arc::from(channel),
-            epoch: epochs[i].epoch.clone(),
-            offset: epochs[i].offset,
-            data: raw("1"),
-        };
-        // h:1 and n:1 are queued; the queue fills; h:2, h:3 and n:2 are dropped.
-        fanout.push(incoming("h", 0));
-        fanout.push(incoming("n", 3));
-        for _ in 2..MAX_QUEUED {
-            fanout.push(Incoming { channel: Arc::from("elsewhere"), ..incoming("h", 0) });
-        }
-        for (channel, i) in [("h", 1), ("h", 2), ("n", 4)] {
-            fanout.push(incoming(channel, i));
-        }
-        assert_eq!(fanout.dropped.get(), 3);
-        while let Some(job) = fanout.try_next() {
-            fanout.handle(job, &broker, &*hub).await;
-        }
-        // h: h:1 from the queue, then h:2 and h:3 replayed from history.
-        assert_eq!(sent(&h), Ok(vec![1, 2, 3]));
-        // n has no history: its subscriber gets what was queued, then is told of n:2.
-        assert_eq!(sent(&n), Err(vec![1]));
-        let repairs = |outcome| fanout.repairs.get_or_create(&OutcomeLabels { outcome }).get();
-        assert_eq!((repairs("replayed"), repairs("told")), (1, 1));
-    }
-
-    /// A later drop (of another channel) must not move the repair past a marked channel's
-    /// newer publications: h:3, queued after h:2 was dropped, would meet h's subscriber before
-    /// h:2's replay — a gap.
-    #[tokio::test]
-    async fn a_later_drop_does_not_let_a_marked_channels_publications_overtake_its_repair() {
-        let Setup { hub, broker, fanout } = setup();
-        let h = subscriber(&hub, 1, "h");
-        let mut receipts = Vec::new();
-        for _ in 0..3 {
-            receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
-        }
-        let incoming = |channel: &str, i: usize| Incoming {
-            channel: Arc::from(channel),
-            epoch: receipts[i].epoch.clone(),
-            offset: receipts[i].offset,
-            data: raw("1"),
-        };
-        fanout.push(incoming("h", 0));
-        for _ in 1..MAX_QUEUED {
-            fanout.push(Incoming { channel: Arc::from("elsewhere"), ..incoming("h", 0) });
-        }
-        fanout.push(incoming("h", 1)); // dropped: h marked
-        let first = fanout.try_next().unwrap(); // h:1 delivered; a slot frees
-        fanout.handle(first, &broker, &*hub).await;
-        fanout.push(incoming("h", 2)); // queued behind the mark
-        fanout.push(Incoming { channel: Arc::from("x"), ..incoming("h", 0) }); // dropped
-        while let Some(job) = fanout.try_next() {
-            fanout.handle(job, &broker, &*hub).await;
-        }
-        assert_eq!(sent(&h), Ok(vec![1, 2, 3]));
-    }
-
-    /// After a lost link, the new link's publications arrive while the node is still
-    /// subscribing everything again: they wait for the repair instead of overtaking the replay
-    /// of what was missed meanwhile (h:3 before h:2 would be a gap).
-    #[tokio::test]
-    async fn a_new_links_publications_wait_for_the_repair_of_what_the_old_one_missed() {
-        let Setup { hub, broker, fanout } = setup();
-        let h = subscriber(&hub, 1, "h");
-        let mut receipts = Vec::new();
-        for _ in 0..3 {
-            receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
-        }
-        let incoming = |i: usize| Incoming {
-            channel: Arc::from("h"),
-            epoch: receipts[i].epoch.clone(),
-            offset: receipts[i].offset,
-            data: raw("1"),
-        };
-        fanout.push(incoming(0));
-        fanout.hold(); // the link is lost; h:2 is never received
-        fanout.push(incoming(2)); // the new link's first publication
-        while let Some(job) = fanout.try_next() {
-            fanout.handle(job, &broker, &*hub).await;
-        }
-        fanout.relinked(); // everything subscribed again
-        while let Some(job) = fanout.try_next() {
-            fanout.handle(job, &broker, &*hub).await;
-        }
-        assert_eq!(sent(&h), Ok(vec![1, 2, 3]));
-    }
-}
+mod tests;

@@ -68,6 +68,8 @@ impl RedisBroker {
                 let name = String::from_utf8_lossy(name);
                 if let Some(channel) = channel_of(&name, true) {
                     if self.interest.taken_away(channel) {
+                        // What the subscription made again brings waits for the repair.
+                        self.fanout.pause(&Arc::from(channel));
                         tracing::info!(channel, "the cluster moved a subscribed channel's slot; subscribing again where it is now");
                     }
                 }
