@@ -3,7 +3,8 @@
 //! cleanly takes its entries with it at once; keeping presence alive costs Redis a few
 //! commands per node, not a write per client, before and after a restart; and joins and
 //! leaves (with each user's first and last) reach subscribers on every node, a killed node's
-//! leaves included.
+//! leaves included. The same on a Redis Cluster (three masters with a replica each), where
+//! liveness is kept per channel.
 
 mod common;
 use common::json_ws::*;
@@ -31,13 +32,12 @@ impl Nodes {
         Nodes { file: file.to_str().unwrap().to_owned(), dir }
     }
 
-    fn start(&self, redis: &Redis, ttl: &str) -> Server {
-        let url = redis.url();
+    fn start(&self, broker: &str, ttl: &str) -> Server {
         Server::start(&[
             "--config",
             &self.file,
             "--broker",
-            &url,
+            broker,
             "--presence-ttl",
             ttl,
             "--api-key",
@@ -78,8 +78,20 @@ fn sorted(ids: &[&String]) -> Vec<String> {
 #[test]
 fn every_node_sees_every_nodes_entries_and_a_killed_node_vanishes_within_presence_ttl() {
     let Some(redis) = Redis::start() else { return };
-    let nodes = Nodes::new("kill");
-    let (a, mut b) = (nodes.start(&redis, "1s"), nodes.start(&redis, "1s"));
+    entries_across_nodes(&redis.url(), "kill");
+}
+
+/// The same on a Redis Cluster, where a node's liveness is kept per channel (one script call
+/// per channel; see `redis_presence`).
+#[test]
+fn on_a_cluster_every_node_sees_every_nodes_entries_and_a_killed_node_vanishes() {
+    let Some(cluster) = common::cluster::Cluster::start() else { return };
+    entries_across_nodes(&cluster.url(), "cluster-kill");
+}
+
+fn entries_across_nodes(broker: &str, name: &str) {
+    let nodes = Nodes::new(name);
+    let (a, mut b) = (nodes.start(broker, "1s"), nodes.start(broker, "1s"));
     let (_a1, a1) = member(&a);
     let (a2_ws, a2) = member(&a);
     let (_b1, b1) = member(&b);
@@ -111,9 +123,19 @@ fn every_node_sees_every_nodes_entries_and_a_killed_node_vanishes_within_presenc
 #[test]
 fn a_clean_shutdown_takes_its_entries_with_it_long_before_presence_ttl() {
     let Some(redis) = Redis::start() else { return };
-    let nodes = Nodes::new("clean");
+    clean_shutdown(&redis.url(), "clean");
+}
+
+#[test]
+fn on_a_cluster_a_clean_shutdown_takes_its_entries_with_it() {
+    let Some(cluster) = common::cluster::Cluster::start() else { return };
+    clean_shutdown(&cluster.url(), "cluster-clean");
+}
+
+fn clean_shutdown(broker: &str, name: &str) {
+    let nodes = Nodes::new(name);
     // A long ttl: what disappears within seconds below was removed, not expired.
-    let (a, mut b) = (nodes.start(&redis, "30s"), nodes.start(&redis, "30s"));
+    let (a, mut b) = (nodes.start(broker, "30s"), nodes.start(broker, "30s"));
     let (_a1, a1) = member(&a);
     const N: usize = 200;
     let held: Vec<JsonWs> = (0..N).map(|_| member(&b).0).collect();
@@ -132,7 +154,7 @@ fn a_clean_shutdown_takes_its_entries_with_it_long_before_presence_ttl() {
 fn presence_costs_redis_per_node_not_per_client_and_a_restart_brings_no_resync_burst() {
     let Some(redis) = Redis::start() else { return };
     let nodes = Nodes::new("restart");
-    let mut a = nodes.start(&redis, "900ms");
+    let mut a = nodes.start(&redis.url(), "900ms");
     const N: usize = 200;
     let clients: Vec<(JsonWs, String)> = (0..N).map(|_| member(&a)).collect();
     assert!(wait_until(T, || present(&a).len() == N), "{}", present(&a).len());
@@ -171,8 +193,19 @@ fn heard(ws: &mut JsonWs, kind: &str, client: &str) -> Instant {
 #[test]
 fn joins_and_leaves_cross_nodes_and_a_killed_nodes_members_leave_within_presence_ttl() {
     let Some(redis) = Redis::start() else { return };
-    let nodes = Nodes::new("join-leave");
-    let (a, mut b) = (nodes.start(&redis, "1s"), nodes.start(&redis, "1s"));
+    joins_and_leaves_across_nodes(&redis.url(), "join-leave");
+}
+
+/// The same on a Redis Cluster: changes go out with `SPUBLISH` in the channel's slot.
+#[test]
+fn on_a_cluster_joins_and_leaves_cross_nodes_and_a_killed_nodes_members_leave() {
+    let Some(cluster) = common::cluster::Cluster::start() else { return };
+    joins_and_leaves_across_nodes(&cluster.url(), "cluster-join-leave");
+}
+
+fn joins_and_leaves_across_nodes(broker: &str, name: &str) {
+    let nodes = Nodes::new(name);
+    let (a, mut b) = (nodes.start(broker, "1s"), nodes.start(broker, "1s"));
     let mut observer = json_client(&a, "");
     subscribe_reply(&mut observer, "talk:1");
     // A member on node B: the observer on node A hears it join.

@@ -127,19 +127,12 @@ impl RedisBroker {
             ))
         };
         let endpoint = Endpoint::parse(url)?;
+        let sharded = endpoint.sharded();
         // A cluster's pushes (publications, confirmations) reach the broker once it exists.
         let pushed: Arc<std::sync::OnceLock<std::sync::Weak<RedisBroker>>> = Arc::default();
         let mut on_push_for_rebuilds = None;
         let (client, commands) = match &endpoint {
             Endpoint::Cluster(nodes) => {
-                if let Some(rule) =
-                    rules.iter().find(|r| r.presence == Some(true) || r.join_leave == Some(true))
-                {
-                    return Err(BrokerError::Unavailable(format!(
-                        "presence and join_leave (channel block `{}`) are not available on Redis Cluster yet; use redis:// or redis-sentinel://, or turn them off",
-                        rule.pattern.as_str()
-                    )));
-                }
                 let to = pushed.clone();
                 let on_push: super::redis_endpoint::OnPush = Arc::new(move |push| {
                     if let Some(broker) = to.get().and_then(std::sync::Weak::upgrade) {
@@ -211,6 +204,7 @@ impl RedisBroker {
                 presence.node,
                 presence.ttl,
                 rules,
+                sharded,
             )),
         });
         // The scripts read Redis's run id with INFO: a user that may not is refused now, not
@@ -266,7 +260,7 @@ impl RedisBroker {
 
     /// A message on pub/sub channel `name`: a publication, a join/leave change, or control.
     fn on_message(&self, name: &str, payload: &[u8]) {
-        if let Some(channel) = name.strip_prefix(super::redis_presence::EVENTS_PREFIX) {
+        if let Some(channel) = super::redis_presence::events_of(name, self.endpoint.sharded()) {
             return self.announce(channel, payload);
         }
         if self.control.on_message(name, payload, &self.hub, &self.commands.get()) {

@@ -15,6 +15,7 @@
 
 use super::redis_endpoint::{publications_channel, RESPONSE_TIMEOUT};
 use super::redis_fanout::Fanout;
+use super::redis_presence::events_channel;
 use super::{BrokerError, LocalSubscribers};
 use crate::config::ChannelRule;
 use futures_util::StreamExt;
@@ -39,11 +40,6 @@ const RETRY: Duration = Duration::from_millis(500);
 const GIVE_UP_WAITING: Duration = Duration::from_secs(5);
 /// Channels per `SUBSCRIBE` or `UNSUBSCRIBE`.
 const BATCH: usize = 1_000;
-
-/// The pub/sub channel a channel's join/leave changes go out on.
-fn events_channel(channel: &str) -> String {
-    format!("{}{channel}", super::redis_presence::EVENTS_PREFIX)
-}
 
 /// What subscriptions are made on: a pub/sub link, or a cluster connection (`SSUBSCRIBE`, one
 /// channel per command: channels of different slots may not share one).
@@ -381,7 +377,7 @@ impl Interest {
         for channel in batch {
             names.push(publications_channel(channel, false));
             if crate::config::join_leave_on(&self.rules, channel) {
-                names.push(events_channel(channel));
+                names.push(events_channel(channel, false));
             }
         }
         let mut sink = sink.clone();
@@ -413,12 +409,19 @@ impl Interest {
                 .map(|channel: Arc<str>| {
                     let mut conn = conn.clone();
                     counter.inc();
+                    // A channel that announces joins and leaves has their channel too, in the
+                    // same slot (its confirmations and moves go by the publications').
+                    let events = crate::config::join_leave_on(&self.rules, &channel)
+                        .then(|| events_channel(&channel, true));
                     async move {
                         let name = publications_channel(&channel, true);
-                        match subscribe {
-                            true => conn.ssubscribe(&name).await,
-                            false => conn.sunsubscribe(&name).await,
+                        for name in std::iter::once(name).chain(events) {
+                            match subscribe {
+                                true => conn.ssubscribe(&name).await?,
+                                false => conn.sunsubscribe(&name).await?,
+                            }
                         }
+                        Ok(())
                     }
                 })
                 .buffer_unordered(CLUSTER_IN_FLIGHT)

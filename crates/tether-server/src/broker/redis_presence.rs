@@ -20,8 +20,14 @@
 //! A node whose liveness key had vanished when it sets it again (Redis restarted without its
 //! data, or the node could not reach Redis for `presence_ttl`, so readers deleted its entries)
 //! writes all its entries again. A clean shutdown deletes the node's entries and key at once.
-//! (The read script touches keys it is not given, as a standalone Redis allows; Redis Cluster
-//! needs another layout.)
+//!
+//! **On a Redis Cluster** a script may only touch keys of one slot, so a node's liveness is kept
+//! per channel instead, beside the channel's entries: `tether:pn:{CH}`, a hash of node id →
+//! the time (Redis's, in ms) until which the node is alive. A join sets its node's time, the
+//! refresh sets it in each of the node's channels (one script call per channel, which is what
+//! a cluster costs: the keys of different channels live on different shards), and a reader
+//! keeps the entries of nodes whose time has not passed. Writes go one call per channel, and
+//! changes are announced with `SPUBLISH` on `tether:e:{CH}`, in the channel's slot.
 
 use super::redis_endpoint::Conn as ConnectionManager;
 use crate::config::ChannelRule;
@@ -43,101 +49,38 @@ fn users_key(channel: &str) -> String {
     format!("tether:pu:{{{channel}}}")
 }
 
+/// Cluster: per channel, each node's liveness (see the module docs).
+fn nodes_key(channel: &str) -> String {
+    format!("tether:pn:{{{channel}}}")
+}
+
 const NODE_PREFIX: &str = "tether:node:";
 
+/// Presence calls a cluster node keeps in flight (one per channel).
+const CLUSTER_IN_FLIGHT: usize = 16;
+
 /// Where join/leave changes go out to every node: `tether:e:CH`, as `TYPE INFO-JSON`.
-pub(super) const EVENTS_PREFIX: &str = "tether:e:";
+const EVENTS_PREFIX: &str = "tether:e:";
 
-/// Lua: count a user's entries up or down; publish a change (and the user's edge) to every
-/// node when the channel announces them.
-const CHANGES: &str = r#"
-local function counted(u, user, by, ttl)
-  if user == '' then return false end
-  local n = redis.call('HINCRBY', u, user, by)
-  if n <= 0 then redis.call('HDEL', u, user) return by < 0 end
-  extend(u, ttl)
-  return by > 0 and n == 1
-end
-local function announce(chan, kind, user_kind, edge, json)
-  redis.call('PUBLISH', 'tether:e:' .. chan, kind .. ' ' .. json)
-  if edge then redis.call('PUBLISH', 'tether:e:' .. chan, user_kind .. ' ' .. json) end
-end
-"#;
+mod scripts;
+use scripts::{changes, EXTEND, READ, REFRESH, REFRESH_CHANNEL, WRITE};
 
-/// KEYS: the presence hash, the user counts. ARGV: the node-key prefix, the ttl in ms, the
-/// channel, whether it announces changes (1/0). Returns the live entries' JSON; deletes the
-/// entries of nodes whose key is gone (announcing their leaves).
-const READ: &str = r#"
-local all = redis.call('HGETALL', KEYS[1])
-local alive = {}
-local out = {}
-for i = 1, #all, 2 do
-  local client = all[i]
-  local node = string.match(client, '^([^-]+)-') or ''
-  local live = alive[node]
-  if live == nil then
-    live = node ~= '' and redis.call('EXISTS', ARGV[1] .. node) == 1
-    alive[node] = live
-  end
-  if live then
-    out[#out + 1] = all[i + 1]
-  else
-    redis.call('HDEL', KEYS[1], client)
-    local ok, entry = pcall(cjson.decode, all[i + 1])
-    local user = (ok and type(entry.user) == 'string') and entry.user or ''
-    local edge = counted(KEYS[2], user, -1, tonumber(ARGV[2]))
-    if ARGV[4] == '1' then announce(ARGV[3], 'leave', 'user_leave', edge, all[i + 1]) end
-  end
-end
-return out
-"#;
+/// The pub/sub channel a channel's join/leave changes go out on.
+pub(super) fn events_channel(channel: &str, sharded: bool) -> String {
+    match sharded {
+        false => format!("{EVENTS_PREFIX}{channel}"),
+        true => format!("{EVENTS_PREFIX}{{{channel}}}"),
+    }
+}
 
-/// Give a key at least `ttl` ms to live (never shorten it: nodes may differ in
-/// `presence_ttl`). PTTL is -1 for a key without expiry, -2 for none.
-const EXTEND: &str = r#"
-local function extend(k, ttl)
-  local t = redis.call('PTTL', k)
-  if t ~= -2 and t < ttl then redis.call('PEXPIRE', k, ttl) end
-end
-"#;
-
-/// KEYS: per change, its channel's presence hash and user counts. ARGV[1]: ttl ms, then per
-/// change: the index of its presence hash, the client, its JSON (empty: a leave), its user
-/// (empty: none), whether the channel announces changes (1/0), the channel.
-const WRITE: &str = r#"
-local ttl = tonumber(ARGV[1])
-for i = 2, #ARGV, 6 do
-  local k = KEYS[tonumber(ARGV[i])]
-  local u = KEYS[tonumber(ARGV[i]) + 1]
-  local client, json, user = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local tell, chan = ARGV[i + 4] == '1', ARGV[i + 5]
-  if json == '' then
-    local old = redis.call('HGET', k, client)
-    if old then
-      redis.call('HDEL', k, client)
-      local edge = counted(u, user, -1, ttl)
-      if tell then announce(chan, 'leave', 'user_leave', edge, old) end
-    end
-  else
-    local added = redis.call('HSET', k, client, json) == 1
-    extend(k, ttl)
-    if added then
-      local edge = counted(u, user, 1, ttl)
-      if tell then announce(chan, 'join', 'user_join', edge, json) end
-    end
-  end
-end
-"#;
-
-/// KEYS[1]: the node's liveness key, then its channels' presence hashes. ARGV[1]: ttl ms.
-/// Returns whether the liveness key still existed.
-const REFRESH: &str = r#"
-local ttl = tonumber(ARGV[1])
-local was = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], '1', 'PX', ttl)
-for i = 2, #KEYS do extend(KEYS[i], ttl) end
-return was
-"#;
+/// The channel a join/leave pub/sub channel is for (see [`events_channel`]).
+pub(super) fn events_of(name: &str, sharded: bool) -> Option<&str> {
+    let rest = name.strip_prefix(EVENTS_PREFIX)?;
+    match sharded {
+        false => Some(rest),
+        true => rest.strip_prefix('{')?.strip_suffix('}'),
+    }
+}
 
 /// Changes written per script call at most (each call holds Redis for its duration).
 const WRITE_BATCH: usize = 500;
@@ -151,6 +94,8 @@ struct Op {
 
 /// Pending writes by (channel, client).
 type Pending = HashMap<(Arc<str>, Arc<str>), Op>;
+/// A pending write taken out to be written.
+type Change = ((Arc<str>, Arc<str>), Op);
 
 /// Log the start and the end of an outage of one kind of write, not every failed retry.
 fn outage(failing: &mut bool, what: &str, error: Option<redis::RedisError>) {
@@ -175,6 +120,9 @@ pub(super) struct RedisPresence {
     read: redis::Script,
     write: redis::Script,
     refresh: redis::Script,
+    /// A cluster: liveness per channel, one call per channel (see the module docs).
+    sharded: bool,
+    refresh_channel: redis::Script,
 }
 
 #[derive(Deserialize)]
@@ -187,7 +135,8 @@ struct Stored {
 }
 
 impl RedisPresence {
-    pub(super) fn new(node: String, ttl: Duration, rules: Vec<ChannelRule>) -> Self {
+    pub(super) fn new(node: String, ttl: Duration, rules: Vec<ChannelRule>, sharded: bool) -> Self {
+        let changes = changes(sharded);
         RedisPresence {
             node,
             ttl,
@@ -195,9 +144,11 @@ impl RedisPresence {
             local: LocalPresence::default(),
             pending: Mutex::default(),
             wake: Notify::new(),
-            read: redis::Script::new(&format!("{EXTEND}{CHANGES}{READ}")),
-            write: redis::Script::new(&format!("{EXTEND}{CHANGES}{WRITE}")),
+            read: redis::Script::new(&format!("{EXTEND}{changes}{READ}")),
+            write: redis::Script::new(&format!("{EXTEND}{changes}{WRITE}")),
             refresh: redis::Script::new(&format!("{EXTEND}{REFRESH}")),
+            sharded,
+            refresh_channel: redis::Script::new(&format!("{EXTEND}{REFRESH_CHANNEL}")),
         }
     }
 
@@ -235,10 +186,12 @@ impl RedisPresence {
         commands: &mut ConnectionManager,
         channel: &str,
     ) -> redis::RedisResult<Vec<Arc<Member>>> {
-        let stored: Vec<String> = self
-            .read
-            .key(presence_key(channel))
-            .key(users_key(channel))
+        let mut call = self.read.key(presence_key(channel));
+        call.key(users_key(channel));
+        if self.sharded {
+            call.key(nodes_key(channel));
+        }
+        let stored: Vec<String> = call
             .arg(NODE_PREFIX)
             .arg(self.ttl.as_millis() as u64)
             .arg(channel)
@@ -291,38 +244,82 @@ impl RedisPresence {
         }
     }
 
-    /// Write what is pending, a script call per [`WRITE_BATCH`]. What fails stays pending
-    /// (unless a newer change to the same entry came meanwhile).
+    /// Write what is pending, a script call per [`WRITE_BATCH`] (on a cluster, per channel
+    /// as well). What fails stays pending (unless a newer change to the same entry came
+    /// meanwhile).
     async fn flush(&self, commands: &mut ConnectionManager) -> redis::RedisResult<()> {
+        use futures_util::StreamExt;
         let batch = std::mem::take(&mut *crate::sync::lock(&self.pending));
-        let ttl_ms = self.ttl.as_millis() as u64;
         let mut batch: Vec<_> = batch.into_iter().collect();
-        while !batch.is_empty() {
-            let chunk: Vec<_> = batch.drain(..batch.len().min(WRITE_BATCH)).collect();
-            let mut call = self.write.prepare_invoke();
-            call.arg(ttl_ms);
-            for (i, ((channel, client), op)) in chunk.iter().enumerate() {
-                call.key(presence_key(channel)).key(users_key(channel));
-                call.arg(2 * i + 1).arg(&**client).arg(op.json.as_deref().unwrap_or(""));
-                call.arg(op.user.as_deref().unwrap_or(""))
-                    .arg(self.announces(channel))
-                    .arg(&**channel);
-            }
-            if let Err(e) = call.invoke_async::<()>(commands).await {
-                let mut pending = crate::sync::lock(&self.pending);
-                for (key, op) in chunk.into_iter().chain(batch) {
-                    pending.entry(key).or_insert(op);
+        if self.sharded {
+            batch.sort_by(|a, b| a.0 .0.cmp(&b.0 .0));
+        }
+        let mut chunks: Vec<Vec<Change>> = Vec::new();
+        for item in batch {
+            match chunks.last_mut() {
+                Some(last)
+                    if last.len() < WRITE_BATCH && (!self.sharded || last[0].0 .0 == item.0 .0) =>
+                {
+                    last.push(item)
                 }
-                return Err(e);
+                _ => chunks.push(vec![item]),
             }
         }
-        Ok(())
+        let in_flight = if self.sharded { CLUSTER_IN_FLIGHT } else { 1 };
+        // Futures made in a loop, not a closure: a closure's borrow here would make the
+        // presence task's future not `Send` (a known limit of the compiler's inference).
+        let mut calls = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let mut conn = commands.clone();
+            calls.push(async move {
+                let result = self.write_chunk(&chunk, &mut conn).await;
+                (chunk, result)
+            });
+        }
+        let written: Vec<_> =
+            futures_util::stream::iter(calls).buffer_unordered(in_flight).collect().await;
+        let mut failed = Ok(());
+        for (chunk, result) in written {
+            if let Err(e) = result {
+                let mut pending = crate::sync::lock(&self.pending);
+                for (key, op) in chunk {
+                    pending.entry(key).or_insert(op);
+                }
+                failed = Err(e);
+            }
+        }
+        failed
+    }
+
+    /// One script call for `chunk` (on a cluster, all of one channel).
+    async fn write_chunk(
+        &self,
+        chunk: &[Change],
+        commands: &mut ConnectionManager,
+    ) -> redis::RedisResult<()> {
+        let mut call = self.write.prepare_invoke();
+        call.arg(self.ttl.as_millis() as u64);
+        call.arg(if self.sharded { self.node.as_str() } else { "" });
+        let stride = if self.sharded { 3 } else { 2 };
+        for (i, ((channel, client), op)) in chunk.iter().enumerate() {
+            call.key(presence_key(channel)).key(users_key(channel));
+            if self.sharded {
+                call.key(nodes_key(channel));
+            }
+            call.arg(stride * i + 1).arg(&**client).arg(op.json.as_deref().unwrap_or(""));
+            call.arg(op.user.as_deref().unwrap_or("")).arg(self.announces(channel)).arg(&**channel);
+        }
+        call.invoke_async::<()>(commands).await
     }
 
     /// Set this node's liveness key again and extend its channels' hashes; if the key had
     /// vanished, write every entry again (see the module docs).
     async fn refresh(&self, commands: &mut ConnectionManager) -> redis::RedisResult<()> {
         let channels = self.local.channels();
+        if self.sharded {
+            self.refresh_channels(commands, &channels).await?;
+            return self.read_announcing(commands, &channels).await;
+        }
         let mut call = self.refresh.prepare_invoke();
         call.key(format!("{NODE_PREFIX}{}", self.node)).arg(self.ttl.as_millis() as u64);
         for channel in &channels {
@@ -340,17 +337,78 @@ impl RedisPresence {
                 }
             }
         }
-        // A dead node says no goodbye: in channels that announce leaves, reading clears its
-        // entries and announces them, within `presence_ttl` plus this period.
+        self.read_announcing(commands, &channels).await
+    }
+
+    /// A dead node says no goodbye: in channels that announce leaves, reading clears its
+    /// entries and announces them, within `presence_ttl` plus the refresh period.
+    async fn read_announcing(
+        &self,
+        commands: &mut ConnectionManager,
+        channels: &[String],
+    ) -> redis::RedisResult<()> {
         for channel in channels.iter().filter(|c| self.announces(c) == "1") {
             self.members(commands, channel).await?;
         }
         Ok(())
     }
 
+    /// Cluster: set this node alive in each of its channels; a channel where it no longer
+    /// was (readers deleted its entries) gets its entries written again.
+    async fn refresh_channels(
+        &self,
+        commands: &mut ConnectionManager,
+        channels: &[String],
+    ) -> redis::RedisResult<()> {
+        use futures_util::StreamExt;
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let mut calls = Vec::with_capacity(channels.len());
+        for channel in channels {
+            let mut conn = commands.clone();
+            let mut call = self.refresh_channel.key(presence_key(channel));
+            call.key(users_key(channel)).key(nodes_key(channel));
+            call.arg(ttl_ms).arg(&self.node);
+            calls.push(async move {
+                let was: redis::RedisResult<bool> = call.invoke_async(&mut conn).await;
+                (channel, was)
+            });
+        }
+        let refreshed: Vec<_> =
+            futures_util::stream::iter(calls).buffer_unordered(CLUSTER_IN_FLIGHT).collect().await;
+        let mut result = Ok(());
+        let mut pending = crate::sync::lock(&self.pending);
+        for (channel, was) in refreshed {
+            match was {
+                Ok(true) => {}
+                Ok(false) => {
+                    for m in self.local.members(channel) {
+                        let key = (Arc::from(channel.as_str()), m.client.clone());
+                        let op = || Op { json: Some(m.to_json()), user: m.user.clone() };
+                        pending.entry(key).or_insert_with(op);
+                    }
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        drop(pending);
+        self.wake.notify_one();
+        result
+    }
+
     /// A clean shutdown: this node's entries and liveness key go now, not at `presence_ttl`.
     pub(super) async fn close(&self, commands: &mut ConnectionManager) -> redis::RedisResult<()> {
         let _ = self.flush(commands).await;
+        if self.sharded {
+            // A pipeline may not span slots: one per channel.
+            for (channel, members) in self.local.all() {
+                let clients: Vec<&str> = members.iter().map(|m| &*m.client).collect();
+                let mut pipe = redis::pipe();
+                pipe.hdel(presence_key(&channel), clients).ignore();
+                pipe.hdel(nodes_key(&channel), &self.node).ignore();
+                pipe.query_async::<()>(commands).await?;
+            }
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         for (channel, members) in self.local.all() {
             let clients: Vec<&str> = members.iter().map(|m| &*m.client).collect();
