@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// With the Redis broker: how long a dead node's presence entries linger before every node stops showing them [default: 15s]
     #[arg(long, env = "TETHER_PRESENCE_TTL", value_parser = units::duration)]
     presence_ttl: Option<Duration>,
+    /// With the Redis broker: how long a channel's epoch and offset outlive its last publication; a channel quiet for longer starts a new epoch and its subscribers are told [default: 7d]
+    #[arg(long, env = "TETHER_STREAM_STATE_TTL", value_parser = units::duration)]
+    stream_state_ttl: Option<Duration>,
     /// Channels with more local subscribers than this get join/leave changes batched, one message per --join-leave-interval [default: 100]
     #[arg(long, env = "TETHER_JOIN_LEAVE_BATCH_ABOVE")]
     join_leave_batch_above: Option<usize>,
@@ -249,6 +252,7 @@ pub fn effective_config(args: &ServeArgs) -> Result<GatewayConfig> {
         storm_retry_hint,
         idempotency_window,
         presence_ttl,
+        stream_state_ttl,
         join_leave_batch_above,
         join_leave_interval,
         max_inbound_rate,

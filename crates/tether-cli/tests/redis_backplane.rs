@@ -177,3 +177,39 @@ async fn a_node_receives_from_redis_only_the_channels_it_has_subscribers_for() {
     on_a.close().await;
     on_b.close().await;
 }
+
+/// A stream whose state is gone from Redis (expired after `STATE_TTL` idle, or deleted) starts
+/// a new epoch at its next publication. A subscriber on the live feed at offset 2 of the old
+/// epoch cannot know whether it missed anything of it: it is told (1012, then
+/// `recovered: false`), never moved to the new epoch silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_subscriber_meeting_a_new_epoch_is_told_not_moved_on_silently() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (node(&redis), node(&redis));
+    let (client, mut events) = tether_client::connect(fast_client(a.ws_url("")));
+    client.subscribe("chat:quiet").await.unwrap();
+    next_event(&mut events, T, "subscribed", |e| matches!(e, Event::Subscribed { .. })).await;
+    let before = b.publish("chat:quiet", "1")["epoch"].as_str().unwrap().to_owned();
+    b.publish("chat:quiet", "2");
+    assert_eq!(publications(&mut events, 2).await.len(), 2);
+    let deleted = redis_command(redis.port, &["DEL", "tether:s:{chat:quiet}"]);
+    assert!(deleted.starts_with(":1"), "{deleted}");
+    let after = b.publish("chat:quiet", "3");
+    assert_ne!(after["epoch"].as_str(), Some(before.as_str()), "{after}");
+    assert_eq!(after["offset"], 1, "{after}");
+
+    let next = |e: &Event| matches!(e, Event::Publication { .. } | Event::Closed(_));
+    let got = next_event(&mut events, T, "told of the new epoch", next).await;
+    let Event::Closed(info) = &got else { panic!("moved on silently: {got:?}") };
+    assert_eq!(info.code, 1012, "{info:?}");
+    let back = next_event(&mut events, T, "resubscribed", |e| {
+        matches!(e, Event::Subscribed { resubscribe: true, .. })
+    })
+    .await;
+    assert!(matches!(back, Event::Subscribed { recovered: Some(false), .. }), "{back:?}");
+    // And on in the new epoch.
+    b.publish("chat:quiet", "4");
+    let got = next_event(&mut events, T, "the new epoch's next", next).await;
+    assert!(matches!(got, Event::Publication { offset: 2, .. }), "{got:?}");
+    client.close().await;
+}

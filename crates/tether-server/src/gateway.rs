@@ -1,7 +1,7 @@
 //! The gateway: owner of the hub, broker, metrics and shutdown signal, and the axum routes that
 //! expose them. Mount [`Gateway::router`] into any axum app, or run it alone with [`Gateway::serve`].
 
-use crate::broker::redis::PresenceNode;
+use crate::broker::redis::NodeOptions;
 use crate::broker::{Broker, BrokerError, MemoryBroker, PublishReceipt};
 use crate::config::{ConfigError, GatewayConfig};
 use crate::hub::Hub;
@@ -111,7 +111,11 @@ impl Gateway {
             hub.clone(),
             config.channel.clone(),
             &metrics,
-            PresenceNode { node: node.clone(), ttl: config.presence_ttl },
+            NodeOptions {
+                node: node.clone(),
+                presence_ttl: config.presence_ttl,
+                stream_state_ttl: config.stream_state_ttl,
+            },
             shutdown.clone(),
         )
         .await?;

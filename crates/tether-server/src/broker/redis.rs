@@ -48,9 +48,6 @@ use std::time::{Duration, Instant};
 use tether_core::protocol::StreamPosition;
 use tokio_util::sync::CancellationToken;
 
-/// How long a channel's offset state outlives its last use when it has no (longer) history.
-const STATE_TTL: Duration = Duration::from_secs(3600);
-
 fn state_key(channel: &str) -> String {
     format!("tether:s:{{{channel}}}")
 }
@@ -71,11 +68,13 @@ fn parse_message(payload: &str) -> Option<(u64, &str, &str)> {
     Some((offset.parse().ok()?, epoch, data))
 }
 
-/// This node as presence knows it: its id (the prefix of its client ids) and how long its
-/// entries outlive it if it dies (`presence_ttl`).
-pub struct PresenceNode {
+/// This node as the Redis broker knows it: its id (the prefix of its client ids), how long its
+/// presence entries outlive it if it dies (`presence_ttl`), and how long a channel's stream
+/// state outlives its last publication (`stream_state_ttl`).
+pub struct NodeOptions {
     pub node: String,
-    pub ttl: Duration,
+    pub presence_ttl: Duration,
+    pub stream_state_ttl: Duration,
 }
 
 struct BrokerMetrics {
@@ -108,6 +107,9 @@ pub struct RedisBroker {
     interest: Arc<Interest>,
     /// Cluster: where the cluster connection's pushes go (kept for a connection made afresh).
     on_push: Option<super::redis_endpoint::OnPush>,
+    /// How long a channel's stream state (epoch, offset) outlives its last publication when
+    /// its history does not last longer (`stream_state_ttl`).
+    state_ttl: Duration,
 }
 
 impl RedisBroker {
@@ -118,7 +120,7 @@ impl RedisBroker {
         hub: Arc<dyn LocalSubscribers>,
         rules: Vec<ChannelRule>,
         metrics: &Metrics,
-        presence: PresenceNode,
+        presence: NodeOptions,
         stop: CancellationToken,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
         let unreachable = |e: redis::RedisError| {
@@ -198,11 +200,12 @@ impl RedisBroker {
             metrics: broker_metrics,
             control,
             on_push: on_push_for_rebuilds,
+            state_ttl: presence.stream_state_ttl,
             fanout: Fanout::new(metrics),
             interest: Interest::new(rules.clone(), metrics),
             presence: Arc::new(super::redis_presence::RedisPresence::new(
                 presence.node,
-                presence.ttl,
+                presence.presence_ttl,
                 rules,
                 sharded,
             )),

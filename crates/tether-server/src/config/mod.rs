@@ -256,6 +256,12 @@ pub struct GatewayConfig {
     /// without a clean shutdown (its liveness key is set again every third of this).
     #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
+    /// With the Redis broker: how long a channel's stream state (epoch and offset) outlives its
+    /// last publication (or its history, if that lasts longer). A channel quiet for longer
+    /// starts a new epoch at its next publication, and its subscribers are told (1012, then
+    /// `recovered: false`).
+    #[serde(with = "humantime_serde")]
+    pub stream_state_ttl: Duration,
     /// Channels with more local subscribers than this get join/leave changes in batches, one
     /// per `join_leave_interval`, rather than a message per change.
     pub join_leave_batch_above: usize,
@@ -327,6 +333,7 @@ impl Default for GatewayConfig {
             drain_timeout: d::DRAIN_TIMEOUT,
             close_timeout: d::CLOSE_TIMEOUT,
             presence_ttl: Duration::from_secs(15),
+            stream_state_ttl: Duration::from_secs(7 * 24 * 3600),
             join_leave_batch_above: 100,
             join_leave_interval: Duration::from_secs(1),
             channel: Vec::new(),
@@ -507,6 +514,11 @@ impl GatewayConfig {
         }
         if self.presence_ttl < ms(300) || self.presence_ttl > Duration::from_secs(3600) {
             return err("presence_ttl", "must be between 300ms and 1h");
+        }
+        if self.stream_state_ttl < Duration::from_secs(1)
+            || self.stream_state_ttl > Duration::from_secs(365 * 24 * 3600)
+        {
+            return err("stream_state_ttl", "must be between 1s and 365d");
         }
         if self.join_leave_interval < ms(10) || self.join_leave_interval > Duration::from_secs(60) {
             return err("join_leave_interval", "must be between 10ms and 1m");

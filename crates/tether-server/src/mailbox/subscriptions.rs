@@ -101,7 +101,8 @@ impl Subscriptions {
     /// they were queued are skipped. A publication that does not follow the last one delivered
     /// on its channel (an offset was skipped: the queue overflowed, or the backplane lost one)
     /// is a gap: nothing more may be delivered on this connection, or the client's position
-    /// would jump over the hole and a later recovery would miss it. A message in no stream
+    /// would jump over the hole and a later recovery would miss it. So is one in another epoch
+    /// than the subscription's. A message in no stream
     /// (an empty channel: the conformance echo) always goes out.
     /// Whether `tag` would still be news to this connection (not a duplicate of what it was
     /// delivered): what a connection that closes with it queued has missed.
@@ -143,11 +144,53 @@ impl Subscriptions {
                 return Admission::Gap;
             }
         }
-        // Same epoch and next in line, or a first/new epoch (history lost upstream): follow it.
         if !same_epoch {
+            // Another epoch than the one this subscription is at: the stream's continuity was
+            // lost upstream (its state expired, Redis lost it), and what the subscriber missed
+            // of the old epoch cannot be known — a gap: told, and its recovery says so. Only a
+            // subscription not yet in any epoch (subscribed before the first publication, or
+            // before its subscribe's read answered) takes up the first one it meets.
+            if w.epoch.as_deref().is_some_and(|e| !e.is_empty()) {
+                return Admission::Gap;
+            }
             w.epoch = Some(tag.epoch.clone());
         }
         w.offset = tag.offset;
         Admission::Send
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication(epoch: &str, offset: u64) -> Published {
+        Published::new("x".into(), Arc::from("feed"), Arc::from(epoch), offset)
+    }
+
+    fn at(epoch: Option<&str>, offset: u64) -> Subscriptions {
+        let mut s = Subscriptions::default();
+        s.insert(Arc::from("feed"));
+        let w = s.get_mut("feed").unwrap();
+        (w.epoch, w.offset) = (epoch.map(Arc::from), offset);
+        s
+    }
+
+    #[test]
+    fn another_epoch_than_the_one_a_subscription_is_at_is_a_gap() {
+        // At offset 5 of epoch `e`: whatever of `e` came after 5 may be lost with it.
+        assert_eq!(at(Some("e"), 5).admit(&publication("f", 1), false), Admission::Gap);
+        assert_eq!(at(Some("e"), 0).admit(&publication("f", 1), false), Admission::Gap);
+        // Subscribed before the channel's first publication (epoch ""), or not yet placed
+        // (the subscribe's history read has not answered): the first epoch is followed.
+        let mut fresh = at(Some(""), 0);
+        assert_eq!(fresh.admit(&publication("f", 1), false), Admission::Send);
+        assert_eq!(fresh.admit(&publication("f", 2), false), Admission::Send);
+        assert_eq!(at(None, 0).admit(&publication("f", 7), false), Admission::Send);
+        // The same epoch: the next one goes, a repeat is skipped, a jump is a gap.
+        let mut same = at(Some("e"), 5);
+        assert_eq!(same.admit(&publication("e", 5), false), Admission::Skip);
+        assert_eq!(same.admit(&publication("e", 6), false), Admission::Send);
+        assert_eq!(same.admit(&publication("e", 8), false), Admission::Gap);
     }
 }

@@ -48,7 +48,7 @@ impl RedisBroker {
                 .arg(ttl.as_millis() as u64)
                 .arg(new_epoch())
                 .arg(publications_channel(channel, self.endpoint.sharded()))
-                .arg(STATE_TTL.max(ttl).as_millis() as u64)
+                .arg(self.state_ttl.max(ttl).as_millis() as u64)
                 .arg(window.as_millis() as u64)
                 .arg(if self.endpoint.sharded() { "SPUBLISH" } else { "PUBLISH" })
                 .arg(&adopt)
@@ -80,7 +80,7 @@ impl RedisBroker {
             }
             let (epoch, top, entries, over, moved): (String, u64, Vec<Entry>, u64, String) = call
                 .arg(new_epoch())
-                .arg(STATE_TTL.max(ttl).as_millis() as u64)
+                .arg(self.state_ttl.max(ttl).as_millis() as u64)
                 .arg(ttl.as_millis() as u64)
                 .arg(from)
                 .arg(crate::broker::MAX_REPLAY)
