@@ -220,3 +220,29 @@ fn joins_and_leaves_across_nodes(broker: &str, name: &str) {
     eprintln!("a killed node's member was announced as left after {took:?} (presence_ttl 1s)");
     assert!(took <= Duration::from_millis(2_500), "{took:?}");
 }
+
+/// On a cluster, a node cut off for longer than `presence_ttl` (here: stopped) has its entries
+/// deleted by the other nodes' reads. When it comes back, whichever of its writes reaches Redis
+/// first — a refresh, or a join that was waiting — must find that it had lapsed, and it writes
+/// every entry again: a member that never left is present again.
+#[test]
+fn on_a_cluster_a_node_back_after_presence_ttl_writes_its_entries_again() {
+    let Some(cluster) = common::cluster::Cluster::start() else { return };
+    let nodes = Nodes::new("cluster-lapse");
+    let url = cluster.url();
+    let (a, b) = (nodes.start(&url, "1s"), nodes.start(&url, "1s"));
+    let (_a1, a1) = member(&a);
+    let (_b1, b1) = member(&b);
+    assert!(wait_until(T, || present(&a) == sorted(&[&a1, &b1])), "{:?}", present(&a));
+    let mut late = json_client(&b, "");
+    b.signal(nix::sys::signal::Signal::SIGSTOP);
+    let lapsed = wait_until(T, || present(&a) == [a1.clone()]);
+    // Queued in the kernel while B is stopped: a join that races B's refresh when it wakes.
+    send(&mut late, json!({"id": 1, "cmd": "subscribe", "channel": "room:1"}));
+    b.signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(lapsed, "B's entry outlived B's liveness: {:?}", present(&a));
+    let reply = next_json(&mut late);
+    let late_id = reply["result"]["client"].as_str().unwrap_or_else(|| panic!("{reply}"));
+    let all = sorted(&[&a1, &b1, &late_id.to_owned()]);
+    assert!(wait_until(T, || present(&a) == all), "{:?}, want {all:?}", present(&a));
+}

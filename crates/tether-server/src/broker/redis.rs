@@ -110,6 +110,8 @@ pub struct RedisBroker {
     /// How long a channel's stream state (epoch, offset) outlives its last publication when
     /// its history does not last longer (`stream_state_ttl`).
     state_ttl: Duration,
+    /// Cluster: recent verdicts on states made by another Redis process (`redis_lineage`).
+    verdicts: super::redis_lineage::Verdicts,
 }
 
 impl RedisBroker {
@@ -201,6 +203,7 @@ impl RedisBroker {
             control,
             on_push: on_push_for_rebuilds,
             state_ttl: presence.stream_state_ttl,
+            verdicts: Default::default(),
             fanout: Fanout::new(metrics),
             interest: Interest::new(rules.clone(), metrics),
             presence: Arc::new(super::redis_presence::RedisPresence::new(

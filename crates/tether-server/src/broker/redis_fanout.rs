@@ -85,12 +85,20 @@ struct Waiting {
     /// From a link's loss until its repair is asked for: publications queued from here on
     /// (the new link's) wait, so that none overtakes the replay of what came before it.
     held_from: Option<u64>,
-    /// Channels whose subscription the cluster took away (their slot moved), since when: their
-    /// publications wait aside until the channel's repair has run, so that none from the
-    /// subscription made again overtakes the replay of what was missed in between. Other
-    /// channels go on.
-    paused: HashMap<Arc<str>, Instant>,
+    /// Channels whose subscription the cluster took away (their slot moved): their
+    /// publications wait aside until a repair asked for after the subscription was made again
+    /// has run, so that none from the new subscription overtakes the replay of what was missed
+    /// in between. Other channels go on.
+    paused: HashMap<Arc<str>, Pause>,
     aside: VecDeque<Incoming>,
+}
+
+/// A paused channel (see `Waiting::paused`).
+struct Pause {
+    since: Instant,
+    /// Subscribed again (or given up on), and its repair asked for since: a repair taken from
+    /// now on releases it. One taken before (a drop's) read history too early.
+    repair_asked: bool,
 }
 
 impl Waiting {
@@ -103,28 +111,39 @@ impl Waiting {
         let overdue: Vec<Arc<str>> = self
             .paused
             .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= PAUSE_LIMIT)
+            .filter(|(_, p)| !p.repair_asked && now.duration_since(p.since) >= PAUSE_LIMIT)
             .map(|(c, _)| c.clone())
             .collect();
         for channel in overdue {
             self.mark(Some(&channel));
-            // Released by that repair; not marked again meanwhile.
-            self.paused.insert(channel, now + PAUSE_LIMIT * 1000);
+            if let Some(pause) = self.paused.get_mut(&channel) {
+                pause.repair_asked = true;
+            }
         }
     }
 
-    /// The paused channels `repair` covers, and what waits aside for them (in order).
-    fn release(&mut self, repair: &Repair) -> Vec<Incoming> {
+    /// The paused channels that `repair`, taken now, releases once it has run.
+    fn releasing(&self, repair: &Repair) -> HashSet<Arc<str>> {
         let covered = |c: &Arc<str>| match repair {
             Repair::Nothing => false,
             Repair::Channels(set) => set.contains(c),
             Repair::Every => true,
         };
-        self.paused.retain(|c, _| !covered(c));
+        self.paused
+            .iter()
+            .filter(|(c, p)| p.repair_asked && covered(c))
+            .map(|(c, _)| c.clone())
+            .collect()
+    }
+
+    /// Unpause `channels`; what waited aside for them, in order.
+    fn release(&mut self, channels: &HashSet<Arc<str>>) -> Vec<Incoming> {
+        self.paused.retain(|c, _| !channels.contains(c));
         let (released, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.aside)
             .into_iter()
-            .partition(|p| !self.paused.contains_key(&p.channel));
+            .partition(|p| channels.contains(&p.channel));
         self.aside = kept;
+        self.bytes -= released.iter().map(|p| p.data.get().len()).sum::<usize>();
         released.into()
     }
 }
@@ -147,7 +166,8 @@ impl Waiting {
 /// What the fan-out task does next.
 enum Job {
     Deliver(Incoming),
-    Repair(Repair),
+    /// A repair, and the paused channels it releases once run.
+    Repair(Repair, HashSet<Arc<str>>),
 }
 
 /// The queue between the link's reader and the fan-out task.
@@ -242,13 +262,19 @@ impl Fanout {
     /// from now on waits until [`Fanout::resubscribed`]'s repair has run.
     pub fn pause(&self, channel: &Arc<str>) {
         let mut w = crate::sync::lock(&self.waiting);
-        w.paused.entry(channel.clone()).or_insert_with(Instant::now);
+        let since = Instant::now();
+        w.paused.entry(channel.clone()).or_insert(Pause { since, repair_asked: false });
     }
 
     /// `channel`'s feed was interrupted (its subscription in Redis was made again): repair it
     /// once what is queued has been delivered.
     pub fn resubscribed(&self, channel: &Arc<str>) {
-        crate::sync::lock(&self.waiting).mark(Some(channel));
+        let mut w = crate::sync::lock(&self.waiting);
+        w.mark(Some(channel));
+        if let Some(pause) = w.paused.get_mut(channel) {
+            pause.repair_asked = true;
+        }
+        drop(w);
         self.more.notify_one();
     }
 
@@ -277,7 +303,9 @@ impl Fanout {
             w.overdue(Instant::now());
         }
         if !matches!(w.repair, Repair::Nothing) && w.taken >= w.repair_after {
-            return Some(Job::Repair(std::mem::take(&mut w.repair)));
+            let repair = std::mem::take(&mut w.repair);
+            let releasing = w.releasing(&repair);
+            return Some(Job::Repair(repair, releasing));
         }
         if w.held_from.is_some_and(|held| w.taken >= held) {
             return None; // until the repair is asked for (`relinked`)
@@ -310,19 +338,14 @@ impl Fanout {
             Job::Deliver(p) => {
                 hub.deliver(&p.channel, &p.epoch, p.offset, &p.data);
             }
-            Job::Repair(repair) => {
-                let released = match crate::sync::lock(&self.waiting).paused.is_empty() {
-                    true => None,
-                    false => Some(Self::covers(&repair)),
-                };
+            Job::Repair(repair, releasing) => {
                 self.repair(repair, broker, hub).await;
                 // What waited aside for the repaired channels follows their replay (passed
                 // by where the replay covered it), before anything queued after.
-                if let Some(covered) = released {
+                if !releasing.is_empty() {
                     let released = {
                         let mut w = crate::sync::lock(&self.waiting);
-                        let released = w.release(&covered);
-                        w.bytes -= released.iter().map(|p| p.data.get().len()).sum::<usize>();
+                        let released = w.release(&releasing);
                         self.queued.set(w.len() as i64);
                         released
                     };
@@ -331,15 +354,6 @@ impl Fanout {
                     }
                 }
             }
-        }
-    }
-
-    /// A copy of what `repair` covers.
-    fn covers(repair: &Repair) -> Repair {
-        match repair {
-            Repair::Nothing => Repair::Nothing,
-            Repair::Channels(set) => Repair::Channels(set.clone()),
-            Repair::Every => Repair::Every,
         }
     }
 

@@ -47,9 +47,40 @@ pub fn moved_with_slot(masters: &[Process], moved: &str) -> bool {
     let Some((made, here)) = moved.split_once('>') else { return false };
     let find = |run: &str| masters.iter().find(|p| p.run_id == run && p.master);
     let (Some(writer), Some(holder)) = (find(made), find(here)) else { return false };
-    let line = |p: &Process| [p.replid.clone(), p.replid2.clone()];
-    let related = line(holder).contains(&writer.replid) || line(writer).contains(&holder.replid);
+    // Any replication id in common (a zero id means none): one took the other's line over,
+    // or both descend from one master.
+    let ids = |p: &Process| {
+        [p.replid.clone(), p.replid2.clone()]
+            .into_iter()
+            .filter(|id| !id.trim_matches('0').is_empty())
+    };
+    let related = ids(writer).any(|id| ids(holder).any(|other| other == id));
     made != here && !related
+}
+
+/// Verdicts of [`check`] for a few seconds, by 'MADE>HERE' (at most [`VERDICTS`] of them).
+#[derive(Default)]
+pub struct Verdicts(std::sync::Mutex<Vec<(String, bool, std::time::Instant)>>);
+
+/// Pairs remembered at most; how long a verdict holds.
+const VERDICTS: usize = 64;
+const VERDICT_HOLDS: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Verdicts {
+    pub fn get(&self, moved: &str) -> Option<bool> {
+        let now = std::time::Instant::now();
+        let mut v = crate::sync::lock(&self.0);
+        v.retain(|(_, _, at)| now.duration_since(*at) < VERDICT_HOLDS);
+        v.iter().find(|(m, _, _)| m == moved).map(|(_, migrated, _)| *migrated)
+    }
+
+    pub fn put(&self, moved: &str, migrated: bool) {
+        let mut v = crate::sync::lock(&self.0);
+        if v.len() >= VERDICTS {
+            v.remove(0);
+        }
+        v.push((moved.to_owned(), migrated, std::time::Instant::now()));
+    }
 }
 
 /// Ask every master of the cluster and decide (see [`moved_with_slot`]); `false` when any
@@ -110,5 +141,8 @@ mod tests {
         assert!(!moved_with_slot(&[a, master("B", "rb", zeros)], "A>B"), "a writer demoted");
         assert!(!moved_with_slot(&[master("A", "ra", zeros)], "A>A"));
         assert!(!moved_with_slot(&[], "garbled"));
+        // Both descend from one master (each was promoted from its replicas in turn).
+        let (a, b) = (master("A", "ra", "rx"), master("B", "rb", "rx"));
+        assert!(!moved_with_slot(&[a, b], "A>B"), "a common ancestor");
     }
 }

@@ -309,7 +309,28 @@ impl RedisPresence {
             call.arg(stride * i + 1).arg(&**client).arg(op.json.as_deref().unwrap_or(""));
             call.arg(op.user.as_deref().unwrap_or("")).arg(self.announces(channel)).arg(&**channel);
         }
-        call.invoke_async::<()>(commands).await
+        let lapsed: Vec<String> = call.invoke_async(commands).await?;
+        // Cluster: where this node was not alive before, readers may have deleted its entries
+        // (it could not reach Redis for `presence_ttl`): all of them are written again.
+        self.rewrite(&lapsed);
+        Ok(())
+    }
+
+    /// Queue every local entry of `channels` to be written again.
+    fn rewrite(&self, channels: &[String]) {
+        if channels.is_empty() {
+            return;
+        }
+        let mut pending = crate::sync::lock(&self.pending);
+        for channel in channels {
+            for m in self.local.members(channel) {
+                let key = (Arc::from(channel.as_str()), m.client.clone());
+                let op = || Op { json: Some(m.to_json()), user: m.user.clone() };
+                pending.entry(key).or_insert_with(op);
+            }
+        }
+        drop(pending);
+        self.wake.notify_one();
     }
 
     /// Set this node's liveness key again and extend its channels' hashes; if the key had
@@ -376,22 +397,15 @@ impl RedisPresence {
         let refreshed: Vec<_> =
             futures_util::stream::iter(calls).buffer_unordered(CLUSTER_IN_FLIGHT).collect().await;
         let mut result = Ok(());
-        let mut pending = crate::sync::lock(&self.pending);
+        let mut lapsed = Vec::new();
         for (channel, was) in refreshed {
             match was {
                 Ok(true) => {}
-                Ok(false) => {
-                    for m in self.local.members(channel) {
-                        let key = (Arc::from(channel.as_str()), m.client.clone());
-                        let op = || Op { json: Some(m.to_json()), user: m.user.clone() };
-                        pending.entry(key).or_insert_with(op);
-                    }
-                }
+                Ok(false) => lapsed.push(channel.clone()),
                 Err(e) => result = Err(e),
             }
         }
-        drop(pending);
-        self.wake.notify_one();
+        self.rewrite(&lapsed);
         result
     }
 

@@ -99,7 +99,10 @@ return {epoch, tonumber(offset), 0, ''}
 
 /// KEYS: state, then history only when the channel keeps some (see `PUBLISH`). ARGV: (unused), state ttl ms, history ttl ms (0: none), first offset
 /// wanted (0: none), most entries to return, most data bytes to return, adopt (as for
-/// `PUBLISH`). Returns {epoch, top, entries, over, moved}: `over` is 0, or the data bytes read when they passed the limit
+/// `PUBLISH`; and `!`: a foreign state the node found not to have come with its slot starts
+/// again here now, with the candidate epoch, as a publish would start it, so that it is
+/// neither checked on every read nor taken up again by its old master should that become
+/// master again). Returns {epoch, top, entries, over, moved}: `over` is 0, or the data bytes read when they passed the limit
 /// (entries are then empty): entries are read in pages, so that a replay too large for the
 /// connection asking is never gathered whole, in Redis or in the node.
 /// Reading never creates state: a subscribe to a channel nobody published to costs Redis nothing
@@ -108,6 +111,12 @@ pub const HISTORY: &str = r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local moved = epoch and foreign(KEYS[1], ARGV[7])
 if moved and ARGV[7] == '?' then return {'', 0, {}, 0, moved} end
+if moved and ARGV[7] == '!' then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'top', 0, 'run', run_id())
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if KEYS[2] then redis.call('DEL', KEYS[2]) end
+  return {ARGV[1], 0, {}, 0, ''}
+end
 if (not epoch) or moved then
   return {'', 0, {}, 0, ''}
 end

@@ -103,13 +103,22 @@ impl RedisBroker {
     }
 
     /// The next `adopt` after a script reported a state made elsewhere ('MADE>HERE'): that,
-    /// if it came with its slot (the stream goes on), else nothing (a new epoch). Never `?`,
-    /// so each call asks at most once.
+    /// if it came with its slot (the stream goes on), else `!` (a new epoch, now). Never `?`,
+    /// so each call asks at most once. A verdict holds for a few seconds for the same pair:
+    /// a moved slot or a failed-over shard reports it for each of its channels.
     async fn adopt(&self, moved: &str) -> String {
-        let mut conn = self.commands.get();
-        match crate::broker::redis_lineage::check(&mut conn, moved).await {
+        let migrated = match self.verdicts.get(moved) {
+            Some(migrated) => migrated,
+            None => {
+                let mut conn = self.commands.get();
+                let migrated = crate::broker::redis_lineage::check(&mut conn, moved).await;
+                self.verdicts.put(moved, migrated);
+                migrated
+            }
+        };
+        match migrated {
             true => moved.to_owned(),
-            false => String::new(),
+            false => "!".to_owned(),
         }
     }
 }

@@ -204,3 +204,41 @@ async fn a_pause_never_followed_by_a_resubscription_ends_with_a_repair() {
     }
     assert_eq!(sent(&h), Ok(vec![1, 2]), "repaired from the start, then h:2 passed by");
 }
+
+/// A repair asked for before the channel's subscription was taken away (a drop's) reads
+/// history before the new subscription exists: it must not release the pause, or what the
+/// new subscription brings would overtake the replay of what came between (h:5 before h:4).
+#[tokio::test]
+async fn only_a_repair_asked_for_after_the_resubscription_releases_a_paused_channel() {
+    let Setup { hub, broker, fanout } = setup();
+    let h = subscriber(&hub, 1, "h");
+    let mut receipts = Vec::new();
+    for _ in 0..3 {
+        receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
+    }
+    let incoming = |r: &crate::broker::PublishReceipt| Incoming {
+        channel: Arc::from("h"),
+        epoch: r.epoch.clone(),
+        offset: r.offset,
+        data: raw("1"),
+    };
+    fanout.push(incoming(&receipts[0]));
+    fanout.resubscribed(&Arc::from("h")); // a repair asked for earlier (say, a drop's)
+    fanout.pause(&Arc::from("h")); // then the slot moves
+    while let Some(job) = fanout.try_next() {
+        fanout.handle(job, &broker, &*hub).await; // h:1, then the early repair: h:2, h:3
+    }
+    for _ in 0..2 {
+        receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
+    }
+    fanout.push(incoming(&receipts[4])); // h:5 from the new subscription; h:4 went unheard
+    while let Some(job) = fanout.try_next() {
+        fanout.handle(job, &broker, &*hub).await;
+    }
+    assert_eq!(sent(&h), Ok(vec![1, 2, 3]), "h:5 still waits aside");
+    fanout.resubscribed(&Arc::from("h"));
+    while let Some(job) = fanout.try_next() {
+        fanout.handle(job, &broker, &*hub).await;
+    }
+    assert_eq!(sent(&h), Ok(vec![4, 5]));
+}

@@ -84,19 +84,27 @@ end
 /// nodes' liveness hash). ARGV[1]: ttl ms, ARGV[2]: this node's id on a cluster (else
 /// empty), then per change: the index of its presence hash, the client, its JSON (empty: a
 /// leave), its user (empty: none), whether the channel announces changes (1/0), the channel.
+/// Returns, on a cluster, the channels where the node was not alive before this call (new to
+/// it, or lapsed: readers may have deleted its entries, which it must write again).
 pub(super) const WRITE: &str = r#"
 local ttl, node = tonumber(ARGV[1]), ARGV[2]
+local lapsed, seen = {}, {}
 for i = 3, #ARGV, 6 do
   local k = KEYS[tonumber(ARGV[i])]
   local u = KEYS[tonumber(ARGV[i]) + 1]
+  local client, json, user = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local tell, chan = ARGV[i + 4] == '1', ARGV[i + 5]
   if node ~= '' then
     -- A join on a channel the refresh has not reached yet: its node is alive there now.
     local n = KEYS[tonumber(ARGV[i]) + 2]
-    redis.call('HSET', n, node, now_ms() + ttl)
+    local now = now_ms()
+    if not seen[chan] and tonumber(redis.call('HGET', n, node) or '0') <= now then
+      lapsed[#lapsed + 1] = chan
+    end
+    seen[chan] = true
+    redis.call('HSET', n, node, now + ttl)
     extend(n, ttl)
   end
-  local client, json, user = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local tell, chan = ARGV[i + 4] == '1', ARGV[i + 5]
   if json == '' then
     local old = redis.call('HGET', k, client)
     if old then
@@ -113,6 +121,7 @@ for i = 3, #ARGV, 6 do
     end
   end
 end
+return lapsed
 "#;
 
 /// KEYS[1]: the node's liveness key, then its channels' presence hashes. ARGV[1]: ttl ms.
@@ -126,11 +135,17 @@ return was
 "#;
 
 /// Cluster: KEYS: a channel's presence hash, user counts and nodes' liveness hash. ARGV: ttl
-/// ms, this node's id. Sets the node alive there for `ttl`; returns whether it still was.
+/// ms, this node's id. Sets the node alive there for `ttl` and drops other nodes' lapsed times
+/// (node ids are per process: the hash would otherwise keep one per process that ever was
+/// there); returns whether this node still was alive.
 pub(super) const REFRESH_CHANNEL: &str = r#"
 local ttl, node = tonumber(ARGV[1]), ARGV[2]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local times = redis.call('HGETALL', KEYS[3])
+for i = 1, #times, 2 do
+  if times[i] ~= node and tonumber(times[i + 1]) <= now then redis.call('HDEL', KEYS[3], times[i]) end
+end
 local was = tonumber(redis.call('HGET', KEYS[3], node) or '0') > now
 redis.call('HSET', KEYS[3], node, now + ttl)
 for i = 1, 3 do extend(KEYS[i], ttl) end
