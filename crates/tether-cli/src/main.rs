@@ -4,6 +4,7 @@
 //! - `tether connect URL` — an interactive client that explains every close and reconnects.
 //! - `tether publish CHANNEL DATA` — publish through the HTTP API.
 //! - `tether api METHOD PARAMS`, `tether presence CHANNEL` — the rest of the server API.
+//! - `tether completions SHELL`, `tether man` — shell completions and the manual page.
 //!
 //! Errors reach the user as one `error: …` line that says what to do, and a non-zero exit.
 //!
@@ -28,7 +29,7 @@ mod storm;
 mod token;
 mod units;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -61,6 +62,38 @@ enum Command {
     Soak(soak::SoakArgs),
     /// Make a JWT for a server with --jwt-secret or --jwt-public-key (development and tests).
     Token(token::TokenArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff).
+    Man,
+}
+
+/// The commands that only print something about the command line itself: no runtime, no
+/// logging. `None` for the others.
+fn describe(command: &Command) -> Option<ExitCode> {
+    // Rendered whole first: clap_complete panics on a failed write (a closed pipe).
+    let mut text = Vec::new();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "tether", &mut text);
+        }
+        Command::Man => {
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut text) {
+                eprintln!("error: cannot render the manual page: {e}");
+                return Some(ExitCode::FAILURE);
+            }
+        }
+        _ => return None,
+    }
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().write_all(&text) {
+        eprintln!("error: cannot write to standard output: {e}");
+        return Some(ExitCode::FAILURE);
+    }
+    Some(ExitCode::SUCCESS)
 }
 
 fn init_logging() {
@@ -78,6 +111,9 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(code) = describe(&cli.command) {
+        return code;
+    }
     init_logging();
     tether_server::metrics::set_allocator_stats(jemalloc_figures);
     tether_server::metrics::set_heap_profiler(Box::new(JemallocProfiler));
@@ -98,6 +134,7 @@ fn main() -> ExitCode {
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Soak(args) => soak::run(args).await,
             Command::Token(args) => token::run(args),
+            Command::Completions { .. } | Command::Man => unreachable!("handled by `describe`"),
         }
     });
     // Without waiting for blocking tasks: `tether connect` reads stdin on one, and a read from

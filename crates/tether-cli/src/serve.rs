@@ -20,6 +20,9 @@ pub struct ServeArgs {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Check the configuration (file, environment and flags, as `serve` would take them) and exit: 0 and "configuration OK", or the first problem and 1
+    #[arg(long)]
+    check_config: bool,
     /// Address to listen on (port 0 picks a free port) [default: 127.0.0.1:8080]
     #[arg(long, env = "TETHER_LISTEN", value_name = "ADDR:PORT")]
     listen: Option<SocketAddr>,
@@ -342,6 +345,16 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let cfg = effective_config(&args)?;
     if args.print_config {
         print!("{}", toml::to_string_pretty(&cfg).context("cannot render the configuration")?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.check_config {
+        if let (Some(cert), Some(key)) = (&cfg.tls_cert, &cfg.tls_key) {
+            tether_server::tls::acceptor(cert, key).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        match &args.config {
+            Some(file) => println!("configuration OK ({})", file.display()),
+            None => println!("configuration OK (defaults, environment and flags)"),
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if !cfg.listen.ip().is_loopback() && cfg.api_keys.is_empty() && !cfg.insecure {

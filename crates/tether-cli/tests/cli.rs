@@ -230,3 +230,51 @@ fn health_endpoints_can_have_a_listener_of_their_own() {
     let (_, stderr) = text(&out);
     assert!(!out.status.success() && stderr.contains("--health-listen"), "{stderr}");
 }
+
+/// Installs like a tool (issue 23, point 4): completion scripts a shell accepts, a manual
+/// page, and a configuration check that exits without serving.
+#[test]
+fn completions_manual_page_and_a_configuration_check() {
+    let dir = std::env::temp_dir().join(format!("tether-cli-install-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = tether(&["completions", "bash"], &[]);
+    assert!(out.status.success());
+    let script = dir.join("tether.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let syntax = Command::new("bash").arg("-n").arg(&script).output().expect("run bash -n");
+    assert!(syntax.status.success(), "bash -n: {}", String::from_utf8_lossy(&syntax.stderr));
+    let (bash, _) = text(&out);
+    assert!(bash.contains("serve") && bash.contains("--ping-interval"), "{bash}");
+    for (shell, marker) in [("zsh", "#compdef tether"), ("fish", "complete -c tether")] {
+        let out = tether(&["completions", shell], &[]);
+        let (script, _) = text(&out);
+        assert!(out.status.success() && script.contains(marker), "{shell}: {script}");
+    }
+    let out = tether(&["completions", "tcsh"], &[]);
+    let (_, err) = text(&out);
+    assert!(!out.status.success() && err.contains("bash"), "{err}");
+
+    let out = tether(&["man"], &[]);
+    let (page, _) = text(&out);
+    assert!(out.status.success() && page.contains(".TH tether 1"), "{page}");
+    assert!(page.contains("serve") && page.contains("completions"), "{page}");
+
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "ping_interval = \"10s\"\n").unwrap();
+    let good = good.to_str().unwrap();
+    let out = tether(&["serve", "--config", good, "--check-config"], &[]);
+    let (said, _) = text(&out);
+    assert!(out.status.success() && said.contains("configuration OK"), "{said}");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "presence_ttl = \"1ms\"\n").unwrap();
+    let out = tether(&["serve", "--config", bad.to_str().unwrap(), "--check-config"], &[]);
+    let (_, err) = text(&out);
+    assert!(!out.status.success() && err.contains("presence_ttl"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Checked without serving: a port in use does not matter.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = busy.local_addr().unwrap().to_string();
+    let out = tether(&["serve", "--listen", &at, "--check-config"], &[]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}

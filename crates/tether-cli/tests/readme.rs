@@ -175,6 +175,8 @@ fn the_readme_names_every_command_flag_and_environment_variable() {
         .unwrap()
         .lines()
         .take_while(|l| l.starts_with("  "))
+        // A command's line is indented by two; a wrapped description's by more.
+        .filter(|l| !l.starts_with("   "))
         .filter_map(|l| l.split_whitespace().next())
         .filter(|c| *c != "help")
         .collect();
