@@ -120,33 +120,48 @@ async fn a_later_drop_does_not_let_a_marked_channels_publications_overtake_its_r
     assert_eq!(sent(&h), Ok(vec![1, 2, 3]));
 }
 
+/// `n` publications on `h` through the broker (the other node); their receipts.
+async fn publish_h(broker: &MemoryBroker, n: usize) -> Vec<crate::broker::PublishReceipt> {
+    let mut receipts = Vec::new();
+    for _ in 0..n {
+        receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
+    }
+    receipts
+}
+
+/// The publication of `receipt` on `h` as the link brings it.
+fn incoming_h(receipt: &crate::broker::PublishReceipt) -> Incoming {
+    Incoming {
+        channel: Arc::from("h"),
+        epoch: receipt.epoch.clone(),
+        offset: receipt.offset,
+        data: raw("1"),
+    }
+}
+
+/// Every job the queue has now, handled in order.
+async fn drain(Setup { hub, broker, fanout }: &Setup) {
+    while let Some(job) = fanout.try_next() {
+        fanout.handle(job, broker, &**hub).await;
+    }
+}
+
 /// After a lost link, the new link's publications arrive while the node is still
 /// subscribing everything again: they wait for the repair instead of overtaking the replay
 /// of what was missed meanwhile (h:3 before h:2 would be a gap).
 #[tokio::test]
 async fn a_new_links_publications_wait_for_the_repair_of_what_the_old_one_missed() {
-    let Setup { hub, broker, fanout } = setup();
-    let h = subscriber(&hub, 1, "h");
-    let mut receipts = Vec::new();
-    for _ in 0..3 {
-        receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
-    }
-    let incoming = |i: usize| Incoming {
-        channel: Arc::from("h"),
-        epoch: receipts[i].epoch.clone(),
-        offset: receipts[i].offset,
-        data: raw("1"),
-    };
+    let setup = setup();
+    let Setup { hub, broker, fanout } = &setup;
+    let h = subscriber(hub, 1, "h");
+    let receipts = publish_h(broker, 3).await;
+    let incoming = |i: usize| incoming_h(&receipts[i]);
     fanout.push(incoming(0));
     fanout.hold(); // the link is lost; h:2 is never received
     fanout.push(incoming(2)); // the new link's first publication
-    while let Some(job) = fanout.try_next() {
-        fanout.handle(job, &broker, &*hub).await;
-    }
+    drain(&setup).await;
     fanout.relinked(); // everything subscribed again
-    while let Some(job) = fanout.try_next() {
-        fanout.handle(job, &broker, &*hub).await;
-    }
+    drain(&setup).await;
     assert_eq!(sent(&h), Ok(vec![1, 2, 3]));
 }
 
@@ -155,8 +170,9 @@ async fn a_new_links_publications_wait_for_the_repair_of_what_the_old_one_missed
 /// waits aside (h:3 before h:2's replay would be a gap); other channels go on meanwhile.
 #[tokio::test]
 async fn a_moved_channels_new_publications_wait_aside_for_its_repair_and_others_go_on() {
-    let Setup { hub, broker, fanout } = setup();
-    let (h, other) = (subscriber(&hub, 1, "h"), subscriber(&hub, 2, "n"));
+    let setup = setup();
+    let Setup { hub, broker, fanout } = &setup;
+    let (h, other) = (subscriber(hub, 1, "h"), subscriber(hub, 2, "n"));
     let mut receipts = Vec::new();
     for _ in 0..3 {
         receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
@@ -172,14 +188,10 @@ async fn a_moved_channels_new_publications_wait_aside_for_its_repair_and_others_
     fanout.pause(&Arc::from("h")); // h's slot moved; h:2 went to the new master unheard
     fanout.push(incoming(2)); // the subscription made again brings h:3
     fanout.push(Incoming { channel: Arc::from("n"), epoch: n.epoch, offset: 1, data: raw("1") });
-    while let Some(job) = fanout.try_next() {
-        fanout.handle(job, &broker, &*hub).await;
-    }
+    drain(&setup).await;
     assert_eq!((sent(&h), sent(&other)), (Ok(vec![1]), Ok(vec![1])), "n is not held up");
     fanout.resubscribed(&Arc::from("h"));
-    while let Some(job) = fanout.try_next() {
-        fanout.handle(job, &broker, &*hub).await;
-    }
+    drain(&setup).await;
     assert_eq!(sent(&h), Ok(vec![2, 3]), "the replay, then what waited aside");
     assert_eq!(fanout.queued.get(), 0);
 }
@@ -188,20 +200,15 @@ async fn a_moved_channels_new_publications_wait_aside_for_its_repair_and_others_
 /// after `PAUSE_LIMIT` with a repair of its own: nothing waits aside for ever.
 #[tokio::test(start_paused = true)]
 async fn a_pause_never_followed_by_a_resubscription_ends_with_a_repair() {
-    let Setup { hub, broker, fanout } = setup();
-    let h = subscriber(&hub, 1, "h");
-    let mut receipts = Vec::new();
-    for _ in 0..2 {
-        receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
-    }
+    let setup = setup();
+    let Setup { hub, broker, fanout } = &setup;
+    let h = subscriber(hub, 1, "h");
+    let receipts = publish_h(broker, 2).await;
     fanout.pause(&Arc::from("h"));
-    let (epoch, offset) = (receipts[1].epoch.clone(), receipts[1].offset);
-    fanout.push(Incoming { channel: Arc::from("h"), epoch, offset, data: raw("1") });
+    fanout.push(incoming_h(&receipts[1]));
     assert!(fanout.try_next().is_none(), "h:2 waits aside");
     tokio::time::advance(PAUSE_LIMIT).await;
-    while let Some(job) = fanout.try_next() {
-        fanout.handle(job, &broker, &*hub).await;
-    }
+    drain(&setup).await;
     assert_eq!(sent(&h), Ok(vec![1, 2]), "repaired from the start, then h:2 passed by");
 }
 
@@ -210,35 +217,19 @@ async fn a_pause_never_followed_by_a_resubscription_ends_with_a_repair() {
 /// new subscription brings would overtake the replay of what came between (h:5 before h:4).
 #[tokio::test]
 async fn only_a_repair_asked_for_after_the_resubscription_releases_a_paused_channel() {
-    let Setup { hub, broker, fanout } = setup();
-    let h = subscriber(&hub, 1, "h");
-    let mut receipts = Vec::new();
-    for _ in 0..3 {
-        receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
-    }
-    let incoming = |r: &crate::broker::PublishReceipt| Incoming {
-        channel: Arc::from("h"),
-        epoch: r.epoch.clone(),
-        offset: r.offset,
-        data: raw("1"),
-    };
-    fanout.push(incoming(&receipts[0]));
+    let setup = setup();
+    let Setup { hub, broker, fanout } = &setup;
+    let h = subscriber(hub, 1, "h");
+    let mut receipts = publish_h(broker, 3).await;
+    fanout.push(incoming_h(&receipts[0]));
     fanout.resubscribed(&Arc::from("h")); // a repair asked for earlier (say, a drop's)
     fanout.pause(&Arc::from("h")); // then the slot moves
-    while let Some(job) = fanout.try_next() {
-        fanout.handle(job, &broker, &*hub).await; // h:1, then the early repair: h:2, h:3
-    }
-    for _ in 0..2 {
-        receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
-    }
-    fanout.push(incoming(&receipts[4])); // h:5 from the new subscription; h:4 went unheard
-    while let Some(job) = fanout.try_next() {
-        fanout.handle(job, &broker, &*hub).await;
-    }
+    drain(&setup).await; // h:1, then the early repair: h:2, h:3
+    receipts.extend(publish_h(broker, 2).await);
+    fanout.push(incoming_h(&receipts[4])); // h:5 from the new subscription; h:4 went unheard
+    drain(&setup).await;
     assert_eq!(sent(&h), Ok(vec![1, 2, 3]), "h:5 still waits aside");
     fanout.resubscribed(&Arc::from("h"));
-    while let Some(job) = fanout.try_next() {
-        fanout.handle(job, &broker, &*hub).await;
-    }
+    drain(&setup).await;
     assert_eq!(sent(&h), Ok(vec![4, 5]));
 }
