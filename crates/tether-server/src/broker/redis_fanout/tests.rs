@@ -61,12 +61,7 @@ async fn what_a_full_queue_drops_is_replayed_from_history_in_order_or_told() {
     for channel in ["h", "h", "h", "n", "n"] {
         epochs.push(broker.publish(channel, &raw("1"), None).await.unwrap());
     }
-    let incoming = |channel: &str, i: usize| Incoming {
-        channel: Arc::from(channel),
-        epoch: epochs[i].epoch.clone(),
-        offset: epochs[i].offset,
-        data: raw("1"),
-    };
+    let incoming = |channel: &str, i: usize| incoming_on(channel, &epochs[i]);
     // h:1 and n:1 are queued; the queue fills; h:2, h:3 and n:2 are dropped.
     fanout.push(incoming("h", 0));
     fanout.push(incoming("n", 3));
@@ -95,16 +90,8 @@ async fn what_a_full_queue_drops_is_replayed_from_history_in_order_or_told() {
 async fn a_later_drop_does_not_let_a_marked_channels_publications_overtake_its_repair() {
     let Setup { hub, broker, fanout } = setup();
     let h = subscriber(&hub, 1, "h");
-    let mut receipts = Vec::new();
-    for _ in 0..3 {
-        receipts.push(broker.publish("h", &raw("1"), None).await.unwrap());
-    }
-    let incoming = |channel: &str, i: usize| Incoming {
-        channel: Arc::from(channel),
-        epoch: receipts[i].epoch.clone(),
-        offset: receipts[i].offset,
-        data: raw("1"),
-    };
+    let receipts = publish_h(&broker, 3).await;
+    let incoming = |channel: &str, i: usize| incoming_on(channel, &receipts[i]);
     fanout.push(incoming("h", 0));
     for _ in 1..MAX_QUEUED {
         fanout.push(Incoming { channel: Arc::from("elsewhere"), ..incoming("h", 0) });
@@ -129,10 +116,10 @@ async fn publish_h(broker: &MemoryBroker, n: usize) -> Vec<crate::broker::Publis
     receipts
 }
 
-/// The publication of `receipt` on `h` as the link brings it.
-fn incoming_h(receipt: &crate::broker::PublishReceipt) -> Incoming {
+/// The publication of `receipt` on `channel` as the link brings it.
+fn incoming_on(channel: &str, receipt: &crate::broker::PublishReceipt) -> Incoming {
     Incoming {
-        channel: Arc::from("h"),
+        channel: Arc::from(channel),
         epoch: receipt.epoch.clone(),
         offset: receipt.offset,
         data: raw("1"),
@@ -155,7 +142,7 @@ async fn a_new_links_publications_wait_for_the_repair_of_what_the_old_one_missed
     let Setup { hub, broker, fanout } = &setup;
     let h = subscriber(hub, 1, "h");
     let receipts = publish_h(broker, 3).await;
-    let incoming = |i: usize| incoming_h(&receipts[i]);
+    let incoming = |i: usize| incoming_on("h", &receipts[i]);
     fanout.push(incoming(0));
     fanout.hold(); // the link is lost; h:2 is never received
     fanout.push(incoming(2)); // the new link's first publication
@@ -205,7 +192,7 @@ async fn a_pause_never_followed_by_a_resubscription_ends_with_a_repair() {
     let h = subscriber(hub, 1, "h");
     let receipts = publish_h(broker, 2).await;
     fanout.pause(&Arc::from("h"));
-    fanout.push(incoming_h(&receipts[1]));
+    fanout.push(incoming_on("h", &receipts[1]));
     assert!(fanout.try_next().is_none(), "h:2 waits aside");
     tokio::time::advance(PAUSE_LIMIT).await;
     drain(&setup).await;
@@ -221,12 +208,12 @@ async fn only_a_repair_asked_for_after_the_resubscription_releases_a_paused_chan
     let Setup { hub, broker, fanout } = &setup;
     let h = subscriber(hub, 1, "h");
     let mut receipts = publish_h(broker, 3).await;
-    fanout.push(incoming_h(&receipts[0]));
+    fanout.push(incoming_on("h", &receipts[0]));
     fanout.resubscribed(&Arc::from("h")); // a repair asked for earlier (say, a drop's)
     fanout.pause(&Arc::from("h")); // then the slot moves
     drain(&setup).await; // h:1, then the early repair: h:2, h:3
     receipts.extend(publish_h(broker, 2).await);
-    fanout.push(incoming_h(&receipts[4])); // h:5 from the new subscription; h:4 went unheard
+    fanout.push(incoming_on("h", &receipts[4])); // h:5 from the new subscription; h:4 went unheard
     drain(&setup).await;
     assert_eq!(sent(&h), Ok(vec![1, 2, 3]), "h:5 still waits aside");
     fanout.resubscribed(&Arc::from("h"));
