@@ -106,27 +106,22 @@ impl SweepRun {
                     Mode::Json => &json,
                     Mode::Raw | Mode::Echo => &raw,
                 };
-                match sub.queue.hand_over(batch) {
-                    Ok(done) => {
-                        visits += 1;
-                        if done.oldest != 0 && visits.is_multiple_of(LAG_SAMPLE) {
-                            // How long the oldest of what this visit handed over waited.
-                            if let Some((_, at)) = appended.iter().find(|(s, _)| *s == done.oldest)
-                            {
-                                self.metrics.delivery_lag.observe(at.elapsed().as_secs_f64());
-                            }
-                        }
-                        sends += u64::from(done.written > 0);
-                        written += u64::from(done.written);
-                        written_bytes += done.written_bytes;
-                        queued += u64::from(done.queued);
-                        dropped += u64::from(done.dropped);
-                        if done.partial {
-                            self.metrics.direct_partial_writes.inc();
-                        }
+                let done = sub.queue.hand_over(batch);
+                visits += 1;
+                if done.oldest != 0 && visits.is_multiple_of(LAG_SAMPLE) {
+                    // How long the oldest of what this visit handed over waited.
+                    if let Some((_, at)) = appended.iter().find(|(s, _)| *s == done.oldest) {
+                        self.metrics.delivery_lag.observe(at.elapsed().as_secs_f64());
                     }
-                    // It is ending, and unsubscribes itself on the way out.
-                    Err(PushError::Full | PushError::Closed) => dropped += 1,
+                }
+                sends += u64::from(done.written > 0);
+                written += u64::from(done.written);
+                written_bytes += done.written_bytes;
+                queued += u64::from(done.queued);
+                // Refused by a full queue (a slow consumer now), or the connection is ending.
+                dropped += u64::from(done.dropped);
+                if done.partial {
+                    self.metrics.direct_partial_writes.inc();
                 }
             }
             position = end;

@@ -97,7 +97,8 @@ pub struct HandOver {
     pub written_bytes: u64,
     /// ...and publications queued for the task (including a partly written one)...
     pub queued: u32,
-    /// ...and publications refused: the queue was full (the connection is now a slow consumer).
+    /// ...and publications it never gets: the queue was full (the connection is now a slow
+    /// consumer), or the connection is closing.
     pub dropped: u32,
     /// Whether the `writev` ended inside a frame (its rest is queued, counted in `queued`).
     pub partial: bool,
@@ -265,21 +266,24 @@ impl OutboundQueue {
     /// the watermark's `handed` (already handed over, or published before the subscription)
     /// are passed by. The rest go out in one `writev` when the connection is ready for a direct
     /// write (as in [`OutboundQueue::deliver`]); what the socket does not take, and everything
-    /// when it is not ready, is queued for the task. `Err(Closed)`: the connection is ending.
-    pub fn hand_over(&self, batch: &[(u64, Arc<Published>)]) -> Result<HandOver, PushError> {
-        if self.is(CLOSED) {
-            return Err(PushError::Closed);
-        }
-        let Some((_, first)) = batch.first() else { return Ok(HandOver::default()) };
+    /// when it is not ready, is queued for the task. A closing connection gets nothing, and
+    /// only what it had not been handed counts as dropped: the sweep comes back, round after
+    /// round, to connections it has served, some closed since (their clients had everything).
+    pub fn hand_over(&self, batch: &[(u64, Arc<Published>)]) -> HandOver {
+        let Some((_, first)) = batch.first() else { return HandOver::default() };
         let mut guard = self.lock();
         let mail = &mut *guard;
         let Some(w) = mail.subscriptions.for_tag(&first.channel) else {
-            return Ok(HandOver::default());
+            return HandOver::default();
         };
         let fresh = &batch[batch.partition_point(|(seq, _)| *seq <= w.handed)..];
-        let Some((last, _)) = fresh.last() else { return Ok(HandOver::default()) };
+        let Some((last, _)) = fresh.last() else { return HandOver::default() };
         w.handed = *last;
         let mut done = HandOver { oldest: fresh[0].0, ..HandOver::default() };
+        if self.is(CLOSED) {
+            done.dropped = fresh.len() as u32;
+            return done;
+        }
         let mut rest = fresh;
         if self.direct_ready(mail) {
             rest = &fresh[self.gather_direct(mail, fresh, &mut done)..];
@@ -292,7 +296,7 @@ impl OutboundQueue {
             }
             done.queued += 1;
         }
-        Ok(done)
+        done
     }
 
     /// Admit a queued publication (see [`Subscriptions::admit`]).
@@ -510,6 +514,29 @@ mod size_tests {
             queue.push(Outbound::Publication(Arc::new(p))).unwrap();
         }
         assert_eq!(queue.close(), 1);
+    }
+
+    #[test]
+    fn a_sweep_revisiting_a_closed_connection_drops_only_what_it_had_not_handed() {
+        // A sweep visits everyone once per round while an entry is young, so it comes back to
+        // connections it has served, some since closed (their clients had everything).
+        let queue = OutboundQueue::new(16, 1 << 20);
+        let channel: Arc<str> = Arc::from("feed");
+        let handed = queue.with_subscriptions(|s| {
+            s.insert(channel.clone());
+            s.get_mut("feed").unwrap().handed
+        });
+        let batch: Vec<_> = (1..=2)
+            .map(|i| {
+                let p = Published::new("x".into(), channel.clone(), Arc::from("e"), i);
+                (handed + i, Arc::new(p))
+            })
+            .collect();
+        assert_eq!(queue.hand_over(&batch[..1]).queued, 1);
+        assert_eq!(queue.close(), 1, "the queued one was never delivered");
+        let again = queue.hand_over(&batch);
+        assert_eq!((again.queued, again.dropped), (0, 1), "only the second is missed, once");
+        assert_eq!(queue.hand_over(&batch).dropped, 0, "nothing is missed twice");
     }
 
     #[test]
