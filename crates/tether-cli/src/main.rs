@@ -4,6 +4,7 @@
 //! - `tether connect URL` — an interactive client that explains every close and reconnects.
 //! - `tether publish CHANNEL DATA` — publish through the HTTP API.
 //! - `tether api METHOD PARAMS`, `tether presence CHANNEL` — the rest of the server API.
+//! - `tether doctor URL` — a diagnosis of the path to a server (with `--idle-probe`, its idle cut).
 //! - `tether completions SHELL`, `tether man` — shell completions and the manual page.
 //!
 //! Errors reach the user as one `error: …` line that says what to do, and a non-zero exit.
@@ -12,12 +13,13 @@
 //! Bottom up; a module imports only those of lower layers (checked by
 //! `tether-core/tests/layers.rs`):
 //! 1. `units`, `lean_ws`, `probe`, `progress`, `http_api`
-//! 2. `connect`, `publish`, `api`, `serve`, `token`, `storm`, `soak`
+//! 2. `connect`, `publish`, `api`, `serve`, `token`, `storm`, `soak`, `doctor`
 //! 3. `bench`
 
 mod api;
 mod bench;
 mod connect;
+mod doctor;
 mod http_api;
 mod lean_ws;
 mod probe;
@@ -60,6 +62,9 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Churn clients in cycles and check that server memory comes back (leak check).
     Soak(soak::SoakArgs),
+    /// Diagnose the path to a server: timings, proxies, round trips, clock, fallback, and with
+    /// --idle-probe the idle timeout that cuts silent connections.
+    Doctor(doctor::DoctorArgs),
     /// Make a JWT for a server with --jwt-secret or --jwt-public-key (development and tests).
     Token(token::TokenArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -134,6 +139,7 @@ fn main() -> ExitCode {
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Soak(args) => soak::run(args).await,
             Command::Token(args) => token::run(args),
+            Command::Doctor(args) => doctor::run(args).await,
             Command::Completions { .. } | Command::Man => unreachable!("handled by `describe`"),
         }
     });

@@ -94,3 +94,28 @@ fn a_wrong_certificate_file_is_a_start_up_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent.pem"), "{stderr}");
 }
+
+#[test]
+fn the_doctor_times_the_tls_handshake_and_names_an_untrusted_certificate() {
+    let dir = std::env::temp_dir().join(format!("tether-tls-doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = pki(&dir);
+    let server =
+        Server::start(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let url = format!("wss://localhost:{}/ws", server.addr.port());
+    let ca = ca.to_str().unwrap();
+    let out = tether(&["doctor", &url, "--ca-cert", ca, "--pings", "2", "--json"], &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let tls = &report["opening"]["tls"];
+    assert!(tls["ms"].as_f64().unwrap() > 0.0, "{tls}");
+    assert_eq!(tls["version"], "TLSv1_3", "{tls}");
+    assert_eq!(report["http_stream"]["ok"], true, "the fallback over TLS too: {report:#}");
+
+    let out = tether(&["doctor", &url, "--pings", "2"], &[]);
+    let (stdout, _) = text(&out);
+    assert!(!out.status.success());
+    assert!(stdout.contains("certificate") && stdout.contains("--ca-cert"), "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -47,6 +47,9 @@ pub use config::{ClientConfig, Mode, Transport};
 pub use error::ClientError;
 pub use event::{CloseInfo, Event};
 pub use stats::ClientStats;
+/// The TLS settings the client dials with (webpki roots plus `extra`), for tools that open
+/// their own connections, such as `tether doctor`.
+pub use supervisor::tls_config;
 pub use tether_core::close_code::Initiator;
 pub use tether_core::protocol::{ClientInfo, PresenceChange};
 pub use tether_core::reconnect::{ReconnectPolicy, StopReason};

@@ -53,6 +53,8 @@ struct WireCommand<'a> {
     reverse: Option<bool>,
     #[serde(default)]
     subs: Option<std::collections::BTreeMap<String, StreamPosition>>,
+    #[serde(default)]
+    ms: Option<u64>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
@@ -167,12 +169,19 @@ pub fn decode_command_limited(text: &str, max_depth: usize) -> Result<ClientComm
             })?;
             Ok(ClientCommand::Connect { id, token, subs: wire.subs.unwrap_or_default() })
         }
+        "info" => Ok(ClientCommand::Info { id }),
+        "idle_probe" => {
+            let ms = wire.ms.ok_or_else(|| {
+                DecodeError::new(Some(id), ErrorCode::InvalidCommand, "`idle_probe` needs `ms`")
+            })?;
+            Ok(ClientCommand::IdleProbe { id, ms })
+        }
         other => Err(DecodeError::new(
             Some(id),
             ErrorCode::UnknownCommand,
             format!(
                 "unknown command `{other}`; known: connect, subscribe, unsubscribe, publish, ping, \
-                 presence, presence_stats, history"
+                 presence, presence_stats, history, info, idle_probe"
             ),
         )),
     }
@@ -213,6 +222,8 @@ struct OutCommand<'a> {
     reverse: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     subs: Option<&'a std::collections::BTreeMap<String, StreamPosition>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ms: Option<u64>,
 }
 
 /// Encode a command the way the Rust client sends it.
@@ -234,6 +245,12 @@ pub fn encode_command(command: &ClientCommand) -> String {
             ("presence_stats", Some(channel.as_str()), None)
         }
         ClientCommand::History { channel, .. } => ("history", Some(channel.as_str()), None),
+        ClientCommand::Info { .. } => ("info", None, None),
+        ClientCommand::IdleProbe { .. } => ("idle_probe", None, None),
+    };
+    let ms = match command {
+        ClientCommand::IdleProbe { ms, .. } => Some(*ms),
+        _ => None,
     };
     let token = match command {
         ClientCommand::Connect { token, .. } => Some(token.as_str()),
@@ -260,6 +277,7 @@ pub fn encode_command(command: &ClientCommand) -> String {
         since,
         reverse,
         subs,
+        ms,
     };
     serde_json::to_string(&out).expect("commands always serialize")
 }
@@ -314,7 +332,7 @@ pub fn decode_server_message(text: &str) -> Result<ServerMessage, ServerDecodeEr
     Ok(match w.kind.as_str() {
         "reply" => ServerMessage::Reply {
             id: w.id.ok_or_else(|| missing("id"))?,
-            result: w.result,
+            result: w.result.map(Box::new),
             error: w.error,
         },
         "error" => ServerMessage::Error { error: w.error.ok_or_else(|| missing("error"))? },
@@ -553,6 +571,11 @@ mod tests {
         let ping = encode_command(&ClientCommand::Ping { id: 9 });
         assert_eq!(ping, r#"{"id":9,"cmd":"ping"}"#);
         assert_eq!(decode_command(&ping).unwrap(), ClientCommand::Ping { id: 9 });
+        let probe = ClientCommand::IdleProbe { id: 2, ms: 60_000 };
+        assert_eq!(encode_command(&probe), r#"{"id":2,"cmd":"idle_probe","ms":60000}"#);
+        assert_eq!(decode_command(&encode_command(&probe)).unwrap(), probe);
+        let missing = decode_command(r#"{"id":2,"cmd":"idle_probe"}"#).unwrap_err();
+        assert_eq!(missing.error.code, ErrorCode::InvalidCommand);
         let since = Some(StreamPosition { epoch: "e".into(), offset: 3 });
         for cmd in [
             ClientCommand::History {

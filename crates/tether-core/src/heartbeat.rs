@@ -28,6 +28,8 @@ pub enum Action {
     PeerDead,
     /// Nothing to do until this instant; sleep until then (or until a frame arrives).
     Wait(Instant),
+    /// A quiet spell ([`Heartbeat::quiet`]) is over: end the connection, as agreed with the peer.
+    QuietOver,
 }
 
 /// The state is compact (56 bytes) because a server keeps one per connection: times are
@@ -45,6 +47,8 @@ pub struct Heartbeat {
     ping_sent_at: u64,
     /// Round-trip time of the latest answered ping in µs (saturating); `NO_RTT` if none yet.
     last_rtt_us: u32,
+    /// The end of a quiet spell, ms since `origin`; 0: none (it fits the struct's padding).
+    quiet_until_ms: u32,
 }
 
 const NONE: u64 = u64::MAX;
@@ -70,7 +74,25 @@ impl Heartbeat {
             next_ping: u64::from(interval_ms) * 1000,
             ping_sent_at: NONE,
             last_rtt_us: NO_RTT,
+            quiet_until_ms: 0,
         }
+    }
+
+    /// Measure the path's idle timeout: from `now` for `spell`, neither pings nor the peer's
+    /// silence count (the peer is silent too, by agreement); then [`Action::QuietOver`]. A
+    /// spell is capped at ~49 days from the machine's creation.
+    pub fn quiet(&mut self, now: Instant, spell: Duration) {
+        let until = (self.micros(now) / 1000).saturating_add(spell.as_millis() as u64);
+        self.quiet_until_ms = until.clamp(1, u64::from(MAX_MS)) as u32;
+    }
+
+    /// Whether a quiet spell was agreed (it lasts until [`Action::QuietOver`]).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet_until_ms != 0
+    }
+
+    fn quiet_until_us(&self) -> Option<u64> {
+        (self.quiet_until_ms != 0).then(|| u64::from(self.quiet_until_ms) * 1000)
     }
 
     /// `now` as µs since `origin` (instants before it count as the origin).
@@ -95,7 +117,10 @@ impl Heartbeat {
     /// without deciding anything: for an owner that sleeps, so that it never consumes a ping
     /// it will not send.
     pub fn next_due(&self) -> Instant {
-        self.instant(self.next_ping.min(self.deadline_us()))
+        match self.quiet_until_us() {
+            Some(until) => self.instant(until),
+            None => self.instant(self.next_ping.min(self.deadline_us())),
+        }
     }
 
     /// When the latest frame arrived (or the connection opened).
@@ -124,6 +149,12 @@ impl Heartbeat {
     /// Decide what to do at `now`. Call on every wake-up; after `SendPing` call again.
     pub fn poll(&mut self, now: Instant) -> Action {
         let now_us = self.micros(now);
+        if let Some(until) = self.quiet_until_us() {
+            if now_us >= until {
+                return Action::QuietOver;
+            }
+            return Action::Wait(self.instant(until));
+        }
         if now_us >= self.deadline_us() {
             return Action::PeerDead;
         }
@@ -186,6 +217,18 @@ mod tests {
         assert_eq!(hb.poll(t0 + ms(100)), Action::SendPing);
         assert_eq!(hb.poll(t0 + ms(101)), Action::Wait(t0 + ms(150)));
         assert_eq!(hb.poll(t0 + ms(150)), Action::PeerDead);
+    }
+
+    #[test]
+    fn a_quiet_spell_holds_pings_and_death_then_ends() {
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(ms(100), ms(50), t0);
+        hb.quiet(t0 + ms(10), ms(1000));
+        assert_eq!(hb.poll(t0 + ms(100)), Action::Wait(t0 + ms(1010)), "no ping");
+        assert_eq!(hb.poll(t0 + ms(500)), Action::Wait(t0 + ms(1010)), "silence is agreed");
+        assert_eq!(hb.next_due(), t0 + ms(1010));
+        assert_eq!(hb.poll(t0 + ms(1010)), Action::QuietOver);
+        assert_eq!(std::mem::size_of::<Heartbeat>(), 56, "one per connection: keep it compact");
     }
 
     #[test]

@@ -73,6 +73,17 @@ pub enum ClientCommand {
         since: Option<StreamPosition>,
         reverse: bool,
     },
+    /// The server's version, heartbeat settings and clock (`tether doctor`).
+    Info {
+        id: CommandId,
+    },
+    /// Agree a quiet spell of up to `ms`, to measure the path's idle timeout (`tether doctor
+    /// --idle-probe`): the server sends nothing, not even pings, and does not count the
+    /// client's silence; at its end it closes with 1000.
+    IdleProbe {
+        id: CommandId,
+        ms: u64,
+    },
 }
 
 impl PartialEq for ClientCommand {
@@ -89,7 +100,8 @@ impl PartialEq for ClientCommand {
             (Publish { id: a, channel: c, data: x }, Publish { id: b, channel: d, data: y }) => {
                 a == b && c == d && x.get() == y.get()
             }
-            (Ping { id: a }, Ping { id: b }) => a == b,
+            (Ping { id: a }, Ping { id: b }) | (Info { id: a }, Info { id: b }) => a == b,
+            (IdleProbe { id: a, ms: x }, IdleProbe { id: b, ms: y }) => a == b && x == y,
             (Connect { id: a, token: x, subs: s }, Connect { id: b, token: y, subs: t }) => {
                 a == b && x == y && s == t
             }
@@ -113,6 +125,8 @@ impl ClientCommand {
             | ClientCommand::Unsubscribe { id, .. }
             | ClientCommand::Publish { id, .. }
             | ClientCommand::Ping { id }
+            | ClientCommand::Info { id }
+            | ClientCommand::IdleProbe { id, .. }
             | ClientCommand::Connect { id, .. }
             | ClientCommand::Presence { id, .. }
             | ClientCommand::PresenceStats { id, .. }
@@ -235,6 +249,26 @@ pub struct ReplyResult {
     /// follow the reply, in this order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscriptions: Option<std::collections::BTreeMap<String, ServerSubscription>>,
+    /// `info` and `idle_probe`: what the server is, how it beats, and its clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerInfo>,
+}
+
+/// The answer to `info`: for a diagnosis of the path (`tether doctor`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub version: String,
+    /// The server's clock when it answered, ms since the Unix epoch.
+    pub time_ms: u64,
+    pub ping_interval_ms: u64,
+    pub pong_timeout_ms: u64,
+    /// The longest quiet spell `idle_probe` grants (0: none are granted)...
+    pub idle_probe_max_ms: u64,
+    /// ...and how many may run at once on this server.
+    pub idle_probes: u32,
+    /// `idle_probe`: the quiet spell granted, in ms (at most `idle_probe_max_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
 }
 
 /// A subscription the server made for the connection (`connect`, or the API's `subscribe`).
@@ -314,8 +348,9 @@ pub struct Disconnect {
 pub enum ServerMessage {
     Reply {
         id: CommandId,
+        /// Boxed: a result holds many optional fields, and every message would carry its size.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        result: Option<ReplyResult>,
+        result: Option<Box<ReplyResult>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<ErrorBody>,
     },
@@ -366,7 +401,7 @@ pub enum ServerMessage {
 
 impl ServerMessage {
     pub fn ok(id: CommandId, result: ReplyResult) -> Self {
-        ServerMessage::Reply { id, result: Some(result), error: None }
+        ServerMessage::Reply { id, result: Some(Box::new(result)), error: None }
     }
 
     pub fn err(id: Option<CommandId>, error: ErrorBody) -> Self {

@@ -197,6 +197,7 @@ impl Gateway {
                 loopback_only: Default::default(),
                 lingering_refusals: Default::default(),
                 warned_no_peer: Default::default(),
+                idle_probes: Default::default(),
             }),
         })
     }

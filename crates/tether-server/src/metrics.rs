@@ -46,6 +46,8 @@ pub struct Metrics {
     pub pending_handshakes: Gauge,
     pub pending_handshakes_evicted: Counter,
     pub storm_refusals_lingering: Gauge,
+    /// Quiet spells running (`tether doctor --idle-probe`).
+    pub idle_probes: Gauge,
     pub per_ip_evictions: Counter,
     pub connections_closed: Family<CloseLabels, Counter>,
     pub heartbeat_timeouts: Counter,
@@ -115,6 +117,7 @@ impl Metrics {
             pending_handshakes: Gauge::default(),
             pending_handshakes_evicted: Counter::default(),
             storm_refusals_lingering: Gauge::default(),
+            idle_probes: Gauge::default(),
             per_ip_evictions: Counter::default(),
             connections_closed: Family::default(),
             heartbeat_timeouts: Counter::default(),
@@ -215,6 +218,11 @@ impl Metrics {
                 "tether_storm_refusals_lingering",
                 "Handshakes over max_handshake_rate being closed with 1013 (bounded; beyond it they get HTTP 503)",
                 m.storm_refusals_lingering.clone(),
+            );
+            t.register(
+                "tether_idle_probes",
+                "Quiet spells running for tether doctor --idle-probe (at most idle_probes)",
+                m.idle_probes.clone(),
             );
             t.register(
                 "tether_per_ip_table_evictions",

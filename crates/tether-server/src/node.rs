@@ -64,6 +64,8 @@ pub(crate) struct Node {
     pub lingering_refusals: std::sync::atomic::AtomicUsize,
     /// Whether the "no peer address" warning was logged (once).
     pub warned_no_peer: std::sync::atomic::AtomicBool,
+    /// Quiet spells running (`idle_probe`), at most `idle_probes`.
+    pub idle_probes: std::sync::atomic::AtomicU32,
 }
 
 pub use crate::broker::{HistoryPage, MAX_HISTORY, MAX_HISTORY_BYTES};
@@ -80,6 +82,24 @@ pub enum PublishError {
 }
 
 impl Node {
+    /// Take one of the `idle_probes` places for a quiet spell; false when all are taken.
+    pub fn start_idle_probe(&self) -> bool {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        let limit = self.config.idle_probes;
+        let next = |n: u32| (n < limit).then_some(n + 1);
+        let taken = self.idle_probes.fetch_update(AcqRel, Acquire, next).is_ok();
+        if taken {
+            self.metrics.idle_probes.inc();
+        }
+        taken
+    }
+
+    /// Give back a place taken by [`Node::start_idle_probe`].
+    pub fn end_idle_probe(&self) {
+        self.idle_probes.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.metrics.idle_probes.dec();
+    }
+
     /// Connection `conn`'s client id (what presence shows and the first reply carries).
     pub fn client_id(&self, conn: u64) -> String {
         format!("{}-{conn:x}", self.client_prefix)

@@ -159,7 +159,7 @@ pub(super) fn describe(e: &WsError) -> String {
 }
 
 /// rustls (ring provider) trusting the public webpki roots plus `extra`.
-pub(super) fn tls_config(
+pub fn tls_config(
     extra: &[rustls_pki_types::CertificateDer<'static>],
 ) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();

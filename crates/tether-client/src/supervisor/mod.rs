@@ -36,6 +36,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 mod dial;
 mod http_stream;
+
+pub use dial::tls_config;
 mod link;
 mod session;
 

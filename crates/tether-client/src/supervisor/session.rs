@@ -131,6 +131,9 @@ impl Supervisor {
                     };
                 }
                 Action::Wait(at) => at,
+                // Quiet spells are the server's side of `tether doctor --idle-probe` (which does
+                // not run this loop); this machine never starts one.
+                Action::QuietOver => Instant::now().into_std() + self.config.ping_interval,
             };
             sleep.as_mut().reset(Instant::from_std(wake_at));
             tokio::select! {
@@ -219,7 +222,7 @@ impl Supervisor {
                     *crate_lock(&self.client_id) = Some(client);
                 }
                 if let Some(done) = self.pending_queries.remove(&id) {
-                    let _ = done.send(Ok(result.unwrap_or_default()));
+                    let _ = done.send(Ok(result.map(|r| *r).unwrap_or_default()));
                 } else if self.pending_connect.is_some_and(|(c, _)| c == id) {
                     let (_, resubscribe) = self.pending_connect.take().expect("checked");
                     let made = result.and_then(|r| r.subscriptions).unwrap_or_default();

@@ -189,6 +189,11 @@ pub struct GatewayConfig {
     /// Deepest nesting of arrays and objects in a command or a publish body (the envelope
     /// object counts as 1); deeper → an error reply or HTTP 400.
     pub max_json_depth: usize,
+    /// Quiet spells (`idle_probe`, for `tether doctor --idle-probe`) running at once; 0: none.
+    pub idle_probes: u32,
+    /// The longest quiet spell granted.
+    #[serde(with = "humantime_serde")]
+    pub idle_probe_max: Duration,
     /// Channels that clients may publish to over the WebSocket (`*` patterns). Empty: none.
     /// The flat form of a `[[channel]]` block's `client_publish`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -311,6 +316,8 @@ impl Default for GatewayConfig {
             max_subscriptions: d::MAX_SUBSCRIPTIONS_PER_CONNECTION,
             max_channel_name_len: d::MAX_CHANNEL_NAME_LEN,
             max_json_depth: d::MAX_JSON_DEPTH,
+            idle_probes: 2,
+            idle_probe_max: Duration::from_secs(600),
             client_publish: Vec::new(),
             history: Vec::new(),
             max_channels: 100_000,
@@ -484,6 +491,12 @@ impl GatewayConfig {
         }
         if !(32..=128).contains(&self.ipv6_prefix) {
             return err("ipv6_prefix", "must be between 32 and 128 (64 is one IPv6 subnet)");
+        }
+        if self.idle_probes > 64 {
+            return err("idle_probes", "must be at most 64 (each holds a silent connection)");
+        }
+        if self.idle_probe_max > Duration::from_secs(3600) {
+            return err("idle_probe_max", "must be at most 1h");
         }
         if self.max_pending_handshakes == 0 {
             return err("max_pending_handshakes", "must be at least 1");

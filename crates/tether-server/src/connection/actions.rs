@@ -3,6 +3,7 @@
 //! subscriptions, the broker calls behind `subscribe` and `publish`.
 
 use super::*;
+use tether_core::protocol::{ErrorBody, ErrorCode};
 
 impl Connection {
     /// A text or binary message from the peer. Returns an ending when the connection must close.
@@ -19,6 +20,20 @@ impl Connection {
         match action {
             Action::Pong => self.raw_pong(ws).await,
             Action::Echo => Box::pin(self.echo(ws, msg)).await,
+            Action::IdleProbe { id, ms } => {
+                let reply = if self.session.is_quiet() {
+                    let why = "an idle probe is already running on this connection";
+                    ServerMessage::err(Some(id), ErrorBody::new(ErrorCode::InvalidCommand, why))
+                } else if self.shared.start_idle_probe() {
+                    self.session.begin_quiet(std::time::Instant::now(), ms);
+                    Session::info(rules(&self.shared), id, Some(ms))
+                } else {
+                    let n = self.shared.config.idle_probes;
+                    let why = format!("all {n} idle probes (idle_probes) are running: try later");
+                    ServerMessage::err(Some(id), ErrorBody::new(ErrorCode::Unavailable, why))
+                };
+                self.reply(ws, reply).await
+            }
             action => self.carry_out(ws, action).await,
         }
     }
@@ -39,6 +54,11 @@ impl Connection {
                 Box::pin(self.connected(w, id, subs, previous, dropped)).await
             }
             Action::Held { id } => self.reply(w, Session::ok(id)).await,
+            Action::IdleProbe { id, .. } => {
+                let why = "idle probes measure a WebSocket's path: open one over /ws";
+                let error = ErrorBody::new(ErrorCode::InvalidCommand, why);
+                self.reply(w, ServerMessage::err(Some(id), error)).await
+            }
             Action::Unsubscribe { id, channel } => {
                 self.leave(&channel);
                 self.reply(w, Session::ok(id)).await

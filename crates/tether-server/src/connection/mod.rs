@@ -140,6 +140,9 @@ impl Drop for Connection {
     fn drop(&mut self) {
         let missed = self.queue.close();
         self.shared.metrics.deliveries_dropped.inc_by(missed);
+        if self.session.is_quiet() {
+            self.shared.end_idle_probe();
+        }
         self.shared.parking.unregister(self.lot_key);
         if let Some(user) = self.user() {
             self.shared.hub.users.remove(user, self.id);

@@ -96,6 +96,11 @@ impl Close {
         Close::new(CloseCode::POLICY_VIOLATION, reason).after_stream_failure()
     }
 
+    /// A quiet spell (`idle_probe`) ran its course: nothing on the path cut the connection.
+    pub fn idle_probe_over() -> Self {
+        Close::new(CloseCode::NORMAL, "idle probe over: nothing cut this silent connection")
+    }
+
     pub fn token_expired() -> Self {
         let reason = "token expired: fetch a fresh token and reconnect";
         Close::new(CloseCode::TOKEN_EXPIRED, reason)

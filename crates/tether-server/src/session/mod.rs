@@ -34,7 +34,7 @@ use tether_core::channel;
 use tether_core::codec;
 use tether_core::heartbeat::{self, Heartbeat};
 use tether_core::protocol::{
-    ClientCommand, ErrorBody, ErrorCode, ReplyResult, ServerMessage, StreamPosition,
+    ClientCommand, ErrorBody, ErrorCode, ReplyResult, ServerInfo, ServerMessage, StreamPosition,
 };
 use tether_core::rate::TokenBucket;
 
@@ -104,6 +104,13 @@ pub(crate) enum Action {
         id: u64,
         channel: String,
         data: Box<RawValue>,
+    },
+    /// A quiet spell of `ms` (already capped) is asked for: take one of the node's places for
+    /// it, [`Session::begin_quiet`], and reply with [`Session::info`]; or refuse. WebSockets
+    /// only: a quiet spell measures the path a WebSocket takes.
+    IdleProbe {
+        id: u64,
+        ms: u64,
     },
     /// Read a page of the channel's history (a subscribed channel), then reply with
     /// [`history_reply`].
@@ -229,7 +236,55 @@ impl Session {
                 Tick::PeerDead
             }
             heartbeat::Action::Wait(at) => Tick::Wait(self.or_token_expiry(now, at)),
+            heartbeat::Action::QuietOver => Tick::Close(Close::idle_probe_over()),
         }
+    }
+
+    /// Begin a quiet spell of `ms` at `now`: no pings, the client's silence agreed, then a
+    /// close (1000). The connection holds one of the node's `idle_probes` places meanwhile.
+    pub fn begin_quiet(&mut self, now: Instant, ms: u64) {
+        self.heartbeat.quiet(now, Duration::from_millis(ms));
+    }
+
+    /// Whether a quiet spell was agreed (the connection gives its place back when it ends).
+    pub fn is_quiet(&self) -> bool {
+        self.heartbeat.is_quiet()
+    }
+
+    /// The reply to `info`, and to a granted `idle_probe` (with `idle_ms`).
+    pub fn info(rules: Rules, id: u64, idle_ms: Option<u64>) -> ServerMessage {
+        let c = rules.config;
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let server = ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            time_ms: since_epoch.map_or(0, |d| d.as_millis() as u64),
+            ping_interval_ms: c.ping_interval.as_millis() as u64,
+            pong_timeout_ms: c.pong_timeout.as_millis() as u64,
+            idle_probe_max_ms: if c.idle_probes == 0 {
+                0
+            } else {
+                c.idle_probe_max.as_millis() as u64
+            },
+            idle_probes: c.idle_probes,
+            idle_ms,
+        };
+        ServerMessage::ok(id, ReplyResult { server: Some(server), ..ReplyResult::default() })
+    }
+
+    /// `idle_probe`: refused here when it cannot be granted whatever the node's load.
+    fn idle_probe(rules: Rules, held: &dyn Held, id: u64, ms: u64) -> Action {
+        let max = rules.config.idle_probe_max.as_millis() as u64;
+        let why = if rules.config.idle_probes == 0 || max == 0 {
+            "this server grants no idle probes (idle_probes = 0)"
+        } else if held.count() > 0 {
+            "an idle probe holds no subscriptions: publications would break its silence"
+        } else if ms == 0 {
+            "`ms` must be at least 1"
+        } else {
+            return Action::IdleProbe { id, ms: ms.min(max) };
+        };
+        let error = ErrorBody::new(ErrorCode::InvalidCommand, why);
+        reply(rules, ServerMessage::err(Some(id), error))
     }
 
     /// When a connection that goes to sleep at `now` must wake: its heartbeat's next ping or
@@ -279,6 +334,8 @@ impl Session {
         match command {
             ClientCommand::Connect { id, token, subs } => self.connect(rules, id, &token, subs),
             ClientCommand::Ping { id } => Action::Reply(Session::ok(id)),
+            ClientCommand::Info { id } => Action::Reply(Session::info(rules, id, None)),
+            ClientCommand::IdleProbe { id, ms } => Session::idle_probe(rules, held, id, ms),
             ClientCommand::Subscribe { id, channel, recover } => {
                 match self.access(rules, &channel, false) {
                     Access::Allowed => {}

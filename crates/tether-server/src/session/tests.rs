@@ -400,3 +400,33 @@ fn a_close_advises_json_clients_and_fits_its_frame() {
     let long = Close::token_invalid(&"é".repeat(100));
     assert!(long.wire_reason().len() <= 123 && long.reason.starts_with(long.wire_reason()));
 }
+
+#[test]
+fn an_idle_probe_is_granted_capped_then_silent_until_a_normal_close() {
+    let w = World::new(GatewayConfig { idle_probe_max: ms(2_000), ..quick_heartbeat() });
+    let t0 = Instant::now();
+    let mut s = w.session(Mode::Json, t0);
+    let probe = r#"{"id":3,"cmd":"idle_probe","ms":60000}"#;
+    let mut subscribed = Subs::default();
+    subscribed.0.insert("news".into());
+    let refused = sent(json(&mut s, &w, &subscribed, probe)).to_string();
+    assert!(refused.contains("no subscriptions"), "{refused}");
+    let Action::IdleProbe { id: 3, ms: granted } = json(&mut s, &w, &Subs::default(), probe) else {
+        panic!("not granted")
+    };
+    assert_eq!(granted, 2_000, "capped at idle_probe_max");
+    s.begin_quiet(t0, granted);
+    assert!(s.is_quiet());
+    // No ping at 100 ms, no death at 150 ms: silence was agreed; then a normal close.
+    assert_eq!(s.tick(w.rules(), t0 + ms(100)), Tick::Wait(t0 + ms(2_000)));
+    assert_eq!(s.tick(w.rules(), t0 + ms(1_999)), Tick::Wait(t0 + ms(2_000)));
+    let Tick::Close(close) = s.tick(w.rules(), t0 + ms(2_000)) else { panic!("no close") };
+    assert_eq!(close.code, CloseCode::NORMAL);
+
+    let none = World::new(GatewayConfig { idle_probes: 0, ..quick_heartbeat() });
+    let mut s = none.session(Mode::Json, t0);
+    let refused = sent(json(&mut s, &none, &Subs::default(), probe)).to_string();
+    assert!(refused.contains("grants no idle probes"), "{refused}");
+    let info = sent(json(&mut s, &none, &Subs::default(), r#"{"id":4,"cmd":"info"}"#)).to_string();
+    assert!(info.contains(r#""ping_interval_ms":100"#) && info.contains("time_ms"), "{info}");
+}
