@@ -15,6 +15,11 @@ fn every_command_has_help() {
         &["token", "--help"],
         &["soak", "--help"],
         &["bench", "--help"],
+        &["api", "--help"],
+        &["presence", "--help"],
+        &["doctor", "--help"],
+        &["completions", "--help"],
+        &["man", "--help"],
     ] {
         let out = tether(args, &[]);
         let (stdout, _) = text(&out);
