@@ -91,24 +91,10 @@ fn without_a_proxy_nothing_cuts_a_silent_connection_and_probes_are_bounded() {
 
 #[test]
 fn against_another_websocket_server_it_says_what_it_could_not_measure() {
-    let Some(python) = python() else { return };
     // An echo server: it answers the text `ping` with `ping`, not `pong`.
-    let code = "import asyncio, json\nfrom websockets.asyncio.server import serve\n\
-        async def h(ws):\n  async for m in ws:\n    await ws.send(m)\n\
-        async def m():\n  async with serve(h, '127.0.0.1', 0) as s:\n    print(json.dumps({'port': s.sockets[0].getsockname()[1]}), flush=True)\n    await asyncio.Future()\n\
-        asyncio.run(m())";
-    let mut py = std::process::Command::new(python)
-        .args(["-c", code])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = LineReader::new(py.stdout.take().unwrap());
-    let line = out.expect_line(Duration::from_secs(10), "port", |l| l.contains("port"));
-    let port: Value = serde_json::from_str(&line).unwrap();
-    let url = format!("ws://127.0.0.1:{}/", port["port"]);
-    let (report, ok) = doctor(&url, &["--idle-probe"]);
-    let _ = py.kill();
-    let _ = py.wait();
+    let echo = "  async for m in ws:\n    await ws.send(m)";
+    let Some(py) = py_server::PyServer::start(echo) else { return };
+    let (report, ok) = doctor(&format!("ws://127.0.0.1:{}/", py.port), &["--idle-probe"]);
     assert!(ok, "nothing failed, some things unmeasured: {:#?}", findings(&report));
     assert_eq!(report["tether"], false);
     assert_eq!(report["protocol_ping"]["samples"], 3, "protocol pings work anywhere: {report:#}");

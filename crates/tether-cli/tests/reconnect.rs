@@ -101,21 +101,11 @@ async fn graceful_shutdown_can_say_going_away() {
 async fn policy_violation_stops_the_client() {
     // A close code that means "retrying cannot help" ends the loop. Use a Python server that
     // closes with 1008, since Tether only sends it from later features (auth, rate limits).
-    let Some(python) = python() else { return };
-    let code = "import asyncio, json\nfrom websockets.asyncio.server import serve\n\
-        async def h(ws):\n  await ws.close(1008, 'not allowed')\n\
-        async def m():\n  async with serve(h, '127.0.0.1', 0) as s:\n    print(json.dumps({'port': s.sockets[0].getsockname()[1]}), flush=True)\n    await asyncio.Future()\n\
-        asyncio.run(m())";
-    let mut py = std::process::Command::new(python)
-        .args(["-c", code])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = LineReader::new(py.stdout.take().unwrap());
-    let line = out.expect_line(T, "port", |l| l.contains("port"));
-    let port: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let Some(py) = py_server::PyServer::start("  await ws.close(1008, 'not allowed')") else {
+        return;
+    };
     let (client, mut events) =
-        tether_client::connect(fast_client(format!("ws://127.0.0.1:{}/", port["port"])).raw());
+        tether_client::connect(fast_client(format!("ws://127.0.0.1:{}/", py.port)).raw());
     let Event::Closed(info) = next_event(&mut events, T, "close", closed).await else {
         unreachable!()
     };
@@ -124,8 +114,6 @@ async fn policy_violation_stops_the_client() {
         next_event(&mut events, T, "stopped", |e| matches!(e, Event::Stopped { .. })).await;
     assert!(matches!(stopped, Event::Stopped { reason: tether_client::StopReason::CloseCode(_) }));
     assert_eq!(client.stats().connect_attempts.load(Ordering::Relaxed), 1);
-    let _ = py.kill();
-    let _ = py.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

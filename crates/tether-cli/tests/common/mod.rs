@@ -9,6 +9,7 @@ pub mod interop;
 pub mod json_ws;
 pub mod metrics;
 pub mod netns;
+pub mod py_server;
 pub mod release;
 pub mod sentinel;
 
