@@ -101,12 +101,7 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        if !wait_until(Duration::from_secs(5), || matches!(self.child.try_wait(), Ok(Some(_)))) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        stop_child(&mut self.child, nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -680,15 +680,21 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGQUIT: nginx's graceful stop; then make sure.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
-        if !wait_until(Duration::from_secs(3), || matches!(self.child.try_wait(), Ok(Some(_)))) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        // SIGQUIT: nginx's graceful stop.
+        stop_child(&mut self.child, nix::sys::signal::Signal::SIGQUIT, Duration::from_secs(3));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Stop a program a test started: `signal` (its graceful stop), then SIGKILL if it has not
+/// exited within `grace`; reaped either way.
+pub fn stop_child(child: &mut Child, signal: nix::sys::signal::Signal, grace: Duration) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, signal);
+    if !wait_until(grace, || matches!(child.try_wait(), Ok(Some(_)))) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
 }
 
 /// How to open a hand-made WebSocket (see [`raw_ws`]).
